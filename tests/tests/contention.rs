@@ -1,0 +1,231 @@
+//! Privileged end-to-end tests of mutex contention: real uprobes on real Go
+//! binaries, checked against the program's own measurement of its lock waits.
+//! Each runs for a Go ≤ 1.23 (sync.(*Mutex).lockSlow) and a Go ≥ 1.24
+//! (internal/sync.(*Mutex).lockSlow) build.
+
+use anyhow::{Context, Result, ensure};
+use serde_json::Value;
+use tracer_tests::{
+    Variant, build_fixture, classic_and_swiss, marker_line, privileged_tests_enabled, run_tracer,
+};
+
+const GOROUTINES: u64 = 4;
+const ITERATIONS: u64 = 50;
+const HOLD_MS: u64 = 2;
+
+/// Parses `key=value` from the fixture's last line.
+fn fixture_value(stdout: &str, key: &str) -> Result<u64> {
+    let line = stdout
+        .lines()
+        .rfind(|l| l.starts_with("done "))
+        .with_context(|| format!("fixture printed no result line:\n{stdout}"))?;
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+        .with_context(|| format!("no {key}= in {line}"))?
+        .parse()
+        .context("parsing fixture value")
+}
+
+fn locks(report: &Value) -> Vec<Value> {
+    report["locks"].as_array().cloned().unwrap_or_default()
+}
+
+fn sum(locks: &[Value], field: &str) -> u64 {
+    locks.iter().map(|l| l[field].as_u64().unwrap_or(0)).sum()
+}
+
+#[test]
+fn contended_mutex_waits_match_the_programs_own_measurement() -> Result<()> {
+    if !privileged_tests_enabled("contended_mutex") {
+        return Ok(());
+    }
+    let site_line = marker_line("contention", "mu.Lock() // LOCKSITE")?;
+    for tc in classic_and_swiss()? {
+        for variant in [Variant::Plain, Variant::Stripped, Variant::Pie] {
+            let bin = build_fixture(&tc, "contention", variant)?;
+            let bin = bin.to_str().context("path")?;
+            let (g, m, hold) = (GOROUTINES.to_string(), ITERATIONS.to_string(), format!("{HOLD_MS}ms"));
+            let out = run_tracer(&["run", "--", bin, "-g", &g, "-m", &m, "-hold", &hold], true)?;
+            let ctx = format!("go {} {variant:?}\nstdout:\n{}\nstderr:\n{}", tc.version, out.stdout, out.stderr);
+            ensure!(out.status.success(), "tracer run failed: {ctx}");
+            let report = out.report.as_ref().with_context(|| format!("no JSON report: {ctx}"))?;
+            let rows = locks(report);
+            let contentions = sum(&rows, "contentions");
+            let total = sum(&rows, "wait_ns_total");
+            let own_wait = fixture_value(&out.stdout, "wait_ns")?;
+            let counter = fixture_value(&out.stdout, "counter")?;
+            ensure!(counter == GOROUTINES * ITERATIONS, "program lost updates: {ctx}");
+
+            // Every wait is one slow-path call, at most one per Lock().
+            ensure!(contentions > 0, "no contention recorded: {ctx}");
+            ensure!(contentions <= GOROUTINES * ITERATIONS, "more contentions than Lock calls: {ctx}");
+            // Sane bounds from N, M and the hold time: a waiter waits at most for the
+            // other N-1 holders each round, so the total is bounded by N*M*(N-1)*hold
+            // (with 2x slack for scheduling on 2 CPUs), and the lock was held N*M*hold.
+            let hold_ns = HOLD_MS * 1_000_000;
+            let upper = 2 * GOROUTINES * ITERATIONS * (GOROUTINES - 1) * hold_ns;
+            ensure!(total <= upper, "total wait {total} > bound {upper}: {ctx}");
+            ensure!(total >= hold_ns, "total wait {total} below one hold time: {ctx}");
+            // Ground truth: the program timed its own mu.Lock() calls. The slow path is
+            // where that time goes; allow 25% for fast-path acquisitions, the probes'
+            // own trap time and clock reads.
+            let diff = (total as f64 - own_wait as f64).abs() / own_wait as f64;
+            ensure!(diff <= 0.25, "tracer total {total} vs program's own {own_wait} ({:.0}% off): {ctx}", diff * 100.0);
+
+            // The heaviest row is the fixture's lock, attributed to its call site.
+            let top = &rows[0];
+            ensure!(top["kind"] == "mutex", "kind: {ctx}");
+            ensure!(top["site"]["function"] == "main.holdLock", "site function {}: {ctx}", top["site"]);
+            ensure!(top["site"]["line"] == site_line, "site line {} != {site_line}: {ctx}", top["site"]);
+            ensure!(
+                top["site"]["file"].as_str().is_some_and(|f| f.ends_with("contention/main.go")),
+                "site file: {ctx}"
+            );
+            let (p50, p99, max) = (
+                top["wait_ns_p50"].as_u64().unwrap_or(0),
+                top["wait_ns_p99"].as_u64().unwrap_or(0),
+                top["wait_ns_max"].as_u64().unwrap_or(0),
+            );
+            ensure!(0 < p50 && p50 <= p99 && p99 <= max, "percentiles out of order: {ctx}");
+            ensure!(report["target"]["go_version"].as_str().is_some_and(|v| v.contains(&tc.version)), "go_version: {ctx}");
+            // The table shows the same site.
+            ensure!(out.stdout.contains("main.holdLock"), "table lacks the call site: {ctx}");
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn uncontended_mutex_reports_zero_contentions() -> Result<()> {
+    if !privileged_tests_enabled("uncontended_mutex") {
+        return Ok(());
+    }
+    for tc in classic_and_swiss()? {
+        let bin = build_fixture(&tc, "contention", Variant::Plain)?;
+        let out = run_tracer(
+            &["run", "--", bin.to_str().context("path")?, "-mode", "uncontended", "-g", "4", "-m", "50", "-hold", "100us"],
+            true,
+        )?;
+        let ctx = format!("go {}\n{}\n{}", tc.version, out.stdout, out.stderr);
+        ensure!(out.status.success(), "{ctx}");
+        let report = out.report.context("no report")?;
+        // The probes were live (so zero means zero, not "not traced").
+        ensure!(report["probes"][0]["status"] == "attached", "probes not attached: {ctx}");
+        ensure!(sum(&locks(&report), "contentions") == 0, "contention reported on an uncontended lock: {ctx}");
+        ensure!(out.stdout.contains("no lock contention recorded"), "{ctx}");
+    }
+    Ok(())
+}
+
+#[test]
+fn stack_growth_under_probes_never_harms_the_program() -> Result<()> {
+    if !privileged_tests_enabled("stack_growth") {
+        return Ok(());
+    }
+    for tc in classic_and_swiss()? {
+        let bin = build_fixture(&tc, "contention", Variant::Plain)?;
+        let out = run_tracer(
+            &["run", "--", bin.to_str().context("path")?, "-mode", "stack", "-g", "8", "-m", "40", "-hold", "200us"],
+            true,
+        )?;
+        let ctx = format!("go {}\n{}\n{}", tc.version, out.stdout, out.stderr);
+        ensure!(out.status.code() == Some(0), "program did not exit 0 under probes: {ctx}");
+        ensure!(fixture_value(&out.stdout, "counter")? == 8 * 40, "program state damaged: {ctx}");
+        let report = out.report.context("no report")?;
+        // The probes fired while stacks were growing and moving.
+        ensure!(sum(&locks(&report), "contentions") > 0, "probes never fired: {ctx}");
+    }
+    Ok(())
+}
+
+#[test]
+fn attach_to_running_process() -> Result<()> {
+    if !privileged_tests_enabled("attach") {
+        return Ok(());
+    }
+    let tc = classic_and_swiss()?.pop().context("toolchain")?;
+    let bin = build_fixture(&tc, "contention", Variant::Plain)?;
+    let mut child = std::process::Command::new(&bin)
+        .args(["-g", "4", "-m", "100000", "-hold", "1ms"])
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    let pid = child.id().to_string();
+    let out = run_tracer(&["attach", "--pid", &pid, "--duration", "2s"], true);
+    let _ = child.kill();
+    let _ = child.wait();
+    let out = out?;
+    let ctx = format!("{}\n{}", out.stdout, out.stderr);
+    ensure!(out.status.success(), "{ctx}");
+    let report = out.report.context("no report")?;
+    ensure!(report["target"]["pid"].as_u64() == Some(child.id() as u64), "{ctx}");
+    let rows = locks(&report);
+    ensure!(sum(&rows, "contentions") > 0, "{ctx}");
+    ensure!(rows[0]["site"]["function"] == "main.holdLock", "{ctx}");
+    Ok(())
+}
+
+#[test]
+fn binary_without_mutex_slow_path_is_reported_and_still_runs() -> Result<()> {
+    if !privileged_tests_enabled("nomutex") {
+        return Ok(());
+    }
+    let tc = classic_and_swiss()?.pop().context("toolchain")?;
+    let bin = build_fixture(&tc, "nomutex", Variant::Plain)?;
+    let out = run_tracer(&["run", "--", bin.to_str().context("path")?], true)?;
+    let ctx = format!("{}\n{}", out.stdout, out.stderr);
+    ensure!(out.status.success(), "{ctx}");
+    ensure!(out.stderr.contains("nomutex: ok"), "program output not passed through: {ctx}");
+    let report = out.report.context("no report")?;
+    ensure!(report["probes"][0]["status"] == "missing", "{ctx}");
+    ensure!(out.stdout.contains("no mutex slow path"), "{ctx}");
+    Ok(())
+}
+
+#[test]
+fn bad_input_gets_a_clear_error() -> Result<()> {
+    let not_go = run_tracer(&["run", "--", "/bin/true"], false)?;
+    ensure!(!not_go.status.success() && not_go.stderr.contains("no Go build info"), "{not_go:?}");
+
+    let no_pid = run_tracer(&["attach", "--pid", "999999999", "--duration", "1s"], false)?;
+    ensure!(!no_pid.status.success() && no_pid.stderr.contains("no such process"), "{no_pid:?}");
+
+    let missing = run_tracer(&["run", "--", "/nonexistent/program"], false)?;
+    ensure!(!missing.status.success() && missing.stderr.contains("program not found"), "{missing:?}");
+
+    let bad_duration = run_tracer(&["attach", "--pid", "1", "--duration", "ten"], false)?;
+    ensure!(!bad_duration.status.success() && bad_duration.stderr.contains("invalid duration"), "{bad_duration:?}");
+    Ok(())
+}
+
+#[test]
+fn missing_capabilities_are_named() -> Result<()> {
+    if !privileged_tests_enabled("capabilities") {
+        return Ok(());
+    }
+    // Drop to an unprivileged user with no capabilities; tracer must name what it lacks.
+    let tc = classic_and_swiss()?.pop().context("toolchain")?;
+    let bin = build_fixture(&tc, "contention", Variant::Plain)?;
+    // Copies an unprivileged user can reach (the cache lives under /root).
+    let dir = std::env::temp_dir().join(format!("tracer-captest-{}", std::process::id()));
+    std::fs::create_dir_all(&dir)?;
+    let (tracer, bin) = (dir.join("tracer"), {
+        let b = dir.join("contention");
+        std::fs::copy(&bin, &b)?;
+        b
+    });
+    std::fs::copy(tracer_tests::tracer_bin()?, &tracer)?;
+    use std::os::unix::fs::PermissionsExt as _;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
+        .arg(&tracer)
+        .args(["run", "--"])
+        .arg(&bin)
+        .output()
+        .context("setpriv (util-linux) is needed for this test")?;
+    let _ = std::fs::remove_dir_all(&dir);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(!out.status.success(), "ran without capabilities: {stderr}");
+    ensure!(stderr.contains("CAP_BPF") && stderr.contains("CAP_PERFMON"), "{stderr}");
+    Ok(())
+}

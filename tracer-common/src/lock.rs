@@ -1,0 +1,75 @@
+//! Lock-contention records: the in-flight wait of one goroutine, and the
+//! aggregated waits per (process, lock, call site).
+
+use crate::hist::HIST_SLOTS;
+
+/// Kind of wait, passed to the probes as the attach cookie.
+pub const KIND_MUTEX: u32 = 1;
+
+/// Identifies one goroutine that is inside a lock slow path.
+///
+/// Keyed by the `g` pointer (R14 on amd64, X28 on arm64), not the thread id,
+/// because a goroutine that parks can resume on another thread.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct InflightKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    /// `g` pointer; or `1 << 63 | tid` when the register was zero.
+    pub g: u64,
+}
+
+/// A wait that has entered the slow path and not yet returned.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Inflight {
+    pub start_ns: u64,
+    pub lock_addr: u64,
+    /// Return address of the slow-path call: the PC in the function that called it.
+    pub caller_pc: u64,
+    /// Id in the user stack map, or negative when the stack could not be taken.
+    pub stack_id: i64,
+    pub kind: u32,
+    pub _pad: u32,
+}
+
+/// Aggregation key: one row per process, lock, call site and stack.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct LockKey {
+    pub tgid: u32,
+    pub kind: u32,
+    pub lock_addr: u64,
+    pub caller_pc: u64,
+    pub stack_id: i64,
+}
+
+/// Aggregated waits for one [`LockKey`], kept per CPU and summed by user space.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct WaitStats {
+    pub count: u64,
+    pub total_ns: u64,
+    pub max_ns: u64,
+    pub hist: [u64; HIST_SLOTS],
+}
+
+impl Default for WaitStats {
+    fn default() -> Self {
+        Self {
+            count: 0,
+            total_ns: 0,
+            max_ns: 0,
+            hist: [0; HIST_SLOTS],
+        }
+    }
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all four are repr(C), contain only integers, and have no implicit padding.
+    unsafe impl aya::Pod for super::InflightKey {}
+    unsafe impl aya::Pod for super::Inflight {}
+    unsafe impl aya::Pod for super::LockKey {}
+    unsafe impl aya::Pod for super::WaitStats {}
+}

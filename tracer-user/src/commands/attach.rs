@@ -1,0 +1,49 @@
+//! `tracer attach --pid PID`: trace a running Go process for a while, then report.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+
+use crate::{
+    gobin::GoBinary,
+    kernelfs, privileges, procfs,
+    probes::{Scope, Tracer},
+    session::{OutputOptions, Session},
+};
+
+/// Attaches to `pid` until `duration` passes, the process exits, or Ctrl-C.
+pub async fn attach(pid: u32, duration: Option<Duration>, out: &OutputOptions) -> Result<()> {
+    procfs::check_pid(pid)?;
+    // Through /proc/PID/exe, so a binary in another mount namespace, or one
+    // deleted since it started, still opens.
+    let exe_link = procfs::exe_link(pid);
+    let exe = procfs::exe_display(pid);
+    let bin = GoBinary::open(&exe_link).with_context(|| format!("pid {pid} ({exe})"))?;
+    privileges::check()?;
+    kernelfs::ensure_tracefs()?;
+    let tracer = Tracer::load()?;
+    let mut session = Session::start(tracer, bin, &exe_link, pid, exe, Scope::Pid(pid))?;
+
+    let deadline = duration.map(|d| Instant::now() + d);
+    let mut live_tick = tokio::time::interval(out.interval.max(Duration::from_millis(100)));
+    live_tick.tick().await;
+    let mut alive_tick = tokio::time::interval(Duration::from_millis(200));
+    let ctrl_c = tokio::signal::ctrl_c();
+    tokio::pin!(ctrl_c);
+    loop {
+        let until_deadline = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        tokio::select! {
+            _ = tokio::time::sleep(until_deadline.unwrap_or(Duration::from_secs(3600))), if until_deadline.is_some() => break,
+            _ = &mut ctrl_c => break,
+            _ = live_tick.tick(), if out.live => session.print_live(out),
+            _ = alive_tick.tick() => {
+                if !procfs::is_alive(pid) {
+                    tracing::info!("pid {pid} exited");
+                    break;
+                }
+            }
+        }
+    }
+    session.finish(out)?;
+    Ok(())
+}

@@ -1,0 +1,30 @@
+//! `tracer inspect BINARY | --pid PID`: what tracer sees in a Go binary.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+use crate::{gobin::GoBinary, procfs};
+
+pub fn inspect(binary: Option<&Path>, pid: Option<u32>, json: bool) -> Result<()> {
+    let (bin, name) = match (binary, pid) {
+        (Some(p), _) => (GoBinary::open(p).with_context(|| p.display().to_string())?, p.display().to_string()),
+        (None, Some(pid)) => {
+            procfs::check_pid(pid)?;
+            let link = procfs::exe_link(pid);
+            (
+                GoBinary::open(&link).with_context(|| format!("pid {pid}"))?,
+                procfs::exe_display(pid),
+            )
+        }
+        (None, None) => anyhow::bail!("give a BINARY or --pid PID"),
+    };
+    let report = crate::gobin::inspect(&bin);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{name}");
+        print!("{report}");
+    }
+    Ok(())
+}

@@ -1,0 +1,4 @@
+//! The `tracer` subcommands.
+pub mod attach;
+pub mod inspect;
+pub mod run;

