@@ -6,8 +6,12 @@ use anyhow::{Context as _, anyhow};
 
 fn main() -> anyhow::Result<()> {
     // `cargo xtask setup` installs bpf-linker here; put it on PATH for the nested build.
-    if let Some(home) = env::var_os("HOME") {
-        let bin = PathBuf::from(home).join(".cache/tracer/bpf-linker/bin");
+    println!("cargo:rerun-if-env-changed=TRACER_CACHE_DIR");
+    let cache = env::var_os("TRACER_CACHE_DIR")
+        .map(PathBuf::from)
+        .or_else(|| env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/tracer")));
+    if let Some(cache) = cache {
+        let bin = cache.join("bpf-linker/bin");
         let path = env::var_os("PATH").unwrap_or_default();
         let mut paths: Vec<PathBuf> = vec![bin];
         paths.extend(env::split_paths(&path));
@@ -23,9 +27,16 @@ fn main() -> anyhow::Result<()> {
         std::fs::write(out_dir.join("tracer"), b"")?;
     }
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../tracer-ebpf");
-    let root = root.to_str().ok_or_else(|| anyhow!("non-UTF-8 path"))?.to_owned();
+    let root = root
+        .to_str()
+        .ok_or_else(|| anyhow!("non-UTF-8 path"))?
+        .to_owned();
     aya_build::build_ebpf(
-        [aya_build::Package { name: "tracer-ebpf", root_dir: &root, ..Default::default() }],
+        [aya_build::Package {
+            name: "tracer-ebpf",
+            root_dir: &root,
+            ..Default::default()
+        }],
         aya_build::Toolchain::default(),
     )
 }

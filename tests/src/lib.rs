@@ -27,7 +27,10 @@ pub struct GoToolchain {
 impl GoToolchain {
     /// (major, minor) of the version, e.g. (1, 25).
     pub fn minor(&self) -> (u32, u32) {
-        let mut it = self.version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
+        let mut it = self
+            .version
+            .split('.')
+            .map(|p| p.parse::<u32>().unwrap_or(0));
         (it.next().unwrap_or(0), it.next().unwrap_or(0))
     }
 
@@ -93,8 +96,12 @@ pub fn fixtures_src_dir() -> PathBuf {
 pub fn go_toolchains() -> Result<Vec<GoToolchain>> {
     let dir = cache_dir().join("go");
     let mut out = Vec::new();
-    let entries = fs::read_dir(&dir)
-        .with_context(|| format!("no Go toolchains in {} (run `cargo xtask setup`)", dir.display()))?;
+    let entries = fs::read_dir(&dir).with_context(|| {
+        format!(
+            "no Go toolchains in {} (run `cargo xtask setup`)",
+            dir.display()
+        )
+    })?;
     for e in entries {
         let e = e?;
         let go = e.path().join("bin").join("go");
@@ -112,7 +119,10 @@ pub fn go_toolchains() -> Result<Vec<GoToolchain>> {
             .collect::<Vec<_>>()
     });
     if out.is_empty() {
-        bail!("no Go toolchains in {} (run `cargo xtask setup`)", dir.display());
+        bail!(
+            "no Go toolchains in {} (run `cargo xtask setup`)",
+            dir.display()
+        );
     }
     Ok(out)
 }
@@ -188,7 +198,8 @@ pub fn build_go_dir(tc: &GoToolchain, src: &Path, name: &str, variant: Variant) 
             cmd.arg("-buildmode=pie");
         }
         Variant::Cgo => {
-            cmd.env("CGO_ENABLED", "1").arg("-ldflags=-linkmode=external");
+            cmd.env("CGO_ENABLED", "1")
+                .arg("-ldflags=-linkmode=external");
         }
         Variant::Arm64 => {
             cmd.env("GOARCH", "arm64");
@@ -267,11 +278,16 @@ pub fn run_tracer(args: &[&str], json: bool) -> Result<TracerRun> {
     let mut cmd = Command::new(&bin);
     if json {
         let (sub, rest) = args.split_first().context("no subcommand")?;
-        cmd.arg(sub).arg("--json-report").arg(&report_path).args(rest);
+        cmd.arg(sub)
+            .arg("--json-report")
+            .arg(&report_path)
+            .args(rest);
     } else {
         cmd.args(args);
     }
-    let out = cmd.output().with_context(|| format!("running {}", bin.display()))?;
+    let out = cmd
+        .output()
+        .with_context(|| format!("running {}", bin.display()))?;
     let report = if json {
         fs::read(&report_path)
             .ok()

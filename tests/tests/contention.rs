@@ -44,41 +44,77 @@ fn contended_mutex_waits_match_the_programs_own_measurement() -> Result<()> {
         for variant in [Variant::Plain, Variant::Stripped, Variant::Pie] {
             let bin = build_fixture(&tc, "contention", variant)?;
             let bin = bin.to_str().context("path")?;
-            let (g, m, hold) = (GOROUTINES.to_string(), ITERATIONS.to_string(), format!("{HOLD_MS}ms"));
-            let out = run_tracer(&["run", "--", bin, "-g", &g, "-m", &m, "-hold", &hold], true)?;
-            let ctx = format!("go {} {variant:?}\nstdout:\n{}\nstderr:\n{}", tc.version, out.stdout, out.stderr);
+            let (g, m, hold) = (
+                GOROUTINES.to_string(),
+                ITERATIONS.to_string(),
+                format!("{HOLD_MS}ms"),
+            );
+            let out = run_tracer(
+                &["run", "--", bin, "-g", &g, "-m", &m, "-hold", &hold],
+                true,
+            )?;
+            let ctx = format!(
+                "go {} {variant:?}\nstdout:\n{}\nstderr:\n{}",
+                tc.version, out.stdout, out.stderr
+            );
             ensure!(out.status.success(), "tracer run failed: {ctx}");
-            let report = out.report.as_ref().with_context(|| format!("no JSON report: {ctx}"))?;
+            let report = out
+                .report
+                .as_ref()
+                .with_context(|| format!("no JSON report: {ctx}"))?;
             let rows = locks(report);
             let contentions = sum(&rows, "contentions");
             let total = sum(&rows, "wait_ns_total");
             let own_wait = fixture_value(&out.stdout, "wait_ns")?;
             let counter = fixture_value(&out.stdout, "counter")?;
-            ensure!(counter == GOROUTINES * ITERATIONS, "program lost updates: {ctx}");
+            ensure!(
+                counter == GOROUTINES * ITERATIONS,
+                "program lost updates: {ctx}"
+            );
 
             // Every wait is one slow-path call, at most one per Lock().
             ensure!(contentions > 0, "no contention recorded: {ctx}");
-            ensure!(contentions <= GOROUTINES * ITERATIONS, "more contentions than Lock calls: {ctx}");
+            ensure!(
+                contentions <= GOROUTINES * ITERATIONS,
+                "more contentions than Lock calls: {ctx}"
+            );
             // Sane bounds from N, M and the hold time: a waiter waits at most for the
             // other N-1 holders each round, so the total is bounded by N*M*(N-1)*hold
             // (with 2x slack for scheduling on 2 CPUs), and the lock was held N*M*hold.
             let hold_ns = HOLD_MS * 1_000_000;
             let upper = 2 * GOROUTINES * ITERATIONS * (GOROUTINES - 1) * hold_ns;
             ensure!(total <= upper, "total wait {total} > bound {upper}: {ctx}");
-            ensure!(total >= hold_ns, "total wait {total} below one hold time: {ctx}");
+            ensure!(
+                total >= hold_ns,
+                "total wait {total} below one hold time: {ctx}"
+            );
             // Ground truth: the program timed its own mu.Lock() calls. The slow path is
             // where that time goes; allow 25% for fast-path acquisitions, the probes'
             // own trap time and clock reads.
             let diff = (total as f64 - own_wait as f64).abs() / own_wait as f64;
-            ensure!(diff <= 0.25, "tracer total {total} vs program's own {own_wait} ({:.0}% off): {ctx}", diff * 100.0);
+            ensure!(
+                diff <= 0.25,
+                "tracer total {total} vs program's own {own_wait} ({:.0}% off): {ctx}",
+                diff * 100.0
+            );
 
             // The heaviest row is the fixture's lock, attributed to its call site.
             let top = &rows[0];
             ensure!(top["kind"] == "mutex", "kind: {ctx}");
-            ensure!(top["site"]["function"] == "main.holdLock", "site function {}: {ctx}", top["site"]);
-            ensure!(top["site"]["line"] == site_line, "site line {} != {site_line}: {ctx}", top["site"]);
             ensure!(
-                top["site"]["file"].as_str().is_some_and(|f| f.ends_with("contention/main.go")),
+                top["site"]["function"] == "main.holdLock",
+                "site function {}: {ctx}",
+                top["site"]
+            );
+            ensure!(
+                top["site"]["line"] == site_line,
+                "site line {} != {site_line}: {ctx}",
+                top["site"]
+            );
+            ensure!(
+                top["site"]["file"]
+                    .as_str()
+                    .is_some_and(|f| f.ends_with("contention/main.go")),
                 "site file: {ctx}"
             );
             let (p50, p99, max) = (
@@ -86,10 +122,21 @@ fn contended_mutex_waits_match_the_programs_own_measurement() -> Result<()> {
                 top["wait_ns_p99"].as_u64().unwrap_or(0),
                 top["wait_ns_max"].as_u64().unwrap_or(0),
             );
-            ensure!(0 < p50 && p50 <= p99 && p99 <= max, "percentiles out of order: {ctx}");
-            ensure!(report["target"]["go_version"].as_str().is_some_and(|v| v.contains(&tc.version)), "go_version: {ctx}");
+            ensure!(
+                0 < p50 && p50 <= p99 && p99 <= max,
+                "percentiles out of order: {ctx}"
+            );
+            ensure!(
+                report["target"]["go_version"]
+                    .as_str()
+                    .is_some_and(|v| v.contains(&tc.version)),
+                "go_version: {ctx}"
+            );
             // The table shows the same site.
-            ensure!(out.stdout.contains("main.holdLock"), "table lacks the call site: {ctx}");
+            ensure!(
+                out.stdout.contains("main.holdLock"),
+                "table lacks the call site: {ctx}"
+            );
         }
     }
     Ok(())
@@ -103,15 +150,33 @@ fn uncontended_mutex_reports_zero_contentions() -> Result<()> {
     for tc in classic_and_swiss()? {
         let bin = build_fixture(&tc, "contention", Variant::Plain)?;
         let out = run_tracer(
-            &["run", "--", bin.to_str().context("path")?, "-mode", "uncontended", "-g", "4", "-m", "50", "-hold", "100us"],
+            &[
+                "run",
+                "--",
+                bin.to_str().context("path")?,
+                "-mode",
+                "uncontended",
+                "-g",
+                "4",
+                "-m",
+                "50",
+                "-hold",
+                "100us",
+            ],
             true,
         )?;
         let ctx = format!("go {}\n{}\n{}", tc.version, out.stdout, out.stderr);
         ensure!(out.status.success(), "{ctx}");
         let report = out.report.context("no report")?;
         // The probes were live (so zero means zero, not "not traced").
-        ensure!(report["probes"][0]["status"] == "attached", "probes not attached: {ctx}");
-        ensure!(sum(&locks(&report), "contentions") == 0, "contention reported on an uncontended lock: {ctx}");
+        ensure!(
+            report["probes"][0]["status"] == "attached",
+            "probes not attached: {ctx}"
+        );
+        ensure!(
+            sum(&locks(&report), "contentions") == 0,
+            "contention reported on an uncontended lock: {ctx}"
+        );
         ensure!(out.stdout.contains("no lock contention recorded"), "{ctx}");
     }
     Ok(())
@@ -125,15 +190,36 @@ fn stack_growth_under_probes_never_harms_the_program() -> Result<()> {
     for tc in classic_and_swiss()? {
         let bin = build_fixture(&tc, "contention", Variant::Plain)?;
         let out = run_tracer(
-            &["run", "--", bin.to_str().context("path")?, "-mode", "stack", "-g", "8", "-m", "40", "-hold", "200us"],
+            &[
+                "run",
+                "--",
+                bin.to_str().context("path")?,
+                "-mode",
+                "stack",
+                "-g",
+                "8",
+                "-m",
+                "40",
+                "-hold",
+                "200us",
+            ],
             true,
         )?;
         let ctx = format!("go {}\n{}\n{}", tc.version, out.stdout, out.stderr);
-        ensure!(out.status.code() == Some(0), "program did not exit 0 under probes: {ctx}");
-        ensure!(fixture_value(&out.stdout, "counter")? == 8 * 40, "program state damaged: {ctx}");
+        ensure!(
+            out.status.code() == Some(0),
+            "program did not exit 0 under probes: {ctx}"
+        );
+        ensure!(
+            fixture_value(&out.stdout, "counter")? == 8 * 40,
+            "program state damaged: {ctx}"
+        );
         let report = out.report.context("no report")?;
         // The probes fired while stacks were growing and moving.
-        ensure!(sum(&locks(&report), "contentions") > 0, "probes never fired: {ctx}");
+        ensure!(
+            sum(&locks(&report), "contentions") > 0,
+            "probes never fired: {ctx}"
+        );
     }
     Ok(())
 }
@@ -157,7 +243,10 @@ fn attach_to_running_process() -> Result<()> {
     let ctx = format!("{}\n{}", out.stdout, out.stderr);
     ensure!(out.status.success(), "{ctx}");
     let report = out.report.context("no report")?;
-    ensure!(report["target"]["pid"].as_u64() == Some(child.id() as u64), "{ctx}");
+    ensure!(
+        report["target"]["pid"].as_u64() == Some(child.id() as u64),
+        "{ctx}"
+    );
     let rows = locks(&report);
     ensure!(sum(&rows, "contentions") > 0, "{ctx}");
     ensure!(rows[0]["site"]["function"] == "main.holdLock", "{ctx}");
@@ -174,7 +263,10 @@ fn binary_without_mutex_slow_path_is_reported_and_still_runs() -> Result<()> {
     let out = run_tracer(&["run", "--", bin.to_str().context("path")?], true)?;
     let ctx = format!("{}\n{}", out.stdout, out.stderr);
     ensure!(out.status.success(), "{ctx}");
-    ensure!(out.stderr.contains("nomutex: ok"), "program output not passed through: {ctx}");
+    ensure!(
+        out.stderr.contains("nomutex: ok"),
+        "program output not passed through: {ctx}"
+    );
     let report = out.report.context("no report")?;
     ensure!(report["probes"][0]["status"] == "missing", "{ctx}");
     ensure!(out.stdout.contains("no mutex slow path"), "{ctx}");
@@ -184,16 +276,28 @@ fn binary_without_mutex_slow_path_is_reported_and_still_runs() -> Result<()> {
 #[test]
 fn bad_input_gets_a_clear_error() -> Result<()> {
     let not_go = run_tracer(&["run", "--", "/bin/true"], false)?;
-    ensure!(!not_go.status.success() && not_go.stderr.contains("no Go build info"), "{not_go:?}");
+    ensure!(
+        !not_go.status.success() && not_go.stderr.contains("no Go build info"),
+        "{not_go:?}"
+    );
 
     let no_pid = run_tracer(&["attach", "--pid", "999999999", "--duration", "1s"], false)?;
-    ensure!(!no_pid.status.success() && no_pid.stderr.contains("no such process"), "{no_pid:?}");
+    ensure!(
+        !no_pid.status.success() && no_pid.stderr.contains("no such process"),
+        "{no_pid:?}"
+    );
 
     let missing = run_tracer(&["run", "--", "/nonexistent/program"], false)?;
-    ensure!(!missing.status.success() && missing.stderr.contains("program not found"), "{missing:?}");
+    ensure!(
+        !missing.status.success() && missing.stderr.contains("program not found"),
+        "{missing:?}"
+    );
 
     let bad_duration = run_tracer(&["attach", "--pid", "1", "--duration", "ten"], false)?;
-    ensure!(!bad_duration.status.success() && bad_duration.stderr.contains("invalid duration"), "{bad_duration:?}");
+    ensure!(
+        !bad_duration.status.success() && bad_duration.stderr.contains("invalid duration"),
+        "{bad_duration:?}"
+    );
     Ok(())
 }
 
@@ -217,7 +321,13 @@ fn missing_capabilities_are_named() -> Result<()> {
     use std::os::unix::fs::PermissionsExt as _;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
     let out = std::process::Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            "--inh-caps=-all",
+            "--bounding-set=-all",
+        ])
         .arg(&tracer)
         .args(["run", "--"])
         .arg(&bin)
@@ -226,6 +336,9 @@ fn missing_capabilities_are_named() -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     let stderr = String::from_utf8_lossy(&out.stderr);
     ensure!(!out.status.success(), "ran without capabilities: {stderr}");
-    ensure!(stderr.contains("CAP_BPF") && stderr.contains("CAP_PERFMON"), "{stderr}");
+    ensure!(
+        stderr.contains("CAP_BPF") && stderr.contains("CAP_PERFMON"),
+        "{stderr}"
+    );
     Ok(())
 }

@@ -85,7 +85,11 @@ mod tests {
     #[test]
     fn log2_matches_leading_zeros() {
         for shift in 0..64 {
-            for v in [1u64 << shift, (1u64 << shift) | 1, ((1u64 << shift) << 1).wrapping_sub(1)] {
+            for v in [
+                1u64 << shift,
+                (1u64 << shift) | 1,
+                ((1u64 << shift) << 1).wrapping_sub(1),
+            ] {
                 if v == 0 {
                     continue;
                 }

@@ -3,12 +3,12 @@
 //! into per-CPU aggregates keyed by (process, lock, call site, stack).
 
 use aya_ebpf::{
+    EbpfContext,
     bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
     helpers::{bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{map, uprobe},
     maps::{Array, HashMap, LruHashMap, PerCpuHashMap, StackTrace},
     programs::ProbeContext,
-    EbpfContext,
 };
 use aya_log_ebpf::warn;
 use tracer_common::{Inflight, InflightKey, LockKey, WaitStats, hist_slot};
@@ -48,13 +48,17 @@ pub fn lock_enter(ctx: ProbeContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
     // SAFETY: read-only lookup of a plain value.
-    if unsafe { TARGETS.get(&tgid) }.is_none() {
+    if unsafe { TARGETS.get(tgid) }.is_none() {
         return 0;
     }
     let now = unsafe { bpf_ktime_get_ns() };
-    let key = InflightKey { tgid, _pad: 0, g: regs::goroutine(&ctx, pid_tgid) };
+    let key = InflightKey {
+        tgid,
+        _pad: 0,
+        g: regs::goroutine(&ctx, pid_tgid),
+    };
     let lock_addr = regs::arg0(&ctx);
-    if let Some(prev) = LOCK_INFLIGHT.get_ptr(&key) {
+    if let Some(prev) = LOCK_INFLIGHT.get_ptr(key) {
         // SAFETY: the pointer is valid for this program run.
         let prev = unsafe { &*prev };
         if prev.lock_addr == lock_addr && now.wrapping_sub(prev.start_ns) < REENTRY_WINDOW_NS {
@@ -62,7 +66,11 @@ pub fn lock_enter(ctx: ProbeContext) -> u32 {
         }
     }
     let stack_id = match unsafe {
-        aya_ebpf::helpers::bpf_get_stackid(ctx.as_ptr(), (&raw const LOCK_STACKS).cast_mut().cast(), BPF_F_USER_STACK as u64)
+        aya_ebpf::helpers::bpf_get_stackid(
+            ctx.as_ptr(),
+            (&raw const LOCK_STACKS).cast_mut().cast(),
+            BPF_F_USER_STACK as u64,
+        )
     } {
         id if id >= 0 => id,
         _ => -1,
@@ -75,7 +83,7 @@ pub fn lock_enter(ctx: ProbeContext) -> u32 {
         kind: unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32,
         _pad: 0,
     };
-    let _ = LOCK_INFLIGHT.insert(&key, &rec, 0);
+    let _ = LOCK_INFLIGHT.insert(key, rec, 0);
     0
 }
 
@@ -83,13 +91,17 @@ pub fn lock_enter(ctx: ProbeContext) -> u32 {
 pub fn lock_exit(ctx: ProbeContext) -> u32 {
     let pid_tgid = bpf_get_current_pid_tgid();
     let tgid = (pid_tgid >> 32) as u32;
-    let key = InflightKey { tgid, _pad: 0, g: regs::goroutine(&ctx, pid_tgid) };
-    let Some(rec) = LOCK_INFLIGHT.get_ptr(&key) else {
+    let key = InflightKey {
+        tgid,
+        _pad: 0,
+        g: regs::goroutine(&ctx, pid_tgid),
+    };
+    let Some(rec) = LOCK_INFLIGHT.get_ptr(key) else {
         return 0;
     };
     // SAFETY: copy out before the element is deleted.
     let rec = unsafe { *rec };
-    let _ = LOCK_INFLIGHT.remove(&key);
+    let _ = LOCK_INFLIGHT.remove(key);
     let wait = unsafe { bpf_ktime_get_ns() }.saturating_sub(rec.start_ns);
     let agg_key = LockKey {
         tgid,
@@ -98,15 +110,17 @@ pub fn lock_exit(ctx: ProbeContext) -> u32 {
         caller_pc: rec.caller_pc,
         stack_id: rec.stack_id,
     };
-    let stats = match LOCK_WAITS.get_ptr_mut(&agg_key) {
+    let stats = match LOCK_WAITS.get_ptr_mut(agg_key) {
         Some(p) => p,
         None => {
             let Some(zero) = ZERO_STATS.get_ptr(0) else {
                 return 0;
             };
             // SAFETY: `zero` points at a map value valid for this run.
-            let _ = LOCK_WAITS.insert(&agg_key, unsafe { &*zero }, BPF_NOEXIST as u64);
-            match LOCK_WAITS.get_ptr_mut(&agg_key) {
+            // By reference: a by-value WaitStats would not fit the BPF stack.
+            #[allow(clippy::needless_borrows_for_generic_args)]
+            let _ = LOCK_WAITS.insert(agg_key, unsafe { &*zero }, BPF_NOEXIST as u64);
+            match LOCK_WAITS.get_ptr_mut(agg_key) {
                 Some(p) => p,
                 None => {
                     // Rare by construction: only when the aggregate map is full.

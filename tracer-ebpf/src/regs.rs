@@ -67,7 +67,11 @@ pub use arch::arg0;
 #[inline(always)]
 pub fn goroutine(ctx: &ProbeContext, pid_tgid: u64) -> u64 {
     let g = arch::g(ctx);
-    if g != 0 { g } else { TID_KEY | (pid_tgid & 0xffff_ffff) }
+    if g != 0 {
+        g
+    } else {
+        TID_KEY | (pid_tgid & 0xffff_ffff)
+    }
 }
 
 /// The return address of the probed call, read at function entry.

@@ -18,7 +18,11 @@ pub struct Site {
 
 impl Site {
     fn unknown(pc: u64) -> Self {
-        Site { function: format!("?@{pc:#x}"), file: String::new(), line: 0 }
+        Site {
+            function: format!("?@{pc:#x}"),
+            file: String::new(),
+            line: 0,
+        }
     }
 }
 
@@ -69,7 +73,11 @@ impl Symbolizer<'_> {
         }
         frames
             .into_iter()
-            .map(|f| Site { function: f.function, file: f.file, line: f.line })
+            .map(|f| Site {
+                function: f.function,
+                file: f.file,
+                line: f.line,
+            })
             .collect()
     }
 
@@ -83,8 +91,14 @@ impl Symbolizer<'_> {
         if let Some(s) = stack {
             pcs.extend(s.iter().skip(1).copied().filter(|&p| p != 0));
         }
-        let all: Vec<Site> = pcs.into_iter().flat_map(|pc| self.frames_for_return(pc)).collect();
-        let first_user = all.iter().position(|s| !is_lock_machinery(&s.function)).unwrap_or(0);
+        let all: Vec<Site> = pcs
+            .into_iter()
+            .flat_map(|pc| self.frames_for_return(pc))
+            .collect();
+        let first_user = all
+            .iter()
+            .position(|s| !is_lock_machinery(&s.function))
+            .unwrap_or(0);
         all.into_iter().skip(first_user).take(16).collect()
     }
 }
@@ -106,19 +120,29 @@ pub fn build_rows(
     for (k, lat) in waits {
         let stack = stack_of(k.stack_id);
         let frames = sym.wait_stack(k.caller_pc, stack.as_deref());
-        let site = frames.first().cloned().unwrap_or_else(|| Site::unknown(k.caller_pc));
-        let row = merged.entry((k.tgid, k.lock_addr, k.kind, site.clone())).or_insert_with(|| LockRow {
-            pid: k.tgid,
-            address: k.lock_addr,
-            kind: kind_name(k.kind),
-            site,
-            stack: frames.clone(),
-            latency: Latency::default(),
-        });
+        let site = frames
+            .first()
+            .cloned()
+            .unwrap_or_else(|| Site::unknown(k.caller_pc));
+        let row = merged
+            .entry((k.tgid, k.lock_addr, k.kind, site.clone()))
+            .or_insert_with(|| LockRow {
+                pid: k.tgid,
+                address: k.lock_addr,
+                kind: kind_name(k.kind),
+                site,
+                stack: frames.clone(),
+                latency: Latency::default(),
+            });
         row.latency.merge(lat);
     }
     let mut rows: Vec<LockRow> = merged.into_values().collect();
-    rows.sort_by(|a, b| b.latency.total_ns.cmp(&a.latency.total_ns).then(a.address.cmp(&b.address)));
+    rows.sort_by(|a, b| {
+        b.latency
+            .total_ns
+            .cmp(&a.latency.total_ns)
+            .then(a.address.cmp(&b.address))
+    });
     rows
 }
 
@@ -144,7 +168,10 @@ mod tests {
 
     #[test]
     fn bias_is_page_aligned() {
-        assert_eq!(bias_from_entry_frame(0x5555_5500_1234, 0x1234), 0x5555_5500_0000);
+        assert_eq!(
+            bias_from_entry_frame(0x5555_5500_1234, 0x1234),
+            0x5555_5500_0000
+        );
         assert_eq!(bias_from_entry_frame(0x47_1234, 0x47_1234), 0);
         assert_eq!(bias_from_entry_frame(0x47_1235, 0x47_1234), 0);
     }

@@ -5,9 +5,13 @@ use std::time::Duration;
 /// Parses a positive duration with a unit (ns, us, µs, ms, s, m, h).
 pub fn parse(s: &str) -> Result<Duration, String> {
     let s = s.trim();
-    let split = s.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(s.len());
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("invalid duration {s:?}: expected e.g. 500ms, 10s, 2m"))?;
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 500ms, 10s, 2m"))?;
     let scale = match unit {
         "ns" => 1e-9,
         "us" | "µs" => 1e-6,
@@ -16,7 +20,11 @@ pub fn parse(s: &str) -> Result<Duration, String> {
         "m" => 60.0,
         "h" => 3600.0,
         "" => return Err(format!("duration {s:?} needs a unit (ms, s, m, h)")),
-        _ => return Err(format!("unknown unit {unit:?} in duration {s:?} (use ns, us, ms, s, m, h)")),
+        _ => {
+            return Err(format!(
+                "unknown unit {unit:?} in duration {s:?} (use ns, us, ms, s, m, h)"
+            ));
+        }
     };
     let secs = n * scale;
     if !secs.is_finite() || secs <= 0.0 || secs > 366.0 * 86400.0 {

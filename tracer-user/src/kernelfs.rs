@@ -23,7 +23,8 @@ fn mount(fstype: &str, target: &str) -> Result<()> {
     // SAFETY: valid NUL-terminated strings; no data argument.
     let rc = unsafe { libc::mount(f.as_ptr(), t.as_ptr(), f.as_ptr(), 0, std::ptr::null()) };
     if rc != 0 {
-        return Err(std::io::Error::last_os_error()).with_context(|| format!("mount -t {fstype} {fstype} {target}"));
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("mount -t {fstype} {fstype} {target}"));
     }
     Ok(())
 }

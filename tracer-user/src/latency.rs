@@ -19,7 +19,12 @@ pub struct Latency {
 
 impl Default for Latency {
     fn default() -> Self {
-        Self { count: 0, total_ns: 0, max_ns: 0, hist: vec![0; HIST_SLOTS] }
+        Self {
+            count: 0,
+            total_ns: 0,
+            max_ns: 0,
+            hist: vec![0; HIST_SLOTS],
+        }
     }
 }
 
@@ -66,7 +71,11 @@ impl Latency {
             }
             if seen + c >= rank {
                 let (lo, hi) = slot_bounds(slot);
-                let hi = if hi == u64::MAX { self.max_ns.max(lo) } else { hi };
+                let hi = if hi == u64::MAX {
+                    self.max_ns.max(lo)
+                } else {
+                    hi
+                };
                 let frac = (rank - seen) as f64 / c as f64;
                 let v = lo as f64 + (hi - lo) as f64 * frac;
                 return (v as u64).min(self.max_ns).max(lo.min(self.max_ns));
@@ -83,7 +92,11 @@ impl Latency {
             .filter(|(_, c)| **c > 0)
             .map(|(slot, &count)| {
                 let (lo_ns, hi_ns) = slot_bounds(slot);
-                Bucket { lo_ns, hi_ns, count }
+                Bucket {
+                    lo_ns,
+                    hi_ns,
+                    count,
+                }
             })
             .collect()
     }
@@ -128,7 +141,10 @@ mod tests {
         let l = from_samples(&samples);
         for (q, exact) in [(0.5, 5_000_000f64), (0.99, 9_900_000f64)] {
             let got = l.quantile(q) as f64;
-            assert!((got - exact).abs() / exact <= 0.25, "q={q} got={got} exact={exact}");
+            assert!(
+                (got - exact).abs() / exact <= 0.25,
+                "q={q} got={got} exact={exact}"
+            );
         }
         assert_eq!(l.count, 10_000);
         assert_eq!(l.max_ns, 10_000_000);

@@ -6,7 +6,11 @@ use clap::{Args, Parser, Subcommand};
 use tracer_user::{commands, duration, session::OutputOptions};
 
 #[derive(Parser)]
-#[command(name = "tracer", version, about = "Zero-instrumentation eBPF tracer for Go services: lock contention, maps, TCP")]
+#[command(
+    name = "tracer",
+    version,
+    about = "Zero-instrumentation eBPF tracer for Go services: lock contention, maps, TCP"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -30,7 +34,12 @@ struct Output {
 
 impl From<Output> for OutputOptions {
     fn from(o: Output) -> Self {
-        OutputOptions { live: o.live, interval: o.interval, top: o.top, json_report: o.json_report }
+        OutputOptions {
+            live: o.live,
+            interval: o.interval,
+            top: o.top,
+            json_report: o.json_report,
+        }
     }
 }
 
@@ -74,12 +83,17 @@ enum Command {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("TRACER_LOG").unwrap_or_else(|_| "warn".into()),
+            tracing_subscriber::EnvFilter::try_from_env("TRACER_LOG")
+                .unwrap_or_else(|_| "warn".into()),
         )
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("tracer: cannot start runtime: {e}");
@@ -88,11 +102,21 @@ fn main() -> ExitCode {
     };
     let result = rt.block_on(async {
         match cli.command {
-            Command::Run { output, program, args } => commands::run::run(&program, &args, &output.into()).await,
-            Command::Attach { pid, duration, output } => {
-                commands::attach::attach(pid, duration, &output.into()).await.map(|()| 0)
+            Command::Run {
+                output,
+                program,
+                args,
+            } => commands::run::run(&program, &args, &output.into()).await,
+            Command::Attach {
+                pid,
+                duration,
+                output,
+            } => commands::attach::attach(pid, duration, &output.into())
+                .await
+                .map(|()| 0),
+            Command::Inspect { binary, pid, json } => {
+                commands::inspect::inspect(binary.as_deref(), pid, json).map(|()| 0)
             }
-            Command::Inspect { binary, pid, json } => commands::inspect::inspect(binary.as_deref(), pid, json).map(|()| 0),
         }
     });
     match result {

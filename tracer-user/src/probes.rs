@@ -5,10 +5,7 @@
 //! uretprobe, which rewrites return addresses on goroutine stacks that the Go
 //! runtime later copies, and crashes the program.
 
-use std::{
-    num::NonZeroU32,
-    path::Path,
-};
+use std::{num::NonZeroU32, path::Path};
 
 use anyhow::{Context, Result, anyhow, bail};
 use aya::{
@@ -54,7 +51,9 @@ pub enum Scope {
 impl Scope {
     fn uprobe_scope(self) -> UProbeScope {
         match self {
-            Scope::Pid(pid) => NonZeroU32::new(pid).map_or(UProbeScope::AllProcesses, UProbeScope::OneProcess),
+            Scope::Pid(pid) => {
+                NonZeroU32::new(pid).map_or(UProbeScope::AllProcesses, UProbeScope::OneProcess)
+            }
             Scope::AllProcesses => UProbeScope::AllProcesses,
         }
     }
@@ -79,7 +78,9 @@ impl Tracer {
     /// nothing traced, when the kernel refuses it.
     pub fn load() -> Result<Self> {
         if EBPF_OBJECT.is_empty() {
-            bail!("this tracer was built without its eBPF object (AYA_BUILD_SKIP was set); rebuild after `cargo xtask setup`");
+            bail!(
+                "this tracer was built without its eBPF object (AYA_BUILD_SKIP was set); rebuild after `cargo xtask setup`"
+            );
         }
         let mut ebpf = EbpfLoader::new()
             .load(EBPF_OBJECT)
@@ -91,7 +92,8 @@ impl Tracer {
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("eBPF object lacks program {name}"))?
                 .try_into()?;
-            prog.load().with_context(|| format!("verifying eBPF program {name}"))?;
+            prog.load()
+                .with_context(|| format!("verifying eBPF program {name}"))?;
         }
         Ok(Self { ebpf, logger })
     }
@@ -105,8 +107,11 @@ impl Tracer {
 
     /// Adds `pid` to the processes whose probe hits are recorded.
     pub fn add_target(&mut self, pid: u32) -> Result<()> {
-        let mut targets: HashMap<_, u32, u8> =
-            HashMap::try_from(self.ebpf.map_mut("TARGETS").ok_or_else(|| anyhow!("TARGETS map missing"))?)?;
+        let mut targets: HashMap<_, u32, u8> = HashMap::try_from(
+            self.ebpf
+                .map_mut("TARGETS")
+                .ok_or_else(|| anyhow!("TARGETS map missing"))?,
+        )?;
         targets.insert(pid, 1, 0).context("adding target pid")?;
         Ok(())
     }
@@ -129,7 +134,13 @@ impl Tracer {
         };
         let name = func.name.clone();
         match self.attach_entry_and_returns(bin, &func, path, scope, KIND_MUTEX) {
-            Ok(n) => ProbeStatus { feature: "mutex".into(), function: Some(name), status: "attached", ret_sites: n, reason: None },
+            Ok(n) => ProbeStatus {
+                feature: "mutex".into(),
+                function: Some(name),
+                status: "attached",
+                ret_sites: n,
+                reason: None,
+            },
             Err(e) => ProbeStatus {
                 feature: "mutex".into(),
                 function: Some(name),
@@ -148,19 +159,32 @@ impl Tracer {
         scope: Scope,
         cookie: u32,
     ) -> Result<usize> {
-        let rets = bin.return_offsets(func).with_context(|| format!("finding RET sites of {}", func.name))?;
+        let rets = bin
+            .return_offsets(func)
+            .with_context(|| format!("finding RET sites of {}", func.name))?;
         if rets.is_empty() {
-            bail!("no RET instruction found in {}; refusing to attach an entry probe without exits", func.name);
+            bail!(
+                "no RET instruction found in {}; refusing to attach an entry probe without exits",
+                func.name
+            );
         }
         let point = |off: u64| UProbeAttachPoint {
             location: UProbeAttachLocation::AbsoluteOffset(off),
             cookie: Some(cookie as u64),
         };
-        let enter: &mut UProbe = self.ebpf.program_mut("lock_enter").ok_or_else(|| anyhow!("lock_enter missing"))?.try_into()?;
+        let enter: &mut UProbe = self
+            .ebpf
+            .program_mut("lock_enter")
+            .ok_or_else(|| anyhow!("lock_enter missing"))?
+            .try_into()?;
         enter
             .attach(point(func.file_offset), path, scope.uprobe_scope())
             .with_context(|| format!("attaching uprobe to {} in {}", func.name, path.display()))?;
-        let exit: &mut UProbe = self.ebpf.program_mut("lock_exit").ok_or_else(|| anyhow!("lock_exit missing"))?.try_into()?;
+        let exit: &mut UProbe = self
+            .ebpf
+            .program_mut("lock_exit")
+            .ok_or_else(|| anyhow!("lock_exit missing"))?
+            .try_into()?;
         for off in &rets {
             exit.attach(point(func.file_offset + off), path, scope.uprobe_scope())
                 .with_context(|| format!("attaching uprobe to RET at {}+{off:#x}", func.name))?;
@@ -170,8 +194,11 @@ impl Tracer {
 
     /// Current per-(process, lock, site, stack) waits, summed over CPUs.
     pub fn lock_waits(&self) -> Result<Vec<(LockKey, Latency)>> {
-        let map: PerCpuHashMap<&MapData, LockKey, WaitStats> =
-            PerCpuHashMap::try_from(self.ebpf.map("LOCK_WAITS").ok_or_else(|| anyhow!("LOCK_WAITS map missing"))?)?;
+        let map: PerCpuHashMap<&MapData, LockKey, WaitStats> = PerCpuHashMap::try_from(
+            self.ebpf
+                .map("LOCK_WAITS")
+                .ok_or_else(|| anyhow!("LOCK_WAITS map missing"))?,
+        )?;
         let mut out = Vec::new();
         for item in map.iter() {
             let (k, per_cpu) = item.context("reading LOCK_WAITS")?;
@@ -187,7 +214,8 @@ impl Tracer {
     /// Return addresses of a user stack recorded by the lock probes, innermost first.
     pub fn lock_stack(&self, stack_id: i64) -> Option<Vec<u64>> {
         let id = u32::try_from(stack_id).ok()?;
-        let map: StackTraceMap<&MapData> = StackTraceMap::try_from(self.ebpf.map("LOCK_STACKS")?).ok()?;
+        let map: StackTraceMap<&MapData> =
+            StackTraceMap::try_from(self.ebpf.map("LOCK_STACKS")?).ok()?;
         let st = map.get(&id, 0).ok()?;
         Some(st.frames().iter().map(|f| f.ip).collect())
     }

@@ -42,7 +42,9 @@ pub fn exe_display(pid: u32) -> String {
 
 /// The process's command name (at most 16 bytes in the kernel).
 pub fn comm(pid: u32) -> Option<String> {
-    read_bounded(&format!("/proc/{pid}/comm")).ok().map(|s| s.trim_end().chars().take(64).collect())
+    read_bounded(&format!("/proc/{pid}/comm"))
+        .ok()
+        .map(|s| s.trim_end().chars().take(64).collect())
 }
 
 /// True while `pid` exists and is not a zombie.

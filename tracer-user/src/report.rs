@@ -74,7 +74,13 @@ impl Report {
         );
         for p in &self.probes {
             if p.status != "attached" {
-                let _ = writeln!(out, "  {} probes {}: {}", p.feature, p.status, p.reason.as_deref().unwrap_or(""));
+                let _ = writeln!(
+                    out,
+                    "  {} probes {}: {}",
+                    p.feature,
+                    p.status,
+                    p.reason.as_deref().unwrap_or("")
+                );
             }
         }
         if self.locks.is_empty() {
@@ -83,8 +89,8 @@ impl Report {
         }
         let _ = writeln!(
             out,
-            "{:<16} {:<6} {:>11} {:>10} {:>9} {:>9} {:>9}  {}",
-            "LOCK", "KIND", "CONTENTIONS", "TOTAL", "P50", "P99", "MAX", "CALL SITE"
+            "{:<16} {:<6} {:>11} {:>10} {:>9} {:>9} {:>9}  CALL SITE",
+            "LOCK", "KIND", "CONTENTIONS", "TOTAL", "P50", "P99", "MAX"
         );
         for l in self.locks.iter().take(limit) {
             let _ = writeln!(
@@ -101,7 +107,11 @@ impl Report {
             );
         }
         if self.locks.len() > limit {
-            let _ = writeln!(out, "... {} more rows (see --json-report)", self.locks.len() - limit);
+            let _ = writeln!(
+                out,
+                "... {} more rows (see --json-report)",
+                self.locks.len() - limit
+            );
         }
         out
     }

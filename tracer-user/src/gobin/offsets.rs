@@ -275,7 +275,9 @@ pub(crate) fn from_dwarf(data: &[u8]) -> Result<Option<StructOffsets>, GoBinErro
         let err = |e: object::Error| GoBinError::Dwarf(format!("{}: {e}", id.name()));
         let cd = s.compressed_data().map_err(err)?;
         // The uncompressed size is a header field: cap it before allocating.
-        let limit = (data.len() as u64).saturating_mul(64).min(MAX_DWARF_SECTION);
+        let limit = (data.len() as u64)
+            .saturating_mul(64)
+            .min(MAX_DWARF_SECTION);
         if cd.uncompressed_size > limit {
             return Err(GoBinError::Dwarf(format!(
                 "{}: claims {} uncompressed bytes",

@@ -436,7 +436,12 @@ pub(crate) fn locate(data: &[u8], elf: &ElfInfo) -> Result<Pclntab, GoBinError> 
         while i + HEADER_LEN <= bytes.len() {
             let m = u32_le(bytes, i).unwrap_or(0);
             if (m == MAGIC_120 || m == MAGIC_118)
-                && let Ok(t) = Pclntab::parse_header(data, start + i, len - i, seg.vaddr.wrapping_add(i as u64))
+                && let Ok(t) = Pclntab::parse_header(
+                    data,
+                    start + i,
+                    len - i,
+                    seg.vaddr.wrapping_add(i as u64),
+                )
                 && t.nfunc > 0
                 && t.func(t.bytes(data), 0)
                     .is_some_and(|f| t.name(t.bytes(data), &f).is_some())
@@ -463,6 +468,16 @@ pub(crate) mod tests {
     /// Builds a minimal 1.20-layout table with the given functions
     /// (name, entry offset) and a last end offset.
     pub(crate) fn synth(funcs: &[(&str, u32)], end: u32, text: u64) -> Vec<u8> {
+        synth_layout(funcs, end, text, Layout::Go120)
+    }
+
+    /// As [`synth`], in the given record layout.
+    pub(crate) fn synth_layout(
+        funcs: &[(&str, u32)],
+        end: u32,
+        text: u64,
+        layout: Layout,
+    ) -> Vec<u8> {
         let mut names = Vec::new();
         let mut name_offs = Vec::new();
         for (n, _) in funcs {
@@ -487,7 +502,7 @@ pub(crate) mod tests {
             let rec_off = (ftab_len + recs.len()) as u32;
             pcln.extend_from_slice(&e.to_le_bytes());
             pcln.extend_from_slice(&rec_off.to_le_bytes());
-            let mut r = vec![0u8; 44];
+            let mut r = vec![0u8; layout.func_fixed_len()];
             r[0..4].copy_from_slice(&e.to_le_bytes());
             r[4..8].copy_from_slice(&name_offs[i].to_le_bytes());
             r[16..20].copy_from_slice(&1u32.to_le_bytes()); // pcsp
@@ -499,7 +514,11 @@ pub(crate) mod tests {
         pcln.extend_from_slice(&0u32.to_le_bytes());
         pcln.extend_from_slice(&recs);
         let mut t = Vec::new();
-        t.extend_from_slice(&MAGIC_120.to_le_bytes());
+        let magic = match layout {
+            Layout::Go118 => MAGIC_118,
+            Layout::Go120 => MAGIC_120,
+        };
+        t.extend_from_slice(&magic.to_le_bytes());
         t.extend_from_slice(&[0, 0, 1, 8]);
         for v in [
             funcs.len() as u64,
@@ -545,6 +564,24 @@ pub(crate) mod tests {
         assert_eq!(p.file_name(tab, &f, 0).as_deref(), Some("main.go"));
         assert_eq!(p.file_name(tab, &f, 1), None);
         assert_eq!(p.file_name(tab, &f, -1), None);
+    }
+
+    #[test]
+    fn go118_layout() {
+        let t = synth_layout(
+            &[("main.a", 0), ("main.b", 0x20)],
+            0x40,
+            0x401000,
+            Layout::Go118,
+        );
+        let p = Pclntab::parse_header(&t, 0, t.len(), 0).unwrap();
+        assert_eq!(p.layout, Layout::Go118);
+        let tab = p.bytes(&t);
+        let f = p.func(tab, 1).unwrap();
+        assert_eq!(p.name(tab, &f).as_deref(), Some("main.b"));
+        assert_eq!(p.pcvalue(tab, f.pcln, f.entry, f.entry + 4), Some(12));
+        assert_eq!(p.func_size(tab, &f), 8);
+        assert_eq!(p.find(tab, 0x401021), Some(1));
     }
 
     #[test]
