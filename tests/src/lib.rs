@@ -254,6 +254,14 @@ pub fn privileged_tests_enabled(test: &str) -> bool {
     true
 }
 
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Serializes the timing-sensitive privileged tests of one test binary: on two
+/// cores, parallel fixtures would steal the CPU their lock holders spin on.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 /// Output of one tracer invocation.
 #[derive(Debug)]
 pub struct TracerRun {

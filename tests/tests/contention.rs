@@ -39,6 +39,7 @@ fn contended_mutex_waits_match_the_programs_own_measurement() -> Result<()> {
     if !privileged_tests_enabled("contended_mutex") {
         return Ok(());
     }
+    let _serial = tracer_tests::serial();
     let site_line = marker_line("contention", "mu.Lock() // LOCKSITE")?;
     for tc in classic_and_swiss()? {
         for variant in [Variant::Plain, Variant::Stripped, Variant::Pie] {
@@ -132,6 +133,10 @@ fn contended_mutex_waits_match_the_programs_own_measurement() -> Result<()> {
                     .is_some_and(|v| v.contains(&tc.version)),
                 "go_version: {ctx}"
             );
+            // A global lock is named from the symbol table, which stripped binaries lack.
+            if variant != Variant::Stripped {
+                ensure!(top["name"] == "main.mu", "lock name {}: {ctx}", top["name"]);
+            }
             // The table shows the same site.
             ensure!(
                 out.stdout.contains("main.holdLock"),
@@ -147,6 +152,7 @@ fn uncontended_mutex_reports_zero_contentions() -> Result<()> {
     if !privileged_tests_enabled("uncontended_mutex") {
         return Ok(());
     }
+    let _serial = tracer_tests::serial();
     for tc in classic_and_swiss()? {
         let bin = build_fixture(&tc, "contention", Variant::Plain)?;
         let out = run_tracer(
@@ -187,6 +193,7 @@ fn stack_growth_under_probes_never_harms_the_program() -> Result<()> {
     if !privileged_tests_enabled("stack_growth") {
         return Ok(());
     }
+    let _serial = tracer_tests::serial();
     for tc in classic_and_swiss()? {
         let bin = build_fixture(&tc, "contention", Variant::Plain)?;
         let out = run_tracer(
@@ -229,6 +236,7 @@ fn attach_to_running_process() -> Result<()> {
     if !privileged_tests_enabled("attach") {
         return Ok(());
     }
+    let _serial = tracer_tests::serial();
     let tc = classic_and_swiss()?.pop().context("toolchain")?;
     let bin = build_fixture(&tc, "contention", Variant::Plain)?;
     let mut child = std::process::Command::new(&bin)
@@ -258,6 +266,7 @@ fn binary_without_mutex_slow_path_is_reported_and_still_runs() -> Result<()> {
     if !privileged_tests_enabled("nomutex") {
         return Ok(());
     }
+    let _serial = tracer_tests::serial();
     let tc = classic_and_swiss()?.pop().context("toolchain")?;
     let bin = build_fixture(&tc, "nomutex", Variant::Plain)?;
     let out = run_tracer(&["run", "--", bin.to_str().context("path")?], true)?;
@@ -268,8 +277,15 @@ fn binary_without_mutex_slow_path_is_reported_and_still_runs() -> Result<()> {
         "program output not passed through: {ctx}"
     );
     let report = out.report.context("no report")?;
-    ensure!(report["probes"][0]["status"] == "missing", "{ctx}");
-    ensure!(out.stdout.contains("no mutex slow path"), "{ctx}");
+    let probes = report["probes"].as_array().context("probes")?;
+    ensure!(
+        probes.len() == 3 && probes.iter().all(|p| p["status"] == "missing"),
+        "{ctx}"
+    );
+    ensure!(
+        out.stdout.contains("mutex probes missing") && out.stdout.contains("waits are not traced"),
+        "{ctx}"
+    );
     Ok(())
 }
 
@@ -306,6 +322,7 @@ fn missing_capabilities_are_named() -> Result<()> {
     if !privileged_tests_enabled("capabilities") {
         return Ok(());
     }
+    let _serial = tracer_tests::serial();
     // Drop to an unprivileged user with no capabilities; tracer must name what it lacks.
     let tc = classic_and_swiss()?.pop().context("toolchain")?;
     let bin = build_fixture(&tc, "contention", Variant::Plain)?;

@@ -4,7 +4,14 @@
 use crate::hist::HIST_SLOTS;
 
 /// Kind of wait, passed to the probes as the attach cookie.
+/// `sync.Mutex` slow path (`lockSlow`); the lock address is its argument.
 pub const KIND_MUTEX: u32 = 1;
+/// `RWMutex.RLock` waiting for a writer (`runtime_SemacquireRWMutexR`);
+/// the argument is `&rw.readerSem`.
+pub const KIND_RW_READ: u32 = 2;
+/// `RWMutex.Lock` waiting for readers to drain (`runtime_SemacquireRWMutex`);
+/// the argument is `&rw.writerSem`.
+pub const KIND_RW_WRITE: u32 = 3;
 
 /// Identifies one goroutine that is inside a lock slow path.
 ///

@@ -43,6 +43,8 @@ pub struct LockRow {
     pub pid: u32,
     pub address: u64,
     pub kind: &'static str,
+    /// The lock's variable name when it is a global (`main.mu`), from the symbol table.
+    pub name: Option<String>,
     pub site: Site,
     /// The waiter's stack, innermost first, starting at the call site's frame.
     pub stack: Vec<Site>,
@@ -83,7 +85,9 @@ impl Symbolizer<'_> {
 
     /// The waiter's stack: the slow path's return address, then the unwound
     /// frames past the caller (frame 0 of `stack` is the probed function itself).
-    pub fn wait_stack(&self, caller_pc: u64, stack: Option<&[u64]>) -> Vec<Site> {
+    /// Returns all frames and the index of the first one outside the lock's own
+    /// machinery (the call site).
+    pub fn wait_stack(&self, caller_pc: u64, stack: Option<&[u64]>) -> (Vec<Site>, usize) {
         let mut pcs = Vec::with_capacity(16);
         if caller_pc != 0 {
             pcs.push(caller_pc);
@@ -99,7 +103,7 @@ impl Symbolizer<'_> {
             .iter()
             .position(|s| !is_lock_machinery(&s.function))
             .unwrap_or(0);
-        all.into_iter().skip(first_user).take(16).collect()
+        (all, first_user)
     }
 }
 
@@ -116,22 +120,25 @@ pub fn build_rows(
     sym: &Symbolizer<'_>,
     stack_of: impl Fn(i64) -> Option<Vec<u64>>,
 ) -> Vec<LockRow> {
-    let mut merged: BTreeMap<(u32, u64, u32, Site), LockRow> = BTreeMap::new();
+    let mut merged: BTreeMap<(u32, u64, &'static str, Site), LockRow> = BTreeMap::new();
     for (k, lat) in waits {
         let stack = stack_of(k.stack_id);
-        let frames = sym.wait_stack(k.caller_pc, stack.as_deref());
+        let (all, first_user) = sym.wait_stack(k.caller_pc, stack.as_deref());
+        let (kind, address) = classify(k.kind, k.lock_addr, &all[..first_user]);
+        let frames: Vec<Site> = all.into_iter().skip(first_user).take(16).collect();
         let site = frames
             .first()
             .cloned()
             .unwrap_or_else(|| Site::unknown(k.caller_pc));
         let row = merged
-            .entry((k.tgid, k.lock_addr, k.kind, site.clone()))
+            .entry((k.tgid, address, kind, site.clone()))
             .or_insert_with(|| LockRow {
                 pid: k.tgid,
-                address: k.lock_addr,
-                kind: kind_name(k.kind),
+                address,
+                kind,
+                name: None,
                 site,
-                stack: frames.clone(),
+                stack: frames,
                 latency: Latency::default(),
             });
         row.latency.merge(lat);
@@ -146,10 +153,28 @@ pub fn build_rows(
     rows
 }
 
-pub fn kind_name(kind: u32) -> &'static str {
+/// Offsets of the semaphores inside `sync.RWMutex` {w Mutex (8 bytes),
+/// writerSem uint32, readerSem uint32, ...}: the same in every Go 1.18–1.27.
+const RW_WRITER_SEM: u64 = 8;
+const RW_READER_SEM: u64 = 12;
+
+/// Report kind and lock address for a wait. `machinery` are the frames between
+/// the probed function and the call site: a Mutex slow path entered from
+/// `RWMutex.Lock` is a writer waiting for another writer.
+pub fn classify(kind: u32, addr: u64, machinery: &[Site]) -> (&'static str, u64) {
+    use tracer_common::lock::{KIND_MUTEX, KIND_RW_READ, KIND_RW_WRITE};
     match kind {
-        tracer_common::lock::KIND_MUTEX => "mutex",
-        _ => "unknown",
+        KIND_MUTEX
+            if machinery
+                .iter()
+                .any(|s| s.function == "sync.(*RWMutex).Lock") =>
+        {
+            ("rwmutex_write", addr)
+        }
+        KIND_MUTEX => ("mutex", addr),
+        KIND_RW_READ => ("rwmutex_read", addr.wrapping_sub(RW_READER_SEM)),
+        KIND_RW_WRITE => ("rwmutex_write", addr.wrapping_sub(RW_WRITER_SEM)),
+        _ => ("unknown", addr),
     }
 }
 

@@ -4,6 +4,7 @@
 //! later front ends (agent, top view) drive the same code.
 pub mod commands;
 pub mod contention;
+pub mod datasyms;
 pub mod duration;
 pub mod gobin;
 pub mod kernelfs;
@@ -13,3 +14,4 @@ pub mod probes;
 pub mod procfs;
 pub mod report;
 pub mod session;
+pub mod stuck;

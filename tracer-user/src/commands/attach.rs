@@ -9,7 +9,7 @@ use crate::{
     kernelfs, privileges,
     probes::{Scope, Tracer},
     procfs,
-    session::{OutputOptions, Session},
+    session::{OutputOptions, STUCK_SCAN, Session},
 };
 
 /// Attaches to `pid` until `duration` passes, the process exits, or Ctrl-C.
@@ -28,7 +28,7 @@ pub async fn attach(pid: u32, duration: Option<Duration>, out: &OutputOptions) -
     let deadline = duration.map(|d| Instant::now() + d);
     let mut live_tick = tokio::time::interval(out.interval.max(Duration::from_millis(100)));
     live_tick.tick().await;
-    let mut alive_tick = tokio::time::interval(Duration::from_millis(200));
+    let mut scan_tick = tokio::time::interval(STUCK_SCAN);
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     loop {
@@ -37,13 +37,19 @@ pub async fn attach(pid: u32, duration: Option<Duration>, out: &OutputOptions) -
             _ = tokio::time::sleep(until_deadline.unwrap_or(Duration::from_secs(3600))), if until_deadline.is_some() => break,
             _ = &mut ctrl_c => break,
             _ = live_tick.tick(), if out.live => session.print_live(out),
-            _ = alive_tick.tick() => {
+            _ = scan_tick.tick() => {
                 if !procfs::is_alive(pid) {
                     tracing::info!("pid {pid} exited");
                     break;
                 }
+                session.scan_stuck(out.stuck_threshold);
             }
         }
+    }
+    if procfs::is_alive(pid) {
+        session.scan_stuck(out.stuck_threshold);
+    } else {
+        session.settle_stuck();
     }
     session.finish(out)?;
     Ok(())

@@ -19,7 +19,7 @@ use crate::{
     gobin::GoBinary,
     kernelfs, privileges,
     probes::{Scope, Tracer},
-    session::{OutputOptions, Session},
+    session::{OutputOptions, STUCK_SCAN, Session},
 };
 
 /// Finds PROGRAM like a shell does: as given when it has a slash, else on PATH.
@@ -143,15 +143,18 @@ pub async fn run(program: &Path, args: &[OsString], out: &OutputOptions) -> Resu
 
     let mut tick = tokio::time::interval(out.interval.max(Duration::from_millis(100)));
     tick.tick().await;
+    let mut scan = tokio::time::interval(STUCK_SCAN);
     let status = loop {
         tokio::select! {
             st = &mut waiter => break st?.context("waiting for the program")?,
             _ = tick.tick(), if out.live => session.print_live(out),
+            _ = scan.tick() => session.scan_stuck(out.stuck_threshold),
             // Ctrl-C reaches the program too (same process group); keep tracing
             // until it has exited so its final waits are counted.
             _ = tokio::signal::ctrl_c() => {}
         }
     };
+    session.settle_stuck();
     session.finish(out)?;
     use std::os::unix::process::ExitStatusExt as _;
     Ok(status

@@ -1,0 +1,205 @@
+//! Privileged tests of RWMutex waits and stuck-waiter findings on global locks,
+//! for a Go ≤ 1.23 and a Go ≥ 1.24 build.
+
+use anyhow::{Context, Result, ensure};
+use serde_json::Value;
+use tracer_tests::{
+    Variant, build_fixture, classic_and_swiss, marker_line, privileged_tests_enabled, run_tracer,
+};
+
+fn run_locks(version_bin: &str, mode: &str, extra: &[&str]) -> Result<(Value, String)> {
+    let mut args = vec![
+        "run",
+        "--stuck-threshold",
+        "1s",
+        "--",
+        version_bin,
+        "-mode",
+        mode,
+    ];
+    args.extend_from_slice(extra);
+    let out = run_tracer(&args, true)?;
+    let ctx = format!("stdout:\n{}\nstderr:\n{}", out.stdout, out.stderr);
+    ensure!(out.status.success(), "tracer run failed: {ctx}");
+    ensure!(
+        out.stdout.contains(&format!("done mode={mode}")),
+        "fixture did not finish: {ctx}"
+    );
+    Ok((
+        out.report.with_context(|| format!("no report: {ctx}"))?,
+        ctx,
+    ))
+}
+
+fn rows_of_kind<'a>(report: &'a Value, kind: &str) -> Vec<&'a Value> {
+    report["locks"]
+        .as_array()
+        .map(|a| a.iter().filter(|l| l["kind"] == kind).collect())
+        .unwrap_or_default()
+}
+
+fn stuck(report: &Value) -> Vec<&Value> {
+    report["findings"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter(|f| f["kind"] == "stuck_lock_wait")
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn rwmutex_reader_and_writer_waits_are_kept_apart() -> Result<()> {
+    if !privileged_tests_enabled("rwmutex") {
+        return Ok(());
+    }
+    let _serial = tracer_tests::serial();
+    let (read_line, write_line) = (
+        marker_line("locks", "// READSITE")?,
+        marker_line("locks", "// WRITESITE")?,
+    );
+    for tc in classic_and_swiss()? {
+        let bin = build_fixture(&tc, "locks", Variant::Plain)?;
+        let (report, ctx) = run_locks(bin.to_str().context("path")?, "rwmutex", &[])?;
+        let ctx = format!("go {}: {ctx}", tc.version);
+        for (kind, func, line) in [
+            ("rwmutex_read", "main.reader", read_line),
+            ("rwmutex_write", "main.writer", write_line),
+        ] {
+            let rows = rows_of_kind(&report, kind);
+            let row = rows
+                .iter()
+                .find(|r| r["site"]["function"] == func)
+                .with_context(|| format!("no {kind} row at {func}: {ctx}"))?;
+            ensure!(
+                row["contentions"].as_u64().unwrap_or(0) > 0,
+                "{kind}: {ctx}"
+            );
+            ensure!(
+                row["site"]["line"] == line,
+                "{kind} line {} != {line}: {ctx}",
+                row["site"]
+            );
+            // The semaphore address was mapped back to the RWMutex itself.
+            ensure!(
+                row["name"] == "main.rw",
+                "{kind} lock named {}: {ctx}",
+                row["name"]
+            );
+        }
+        // Readers never wait as writers and vice versa.
+        ensure!(
+            rows_of_kind(&report, "rwmutex_read")
+                .iter()
+                .all(|r| r["site"]["function"] != "main.writer"),
+            "{ctx}"
+        );
+        ensure!(
+            rows_of_kind(&report, "rwmutex_write")
+                .iter()
+                .all(|r| r["site"]["function"] != "main.reader"),
+            "{ctx}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn deadlock_is_reported_as_two_stuck_waits_within_threshold() -> Result<()> {
+    if !privileged_tests_enabled("deadlock") {
+        return Ok(());
+    }
+    let _serial = tracer_tests::serial();
+    for tc in classic_and_swiss()? {
+        let bin = build_fixture(&tc, "locks", Variant::Plain)?;
+        // The deadlock forms at 0.1 s and passes the 1 s threshold at 1.1 s; the
+        // program exits at 1.9 s, so the findings must come within threshold + 0.8 s.
+        let (report, ctx) = run_locks(
+            bin.to_str().context("path")?,
+            "deadlock",
+            &["-wait", "1.9s"],
+        )?;
+        let ctx = format!("go {}: {ctx}", tc.version);
+        let found = stuck(&report);
+        ensure!(
+            found.len() == 2,
+            "want 2 stuck waits, got {}: {ctx}",
+            found.len()
+        );
+        let mut locks: Vec<&str> = found
+            .iter()
+            .filter_map(|f| f["lock"]["name"].as_str())
+            .collect();
+        locks.sort();
+        ensure!(locks == ["main.a", "main.b"], "locks {locks:?}: {ctx}");
+        let mut sites: Vec<&str> = found
+            .iter()
+            .filter_map(|f| f["site"]["function"].as_str())
+            .collect();
+        sites.sort();
+        ensure!(
+            sites == ["main.deadlockAB", "main.deadlockBA"],
+            "sites {sites:?}: {ctx}"
+        );
+        let goroutines: Vec<u64> = found
+            .iter()
+            .filter_map(|f| f["goroutine"].as_u64())
+            .collect();
+        ensure!(
+            goroutines.len() == 2 && goroutines[0] != goroutines[1],
+            "goroutine ids {goroutines:?}: {ctx}"
+        );
+        for f in &found {
+            let age = f["age_ns"].as_u64().unwrap_or(0);
+            ensure!(
+                (1_000_000_000..=1_900_000_000).contains(&age),
+                "age {age}: {ctx}"
+            );
+            ensure!(f["ongoing"] == true, "a deadlocked wait ended: {ctx}");
+            ensure!(
+                !f["stack"].as_array().is_none_or(|s| s.is_empty()),
+                "no stack: {ctx}"
+            );
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn lock_held_across_sleep_gives_stuck_waits_that_end() -> Result<()> {
+    if !privileged_tests_enabled("sleephold") {
+        return Ok(());
+    }
+    let _serial = tracer_tests::serial();
+    for tc in classic_and_swiss()? {
+        let bin = build_fixture(&tc, "locks", Variant::Plain)?;
+        let (report, ctx) = run_locks(bin.to_str().context("path")?, "sleephold", &[])?;
+        let ctx = format!("go {}: {ctx}", tc.version);
+        let found = stuck(&report);
+        ensure!(
+            found.len() == 3,
+            "want 3 stuck waiters, got {}: {ctx}",
+            found.len()
+        );
+        for f in &found {
+            ensure!(f["lock"]["name"] == "main.held", "{ctx}");
+            ensure!(f["site"]["function"] == "main.waitForHeld", "{ctx}");
+            ensure!(f["age_ns"].as_u64().unwrap_or(0) >= 1_000_000_000, "{ctx}");
+            // The holder woke up and released it before the program ended.
+            ensure!(f["ongoing"] == false, "wait never ended: {ctx}");
+        }
+        // The finished waits are in the contention table too, each ~1.95 s.
+        let row = rows_of_kind(&report, "mutex")
+            .into_iter()
+            .find(|r| r["name"] == "main.held")
+            .with_context(|| format!("no main.held row: {ctx}"))?;
+        ensure!(row["contentions"] == 3, "{ctx}");
+        let max = row["wait_ns_max"].as_u64().unwrap_or(0);
+        ensure!(
+            (1_500_000_000..=2_500_000_000).contains(&max),
+            "max wait {max}: {ctx}"
+        );
+    }
+    Ok(())
+}
