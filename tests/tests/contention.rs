@@ -103,6 +103,11 @@ fn contended_mutex_waits_match_the_programs_own_measurement() -> Result<()> {
             let top = &rows[0];
             ensure!(top["kind"] == "mutex", "kind: {ctx}");
             ensure!(
+                top["goroutines"] == GOROUTINES,
+                "distinct waiting goroutines {}: {ctx}",
+                top["goroutines"]
+            );
+            ensure!(
                 top["site"]["function"] == "main.holdLock",
                 "site function {}: {ctx}",
                 top["site"]

@@ -203,3 +203,68 @@ fn lock_held_across_sleep_gives_stuck_waits_that_end() -> Result<()> {
     }
     Ok(())
 }
+
+/// Parses `key=value` from the fixture's result line.
+fn fixture_value(stdout: &str, key: &str) -> Result<f64> {
+    stdout
+        .lines()
+        .rfind(|l| l.starts_with("done "))
+        .and_then(|l| {
+            l.split_whitespace()
+                .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
+        })
+        .with_context(|| format!("no {key}= in:\n{stdout}"))?
+        .parse()
+        .context("fixture value")
+}
+
+#[test]
+fn totals_agree_with_gos_own_block_profile() -> Result<()> {
+    if !privileged_tests_enabled("blockprofile") {
+        return Ok(());
+    }
+    let _serial = tracer_tests::serial();
+    for tc in classic_and_swiss()? {
+        let bin = build_fixture(&tc, "blockprof", Variant::Plain)?;
+        let out = run_tracer(&["run", "--", bin.to_str().context("path")?], true)?;
+        let ctx = format!(
+            "go {}\nstdout:\n{}\nstderr:\n{}",
+            tc.version, out.stdout, out.stderr
+        );
+        ensure!(out.status.success(), "{ctx}");
+        let report = out.report.as_ref().context("no report")?;
+        let total = |kinds: &[&str]| -> f64 {
+            report["locks"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter(|l| kinds.iter().any(|k| l["kind"] == *k))
+                        .map(|l| l["wait_ns_total"].as_f64().unwrap_or(0.0))
+                        .sum()
+                })
+                .unwrap_or(0.0)
+        };
+        let checks = [
+            (
+                "Mutex",
+                total(&["mutex"]),
+                fixture_value(&out.stdout, "block_mutex_ns")?,
+            ),
+            (
+                "RWMutex",
+                total(&["rwmutex_read", "rwmutex_write"]),
+                fixture_value(&out.stdout, "block_rw_ns")?,
+            ),
+        ];
+        for (what, ours, go) in checks {
+            ensure!(go > 0.0, "block profile recorded no {what} waits: {ctx}");
+            let diff = (ours - go).abs() / go;
+            ensure!(
+                diff <= 0.25,
+                "{what}: tracer {ours:.0} ns vs block profile {go:.0} ns ({:.0}% apart): {ctx}",
+                diff * 100.0
+            );
+        }
+    }
+    Ok(())
+}

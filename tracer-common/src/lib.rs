@@ -9,4 +9,4 @@ pub mod hist;
 pub mod lock;
 
 pub use hist::{HIST_SLOTS, hist_slot, slot_bounds};
-pub use lock::{Inflight, InflightKey, LockKey, WaitStats};
+pub use lock::{Inflight, InflightKey, LockKey, WaitStats, WaiterKey};

@@ -51,6 +51,18 @@ pub struct LockKey {
     pub stack_id: i64,
 }
 
+/// One goroutine that waited on a lock from a call site; user space counts the
+/// distinct goroutines per lock and site from these.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct WaiterKey {
+    pub tgid: u32,
+    pub kind: u32,
+    pub lock_addr: u64,
+    pub caller_pc: u64,
+    pub g: u64,
+}
+
 /// Aggregated waits for one [`LockKey`], kept per CPU and summed by user space.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
@@ -74,9 +86,10 @@ impl Default for WaitStats {
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: all four are repr(C), contain only integers, and have no implicit padding.
+    // SAFETY: all are repr(C), contain only integers, and have no implicit padding.
     unsafe impl aya::Pod for super::InflightKey {}
     unsafe impl aya::Pod for super::Inflight {}
     unsafe impl aya::Pod for super::LockKey {}
     unsafe impl aya::Pod for super::WaitStats {}
+    unsafe impl aya::Pod for super::WaiterKey {}
 }

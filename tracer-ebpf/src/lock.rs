@@ -11,7 +11,7 @@ use aya_ebpf::{
     programs::ProbeContext,
 };
 use aya_log_ebpf::warn;
-use tracer_common::{Inflight, InflightKey, LockKey, WaitStats, hist_slot};
+use tracer_common::{Inflight, InflightKey, LockKey, WaitStats, WaiterKey, hist_slot};
 
 use crate::regs;
 
@@ -32,6 +32,11 @@ static LOCK_WAITS: PerCpuHashMap<LockKey, WaitStats> = PerCpuHashMap::with_max_e
 /// User stacks of waiters, referenced by `LockKey::stack_id`.
 #[map]
 static LOCK_STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
+
+/// (process, lock, call site, goroutine) of finished waits, for counting the
+/// distinct goroutines that waited. LRU: bounded, may undercount when full.
+#[map]
+static LOCK_WAITERS: LruHashMap<WaiterKey, u8> = LruHashMap::with_max_entries(65536, 0);
 
 /// One zeroed `WaitStats`: too large for the 512-byte BPF stack, so new
 /// aggregates are initialised from here.
@@ -103,6 +108,14 @@ pub fn lock_exit(ctx: ProbeContext) -> u32 {
     let rec = unsafe { *rec };
     let _ = LOCK_INFLIGHT.remove(key);
     let wait = unsafe { bpf_ktime_get_ns() }.saturating_sub(rec.start_ns);
+    let waiter = WaiterKey {
+        tgid,
+        kind: rec.kind,
+        lock_addr: rec.lock_addr,
+        caller_pc: rec.caller_pc,
+        g: key.g,
+    };
+    let _ = LOCK_WAITERS.insert(waiter, 1u8, 0);
     let agg_key = LockKey {
         tgid,
         kind: rec.kind,

@@ -1,10 +1,10 @@
 //! Turns the kernel's per-(lock, call site, stack) aggregates into report rows:
 //! symbolized call sites, merged per lock and site, sorted by total wait.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use serde::Serialize;
-use tracer_common::LockKey;
+use tracer_common::{LockKey, WaiterKey};
 
 use crate::{gobin::GoBinary, latency::Latency};
 
@@ -49,6 +49,8 @@ pub struct LockRow {
     /// The waiter's stack, innermost first, starting at the call site's frame.
     pub stack: Vec<Site>,
     pub latency: Latency,
+    /// Distinct goroutines (by `g` pointer) that waited here.
+    pub goroutines: HashSet<u64>,
 }
 
 /// Frames inside these packages are the lock's own machinery, not the call site.
@@ -114,9 +116,22 @@ pub fn bias_from_entry_frame(frame0: u64, entry_vaddr: u64) -> u64 {
     frame0.wrapping_sub(entry_vaddr) & !0xfff
 }
 
+/// Distinct goroutines per (process, kind, lock, caller PC), from the kernel's
+/// waiter records.
+pub fn waiters_by_site(waiters: &[WaiterKey]) -> HashMap<(u32, u32, u64, u64), HashSet<u64>> {
+    let mut m: HashMap<_, HashSet<u64>> = HashMap::new();
+    for w in waiters {
+        m.entry((w.tgid, w.kind, w.lock_addr, w.caller_pc))
+            .or_default()
+            .insert(w.g);
+    }
+    m
+}
+
 /// Builds rows from raw aggregates; `stack_of` looks a stack id up.
 pub fn build_rows(
     waits: &[(LockKey, Latency)],
+    waiters: &HashMap<(u32, u32, u64, u64), HashSet<u64>>,
     sym: &Symbolizer<'_>,
     stack_of: impl Fn(i64) -> Option<Vec<u64>>,
 ) -> Vec<LockRow> {
@@ -140,8 +155,12 @@ pub fn build_rows(
                 site,
                 stack: frames,
                 latency: Latency::default(),
+                goroutines: HashSet::new(),
             });
         row.latency.merge(lat);
+        if let Some(gs) = waiters.get(&(k.tgid, k.kind, k.lock_addr, k.caller_pc)) {
+            row.goroutines.extend(gs);
+        }
     }
     let mut rows: Vec<LockRow> = merged.into_values().collect();
     rows.sort_by(|a, b| {

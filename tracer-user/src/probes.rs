@@ -18,7 +18,7 @@ use aya::{
 };
 use serde::Serialize;
 use tracer_common::{
-    Inflight, InflightKey, LockKey, WaitStats,
+    Inflight, InflightKey, LockKey, WaitStats, WaiterKey,
     lock::{KIND_MUTEX, KIND_RW_READ, KIND_RW_WRITE},
 };
 
@@ -259,6 +259,16 @@ impl Tracer {
             out.push((k, l));
         }
         Ok(out)
+    }
+
+    /// (process, lock, call site, goroutine) of finished waits.
+    pub fn lock_waiters(&self) -> Result<Vec<WaiterKey>> {
+        let map: HashMap<&MapData, WaiterKey, u8> = HashMap::try_from(
+            self.ebpf
+                .map("LOCK_WAITERS")
+                .ok_or_else(|| anyhow!("LOCK_WAITERS map missing"))?,
+        )?;
+        Ok(map.keys().filter_map(|r| r.ok()).collect())
     }
 
     /// Waits in progress (entered, not yet returned).

@@ -28,6 +28,9 @@ pub struct LockReport {
     pub site: Site,
     pub stack: Vec<Site>,
     pub contentions: u64,
+    /// Distinct goroutines that waited (a lower bound once the kernel's
+    /// 65,536-entry waiter table is full).
+    pub goroutines: usize,
     pub wait_ns_total: u64,
     pub wait_ns_p50: u64,
     pub wait_ns_p99: u64,
@@ -44,6 +47,7 @@ impl From<&LockRow> for LockReport {
             site: r.site.clone(),
             stack: r.stack.clone(),
             contentions: r.latency.count,
+            goroutines: r.goroutines.len(),
             wait_ns_total: r.latency.total_ns,
             wait_ns_p50: r.latency.quantile(0.50),
             wait_ns_p99: r.latency.quantile(0.99),

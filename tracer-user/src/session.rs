@@ -13,7 +13,7 @@ use std::{
 use anyhow::{Context, Result};
 
 use crate::{
-    contention::{Site, Symbolizer, bias_from_entry_frame, build_rows, classify},
+    contention::{Site, Symbolizer, bias_from_entry_frame, build_rows, classify, waiters_by_site},
     datasyms::DataSymbols,
     gobin::GoBinary,
     probes::{ProbeStatus, Scope, Tracer},
@@ -160,7 +160,8 @@ impl Session {
             bin: &self.bin,
             bias,
         };
-        let mut rows = build_rows(&waits, &sym, |id| self.tracer.lock_stack(id));
+        let waiters = waiters_by_site(&self.tracer.lock_waiters()?);
+        let mut rows = build_rows(&waits, &waiters, &sym, |id| self.tracer.lock_stack(id));
         for r in &mut rows {
             r.name = self.lock_name(r.address, bias);
         }

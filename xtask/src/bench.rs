@@ -77,5 +77,6 @@ pub fn bench() -> Result<()> {
             t / p
         );
     }
+    crate::bench_analysis::bench_analysis()?;
     Ok(())
 }

@@ -4,6 +4,7 @@
 //! commands work on a fresh machine and cost seconds on a prepared one.
 
 mod bench;
+mod bench_analysis;
 mod demo;
 mod setup;
 mod shell;

@@ -45,7 +45,8 @@ pub(crate) struct ElfInfo {
     pub segments: Vec<Segment>,
     pub sections: Vec<Section>,
     pub has_symtab: bool,
-    /// Function symbols from `.symtab`, in file order.
+    /// Function symbols from `.symtab`, in file order (`GoBinary::parse`
+    /// moves them into its index; empty afterwards).
     pub funcs: Vec<Symbol>,
     /// A few well-known data/marker symbols (runtime.pclntab, go:func.*, ...).
     pub markers: HashMap<String, Symbol>,

@@ -16,7 +16,6 @@ mod symbols;
 mod targets;
 mod version;
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
@@ -119,7 +118,8 @@ pub struct GoBinary {
     version: GoVersion,
     pcln: Option<Pclntab>,
     pcln_error: Option<String>,
-    funcs: BTreeMap<String, Function>,
+    /// Sorted by name, names unique.
+    funcs: Vec<Function>,
     symbol_source: SymbolSource,
     offsets: OnceLock<StructOffsets>,
 }
@@ -136,7 +136,7 @@ impl GoBinary {
 
     /// Parses an in-memory ELF image.
     pub fn parse(data: Vec<u8>) -> Result<GoBinary, GoBinError> {
-        let elf = ElfInfo::parse(&data)?;
+        let mut elf = ElfInfo::parse(&data)?;
         let build_info = find_build_info(&data, &elf)?;
         let version = GoVersion::parse(&build_info.go_version).unwrap_or(GoVersion::new(0, 0, 0));
         let (pcln, pcln_error) = match pclntab::locate(&data, &elf) {
@@ -149,7 +149,8 @@ impl GoBinary {
                 (None, Some(e.to_string()))
             }
         };
-        let (funcs, symbol_source) = symbols::build_index(&data, &elf, pcln.as_ref());
+        let syms = std::mem::take(&mut elf.funcs);
+        let (funcs, symbol_source) = symbols::build_index(&data, &elf, syms, pcln.as_ref());
         if funcs.is_empty() {
             return Err(match pcln_error {
                 Some(e) => GoBinError::BadPclntab(format!("no function symbols and {e}")),
@@ -215,18 +216,22 @@ impl GoBinary {
 
     /// Function with exactly this name.
     pub fn function(&self, name: &str) -> Option<Function> {
-        self.funcs.get(name).cloned()
+        self.funcs
+            .binary_search_by(|f| f.name.as_str().cmp(name))
+            .ok()
+            .and_then(|i| self.funcs.get(i))
+            .cloned()
     }
 
     /// All functions whose name starts with `prefix`, sorted by name.
     pub fn functions_with_prefix(&self, prefix: &str) -> Vec<Function> {
+        let start = self.funcs.partition_point(|f| f.name.as_str() < prefix);
         self.funcs
-            .range::<str, _>((
-                std::ops::Bound::Included(prefix),
-                std::ops::Bound::Unbounded,
-            ))
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .map(|(_, f)| f.clone())
+            .get(start..)
+            .unwrap_or_default()
+            .iter()
+            .take_while(|f| f.name.starts_with(prefix))
+            .cloned()
             .collect()
     }
 

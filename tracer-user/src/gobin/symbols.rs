@@ -1,56 +1,67 @@
 //! The function index: `.symtab` when present (exact sizes from the linker),
 //! `.gopclntab` otherwise and for anything the symbol table lacks.
 
-use std::collections::{BTreeMap, HashMap};
-
-use super::elf::ElfInfo;
+use super::elf::{ElfInfo, Symbol};
 use super::pclntab::{FUNC_FLAG_ASM, Pclntab};
 use super::{Function, SymbolSource};
 
-/// Builds name -> function. Functions whose entry is not file-backed are
-/// skipped: they cannot be probed or disassembled.
+/// Builds the function index, sorted by name with unique names. `.symtab`
+/// function symbols (`syms`, in file order) win; the first one of a name
+/// that is file-backed is kept, and a zero size is taken from the pclntab
+/// entry of the same name and address. Pclntab functions fill in the rest
+/// (the first one of each name, in table order). Functions whose entry is
+/// not file-backed are skipped: they cannot be probed or disassembled.
+///
+/// Sorted vectors instead of maps: names are moved, never copied, which
+/// matters for the peak memory of binaries with 100k functions.
 pub(crate) fn build_index(
     data: &[u8],
     elf: &ElfInfo,
+    syms: Vec<Symbol>,
     pcln: Option<&Pclntab>,
-) -> (BTreeMap<String, Function>, SymbolSource) {
-    let mut out = BTreeMap::new();
-    let mut pcln_funcs = BTreeMap::new();
-    for f in pclntab_functions(data, elf, pcln) {
-        pcln_funcs.entry(f.name.clone()).or_insert(f);
-    }
-    let source = if elf.funcs.is_empty() {
+) -> (Vec<Function>, SymbolSource) {
+    let source = if syms.is_empty() {
         SymbolSource::Pclntab
     } else {
         SymbolSource::Symtab
     };
-    for s in &elf.funcs {
-        if out.contains_key(&s.name) {
-            continue;
-        }
-        let Some(file_offset) = elf.vaddr_to_offset(s.addr) else {
-            continue;
-        };
-        let mut size = s.size;
-        if size == 0
-            && let Some(p) = pcln_funcs.get(&s.name)
-            && p.entry == s.addr
-        {
-            size = p.size;
-        }
-        out.insert(
-            s.name.clone(),
-            Function {
-                name: s.name.clone(),
+    let mut from_pcln = pclntab_functions(data, elf, pcln);
+    // Stable sort + dedup keeps the first of each name.
+    from_pcln.sort_by(|a, b| a.name.cmp(&b.name));
+    from_pcln.dedup_by(|later, earlier| later.name == earlier.name);
+
+    let mut from_sym: Vec<Function> = syms
+        .into_iter()
+        .filter_map(|s| {
+            let file_offset = elf.vaddr_to_offset(s.addr)?;
+            Some(Function {
+                name: s.name,
                 entry: s.addr,
-                size,
+                size: s.size,
                 file_offset,
-            },
-        );
+            })
+        })
+        .collect();
+    from_sym.sort_by(|a, b| a.name.cmp(&b.name));
+    from_sym.dedup_by(|later, earlier| later.name == earlier.name);
+
+    // Merge the two sorted lists; on equal names `.symtab` wins.
+    let mut out = Vec::with_capacity(from_sym.len().max(from_pcln.len()));
+    let mut p = from_pcln.into_iter().peekable();
+    for mut f in from_sym {
+        while let Some(q) = p.next_if(|q| q.name < f.name) {
+            out.push(q);
+        }
+        if let Some(q) = p.next_if(|q| q.name == f.name)
+            && f.size == 0
+            && q.entry == f.entry
+        {
+            f.size = q.size;
+        }
+        out.push(f);
     }
-    for (name, f) in pcln_funcs {
-        out.entry(name).or_insert(f);
-    }
+    out.extend(p);
+    out.shrink_to_fit();
     (out, source)
 }
 
@@ -69,7 +80,6 @@ pub(crate) fn pclntab_functions(
     let mut out: Vec<(Function, u8, u8)> = Vec::new();
     let Some(t) = pcln else { return Vec::new() };
     let tab = t.bytes(data);
-    let mut by_name: HashMap<String, Vec<usize>> = HashMap::new();
     for i in 0..t.nfunc {
         let Some(f) = t.func(tab, i) else { continue };
         let Some(name) = t.name(tab, &f) else {
@@ -78,7 +88,6 @@ pub(crate) fn pclntab_functions(
         let Some(file_offset) = elf.vaddr_to_offset(f.entry) else {
             continue;
         };
-        by_name.entry(name.clone()).or_default().push(out.len());
         out.push((
             Function {
                 name,
@@ -90,8 +99,17 @@ pub(crate) fn pclntab_functions(
             f.flag,
         ));
     }
-    for idxs in by_name.values().filter(|v| v.len() == 2) {
-        let (a, b) = (idxs[0], idxs[1]);
+    // Names that occur exactly twice: indices sorted by (name, table order).
+    let mut order: Vec<usize> = (0..out.len()).collect();
+    order.sort_by(|&a, &b| out[a].0.name.cmp(&out[b].0.name));
+    let mut pairs = Vec::new();
+    for run in order.chunk_by(|&a, &b| out[a].0.name == out[b].0.name) {
+        if let [a, b] = *run {
+            pairs.push((a, b));
+        }
+    }
+    drop(order);
+    for (a, b) in pairs {
         let asm = |i: usize| out[i].2 & FUNC_FLAG_ASM != 0;
         let wrapper = |i: usize| out[i].1 != 0;
         let abi0 = if asm(a) != asm(b) {
