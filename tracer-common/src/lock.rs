@@ -12,6 +12,12 @@ pub const KIND_RW_READ: u32 = 2;
 /// `RWMutex.Lock` waiting for readers to drain (`runtime_SemacquireRWMutex`);
 /// the argument is `&rw.writerSem`.
 pub const KIND_RW_WRITE: u32 = 3;
+/// `RWMutex.RUnlock` slow path (`rUnlockSlow`), which wakes a waiting writer;
+/// the argument is the RWMutex itself.
+pub const KIND_RW_RUNLOCK: u32 = 4;
+/// `Mutex.Unlock` slow path (`unlockSlow`), which wakes a waiter; the
+/// argument is the Mutex.
+pub const KIND_MUTEX_UNLOCK: u32 = 5;
 
 /// Identifies one goroutine that is inside a lock slow path.
 ///

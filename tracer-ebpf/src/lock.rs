@@ -38,6 +38,11 @@ static LOCK_STACKS: StackTrace = StackTrace::with_max_entries(16384, 0);
 #[map]
 static LOCK_WAITERS: LruHashMap<WaiterKey, u8> = LruHashMap::with_max_entries(65536, 0);
 
+/// Unlocks that had to wake a waiter, per (process, lock, unlocker's call site,
+/// stack): who held the lock others waited for. Filled only with `--holders`.
+#[map]
+static UNLOCK_WAKES: PerCpuHashMap<LockKey, u64> = PerCpuHashMap::with_max_entries(16384, 0);
+
 /// One zeroed `WaitStats`: too large for the 512-byte BPF stack, so new
 /// aggregates are initialised from here.
 #[map]
@@ -47,6 +52,20 @@ static ZERO_STATS: Array<WaitStats> = Array::with_max_entries(1, 0);
 /// fire twice for one call. A second entry for the same lock this soon is that
 /// restart, and the first start time is kept.
 const REENTRY_WINDOW_NS: u64 = 1_000_000;
+
+/// The current user stack's id in `LOCK_STACKS`, or -1 when it cannot be taken.
+#[inline(always)]
+fn user_stack_id(ctx: &ProbeContext) -> i64 {
+    // SAFETY: the helper only reads the context and writes the stack map.
+    let id = unsafe {
+        aya_ebpf::helpers::bpf_get_stackid(
+            ctx.as_ptr(),
+            (&raw const LOCK_STACKS).cast_mut().cast(),
+            BPF_F_USER_STACK as u64,
+        )
+    };
+    if id >= 0 { id } else { -1 }
+}
 
 #[uprobe]
 pub fn lock_enter(ctx: ProbeContext) -> u32 {
@@ -70,16 +89,7 @@ pub fn lock_enter(ctx: ProbeContext) -> u32 {
             return 0;
         }
     }
-    let stack_id = match unsafe {
-        aya_ebpf::helpers::bpf_get_stackid(
-            ctx.as_ptr(),
-            (&raw const LOCK_STACKS).cast_mut().cast(),
-            BPF_F_USER_STACK as u64,
-        )
-    } {
-        id if id >= 0 => id,
-        _ => -1,
-    };
+    let stack_id = user_stack_id(&ctx);
     let rec = Inflight {
         start_ns: now,
         lock_addr,
@@ -152,6 +162,35 @@ pub fn lock_exit(ctx: ProbeContext) -> u32 {
     }
     if let Some(slot) = stats.hist.get_mut(hist_slot(wait)) {
         *slot += 1;
+    }
+    0
+}
+
+/// Entry of an unlock slow path (`unlockSlow`, `rUnlockSlow`): runs only when
+/// there are waiters to wake. One probe, no exit: only the count and the
+/// unlocker's stack are wanted.
+#[uprobe]
+pub fn unlock_slow(ctx: ProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    // SAFETY: read-only lookup of a plain value.
+    if unsafe { TARGETS.get(tgid) }.is_none() {
+        return 0;
+    }
+    let stack_id = user_stack_id(&ctx);
+    let key = LockKey {
+        tgid,
+        kind: unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32,
+        lock_addr: regs::arg0(&ctx),
+        caller_pc: regs::return_address(&ctx),
+        stack_id,
+    };
+    match UNLOCK_WAKES.get_ptr_mut(key) {
+        // SAFETY: per-CPU value, only this CPU writes it.
+        Some(n) => unsafe { *n += 1 },
+        None => {
+            let _ = UNLOCK_WAKES.insert(key, 1u64, BPF_NOEXIST as u64);
+        }
     }
     0
 }

@@ -181,18 +181,17 @@ const RW_READER_SEM: u64 = 12;
 /// the probed function and the call site: a Mutex slow path entered from
 /// `RWMutex.Lock` is a writer waiting for another writer.
 pub fn classify(kind: u32, addr: u64, machinery: &[Site]) -> (&'static str, u64) {
-    use tracer_common::lock::{KIND_MUTEX, KIND_RW_READ, KIND_RW_WRITE};
+    use tracer_common::lock::{
+        KIND_MUTEX, KIND_MUTEX_UNLOCK, KIND_RW_READ, KIND_RW_RUNLOCK, KIND_RW_WRITE,
+    };
+    let via = |f: &str| machinery.iter().any(|s| s.function == f);
     match kind {
-        KIND_MUTEX
-            if machinery
-                .iter()
-                .any(|s| s.function == "sync.(*RWMutex).Lock") =>
-        {
-            ("rwmutex_write", addr)
-        }
-        KIND_MUTEX => ("mutex", addr),
+        KIND_MUTEX if via("sync.(*RWMutex).Lock") => ("rwmutex_write", addr),
+        KIND_MUTEX_UNLOCK if via("sync.(*RWMutex).Unlock") => ("rwmutex_write", addr),
+        KIND_MUTEX | KIND_MUTEX_UNLOCK => ("mutex", addr),
         KIND_RW_READ => ("rwmutex_read", addr.wrapping_sub(RW_READER_SEM)),
         KIND_RW_WRITE => ("rwmutex_write", addr.wrapping_sub(RW_WRITER_SEM)),
+        KIND_RW_RUNLOCK => ("rwmutex_write", addr),
         _ => ("unknown", addr),
     }
 }
@@ -211,6 +210,35 @@ mod tests {
     }
 
     #[test]
+    fn classifies_kinds_and_maps_semaphores_to_the_rwmutex() {
+        use tracer_common::lock::*;
+        let site = |f: &str| Site {
+            function: f.into(),
+            file: String::new(),
+            line: 0,
+        };
+        assert_eq!(classify(KIND_MUTEX, 0x100, &[]), ("mutex", 0x100));
+        assert_eq!(
+            classify(KIND_MUTEX, 0x100, &[site("sync.(*RWMutex).Lock")]),
+            ("rwmutex_write", 0x100)
+        );
+        assert_eq!(classify(KIND_RW_READ, 0x10c, &[]), ("rwmutex_read", 0x100));
+        assert_eq!(
+            classify(KIND_RW_WRITE, 0x108, &[]),
+            ("rwmutex_write", 0x100)
+        );
+        assert_eq!(
+            classify(KIND_RW_RUNLOCK, 0x100, &[]),
+            ("rwmutex_write", 0x100)
+        );
+        assert_eq!(classify(KIND_MUTEX_UNLOCK, 0x100, &[]), ("mutex", 0x100));
+        assert_eq!(
+            classify(KIND_MUTEX_UNLOCK, 0x100, &[site("sync.(*RWMutex).Unlock")]),
+            ("rwmutex_write", 0x100)
+        );
+    }
+
+    #[test]
     fn bias_is_page_aligned() {
         assert_eq!(
             bias_from_entry_frame(0x5555_5500_1234, 0x1234),
@@ -219,4 +247,51 @@ mod tests {
         assert_eq!(bias_from_entry_frame(0x47_1234, 0x47_1234), 0);
         assert_eq!(bias_from_entry_frame(0x47_1235, 0x47_1234), 0);
     }
+}
+
+/// Code that held a contended lock: unlocks that had to wake waiters, per lock
+/// and unlocker call site (what Go's mutex profile attributes delay to).
+#[derive(Clone, Debug)]
+pub struct HolderRow {
+    pub pid: u32,
+    pub address: u64,
+    pub kind: &'static str,
+    pub name: Option<String>,
+    pub site: Site,
+    pub stack: Vec<Site>,
+    pub wakeups: u64,
+}
+
+/// Builds holder rows from the kernel's unlock counts, most wakeups first.
+pub fn build_holders(
+    wakes: &[(LockKey, u64)],
+    sym: &Symbolizer<'_>,
+    stack_of: impl Fn(i64) -> Option<Vec<u64>>,
+) -> Vec<HolderRow> {
+    let mut merged: BTreeMap<(u32, u64, &'static str, Site), HolderRow> = BTreeMap::new();
+    for (k, n) in wakes {
+        let stack = stack_of(k.stack_id);
+        let (all, first_user) = sym.wait_stack(k.caller_pc, stack.as_deref());
+        let (kind, address) = classify(k.kind, k.lock_addr, &all[..first_user]);
+        let frames: Vec<Site> = all.into_iter().skip(first_user).take(16).collect();
+        let site = frames
+            .first()
+            .cloned()
+            .unwrap_or_else(|| Site::unknown(k.caller_pc));
+        merged
+            .entry((k.tgid, address, kind, site.clone()))
+            .or_insert_with(|| HolderRow {
+                pid: k.tgid,
+                address,
+                kind,
+                name: None,
+                site,
+                stack: frames,
+                wakeups: 0,
+            })
+            .wakeups += n;
+    }
+    let mut rows: Vec<HolderRow> = merged.into_values().collect();
+    rows.sort_by(|a, b| b.wakeups.cmp(&a.wakeups).then(a.address.cmp(&b.address)));
+    rows
 }

@@ -33,6 +33,10 @@ struct Output {
     /// Report a lock wait still in progress after this long as a `stuck_lock_wait` finding.
     #[arg(long, default_value = "1s", value_parser = duration::parse)]
     stuck_threshold: Duration,
+    /// Also probe the unlock slow paths, to show which code held contended locks
+    /// (one more uprobe hit per contended unlock).
+    #[arg(long)]
+    holders: bool,
 }
 
 impl From<Output> for OutputOptions {
@@ -43,6 +47,7 @@ impl From<Output> for OutputOptions {
             top: o.top,
             json_report: o.json_report,
             stuck_threshold: o.stuck_threshold,
+            holders: o.holders,
         }
     }
 }

@@ -19,7 +19,7 @@ use aya::{
 use serde::Serialize;
 use tracer_common::{
     Inflight, InflightKey, LockKey, WaitStats, WaiterKey,
-    lock::{KIND_MUTEX, KIND_RW_READ, KIND_RW_WRITE},
+    lock::{KIND_MUTEX, KIND_MUTEX_UNLOCK, KIND_RW_READ, KIND_RW_RUNLOCK, KIND_RW_WRITE},
 };
 
 use crate::{
@@ -79,6 +79,9 @@ struct LockFeature {
     functions: &'static [&'static str],
     /// Why a program would lack them, for the "missing" message.
     unused: &'static str,
+    /// Waits get an entry probe and exit probes on every RET; unlock slow
+    /// paths only an entry probe (a count and a stack, no duration).
+    timed: bool,
 }
 
 /// The Mutex slow path moved to `internal/sync` in Go 1.24; the RWMutex
@@ -91,18 +94,43 @@ const LOCK_FEATURES: [LockFeature; 3] = [
         kind: KIND_MUTEX,
         functions: MUTEX_SLOW_PATHS,
         unused: "blocks on a sync.Mutex",
+        timed: true,
     },
     LockFeature {
         feature: "rwmutex_read",
         kind: KIND_RW_READ,
         functions: &["sync.runtime_SemacquireRWMutexR"],
         unused: "makes RLock wait for a writer",
+        timed: true,
     },
     LockFeature {
         feature: "rwmutex_write",
         kind: KIND_RW_WRITE,
         functions: &["sync.runtime_SemacquireRWMutex"],
         unused: "makes Lock wait for readers",
+        timed: true,
+    },
+];
+
+/// Unlock slow paths: reached only when waiters must be woken, so their callers
+/// are the code that held a contended lock (`--holders`).
+const HOLDER_FEATURES: [LockFeature; 2] = [
+    LockFeature {
+        feature: "mutex_unlock",
+        kind: KIND_MUTEX_UNLOCK,
+        functions: &[
+            "internal/sync.(*Mutex).unlockSlow",
+            "sync.(*Mutex).unlockSlow",
+        ],
+        unused: "unlocks a sync.Mutex with waiters",
+        timed: false,
+    },
+    LockFeature {
+        feature: "rwmutex_runlock",
+        kind: KIND_RW_RUNLOCK,
+        functions: &["sync.(*RWMutex).rUnlockSlow"],
+        unused: "has RUnlock wake a waiting writer",
+        timed: false,
     },
 ];
 
@@ -125,7 +153,7 @@ impl Tracer {
             .context("loading tracer's eBPF object into the kernel")?;
         // Debug logs from the probes; absent when no program logs.
         let logger = aya_log::EbpfLogger::init(&mut ebpf).ok();
-        for name in ["lock_enter", "lock_exit"] {
+        for name in ["lock_enter", "lock_exit", "unlock_slow"] {
             let prog: &mut UProbe = ebpf
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("eBPF object lacks program {name}"))?
@@ -158,9 +186,18 @@ impl Tracer {
     /// feature. A binary without a function (it never blocks on that kind of
     /// lock, so the linker dropped it) is not an error: the status says so and
     /// the rest of tracing goes on.
-    pub fn attach_locks(&mut self, bin: &GoBinary, path: &Path, scope: Scope) -> Vec<ProbeStatus> {
+    /// With `holders`, the unlock slow paths are probed too.
+    pub fn attach_locks(
+        &mut self,
+        bin: &GoBinary,
+        path: &Path,
+        scope: Scope,
+        holders: bool,
+    ) -> Vec<ProbeStatus> {
+        let extra: &[LockFeature] = if holders { &HOLDER_FEATURES } else { &[] };
         LOCK_FEATURES
             .iter()
+            .chain(extra)
             .map(|feat| self.attach_lock_feature(bin, path, scope, feat))
             .collect()
     }
@@ -195,10 +232,41 @@ impl Tracer {
             );
         };
         let name = func.name.clone();
-        match self.attach_entry_and_returns(bin, &func, path, scope, feat.kind) {
+        let attached = if feat.timed {
+            self.attach_entry_and_returns(bin, &func, path, scope, feat.kind)
+        } else {
+            self.attach_entry("unlock_slow", &func, path, scope, feat.kind)
+                .map(|()| 0)
+        };
+        match attached {
             Ok(n) => status(Some(name), "attached", n, None),
             Err(e) => status(Some(name), "failed", 0, Some(format!("{e:#}"))),
         }
+    }
+
+    fn attach_entry(
+        &mut self,
+        prog: &str,
+        func: &Function,
+        path: &Path,
+        scope: Scope,
+        cookie: u32,
+    ) -> Result<()> {
+        let p: &mut UProbe = self
+            .ebpf
+            .program_mut(prog)
+            .ok_or_else(|| anyhow!("{prog} missing"))?
+            .try_into()?;
+        p.attach(
+            UProbeAttachPoint {
+                location: UProbeAttachLocation::AbsoluteOffset(func.file_offset),
+                cookie: Some(cookie as u64),
+            },
+            path,
+            scope.uprobe_scope(),
+        )
+        .with_context(|| format!("attaching uprobe to {} in {}", func.name, path.display()))?;
+        Ok(())
     }
 
     fn attach_entry_and_returns(
@@ -257,6 +325,21 @@ impl Tracer {
                 l.add(v);
             }
             out.push((k, l));
+        }
+        Ok(out)
+    }
+
+    /// Unlocks that woke waiters, per (process, lock, unlocker site, stack).
+    pub fn unlock_wakes(&self) -> Result<Vec<(LockKey, u64)>> {
+        let map: PerCpuHashMap<&MapData, LockKey, u64> = PerCpuHashMap::try_from(
+            self.ebpf
+                .map("UNLOCK_WAKES")
+                .ok_or_else(|| anyhow!("UNLOCK_WAKES map missing"))?,
+        )?;
+        let mut out = Vec::new();
+        for item in map.iter() {
+            let (k, per_cpu) = item.context("reading UNLOCK_WAKES")?;
+            out.push((k, per_cpu.iter().sum()));
         }
         Ok(out)
     }

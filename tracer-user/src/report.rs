@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::{
-    contention::{LockRow, Site},
+    contention::{HolderRow, LockRow, Site},
     latency::{Bucket, fmt_ns},
     probes::ProbeStatus,
 };
@@ -64,8 +64,36 @@ pub struct Report {
     pub duration_ns: u64,
     pub probes: Vec<ProbeStatus>,
     pub locks: Vec<LockReport>,
+    /// Code that held contended locks (unlocks that woke waiters); only with `--holders`.
+    pub holders: Vec<HolderReport>,
     /// Problems found while tracing: `stuck_lock_wait`.
     pub findings: Vec<Finding>,
+}
+
+/// One unlocker call site of one lock.
+#[derive(Clone, Debug, Serialize)]
+pub struct HolderReport {
+    pub address: String,
+    pub kind: &'static str,
+    pub name: Option<String>,
+    /// The code that called Unlock/RUnlock while others waited.
+    pub site: Site,
+    pub stack: Vec<Site>,
+    /// Unlocks from here that had to wake a waiter.
+    pub wakeups: u64,
+}
+
+impl From<&HolderRow> for HolderReport {
+    fn from(h: &HolderRow) -> Self {
+        HolderReport {
+            address: format!("{:#x}", h.address),
+            kind: h.kind,
+            name: h.name.clone(),
+            site: h.site.clone(),
+            stack: h.stack.clone(),
+            wakeups: h.wakeups,
+        }
+    }
 }
 
 /// Which lock a finding is about.
@@ -106,16 +134,26 @@ impl Report {
             t.go_version,
             fmt_ns(self.duration_ns)
         );
-        for p in &self.probes {
-            if p.status != "attached" {
-                let _ = writeln!(
-                    out,
-                    "  {} probes {}: {}",
-                    p.feature,
-                    p.status,
-                    p.reason.as_deref().unwrap_or("")
-                );
-            }
+        for p in self.probes.iter().filter(|p| p.status == "failed") {
+            let _ = writeln!(
+                out,
+                "  {} probes failed: {}",
+                p.feature,
+                p.reason.as_deref().unwrap_or("")
+            );
+        }
+        let missing: Vec<&str> = self
+            .probes
+            .iter()
+            .filter(|p| p.status == "missing")
+            .map(|p| p.feature.as_str())
+            .collect();
+        if !missing.is_empty() {
+            let _ = writeln!(
+                out,
+                "  not traced (their runtime functions are not linked in this binary): {}",
+                missing.join(", ")
+            );
         }
         self.findings_table(&mut out);
         if self.locks.is_empty() {
@@ -140,6 +178,19 @@ impl Report {
                 fmt_ns(l.wait_ns_max),
                 l.site
             );
+        }
+        if !self.holders.is_empty() {
+            let _ = writeln!(out, "HOLDERS (unlocks that woke waiters)");
+            for h in self.holders.iter().take(limit) {
+                let _ = writeln!(
+                    out,
+                    "{:<16} {:<13} {:>11}  {}",
+                    h.name.as_deref().unwrap_or(&h.address),
+                    h.kind,
+                    h.wakeups,
+                    h.site
+                );
+            }
         }
         if self.locks.len() > limit {
             let _ = writeln!(

@@ -13,11 +13,14 @@ use std::{
 use anyhow::{Context, Result};
 
 use crate::{
-    contention::{Site, Symbolizer, bias_from_entry_frame, build_rows, classify, waiters_by_site},
+    contention::{
+        Site, Symbolizer, bias_from_entry_frame, build_holders, build_rows, classify,
+        waiters_by_site,
+    },
     datasyms::DataSymbols,
     gobin::GoBinary,
     probes::{ProbeStatus, Scope, Tracer},
-    report::{Finding, LockRef, LockReport, Report, Target},
+    report::{Finding, HolderReport, LockRef, LockReport, Report, Target},
     stuck::{StuckWaits, monotonic_ns, read_goid},
 };
 
@@ -32,6 +35,8 @@ pub struct OutputOptions {
     pub json_report: Option<PathBuf>,
     /// A wait in progress for longer than this is a `stuck_lock_wait` finding.
     pub stuck_threshold: Duration,
+    /// Also probe the unlock slow paths to report which code held contended locks.
+    pub holders: bool,
 }
 
 /// How often the in-flight waits are scanned for stuck waiters.
@@ -62,9 +67,10 @@ impl Session {
         pid: u32,
         exe: String,
         scope: Scope,
+        holders: bool,
     ) -> Result<Self> {
         tracer.add_target(pid)?;
-        let probes = tracer.attach_locks(&bin, attach_path, scope);
+        let probes = tracer.attach_locks(&bin, attach_path, scope, holders);
         if let Some(failed) = probes.iter().find(|p| p.status == "failed") {
             anyhow::bail!(
                 "could not attach {} probes: {}",
@@ -165,6 +171,14 @@ impl Session {
         for r in &mut rows {
             r.name = self.lock_name(r.address, bias);
         }
+        let wakes = self.tracer.unlock_wakes()?;
+        let holders = build_holders(&wakes, &sym, |id| self.tracer.lock_stack(id))
+            .into_iter()
+            .map(|mut h| {
+                h.name = self.lock_name(h.address, bias);
+                HolderReport::from(&h)
+            })
+            .collect();
         let findings = stuck
             .iter()
             .map(|w| {
@@ -197,6 +211,7 @@ impl Session {
             duration_ns: self.started.elapsed().as_nanos() as u64,
             probes: self.probes.clone(),
             locks: rows.iter().map(LockReport::from).collect(),
+            holders,
             findings,
         })
     }

@@ -287,15 +287,3 @@ func main() {
 	}
 	clear(seen)
 "#;
-
-#[cfg(test)]
-mod tmp_tests {
-    #[test]
-    #[ignore]
-    fn tmp_build_big() {
-        let go =
-            super::real_go_binary(&crate::shell::cache_dir().join("go/1.27.3/bin/go")).unwrap();
-        let d = crate::shell::cache_dir().join("bench");
-        println!("{:?}", super::build_big_program(&go, &d, "1.27.3").unwrap());
-    }
-}

@@ -122,6 +122,7 @@ pub struct GoBinary {
     funcs: Vec<Function>,
     symbol_source: SymbolSource,
     offsets: OnceLock<StructOffsets>,
+    pc_cache: symbolize::PcCache,
 }
 
 impl GoBinary {
@@ -167,6 +168,7 @@ impl GoBinary {
             funcs,
             symbol_source,
             offsets: OnceLock::new(),
+            pc_cache: symbolize::PcCache::default(),
         })
     }
 
@@ -263,9 +265,19 @@ impl GoBinary {
     }
 
     /// Frames for `pc` (link-time address), innermost first, inlined frames
-    /// included; empty if `pc` is in no known Go function.
+    /// included; empty if `pc` is in no known Go function. Results are kept
+    /// in a bounded per-binary cache (at most
+    /// [`PC_CACHE_ENTRIES`](Self::PC_CACHE_ENTRIES) PCs).
     pub fn symbolize(&self, pc: u64) -> Vec<Frame> {
         symbolize::symbolize(self, pc)
+    }
+
+    /// Most PCs [`symbolize`](Self::symbolize) caches per binary.
+    pub const PC_CACHE_ENTRIES: usize = symbolize::PC_CACHE_ENTRIES;
+
+    /// Number of PCs currently in the symbolization cache.
+    pub fn cached_pcs(&self) -> usize {
+        self.pc_cache.len()
     }
 
     /// Struct field offsets (DWARF when present, else the built-in table).

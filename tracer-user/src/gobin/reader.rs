@@ -44,7 +44,15 @@ pub(crate) fn cstr(d: &[u8], off: usize, max: usize) -> Option<&[u8]> {
 }
 
 /// Go's `encoding/binary.Uvarint`: at most 10 bytes, rejects overflow.
+#[inline]
 pub(crate) fn uvarint(d: &[u8], pos: &mut usize) -> Option<u64> {
+    // Fast path: most pc-value deltas fit in one byte.
+    if let Some(&b) = d.get(*pos)
+        && b < 0x80
+    {
+        *pos += 1;
+        return Some(u64::from(b));
+    }
     let mut x: u64 = 0;
     let mut shift = 0u32;
     for i in 0..10 {

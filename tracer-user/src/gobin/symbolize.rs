@@ -13,7 +13,47 @@ use super::{Frame, GoBinError, GoBinary};
 /// Deepest inline nesting we follow (guards against cyclic corrupt trees).
 const MAX_INLINE_DEPTH: usize = 64;
 
+/// Most PCs the per-binary PC -> frames cache holds. Stacks repeat (the same
+/// call sites wait on the same locks), so a few thousand entries catch nearly
+/// every lookup; the bound keeps the cache at a few MB (about 250 bytes per
+/// entry) whatever PCs come in.
+pub(crate) const PC_CACHE_ENTRIES: usize = 16 * 1024;
+
+/// Bounded PC -> frames cache. When full it is emptied: no per-entry
+/// bookkeeping on the hit path, and a working set that fits never misses.
+#[derive(Default)]
+pub(crate) struct PcCache {
+    map: Mutex<HashMap<u64, Arc<[Frame]>>>,
+}
+
+impl PcCache {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<[Frame]>>> {
+        self.map.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Number of cached PCs.
+    pub(crate) fn len(&self) -> usize {
+        self.lock().len()
+    }
+}
+
+/// [`symbolize_uncached`] through the binary's PC cache.
 pub(crate) fn symbolize(bin: &GoBinary, pc: u64) -> Vec<Frame> {
+    let hit = bin.pc_cache.lock().get(&pc).cloned();
+    if let Some(frames) = hit {
+        return frames.to_vec();
+    }
+    let frames: Arc<[Frame]> = symbolize_uncached(bin, pc).into();
+    let out = frames.to_vec();
+    let mut map = bin.pc_cache.lock();
+    if map.len() >= PC_CACHE_ENTRIES {
+        *map = HashMap::new();
+    }
+    map.insert(pc, frames);
+    out
+}
+
+pub(crate) fn symbolize_uncached(bin: &GoBinary, pc: u64) -> Vec<Frame> {
     let Some(t) = bin.pcln.as_ref() else {
         return Vec::new();
     };
