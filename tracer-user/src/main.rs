@@ -37,6 +37,10 @@ struct Output {
     /// (one more uprobe hit per contended unlock).
     #[arg(long)]
     holders: bool,
+    /// Measure each probe's run count and kernel run time (BPF_ENABLE_STATS);
+    /// reported in the JSON report under `bpf_stats`.
+    #[arg(long)]
+    bpf_stats: bool,
 }
 
 impl From<Output> for OutputOptions {
@@ -48,6 +52,7 @@ impl From<Output> for OutputOptions {
             json_report: o.json_report,
             stuck_threshold: o.stuck_threshold,
             holders: o.holders,
+            bpf_stats: o.bpf_stats,
         }
     }
 }

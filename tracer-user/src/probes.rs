@@ -47,6 +47,22 @@ pub struct ProbeStatus {
     pub kind: u32,
 }
 
+/// Kernel-measured cost of one probe program.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProgramStats {
+    pub program: String,
+    /// Times the program ran (probe hits that passed to BPF).
+    pub run_count: u64,
+    /// Total time spent in the program, ns (excludes the uprobe trap itself).
+    pub run_time_ns: u64,
+}
+
+/// Turns on the kernel's BPF run-time statistics until the returned fd is dropped.
+pub fn enable_bpf_stats() -> Result<std::os::fd::OwnedFd> {
+    aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .context("enabling BPF run-time statistics (BPF_ENABLE_STATS)")
+}
+
 /// Where probes on a binary fire: one process, or every process running it.
 #[derive(Clone, Copy, Debug)]
 pub enum Scope {
@@ -327,6 +343,22 @@ impl Tracer {
             out.push((k, l));
         }
         Ok(out)
+    }
+
+    /// Run counts and run time of each probe program; non-zero only while the
+    /// kernel's BPF statistics are enabled (see [`enable_bpf_stats`]).
+    pub fn program_stats(&self) -> Vec<ProgramStats> {
+        self.ebpf
+            .programs()
+            .filter_map(|(name, prog)| {
+                let info = prog.info().ok()?;
+                Some(ProgramStats {
+                    program: name.to_owned(),
+                    run_count: info.run_count(),
+                    run_time_ns: info.run_time().as_nanos() as u64,
+                })
+            })
+            .collect()
     }
 
     /// Unlocks that woke waiters, per (process, lock, unlocker site, stack).

@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::{
     contention::{HolderRow, LockRow, Site},
     latency::{Bucket, fmt_ns},
-    probes::ProbeStatus,
+    probes::{ProbeStatus, ProgramStats},
 };
 
 #[derive(Clone, Debug, Serialize)]
@@ -68,6 +68,8 @@ pub struct Report {
     pub holders: Vec<HolderReport>,
     /// Problems found while tracing: `stuck_lock_wait`.
     pub findings: Vec<Finding>,
+    /// Per probe program run count and run time; only with `--bpf-stats`.
+    pub bpf_stats: Vec<ProgramStats>,
 }
 
 /// One unlocker call site of one lock.

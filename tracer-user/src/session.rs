@@ -19,7 +19,7 @@ use crate::{
     },
     datasyms::DataSymbols,
     gobin::GoBinary,
-    probes::{ProbeStatus, Scope, Tracer},
+    probes::{ProbeStatus, Scope, Tracer, enable_bpf_stats},
     report::{Finding, HolderReport, LockRef, LockReport, Report, Target},
     stuck::{StuckWaits, monotonic_ns, read_goid},
 };
@@ -37,6 +37,8 @@ pub struct OutputOptions {
     pub stuck_threshold: Duration,
     /// Also probe the unlock slow paths to report which code held contended locks.
     pub holders: bool,
+    /// Measure each probe program's run count and run time in the kernel.
+    pub bpf_stats: bool,
 }
 
 /// How often the in-flight waits are scanned for stuck waiters.
@@ -56,6 +58,8 @@ pub struct Session {
     bias: Cell<Option<u64>>,
     data_syms: OnceCell<DataSymbols>,
     stuck: StuckWaits,
+    /// Keeps BPF statistics enabled for the session when asked for.
+    _stats_fd: Option<std::os::fd::OwnedFd>,
 }
 
 impl Session {
@@ -67,10 +71,15 @@ impl Session {
         pid: u32,
         exe: String,
         scope: Scope,
-        holders: bool,
+        opts: &OutputOptions,
     ) -> Result<Self> {
+        let stats_fd = if opts.bpf_stats {
+            Some(enable_bpf_stats()?)
+        } else {
+            None
+        };
         tracer.add_target(pid)?;
-        let probes = tracer.attach_locks(&bin, attach_path, scope, holders);
+        let probes = tracer.attach_locks(&bin, attach_path, scope, opts.holders);
         if let Some(failed) = probes.iter().find(|p| p.status == "failed") {
             anyhow::bail!(
                 "could not attach {} probes: {}",
@@ -97,6 +106,7 @@ impl Session {
             bias: Cell::new(bias),
             data_syms: OnceCell::new(),
             stuck: StuckWaits::default(),
+            _stats_fd: stats_fd,
         })
     }
 
@@ -213,6 +223,11 @@ impl Session {
             locks: rows.iter().map(LockReport::from).collect(),
             holders,
             findings,
+            bpf_stats: if self._stats_fd.is_some() {
+                self.tracer.program_stats()
+            } else {
+                vec![]
+            },
         })
     }
 

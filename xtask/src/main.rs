@@ -34,7 +34,11 @@ enum Cmd {
     /// Setup, build, start the bundled Go demo service and trace it live.
     Demo,
     /// Setup, then measure traced against untraced workloads side by side.
-    Bench,
+    Bench {
+        /// Which benchmarks: locks, analysis or all.
+        #[arg(default_value = "all")]
+        what: String,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -52,9 +56,9 @@ fn main() -> anyhow::Result<()> {
             setup::setup()?;
             demo::demo()
         }
-        Cmd::Bench => {
+        Cmd::Bench { what } => {
             setup::setup()?;
-            bench::bench()
+            bench::bench(&what)
         }
     }
 }

@@ -23,15 +23,7 @@ pub async fn attach(pid: u32, duration: Option<Duration>, out: &OutputOptions) -
     privileges::check()?;
     kernelfs::ensure_tracefs()?;
     let tracer = Tracer::load()?;
-    let mut session = Session::start(
-        tracer,
-        bin,
-        &exe_link,
-        pid,
-        exe,
-        Scope::Pid(pid),
-        out.holders,
-    )?;
+    let mut session = Session::start(tracer, bin, &exe_link, pid, exe, Scope::Pid(pid), out)?;
 
     let deadline = duration.map(|d| Instant::now() + d);
     let mut live_tick = tokio::time::interval(out.interval.max(Duration::from_millis(100)));

@@ -121,15 +121,7 @@ pub async fn run(program: &Path, args: &[OsString], out: &OutputOptions) -> Resu
     // Probes are placed on the binary's inode for every process and filtered to
     // this pid in the kernel: a pid-scoped uprobe taken before exec would be bound
     // to the pre-exec address space.
-    let session = Session::start(
-        tracer,
-        bin,
-        &path,
-        pid,
-        exe,
-        Scope::AllProcesses,
-        out.holders,
-    );
+    let session = Session::start(tracer, bin, &path, pid, exe, Scope::AllProcesses, out);
     // Open the gate: the child execs the Go program now. A byte, not EOF: the
     // child holds its own copy of the write end until exec.
     let released = (&gate_wr).write_all(&[1]);
