@@ -83,7 +83,8 @@ impl Scope {
 
 /// Loaded eBPF programs and maps.
 pub struct Tracer {
-    ebpf: Ebpf,
+    /// Crate-visible so feature modules (maps, later TCP) attach their own programs.
+    pub(crate) ebpf: Ebpf,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
 
