@@ -42,7 +42,12 @@ fn contended_mutex_waits_match_the_programs_own_measurement() -> Result<()> {
     let _serial = tracer_tests::serial();
     let site_line = marker_line("contention", "mu.Lock() // LOCKSITE")?;
     for tc in classic_and_swiss()? {
-        for variant in [Variant::Plain, Variant::Stripped, Variant::Pie] {
+        for variant in [
+            Variant::Plain,
+            Variant::Stripped,
+            Variant::Pie,
+            Variant::Cgo,
+        ] {
             let bin = build_fixture(&tc, "contention", variant)?;
             let bin = bin.to_str().context("path")?;
             let (g, m, hold) = (

@@ -348,7 +348,8 @@ fn main() -> Result<()> {
 
     if args.header {
         println!(
-            "| binary | size MiB | Go | stripped | functions | open ms | open + version + targets ms | targets found / RET sites | peak RSS after analysis MiB | peak RSS at end MiB | distinct PCs, 1st pass (PCs/s) | distinct PCs, later passes (PCs/s) | {HOT_PCS} hot PCs, cache warm (PCs/s) |"
+            "| binary | size MiB | Go | stripped | functions | open ms | open + version + targets ms | targets found / RET sites | peak RSS after analysis MiB | peak RSS at end MiB | distinct PCs, 1st pass (PCs/s) | distinct PCs, later passes (PCs/s) | {} hot PCs, cache warm (PCs/s) |",
+            thousands(HOT_PCS as f64)
         );
         println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     }

@@ -58,7 +58,7 @@ pub fn bench_analysis() -> Result<()> {
 
     let rows = [
         (format!("`go` command (Go {newest})"), go.clone()),
-        (format!("`go` command, `strip --strip-all`"), go_stripped),
+        ("`go` command, `strip --strip-all`".to_string(), go_stripped),
         (
             format!("generated, {PACKAGES} pkgs × {FUNCS_PER_PACKAGE} funcs"),
             big,
