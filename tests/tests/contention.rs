@@ -1,12 +1,14 @@
 //! Privileged end-to-end tests of mutex contention: real uprobes on real Go
 //! binaries, checked against the program's own measurement of its lock waits.
-//! Each runs for a Go ≤ 1.23 (sync.(*Mutex).lockSlow) and a Go ≥ 1.24
-//! (internal/sync.(*Mutex).lockSlow) build.
+//! The ground-truth test runs for every installed Go (1.21–1.27) and kind of
+//! binary; the others for a Go ≤ 1.23 (`sync.(*Mutex).lockSlow`) and a Go ≥ 1.24
+//! (`internal/sync.(*Mutex).lockSlow`) build.
 
 use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 use tracer_tests::{
-    Variant, build_fixture, classic_and_swiss, marker_line, privileged_tests_enabled, run_tracer,
+    Variant, build_fixture, classic_and_swiss, go_toolchains, marker_line,
+    privileged_tests_enabled, run_tracer,
 };
 
 const GOROUTINES: u64 = 4;
@@ -41,7 +43,8 @@ fn contended_mutex_waits_match_the_programs_own_measurement() -> Result<()> {
     }
     let _serial = tracer_tests::serial();
     let site_line = marker_line("contention", "mu.Lock() // LOCKSITE")?;
-    for tc in classic_and_swiss()? {
+    // Every installed Go (1.21–1.27) × every runnable kind of binary.
+    for tc in go_toolchains()? {
         for variant in [
             Variant::Plain,
             Variant::Stripped,
