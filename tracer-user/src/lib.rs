@@ -12,6 +12,7 @@ pub mod latency;
 pub mod privileges;
 pub mod probes;
 pub mod procfs;
+pub mod rate_guard;
 pub mod report;
 pub mod session;
 pub mod stuck;
