@@ -7,6 +7,8 @@
 
 pub mod hist;
 pub mod lock;
+pub mod maps;
+pub mod tcp;
 
 pub use hist::{HIST_SLOTS, hist_slot, slot_bounds};
 pub use lock::{Inflight, InflightKey, LockKey, WaitStats, WaiterKey};

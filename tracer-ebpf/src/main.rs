@@ -8,7 +8,9 @@
 #![no_main]
 
 mod lock;
+mod maps;
 mod regs;
+mod tcp;
 
 #[cfg(not(test))]
 #[panic_handler]

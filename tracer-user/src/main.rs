@@ -3,7 +3,7 @@
 use std::{ffi::OsString, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
-use tracer_user::{commands, duration, session::OutputOptions};
+use tracer_user::{commands, duration, maps::MapsMode, session::OutputOptions};
 
 #[derive(Parser)]
 #[command(
@@ -41,6 +41,17 @@ struct Output {
     /// reported in the JSON report under `bpf_stats`.
     #[arg(long)]
     bpf_stats: bool,
+    /// Map concurrency checks: `off`; `always` (default: runtime fatal errors
+    /// such as "concurrent map writes" and map growth, rare events only); or
+    /// `deep` (every map operation, two probe hits each: finds overlapping
+    /// accesses before the runtime crashes, at a large cost; see docs/maps.md).
+    #[arg(long, default_value = "always", value_name = "off|always|deep")]
+    maps: MapsMode,
+    /// With `--maps deep`: probe the map operations called from these
+    /// packages only (comma-separated import paths, e.g. `main`), at their
+    /// call sites, instead of every caller of the runtime's map functions.
+    #[arg(long, value_name = "PKG,...", value_delimiter = ',')]
+    maps_sites: Vec<String>,
 }
 
 impl From<Output> for OutputOptions {
@@ -53,6 +64,8 @@ impl From<Output> for OutputOptions {
             stuck_threshold: o.stuck_threshold,
             holders: o.holders,
             bpf_stats: o.bpf_stats,
+            maps: o.maps,
+            maps_sites: o.maps_sites,
         }
     }
 }

@@ -71,7 +71,7 @@ pub enum Scope {
 }
 
 impl Scope {
-    fn uprobe_scope(self) -> UProbeScope {
+    pub(crate) fn uprobe_scope(self) -> UProbeScope {
         match self {
             Scope::Pid(pid) => {
                 NonZeroU32::new(pid).map_or(UProbeScope::AllProcesses, UProbeScope::OneProcess)

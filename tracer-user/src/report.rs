@@ -8,6 +8,7 @@ use serde::Serialize;
 use crate::{
     contention::{HolderRow, LockRow, Site},
     latency::{Bucket, fmt_ns},
+    maps::{MapFinding, MapReport, MapsLost},
     probes::{ProbeStatus, ProgramStats},
 };
 
@@ -66,8 +67,18 @@ pub struct Report {
     pub locks: Vec<LockReport>,
     /// Code that held contended locks (unlocks that woke waiters); only with `--holders`.
     pub holders: Vec<HolderReport>,
-    /// Problems found while tracing: `stuck_lock_wait`.
-    pub findings: Vec<Finding>,
+    /// Problems found while tracing: `stuck_lock_wait`, and the map findings
+    /// (`map_fatal`, `concurrent_map_*`), which come first.
+    pub findings: Vec<AnyFinding>,
+    /// The map feature's probes (`map_fatal`, `map_growth`, `map_ops`), kept
+    /// apart from `probes` (lock features) so that list keeps its meaning.
+    pub map_probes: Vec<ProbeStatus>,
+    /// Maps seen by the map probes (growth always; operations with `--maps deep`).
+    pub maps: Vec<MapReport>,
+    /// Map records the kernel could not keep; null with `--maps off`.
+    pub maps_lost: Option<MapsLost>,
+    /// Map operations counted with `--maps deep` (two probe hits each).
+    pub map_op_hits: Option<u64>,
     /// Per probe program run count and run time; only with `--bpf-stats`.
     pub bpf_stats: Vec<ProgramStats>,
 }
@@ -104,6 +115,15 @@ pub struct LockRef {
     pub address: String,
     pub kind: &'static str,
     pub name: Option<String>,
+}
+
+/// Any finding; serialized as the inner object (each has its own `kind`).
+#[derive(Clone, Debug, Serialize)]
+#[serde(untagged)]
+pub enum AnyFinding {
+    Lock(Finding),
+    /// Boxed: a map finding carries two stacks.
+    Map(Box<MapFinding>),
 }
 
 /// A problem found while tracing.
@@ -158,6 +178,7 @@ impl Report {
             );
         }
         self.findings_table(&mut out);
+        crate::maps::table::table(&self.maps, limit, &mut out);
         if self.locks.is_empty() {
             let _ = writeln!(out, "no lock contention recorded");
             return out;
@@ -205,7 +226,20 @@ impl Report {
     }
 
     fn findings_table(&self, out: &mut String) {
-        for f in &self.findings {
+        let map_findings: Vec<&MapFinding> = self
+            .findings
+            .iter()
+            .filter_map(|f| match f {
+                AnyFinding::Map(m) => Some(m.as_ref()),
+                AnyFinding::Lock(_) => None,
+            })
+            .collect();
+        crate::maps::table::findings_table(&map_findings, out);
+        let lock_findings = self.findings.iter().filter_map(|f| match f {
+            AnyFinding::Lock(l) => Some(l),
+            AnyFinding::Map(_) => None,
+        });
+        for f in lock_findings {
             let lock = f.lock.name.as_deref().unwrap_or(&f.lock.address);
             let _ = writeln!(
                 out,

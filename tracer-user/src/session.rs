@@ -19,8 +19,9 @@ use crate::{
     },
     datasyms::DataSymbols,
     gobin::GoBinary,
+    maps::{MapsMode, MapsState},
     probes::{ProbeStatus, Scope, Tracer, enable_bpf_stats},
-    report::{Finding, HolderReport, LockRef, LockReport, Report, Target},
+    report::{AnyFinding, Finding, HolderReport, LockRef, LockReport, Report, Target},
     stuck::{StuckWaits, monotonic_ns, read_goid},
 };
 
@@ -39,6 +40,10 @@ pub struct OutputOptions {
     pub holders: bool,
     /// Measure each probe program's run count and run time in the kernel.
     pub bpf_stats: bool,
+    /// Map concurrency tier: off, always (fatal errors, growth) or deep (every op).
+    pub maps: MapsMode,
+    /// With `--maps deep`: probe only the map calls inside these packages.
+    pub maps_sites: Vec<String>,
 }
 
 /// How often the in-flight waits are scanned for stuck waiters.
@@ -58,6 +63,8 @@ pub struct Session {
     bias: Cell<Option<u64>>,
     data_syms: OnceCell<DataSymbols>,
     stuck: StuckWaits,
+    /// Map probes and their fatal-event ring buffer; None with `--maps off`.
+    maps: Option<MapsState>,
     /// Keeps BPF statistics enabled for the session when asked for.
     _stats_fd: Option<std::os::fd::OwnedFd>,
 }
@@ -87,6 +94,15 @@ impl Session {
                 failed.reason.as_deref().unwrap_or("unknown error")
             );
         }
+        let maps = MapsState::start(
+            &mut tracer,
+            &bin,
+            attach_path,
+            pid,
+            scope,
+            opts.maps,
+            &opts.maps_sites,
+        )?;
         for p in probes.iter().filter(|p| p.status == "missing") {
             tracing::info!("{}", p.reason.as_deref().unwrap_or(""));
         }
@@ -106,6 +122,7 @@ impl Session {
             bias: Cell::new(bias),
             data_syms: OnceCell::new(),
             stuck: StuckWaits::default(),
+            maps,
             _stats_fd: stats_fd,
         })
     }
@@ -142,6 +159,7 @@ impl Session {
 
     /// Scans the waits in progress for stuck waiters; call every [`STUCK_SCAN`].
     pub fn scan_stuck(&mut self, threshold: Duration) {
+        self.poll_maps();
         let Ok(inflight) = self.tracer.lock_inflight() else {
             return;
         };
@@ -155,8 +173,16 @@ impl Session {
         );
     }
 
+    /// Drains the map feature's fatal-event ring buffer.
+    pub fn poll_maps(&mut self) {
+        if let Some(m) = self.maps.as_mut() {
+            m.poll();
+        }
+    }
+
     /// Marks which stuck waits had ended when the process exited.
     pub fn settle_stuck(&mut self) {
+        self.poll_maps();
         if let Ok(inflight) = self.tracer.lock_inflight() {
             self.stuck.settle(&inflight);
         }
@@ -189,14 +215,18 @@ impl Session {
                 HolderReport::from(&h)
             })
             .collect();
-        let findings = stuck
+        let maps = match &self.maps {
+            Some(m) => Some(m.report(&self.tracer, &self.bin)?),
+            None => None,
+        };
+        let mut findings: Vec<AnyFinding> = stuck
             .iter()
             .map(|w| {
                 let stack = self.tracer.lock_stack(w.rec.stack_id);
                 let (all, first_user) = sym.wait_stack(w.rec.caller_pc, stack.as_deref());
                 let (kind, address) = classify(w.rec.kind, w.rec.lock_addr, &all[..first_user]);
                 let frames: Vec<Site> = all.into_iter().skip(first_user).take(16).collect();
-                Finding {
+                AnyFinding::Lock(Finding {
                     kind: "stuck_lock_wait",
                     pid: w.key.tgid,
                     goroutine: w.goid,
@@ -209,9 +239,20 @@ impl Session {
                     ongoing: w.ongoing,
                     site: frames.first().cloned(),
                     stack: frames,
-                }
+                })
             })
             .collect();
+        // Map findings first: a crash or a data race matters more than a slow lock.
+        let (map_rows, maps_lost, map_hits) = match maps {
+            Some(m) => {
+                findings.splice(
+                    0..0,
+                    m.findings.into_iter().map(|f| AnyFinding::Map(Box::new(f))),
+                );
+                (m.maps, Some(m.lost), Some(m.op_hits))
+            }
+            None => (vec![], None, None),
+        };
         Ok(Report {
             target: Target {
                 pid: self.pid,
@@ -223,6 +264,14 @@ impl Session {
             locks: rows.iter().map(LockReport::from).collect(),
             holders,
             findings,
+            maps: map_rows,
+            map_probes: self
+                .maps
+                .as_ref()
+                .map(|m| m.statuses.clone())
+                .unwrap_or_default(),
+            maps_lost,
+            map_op_hits: map_hits,
             bpf_stats: if self._stats_fd.is_some() {
                 self.tracer.program_stats()
             } else {
@@ -254,6 +303,7 @@ impl Session {
     /// Prints the final table to stdout and writes the JSON report if asked.
     pub fn finish(mut self, opts: &OutputOptions) -> Result<Report> {
         self.tracer.flush_logs();
+        self.poll_maps();
         let report = self.report()?;
         let mut out = std::io::stdout().lock();
         let _ = out.write_all(report.table(opts.top).as_bytes());

@@ -1,0 +1,529 @@
+//! Privileged tests of TCP flow tracing through tracepoints: the test process
+//! moves known byte counts over loopback connections to itself and checks
+//! every flow, both sides, against them.
+
+use std::{
+    io::{Read, Write},
+    net::{IpAddr, SocketAddr, TcpListener, TcpStream},
+    process::Command,
+    thread,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail, ensure};
+use tracer_tests::privileged_tests_enabled;
+use tracer_user::{
+    probes::Tracer,
+    tcp::{FlowReport, TcpReport, TcpTracing, attach_tcp},
+};
+
+const CONNS: usize = 5;
+const REQUEST: usize = 100_000;
+const RESPONSE: usize = 50_000;
+
+/// Serves `n` connections: read exactly REQUEST bytes, answer RESPONSE bytes,
+/// then read to EOF so the client closes first.
+fn serve(listener: TcpListener, n: usize) -> thread::JoinHandle<Result<()>> {
+    thread::spawn(move || {
+        for _ in 0..n {
+            let (mut s, _) = listener.accept().context("accept")?;
+            let mut buf = vec![0u8; REQUEST];
+            s.read_exact(&mut buf).context("server read")?;
+            s.write_all(&vec![7u8; RESPONSE]).context("server write")?;
+            let mut rest = Vec::new();
+            s.read_to_end(&mut rest).context("server read to EOF")?;
+            ensure!(rest.is_empty(), "client sent {} extra bytes", rest.len());
+        }
+        Ok(())
+    })
+}
+
+/// Runs `n` client exchanges to `addr`; returns each client's local address.
+fn clients(addr: SocketAddr, n: usize) -> Result<Vec<SocketAddr>> {
+    let mut locals = Vec::new();
+    for _ in 0..n {
+        let mut s = TcpStream::connect(addr).with_context(|| format!("connect {addr}"))?;
+        locals.push(s.local_addr()?);
+        s.write_all(&vec![1u8; REQUEST]).context("client write")?;
+        let mut buf = vec![0u8; RESPONSE];
+        s.read_exact(&mut buf).context("client read")?;
+    }
+    Ok(locals)
+}
+
+/// Reports until every flow of `pid` with one of `ports` (either side) is
+/// closed, or 5 s pass.
+fn settled_report(
+    tcp: &mut TcpTracing,
+    tracer: &mut Tracer,
+    pid: u32,
+    ports: &[u16],
+    want: usize,
+) -> Result<TcpReport> {
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let r = tcp.report(tracer)?;
+        let ours: Vec<&FlowReport> = r
+            .flows
+            .iter()
+            .filter(|f| {
+                f.pid == pid && (ports.contains(&f.local_port) || ports.contains(&f.remote_port))
+            })
+            .collect();
+        if (ours.len() >= want && ours.iter().all(|f| !f.open)) || Instant::now() > deadline {
+            return Ok(r);
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn find<'a>(
+    r: &'a TcpReport,
+    pid: u32,
+    side: &str,
+    local: u16,
+    remote: u16,
+) -> Result<&'a FlowReport> {
+    r.flows
+        .iter()
+        .find(|f| {
+            f.pid == pid && f.side == side && f.local_port == local && f.remote_port == remote
+        })
+        .with_context(|| {
+            format!(
+                "no {side} flow {local}->{remote} for pid {pid}; flows: {:#?}",
+                r.flows
+            )
+        })
+}
+
+fn check_exchange(
+    r: &TcpReport,
+    pid: u32,
+    server: SocketAddr,
+    locals: &[SocketAddr],
+) -> Result<()> {
+    let ip: IpAddr = server.ip();
+    let family = if ip.is_ipv4() { "ipv4" } else { "ipv6" };
+    for l in locals {
+        let c = find(r, pid, "client", l.port(), server.port())?;
+        let ctx = format!("client flow {c:#?}");
+        ensure!(c.bytes_sent == REQUEST as u64, "bytes sent: {ctx}");
+        ensure!(c.bytes_received == RESPONSE as u64, "bytes received: {ctx}");
+        ensure!(c.sends >= 1 && c.receives >= 1, "calls: {ctx}");
+        ensure!(
+            c.connect_latency_ns.is_some_and(|l| l > 0),
+            "connect latency: {ctx}"
+        );
+        ensure!(
+            c.srtt_us.is_some_and(|v| v > 0) && c.rtt_samples > 0,
+            "rtt: {ctx}"
+        );
+        ensure!(!c.open && c.state == "CLOSE", "state: {ctx}");
+        ensure!(c.end_ns.is_some() && c.lifetime_ns > 0, "lifetime: {ctx}");
+        ensure!(
+            c.family == family && c.remote_addr == Some(ip),
+            "tuple: {ctx}"
+        );
+        ensure!(c.local_addr == Some(l.ip()), "local address: {ctx}");
+        ensure!(
+            c.retransmits == 0 && c.resets_sent == 0 && c.resets_received == 0,
+            "{ctx}"
+        );
+
+        let s = find(r, pid, "server", server.port(), l.port())?;
+        let ctx = format!("server flow {s:#?}");
+        ensure!(s.bytes_received == REQUEST as u64, "bytes received: {ctx}");
+        ensure!(s.bytes_sent == RESPONSE as u64, "bytes sent: {ctx}");
+        ensure!(
+            s.connect_latency_ns.is_none(),
+            "server has no connect: {ctx}"
+        );
+        ensure!(!s.open && s.state == "CLOSE", "state: {ctx}");
+        ensure!(
+            s.family == family && s.remote_addr == Some(l.ip()),
+            "tuple: {ctx}"
+        );
+        ensure!(s.srtt_us.is_some_and(|v| v > 0), "rtt: {ctx}");
+        ensure!(!s.midstream, "server flow came from the handshake: {ctx}");
+        eprintln!(
+            "{family} client {}: sent {} recv {} connect {} ns srtt {} us ({} samples) | server: sent {} recv {} srtt {:?} us",
+            l.port(),
+            c.bytes_sent,
+            c.bytes_received,
+            c.connect_latency_ns.unwrap_or(0),
+            c.srtt_us.unwrap_or(0),
+            c.rtt_samples,
+            s.bytes_sent,
+            s.bytes_received,
+            s.srtt_us
+        );
+    }
+    let n = locals.len() as u64;
+    let remote = r
+        .by_remote
+        .iter()
+        .find(|x| x.pid == pid && x.remote_addr == Some(ip) && x.remote_port == server.port())
+        .with_context(|| format!("no roll-up for {server}: {:#?}", r.by_remote))?;
+    let t = &remote.totals;
+    ensure!(
+        t.flows == n
+            && t.open == 0
+            && t.bytes_sent == n * REQUEST as u64
+            && t.bytes_received == n * RESPONSE as u64
+            && t.connects == n,
+        "remote roll-up: {remote:#?}"
+    );
+    let listen = r
+        .by_listen_port
+        .iter()
+        .find(|x| x.pid == pid && x.local_port == server.port())
+        .with_context(|| format!("no listen roll-up: {:#?}", r.by_listen_port))?;
+    let t = &listen.totals;
+    ensure!(
+        t.flows == n
+            && t.bytes_received == n * REQUEST as u64
+            && t.bytes_sent == n * RESPONSE as u64
+            && listen.peers == 1,
+        "listen roll-up: {listen:#?}"
+    );
+    Ok(())
+}
+
+fn exchange(
+    tcp: &mut TcpTracing,
+    tracer: &mut Tracer,
+    bind: &str,
+) -> Result<(TcpReport, SocketAddr, Vec<SocketAddr>)> {
+    let listener = TcpListener::bind(bind).with_context(|| format!("bind {bind}"))?;
+    let server = listener.local_addr()?;
+    let handle = serve(listener, CONNS);
+    let locals = clients(server, CONNS)?;
+    handle
+        .join()
+        .map_err(|_| anyhow::anyhow!("server thread panicked"))??;
+    let mut ports: Vec<u16> = locals.iter().map(|l| l.port()).collect();
+    ports.push(server.port());
+    let report = settled_report(tcp, tracer, std::process::id(), &ports, 2 * CONNS)?;
+    Ok((report, server, locals))
+}
+
+#[test]
+fn loopback_flows_match_known_byte_counts() -> Result<()> {
+    if !privileged_tests_enabled("tcp_loopback") {
+        return Ok(());
+    }
+    let _serial = tracer_tests::serial();
+    let pid = std::process::id();
+    let mut tracer = Tracer::load()?;
+    tracer.add_target(pid)?;
+    let mut tcp = attach_tcp(&mut tracer, &[pid])?;
+    for h in tcp.hooks() {
+        eprintln!("hook {} {} {}: {:?}", h.method, h.hook, h.status, h.reason);
+    }
+    let attached = tcp
+        .hooks()
+        .iter()
+        .filter(|h| h.status == "attached")
+        .count();
+    ensure!(
+        attached == 8,
+        "all 8 tracepoints should attach here: {:#?}",
+        tcp.hooks()
+    );
+
+    let (r, server, locals) = exchange(&mut tcp, &mut tracer, "127.0.0.1:0")?;
+    check_exchange(&r, pid, server, &locals)?;
+
+    let (r6, server6, locals6) = exchange(&mut tcp, &mut tracer, "[::1]:0")?;
+    check_exchange(&r6, pid, server6, &locals6)?;
+
+    // An untraced process's client socket must not be recorded; our accepted
+    // side of the same connection is ours and is.
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    let srv = thread::spawn(move || -> Result<u64> {
+        let (mut s, _) = listener.accept()?;
+        let mut v = Vec::new();
+        s.read_to_end(&mut v)?;
+        Ok(v.len() as u64)
+    });
+    let child = Command::new("bash")
+        .arg("-c")
+        .arg(format!(
+            "exec 3<>/dev/tcp/127.0.0.1/{port}; printf 'hello from bash' >&3; exec 3>&-"
+        ))
+        .spawn()
+        .context("spawning bash")?;
+    let child_pid = child.id();
+    let out = child.wait_with_output()?;
+    ensure!(out.status.success(), "bash client failed");
+    let got = srv
+        .join()
+        .map_err(|_| anyhow::anyhow!("server thread panicked"))??;
+    let r = settled_report(&mut tcp, &mut tracer, pid, &[port], 1)?;
+    ensure!(
+        !r.flows.iter().any(|f| f.pid == child_pid),
+        "untraced pid {child_pid} recorded: {:#?}",
+        r.flows
+    );
+    let s = r
+        .flows
+        .iter()
+        .find(|f| f.pid == pid && f.side == "server" && f.local_port == port)
+        .with_context(|| format!("no server flow on {port}: {:#?}", r.flows))?;
+    ensure!(s.bytes_received == got && got == 15, "{s:#?}");
+    ensure!(
+        r.flows.iter().all(|f| f.pid == pid),
+        "foreign flows: {:#?}",
+        r.flows
+    );
+
+    let st = tcp.stats(&tracer)?;
+    eprintln!("stats: {st:?}");
+    ensure!(
+        st.evicted == 0 && st.insert_failed == 0 && st.read_failed == 0,
+        "{st:?}"
+    );
+    ensure!(st.flows_created > 4 * CONNS as u64, "{st:?}");
+    Ok(())
+}
+
+/// Closing a socket with unread data sends a reset: the client's reset comes
+/// after its TCP_CLOSE (found through the closed-flow index), the server sees
+/// it arrive, and the client's MSG_PEEK read is not counted as received bytes.
+#[test]
+fn resets_and_peeks() -> Result<()> {
+    if !privileged_tests_enabled("tcp_resets") {
+        return Ok(());
+    }
+    let _serial = tracer_tests::serial();
+    let pid = std::process::id();
+    let mut tracer = Tracer::load()?;
+    let mut tcp = attach_tcp(&mut tracer, &[pid])?;
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let server = listener.local_addr()?;
+    let srv = thread::spawn(move || -> Result<std::io::ErrorKind> {
+        let (mut s, _) = listener.accept()?;
+        s.write_all(&[5u8; 1000])?;
+        let mut b = [0u8; 16];
+        match s.read(&mut b) {
+            Ok(n) => bail!("expected a reset, read {n} bytes"),
+            Err(e) => Ok(e.kind()),
+        }
+    });
+    let c = TcpStream::connect(server)?;
+    let local = c.local_addr()?;
+    let mut b = [0u8; 1000];
+    let peeked = c.peek(&mut b)?;
+    ensure!(peeked > 0, "peek saw nothing");
+    drop(c); // unread data: the kernel answers close with a reset
+    let kind = srv
+        .join()
+        .map_err(|_| anyhow::anyhow!("server thread panicked"))??;
+    ensure!(kind == std::io::ErrorKind::ConnectionReset, "{kind:?}");
+    let r = settled_report(
+        &mut tcp,
+        &mut tracer,
+        pid,
+        &[local.port(), server.port()],
+        2,
+    )?;
+    let c = find(&r, pid, "client", local.port(), server.port())?;
+    ensure!(
+        c.bytes_received == 0 && c.receives == 0 && c.resets_sent == 1 && !c.open,
+        "client: {c:#?}"
+    );
+    ensure!(c.closed_from == Some("ESTABLISHED"), "client: {c:#?}");
+    let s = find(&r, pid, "server", server.port(), local.port())?;
+    ensure!(
+        s.bytes_sent == 1000 && s.resets_received == 1 && !s.open,
+        "server: {s:#?}"
+    );
+
+    // A server that accepts and closes without moving a byte is attributed at
+    // its close() (ESTABLISHED → FIN_WAIT1 runs in the closer's context).
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let silent = listener.local_addr()?;
+    let srv = thread::spawn(move || -> Result<()> {
+        let (s, _) = listener.accept()?;
+        drop(s);
+        Ok(())
+    });
+    let mut sc = TcpStream::connect(silent)?;
+    let silent_local = sc.local_addr()?;
+    let mut rest = Vec::new();
+    sc.read_to_end(&mut rest)?;
+    drop(sc);
+    srv.join()
+        .map_err(|_| anyhow::anyhow!("server thread panicked"))??;
+    let r = settled_report(&mut tcp, &mut tracer, pid, &[silent.port()], 2)?;
+    let ss = find(&r, pid, "server", silent.port(), silent_local.port())?;
+    ensure!(
+        ss.bytes_sent == 0 && ss.bytes_received == 0 && !ss.open && !ss.midstream,
+        "silent server: {ss:#?}"
+    );
+
+    // A refused connect: SYN_SENT → CLOSE on the peer's reset.
+    let closed_port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let err = TcpStream::connect(("127.0.0.1", closed_port))
+        .err()
+        .context("connect to a closed port succeeded")?;
+    ensure!(err.kind() == std::io::ErrorKind::ConnectionRefused, "{err}");
+    let r = settled_report(&mut tcp, &mut tracer, pid, &[closed_port], 1)?;
+    let refused = r
+        .flows
+        .iter()
+        .find(|f| f.pid == pid && f.remote_port == closed_port)
+        .with_context(|| format!("no refused flow: {:#?}", r.flows))?;
+    ensure!(
+        refused.side == "client"
+            && refused.closed_from == Some("SYN_SENT")
+            && refused.connect_latency_ns.is_none()
+            && refused.resets_received == 1,
+        "refused: {refused:#?}"
+    );
+    let roll = r
+        .by_remote
+        .iter()
+        .find(|x| x.remote_port == closed_port)
+        .context("no roll-up for the refused port")?;
+    ensure!(roll.totals.connect_failures == 1, "{roll:#?}");
+
+    eprintln!(
+        "reset: client peeked {peeked} (counted {}), resets_sent {}; server resets_received {}, closed_from {:?}",
+        c.bytes_received, c.resets_sent, s.resets_received, s.closed_from
+    );
+    Ok(())
+}
+
+/// Runs `ip ARGS`, failing with its stderr.
+fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip")
+        .args(args)
+        .output()
+        .context("running ip")?;
+    if !out.status.success() {
+        bail!(
+            "ip {} failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// Deletes the test namespaces however the test ends.
+struct Netns(&'static [&'static str]);
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for ns in self.0 {
+            let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        }
+    }
+}
+
+/// A server in another network namespace (reached over a veth pair from a
+/// second namespace the test process enters for its client thread) is seen
+/// from the client side, with that namespace's addresses.
+#[test]
+fn flows_across_network_namespaces() -> Result<()> {
+    if !privileged_tests_enabled("tcp_netns") {
+        return Ok(());
+    }
+    let _serial = tracer_tests::serial();
+    let pid = std::process::id();
+    let (a, b) = ("tracer-tcp-a", "tracer-tcp-b");
+    let _cleanup = Netns(&["tracer-tcp-a", "tracer-tcp-b"]);
+    for ns in [a, b] {
+        let _ = Command::new("ip").args(["netns", "del", ns]).output();
+        ip(&["netns", "add", ns])?;
+    }
+    ip(&[
+        "link", "add", "trtcp0", "netns", a, "type", "veth", "peer", "name", "trtcp1", "netns", b,
+    ])?;
+    ip(&["-n", a, "addr", "add", "10.213.0.1/24", "dev", "trtcp0"])?;
+    ip(&["-n", b, "addr", "add", "10.213.0.2/24", "dev", "trtcp1"])?;
+    for (ns, dev) in [(a, "trtcp0"), (b, "trtcp1")] {
+        ip(&["-n", ns, "link", "set", dev, "up"])?;
+        ip(&["-n", ns, "link", "set", "lo", "up"])?;
+    }
+    // Server: python in namespace b, untraced; it sends RESPONSE bytes after
+    // reading REQUEST bytes.
+    let script = format!(
+        "import socket\ns=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n\
+         s.bind(('10.213.0.2',7070));s.listen(8);print('ready',flush=True)\n\
+         for _ in range({CONNS}):\n c,_=s.accept();n=0\n while n<{REQUEST}:\n  d=c.recv(65536)\n  if not d: break\n  n+=len(d)\n c.sendall(b'x'*{RESPONSE});c.recv(1);c.close()\n"
+    );
+    let mut server = Command::new("ip")
+        .args(["netns", "exec", b, "python3", "-c", &script])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("starting the server in the namespace")?;
+    let mut ready = [0u8; 6];
+    server
+        .stdout
+        .as_mut()
+        .context("server stdout")?
+        .read_exact(&mut ready)
+        .context("waiting for the server")?;
+
+    let mut tracer = Tracer::load()?;
+    let mut tcp = attach_tcp(&mut tracer, &[pid])?;
+    // The client thread enters namespace a; the test's other threads stay put.
+    let locals = thread::spawn(move || -> Result<Vec<SocketAddr>> {
+        let f = std::fs::File::open(format!("/run/netns/{a}")).context("opening netns")?;
+        use std::os::fd::AsRawFd;
+        // SAFETY: valid fd of a network namespace; affects only this thread.
+        if unsafe { libc_setns(f.as_raw_fd()) } != 0 {
+            bail!("setns: {}", std::io::Error::last_os_error());
+        }
+        clients("10.213.0.2:7070".parse()?, CONNS)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+    let status = server.wait()?;
+    ensure!(status.success(), "namespace server failed");
+    let mut ports: Vec<u16> = locals.iter().map(|l| l.port()).collect();
+    ports.push(7070);
+    let r = settled_report(&mut tcp, &mut tracer, pid, &ports, CONNS)?;
+    for l in &locals {
+        let c = find(&r, pid, "client", l.port(), 7070)?;
+        ensure!(
+            c.bytes_sent == REQUEST as u64
+                && c.bytes_received == RESPONSE as u64
+                && c.local_addr == Some("10.213.0.1".parse()?)
+                && c.remote_addr == Some("10.213.0.2".parse()?)
+                && c.connect_latency_ns.is_some_and(|v| v > 0)
+                && !c.open,
+            "{c:#?}"
+        );
+        eprintln!(
+            "netns client {}: sent {} recv {} connect {} ns srtt {:?} us",
+            l.port(),
+            c.bytes_sent,
+            c.bytes_received,
+            c.connect_latency_ns.unwrap_or(0),
+            c.srtt_us
+        );
+    }
+    ensure!(
+        !r.flows
+            .iter()
+            .any(|f| f.side == "server" && f.local_port == 7070),
+        "the untraced namespace server was recorded: {:#?}",
+        r.flows
+    );
+    Ok(())
+}
+
+/// setns(fd, CLONE_NEWNET) without a libc dependency in this crate.
+unsafe fn libc_setns(fd: i32) -> i32 {
+    const CLONE_NEWNET: i32 = 0x4000_0000;
+    unsafe extern "C" {
+        fn setns(fd: i32, nstype: i32) -> i32;
+    }
+    // SAFETY: forwarded to the C library.
+    unsafe { setns(fd, CLONE_NEWNET) }
+}

@@ -1,0 +1,205 @@
+//! Go map records: crash events (ring buffer), growth per map and call site,
+//! and, in the opt-in deep tier, per-operation latency and unsafe overlaps.
+
+/// Kind of map operation, carried in the low byte of the deep probes' attach cookie.
+pub const OP_READ: u32 = 1;
+pub const OP_WRITE: u32 = 2;
+pub const OP_DELETE: u32 = 3;
+pub const OP_ITERATE: u32 = 4;
+pub const OP_CLEAR: u32 = 5;
+/// Iteration step (`mapiternext`, `mapIterNext`): the argument is the iterator,
+/// whose map pointer sits at [`ITER_MAP_OFFSET`]; counted as [`OP_ITERATE`].
+pub const OP_ITERATE_NEXT: u32 = 6;
+
+/// Cookie bit: the entry probe is on a CALL instruction in the caller
+/// (`--maps-sites`), not on the callee's first instruction; the return
+/// address is then the probed address plus [`CALL_INSN_LEN`].
+pub const OP_AT_CALL_SITE: u32 = 0x80;
+/// Length of the direct near CALL probed (`E8 rel32` on amd64).
+pub const CALL_INSN_LEN: u64 = 5;
+
+/// Offset of the map pointer in the iterator: `hiter.h` (classic) and
+/// `maps.Iter.m` (Swiss) both follow `key`, `elem` and the type pointer, in
+/// every Go 1.21–1.27.
+pub const ITER_MAP_OFFSET: u64 = 24;
+
+/// Whether an op kind changes the map (the side the runtime guards with its
+/// `hashWriting` flag).
+#[inline(always)]
+pub const fn is_write(kind: u32) -> bool {
+    matches!(kind, OP_WRITE | OP_DELETE | OP_CLEAR)
+}
+
+/// Which register holds the map at a growth probe (cookie low byte).
+/// Classic `runtime.hashGrow(t, h)`: the hmap is argument 2.
+pub const GROW_ARG1: u32 = 1;
+/// Swiss `(*Map).growToSmall/growToTable(m, typ)`: the Map is the receiver.
+pub const GROW_ARG0: u32 = 2;
+/// Swiss `(*table).grow/split/rehash(t, typ, m, ...)`: the Map is argument 3.
+pub const GROW_ARG2: u32 = 3;
+
+/// Ring-buffer record kinds.
+pub const EVENT_FATAL: u32 = 1;
+
+/// Bytes of the fatal message kept; longer messages are cut.
+pub const FATAL_MSG_LEN: usize = 128;
+
+/// Counters in the `MAP_LOST` array.
+/// Fatal events the ring buffer had no room for.
+pub const LOST_FATAL: u32 = 0;
+/// Overlaps not recorded because `MAP_CONFLICTS` was full.
+pub const LOST_CONFLICT: u32 = 1;
+/// Growth events not recorded because `MAP_GROWTH` was full.
+pub const LOST_GROWTH: u32 = 2;
+/// Operations not aggregated because `MAP_OPS` was full.
+pub const LOST_OPS: u32 = 3;
+pub const LOST_SLOTS: u32 = 4;
+
+/// Per traced process: what the probes need to know about its binary.
+/// Presence in `MAP_CONFIG` is also the pid filter of every map probe.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MapsConfig {
+    /// `runtime.g.goid` offset, or `u64::MAX` when unknown.
+    pub goid_off: u64,
+    /// Element count offset in the map header (`hmap.count` or Swiss
+    /// `Map.used`), or `u64::MAX` when unknown.
+    pub count_off: u64,
+    /// `FLAG_*` bits.
+    pub flags: u64,
+}
+
+/// Set in [`MapsConfig::flags`] once every deep-tier probe is attached. Until
+/// then `map_op_enter` records nothing: an entry probe that fires before its
+/// function's RET probes exist would leave an operation "in flight" forever,
+/// and a false overlap with it.
+pub const FLAG_DEEP_ARMED: u64 = 1;
+
+/// A fatal runtime error, sent through the ring buffer because the process
+/// dies right after.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct FatalEvent {
+    pub kind: u32,
+    pub tgid: u32,
+    pub tid: u32,
+    /// Attach cookie: index of the probed function in user space's list.
+    pub func: u32,
+    pub g: u64,
+    /// Goroutine id, or `u64::MAX` when unknown.
+    pub goid: u64,
+    pub caller_pc: u64,
+    pub stack_id: i64,
+    pub ktime_ns: u64,
+    /// Message length in the process (may exceed [`FATAL_MSG_LEN`]).
+    pub msg_len: u64,
+    pub msg: [u8; FATAL_MSG_LEN],
+}
+
+/// Growth aggregate key: one row per process, map, call site and stack.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct GrowthKey {
+    pub tgid: u32,
+    /// Attach cookie: function index << 8 | `GROW_*`.
+    pub cookie: u32,
+    pub map: u64,
+    pub caller_pc: u64,
+    pub stack_id: i64,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct GrowthStats {
+    pub events: u64,
+    /// Element count read at the last growth (`u64::MAX` when unreadable).
+    pub last_count: u64,
+    pub last_ns: u64,
+    /// Largest element count seen at a growth.
+    pub max_count: u64,
+}
+
+/// One map of one process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct MapKey {
+    pub tgid: u32,
+    pub _pad: u32,
+    pub map: u64,
+}
+
+/// One side of an in-flight operation on a map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OpSide {
+    /// `g` pointer; 0 when the slot is empty.
+    pub g: u64,
+    pub goid: u64,
+    pub start_ns: u64,
+    pub caller_pc: u64,
+    pub stack_id: i64,
+    pub kind: u32,
+    pub _pad: u32,
+}
+
+/// Operations in flight on one map: the latest writer and the latest reader
+/// (or iterator). Each slot is cleared by its own goroutine's exit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct MapActive {
+    pub writer: OpSide,
+    pub reader: OpSide,
+}
+
+/// One goroutine's operation from entry to return.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OpInflight {
+    pub start_ns: u64,
+    pub map: u64,
+    pub caller_pc: u64,
+    pub stack_id: i64,
+    /// Attach cookie of the entry probe.
+    pub cookie: u32,
+    pub _pad: u32,
+}
+
+/// Two overlapping operations on one map: `a` started while `b` was in flight.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct ConflictKey {
+    pub tgid: u32,
+    pub kind_a: u32,
+    pub map: u64,
+    pub pc_a: u64,
+    pub pc_b: u64,
+    pub stack_a: i64,
+    pub stack_b: i64,
+    pub kind_b: u32,
+    pub _pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ConflictStats {
+    pub count: u64,
+    pub first_ns: u64,
+    pub last_ns: u64,
+    /// Goroutine ids of the first occurrence (`u64::MAX` when unknown).
+    pub goid_a: u64,
+    pub goid_b: u64,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all are repr(C), contain only integers, and have no implicit padding.
+    unsafe impl aya::Pod for super::MapsConfig {}
+    unsafe impl aya::Pod for super::FatalEvent {}
+    unsafe impl aya::Pod for super::GrowthKey {}
+    unsafe impl aya::Pod for super::GrowthStats {}
+    unsafe impl aya::Pod for super::MapKey {}
+    unsafe impl aya::Pod for super::MapActive {}
+    unsafe impl aya::Pod for super::OpInflight {}
+    unsafe impl aya::Pod for super::ConflictKey {}
+    unsafe impl aya::Pod for super::ConflictStats {}
+}

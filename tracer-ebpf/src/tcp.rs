@@ -1,0 +1,522 @@
+//! TCP flows from stable tracepoints (no kprobes or fentry needed).
+//!
+//! Flows are keyed by the kernel socket address. A flow is attributed to a
+//! process only where the current task is the socket's owner: `connect`
+//! (CLOSE→SYN_SENT runs in the caller) and send/recv. State changes, RTT
+//! probes, retransmits and resets often run in softirq context, where the
+//! current pid is whoever was interrupted, so they only update flows found by
+//! socket address. Every field offset comes from user space (`TCP_CONFIG`),
+//! parsed from the tracefs format files of the running kernel.
+
+use aya_ebpf::{
+    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
+    macros::{map, tracepoint},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    programs::TracePointContext,
+};
+use tracer_common::tcp::{
+    AF_INET, AF_INET6, ClosedKey, FLAG_CLOSED, FLAG_DESTROYED, FLAG_MIDSTREAM, FLAG_TUPLE,
+    IPPROTO_TCP, MSG_PEEK, OFF_NONE, SIDE_CLIENT, SIDE_SERVER, STAT_COUNT, STAT_FLOWS_CLOSED,
+    STAT_FLOWS_CREATED, STAT_INSERT_FAILED, STAT_MIDSTREAM, STAT_READ_FAILED, SockInfo, TCP_CLOSE,
+    TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_LAST_ACK, TCP_SYN_RECV, TCP_SYN_SENT, TcpConfig, TcpFlow,
+    rtt_slot,
+};
+
+/// Tracepoint field offsets, written once by user space before attaching.
+#[map]
+static TCP_CONFIG: Array<TcpConfig> = Array::with_max_entries(1, 0);
+
+/// Processes whose connections are recorded (tgid → 1).
+#[map]
+static TCP_TARGETS: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
+
+/// Open flows by socket address. LRU so that the kernel state stays bounded;
+/// user space derives evictions from `STAT_FLOWS_CREATED`.
+#[map]
+static TCP_FLOWS: LruHashMap<u64, TcpFlow> = LruHashMap::with_max_entries(65536, 0);
+
+/// Closed flows, keyed by (socket, start) because socket addresses are reused;
+/// user space drains it.
+#[map]
+static TCP_CLOSED: LruHashMap<ClosedKey, TcpFlow> = LruHashMap::with_max_entries(16384, 0);
+
+/// Socket → its latest closed flow, for events that follow TCP_CLOSE (an
+/// active reset is sent after the state change; `tcp_destroy_sock` comes last).
+#[map]
+static TCP_CLOSED_BY_SK: LruHashMap<u64, ClosedKey> = LruHashMap::with_max_entries(16384, 0);
+
+/// Server sockets seen in the handshake but not yet claimed by a traced
+/// process's send/recv. Sockets of untraced processes land here too; LRU
+/// keeps that bounded.
+#[map]
+static TCP_SOCKS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(16384, 0);
+
+/// One zeroed flow: a `TcpFlow` by value would crowd the 512-byte stack.
+#[map]
+static TCP_ZERO: Array<TcpFlow> = Array::with_max_entries(1, 0);
+
+/// Counters, indexed by `tracer_common::tcp::STAT_*`.
+#[map]
+static TCP_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
+
+/// Addresses and ports of a socket as one tracepoint record shows them.
+#[derive(Clone, Copy, Default)]
+struct Tuple {
+    sport: u16,
+    dport: u16,
+    family: u16,
+    saddr: [u8; 16],
+    daddr: [u8; 16],
+}
+
+#[inline(always)]
+fn stat(i: u32) {
+    if let Some(p) = TCP_STATS.get_ptr_mut(i) {
+        // SAFETY: per-CPU slot, only this CPU writes it.
+        unsafe { *p += 1 };
+    }
+}
+
+/// Reads a field at a run-time offset; `None` when the field is absent here.
+#[inline(always)]
+fn read<T>(ctx: &TracePointContext, off: u16) -> Option<T> {
+    if off == OFF_NONE {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_kernel checks the address; a bad offset fails cleanly.
+    match unsafe { ctx.read_at::<T>(off as usize) } {
+        Ok(v) => Some(v),
+        Err(_) => {
+            stat(STAT_READ_FAILED);
+            None
+        }
+    }
+}
+
+#[inline(always)]
+fn add(field: *mut u64, v: u64) {
+    // SAFETY: `field` points into a map value, valid and aligned for this run.
+    // Not atomic: `core` has no atomic RMW for the BPF target. Send and recv
+    // update different fields, so only two sends (or two recvs) on one socket
+    // finishing at the same instant on two CPUs could lose an update.
+    unsafe { *field += v };
+}
+
+#[inline(always)]
+fn traced(tgid: u32) -> bool {
+    // SAFETY: read-only lookup of a plain value.
+    unsafe { TCP_TARGETS.get(tgid) }.is_some()
+}
+
+#[inline(always)]
+fn read_tuple(ctx: &TracePointContext, c: &TcpConfig) -> Option<Tuple> {
+    let mut t = Tuple {
+        sport: read(ctx, c.ss_sport)?,
+        dport: read(ctx, c.ss_dport)?,
+        family: read(ctx, c.ss_family)?,
+        ..Default::default()
+    };
+    if t.family == AF_INET {
+        let s: [u8; 4] = read(ctx, c.ss_saddr)?;
+        let d: [u8; 4] = read(ctx, c.ss_daddr)?;
+        t.saddr[..4].copy_from_slice(&s);
+        t.daddr[..4].copy_from_slice(&d);
+    } else if t.family == AF_INET6 {
+        t.saddr = read(ctx, c.ss_saddr_v6)?;
+        t.daddr = read(ctx, c.ss_daddr_v6)?;
+    } else {
+        return None;
+    }
+    Some(t)
+}
+
+#[inline(always)]
+fn set_tuple(f: &mut TcpFlow, t: &Tuple) {
+    f.sport = t.sport;
+    f.dport = t.dport;
+    f.family = t.family;
+    f.saddr = t.saddr;
+    f.daddr = t.daddr;
+    f.flags |= FLAG_TUPLE;
+}
+
+/// Inserts a zeroed flow for `sk`, owned by the current process, and returns it.
+#[inline(always)]
+fn new_flow(sk: u64, tgid: u32, now: u64) -> Option<*mut TcpFlow> {
+    let zero = TCP_ZERO.get_ptr(0)?;
+    // SAFETY: `zero` points at a map value valid for this run.
+    #[allow(clippy::needless_borrows_for_generic_args)]
+    if TCP_FLOWS.insert(sk, unsafe { &*zero }, 0).is_err() {
+        stat(STAT_INSERT_FAILED);
+        return None;
+    }
+    let p = TCP_FLOWS.get_ptr_mut(sk)?;
+    stat(STAT_FLOWS_CREATED);
+    // SAFETY: map value valid for this run.
+    let f = unsafe { &mut *p };
+    f.skaddr = sk;
+    f.tgid = tgid;
+    f.start_ns = now;
+    if let Ok(comm) = bpf_get_current_comm() {
+        f.comm = comm;
+    }
+    Some(p)
+}
+
+/// Moves a flow that reached TCP_CLOSE from the open map to the closed map.
+#[inline(always)]
+fn close_flow(sk: u64, p: *mut TcpFlow) {
+    // SAFETY: map value valid for this run; read before the element is removed.
+    let key = ClosedKey {
+        skaddr: sk,
+        start_ns: unsafe { (*p).start_ns },
+    };
+    #[allow(clippy::needless_borrows_for_generic_args)]
+    if TCP_CLOSED.insert(key, unsafe { &*p }, 0).is_err() {
+        stat(STAT_INSERT_FAILED);
+        return;
+    }
+    let _ = TCP_CLOSED_BY_SK.insert(sk, key, 0);
+    let _ = TCP_FLOWS.remove(sk);
+    stat(STAT_FLOWS_CLOSED);
+}
+
+/// The open flow of `sk`, else its latest closed flow.
+#[inline(always)]
+fn any_flow(sk: u64) -> Option<*mut TcpFlow> {
+    if let Some(p) = TCP_FLOWS.get_ptr_mut(sk) {
+        return Some(p);
+    }
+    let key = TCP_CLOSED_BY_SK.get_ptr(sk)?;
+    // SAFETY: map value valid for this run; copied out before the next lookup.
+    let key = unsafe { *key };
+    TCP_CLOSED.get_ptr_mut(key)
+}
+
+/// `sock:inet_sock_set_state`: handshake, connect latency, close.
+#[tracepoint]
+pub fn tcp_state(ctx: TracePointContext) -> u32 {
+    let _ = on_set_state(&ctx);
+    0
+}
+
+fn on_set_state(ctx: &TracePointContext) -> Option<()> {
+    let c = TCP_CONFIG.get(0)?;
+    let proto: u16 = read(ctx, c.ss_protocol)?;
+    if proto != IPPROTO_TCP {
+        return None;
+    }
+    let sk: u64 = read(ctx, c.ss_skaddr)?;
+    let old = read::<i32>(ctx, c.ss_oldstate)? as u8;
+    let new = read::<i32>(ctx, c.ss_newstate)? as u8;
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+
+    if new == TCP_SYN_SENT {
+        // connect() runs in the caller's context: the one place a client
+        // socket can be attributed before it moves data.
+        let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+        if !traced(tgid) {
+            return None;
+        }
+        let p = new_flow(sk, tgid, now)?;
+        // SAFETY: map value valid for this run.
+        let f = unsafe { &mut *p };
+        f.side = SIDE_CLIENT;
+        f.state = new;
+        // The source port is assigned after SYN_SENT; ESTABLISHED refreshes it.
+        if let Some(t) = read_tuple(ctx, c) {
+            set_tuple(f, &t);
+        }
+        return Some(());
+    }
+
+    if let Some(p) = TCP_FLOWS.get_ptr_mut(sk) {
+        // SAFETY: map value valid for this run.
+        let f = unsafe { &mut *p };
+        // At CLOSE the addresses may already be released: keep what we have.
+        if (new != TCP_CLOSE || f.flags & FLAG_TUPLE == 0)
+            && let Some(t) = read_tuple(ctx, c)
+        {
+            set_tuple(f, &t);
+        }
+        f.state = new;
+        if new == TCP_ESTABLISHED && f.established_ns == 0 {
+            f.established_ns = now;
+            if old == TCP_SYN_SENT && f.start_ns != 0 {
+                f.connect_latency_ns = now.saturating_sub(f.start_ns);
+            }
+        }
+        if new == TCP_CLOSE {
+            f.end_ns = now;
+            f.close_from = old;
+            f.flags |= FLAG_CLOSED;
+            close_flow(sk, p);
+        }
+        return Some(());
+    }
+
+    if new == TCP_SYN_RECV {
+        // A child of a listener, created in softirq context: remember it until
+        // a traced process sends or receives on it.
+        let t = read_tuple(ctx, c).unwrap_or_default();
+        let info = SockInfo {
+            start_ns: now,
+            established_ns: 0,
+            sport: t.sport,
+            dport: t.dport,
+            family: t.family,
+            side: SIDE_SERVER,
+            state: new,
+            saddr: t.saddr,
+            daddr: t.daddr,
+        };
+        let _ = TCP_SOCKS.insert(sk, info, 0);
+        return Some(());
+    }
+    if (new == TCP_FIN_WAIT1 || new == TCP_LAST_ACK) && TCP_SOCKS.get_ptr(sk).is_some() {
+        // Only close()/shutdown() make these transitions, in the owner's
+        // context: claim a server socket that never moved a byte.
+        if let Some(p) = claim_flow(sk, now) {
+            // SAFETY: map value valid for this run.
+            unsafe { (*p).state = new };
+            return Some(());
+        }
+    }
+    let info = TCP_SOCKS.get_ptr_mut(sk)?;
+    if new == TCP_CLOSE {
+        let _ = TCP_SOCKS.remove(sk);
+        return Some(());
+    }
+    // SAFETY: map value valid for this run.
+    let info = unsafe { &mut *info };
+    info.state = new;
+    if new == TCP_ESTABLISHED && info.established_ns == 0 {
+        info.established_ns = now;
+        // The child's addresses are filled in after it enters SYN_RECV.
+        if let Some(t) = read_tuple(ctx, c) {
+            info.sport = t.sport;
+            info.dport = t.dport;
+            info.family = t.family;
+            info.saddr = t.saddr;
+            info.daddr = t.daddr;
+        }
+    }
+    Some(())
+}
+
+/// A flow for `sk` first seen at send/recv by a traced process: a server
+/// socket from `TCP_SOCKS`, or one that was open before tracing started.
+#[inline(always)]
+fn claim_flow(sk: u64, now: u64) -> Option<*mut TcpFlow> {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if !traced(tgid) {
+        return None;
+    }
+    let p = new_flow(sk, tgid, now)?;
+    // SAFETY: map value valid for this run.
+    let f = unsafe { &mut *p };
+    match TCP_SOCKS.get_ptr(sk) {
+        Some(info) => {
+            // SAFETY: map value valid for this run; copied before removal.
+            let info = unsafe { *info };
+            let _ = TCP_SOCKS.remove(sk);
+            f.start_ns = info.start_ns;
+            f.established_ns = info.established_ns;
+            f.side = info.side;
+            f.state = info.state;
+            if info.family != 0 {
+                f.sport = info.sport;
+                f.dport = info.dport;
+                f.family = info.family;
+                f.saddr = info.saddr;
+                f.daddr = info.daddr;
+                f.flags |= FLAG_TUPLE;
+            }
+        }
+        None => {
+            f.flags |= FLAG_MIDSTREAM;
+            f.state = TCP_ESTABLISHED;
+            stat(STAT_MIDSTREAM);
+        }
+    }
+    Some(p)
+}
+
+#[inline(always)]
+fn on_length(
+    ctx: &TracePointContext,
+    sk_off: u16,
+    proto_off: u16,
+    ret_off: u16,
+    flags_off: u16,
+    recv: bool,
+) -> Option<()> {
+    let proto: u16 = read(ctx, proto_off)?;
+    if proto != IPPROTO_TCP {
+        return None;
+    }
+    let ret: i32 = read(ctx, ret_off)?;
+    if ret <= 0 {
+        return None;
+    }
+    if recv && flags_off != OFF_NONE {
+        let flags: i32 = read(ctx, flags_off)?;
+        if flags & MSG_PEEK != 0 {
+            return None;
+        }
+    }
+    let sk: u64 = read(ctx, sk_off)?;
+    let p = match TCP_FLOWS.get_ptr_mut(sk) {
+        Some(p) => p,
+        // SAFETY: plain helper call.
+        None => claim_flow(sk, unsafe { bpf_ktime_get_ns() })?,
+    };
+    // SAFETY: map value valid for this run; fields only reached by address.
+    unsafe {
+        if recv {
+            add(&raw mut (*p).bytes_received, ret as u64);
+            add(&raw mut (*p).receives, 1);
+        } else {
+            add(&raw mut (*p).bytes_sent, ret as u64);
+            add(&raw mut (*p).sends, 1);
+        }
+    }
+    Some(())
+}
+
+/// `sock:sock_send_length`: bytes sent per successful send call.
+#[tracepoint]
+pub fn tcp_send_len(ctx: TracePointContext) -> u32 {
+    if let Some(c) = TCP_CONFIG.get(0) {
+        let _ = on_length(
+            &ctx,
+            c.send_sk,
+            c.send_protocol,
+            c.send_ret,
+            OFF_NONE,
+            false,
+        );
+    }
+    0
+}
+
+/// `sock:sock_recv_length`: bytes received per successful, non-peek recv call.
+#[tracepoint]
+pub fn tcp_recv_len(ctx: TracePointContext) -> u32 {
+    if let Some(c) = TCP_CONFIG.get(0) {
+        let _ = on_length(
+            &ctx,
+            c.recv_sk,
+            c.recv_protocol,
+            c.recv_ret,
+            c.recv_flags,
+            true,
+        );
+    }
+    0
+}
+
+/// `tcp:tcp_probe`: smoothed RTT (`srtt_us >> 3`, so µs) on each received segment.
+#[tracepoint]
+pub fn tcp_rtt(ctx: TracePointContext) -> u32 {
+    let _ = on_probe(&ctx);
+    0
+}
+
+fn on_probe(ctx: &TracePointContext) -> Option<()> {
+    let c = TCP_CONFIG.get(0)?;
+    let sk: u64 = read(ctx, c.probe_skaddr)?;
+    let p = TCP_FLOWS.get_ptr_mut(sk)?;
+    let srtt = read::<u32>(ctx, c.probe_srtt)? as u64;
+    if srtt == 0 {
+        // No RTT sample taken yet on this socket.
+        return None;
+    }
+    // SAFETY: map value valid for this run. Only softirq on the socket's CPU
+    // updates these, under the socket lock, so plain writes suffice.
+    let f = unsafe { &mut *p };
+    f.srtt_us = srtt;
+    f.rtt_samples += 1;
+    f.rtt_sum_us += srtt;
+    if let Some(slot) = f.rtt_hist.get_mut(rtt_slot(srtt)) {
+        *slot += 1;
+    }
+    Some(())
+}
+
+#[inline(always)]
+fn bump(ctx: &TracePointContext, off: u16, which: u8) -> Option<()> {
+    let sk: u64 = read(ctx, off)?;
+    if sk == 0 {
+        return None;
+    }
+    let p = any_flow(sk)?;
+    // SAFETY: map value valid for this run; fields only reached by address.
+    unsafe {
+        match which {
+            0 => add(&raw mut (*p).retransmits, 1),
+            1 => add(&raw mut (*p).resets_sent, 1),
+            _ => add(&raw mut (*p).resets_received, 1),
+        }
+    }
+    Some(())
+}
+
+/// `tcp:tcp_retransmit_skb`.
+#[tracepoint]
+pub fn tcp_retrans(ctx: TracePointContext) -> u32 {
+    if let Some(c) = TCP_CONFIG.get(0) {
+        let _ = bump(&ctx, c.retrans_skaddr, 0);
+    }
+    0
+}
+
+/// `tcp:tcp_send_reset` (skaddr is NULL for resets to packets with no socket).
+#[tracepoint]
+pub fn tcp_rst_sent(ctx: TracePointContext) -> u32 {
+    if let Some(c) = TCP_CONFIG.get(0) {
+        let _ = bump(&ctx, c.send_reset_skaddr, 1);
+    }
+    0
+}
+
+/// `tcp:tcp_receive_reset`.
+#[tracepoint]
+pub fn tcp_rst_recv(ctx: TracePointContext) -> u32 {
+    if let Some(c) = TCP_CONFIG.get(0) {
+        let _ = bump(&ctx, c.recv_reset_skaddr, 2);
+    }
+    0
+}
+
+/// `tcp:tcp_destroy_sock`: the socket is freed; its address may be reused next.
+#[tracepoint]
+pub fn tcp_destroy(ctx: TracePointContext) -> u32 {
+    let _ = on_destroy(&ctx);
+    0
+}
+
+fn on_destroy(ctx: &TracePointContext) -> Option<()> {
+    let c = TCP_CONFIG.get(0)?;
+    let sk: u64 = read(ctx, c.destroy_skaddr)?;
+    let _ = TCP_SOCKS.remove(sk);
+    if let Some(p) = TCP_FLOWS.get_ptr_mut(sk) {
+        // Destroyed without a TCP_CLOSE we saw: close it here.
+        // SAFETY: map value valid for this run.
+        let f = unsafe { &mut *p };
+        // SAFETY: plain helper call.
+        f.end_ns = unsafe { bpf_ktime_get_ns() };
+        f.flags |= FLAG_CLOSED | FLAG_DESTROYED;
+        close_flow(sk, p);
+        return Some(());
+    }
+    let key = TCP_CLOSED_BY_SK.get_ptr(sk)?;
+    // SAFETY: map value valid for this run; copied before the removal.
+    let key = unsafe { *key };
+    let _ = TCP_CLOSED_BY_SK.remove(sk);
+    let p = TCP_CLOSED.get_ptr_mut(key)?;
+    // SAFETY: map value valid for this run.
+    unsafe { (*p).flags |= FLAG_DESTROYED };
+    Some(())
+}

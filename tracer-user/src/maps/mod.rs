@@ -1,0 +1,167 @@
+//! Unsafe concurrent use of Go maps, found in unmodified binaries.
+//!
+//! Two tiers (docs/maps.md):
+//! - **always** (default): probes only on rare paths — the runtime's fatal
+//!   error entry points (a crash such as `concurrent map writes` is captured
+//!   with its goroutine and stack before the process dies) and map growth.
+//! - **deep** (opt-in): every map operation gets an entry probe and probes on
+//!   its RETs; the kernel tracks the operations in flight per map and records
+//!   any operation that overlaps a write by another goroutine. Each operation
+//!   then costs two uprobe traps (~40 µs here), so this is for one process,
+//!   for a short while.
+
+pub mod probes;
+pub mod read;
+pub mod report;
+pub mod sites;
+pub mod table;
+
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use aya::maps::{MapData, RingBuf};
+use tracer_common::maps::{FLAG_DEEP_ARMED, MapsConfig};
+
+use crate::{
+    gobin::GoBinary,
+    probes::{ProbeStatus, Scope, Tracer},
+    stuck::monotonic_ns,
+};
+
+pub use report::{MapFinding, MapReport, MapsLost, MapsReport};
+
+/// How much of the map feature runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum MapsMode {
+    Off,
+    /// Fatal errors and growth only: rare events, cheap.
+    #[default]
+    Always,
+    /// Also every map operation: finds overlapping accesses; expensive.
+    Deep,
+}
+
+impl std::str::FromStr for MapsMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "off" => Ok(MapsMode::Off),
+            "always" => Ok(MapsMode::Always),
+            "deep" => Ok(MapsMode::Deep),
+            _ => Err(format!("unknown --maps mode {s:?} (off, always or deep)")),
+        }
+    }
+}
+
+/// The map feature's state in one session.
+pub struct MapsState {
+    pub mode: MapsMode,
+    probes: probes::MapProbes,
+    ring: RingBuf<MapData>,
+    /// Fatal errors received so far (the ring buffer is drained into this).
+    fatals: Vec<read::Fatal>,
+    /// CLOCK_MONOTONIC at the start, to report kernel timestamps relative to it.
+    start_mono: u64,
+    pub statuses: Vec<ProbeStatus>,
+}
+
+impl MapsState {
+    /// Loads and attaches the map probes for `pid`; None when `mode` is off.
+    pub fn start(
+        tracer: &mut Tracer,
+        bin: &GoBinary,
+        path: &Path,
+        pid: u32,
+        scope: Scope,
+        mode: MapsMode,
+        sites: &[String],
+    ) -> Result<Option<Self>> {
+        if !sites.is_empty() && mode != MapsMode::Deep {
+            bail!("--maps-sites places deep-tier probes: it needs --maps deep");
+        }
+        if mode == MapsMode::Off {
+            return Ok(None);
+        }
+        probes::load(tracer)?;
+        let offs = bin.offsets();
+        let count_off = offs
+            .hmap_count
+            .or(offs.swiss_used)
+            .map_or(u64::MAX, |o| o.value);
+        let mut cfg = MapsConfig {
+            goid_off: offs.g_goid.map_or(u64::MAX, |o| o.value),
+            count_off,
+            flags: 0,
+        };
+        read::add_target(tracer, pid, cfg)?;
+        let ring = read::take_ring(tracer)?;
+        let mut mp = probes::MapProbes::default();
+        let mut statuses = probes::attach_always(tracer, &mut mp, bin, path, scope);
+        if mode == MapsMode::Deep {
+            statuses.push(if sites.is_empty() {
+                probes::attach_deep(tracer, &mut mp, bin, path, scope)
+            } else {
+                probes::attach_sites(tracer, &mut mp, bin, path, scope, sites)
+            });
+        }
+        if let Some(failed) = statuses.iter().find(|p| p.status == "failed") {
+            bail!(
+                "could not attach {} probes: {}",
+                failed.feature,
+                failed.reason.as_deref().unwrap_or("unknown error")
+            );
+        }
+        if mode == MapsMode::Deep {
+            // Every exit is in place: operations may now be recorded.
+            cfg.flags |= FLAG_DEEP_ARMED;
+            read::add_target(tracer, pid, cfg)?;
+        }
+        Ok(Some(MapsState {
+            mode,
+            probes: mp,
+            ring,
+            fatals: Vec::new(),
+            start_mono: monotonic_ns(),
+            statuses,
+        }))
+    }
+
+    /// Drains the fatal-event ring buffer. Call regularly and once more after
+    /// the process has exited: its last event arrives as it dies.
+    pub fn poll(&mut self) {
+        while let Some(item) = self.ring.next() {
+            match read::decode_fatal(&item) {
+                Some(f) => {
+                    // `maps.fatal` calls `runtime.fatal`: one crash, two probes.
+                    let dup = self
+                        .fatals
+                        .iter()
+                        .any(|o| o.tgid == f.tgid && o.g == f.g && o.message == f.message);
+                    if !dup {
+                        tracing::warn!(
+                            "pid {} goroutine {:?}: fatal error: {}",
+                            f.tgid,
+                            f.goid,
+                            f.message
+                        );
+                        self.fatals.push(f);
+                    }
+                }
+                None => tracing::debug!("unknown map event of {} bytes", item.len()),
+            }
+        }
+    }
+
+    /// The map rows and findings as of now.
+    pub fn report(&self, tracer: &Tracer, bin: &GoBinary) -> Result<MapsReport> {
+        report::build(
+            tracer,
+            bin,
+            &self.probes,
+            &self.fatals,
+            self.start_mono,
+            self.mode,
+        )
+        .context("building the map report")
+    }
+}

@@ -1,0 +1,447 @@
+//! Turns the map feature's kernel records into report rows and findings.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+
+use anyhow::Result;
+use serde::Serialize;
+use tracer_common::maps::{
+    LOST_CONFLICT, LOST_FATAL, LOST_GROWTH, LOST_OPS, OP_CLEAR, OP_DELETE, OP_ITERATE, OP_READ,
+    OP_WRITE, is_write,
+};
+
+use super::{
+    MapsMode,
+    probes::MapProbes,
+    read::{self, Fatal, Stacks},
+};
+use crate::{
+    contention::{Site, Symbolizer, bias_from_entry_frame},
+    gobin::GoBinary,
+    probes::Tracer,
+};
+
+/// Rows kept in the JSON report, most active maps first.
+const MAX_MAPS: usize = 200;
+/// Call sites kept per row.
+const TOP_SITES: usize = 5;
+
+/// Frames of the map implementation itself, skipped to reach the call site.
+fn is_map_machinery(function: &str) -> bool {
+    const PREFIXES: [&str; 4] = ["runtime.", "internal/runtime/", "sync.", "internal/sync."];
+    PREFIXES.iter().any(|p| function.starts_with(p))
+}
+
+pub fn op_name(kind: u32) -> &'static str {
+    match kind {
+        OP_READ => "read",
+        OP_WRITE => "write",
+        OP_DELETE => "delete",
+        OP_ITERATE => "iterate",
+        OP_CLEAR => "clear",
+        _ => "unknown",
+    }
+}
+
+/// Finding kind for two overlapping operations (one of them is a write).
+pub fn conflict_kind(a: u32, b: u32) -> &'static str {
+    match (is_write(a), is_write(b)) {
+        (true, true) => "concurrent_map_write",
+        _ if a == OP_ITERATE || b == OP_ITERATE => "concurrent_map_iteration_write",
+        _ => "concurrent_map_read_write",
+    }
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct SiteCount {
+    pub site: Site,
+    pub count: u64,
+}
+
+/// One kind of operation on one map (deep tier).
+#[derive(Clone, Debug, Serialize)]
+pub struct OpReport {
+    pub kind: &'static str,
+    pub count: u64,
+    pub ns_total: u64,
+    pub ns_p50: u64,
+    pub ns_p99: u64,
+    pub ns_max: u64,
+    pub goroutines: usize,
+    pub top_sites: Vec<SiteCount>,
+}
+
+/// One map of the traced process.
+#[derive(Clone, Debug, Serialize)]
+pub struct MapReport {
+    pub pid: u32,
+    /// The map header's address (`*hmap` or Swiss `*maps.Map`), hex.
+    pub address: String,
+    /// Operations by kind; empty unless `--maps deep`.
+    pub ops: Vec<OpReport>,
+    /// Distinct goroutines that operated on the map (deep tier).
+    pub goroutines: usize,
+    pub growth_events: u64,
+    /// Element count at the latest growth; null when unreadable.
+    pub count_at_last_growth: Option<u64>,
+    /// Largest element count seen at a growth.
+    pub max_count_at_growth: Option<u64>,
+    /// Where growths (always tier) came from, most first.
+    pub growth_sites: Vec<SiteCount>,
+}
+
+/// One side of an overlap.
+#[derive(Clone, Debug, Serialize)]
+pub struct OpSideReport {
+    pub op: &'static str,
+    pub goroutine: Option<u64>,
+    pub site: Option<Site>,
+    pub stack: Vec<Site>,
+}
+
+/// A map problem: a fatal runtime error, or overlapping accesses.
+#[derive(Clone, Debug, Serialize)]
+pub struct MapFinding {
+    /// `map_fatal` (a fatal error about a map), `runtime_fatal` (any other
+    /// fatal runtime error), `concurrent_map_write`, `concurrent_map_read_write`
+    /// or `concurrent_map_iteration_write`.
+    pub kind: &'static str,
+    pub pid: u32,
+    /// The map's address (overlaps only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub map: Option<String>,
+    /// The runtime's message (`map_fatal` only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// Crashing goroutine (`map_fatal`), or the operation that started second.
+    pub goroutine: Option<u64>,
+    pub site: Option<Site>,
+    pub stack: Vec<Site>,
+    /// The operation that started second (overlaps only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub op: Option<OpSideReport>,
+    /// The operation already in flight (overlaps only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub other: Option<OpSideReport>,
+    pub count: u64,
+    /// ns since tracing started.
+    pub first_seen_ns: u64,
+    pub last_seen_ns: u64,
+}
+
+/// Records the kernel could not keep; never dropped silently.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct MapsLost {
+    pub fatal_events: u64,
+    pub overlaps: u64,
+    pub growth_events: u64,
+    pub ops: u64,
+}
+
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct MapsReport {
+    pub mode: &'static str,
+    pub maps: Vec<MapReport>,
+    pub findings: Vec<MapFinding>,
+    pub lost: MapsLost,
+    /// Map operations counted (deep tier): each was two probe hits.
+    pub op_hits: u64,
+}
+
+/// Symbolizes map records of one process.
+struct Sym<'a> {
+    sym: Symbolizer<'a>,
+    stacks: Stacks<'a>,
+}
+
+impl Sym<'_> {
+    /// Stack from the call site outward (map machinery skipped), at most 16 frames.
+    fn frames(&self, caller_pc: u64, stack_id: i64) -> Vec<Site> {
+        let stack = self.stacks.get(stack_id);
+        let (all, _) = self.sym.wait_stack(caller_pc, stack.as_deref());
+        let first = all
+            .iter()
+            .position(|s| !is_map_machinery(&s.function))
+            .unwrap_or(0);
+        all.into_iter().skip(first).take(16).collect()
+    }
+
+    fn site(&self, caller_pc: u64, stack_id: i64) -> Option<Site> {
+        self.frames(caller_pc, stack_id).into_iter().next()
+    }
+}
+
+/// A PIE's load bias from the first stack whose frame 0 is a probed entry.
+fn bias(
+    bin: &GoBinary,
+    probes: &MapProbes,
+    stacks: &Stacks<'_>,
+    recs: impl Iterator<Item = (u32, i64)>,
+) -> u64 {
+    if !bin.is_pie() {
+        return 0;
+    }
+    for (cookie, stack_id) in recs {
+        let Some(entry) = probes.entry_of(cookie) else {
+            continue;
+        };
+        if let Some(f0) = stacks.get(stack_id).and_then(|s| s.first().copied()) {
+            return bias_from_entry_frame(f0, entry);
+        }
+    }
+    0
+}
+
+fn top(sites: BTreeMap<Site, u64>) -> Vec<SiteCount> {
+    let mut v: Vec<SiteCount> = sites
+        .into_iter()
+        .map(|(site, count)| SiteCount { site, count })
+        .collect();
+    v.sort_by(|a, b| b.count.cmp(&a.count).then(a.site.cmp(&b.site)));
+    v.truncate(TOP_SITES);
+    v
+}
+
+#[derive(Default)]
+struct MapAcc {
+    ops: BTreeMap<u32, (crate::latency::Latency, BTreeMap<Site, u64>)>,
+    goroutines: HashMap<u32, HashSet<u64>>,
+    growth_events: u64,
+    last: Option<(u64, u64)>,
+    max_count: Option<u64>,
+    growth_sites: BTreeMap<Site, u64>,
+}
+
+pub fn build(
+    tracer: &Tracer,
+    bin: &GoBinary,
+    probes: &MapProbes,
+    fatals: &[Fatal],
+    start_mono: u64,
+    mode: MapsMode,
+) -> Result<MapsReport> {
+    let stacks = Stacks::new(tracer);
+    let growth = read::growth(tracer)?;
+    let ops = read::ops(tracer)?;
+    let conflicts = read::conflicts(tracer)?;
+    let gs = read::goroutines(tracer)?;
+    let lost = read::lost(tracer)?;
+    let b = bias(
+        bin,
+        probes,
+        &stacks,
+        growth
+            .iter()
+            .map(|(k, _)| (k.cookie, k.stack_id))
+            .chain(ops.iter().map(|(k, _)| (k.kind, k.stack_id)))
+            .chain(fatals.iter().map(|f| (f.cookie, f.stack_id))),
+    );
+    let sym = Sym {
+        sym: Symbolizer { bin, bias: b },
+        stacks,
+    };
+    let rel = |t: u64| t.saturating_sub(start_mono);
+
+    let mut maps: BTreeMap<(u32, u64), MapAcc> = BTreeMap::new();
+    for (k, s) in &growth {
+        let acc = maps.entry((k.tgid, k.map)).or_default();
+        acc.growth_events += s.events;
+        if s.last_count != u64::MAX && acc.last.is_none_or(|(t, _)| s.last_ns >= t) {
+            acc.last = Some((s.last_ns, s.last_count));
+        }
+        if s.last_count != u64::MAX {
+            acc.max_count = Some(acc.max_count.unwrap_or(0).max(s.max_count));
+        }
+        let site = sym
+            .site(k.caller_pc, k.stack_id)
+            .unwrap_or_else(|| unknown(k.caller_pc));
+        *acc.growth_sites.entry(site).or_default() += s.events;
+    }
+    let mut op_hits = 0;
+    for (k, lat) in &ops {
+        op_hits += lat.count;
+        let acc = maps.entry((k.tgid, k.lock_addr)).or_default();
+        let e = acc.ops.entry(k.kind & 0xff).or_default();
+        e.0.merge(lat);
+        let site = sym
+            .site(k.caller_pc, k.stack_id)
+            .unwrap_or_else(|| unknown(k.caller_pc));
+        *e.1.entry(site).or_default() += lat.count;
+    }
+    for w in &gs {
+        if let Some(acc) = maps.get_mut(&(w.tgid, w.lock_addr)) {
+            acc.goroutines.entry(w.kind).or_default().insert(w.g);
+        }
+    }
+    let mut rows: Vec<MapReport> = maps
+        .into_iter()
+        .map(|((pid, addr), acc)| {
+            let all_gs: HashSet<u64> = acc.goroutines.values().flatten().copied().collect();
+            MapReport {
+                pid,
+                address: format!("{addr:#x}"),
+                ops: acc
+                    .ops
+                    .into_iter()
+                    .map(|(kind, (lat, sites))| OpReport {
+                        kind: op_name(kind),
+                        count: lat.count,
+                        ns_total: lat.total_ns,
+                        ns_p50: lat.quantile(0.50),
+                        ns_p99: lat.quantile(0.99),
+                        ns_max: lat.max_ns,
+                        goroutines: acc.goroutines.get(&kind).map_or(0, HashSet::len),
+                        top_sites: top(sites),
+                    })
+                    .collect(),
+                goroutines: all_gs.len(),
+                growth_events: acc.growth_events,
+                count_at_last_growth: acc.last.map(|(_, c)| c),
+                max_count_at_growth: acc.max_count,
+                growth_sites: top(acc.growth_sites),
+            }
+        })
+        .collect();
+    let activity = |r: &MapReport| r.ops.iter().map(|o| o.count).sum::<u64>() + r.growth_events;
+    rows.sort_by(|a, b| {
+        activity(b)
+            .cmp(&activity(a))
+            .then(a.address.cmp(&b.address))
+    });
+    rows.truncate(MAX_MAPS);
+
+    let mut findings: Vec<MapFinding> = fatals
+        .iter()
+        .map(|f| {
+            let stack = sym.frames(f.caller_pc, f.stack_id);
+            MapFinding {
+                // Only the map checks' messages mention maps; other fatal
+                // errors (deadlock, out of memory) are reported apart.
+                kind: if f.message.contains("map") {
+                    "map_fatal"
+                } else {
+                    "runtime_fatal"
+                },
+                pid: f.tgid,
+                map: None,
+                message: Some(f.message.clone()),
+                goroutine: f.goid,
+                site: stack.first().cloned(),
+                stack,
+                op: None,
+                other: None,
+                count: 1,
+                first_seen_ns: rel(f.ktime_ns),
+                last_seen_ns: rel(f.ktime_ns),
+            }
+        })
+        .collect();
+
+    // Dedupe overlaps by (map, kind, unordered call-site pair).
+    let mut merged: BTreeMap<(u32, u64, &'static str, Site, Site), MapFinding> = BTreeMap::new();
+    for (k, s) in &conflicts {
+        let kind = conflict_kind(k.kind_a, k.kind_b);
+        let side = |op: u32, pc: u64, st: i64, goid: u64| {
+            let stack = sym.frames(pc, st);
+            OpSideReport {
+                op: op_name(op),
+                goroutine: (goid != u64::MAX).then_some(goid),
+                site: stack.first().cloned(),
+                stack,
+            }
+        };
+        let a = side(k.kind_a, k.pc_a, k.stack_a, s.goid_a);
+        let bside = side(k.kind_b, k.pc_b, k.stack_b, s.goid_b);
+        let sa = a.site.clone().unwrap_or_else(|| unknown(k.pc_a));
+        let sb = bside.site.clone().unwrap_or_else(|| unknown(k.pc_b));
+        let (lo, hi) = if sa <= sb { (sa, sb) } else { (sb, sa) };
+        let f = merged
+            .entry((k.tgid, k.map, kind, lo, hi))
+            .or_insert_with(|| MapFinding {
+                kind,
+                pid: k.tgid,
+                map: Some(format!("{:#x}", k.map)),
+                message: None,
+                goroutine: a.goroutine,
+                site: a.site.clone(),
+                stack: a.stack.clone(),
+                op: Some(a.clone()),
+                other: Some(bside.clone()),
+                count: 0,
+                first_seen_ns: rel(s.first_ns),
+                last_seen_ns: rel(s.last_ns),
+            });
+        f.count += s.count;
+        f.first_seen_ns = f.first_seen_ns.min(rel(s.first_ns));
+        f.last_seen_ns = f.last_seen_ns.max(rel(s.last_ns));
+    }
+    let mut overlaps: Vec<MapFinding> = merged.into_values().collect();
+    overlaps.sort_by_key(|f| std::cmp::Reverse(f.count));
+    findings.extend(overlaps);
+
+    Ok(MapsReport {
+        mode: match mode {
+            MapsMode::Off => "off",
+            MapsMode::Always => "always",
+            MapsMode::Deep => "deep",
+        },
+        maps: rows,
+        findings,
+        lost: MapsLost {
+            fatal_events: lost[LOST_FATAL as usize],
+            overlaps: lost[LOST_CONFLICT as usize],
+            growth_events: lost[LOST_GROWTH as usize],
+            ops: lost[LOST_OPS as usize],
+        },
+        op_hits,
+    })
+}
+
+fn unknown(pc: u64) -> Site {
+    Site {
+        function: format!("?@{pc:#x}"),
+        file: String::new(),
+        line: 0,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlap_kinds() {
+        assert_eq!(conflict_kind(OP_WRITE, OP_WRITE), "concurrent_map_write");
+        assert_eq!(conflict_kind(OP_DELETE, OP_CLEAR), "concurrent_map_write");
+        assert_eq!(
+            conflict_kind(OP_READ, OP_WRITE),
+            "concurrent_map_read_write"
+        );
+        assert_eq!(
+            conflict_kind(OP_WRITE, OP_READ),
+            "concurrent_map_read_write"
+        );
+        assert_eq!(
+            conflict_kind(OP_ITERATE, OP_DELETE),
+            "concurrent_map_iteration_write"
+        );
+        assert_eq!(
+            conflict_kind(OP_WRITE, OP_ITERATE),
+            "concurrent_map_iteration_write"
+        );
+    }
+
+    #[test]
+    fn machinery_includes_the_swiss_package() {
+        assert!(is_map_machinery(
+            "internal/runtime/maps.(*Map).putSlotSmall"
+        ));
+        assert!(is_map_machinery("runtime.mapassign_fast64"));
+        assert!(!is_map_machinery("main.writer"));
+    }
+
+    #[test]
+    fn mode_parses() {
+        assert_eq!("deep".parse::<MapsMode>(), Ok(MapsMode::Deep));
+        assert!("sometimes".parse::<MapsMode>().is_err());
+    }
+}

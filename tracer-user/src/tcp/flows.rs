@@ -1,0 +1,437 @@
+//! Flow rows from the kernel's records, and the roll-ups per remote endpoint
+//! (clients) and per local listening port (servers).
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
+};
+
+use serde::Serialize;
+use tracer_common::tcp::{
+    AF_INET, AF_INET6, FLAG_CLOSED, FLAG_DESTROYED, FLAG_MIDSTREAM, FLAG_TUPLE, RTT_SLOTS,
+    SIDE_CLIENT, SIDE_SERVER, TcpFlow,
+};
+
+/// One non-empty RTT histogram slot: samples in `[lo_us, hi_us)`.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct RttBucket {
+    pub lo_us: u64,
+    pub hi_us: u64,
+    pub count: u64,
+}
+
+/// One TCP connection as one local socket saw it.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct FlowReport {
+    pub pid: u32,
+    pub comm: String,
+    /// `client`, `server` or `unknown` (seen mid-stream).
+    pub side: &'static str,
+    /// `ipv4`, `ipv6` or `unknown`.
+    pub family: &'static str,
+    pub local_addr: Option<IpAddr>,
+    pub local_port: u16,
+    pub remote_addr: Option<IpAddr>,
+    pub remote_port: u16,
+    /// Latest TCP state, e.g. `ESTABLISHED`, `CLOSE`.
+    pub state: &'static str,
+    pub open: bool,
+    /// State the socket was in when it went to CLOSE.
+    pub closed_from: Option<&'static str>,
+    /// `tcp_destroy_sock` was seen (the kernel freed the socket).
+    pub destroyed: bool,
+    /// First seen at send/recv: opened before tracing started, so start time,
+    /// side and connect latency are unknown.
+    pub midstream: bool,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub sends: u64,
+    pub receives: u64,
+    /// CLOCK_MONOTONIC ns.
+    pub start_ns: u64,
+    pub end_ns: Option<u64>,
+    /// End (or now, for open flows) minus start.
+    pub lifetime_ns: u64,
+    /// SYN_SENT → ESTABLISHED, client flows only.
+    pub connect_latency_ns: Option<u64>,
+    /// Latest smoothed RTT, µs.
+    pub srtt_us: Option<u64>,
+    pub rtt_samples: u64,
+    pub rtt_mean_us: Option<u64>,
+    pub rtt_hist: Vec<RttBucket>,
+    pub retransmits: u64,
+    pub resets_sent: u64,
+    pub resets_received: u64,
+    /// Kernel socket address: identifies the flow, never printed.
+    #[serde(skip)]
+    pub skaddr: u64,
+}
+
+/// Linux TCP state names, index = state number.
+const STATES: [&str; 13] = [
+    "UNKNOWN",
+    "ESTABLISHED",
+    "SYN_SENT",
+    "SYN_RECV",
+    "FIN_WAIT1",
+    "FIN_WAIT2",
+    "TIME_WAIT",
+    "CLOSE",
+    "CLOSE_WAIT",
+    "LAST_ACK",
+    "LISTEN",
+    "CLOSING",
+    "NEW_SYN_RECV",
+];
+
+pub fn state_name(s: u8) -> &'static str {
+    STATES.get(s as usize).copied().unwrap_or("UNKNOWN")
+}
+
+fn addr(family: u16, raw: &[u8; 16]) -> Option<IpAddr> {
+    match family {
+        AF_INET => Some(IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))),
+        AF_INET6 => Some(IpAddr::V6(Ipv6Addr::from(*raw))),
+        _ => None,
+    }
+}
+
+fn comm(raw: &[u8; 16]) -> String {
+    let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
+    String::from_utf8_lossy(&raw[..end]).into_owned()
+}
+
+impl FlowReport {
+    /// Converts a kernel record; `now_ns` (CLOCK_MONOTONIC) gives open flows a lifetime.
+    pub fn from_kernel(f: &TcpFlow, now_ns: u64) -> Self {
+        let closed = f.flags & FLAG_CLOSED != 0;
+        let tuple = f.flags & FLAG_TUPLE != 0;
+        let end_ns = (closed && f.end_ns != 0).then_some(f.end_ns);
+        let rtt_hist = f
+            .rtt_hist
+            .iter()
+            .enumerate()
+            .take(RTT_SLOTS)
+            .filter(|(_, c)| **c != 0)
+            .map(|(i, c)| RttBucket {
+                lo_us: if i == 0 { 0 } else { 1u64 << i },
+                hi_us: if i + 1 >= RTT_SLOTS {
+                    u64::MAX
+                } else {
+                    1u64 << (i + 1)
+                },
+                count: u64::from(*c),
+            })
+            .collect();
+        Self {
+            pid: f.tgid,
+            comm: comm(&f.comm),
+            side: match f.side {
+                SIDE_CLIENT => "client",
+                SIDE_SERVER => "server",
+                _ => "unknown",
+            },
+            family: match (tuple, f.family) {
+                (true, AF_INET) => "ipv4",
+                (true, AF_INET6) => "ipv6",
+                _ => "unknown",
+            },
+            local_addr: tuple.then(|| addr(f.family, &f.saddr)).flatten(),
+            local_port: f.sport,
+            remote_addr: tuple.then(|| addr(f.family, &f.daddr)).flatten(),
+            remote_port: f.dport,
+            state: state_name(f.state),
+            open: !closed,
+            closed_from: closed.then(|| state_name(f.close_from)),
+            destroyed: f.flags & FLAG_DESTROYED != 0,
+            midstream: f.flags & FLAG_MIDSTREAM != 0,
+            bytes_sent: f.bytes_sent,
+            bytes_received: f.bytes_received,
+            sends: f.sends,
+            receives: f.receives,
+            start_ns: f.start_ns,
+            end_ns,
+            lifetime_ns: end_ns.unwrap_or(now_ns).saturating_sub(f.start_ns),
+            connect_latency_ns: (f.connect_latency_ns != 0).then_some(f.connect_latency_ns),
+            srtt_us: (f.rtt_samples != 0).then_some(f.srtt_us),
+            rtt_samples: f.rtt_samples,
+            rtt_mean_us: f.rtt_sum_us.checked_div(f.rtt_samples),
+            rtt_hist,
+            retransmits: f.retransmits,
+            resets_sent: f.resets_sent,
+            resets_received: f.resets_received,
+            skaddr: f.skaddr,
+        }
+    }
+}
+
+/// Totals over a set of flows.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct FlowTotals {
+    pub flows: u64,
+    pub open: u64,
+    pub bytes_sent: u64,
+    pub bytes_received: u64,
+    pub sends: u64,
+    pub receives: u64,
+    pub retransmits: u64,
+    pub resets_sent: u64,
+    pub resets_received: u64,
+    /// Client flows with a measured connect latency.
+    pub connects: u64,
+    pub connect_latency_total_ns: u64,
+    pub connect_latency_max_ns: u64,
+    /// Client flows that closed before ESTABLISHED (refused, timed out, reset).
+    pub connect_failures: u64,
+    /// Highest latest-sRTT among the flows, µs.
+    pub srtt_max_us: Option<u64>,
+}
+
+impl FlowTotals {
+    fn add(&mut self, f: &FlowReport) {
+        self.flows += 1;
+        self.open += u64::from(f.open);
+        self.bytes_sent = self.bytes_sent.saturating_add(f.bytes_sent);
+        self.bytes_received = self.bytes_received.saturating_add(f.bytes_received);
+        self.sends = self.sends.saturating_add(f.sends);
+        self.receives = self.receives.saturating_add(f.receives);
+        self.retransmits = self.retransmits.saturating_add(f.retransmits);
+        self.resets_sent = self.resets_sent.saturating_add(f.resets_sent);
+        self.resets_received = self.resets_received.saturating_add(f.resets_received);
+        if let Some(l) = f.connect_latency_ns {
+            self.connects += 1;
+            self.connect_latency_total_ns = self.connect_latency_total_ns.saturating_add(l);
+            self.connect_latency_max_ns = self.connect_latency_max_ns.max(l);
+        }
+        if f.side == "client" && f.closed_from == Some("SYN_SENT") {
+            self.connect_failures += 1;
+        }
+        if let Some(r) = f.srtt_us {
+            self.srtt_max_us = Some(self.srtt_max_us.unwrap_or(0).max(r));
+        }
+    }
+}
+
+/// Client-side (and mid-stream) flows of one process to one remote endpoint.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct RemoteRollup {
+    pub pid: u32,
+    pub comm: String,
+    pub remote_addr: Option<IpAddr>,
+    pub remote_port: u16,
+    #[serde(flatten)]
+    pub totals: FlowTotals,
+}
+
+/// Server-side flows of one process accepted on one local port.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct ListenRollup {
+    pub pid: u32,
+    pub comm: String,
+    pub local_port: u16,
+    /// Distinct remote addresses.
+    pub peers: u64,
+    #[serde(flatten)]
+    pub totals: FlowTotals,
+}
+
+/// Per (pid, remote address, remote port), over non-server flows; sorted by
+/// bytes moved, largest first.
+pub fn rollup_by_remote(flows: &[FlowReport]) -> Vec<RemoteRollup> {
+    let mut m: BTreeMap<(u32, Option<IpAddr>, u16), RemoteRollup> = BTreeMap::new();
+    for f in flows.iter().filter(|f| f.side != "server") {
+        m.entry((f.pid, f.remote_addr, f.remote_port))
+            .or_insert_with(|| RemoteRollup {
+                pid: f.pid,
+                comm: f.comm.clone(),
+                remote_addr: f.remote_addr,
+                remote_port: f.remote_port,
+                totals: FlowTotals::default(),
+            })
+            .totals
+            .add(f);
+    }
+    let mut out: Vec<_> = m.into_values().collect();
+    out.sort_by_key(|r| {
+        std::cmp::Reverse(r.totals.bytes_sent.saturating_add(r.totals.bytes_received))
+    });
+    out
+}
+
+/// A listen roll-up being built, with the distinct peers seen so far.
+type ListenAcc = (ListenRollup, BTreeSet<Option<IpAddr>>);
+
+/// Per (pid, local port), over server flows; sorted by bytes moved, largest first.
+pub fn rollup_by_listen_port(flows: &[FlowReport]) -> Vec<ListenRollup> {
+    let mut m: BTreeMap<(u32, u16), ListenAcc> = BTreeMap::new();
+    for f in flows.iter().filter(|f| f.side == "server") {
+        let e = m.entry((f.pid, f.local_port)).or_insert_with(|| {
+            (
+                ListenRollup {
+                    pid: f.pid,
+                    comm: f.comm.clone(),
+                    local_port: f.local_port,
+                    peers: 0,
+                    totals: FlowTotals::default(),
+                },
+                BTreeSet::new(),
+            )
+        });
+        e.0.totals.add(f);
+        e.1.insert(f.remote_addr);
+    }
+    let mut out: Vec<_> = m
+        .into_values()
+        .map(|(mut r, peers)| {
+            r.peers = peers.len() as u64;
+            r
+        })
+        .collect();
+    out.sort_by_key(|r| {
+        std::cmp::Reverse(r.totals.bytes_sent.saturating_add(r.totals.bytes_received))
+    });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracer_common::tcp::{TCP_CLOSE, TCP_ESTABLISHED};
+
+    const TCP_FIN_WAIT1: u8 = 4;
+
+    fn flow(side: u8, sport: u16, dport: u16, sent: u64, recv: u64, closed: bool) -> TcpFlow {
+        let mut f = TcpFlow {
+            skaddr: 0xffff_8880_0000_0000 + u64::from(sport),
+            tgid: 42,
+            side,
+            family: AF_INET,
+            sport,
+            dport,
+            start_ns: 1_000,
+            bytes_sent: sent,
+            bytes_received: recv,
+            sends: 1,
+            receives: 1,
+            flags: FLAG_TUPLE,
+            state: TCP_ESTABLISHED,
+            ..Default::default()
+        };
+        f.saddr[..4].copy_from_slice(&[127, 0, 0, 1]);
+        f.daddr[..4].copy_from_slice(&[10, 0, 0, u8::try_from(dport % 200).unwrap_or(0)]);
+        f.comm[..4].copy_from_slice(b"test");
+        if closed {
+            f.flags |= FLAG_CLOSED;
+            f.state = TCP_CLOSE;
+            f.close_from = TCP_FIN_WAIT1;
+            f.end_ns = 5_000;
+        }
+        f
+    }
+
+    #[test]
+    fn converts_a_closed_client_flow() {
+        let mut k = flow(SIDE_CLIENT, 40000, 80, 100, 50, true);
+        k.connect_latency_ns = 700;
+        k.rtt_samples = 2;
+        k.rtt_sum_us = 30;
+        k.srtt_us = 20;
+        k.rtt_hist[3] = 1;
+        k.rtt_hist[4] = 1;
+        let r = FlowReport::from_kernel(&k, 10_000);
+        assert_eq!(r.comm, "test");
+        assert_eq!((r.side, r.family, r.state), ("client", "ipv4", "CLOSE"));
+        assert_eq!(r.closed_from, Some("FIN_WAIT1"));
+        assert!(!r.open);
+        assert_eq!(r.lifetime_ns, 4_000);
+        assert_eq!(
+            r.local_addr,
+            Some(
+                "127.0.0.1"
+                    .parse()
+                    .unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED))
+            )
+        );
+        assert_eq!(r.connect_latency_ns, Some(700));
+        assert_eq!((r.srtt_us, r.rtt_mean_us), (Some(20), Some(15)));
+        assert_eq!(
+            r.rtt_hist,
+            vec![
+                RttBucket {
+                    lo_us: 8,
+                    hi_us: 16,
+                    count: 1
+                },
+                RttBucket {
+                    lo_us: 16,
+                    hi_us: 32,
+                    count: 1
+                }
+            ]
+        );
+        let json = serde_json::to_string(&r).unwrap_or_default();
+        assert!(!json.contains("skaddr"), "kernel address leaked: {json}");
+    }
+
+    #[test]
+    fn open_midstream_flow_has_no_tuple() {
+        let mut k = flow(0, 0, 0, 7, 0, false);
+        k.flags = FLAG_MIDSTREAM;
+        let r = FlowReport::from_kernel(&k, 3_000);
+        assert_eq!((r.side, r.family), ("unknown", "unknown"));
+        assert!(r.open && r.midstream);
+        assert_eq!(r.remote_addr, None);
+        assert_eq!(r.lifetime_ns, 2_000);
+        assert_eq!(
+            (r.srtt_us, r.rtt_mean_us, r.connect_latency_ns),
+            (None, None, None)
+        );
+    }
+
+    #[test]
+    fn rollups_sum_per_remote_and_per_listen_port() {
+        let kernel = [
+            flow(SIDE_CLIENT, 40001, 80, 100, 10, true),
+            flow(SIDE_CLIENT, 40002, 80, 200, 20, false),
+            flow(SIDE_CLIENT, 40003, 81, 5, 5, true),
+            flow(SIDE_SERVER, 8080, 50001, 1, 1000, true),
+            flow(SIDE_SERVER, 8080, 50002, 2, 2000, true),
+            flow(SIDE_SERVER, 9090, 50003, 3, 3000, false),
+        ];
+        let flows: Vec<_> = kernel
+            .iter()
+            .map(|k| {
+                let mut r = FlowReport::from_kernel(k, 10_000);
+                if r.local_port == 40001 {
+                    r.connect_latency_ns = Some(50);
+                }
+                r
+            })
+            .collect();
+        let remote = rollup_by_remote(&flows);
+        assert_eq!(remote.len(), 2);
+        assert_eq!(remote[0].remote_port, 80);
+        let t = &remote[0].totals;
+        assert_eq!(
+            (t.flows, t.open, t.bytes_sent, t.bytes_received),
+            (2, 1, 300, 30)
+        );
+        assert_eq!((t.connects, t.connect_latency_max_ns), (1, 50));
+        assert_eq!(remote[1].totals.bytes_sent, 5);
+        let listen = rollup_by_listen_port(&flows);
+        assert_eq!(listen.len(), 2);
+        assert_eq!(
+            (listen[0].local_port, listen[0].totals.bytes_received),
+            (8080, 3000)
+        );
+        assert_eq!((listen[0].totals.flows, listen[0].peers), (2, 2));
+        assert_eq!((listen[1].local_port, listen[1].totals.open), (9090, 1));
+    }
+
+    #[test]
+    fn state_names_are_bounded() {
+        assert_eq!(state_name(1), "ESTABLISHED");
+        assert_eq!(state_name(12), "NEW_SYN_RECV");
+        assert_eq!(state_name(200), "UNKNOWN");
+    }
+}

@@ -1,0 +1,309 @@
+//! TCP flow tracing from kernel tracepoints: per connection bytes, calls,
+//! connect latency, smoothed RTT, retransmits, resets and lifetime, attributed
+//! to the traced processes.
+//!
+//! Use: [`attach_tcp`] after [`Tracer::load`](crate::probes::Tracer::load),
+//! then [`TcpTracing::report`] whenever a view is wanted (open flows are read
+//! live from the kernel map). See `docs/tcp.md`.
+
+pub mod flows;
+pub mod format;
+pub mod hooks;
+
+use std::path::Path;
+
+use anyhow::{Context, Result, anyhow, bail};
+use aya::{
+    maps::{Array, HashMap, MapData, PerCpuArray},
+    programs::TracePoint,
+};
+use serde::Serialize;
+use tracer_common::tcp::{
+    ClosedKey, STAT_FLOWS_CLOSED, STAT_FLOWS_CREATED, STAT_INSERT_FAILED, STAT_MIDSTREAM,
+    STAT_READ_FAILED, TcpConfig, TcpFlow,
+};
+
+use crate::{kernelfs, probes::Tracer};
+pub use flows::{FlowReport, FlowTotals, ListenRollup, RemoteRollup};
+pub use hooks::HookStatus;
+
+/// Closed flows kept in user space between reports; beyond this they are
+/// counted in [`TcpStats::dropped_closed`] and discarded (about 300 B each).
+pub const MAX_KEPT_CLOSED: usize = 100_000;
+
+/// Counters that say how complete the flow data is.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct TcpStats {
+    /// Flows the kernel started recording.
+    pub flows_created: u64,
+    /// Flows that reached TCP_CLOSE in the kernel.
+    pub flows_closed: u64,
+    /// Flows first seen at send/recv (opened before tracing).
+    pub flows_midstream: u64,
+    /// Open flows in the kernel map now.
+    pub open_now: u64,
+    /// Closed flows read out of the kernel so far.
+    pub closed_collected: u64,
+    /// Flows the LRU maps evicted before user space read them:
+    /// created − open now − collected − closed still in the kernel. Exact
+    /// when nothing changes during the read, an estimate otherwise.
+    pub evicted: u64,
+    /// Closed flows dropped because [`MAX_KEPT_CLOSED`] were already held.
+    pub dropped_closed: u64,
+    pub insert_failed: u64,
+    pub read_failed: u64,
+}
+
+/// Everything TCP tracing knows now.
+#[derive(Clone, Debug, Serialize)]
+pub struct TcpReport {
+    pub hooks: Vec<HookStatus>,
+    pub stats: TcpStats,
+    pub flows: Vec<FlowReport>,
+    pub by_remote: Vec<RemoteRollup>,
+    pub by_listen_port: Vec<ListenRollup>,
+}
+
+/// Live TCP tracing state: attached hooks and the closed flows collected so far.
+pub struct TcpTracing {
+    hooks: Vec<HookStatus>,
+    closed: Vec<TcpFlow>,
+    collected: u64,
+    dropped: u64,
+}
+
+/// CLOCK_MONOTONIC in ns, the clock of `bpf_ktime_get_ns`.
+pub fn monotonic_now_ns() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: valid pointer to a timespec.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } != 0 {
+        return 0;
+    }
+    (ts.tv_sec as u64)
+        .saturating_mul(1_000_000_000)
+        .saturating_add(ts.tv_nsec as u64)
+}
+
+/// Adds `pid` to the processes whose connections are recorded.
+pub fn add_tcp_pid(tracer: &mut Tracer, pid: u32) -> Result<()> {
+    let mut targets: HashMap<_, u32, u8> = HashMap::try_from(
+        tracer
+            .ebpf
+            .map_mut("TCP_TARGETS")
+            .ok_or_else(|| anyhow!("TCP_TARGETS map missing from the eBPF object"))?,
+    )?;
+    targets
+        .insert(pid, 1, 0)
+        .with_context(|| format!("adding pid {pid} to TCP_TARGETS"))
+}
+
+fn attach_one(tracer: &mut Tracer, h: &HookStatus) -> Result<()> {
+    let (group, name) = h
+        .hook
+        .split_once(':')
+        .ok_or_else(|| anyhow!("bad hook name {}", h.hook))?;
+    let prog: &mut TracePoint = tracer
+        .ebpf
+        .program_mut(h.program)
+        .ok_or_else(|| anyhow!("eBPF object lacks program {}", h.program))?
+        .try_into()?;
+    if prog.fd().is_err() {
+        prog.load()
+            .with_context(|| format!("verifying eBPF program {}", h.program))?;
+    }
+    prog.attach(group, name)
+        .with_context(|| format!("attaching tracepoint {}", h.hook))?;
+    Ok(())
+}
+
+/// Attaches the TCP tracepoints and records flows of `pids` (more can be
+/// added with [`add_tcp_pid`]). Hooks that are absent or fail are reported in
+/// [`TcpTracing::hooks`]; it is an error only when the byte counters (the
+/// send/recv tracepoints) or the state tracepoint cannot run.
+pub fn attach_tcp(tracer: &mut Tracer, pids: &[u32]) -> Result<TcpTracing> {
+    kernelfs::ensure_tracefs()?;
+    let plan = hooks::plan(Path::new(kernelfs::TRACEFS));
+    attach_with_plan(tracer, pids, plan.config, plan.hooks)
+}
+
+fn attach_with_plan(
+    tracer: &mut Tracer,
+    pids: &[u32],
+    config: TcpConfig,
+    mut hooks: Vec<HookStatus>,
+) -> Result<TcpTracing> {
+    {
+        let mut cfg: Array<_, TcpConfig> = Array::try_from(
+            tracer
+                .ebpf
+                .map_mut("TCP_CONFIG")
+                .ok_or_else(|| anyhow!("TCP_CONFIG map missing from the eBPF object"))?,
+        )?;
+        cfg.set(0, config, 0).context("writing TCP_CONFIG")?;
+    }
+    for &pid in pids {
+        add_tcp_pid(tracer, pid)?;
+    }
+    for h in hooks.iter_mut().filter(|h| h.status == "pending") {
+        match attach_one(tracer, h) {
+            Ok(()) => h.status = "attached",
+            Err(e) => {
+                h.status = "failed";
+                h.reason = Some(format!("{e:#}"));
+            }
+        }
+    }
+    let essential = [
+        "sock:inet_sock_set_state",
+        "sock:sock_send_length",
+        "sock:sock_recv_length",
+    ];
+    let broken: Vec<String> = hooks
+        .iter()
+        .filter(|h| essential.contains(&h.hook.as_str()) && h.status != "attached")
+        .map(|h| format!("{}: {}", h.hook, h.reason.as_deref().unwrap_or(h.status)))
+        .collect();
+    if !broken.is_empty() {
+        bail!(
+            "TCP flow tracing needs these tracepoints (Linux 6.3+):\n  {}",
+            broken.join("\n  ")
+        );
+    }
+    Ok(TcpTracing {
+        hooks,
+        closed: Vec::new(),
+        collected: 0,
+        dropped: 0,
+    })
+}
+
+impl TcpTracing {
+    /// Every hook with its status and, when not attached, why.
+    pub fn hooks(&self) -> &[HookStatus] {
+        &self.hooks
+    }
+
+    /// Moves closed flows out of the kernel map, freeing its slots. Call at
+    /// least every few seconds under heavy connection churn: the closed map
+    /// holds 16384 flows and evicts the oldest.
+    pub fn collect_closed(&mut self, tracer: &mut Tracer) -> Result<()> {
+        let mut map: HashMap<_, ClosedKey, TcpFlow> = HashMap::try_from(
+            tracer
+                .ebpf
+                .map_mut("TCP_CLOSED")
+                .ok_or_else(|| anyhow!("TCP_CLOSED map missing"))?,
+        )?;
+        // Entries may be evicted while iterating; skip those errors.
+        let entries: Vec<(ClosedKey, TcpFlow)> = map.iter().filter_map(|r| r.ok()).collect();
+        for (k, v) in entries {
+            if map.remove(&k).is_err() {
+                continue;
+            }
+            self.collected += 1;
+            if self.closed.len() < MAX_KEPT_CLOSED {
+                self.closed.push(v);
+            } else {
+                self.dropped += 1;
+            }
+        }
+        Ok(())
+    }
+
+    /// Open flows, read live from the kernel.
+    pub fn open_flows(&self, tracer: &Tracer) -> Result<Vec<TcpFlow>> {
+        let map: HashMap<&MapData, u64, TcpFlow> = HashMap::try_from(
+            tracer
+                .ebpf
+                .map("TCP_FLOWS")
+                .ok_or_else(|| anyhow!("TCP_FLOWS map missing"))?,
+        )?;
+        Ok(map.iter().filter_map(|r| r.ok()).map(|(_, v)| v).collect())
+    }
+
+    /// All flows: closed ones collected so far, then the open ones.
+    pub fn flows(&mut self, tracer: &mut Tracer) -> Result<Vec<FlowReport>> {
+        self.collect_closed(tracer)?;
+        let now = monotonic_now_ns();
+        let open = self.open_flows(tracer)?;
+        let mut out: Vec<FlowReport> = self
+            .closed
+            .iter()
+            .chain(open.iter())
+            .map(|f| FlowReport::from_kernel(f, now))
+            .collect();
+        out.sort_by_key(|f| (f.pid, f.start_ns));
+        Ok(out)
+    }
+
+    /// Drops the closed flows held in user space (e.g. after each interval of
+    /// a live view, so rows are per interval for closed flows).
+    pub fn clear_closed(&mut self) {
+        self.closed.clear();
+    }
+
+    /// Counters, including the eviction estimate.
+    pub fn stats(&self, tracer: &Tracer) -> Result<TcpStats> {
+        let counters: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
+            tracer
+                .ebpf
+                .map("TCP_STATS")
+                .ok_or_else(|| anyhow!("TCP_STATS map missing"))?,
+        )?;
+        let get = |i: u32| -> Result<u64> {
+            Ok(counters
+                .get(&i, 0)
+                .with_context(|| format!("reading TCP_STATS[{i}]"))?
+                .iter()
+                .fold(0u64, |a, b| a.saturating_add(*b)))
+        };
+        let count = |name: &str| -> Result<u64> {
+            let m: HashMap<&MapData, u64, TcpFlow> = HashMap::try_from(
+                tracer
+                    .ebpf
+                    .map(name)
+                    .ok_or_else(|| anyhow!("{name} map missing"))?,
+            )?;
+            Ok(m.keys().filter(|k| k.is_ok()).count() as u64)
+        };
+        let open_now = count("TCP_FLOWS")?;
+        let closed_pending = {
+            let m: HashMap<&MapData, ClosedKey, TcpFlow> = HashMap::try_from(
+                tracer
+                    .ebpf
+                    .map("TCP_CLOSED")
+                    .ok_or_else(|| anyhow!("TCP_CLOSED map missing"))?,
+            )?;
+            m.keys().filter(|k| k.is_ok()).count() as u64
+        };
+        let created = get(STAT_FLOWS_CREATED)?;
+        Ok(TcpStats {
+            flows_created: created,
+            flows_closed: get(STAT_FLOWS_CLOSED)?,
+            flows_midstream: get(STAT_MIDSTREAM)?,
+            open_now,
+            closed_collected: self.collected,
+            evicted: created
+                .saturating_sub(open_now)
+                .saturating_sub(self.collected)
+                .saturating_sub(closed_pending),
+            dropped_closed: self.dropped,
+            insert_failed: get(STAT_INSERT_FAILED)?,
+            read_failed: get(STAT_READ_FAILED)?,
+        })
+    }
+
+    /// Flows, roll-ups, hooks and counters in one serializable value.
+    pub fn report(&mut self, tracer: &mut Tracer) -> Result<TcpReport> {
+        let flows = self.flows(tracer)?;
+        Ok(TcpReport {
+            hooks: self.hooks.clone(),
+            stats: self.stats(tracer)?,
+            by_remote: flows::rollup_by_remote(&flows),
+            by_listen_port: flows::rollup_by_listen_port(&flows),
+            flows,
+        })
+    }
+}
