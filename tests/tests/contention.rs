@@ -83,6 +83,11 @@ fn contended_mutex_waits_match_the_programs_own_measurement() -> Result<()> {
 
             // Every wait is one slow-path call, at most one per Lock().
             ensure!(contentions > 0, "no contention recorded: {ctx}");
+            // ~500 waits/s: far below the rate guard, so nothing was paused or lost.
+            ensure!(
+                report["lock_probe_pauses"].is_null(),
+                "lock probes paused: {ctx}"
+            );
             ensure!(
                 contentions <= GOROUTINES * ITERATIONS,
                 "more contentions than Lock calls: {ctx}"
@@ -445,5 +450,55 @@ fn holders_name_the_code_that_held_the_lock() -> Result<()> {
         );
         ensure!(readers["site"]["line"] == runlock_line, "{ctx}");
     }
+    Ok(())
+}
+
+#[test]
+fn rate_guard_pauses_probes_under_extreme_contention() -> Result<()> {
+    if !privileged_tests_enabled("rate_guard") {
+        return Ok(());
+    }
+    let _serial = tracer_tests::serial();
+    let tc = classic_and_swiss()?.pop().context("toolchain")?;
+    let bin = build_fixture(&tc, "bench", Variant::Plain)?;
+    let bin = bin.to_str().context("path")?;
+    // Four goroutines on one Mutex with nothing inside: tens of thousands of
+    // slow-path waits per second, well above a 1000/s limit.
+    let out = run_tracer(
+        &[
+            "run",
+            "--max-lock-rate",
+            "1000",
+            "--",
+            bin,
+            "-mode",
+            "contended",
+            "-n",
+            "3000000",
+        ],
+        true,
+    )?;
+    let ctx = format!("{}\n{}", out.stdout, out.stderr);
+    ensure!(out.status.success(), "{ctx}");
+    let report = out.report.context("no report")?;
+    let pauses = &report["lock_probe_pauses"];
+    ensure!(
+        pauses["pauses"].as_u64().unwrap_or(0) >= 1,
+        "guard never tripped: {ctx}"
+    );
+    ensure!(pauses["limit_per_sec"] == 1000, "{ctx}");
+    ensure!(pauses["paused_ns"].as_u64().unwrap_or(0) > 0, "{ctx}");
+    ensure!(
+        out.stdout.contains("lock probes paused"),
+        "table does not say counts are partial: {ctx}"
+    );
+    // Waits recorded before the pause are still reported.
+    ensure!(sum(&locks(&report), "contentions") > 0, "{ctx}");
+    // No stuck-wait findings from waits cut off by the detach.
+    let stuck = report["findings"]
+        .as_array()
+        .map(|f| f.iter().filter(|f| f["kind"] == "stuck_lock_wait").count())
+        .unwrap_or(0);
+    ensure!(stuck == 0, "false stuck waits after pausing: {ctx}");
     Ok(())
 }

@@ -52,6 +52,13 @@ struct Output {
     /// call sites, instead of every caller of the runtime's map functions.
     #[arg(long, value_name = "PKG,...", value_delimiter = ',')]
     maps_sites: Vec<String>,
+    /// Pause the lock probes for 5 s whenever contended waits exceed this many
+    /// per second (each costs two uprobe traps in the traced program); 0: never.
+    #[arg(long, default_value_t = 5000)]
+    max_lock_rate: u64,
+    /// Trace the process's TCP flows through kernel tracepoints: on or off.
+    #[arg(long, default_value = "on", value_parser = ["on", "off"])]
+    tcp: String,
 }
 
 impl From<Output> for OutputOptions {
@@ -66,6 +73,8 @@ impl From<Output> for OutputOptions {
             bpf_stats: o.bpf_stats,
             maps: o.maps,
             maps_sites: o.maps_sites,
+            tcp: o.tcp == "on",
+            max_lock_rate: o.max_lock_rate,
         }
     }
 }

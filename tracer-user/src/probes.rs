@@ -13,7 +13,7 @@ use aya::{
     maps::{HashMap, MapData, PerCpuHashMap, StackTraceMap},
     programs::{
         UProbe,
-        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeScope},
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
     },
 };
 use serde::Serialize;
@@ -85,6 +85,8 @@ impl Scope {
 pub struct Tracer {
     /// Crate-visible so feature modules (maps, later TCP) attach their own programs.
     pub(crate) ebpf: Ebpf,
+    /// Links of the lock probes, so the rate guard can detach them.
+    lock_links: Vec<(&'static str, UProbeLinkId)>,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
 
@@ -160,12 +162,25 @@ impl Tracer {
     /// Loads the eBPF object into the kernel. Fails, rather than continuing with
     /// nothing traced, when the kernel refuses it.
     pub fn load() -> Result<Self> {
+        Self::load_with(true)
+    }
+
+    /// Loads the object; without `tcp`, the TCP flow tables are created at a
+    /// token size, so a session that does not trace TCP does not pin ~25 MB of
+    /// kernel memory for them.
+    pub fn load_with(tcp: bool) -> Result<Self> {
         if EBPF_OBJECT.is_empty() {
             bail!(
                 "this tracer was built without its eBPF object (AYA_BUILD_SKIP was set); rebuild after `cargo xtask setup`"
             );
         }
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        if !tcp {
+            for map in ["TCP_FLOWS", "TCP_CLOSED", "TCP_CLOSED_BY_SK", "TCP_SOCKS"] {
+                loader.map_max_entries(map, 64);
+            }
+        }
+        let mut ebpf = loader
             .load(EBPF_OBJECT)
             .context("loading tracer's eBPF object into the kernel")?;
         // Debug logs from the probes; absent when no program logs.
@@ -178,7 +193,11 @@ impl Tracer {
             prog.load()
                 .with_context(|| format!("verifying eBPF program {name}"))?;
         }
-        Ok(Self { ebpf, logger })
+        Ok(Self {
+            ebpf,
+            logger,
+            lock_links: Vec::new(),
+        })
     }
 
     /// Forwards debug logs written by the probes (aya-log) to `tracing`.
@@ -263,7 +282,7 @@ impl Tracer {
 
     fn attach_entry(
         &mut self,
-        prog: &str,
+        prog: &'static str,
         func: &Function,
         path: &Path,
         scope: Scope,
@@ -274,15 +293,17 @@ impl Tracer {
             .program_mut(prog)
             .ok_or_else(|| anyhow!("{prog} missing"))?
             .try_into()?;
-        p.attach(
-            UProbeAttachPoint {
-                location: UProbeAttachLocation::AbsoluteOffset(func.file_offset),
-                cookie: Some(cookie as u64),
-            },
-            path,
-            scope.uprobe_scope(),
-        )
-        .with_context(|| format!("attaching uprobe to {} in {}", func.name, path.display()))?;
+        let link = p
+            .attach(
+                UProbeAttachPoint {
+                    location: UProbeAttachLocation::AbsoluteOffset(func.file_offset),
+                    cookie: Some(cookie as u64),
+                },
+                path,
+                scope.uprobe_scope(),
+            )
+            .with_context(|| format!("attaching uprobe to {} in {}", func.name, path.display()))?;
+        self.lock_links.push((prog, link));
         Ok(())
     }
 
@@ -307,24 +328,60 @@ impl Tracer {
             location: UProbeAttachLocation::AbsoluteOffset(off),
             cookie: Some(cookie as u64),
         };
-        let enter: &mut UProbe = self
-            .ebpf
-            .program_mut("lock_enter")
-            .ok_or_else(|| anyhow!("lock_enter missing"))?
-            .try_into()?;
-        enter
-            .attach(point(func.file_offset), path, scope.uprobe_scope())
-            .with_context(|| format!("attaching uprobe to {} in {}", func.name, path.display()))?;
+        // Exits first: an entry probe live before its exits would record waits
+        // whose end is never seen, and report them as stuck.
         let exit: &mut UProbe = self
             .ebpf
             .program_mut("lock_exit")
             .ok_or_else(|| anyhow!("lock_exit missing"))?
             .try_into()?;
         for off in &rets {
-            exit.attach(point(func.file_offset + off), path, scope.uprobe_scope())
+            let link = exit
+                .attach(point(func.file_offset + off), path, scope.uprobe_scope())
                 .with_context(|| format!("attaching uprobe to RET at {}+{off:#x}", func.name))?;
+            self.lock_links.push(("lock_exit", link));
         }
+        let enter: &mut UProbe = self
+            .ebpf
+            .program_mut("lock_enter")
+            .ok_or_else(|| anyhow!("lock_enter missing"))?
+            .try_into()?;
+        let link = enter
+            .attach(point(func.file_offset), path, scope.uprobe_scope())
+            .with_context(|| format!("attaching uprobe to {} in {}", func.name, path.display()))?;
+        self.lock_links.push(("lock_enter", link));
         Ok(rets.len())
+    }
+
+    /// Detaches every lock probe (entries first) and forgets the waits in
+    /// flight, whose exits will now never be seen.
+    pub fn detach_locks(&mut self) -> Result<()> {
+        let mut links = std::mem::take(&mut self.lock_links);
+        links.sort_by_key(|(prog, _)| *prog != "lock_enter");
+        for (prog, link) in links {
+            let p: &mut UProbe = self
+                .ebpf
+                .program_mut(prog)
+                .ok_or_else(|| anyhow!("{prog} missing"))?
+                .try_into()?;
+            p.detach(link)
+                .with_context(|| format!("detaching {prog}"))?;
+        }
+        let mut inflight: HashMap<&mut MapData, InflightKey, Inflight> = HashMap::try_from(
+            self.ebpf
+                .map_mut("LOCK_INFLIGHT")
+                .ok_or_else(|| anyhow!("LOCK_INFLIGHT map missing"))?,
+        )?;
+        let keys: Vec<InflightKey> = inflight.keys().filter_map(|k| k.ok()).collect();
+        for k in keys {
+            let _ = inflight.remove(&k);
+        }
+        Ok(())
+    }
+
+    /// Waits completed so far, all locks and sites together.
+    pub fn lock_wait_count(&self) -> Result<u64> {
+        Ok(self.lock_waits()?.iter().map(|(_, l)| l.count).sum())
     }
 
     /// Current per-(process, lock, site, stack) waits, summed over CPUs.

@@ -5,6 +5,8 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+use crate::tcp::TcpReport;
+
 use crate::{
     contention::{HolderRow, LockRow, Site},
     latency::{Bucket, fmt_ns},
@@ -81,6 +83,22 @@ pub struct Report {
     pub map_op_hits: Option<u64>,
     /// Per probe program run count and run time; only with `--bpf-stats`.
     pub bpf_stats: Vec<ProgramStats>,
+    /// TCP flows of the process (per connection and rolled up); absent when off.
+    pub tcp: Option<TcpReport>,
+    /// Why `tcp` is absent.
+    pub tcp_off: Option<String>,
+    /// Set when the rate guard detached the lock probes: lock counts are then lower bounds.
+    pub lock_probe_pauses: Option<LockPauses>,
+}
+
+/// Times the rate guard detached the lock probes.
+#[derive(Clone, Debug, Serialize)]
+pub struct LockPauses {
+    pub pauses: u32,
+    /// Total time the lock probes were detached, ns.
+    pub paused_ns: u64,
+    /// The `--max-lock-rate` that was exceeded (waits per second).
+    pub limit_per_sec: u64,
 }
 
 /// One unlocker call site of one lock.
@@ -179,9 +197,24 @@ impl Report {
         }
         self.findings_table(&mut out);
         crate::maps::table::table(&self.maps, limit, &mut out);
+        self.locks_table(limit, &mut out);
+        self.tcp_table(limit, &mut out);
+        out
+    }
+
+    fn locks_table(&self, limit: usize, out: &mut String) {
+        if let Some(p) = &self.lock_probe_pauses {
+            let _ = writeln!(
+                out,
+                "  lock probes paused {} time(s), {} in all: more than {} contended waits/s (--max-lock-rate); lock counts are lower bounds",
+                p.pauses,
+                fmt_ns(p.paused_ns),
+                p.limit_per_sec
+            );
+        }
         if self.locks.is_empty() {
             let _ = writeln!(out, "no lock contention recorded");
-            return out;
+            return;
         }
         let _ = writeln!(
             out,
@@ -222,7 +255,51 @@ impl Report {
                 self.locks.len() - limit
             );
         }
-        out
+    }
+
+    /// TCP flows rolled up per remote endpoint, most bytes first.
+    fn tcp_table(&self, limit: usize, out: &mut String) {
+        let Some(tcp) = &self.tcp else {
+            return;
+        };
+        let s = &tcp.stats;
+        if s.evicted > 0 || s.dropped_closed > 0 {
+            let _ = writeln!(
+                out,
+                "  TCP: {} flows evicted from the kernel table, {} closed flows dropped: counts are lower bounds",
+                s.evicted, s.dropped_closed
+            );
+        }
+        if tcp.by_remote.is_empty() {
+            let _ = writeln!(out, "no TCP flows recorded");
+            return;
+        }
+        let _ = writeln!(
+            out,
+            "{:<40} {:>6} {:>12} {:>12} {:>8} {:>7} {:>10}",
+            "TCP REMOTE", "FLOWS", "SENT", "RECEIVED", "RETRANS", "RESETS", "SRTT MAX"
+        );
+        let mut rows: Vec<_> = tcp.by_remote.iter().collect();
+        rows.sort_by_key(|r| std::cmp::Reverse(r.totals.bytes_sent + r.totals.bytes_received));
+        for r in rows.iter().take(limit) {
+            let remote = match r.remote_addr {
+                Some(std::net::IpAddr::V6(a)) => format!("[{a}]:{}", r.remote_port),
+                Some(a) => format!("{a}:{}", r.remote_port),
+                None => format!("?:{}", r.remote_port),
+            };
+            let t = &r.totals;
+            let _ = writeln!(
+                out,
+                "{:<40} {:>6} {:>12} {:>12} {:>8} {:>7} {:>10}",
+                remote,
+                t.flows,
+                t.bytes_sent,
+                t.bytes_received,
+                t.retransmits,
+                t.resets_sent + t.resets_received,
+                t.srtt_max_us.map_or("-".into(), |us| fmt_ns(us * 1000))
+            );
+        }
     }
 
     fn findings_table(&self, out: &mut String) {

@@ -21,8 +21,10 @@ use crate::{
     gobin::GoBinary,
     maps::{MapsMode, MapsState},
     probes::{ProbeStatus, Scope, Tracer, enable_bpf_stats},
-    report::{AnyFinding, Finding, HolderReport, LockRef, LockReport, Report, Target},
+    rate_guard::{Action, RateGuard},
+    report::{AnyFinding, Finding, HolderReport, LockPauses, LockRef, LockReport, Report, Target},
     stuck::{StuckWaits, monotonic_ns, read_goid},
+    tcp::{TcpTracing, attach_tcp},
 };
 
 /// Output choices shared by `run` and `attach`.
@@ -44,7 +46,15 @@ pub struct OutputOptions {
     pub maps: MapsMode,
     /// With `--maps deep`: probe only the map calls inside these packages.
     pub maps_sites: Vec<String>,
+    /// Trace the process's TCP flows (kernel tracepoints).
+    pub tcp: bool,
+    /// Pause the lock probes when contended waits exceed this many per second
+    /// (0: never), to bound the probes' cost to the traced program.
+    pub max_lock_rate: u64,
 }
+
+/// How long the lock probes stay detached once the rate guard trips.
+pub const LOCK_PAUSE: Duration = Duration::from_secs(5);
 
 /// How often the in-flight waits are scanned for stuck waiters.
 pub const STUCK_SCAN: Duration = Duration::from_millis(250);
@@ -65,6 +75,14 @@ pub struct Session {
     stuck: StuckWaits,
     /// Map probes and their fatal-event ring buffer; None with `--maps off`.
     maps: Option<MapsState>,
+    /// Decides when the lock probes must pause; with what to re-attach them.
+    guard: RateGuard,
+    reattach: (PathBuf, Scope, bool),
+    locks_paused: bool,
+    /// TCP flow tracing; None when off or when the kernel lacks the hooks.
+    tcp: Option<TcpTracing>,
+    /// Why TCP flows are not traced, when they are not.
+    tcp_off_reason: Option<String>,
     /// Keeps BPF statistics enabled for the session when asked for.
     _stats_fd: Option<std::os::fd::OwnedFd>,
 }
@@ -103,6 +121,20 @@ impl Session {
             opts.maps,
             &opts.maps_sites,
         )?;
+        // TCP hooks are kernel-wide tracepoints filtered to this pid; a kernel
+        // without them loses only the flow view, not the session.
+        let (tcp, tcp_off_reason) = if opts.tcp {
+            match attach_tcp(&mut tracer, &[pid]) {
+                Ok(t) => (Some(t), None),
+                Err(e) => {
+                    let why = format!("TCP flows not traced: {e:#}");
+                    tracing::warn!("{why}");
+                    (None, Some(why))
+                }
+            }
+        } else {
+            (None, Some("TCP flows not traced: --tcp off".into()))
+        };
         for p in probes.iter().filter(|p| p.status == "missing") {
             tracing::info!("{}", p.reason.as_deref().unwrap_or(""));
         }
@@ -123,6 +155,11 @@ impl Session {
             data_syms: OnceCell::new(),
             stuck: StuckWaits::default(),
             maps,
+            guard: RateGuard::new(opts.max_lock_rate, LOCK_PAUSE),
+            reattach: (attach_path.to_path_buf(), scope, opts.holders),
+            locks_paused: false,
+            tcp,
+            tcp_off_reason,
             _stats_fd: stats_fd,
         })
     }
@@ -157,9 +194,47 @@ impl Session {
             .name_of(addr.wrapping_sub(bias))
     }
 
-    /// Scans the waits in progress for stuck waiters; call every [`STUCK_SCAN`].
+    /// Applies the rate guard: detaches the lock probes while contended waits
+    /// come faster than the limit, and re-attaches them after a pause.
+    fn guard_locks(&mut self) {
+        let Ok(count) = self.tracer.lock_wait_count() else {
+            return;
+        };
+        match self.guard.observe(Instant::now(), count) {
+            Action::Keep => {}
+            Action::Pause => {
+                tracing::warn!(
+                    "more than {} contended waits/s: pausing lock probes for {}s to protect the program",
+                    self.guard.limit(),
+                    LOCK_PAUSE.as_secs()
+                );
+                match self.tracer.detach_locks() {
+                    Ok(()) => self.locks_paused = true,
+                    Err(e) => tracing::warn!("could not pause lock probes: {e:#}"),
+                }
+            }
+            Action::Resume => {
+                let (path, scope, holders) = self.reattach.clone();
+                let statuses = self.tracer.attach_locks(&self.bin, &path, scope, holders);
+                if let Some(f) = statuses.iter().find(|p| p.status == "failed") {
+                    tracing::warn!(
+                        "re-attaching lock probes failed: {}",
+                        f.reason.as_deref().unwrap_or("")
+                    );
+                }
+                self.locks_paused = false;
+            }
+        }
+    }
+
+    /// Scans the waits in progress for stuck waiters and applies the rate
+    /// guard; call every [`STUCK_SCAN`].
     pub fn scan_stuck(&mut self, threshold: Duration) {
         self.poll_maps();
+        self.guard_locks();
+        if self.locks_paused {
+            return;
+        }
         let Ok(inflight) = self.tracer.lock_inflight() else {
             return;
         };
@@ -188,8 +263,26 @@ impl Session {
         }
     }
 
-    /// The report as of now.
-    pub fn report(&self) -> Result<Report> {
+    /// The report as of now. Collecting TCP flows moves closed flows out of the
+    /// kernel's table, hence `&mut`.
+    pub fn report(&mut self) -> Result<Report> {
+        let tcp = match self.tcp.as_mut() {
+            Some(t) => Some(t.report(&mut self.tracer)?),
+            None => None,
+        };
+        let mut report = self.build_report()?;
+        report.tcp = tcp;
+        let (pauses, paused) = self.guard.paused(Instant::now());
+        report.lock_probe_pauses = (pauses > 0).then(|| LockPauses {
+            pauses,
+            paused_ns: paused.as_nanos() as u64,
+            limit_per_sec: self.guard.limit(),
+        });
+        report.tcp_off = self.tcp_off_reason.clone();
+        Ok(report)
+    }
+
+    fn build_report(&self) -> Result<Report> {
         let waits = self.tracer.lock_waits()?;
         let stuck: Vec<_> = self.stuck.iter().cloned().collect();
         let bias = self.bias(
@@ -272,6 +365,9 @@ impl Session {
                 .unwrap_or_default(),
             maps_lost,
             map_op_hits: map_hits,
+            tcp: None,
+            tcp_off: None,
+            lock_probe_pauses: None,
             bpf_stats: if self._stats_fd.is_some() {
                 self.tracer.program_stats()
             } else {

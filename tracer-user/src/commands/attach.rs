@@ -22,7 +22,7 @@ pub async fn attach(pid: u32, duration: Option<Duration>, out: &OutputOptions) -
     let bin = GoBinary::open(&exe_link).with_context(|| format!("pid {pid} ({exe})"))?;
     privileges::check()?;
     kernelfs::ensure_tracefs()?;
-    let tracer = Tracer::load()?;
+    let tracer = Tracer::load_with(out.tcp)?;
     let mut session = Session::start(tracer, bin, &exe_link, pid, exe, Scope::Pid(pid), out)?;
 
     let deadline = duration.map(|d| Instant::now() + d);

@@ -64,7 +64,7 @@ pub async fn run(program: &Path, args: &[OsString], out: &OutputOptions) -> Resu
     let bin = GoBinary::open(&path).with_context(|| format!("{}", path.display()))?;
     privileges::check()?;
     kernelfs::ensure_tracefs()?;
-    let tracer = Tracer::load()?;
+    let tracer = Tracer::load_with(out.tcp)?;
 
     // `Command::spawn` returns only once the child has exec'd, so the child
     // reports its pid through a second pipe before it blocks on the gate.
