@@ -53,7 +53,27 @@ pub const LOST_CONFLICT: u32 = 1;
 pub const LOST_GROWTH: u32 = 2;
 /// Operations not aggregated because `MAP_OPS` was full.
 pub const LOST_OPS: u32 = 3;
-pub const LOST_SLOTS: u32 = 4;
+/// sync.Map calls not counted because `SYNC_MAP_CALLS` was full.
+pub const LOST_SYNC_MAP: u32 = 4;
+pub const LOST_SLOTS: u32 = 5;
+
+/// sync.Map method probed (deep tier), in the low byte of the
+/// `sync_map_call` attach cookie. `Store` and `Delete` are not functions of
+/// their own in the binaries (they compile to calls of `Swap` and
+/// `LoadAndDelete`), so they are counted with those.
+pub const SM_LOAD: u32 = 1;
+pub const SM_STORE_SWAP: u32 = 2;
+pub const SM_LOAD_OR_STORE: u32 = 3;
+pub const SM_DELETE_LOAD_AND_DELETE: u32 = 4;
+pub const SM_COMPARE_AND_SWAP: u32 = 5;
+pub const SM_COMPARE_AND_DELETE: u32 = 6;
+pub const SM_RANGE: u32 = 7;
+pub const SM_CLEAR: u32 = 8;
+/// Classic sync.Map (Go ≤ 1.23) slow paths: a lookup that missed the
+/// read-only part, and a copy of the read-only part into a new dirty map.
+pub const SM_MISS_LOCKED: u32 = 9;
+pub const SM_DIRTY_LOCKED: u32 = 10;
+pub const SM_METHODS: u32 = 11;
 
 /// Per traced process: what the probes need to know about its binary.
 /// Presence in `MAP_CONFIG` is also the pid filter of every map probe.
@@ -190,6 +210,16 @@ pub struct ConflictStats {
     pub goid_b: u64,
 }
 
+/// sync.Map call count key: one per process, map (the receiver) and method.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct SyncMapKey {
+    pub tgid: u32,
+    /// `SM_*`.
+    pub method: u32,
+    pub map: u64,
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: all are repr(C), contain only integers, and have no implicit padding.
@@ -202,4 +232,5 @@ mod pod {
     unsafe impl aya::Pod for super::OpInflight {}
     unsafe impl aya::Pod for super::ConflictKey {}
     unsafe impl aya::Pod for super::ConflictStats {}
+    unsafe impl aya::Pod for super::SyncMapKey {}
 }

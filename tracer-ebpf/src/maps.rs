@@ -27,8 +27,9 @@ use tracer_common::{
     maps::{
         CALL_INSN_LEN, ConflictKey, ConflictStats, EVENT_FATAL, FATAL_MSG_LEN, FLAG_DEEP_ARMED,
         FatalEvent, GROW_ARG0, GROW_ARG1, GROW_ARG2, GrowthKey, GrowthStats, ITER_MAP_OFFSET,
-        LOST_CONFLICT, LOST_FATAL, LOST_GROWTH, LOST_OPS, LOST_SLOTS, MapActive, MapKey,
-        MapsConfig, OP_AT_CALL_SITE, OP_ITERATE, OP_ITERATE_NEXT, OpInflight, OpSide, is_write,
+        LOST_CONFLICT, LOST_FATAL, LOST_GROWTH, LOST_OPS, LOST_SLOTS, LOST_SYNC_MAP, MapActive,
+        MapKey, MapsConfig, OP_AT_CALL_SITE, OP_ITERATE, OP_ITERATE_NEXT, OpInflight, OpSide,
+        SyncMapKey, is_write,
     },
 };
 
@@ -79,6 +80,10 @@ static MAP_OP_GS: LruHashMap<WaiterKey, u8> = LruHashMap::with_max_entries(65536
 #[map]
 static MAP_CONFLICTS: PerCpuHashMap<ConflictKey, ConflictStats> =
     PerCpuHashMap::with_max_entries(4096, 0);
+
+/// Deep tier: sync.Map calls per (process, method, map), per CPU.
+#[map]
+static SYNC_MAP_CALLS: PerCpuHashMap<SyncMapKey, u64> = PerCpuHashMap::with_max_entries(8192, 0);
 
 /// A zeroed `WaitStats`, too large to build on the 512-byte BPF stack.
 #[map]
@@ -513,6 +518,33 @@ pub fn map_op_exit(ctx: ProbeContext) -> u32 {
     }
     if let Some(slot) = stats.hist.get_mut(hist_slot(took)) {
         *slot += 1;
+    }
+    0
+}
+
+/// Entry of a sync.Map method (deep tier): counts the call per (map, method).
+/// The receiver is argument 0 both for `sync.(*Map).*` and for the
+/// `internal/sync.(*HashTrieMap[...]).*` methods of Go ≥ 1.24 (the generic
+/// dictionary comes second).
+#[uprobe]
+pub fn sync_map_call(ctx: ProbeContext) -> u32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if config(tgid).is_none() {
+        return 0;
+    }
+    let key = SyncMapKey {
+        tgid,
+        method: cookie(&ctx) & 0xff,
+        map: arg(&ctx, 0),
+    };
+    if let Some(c) = SYNC_MAP_CALLS.get_ptr_mut(key) {
+        // SAFETY: per-CPU value, only this CPU writes it.
+        unsafe { *c += 1 };
+        return 0;
+    }
+    // A key another CPU created is updated in this CPU's slot only.
+    if SYNC_MAP_CALLS.insert(key, 1u64, 0).is_err() {
+        lost(LOST_SYNC_MAP);
     }
     0
 }

@@ -77,6 +77,8 @@ pub struct Report {
     pub map_probes: Vec<ProbeStatus>,
     /// Maps seen by the map probes (growth always; operations with `--maps deep`).
     pub maps: Vec<MapReport>,
+    /// sync.Map instances, their call mix and advice; only with `--maps deep`.
+    pub sync_maps: Vec<crate::maps::syncmap::SyncMapReport>,
     /// Map records the kernel could not keep; null with `--maps off`.
     pub maps_lost: Option<MapsLost>,
     /// Map operations counted with `--maps deep` (two probe hits each).
@@ -197,6 +199,7 @@ impl Report {
         }
         self.findings_table(&mut out);
         crate::maps::table::table(&self.maps, limit, &mut out);
+        crate::maps::syncmap::table(&self.sync_maps, limit, &mut out);
         self.locks_table(limit, &mut out);
         self.tcp_table(limit, &mut out);
         out

@@ -336,15 +336,15 @@ impl Session {
             })
             .collect();
         // Map findings first: a crash or a data race matters more than a slow lock.
-        let (map_rows, maps_lost, map_hits) = match maps {
+        let (map_rows, maps_lost, map_hits, sync_maps) = match maps {
             Some(m) => {
                 findings.splice(
                     0..0,
                     m.findings.into_iter().map(|f| AnyFinding::Map(Box::new(f))),
                 );
-                (m.maps, Some(m.lost), Some(m.op_hits))
+                (m.maps, Some(m.lost), Some(m.op_hits), m.sync_maps)
             }
-            None => (vec![], None, None),
+            None => (vec![], None, None, vec![]),
         };
         Ok(Report {
             target: Target {
@@ -358,6 +358,7 @@ impl Session {
             holders,
             findings,
             maps: map_rows,
+            sync_maps,
             map_probes: self
                 .maps
                 .as_ref()

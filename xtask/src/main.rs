@@ -35,7 +35,7 @@ enum Cmd {
     Demo,
     /// Setup, then measure traced against untraced workloads side by side.
     Bench {
-        /// Which benchmarks: locks, analysis or all.
+        /// Which benchmarks: locks, maps, analysis or all.
         #[arg(default_value = "all")]
         what: String,
     },

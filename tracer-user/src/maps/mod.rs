@@ -14,6 +14,7 @@ pub mod probes;
 pub mod read;
 pub mod report;
 pub mod sites;
+pub mod syncmap;
 pub mod table;
 
 use std::path::Path;
@@ -103,6 +104,7 @@ impl MapsState {
             } else {
                 probes::attach_sites(tracer, &mut mp, bin, path, scope, sites)
             });
+            statuses.push(syncmap::attach(tracer, bin, path, scope));
         }
         if let Some(failed) = statuses.iter().find(|p| p.status == "failed") {
             bail!(

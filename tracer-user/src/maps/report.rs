@@ -5,8 +5,8 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use anyhow::Result;
 use serde::Serialize;
 use tracer_common::maps::{
-    LOST_CONFLICT, LOST_FATAL, LOST_GROWTH, LOST_OPS, OP_CLEAR, OP_DELETE, OP_ITERATE, OP_READ,
-    OP_WRITE, is_write,
+    LOST_CONFLICT, LOST_FATAL, LOST_GROWTH, LOST_OPS, LOST_SYNC_MAP, OP_CLEAR, OP_DELETE,
+    OP_ITERATE, OP_READ, OP_WRITE, is_write,
 };
 
 use super::{
@@ -135,6 +135,8 @@ pub struct MapsLost {
     pub overlaps: u64,
     pub growth_events: u64,
     pub ops: u64,
+    /// sync.Map calls not counted (`--maps deep`).
+    pub sync_map_calls: u64,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -145,6 +147,8 @@ pub struct MapsReport {
     pub lost: MapsLost,
     /// Map operations counted (deep tier): each was two probe hits.
     pub op_hits: u64,
+    /// sync.Map instances and their call mix (deep tier).
+    pub sync_maps: Vec<super::syncmap::SyncMapReport>,
 }
 
 /// Symbolizes map records of one process.
@@ -391,8 +395,10 @@ pub fn build(
             overlaps: lost[LOST_CONFLICT as usize],
             growth_events: lost[LOST_GROWTH as usize],
             ops: lost[LOST_OPS as usize],
+            sync_map_calls: lost[LOST_SYNC_MAP as usize],
         },
         op_hits,
+        sync_maps: super::syncmap::build(&super::syncmap::read_calls(tracer)?),
     })
 }
 
