@@ -219,15 +219,30 @@ impl Report {
             let _ = writeln!(out, "no lock contention recorded");
             return;
         }
+        // Wide enough for the longest lock name shown (global names can be long).
+        let w = self
+            .locks
+            .iter()
+            .take(limit)
+            .map(|l| l.name.as_deref().unwrap_or(&l.address).len())
+            .chain(
+                self.holders
+                    .iter()
+                    .take(limit)
+                    .map(|h| h.name.as_deref().unwrap_or(&h.address).len()),
+            )
+            .max()
+            .unwrap_or(0)
+            .clamp(16, 48);
         let _ = writeln!(
             out,
-            "{:<16} {:<13} {:>11} {:>10} {:>9} {:>9} {:>9}  CALL SITE",
+            "{:<w$} {:<13} {:>11} {:>10} {:>9} {:>9} {:>9}  CALL SITE",
             "LOCK", "KIND", "CONTENTIONS", "TOTAL", "P50", "P99", "MAX"
         );
         for l in self.locks.iter().take(limit) {
             let _ = writeln!(
                 out,
-                "{:<16} {:<13} {:>11} {:>10} {:>9} {:>9} {:>9}  {}",
+                "{:<w$} {:<13} {:>11} {:>10} {:>9} {:>9} {:>9}  {}",
                 l.name.as_deref().unwrap_or(&l.address),
                 l.kind,
                 l.contentions,
@@ -243,7 +258,7 @@ impl Report {
             for h in self.holders.iter().take(limit) {
                 let _ = writeln!(
                     out,
-                    "{:<16} {:<13} {:>11}  {}",
+                    "{:<w$} {:<13} {:>11}  {}",
                     h.name.as_deref().unwrap_or(&h.address),
                     h.kind,
                     h.wakeups,

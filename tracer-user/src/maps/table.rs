@@ -50,9 +50,25 @@ pub fn findings_table(findings: &[&MapFinding], out: &mut String) {
     }
 }
 
+/// Growth rows of maps that never reached this many entries are left out of the table.
+const SMALL_MAP: u64 = 1024;
+
 /// The map rows: operations (deep tier) and growth.
 pub fn table(maps: &[MapReport], limit: usize, out: &mut String) {
-    if maps.is_empty() {
+    // Growth of a map that never held many entries is allocation, not a
+    // memory-growth suspect (and small maps' addresses are reused after GC):
+    // such rows stay in the JSON but not in the table.
+    let (shown, hidden): (Vec<&MapReport>, Vec<&MapReport>) = maps
+        .iter()
+        .partition(|m| !m.ops.is_empty() || m.max_count_at_growth.unwrap_or(0) >= SMALL_MAP);
+    if !hidden.is_empty() {
+        let _ = writeln!(
+            out,
+            "  {} map(s) that grew but never held {SMALL_MAP}+ entries not shown (see --json-report)",
+            hidden.len()
+        );
+    }
+    if shown.is_empty() {
         return;
     }
     let _ = writeln!(
@@ -60,7 +76,7 @@ pub fn table(maps: &[MapReport], limit: usize, out: &mut String) {
         "{:<16} {:<8} {:>9} {:>9} {:>9} {:>7}  SITE",
         "MAP", "OP", "COUNT", "P50", "P99", "GOROUT"
     );
-    for m in maps.iter().take(limit) {
+    for m in shown.into_iter().take(limit) {
         for o in &m.ops {
             let _ = writeln!(
                 out,
