@@ -320,3 +320,16 @@ pub fn marker_line(fixture: &str, marker: &str) -> Result<u32> {
         .map(|i| i as u32 + 1)
         .with_context(|| format!("marker {marker} not in {fixture}"))
 }
+
+/// Parses `key=value` from a fixture's result line (the last line starting `done `).
+pub fn fixture_value<T: std::str::FromStr>(stdout: &str, key: &str) -> Result<T> {
+    let line = stdout
+        .lines()
+        .rfind(|l| l.starts_with("done "))
+        .with_context(|| format!("fixture printed no result line:\n{stdout}"))?;
+    line.split_whitespace()
+        .find_map(|kv| kv.strip_prefix(key).and_then(|r| r.strip_prefix('=')))
+        .with_context(|| format!("no {key}= in {line}"))?
+        .parse()
+        .map_err(|_| anyhow::anyhow!("bad {key}= value in {line}"))
+}

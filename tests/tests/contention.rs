@@ -7,26 +7,13 @@
 use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 use tracer_tests::{
-    Variant, build_fixture, classic_and_swiss, go_toolchains, marker_line,
+    Variant, build_fixture, classic_and_swiss, fixture_value, go_toolchains, marker_line,
     privileged_tests_enabled, run_tracer,
 };
 
 const GOROUTINES: u64 = 4;
 const ITERATIONS: u64 = 50;
 const HOLD_MS: u64 = 2;
-
-/// Parses `key=value` from the fixture's last line.
-fn fixture_value(stdout: &str, key: &str) -> Result<u64> {
-    let line = stdout
-        .lines()
-        .rfind(|l| l.starts_with("done "))
-        .with_context(|| format!("fixture printed no result line:\n{stdout}"))?;
-    line.split_whitespace()
-        .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
-        .with_context(|| format!("no {key}= in {line}"))?
-        .parse()
-        .context("parsing fixture value")
-}
 
 fn locks(report: &Value) -> Vec<Value> {
     report["locks"].as_array().cloned().unwrap_or_default()
@@ -74,8 +61,8 @@ fn contended_mutex_waits_match_the_programs_own_measurement() -> Result<()> {
             let rows = locks(report);
             let contentions = sum(&rows, "contentions");
             let total = sum(&rows, "wait_ns_total");
-            let own_wait = fixture_value(&out.stdout, "wait_ns")?;
-            let counter = fixture_value(&out.stdout, "counter")?;
+            let own_wait = fixture_value::<u64>(&out.stdout, "wait_ns")?;
+            let counter = fixture_value::<u64>(&out.stdout, "counter")?;
             ensure!(
                 counter == GOROUTINES * ITERATIONS,
                 "program lost updates: {ctx}"
@@ -97,7 +84,7 @@ fn contended_mutex_waits_match_the_programs_own_measurement() -> Result<()> {
             // the time the lock was held), and a contended wait lasts until the
             // holder's hold ends, so the total exceeds one hold.
             let hold_ns = HOLD_MS * 1_000_000;
-            let elapsed = fixture_value(&out.stdout, "elapsed_ns")?;
+            let elapsed = fixture_value::<u64>(&out.stdout, "elapsed_ns")?;
             ensure!(
                 elapsed >= GOROUTINES * ITERATIONS * hold_ns,
                 "fixture ran too fast: {ctx}"
@@ -242,7 +229,7 @@ fn stack_growth_under_probes_never_harms_the_program() -> Result<()> {
             "program did not exit 0 under probes: {ctx}"
         );
         ensure!(
-            fixture_value(&out.stdout, "counter")? == 8 * 40,
+            fixture_value::<u64>(&out.stdout, "counter")? == 8 * 40,
             "program state damaged: {ctx}"
         );
         let report = out.report.context("no report")?;

@@ -4,7 +4,8 @@
 use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 use tracer_tests::{
-    Variant, build_fixture, classic_and_swiss, marker_line, privileged_tests_enabled, run_tracer,
+    Variant, build_fixture, classic_and_swiss, fixture_value, marker_line,
+    privileged_tests_enabled, run_tracer,
 };
 
 fn run_locks(version_bin: &str, mode: &str, extra: &[&str]) -> Result<(Value, String)> {
@@ -204,20 +205,6 @@ fn lock_held_across_sleep_gives_stuck_waits_that_end() -> Result<()> {
     Ok(())
 }
 
-/// Parses `key=value` from the fixture's result line.
-fn fixture_value(stdout: &str, key: &str) -> Result<f64> {
-    stdout
-        .lines()
-        .rfind(|l| l.starts_with("done "))
-        .and_then(|l| {
-            l.split_whitespace()
-                .find_map(|kv| kv.strip_prefix(&format!("{key}=")))
-        })
-        .with_context(|| format!("no {key}= in:\n{stdout}"))?
-        .parse()
-        .context("fixture value")
-}
-
 #[test]
 fn totals_agree_with_gos_own_block_profile() -> Result<()> {
     if !privileged_tests_enabled("blockprofile") {
@@ -248,12 +235,12 @@ fn totals_agree_with_gos_own_block_profile() -> Result<()> {
             (
                 "Mutex",
                 total(&["mutex"]),
-                fixture_value(&out.stdout, "block_mutex_ns")?,
+                fixture_value::<f64>(&out.stdout, "block_mutex_ns")?,
             ),
             (
                 "RWMutex",
                 total(&["rwmutex_read", "rwmutex_write"]),
-                fixture_value(&out.stdout, "block_rw_ns")?,
+                fixture_value::<f64>(&out.stdout, "block_rw_ns")?,
             ),
         ];
         for (what, ours, go) in checks {

@@ -109,6 +109,40 @@ impl Symbolizer<'_> {
     }
 }
 
+/// A lock event placed in the program: report kind, lock address, the stack
+/// from the call site outward, and the call site itself.
+pub struct Located {
+    pub kind: &'static str,
+    pub address: u64,
+    pub stack: Vec<Site>,
+    pub site: Site,
+}
+
+impl Symbolizer<'_> {
+    /// Symbolizes one recorded lock event (wait, unlock or wait in flight).
+    pub fn locate(
+        &self,
+        kind: u32,
+        lock_addr: u64,
+        caller_pc: u64,
+        stack: Option<&[u64]>,
+    ) -> Located {
+        let (all, first_user) = self.wait_stack(caller_pc, stack);
+        let (kind, address) = classify(kind, lock_addr, &all[..first_user]);
+        let stack: Vec<Site> = all.into_iter().skip(first_user).take(16).collect();
+        let site = stack
+            .first()
+            .cloned()
+            .unwrap_or_else(|| Site::unknown(caller_pc));
+        Located {
+            kind,
+            address,
+            stack,
+            site,
+        }
+    }
+}
+
 /// The load bias of a PIE, from one stack whose frame 0 is the probed function's
 /// entry. Biases are page-aligned, which absorbs an IP reported one byte past the
 /// breakpoint.
@@ -137,14 +171,17 @@ pub fn build_rows(
 ) -> Vec<LockRow> {
     let mut merged: BTreeMap<(u32, u64, &'static str, Site), LockRow> = BTreeMap::new();
     for (k, lat) in waits {
-        let stack = stack_of(k.stack_id);
-        let (all, first_user) = sym.wait_stack(k.caller_pc, stack.as_deref());
-        let (kind, address) = classify(k.kind, k.lock_addr, &all[..first_user]);
-        let frames: Vec<Site> = all.into_iter().skip(first_user).take(16).collect();
-        let site = frames
-            .first()
-            .cloned()
-            .unwrap_or_else(|| Site::unknown(k.caller_pc));
+        let Located {
+            kind,
+            address,
+            stack: frames,
+            site,
+        } = sym.locate(
+            k.kind,
+            k.lock_addr,
+            k.caller_pc,
+            stack_of(k.stack_id).as_deref(),
+        );
         let row = merged
             .entry((k.tgid, address, kind, site.clone()))
             .or_insert_with(|| LockRow {
@@ -270,14 +307,17 @@ pub fn build_holders(
 ) -> Vec<HolderRow> {
     let mut merged: BTreeMap<(u32, u64, &'static str, Site), HolderRow> = BTreeMap::new();
     for (k, n) in wakes {
-        let stack = stack_of(k.stack_id);
-        let (all, first_user) = sym.wait_stack(k.caller_pc, stack.as_deref());
-        let (kind, address) = classify(k.kind, k.lock_addr, &all[..first_user]);
-        let frames: Vec<Site> = all.into_iter().skip(first_user).take(16).collect();
-        let site = frames
-            .first()
-            .cloned()
-            .unwrap_or_else(|| Site::unknown(k.caller_pc));
+        let Located {
+            kind,
+            address,
+            stack: frames,
+            site,
+        } = sym.locate(
+            k.kind,
+            k.lock_addr,
+            k.caller_pc,
+            stack_of(k.stack_id).as_deref(),
+        );
         merged
             .entry((k.tgid, address, kind, site.clone()))
             .or_insert_with(|| HolderRow {

@@ -14,8 +14,7 @@ use anyhow::{Context, Result};
 
 use crate::{
     contention::{
-        Site, Symbolizer, bias_from_entry_frame, build_holders, build_rows, classify,
-        waiters_by_site,
+        Located, Symbolizer, bias_from_entry_frame, build_holders, build_rows, waiters_by_site,
     },
     datasyms::DataSymbols,
     gobin::GoBinary,
@@ -316,9 +315,17 @@ impl Session {
             .iter()
             .map(|w| {
                 let stack = self.tracer.lock_stack(w.rec.stack_id);
-                let (all, first_user) = sym.wait_stack(w.rec.caller_pc, stack.as_deref());
-                let (kind, address) = classify(w.rec.kind, w.rec.lock_addr, &all[..first_user]);
-                let frames: Vec<Site> = all.into_iter().skip(first_user).take(16).collect();
+                let Located {
+                    kind,
+                    address,
+                    stack: frames,
+                    ..
+                } = sym.locate(
+                    w.rec.kind,
+                    w.rec.lock_addr,
+                    w.rec.caller_pc,
+                    stack.as_deref(),
+                );
                 AnyFinding::Lock(Finding {
                     kind: "stuck_lock_wait",
                     pid: w.key.tgid,
