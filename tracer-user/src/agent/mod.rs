@@ -1,0 +1,3 @@
+//! `tracer agent`: trace every Go process on the node and publish what it
+//! sees through a [`hub::Hub`] to the gRPC API, Prometheus and `tracer top`.
+pub mod hub;
