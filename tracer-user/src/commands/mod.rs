@@ -1,4 +1,5 @@
 //! The `tracer` subcommands.
+pub mod agent;
 pub mod attach;
 pub mod inspect;
 pub mod run;
