@@ -143,9 +143,8 @@ struct AgentArgs {
     /// Sites kept as Prometheus label values; the rest are summed as `other`.
     #[arg(long, default_value_t = 50)]
     metrics_top_sites: usize,
-    /// On exit, write the last snapshot and all findings as JSON to PATH.
-    #[arg(long, value_name = "PATH")]
-    json_report: Option<PathBuf>,
+    /// Per-process tracing choices; `--json-report PATH` writes the last
+    /// snapshot and every finding on exit.
     #[command(flatten)]
     output: Output,
 }
@@ -170,7 +169,7 @@ fn agent_command(a: AgentArgs) -> anyhow::Result<(AgentOptions, Frontends)> {
         tls_key: a.tls_key,
         tls_client_ca: a.tls_client_ca,
         metrics_top_sites: a.metrics_top_sites,
-        json_report: a.json_report,
+        json_report: a.output.json_report.clone(),
     };
     let opts = AgentOptions {
         node,

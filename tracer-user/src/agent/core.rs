@@ -16,6 +16,7 @@ use std::{
 use anyhow::{Context, Result};
 
 use super::{
+    deep::{self, DeepTrace},
     discovery::{self, BinaryCache, Event, Kind, ProcEvents},
     hub::{
         AgentInfo, Command, Health, HookInfo, HubWriter, Labels, NodeSnapshot, ProcState,
@@ -24,8 +25,10 @@ use super::{
 };
 use crate::{
     gobin::GoBinary,
-    kernelfs, privileges,
-    probes::{Scope, Tracer},
+    kernelfs,
+    maps::MapsReport,
+    privileges,
+    probes::{ProbeStatus, Scope, Tracer},
     procfs,
     report::{AnyFinding, Report},
     session::{OutputOptions, STUCK_SCAN, Session},
@@ -167,6 +170,10 @@ struct Traced {
     closed_flows: VecDeque<FlowReport>,
     /// Totals of closed flows no longer listed, so counters never go back.
     closed_totals: FlowTotals,
+    /// A deep map trace running on this process, and the last results of
+    /// one (kept after it ends).
+    deep: Option<DeepTrace>,
+    deep_result: Option<MapsReport>,
 }
 
 /// A process that exited: its last report, kept a while so clients that
@@ -197,6 +204,10 @@ pub struct Agent {
     started: Instant,
     /// Go processes gone before their probes were live.
     missed: u64,
+    /// Binaries being analysed, with the processes waiting for them.
+    jobs: HashMap<(u64, u64), Vec<Waiter>>,
+    job_tx: tokio::sync::mpsc::UnboundedSender<JobDone>,
+    job_rx: tokio::sync::mpsc::UnboundedReceiver<JobDone>,
 }
 
 fn unix_now_ns() -> u64 {
@@ -256,6 +267,7 @@ impl Agent {
     /// Loads the node-wide programs and publishes the agent's info.
     pub fn start(opts: AgentOptions, hub: HubWriter) -> Result<(Self, ProcEvents)> {
         privileges::check()?;
+        let (job_tx, job_rx) = tokio::sync::mpsc::unbounded_channel();
         kernelfs::ensure_tracefs()?;
         let mut shared = Tracer::load_sized(opts.session.tcp, SHARED_TABLES)
             .context("loading the agent's node-wide eBPF programs")?;
@@ -330,6 +342,9 @@ impl Agent {
                 generation: 0,
                 started: Instant::now(),
                 missed: 0,
+                jobs: HashMap::new(),
+                job_tx,
+                job_rx,
             },
             events,
         ))
@@ -337,6 +352,10 @@ impl Agent {
 
     /// Looks at `pid` (found by the scan, or just exec'd at `exec_ns`
     /// CLOCK_MONOTONIC) and traces it if it is a selected Go process.
+    ///
+    /// Only cheap work happens here: a binary seen for the first time is
+    /// analysed, and its probes placed, on a blocking thread, so the execs of
+    /// already-known binaries queued meanwhile are handled within a few ms.
     pub fn consider(&mut self, pid: u32, exec_ns: Option<u64>) {
         let seen_ns = exec_ns.unwrap_or_else(monotonic_ns);
         if self.traced.contains_key(&pid) {
@@ -345,45 +364,138 @@ impl Agent {
             }
             // The process replaced its image: the old probes are for the old binary.
             self.exited(pid);
+            self.retire_one(pid, None);
         }
         if pid == std::process::id() {
             return;
         }
-        let t0 = Instant::now();
-        let classified = tokio::task::block_in_place(|| self.binaries.classify(pid));
-        let classify_time = t0.elapsed();
-        let Ok(((dev, ino), Kind::Go(bin, file))) = classified else {
-            // Gone already, not readable, or not Go: nothing to trace.
+        let Ok((file, devino)) = discovery::open_exe(pid) else {
+            // Gone already, or not readable: nothing to trace.
             return;
         };
-        let comm = procfs::comm(pid).unwrap_or_default();
-        let exe = procfs::exe_display(pid);
-        let (labels, ns_pid) = labels_of(pid);
-        if !self.opts.select.matches(pid, &comm, &exe, &labels) {
+        let w = Waiter::observe(pid, seen_ns, exec_ns.is_some());
+        match self.binaries.get(devino) {
+            Some(Kind::Other(_)) => {}
+            Some(Kind::Go(bin, file, path)) => self.trace(w, devino, bin, file, &path),
+            None => self.analyse(w, devino, file),
+        }
+    }
+
+    /// Starts the analysis of a new binary in the background; processes of
+    /// it that exec meanwhile wait for the result.
+    fn analyse(&mut self, w: Waiter, devino: (u64, u64), file: std::fs::File) {
+        if let Some(waiting) = self.jobs.get_mut(&devino) {
+            waiting.push(w);
             return;
         }
-        let mut info = ProcessInfo {
-            pid,
-            ns_pid,
-            comm,
-            exe: exe.clone(),
-            go_version: bin.build_info().go_version.clone(),
-            labels,
-            state: ProcState::Traced,
-            reason: None,
-            probes: vec![],
-            attach_latency_ns: 0,
-            traced_since_unix_ns: unix_now_ns(),
+        let start_for = self
+            .opts
+            .select
+            .matches(w.pid, &w.comm, &w.exe, &w.labels)
+            .then(|| (w.pid, w.exe.clone()));
+        let display: Arc<str> = w.exe.clone().into();
+        let opts = self.opts.session.clone();
+        let tx = self.job_tx.clone();
+        tokio::task::spawn_blocking(move || {
+            let t0 = Instant::now();
+            let kind = BinaryCache::analyse(file, display);
+            let analysis = t0.elapsed();
+            let session = match (&kind, start_for) {
+                (Kind::Go(bin, file, _), Some((pid, exe))) if !bin.is_pie() => Some(
+                    start_session(&opts, pid, bin.clone(), file, exe, false)
+                        .map_err(|e| format!("{e:#}")),
+                ),
+                _ => None,
+            };
+            let _ = tx.send(JobDone {
+                devino,
+                kind,
+                session,
+                analysis,
+                attach: t0.elapsed() - analysis,
+            });
+        });
+        self.jobs.insert(devino, vec![w]);
+    }
+
+    /// A binary's analysis (and first probes) finished: trace the processes
+    /// that waited for it.
+    pub fn job_done(&mut self, d: JobDone) {
+        self.binaries.insert(d.devino, d.kind.clone());
+        let waiting = self.jobs.remove(&d.devino).unwrap_or_default();
+        let Kind::Go(bin, file, path) = d.kind else {
+            return;
         };
+        tracing::info!(
+            "analysed {path} (Go {}): {:.1} ms, probes placed in {:.1} ms",
+            bin.build_info().go_version,
+            d.analysis.as_secs_f64() * 1e3,
+            d.attach.as_secs_f64() * 1e3
+        );
+        match d.session {
+            Some(Ok(session)) => {
+                self.sessions.insert(
+                    (d.devino.0, d.devino.1, 0),
+                    BinSession {
+                        session,
+                        pids: BTreeSet::new(),
+                        idle_since: Some(Instant::now()),
+                        _file: file.clone(),
+                    },
+                );
+            }
+            Some(Err(e)) => {
+                if let Some(w) = waiting.first() {
+                    self.fail(w, &bin, e);
+                }
+                return;
+            }
+            None => {}
+        }
+        for w in waiting {
+            self.trace(w, d.devino, bin.clone(), file.clone(), &path);
+        }
+    }
+
+    fn fail(&mut self, w: &Waiter, bin: &GoBinary, reason: String) {
+        tracing::warn!("pid {} ({}): not traced: {reason}", w.pid, w.comm);
+        let mut info = w.info(bin);
+        info.state = ProcState::Failed;
+        info.reason = Some(reason);
+        self.remember_failed(info);
+    }
+
+    /// Traces a process of a Go binary already analysed.
+    fn trace(
+        &mut self,
+        mut w: Waiter,
+        (dev, ino): (u64, u64),
+        bin: Arc<GoBinary>,
+        file: Arc<std::fs::File>,
+        path: &str,
+    ) {
+        if w.exe == "?" {
+            // Gone already: show what the binary's first process showed.
+            path.clone_into(&mut w.exe);
+        }
+        if !self.opts.select.matches(w.pid, &w.comm, &w.exe, &w.labels) {
+            return;
+        }
+        if !procfs::is_alive(w.pid) {
+            // Exited before its probes could be live (first run of a binary
+            // shorter than its analysis): nothing of it was recorded.
+            self.missed += 1;
+            return;
+        }
         if self.traced.len() >= self.opts.max_processes {
-            info.state = ProcState::Failed;
-            info.reason = Some(format!(
+            let why = format!(
                 "not traced: already tracing {} processes (--max-processes)",
                 self.opts.max_processes
-            ));
-            self.remember_failed(info);
+            );
+            self.fail(&w, &bin, why);
             return;
         }
+        let pid = w.pid;
         let key = (dev, ino, if bin.is_pie() { pid } else { 0 });
         let attached = match self.sessions.get_mut(&key) {
             // Probes are live on this binary already: one kernel table
@@ -393,95 +505,70 @@ impl Agent {
                 bs.idle_since = None;
                 bs.session.probes.clone()
             }),
-            None => {
-                tokio::task::block_in_place(|| self.start_session(pid, bin, &file, exe, key.2 != 0))
-                    .map(|session| {
-                        let probes = session.probes.clone();
-                        let pids = BTreeSet::from([pid]);
-                        self.sessions.insert(
-                            key,
-                            BinSession {
-                                session,
-                                pids,
-                                idle_since: None,
-                                _file: file.clone(),
-                            },
-                        );
-                        probes
-                    })
-            }
-        };
-        match attached {
-            Ok(probes) => {
-                if let Err(e) = add_tcp_pid(&mut self.shared, pid) {
-                    tracing::debug!("pid {pid}: TCP flows not traced: {e:#}");
-                }
-                info.attach_latency_ns = monotonic_ns().saturating_sub(seen_ns);
-                info.probes = probes;
-                self.go_versions.insert(info.go_version.clone());
-                tracing::info!(
-                    "tracing pid {pid} ({}, Go {}), probes live {:.1} ms after {} (binary analysis {:.1} ms, load and attach {:.1} ms)",
-                    info.comm,
-                    info.go_version,
-                    info.attach_latency_ns as f64 / 1e6,
-                    if exec_ns.is_some() {
-                        "exec"
-                    } else {
-                        "discovery"
-                    },
-                    classify_time.as_secs_f64() * 1e3,
-                    (t0.elapsed() - classify_time).as_secs_f64() * 1e3,
-                );
-                self.traced.insert(
+            // A PIE binary (one session per process), or a binary whose
+            // probes were dropped after idling: place them now.
+            None => tokio::task::block_in_place(|| {
+                start_session(
+                    &self.opts.session,
                     pid,
-                    Traced {
-                        key,
-                        info,
-                        published: HashSet::new(),
-                        closed_flows: VecDeque::new(),
-                        closed_totals: FlowTotals::default(),
+                    bin.clone(),
+                    &file,
+                    w.exe.clone(),
+                    key.2 != 0,
+                )
+            })
+            .map(|session| {
+                let probes = session.probes.clone();
+                self.sessions.insert(
+                    key,
+                    BinSession {
+                        session,
+                        pids: BTreeSet::from([pid]),
+                        idle_since: None,
+                        _file: file.clone(),
                     },
                 );
-            }
+                probes
+            }),
+        };
+        let probes = match attached {
+            Ok(p) => p,
             Err(e) => {
                 // A process that exits mid-attach is normal, not an error.
-                if !procfs::is_alive(pid) {
+                if procfs::is_alive(pid) {
+                    self.fail(&w, &bin, format!("{e:#}"));
+                } else {
                     self.missed += 1;
-                    return;
                 }
-                tracing::warn!("pid {pid} ({}): not traced: {e:#}", info.comm);
-                info.state = ProcState::Failed;
-                info.reason = Some(format!("{e:#}"));
-                self.remember_failed(info);
+                return;
             }
+        };
+        if let Err(e) = add_tcp_pid(&mut self.shared, pid) {
+            tracing::debug!("pid {pid}: TCP flows not traced: {e:#}");
         }
-    }
-
-    fn start_session(
-        &self,
-        pid: u32,
-        bin: Arc<GoBinary>,
-        file: &std::fs::File,
-        exe: String,
-        per_process: bool,
-    ) -> Result<Session> {
-        let tracer = Tracer::load_sized(false, SESSION_TABLES)?;
-        let mut opts = self.opts.session.clone();
-        // Flows are traced node-wide by the shared object.
-        opts.tcp = false;
-        Session::start(
-            tracer,
-            bin,
-            &discovery::fd_path(file),
+        let mut info = w.info(&bin);
+        info.attach_latency_ns = monotonic_ns().saturating_sub(w.seen_ns);
+        info.probes = probes;
+        self.go_versions.insert(info.go_version.clone());
+        tracing::info!(
+            "tracing pid {pid} ({}, Go {}), probes live {:.1} ms after {}",
+            info.comm,
+            info.go_version,
+            info.attach_latency_ns as f64 / 1e6,
+            if w.exec { "exec" } else { "discovery" },
+        );
+        self.traced.insert(
             pid,
-            exe,
-            if per_process {
-                Scope::Pid(pid)
-            } else {
-                Scope::AllProcesses
+            Traced {
+                key,
+                info,
+                published: HashSet::new(),
+                closed_flows: VecDeque::new(),
+                closed_totals: FlowTotals::default(),
+                deep: None,
+                deep_result: None,
             },
-            &opts,
-        )
+        );
     }
 
     fn remember_failed(&mut self, info: ProcessInfo) {
@@ -495,22 +582,46 @@ impl Agent {
     /// `pid` exited: its last numbers and findings are taken now, its
     /// kernel entries freed (with its binary's probes, when it was the last
     /// process running it), and its last report kept a while.
+    ///
+    /// Only marks it here: the report is built by the next [`Agent::retire`]
+    /// (at the next refresh), so a burst of exits never delays the handling
+    /// of the execs queued behind them.
     pub fn exited(&mut self, pid: u32) {
         self.failed.retain(|f| f.pid != pid);
-        if !self.traced.contains_key(&pid) {
-            return;
+        if let Some(t) = self.traced.get_mut(&pid)
+            && t.info.state != ProcState::Exited
+        {
+            t.info.state = ProcState::Exited;
+            tracing::info!("pid {pid} ({}) exited", t.info.comm);
         }
-        let node_tcp = self.collect_flows();
+    }
+
+    /// Builds the last report of every exited process and frees its state.
+    fn retire(&mut self, node_tcp: Option<&TcpReport>, mut events: Option<&mut ProcEvents>) {
+        let gone: Vec<u32> = self
+            .traced
+            .iter()
+            .filter(|(_, t)| t.info.state == ProcState::Exited)
+            .map(|(pid, _)| *pid)
+            .collect();
+        for pid in gone {
+            if let Some(ev) = events.as_deref_mut() {
+                let ready = ev.ready(4096);
+                self.handle(ready);
+            }
+            self.retire_one(pid, node_tcp);
+        }
+    }
+
+    fn retire_one(&mut self, pid: u32, node_tcp: Option<&TcpReport>) {
         let Some(mut t) = self.traced.remove(&pid) else {
             return;
         };
-        t.info.state = ProcState::Exited;
-        tracing::info!("pid {pid} ({}) exited", t.info.comm);
         let Some(mut bs) = self.sessions.remove(&t.key) else {
             return;
         };
         bs.session.settle_stuck();
-        let report = report_of(&self.hub, &mut bs.session, &mut t, node_tcp.as_ref());
+        let report = report_of(&self.hub, &mut bs.session, &mut t, node_tcp);
         bs.session.remove_pid(pid);
         bs.pids.remove(&pid);
         if bs.pids.is_empty() && t.key.2 != 0 {
@@ -553,9 +664,9 @@ impl Agent {
         }
         let gone: Vec<u32> = self
             .traced
-            .keys()
-            .copied()
-            .filter(|&pid| !procfs::is_alive(pid))
+            .iter()
+            .filter(|(pid, t)| t.info.state != ProcState::Exited && !procfs::is_alive(**pid))
+            .map(|(pid, _)| *pid)
             .collect();
         for pid in gone {
             self.exited(pid);
@@ -612,6 +723,7 @@ impl Agent {
     /// node does not delay the tracing of a new process.
     pub fn publish(&mut self, mut events: Option<&mut ProcEvents>) {
         let node_tcp = self.collect_flows();
+        self.retire(node_tcp.as_ref(), events.as_deref_mut());
         let mut reports = Vec::with_capacity(self.traced.len());
         let mut processes = Vec::with_capacity(self.traced.len() + self.failed.len());
         let pids: Vec<u32> = self.traced.keys().copied().collect();
@@ -645,6 +757,16 @@ impl Agent {
         let (evictions, tcp_lost) = node_tcp
             .as_ref()
             .map_or((0, 0), |t| (t.stats.evicted, t.stats.dropped_closed));
+        // Kernel-measured probe cost (non-zero with --bpf-stats).
+        let (probe_hits, bpf_run_time_ns) = if self.opts.session.bpf_stats {
+            self.sessions
+                .values()
+                .flat_map(|bs| bs.session.tracer.program_stats())
+                .chain(self.shared.program_stats())
+                .fold((0, 0), |(n, t), p| (n + p.run_count, t + p.run_time_ns))
+        } else {
+            (0, 0)
+        };
         self.generation += 1;
         let snapshot = NodeSnapshot {
             generation: self.generation,
@@ -658,8 +780,8 @@ impl Agent {
                 processes_missed: self.missed,
                 events_lost: lost + tcp_lost + discovery::lost(&self.shared),
                 map_evictions: evictions,
-                probe_hits: 0,
-                bpf_run_time_ns: 0,
+                probe_hits,
+                bpf_run_time_ns,
                 rss_bytes: own_rss(),
             },
             go_versions: self.go_versions.iter().cloned().collect(),
@@ -669,16 +791,49 @@ impl Agent {
 
     fn command(&mut self, cmd: Command) {
         match cmd {
-            Command::DeepMaps { pid, reply, .. } => {
-                let answer = if self.traced.contains_key(&pid) {
-                    Err(format!(
-                        "pid {pid}: the deep map tier is chosen when the agent starts (--maps deep); switching a running process is not supported yet"
-                    ))
-                } else {
-                    Err(format!("pid {pid} is not a traced Go process"))
-                };
-                let _ = reply.send(answer);
+            Command::DeepMaps {
+                pid,
+                duration,
+                sites,
+                reply,
+            } => {
+                let _ = reply.send(self.start_deep(pid, duration, &sites));
             }
+        }
+    }
+
+    fn start_deep(
+        &mut self,
+        pid: u32,
+        duration: Duration,
+        sites: &[String],
+    ) -> Result<Vec<ProbeStatus>, String> {
+        let Some(t) = self.traced.get_mut(&pid) else {
+            return Err(format!("pid {pid} is not a traced Go process"));
+        };
+        if let Some(d) = &t.deep
+            && !d.done()
+        {
+            return Err(format!("pid {pid}: a deep map trace is already running"));
+        }
+        let Some(bs) = self.sessions.get(&t.key) else {
+            return Err(format!("pid {pid}: its probes are gone"));
+        };
+        let bin = bs.session.bin.clone();
+        let path = discovery::fd_path(&bs._file);
+        let started = tokio::task::block_in_place(|| {
+            DeepTrace::start(bin, &path, pid, duration, sites, SESSION_TABLES)
+        });
+        match started {
+            Ok((deep, statuses)) => {
+                tracing::info!(
+                    "pid {pid}: deep map trace for {:.1}s",
+                    duration.as_secs_f64()
+                );
+                t.deep = Some(deep);
+                Ok(statuses)
+            }
+            Err(e) => Err(format!("pid {pid}: {e:#}")),
         }
     }
 
@@ -708,6 +863,21 @@ fn report_of(
             return None;
         }
     };
+    if let Some(d) = t.deep.as_mut() {
+        match tokio::task::block_in_place(|| d.report()) {
+            Ok(r) => t.deep_result = Some(r),
+            Err(e) => tracing::warn!("pid {pid}: reading the deep map trace: {e:#}"),
+        }
+        if d.done() {
+            tracing::info!("pid {pid}: deep map trace ended");
+            if let Some(d) = t.deep.take() {
+                std::thread::spawn(move || drop(d));
+            }
+        }
+    }
+    if let Some(d) = &t.deep_result {
+        deep::merge(&mut report, d);
+    }
     if let Some(node) = node_tcp {
         let mut flows: Vec<FlowReport> = t.closed_flows.iter().cloned().collect();
         flows.extend(
@@ -756,6 +926,98 @@ fn report_of(
     Some(report)
 }
 
+/// Loads an object for `bin` and places its probes: on the binary's inode
+/// for every process (filtered to the traced pids in the kernel), or for
+/// `pid` alone when `per_process`.
+fn start_session(
+    opts: &OutputOptions,
+    pid: u32,
+    bin: Arc<GoBinary>,
+    file: &std::fs::File,
+    exe: String,
+    per_process: bool,
+) -> Result<Session> {
+    let tracer = Tracer::load_sized(false, SESSION_TABLES)?;
+    let mut opts = opts.clone();
+    // Flows are traced node-wide by the shared object.
+    opts.tcp = false;
+    Session::start(
+        tracer,
+        bin,
+        &discovery::fd_path(file),
+        pid,
+        exe,
+        if per_process {
+            Scope::Pid(pid)
+        } else {
+            Scope::AllProcesses
+        },
+        &opts,
+    )
+}
+
+/// A process waiting to be traced, as seen when it was found (it may be
+/// gone by the time its binary is analysed).
+pub struct Waiter {
+    pid: u32,
+    seen_ns: u64,
+    exec: bool,
+    comm: String,
+    exe: String,
+    labels: Labels,
+    ns_pid: u32,
+}
+
+impl Waiter {
+    fn observe(pid: u32, seen_ns: u64, exec: bool) -> Self {
+        let exe = procfs::exe_display(pid);
+        let comm = procfs::comm(pid).unwrap_or_else(|| {
+            exe.rsplit('/')
+                .next()
+                .unwrap_or("")
+                .chars()
+                .take(15)
+                .collect()
+        });
+        let (labels, ns_pid) = labels_of(pid);
+        Self {
+            pid,
+            seen_ns,
+            exec,
+            comm,
+            exe,
+            labels,
+            ns_pid,
+        }
+    }
+
+    fn info(&self, bin: &GoBinary) -> ProcessInfo {
+        ProcessInfo {
+            pid: self.pid,
+            ns_pid: self.ns_pid,
+            comm: self.comm.clone(),
+            exe: self.exe.clone(),
+            go_version: bin.build_info().go_version.clone(),
+            labels: self.labels.clone(),
+            state: ProcState::Traced,
+            reason: None,
+            probes: vec![],
+            attach_latency_ns: 0,
+            traced_since_unix_ns: unix_now_ns(),
+        }
+    }
+}
+
+/// A binary's analysis, done on a blocking thread.
+pub struct JobDone {
+    devino: (u64, u64),
+    kind: Kind,
+    /// The binary's probes, placed for its first selected process.
+    session: Option<Result<Session, String>>,
+    analysis: Duration,
+    attach: Duration,
+}
+
 /// Frees a binary's object (and so detaches its probes) on another thread:
 /// the kernel takes ~0.1 s per uprobe here, and the event loop must keep
 /// handling execs meanwhile.
@@ -775,6 +1037,10 @@ pub async fn run(
         agent.consider(pid, None);
     }
     agent.publish(Some(&mut events));
+    tracing::info!(
+        "agent ready: tracing {} Go processes",
+        agent.traced_pids().len()
+    );
     let mut refresh_tick = tokio::time::interval(refresh);
     refresh_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut scan_tick = tokio::time::interval(STUCK_SCAN);
@@ -789,6 +1055,7 @@ pub async fn run(
             batch = events.next_batch(4096) => agent.handle(batch?),
             _ = &mut shutdown => break,
             _ = scan_tick.tick() => agent.scan(),
+            Some(done) = agent.job_rx.recv() => agent.job_done(done),
             _ = refresh_tick.tick() => agent.publish(Some(&mut events)),
             _ = rescan_tick.tick() => agent.rescan(),
             Some(cmd) = agent.hub.commands.recv() => agent.command(cmd),

@@ -145,9 +145,19 @@ pub enum Kind {
     /// A Go binary, with an open fd on it: probes are attached through
     /// `/proc/self/fd/N`, which works after the process that exec'd it has
     /// exited and after the file was deleted or replaced on disk.
-    Go(Arc<GoBinary>, Arc<std::fs::File>),
+    /// The path is the one its first process showed, for display.
+    Go(Arc<GoBinary>, Arc<std::fs::File>, Arc<str>),
     /// Not Go, or not analysable; with why, for the Go case's error.
     Other(Arc<str>),
+}
+
+/// Opens the binary `pid` runs through `/proc/PID/exe` (which works for
+/// binaries in other mount namespaces and deleted files), with its
+/// (device, inode).
+pub fn open_exe(pid: u32) -> std::io::Result<(std::fs::File, (u64, u64))> {
+    let file = std::fs::File::open(procfs::exe_link(pid))?;
+    let meta = file.metadata()?;
+    Ok((file, (meta.dev(), meta.ino())))
 }
 
 /// Path that opens the binary held by `file`, from this process.
@@ -176,32 +186,35 @@ impl BinaryCache {
         }
     }
 
-    /// Classifies the binary that `pid` runs, opened through `/proc/PID/exe`
-    /// so binaries in other mount namespaces and deleted files work too.
-    pub fn classify(&mut self, pid: u32) -> std::io::Result<((u64, u64), Kind)> {
-        let link = procfs::exe_link(pid);
-        let file = std::fs::File::open(&link)?;
-        let meta = file.metadata()?;
-        let key = (meta.dev(), meta.ino());
-        if let Some(k) = self.entries.get(&key) {
-            return Ok((key, k.clone()));
-        }
+    /// What is known of the binary with this (device, inode).
+    pub fn get(&self, key: (u64, u64)) -> Option<Kind> {
+        self.entries.get(&key).cloned()
+    }
+
+    /// Remembers a classification, forgetting the oldest beyond capacity.
+    pub fn insert(&mut self, key: (u64, u64), kind: Kind) {
         self.parsed += 1;
-        // Parse from the open file, not the path: the process may exit (or
-        // the file be replaced) between the stat and the read.
-        let fd_path = format!("/proc/self/fd/{}", file.as_raw_fd());
-        let kind = match GoBinary::open(std::path::Path::new(&fd_path)) {
-            Ok(b) => Kind::Go(Arc::new(b), Arc::new(file)),
-            Err(e) => Kind::Other(e.to_string().into()),
-        };
+        if let Some(e) = self.entries.get_mut(&key) {
+            *e = kind;
+            return;
+        }
         if self.order.len() == self.capacity
             && let Some(old) = self.order.pop_front()
         {
             self.entries.remove(&old);
         }
         self.order.push_back(key);
-        self.entries.insert(key, kind.clone());
-        Ok((key, kind))
+        self.entries.insert(key, kind);
+    }
+
+    /// Parses an open binary: the slow part (up to ~0.1 s for a large one).
+    /// Reads through the open fd: the process may have exited, and the file
+    /// been replaced, since it was opened.
+    pub fn analyse(file: std::fs::File, display: Arc<str>) -> Kind {
+        match GoBinary::open(&fd_path(&file)) {
+            Ok(b) => Kind::Go(Arc::new(b), Arc::new(file), display),
+            Err(e) => Kind::Other(e.to_string().into()),
+        }
     }
 
     pub fn len(&self) -> usize {
@@ -244,14 +257,16 @@ mod tests {
     #[test]
     fn cache_is_bounded_and_classifies_self_as_not_go() {
         let mut c = BinaryCache::new(1);
-        let me = std::process::id();
-        let (_, k) = c.classify(me).expect("own /proc entry");
+        let (file, key) = open_exe(std::process::id()).expect("own /proc entry");
+        let k = BinaryCache::analyse(file, "self".into());
         assert!(
             matches!(k, Kind::Other(_)),
             "the test binary is Rust, not Go"
         );
-        c.classify(me).expect("again");
-        assert_eq!(c.parsed, 1, "second lookup is a cache hit");
-        assert_eq!(c.len(), 1);
+        c.insert(key, k);
+        assert!(c.get(key).is_some());
+        c.insert((key.0, key.1 + 1), Kind::Other("x".into()));
+        assert_eq!(c.len(), 1, "capacity 1: the oldest entry went");
+        assert!(c.get(key).is_none());
     }
 }
