@@ -76,16 +76,50 @@ impl Placed {
             dirs: Vec::new(),
             unmount,
         };
-        let mut dir = root.to_path_buf();
-        for level in levels {
-            dir.push(level);
-            fs::create_dir(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
-            placed.dirs.push(dir.clone());
-        }
+        let dir = placed.mkdirs(root, levels)?;
         placed.pid = child_of(placed.unshare.id())?;
         fs::write(dir.join("cgroup.procs"), placed.pid.to_string())
             .with_context(|| format!("moving pid {} into {}", placed.pid, dir.display()))?;
         Ok(placed)
+    }
+}
+
+impl Placed {
+    /// Creates `root/levels...` one level at a time (levels that exist are
+    /// shared with an earlier tree) and returns the deepest directory.
+    fn mkdirs(&mut self, root: &Path, levels: &[String]) -> Result<PathBuf> {
+        let mut dir = root.to_path_buf();
+        for level in levels {
+            dir.push(level);
+            if !dir.is_dir() {
+                fs::create_dir(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
+                self.dirs.push(dir.clone());
+            }
+        }
+        Ok(dir)
+    }
+
+    /// `/proc/PID/cgroup` of the placed process as read by a process that sits
+    /// in the cgroup `root/levels...` and in a cgroup namespace rooted there:
+    /// the view of an agent running in a pod (Kubernetes gives every container
+    /// a private cgroup namespace on cgroup v2).
+    fn read_from_namespace(&mut self, root: &Path, levels: &[String]) -> Result<String> {
+        let reader_cgroup = self.mkdirs(root, levels)?;
+        let out = Command::new("sh")
+            .args([
+                "-c",
+                "echo $$ > \"$1/cgroup.procs\" && exec unshare --cgroup cat \"/proc/$2/cgroup\"",
+                "sh",
+            ])
+            .arg(&reader_cgroup)
+            .arg(self.pid.to_string())
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "reading from a cgroup namespace: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     }
 }
 
@@ -163,7 +197,7 @@ fn cgroup_v2_systemd_driver_containerd() -> Result<()> {
         pod_slice.clone(),
         format!("cri-containerd-{id}.scope"),
     ];
-    let placed = Placed::new(&root, &levels, unmount)?;
+    let mut placed = Placed::new(&root, &levels, unmount)?;
 
     // Ground truth: the kernel's own file names the cgroup we built.
     let raw = fs::read_to_string(format!("/proc/{}/cgroup", placed.pid))?;
@@ -186,6 +220,24 @@ fn cgroup_v2_systemd_driver_containerd() -> Result<()> {
     // The test process itself sits in no pod.
     let me = cgroup::for_pid(std::process::id())?;
     assert_eq!((me.pod_uid, me.container_id), (None, None));
+
+    // As an agent in a guaranteed pod sees it: the path climbs out of its own
+    // container cgroup with `..` and never names kubepods.slice.
+    let agent = [
+        levels[0].clone(),
+        levels[1].clone(),
+        format!("kubepods-pod{}.slice", kernel_uuid()?.replace('-', "_")),
+        format!("cri-containerd-{}.scope", container_id()?),
+    ];
+    let seen = placed.read_from_namespace(&root, &agent)?;
+    assert!(
+        seen.contains("0::/../../kubepods-burstable.slice/"),
+        "{seen}"
+    );
+    let r = cgroup::parse(&seen);
+    assert_eq!(r.pod_uid.as_deref(), Some(uid.as_str()), "{seen}");
+    assert_eq!(r.container_id.as_deref(), Some(id.as_str()), "{seen}");
+    assert_eq!(r.qos, Some("burstable"));
     Ok(())
 }
 
@@ -216,7 +268,7 @@ fn cgroup_v1_cgroupfs_driver() -> Result<()> {
         format!("pod{uid}"),
         id.clone(),
     ];
-    let placed = Placed::new(&m, &levels, Some(m.clone()))?;
+    let mut placed = Placed::new(&m, &levels, Some(m.clone()))?;
 
     let raw = fs::read_to_string(format!("/proc/{}/cgroup", placed.pid))?;
     let line = raw
@@ -233,5 +285,23 @@ fn cgroup_v1_cgroupfs_driver() -> Result<()> {
     assert_eq!(r.runtime, None);
     assert_eq!(r.qos, Some("besteffort"));
     assert_eq!(r.cgroup_path, path);
+
+    // From inside a burstable pod's cgroup namespace `kubepods` is above the
+    // root: the pod and container are still found, and so is the QoS level,
+    // because the path climbs back down through it.
+    let agent = [
+        levels[0].clone(),
+        levels[1].clone(),
+        "burstable".to_string(),
+        format!("pod{}", kernel_uuid()?),
+        container_id()?,
+    ];
+    let seen = placed.read_from_namespace(&m, &agent)?;
+    let expect = format!(":/../../../besteffort/pod{uid}/{id}");
+    assert!(seen.contains(&expect), "{seen}");
+    let r = cgroup::parse(&seen);
+    assert_eq!(r.pod_uid.as_deref(), Some(uid.as_str()), "{seen}");
+    assert_eq!(r.container_id.as_deref(), Some(id.as_str()), "{seen}");
+    assert_eq!(r.qos, Some("besteffort"));
     Ok(())
 }

@@ -124,7 +124,8 @@ fn parse_path(path: &str) -> ContainerRef {
         ..ContainerRef::default()
     };
     let mut parent = "";
-    // cgroupfs driver: `/kubepods[/burstable|/besteffort]/pod<uid>/<id>`.
+    // cgroupfs driver: `/kubepods[/burstable|/besteffort]/pod<uid>/<id>`; a pod
+    // directly under `kubepods` is guaranteed.
     let mut in_kubepods = false;
     let mut cgroupfs_qos: Option<&'static str> = None;
     for comp in path
@@ -137,6 +138,13 @@ fn parse_path(path: &str) -> ContainerRef {
         } else if let Some(found) = systemd_pod(comp) {
             Some(found)
         } else if comp == "kubepods" || comp == "kubepods.slice" {
+            in_kubepods = true;
+            cgroupfs_qos = Some("guaranteed");
+            None
+        } else if comp == ".." {
+            // Read from inside a cgroup namespace (an agent pod): paths are
+            // relative to the reader's own container cgroup and may start
+            // below `kubepods`, so the QoS level is unknown unless named.
             in_kubepods = true;
             cgroupfs_qos = None;
             None
@@ -151,11 +159,11 @@ fn parse_path(path: &str) -> ContainerRef {
             comp.strip_prefix("pod")
                 .filter(|_| in_kubepods)
                 .and_then(pod_uid)
-                .map(|uid| (uid, cgroupfs_qos.unwrap_or("guaranteed")))
+                .map(|uid| (uid, cgroupfs_qos))
         };
         if let Some((uid, qos)) = pod {
             out.pod_uid = Some(uid);
-            out.qos = Some(qos);
+            out.qos = qos;
             out.container_id = None;
             out.runtime = None;
         } else if out.container_id.is_none()
@@ -173,7 +181,7 @@ fn parse_path(path: &str) -> ContainerRef {
 /// `kubepods-burstable-pod<uid>.slice`, `kubepods-besteffort-pod<uid>.slice`,
 /// optionally with a prefix (kind: `kubelet-kubepods-…`). systemd does not allow
 /// `-` inside a unit name's last part, so the kubelet writes the UID with `_`.
-fn systemd_pod(comp: &str) -> Option<(String, &'static str)> {
+fn systemd_pod(comp: &str) -> Option<(String, Option<&'static str>)> {
     let stem = comp.strip_suffix(".slice")?;
     let at = stem.find("kubepods")?;
     let rest = &stem[at + "kubepods".len()..];
@@ -186,7 +194,7 @@ fn systemd_pod(comp: &str) -> Option<(String, &'static str)> {
     } else {
         return None;
     };
-    Some((pod_uid(uid)?, qos))
+    Some((pod_uid(uid)?, Some(qos)))
 }
 
 /// A pod UID as the kubelet writes it: a UUID (with `-` or `_`) or, for static
@@ -399,6 +407,36 @@ mod tests {
         // Hybrid host whose v2 hierarchy has nothing: the v1 line carries the ids.
         let t = format!("4:memory:/kubepods/pod{UID}/{ID}\n0::/\n");
         check(&t, Some(ID), None, Some(UID), Some("guaranteed"));
+    }
+
+    #[test]
+    fn read_from_inside_a_cgroup_namespace() {
+        // What an agent pod (private cgroup namespace) reads for another pod:
+        // relative to its own container cgroup.
+        let t = format!(
+            "0::/../../../kubepods-besteffort.slice/kubepods-besteffort-pod{UID_US}.slice/cri-containerd-{ID}.scope"
+        );
+        check(
+            &t,
+            Some(ID),
+            Some("containerd"),
+            Some(UID),
+            Some("besteffort"),
+        );
+        // cgroupfs: `kubepods` is above the namespace root, so QoS is only
+        // known when its level is on the path.
+        let t = format!("0::/../../besteffort/pod{UID}/{ID}");
+        check(&t, Some(ID), None, Some(UID), Some("besteffort"));
+        let t = format!("0::/../../pod{UID}/{ID}");
+        check(&t, Some(ID), None, Some(UID), None);
+        // Another container of the agent's own pod.
+        check(
+            &format!("0::/../crio-{ID}.scope"),
+            Some(ID),
+            Some("cri-o"),
+            None,
+            None,
+        );
     }
 
     #[test]
