@@ -258,9 +258,22 @@ fn own_rss() -> u64 {
         .map_or(0, |kb| kb * 1024)
 }
 
-/// Container labels and the innermost-namespace pid of `pid`.
+/// Container labels and the innermost-namespace pid of `pid`, from its
+/// cgroup path and `NSpid`. Pod name, namespace and container name need the
+/// Kubernetes API and stay absent here.
 fn labels_of(pid: u32) -> (Labels, u32) {
-    (Labels::default(), pid)
+    let labels = crate::cgroup::for_pid(pid)
+        .map(|c| Labels {
+            container_id: c.container_id,
+            pod_uid: c.pod_uid,
+            ..Labels::default()
+        })
+        .unwrap_or_default();
+    let ns_pid = crate::cgroup::ns_pids_for_pid(pid)
+        .ok()
+        .and_then(|v| v.last().copied())
+        .unwrap_or(pid);
+    (labels, ns_pid)
 }
 
 impl Agent {
