@@ -19,3 +19,4 @@ pub mod report;
 pub mod session;
 pub mod stuck;
 pub mod tcp;
+pub mod top;
