@@ -10,6 +10,8 @@
 
 pub mod app;
 pub mod filter;
+#[cfg(test)]
+mod mock;
 pub mod model;
 pub mod oneshot;
 pub mod plain;

@@ -315,4 +315,109 @@ mod tests {
             .unwrap()
             .unwrap();
     }
+
+    #[tokio::test]
+    async fn streams_reconnect_and_resume_findings_after_the_last_seq() {
+        use std::sync::{Arc, Mutex};
+
+        use crate::top::{
+            mock::{Script, serve, tempdir},
+            model::fixtures::{race, snapshot},
+        };
+        let dir = tempdir("resume");
+        let script = Arc::new(Mutex::new(Script {
+            node: "n1".into(),
+            snapshot: snapshot("", vec![]),
+            findings: vec![race(1, 10), race(2, 10)],
+            break_findings_once: true,
+            ..Script::default()
+        }));
+        let path = serve(&dir, script.clone());
+        let (ptx, prx) = watch::channel(WatchParams {
+            filter: api::Filter::default(),
+            interval_ms: 100,
+            top_n: 20,
+            sort: api::SortKey::TotalTime,
+        });
+        let (tx, mut rx) = mpsc::channel(64);
+        let task = tokio::spawn(run_agent(0, Addr::Unix(path), prx, tx));
+        let mut states = vec![];
+        let mut seqs = vec![];
+        let mut snaps = 0;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while (snaps < 3
+            || seqs.len() < 2
+            || states
+                .iter()
+                .filter(|s| **s == ConnState::Connected)
+                .count()
+                < 2)
+            && tokio::time::Instant::now() < deadline
+        {
+            let Ok(Some(ev)) = tokio::time::timeout_at(deadline, rx.recv()).await else {
+                break;
+            };
+            match ev.event {
+                AgentEvent::State(s) => states.push(s),
+                AgentEvent::Finding(f) => seqs.push(f.seq),
+                AgentEvent::Snapshot(s) => {
+                    assert_eq!(s.node, "n1");
+                    snaps += 1;
+                }
+                AgentEvent::Info(i) => assert_eq!(i.version, "mock"),
+            }
+        }
+        assert_eq!(seqs, vec![1, 2], "each finding once");
+        assert!(
+            states.iter().any(|s| matches!(s, ConnState::Retrying { error, .. } if error.contains("stream broken"))),
+            "{states:?}"
+        );
+        assert_eq!(
+            states
+                .iter()
+                .filter(|s| **s == ConnState::Connected)
+                .count(),
+            2,
+            "reconnected: {states:?}"
+        );
+        assert_eq!(
+            script.lock().unwrap().findings_after,
+            vec![0, 2],
+            "resumed after seq 2"
+        );
+
+        // New parameters restart the Watch stream with them.
+        let n = script.lock().unwrap().watch_requests.len();
+        ptx.send_replace(WatchParams {
+            filter: api::Filter {
+                pids: vec![7],
+                ..Default::default()
+            },
+            interval_ms: 300,
+            top_n: 5,
+            sort: api::SortKey::Max,
+        });
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while script.lock().unwrap().watch_requests.len() == n
+            && tokio::time::Instant::now() < deadline
+        {
+            let _ = tokio::time::timeout(Duration::from_millis(50), rx.recv()).await;
+        }
+        let last = script
+            .lock()
+            .unwrap()
+            .watch_requests
+            .last()
+            .cloned()
+            .unwrap();
+        assert_eq!(last.interval_ms, 300);
+        assert_eq!(last.top_n, 5);
+        assert_eq!(last.sort, api::SortKey::Max as i32);
+        assert_eq!(last.filter.unwrap().pids, vec![7]);
+        drop(rx);
+        tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .unwrap()
+            .unwrap();
+    }
 }

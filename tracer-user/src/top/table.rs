@@ -394,7 +394,13 @@ pub static FLOW_COLUMNS: &[Column<FlowView>] = &[
         fmt_ns,
         None
     ),
-    num!("CONNECT", |r: &FlowView| r.connect_latency_ns, fmt_ns, None),
+    // 0: not measured (the flow was open before tracing started, or accepted).
+    num!(
+        "CONNECT",
+        |r: &FlowView| r.connect_latency_ns,
+        |v| if v == 0 { "-".to_string() } else { fmt_ns(v) },
+        None
+    ),
     num!("RETRANS", |r: &FlowView| r.retransmits, None),
     num!(
         "RESETS",

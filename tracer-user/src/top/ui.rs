@@ -422,7 +422,7 @@ fn draw_status(f: &mut Frame, app: &App, area: Rect) {
     let col = app.tab.columns().get(sort.column).copied().unwrap_or("");
     let mut controls = vec![Span::raw(format!(
         "every {}  sort {col}{}  ",
-        fmt_ns(u64::from(app.interval_ms) * 1_000_000),
+        fmt_interval(app.interval_ms),
         if sort.descending { "▼" } else { "▲" }
     ))];
     if app.paused {
@@ -453,6 +453,17 @@ fn draw_status(f: &mut Frame, app: &App, area: Rect) {
     }
     lines.push(Line::from(controls));
     f.render_widget(Paragraph::new(lines), area);
+}
+
+/// `250ms`, `1s`, `2.5s`.
+pub fn fmt_interval(ms: u32) -> String {
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms % 1000 == 0 {
+        format!("{}s", ms / 1000)
+    } else {
+        format!("{:.1}s", f64::from(ms) / 1000.0)
+    }
 }
 
 const HELP: &[&str] = &[
