@@ -459,7 +459,7 @@ fn draw_status(f: &mut Frame, app: &App, area: Rect) {
 pub fn fmt_interval(ms: u32) -> String {
     if ms < 1000 {
         format!("{ms}ms")
-    } else if ms % 1000 == 0 {
+    } else if ms.is_multiple_of(1000) {
         format!("{}s", ms / 1000)
     } else {
         format!("{:.1}s", f64::from(ms) / 1000.0)
