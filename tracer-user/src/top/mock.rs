@@ -156,32 +156,3 @@ pub fn tempdir(name: &str) -> PathBuf {
     d
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::top::model::fixtures::{lock, race, snapshot};
-
-    /// `TRACER_TOP_MOCK_DIR=/tmp/m cargo test -p tracer-user --lib serve_for_manual_runs -- --ignored`
-    /// then `tracer top --connect unix:/tmp/m/mock.sock`.
-    #[tokio::test]
-    #[ignore = "manual: serves a mock agent for trying tracer top by hand"]
-    async fn serve_for_manual_runs() {
-        let dir = std::env::var_os("TRACER_TOP_MOCK_DIR")
-            .map_or_else(|| tempdir("manual"), PathBuf::from);
-        let script = Script {
-            node: "mock-node".into(),
-            snapshot: snapshot(
-                "",
-                vec![
-                    lock(111, "api", "main.cacheMu", 10, 9_000_000),
-                    lock(222, "db", "main.poolMu", 50, 1_000_000),
-                ],
-            ),
-            findings: vec![race(1, 111)],
-            ..Script::default()
-        };
-        let path = serve(&dir, Arc::new(Mutex::new(script)));
-        eprintln!("serving on {}", path.display());
-        tokio::time::sleep(Duration::from_secs(600)).await;
-    }
-}
