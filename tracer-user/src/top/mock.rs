@@ -155,4 +155,3 @@ pub fn tempdir(name: &str) -> PathBuf {
     std::fs::create_dir_all(&d).expect("temp dir");
     d
 }
-
