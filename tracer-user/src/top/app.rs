@@ -13,7 +13,7 @@ use super::{
     filter::Filter,
     model::{AgentSlot, ConnState, MergedSnapshot, merge},
     source::{AgentEvent, WatchParams},
-    table::{SortState, Tab, row_count, server_sort},
+    table::{SortState, Tab, row_count, server_sort, tab_keys},
 };
 
 /// Refresh intervals `+`/`-` step through.
@@ -40,8 +40,10 @@ pub struct App {
     pub prompt: Option<String>,
     /// Why the last filter did not parse.
     pub prompt_error: Option<String>,
-    /// Selected row per tab.
+    /// Selected row per tab (index into the visible rows) and its key, so
+    /// the selection stays on the same row when a refresh reorders them.
     pub selected: [usize; 5],
+    pub selected_keys: [Option<String>; 5],
     pub detail: bool,
     pub help: bool,
     pub paused: bool,
@@ -65,6 +67,7 @@ impl App {
             prompt: None,
             prompt_error: None,
             selected: [0; 5],
+            selected_keys: Default::default(),
             detail: false,
             help: false,
             paused: false,
@@ -97,12 +100,29 @@ impl App {
         self.clamp_selection();
     }
 
+    /// Re-finds each tab's selected row by key after rows or order changed.
     fn clamp_selection(&mut self) {
         for tab in Tab::ALL {
-            let n = row_count(&self.view, tab, &self.filter);
-            let s = &mut self.selected[tab.index()];
-            *s = (*s).min(n.saturating_sub(1));
+            let i = tab.index();
+            let keys = tab_keys(&self.view, tab, &self.filter, self.sorts[i]);
+            let found = self.selected_keys[i]
+                .as_ref()
+                .and_then(|k| keys.iter().position(|x| x == k));
+            let sel = found
+                .unwrap_or(self.selected[i])
+                .min(keys.len().saturating_sub(1));
+            self.selected[i] = sel;
+            self.selected_keys[i] = keys.get(sel).cloned();
         }
+    }
+
+    /// Selects row `index` of the current tab (clamped).
+    fn select(&mut self, index: usize) {
+        let i = self.tab.index();
+        let keys = tab_keys(&self.view, self.tab, &self.filter, self.sorts[i]);
+        let sel = index.min(keys.len().saturating_sub(1));
+        self.selected[i] = sel;
+        self.selected_keys[i] = keys.get(sel).cloned();
     }
 
     /// Applies one event from agent `idx`.
@@ -181,13 +201,13 @@ impl App {
             s.column = column;
             s.descending = true;
         }
+        self.clamp_selection();
         self.restream_if_changed(before)
     }
 
     fn move_selection(&mut self, by: isize) {
-        let n = row_count(&self.view, self.tab, &self.filter);
-        let s = &mut self.selected[self.tab.index()];
-        *s = s.saturating_add_signed(by).min(n.saturating_sub(1));
+        let cur = self.selected[self.tab.index()];
+        self.select(cur.saturating_add_signed(by));
     }
 
     fn step_interval(&mut self, up: bool) -> Action {
@@ -263,6 +283,7 @@ impl App {
             }
             KeyCode::Char('r') => {
                 self.sorts[self.tab.index()].descending ^= true;
+                self.clamp_selection();
             }
             KeyCode::Char(c @ '1'..='9') => {
                 return self.set_sort_column(c as usize - '1' as usize);
@@ -293,7 +314,7 @@ impl App {
             KeyCode::Up | KeyCode::Char('k') => self.move_selection(-1),
             KeyCode::PageDown => self.move_selection(10),
             KeyCode::PageUp => self.move_selection(-10),
-            KeyCode::Home | KeyCode::Char('g') => self.selected[self.tab.index()] = 0,
+            KeyCode::Home | KeyCode::Char('g') => self.select(0),
             KeyCode::End | KeyCode::Char('G') => self.move_selection(isize::MAX / 2),
             KeyCode::Enter => {
                 self.detail = row_count(&self.view, self.tab, &self.filter) > 0;
@@ -429,6 +450,31 @@ mod tests {
             app.on_key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL)),
             Action::Quit
         );
+    }
+
+    #[test]
+    fn selection_follows_its_row_when_a_refresh_reorders() {
+        let mut app = app_with_rows();
+        assert_eq!(first_pid(&app), "100");
+        app.on_key(key(KeyCode::Down)); // pid 200, second by total wait
+        assert_eq!(app.selected[0], 1);
+        // pid 200 now waited longest: it moves to the top, the selection with it.
+        app.on_event(
+            0,
+            AgentEvent::Snapshot(Box::new(snapshot(
+                "n1",
+                vec![
+                    lock(100, "api", "main.mu", 10, 9_000_000),
+                    lock(200, "db", "", 50, 20_000_000),
+                ],
+            ))),
+            Instant::now(),
+        );
+        assert_eq!(first_pid(&app), "200");
+        assert_eq!(app.selected[0], 0);
+        // Reversing the sort keeps it too.
+        app.on_key(key(KeyCode::Char('r')));
+        assert_eq!(app.selected[0], 1);
     }
 
     #[test]

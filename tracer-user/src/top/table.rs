@@ -130,6 +130,9 @@ pub trait TableRow: 'static {
     where
         Self: Sized;
     fn labels(&self) -> Labels<'_>;
+    /// Identifies the row across snapshots, so the selection follows it
+    /// when the order changes.
+    fn key(&self) -> String;
 }
 
 /// The rows that pass `filter`, ordered by `sort` (ties keep input order).
@@ -422,7 +425,7 @@ pub static FINDING_COLUMNS: &[Column<FindingView>] = &[
 ];
 
 macro_rules! table_row {
-    ($t:ty, $cols:ident) => {
+    ($t:ty, $cols:ident, |$r:ident| $key:expr) => {
         impl TableRow for $t {
             fn columns() -> &'static [Column<Self>] {
                 $cols
@@ -435,15 +438,52 @@ macro_rules! table_row {
                     node: &self.node,
                 }
             }
+            fn key(&self) -> String {
+                let $r = self;
+                $key
+            }
         }
     };
 }
 
-table_row!(LockView, LOCK_COLUMNS);
-table_row!(MapView, MAP_COLUMNS);
-table_row!(SyncMapView, SYNC_MAP_COLUMNS);
-table_row!(FlowView, FLOW_COLUMNS);
-table_row!(FindingView, FINDING_COLUMNS);
+table_row!(LockView, LOCK_COLUMNS, |r| format!(
+    "{} {} {} {} {}",
+    r.node,
+    r.pid,
+    r.address,
+    r.kind,
+    site_or_dash(r.site.as_ref())
+));
+table_row!(MapView, MAP_COLUMNS, |r| format!(
+    "{} {} {}",
+    r.node, r.pid, r.address
+));
+table_row!(SyncMapView, SYNC_MAP_COLUMNS, |r| format!(
+    "{} {} {}",
+    r.node, r.pid, r.address
+));
+table_row!(FlowView, FLOW_COLUMNS, |r| format!(
+    "{} {} {} {}",
+    r.node, r.pid, r.local, r.remote
+));
+table_row!(FindingView, FINDING_COLUMNS, |r| format!(
+    "{} {}",
+    r.node, r.seq
+));
+
+/// Keys of the tab's visible rows, in display order.
+pub fn tab_keys(view: &MergedSnapshot, tab: Tab, filter: &Filter, sort: SortState) -> Vec<String> {
+    fn k<R: TableRow>(rows: &[R], f: &Filter, s: SortState) -> Vec<String> {
+        visible(rows, f, s).iter().map(|r| r.key()).collect()
+    }
+    match tab {
+        Tab::Locks => k(&view.locks, filter, sort),
+        Tab::Maps => k(&view.maps, filter, sort),
+        Tab::SyncMaps => k(&view.sync_maps, filter, sort),
+        Tab::Net => k(&view.flows, filter, sort),
+        Tab::Findings => k(&view.findings, filter, sort),
+    }
+}
 
 /// Histogram bars for the detail pane: one line per non-empty bucket,
 /// `lo..hi  ████  count`, bars scaled to the largest bucket. Bounds are
