@@ -255,8 +255,10 @@ fn top_shows_tabs_sorts_filters_and_a_race_finding() -> Result<()> {
     let (pa, pb) = (a.0.id(), b.0.id());
     let (lo, hi) = (pa.min(pb), pa.max(pb));
 
+    // The agent traces every Go process on the machine: start filtered to
+    // ours so other programs' rows cannot push them off the screen.
     let top_cmd = format!(
-        "{} top --connect {grpc} --interval 500ms 2>{}",
+        "{} top --connect {grpc} --interval 500ms --filter pid={pa},pid={pb} 2>{}",
         tracer.display(),
         dir.join("top.err").display()
     );
@@ -293,7 +295,7 @@ fn top_shows_tabs_sorts_filters_and_a_race_finding() -> Result<()> {
     })?;
 
     // Filter to one program; the other's row disappears.
-    tmux.keys(&["/"])?;
+    tmux.keys(&["/", "C-u"])?;
     tmux.type_text(&format!("pid={pa}"))?;
     tmux.keys(&["Enter"])?;
     tmux.wait_for("filtered to one pid", Duration::from_secs(10), |s| {
@@ -306,7 +308,7 @@ fn top_shows_tabs_sorts_filters_and_a_race_finding() -> Result<()> {
     tmux.wait_for("lock detail", Duration::from_secs(10), |s| {
         s.contains("Wait histogram:") && s.contains("Stack:") && s.contains("main.holdLock")
     })?;
-    tmux.keys(&["Escape", "c"])?;
+    tmux.keys(&["Escape"])?;
     drop((a, b));
 
     // A race: ten unlocked writers on one map (`-mode crash` writes until the
@@ -326,6 +328,9 @@ fn top_shows_tabs_sorts_filters_and_a_race_finding() -> Result<()> {
             &dir.join(format!("maps-{attempt}.log")),
         )?;
         let pid = fixture.0.id();
+        tmux.keys(&["/", "C-u"])?;
+        tmux.type_text(&format!("pid={pid}"))?;
+        tmux.keys(&["Enter"])?;
         let deep = rt.block_on(deep_trace(&grpc, pid, Duration::from_secs(20)));
         let found = tmux.wait_for("a race finding", Duration::from_secs(25), |s| {
             s.lines().any(|l| is_race_row(l, pid))

@@ -252,6 +252,7 @@ impl App {
                 KeyCode::Backspace => {
                     text.pop();
                 }
+                KeyCode::Char('u') if ctrl => text.clear(),
                 KeyCode::Char(c) if text.len() < 256 => text.push(c),
                 _ => {}
             }
@@ -397,7 +398,14 @@ mod tests {
         let rows = tab_cells(&app.view, Tab::Locks, &app.filter, app.sort());
         assert_eq!(rows.len(), 1);
         app.on_key(key(KeyCode::Char('/')));
-        for c in " pid=x".chars() {
+        assert_eq!(
+            app.prompt.as_deref(),
+            Some("pid=200"),
+            "prompt starts from the filter"
+        );
+        app.on_key(KeyEvent::new(KeyCode::Char('u'), KeyModifiers::CONTROL));
+        assert_eq!(app.prompt.as_deref(), Some(""), "Ctrl-U clears it");
+        for c in "pid=x".chars() {
             app.on_key(key(KeyCode::Char(c)));
         }
         app.on_key(key(KeyCode::Enter));

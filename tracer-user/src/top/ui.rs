@@ -474,6 +474,7 @@ const HELP: &[&str] = &[
     "1..9, 0                sort by column N (again: reverse)",
     "r                      reverse the sort",
     "/                      filter: pid=N comm=NAME pod=NAME node=NAME or words",
+    "                       (in the prompt: Enter applies, Esc cancels, Ctrl-U clears)",
     "c                      clear the filter",
     "+ / -                  slower / faster refresh",
     "space or p             pause (findings still arrive)",
