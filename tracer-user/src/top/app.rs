@@ -29,7 +29,15 @@ pub enum Action {
     Quit,
     /// The Watch parameters changed: restart the streams.
     Restream,
+    /// Ask agent `agent` to turn on the deep map tier for `pid`.
+    DeepMaps {
+        agent: usize,
+        pid: u32,
+    },
 }
+
+/// How long `D` turns the deep map tier on for.
+pub const DEEP_MAPS: Duration = Duration::from_secs(30);
 
 pub struct App {
     pub agents: Vec<AgentSlot>,
@@ -55,6 +63,8 @@ pub struct App {
     pub unseen_findings: usize,
     /// Arrival time of each finding, keyed by (agent index, seq), to flash it.
     pub arrivals: HashMap<(usize, u64), Instant>,
+    /// A one-line message for the status line (result of `D`, ...).
+    pub notice: Option<String>,
 }
 
 impl App {
@@ -76,6 +86,7 @@ impl App {
             view: MergedSnapshot::default(),
             unseen_findings: 0,
             arrivals: HashMap::new(),
+            notice: None,
         };
         app.rebuild();
         app
@@ -320,9 +331,54 @@ impl App {
             KeyCode::Enter => {
                 self.detail = row_count(&self.view, self.tab, &self.filter) > 0;
             }
+            KeyCode::Char('D') => return self.deep_maps_for_selection(),
             _ => {}
         }
         Action::None
+    }
+
+    /// The agent a row came from: by node name, or the only agent.
+    fn agent_of(&self, node: &str) -> Option<usize> {
+        if self.agents.len() == 1 {
+            return Some(0);
+        }
+        self.agents.iter().position(|a| a.node() == node)
+    }
+
+    /// `D`: deep map tracing for the selected row's process.
+    fn deep_maps_for_selection(&mut self) -> Action {
+        let i = self.tab.index();
+        let Some(key) = self.selected_keys[i].clone() else {
+            return Action::None;
+        };
+        // Keys start with "<node> <pid> ".
+        let mut parts = key.split(' ');
+        let (node, pid) = match (
+            parts.next(),
+            parts.next().and_then(|p| p.parse::<u32>().ok()),
+        ) {
+            (Some(n), Some(p)) if self.tab != Tab::Findings => (n.to_string(), p),
+            _ => {
+                let Some(f) =
+                    super::table::visible(&self.view.findings, &self.filter, self.sorts[i])
+                        .get(self.selected[i])
+                        .map(|f| (f.node.clone(), f.pid))
+                else {
+                    return Action::None;
+                };
+                f
+            }
+        };
+        match self.agent_of(&node) {
+            Some(agent) => {
+                self.notice = Some(format!("deep map tracing: asking {node} for pid {pid}..."));
+                Action::DeepMaps { agent, pid }
+            }
+            None => {
+                self.notice = Some(format!("no agent for node {node}"));
+                Action::None
+            }
+        }
     }
 
     /// Whether at least one agent is connected.
@@ -457,6 +513,30 @@ mod tests {
         assert_eq!(
             app.on_key(KeyEvent::new(KeyCode::Char('c'), KeyModifiers::CONTROL)),
             Action::Quit
+        );
+    }
+
+    #[test]
+    fn deep_maps_key_targets_the_selected_rows_process() {
+        let mut app = app_with_rows();
+        app.on_key(key(KeyCode::Down));
+        assert_eq!(
+            app.on_key(key(KeyCode::Char('D'))),
+            Action::DeepMaps { agent: 0, pid: 200 }
+        );
+        assert!(app.notice.as_deref().unwrap().contains("pid 200"));
+        app.on_event(
+            0,
+            AgentEvent::Finding(Box::new(race(3, 4242))),
+            Instant::now(),
+        );
+        app.on_key(key(KeyCode::Char('F')));
+        assert_eq!(
+            app.on_key(key(KeyCode::Char('D'))),
+            Action::DeepMaps {
+                agent: 0,
+                pid: 4242
+            }
         );
     }
 

@@ -27,6 +27,7 @@ pub struct Script {
     pub break_findings_once: bool,
     pub watch_requests: Vec<api::WatchRequest>,
     pub findings_after: Vec<u64>,
+    pub deep_requests: Vec<api::StartDeepMapTraceRequest>,
 }
 
 #[derive(Clone)]
@@ -129,9 +130,22 @@ impl Tracer for Mock {
 
     async fn start_deep_map_trace(
         &self,
-        _: Request<api::StartDeepMapTraceRequest>,
+        req: Request<api::StartDeepMapTraceRequest>,
     ) -> Result<Response<api::StartDeepMapTraceResponse>, Status> {
-        Err(Status::unimplemented("mock"))
+        let req = req.into_inner();
+        if req.pid == 0 {
+            return Err(Status::not_found("mock: no such pid"));
+        }
+        self.0.lock().unwrap().deep_requests.push(req);
+        Ok(Response::new(api::StartDeepMapTraceResponse {
+            ends_unix_ns: 1,
+            probes: vec![api::ProbeStatus {
+                feature: "maps".into(),
+                function: "runtime.mapassign".into(),
+                status: "attached".into(),
+                reason: String::new(),
+            }],
+        }))
     }
 }
 

@@ -85,6 +85,31 @@ pub async fn connect(addr: &Addr) -> Result<TracerClient<Channel>> {
     Ok(TracerClient::new(channel).max_decoding_message_size(64 << 20))
 }
 
+/// Turns on the deep map tier for `pid` on one agent; returns a one-line result.
+pub async fn start_deep_maps(addr: &Addr, pid: u32, duration: Duration) -> Result<String> {
+    let mut client = connect(addr).await?;
+    let ms = u32::try_from(duration.as_millis()).unwrap_or(u32::MAX);
+    let resp = client
+        .start_deep_map_trace(api::StartDeepMapTraceRequest {
+            pid,
+            duration_ms: ms,
+            sites: vec![],
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
+        .into_inner();
+    let attached = resp
+        .probes
+        .iter()
+        .filter(|p| p.status == "attached")
+        .count();
+    Ok(format!(
+        "deep map tracing on for pid {pid} for {}s: {attached}/{} probes attached",
+        duration.as_secs(),
+        resp.probes.len()
+    ))
+}
+
 /// What each Watch stream asks for; a change restarts the streams.
 #[derive(Clone, Debug, PartialEq)]
 pub struct WatchParams {
@@ -419,5 +444,28 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
+    }
+
+    #[tokio::test]
+    async fn deep_maps_request_reaches_the_agent() {
+        use std::sync::{Arc, Mutex};
+
+        use crate::top::mock::{Script, serve, tempdir};
+        let dir = tempdir("deep");
+        let script = Arc::new(Mutex::new(Script::default()));
+        let addr = Addr::Unix(serve(&dir, script.clone()));
+        let msg = start_deep_maps(&addr, 42, Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert_eq!(
+            msg,
+            "deep map tracing on for pid 42 for 30s: 1/1 probes attached"
+        );
+        let reqs = script.lock().unwrap().deep_requests.clone();
+        assert_eq!((reqs[0].pid, reqs[0].duration_ms), (42, 30_000));
+        let err = start_deep_maps(&addr, 0, Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("no such pid"), "{err}");
     }
 }

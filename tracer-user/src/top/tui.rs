@@ -15,9 +15,9 @@ use ratatui::crossterm::event::{self, Event, KeyEventKind};
 use tokio::sync::{mpsc, watch};
 
 use super::{
-    app::{Action, App},
+    app::{Action, App, DEEP_MAPS},
     filter::Filter,
-    source::{Addr, run_agent},
+    source::{self, Addr, run_agent},
     ui,
 };
 
@@ -63,11 +63,12 @@ pub async fn run(addrs: Vec<Addr>, filter: Filter, interval_ms: u32, top: u32) -
     let (params_tx, params_rx) = watch::channel(app.watch_params());
     let (tx, mut rx) = mpsc::channel(1024);
     let tasks: Vec<_> = addrs
-        .into_iter()
+        .iter()
         .enumerate()
-        .map(|(i, a)| tokio::spawn(run_agent(i, a, params_rx.clone(), tx.clone())))
+        .map(|(i, a)| tokio::spawn(run_agent(i, a.clone(), params_rx.clone(), tx.clone())))
         .collect();
     drop(tx);
+    let (notice_tx, mut notice_rx) = mpsc::channel::<String>(8);
 
     let mut terminal = ratatui::try_init().context("cannot set up the terminal")?;
     let _restore = Restore;
@@ -95,11 +96,24 @@ pub async fn run(addrs: Vec<Addr>, filter: Filter, interval_ms: u32, top: u32) -
                         Action::Restream => {
                             params_tx.send_replace(app.watch_params());
                         }
+                        Action::DeepMaps { agent, pid } => {
+                            if let Some(addr) = addrs.get(agent).cloned() {
+                                let ntx = notice_tx.clone();
+                                tokio::spawn(async move {
+                                    let msg = match source::start_deep_maps(&addr, pid, DEEP_MAPS).await {
+                                        Ok(m) => m,
+                                        Err(e) => format!("deep map tracing for pid {pid}: {e:#}"),
+                                    };
+                                    let _ = ntx.send(msg).await;
+                                });
+                            }
+                        }
                         Action::None => {}
                     },
                     Some(Input::Redraw) => {}
                     None => break,
                 },
+                Some(msg) = notice_rx.recv() => app.notice = Some(msg),
                 _ = tick.tick() => app.expire_flashes(Instant::now()),
                 _ = tokio::signal::ctrl_c() => break,
             }

@@ -425,6 +425,9 @@ fn draw_status(f: &mut Frame, app: &App, area: Rect) {
         fmt_interval(app.interval_ms),
         if sort.descending { "▼" } else { "▲" }
     ))];
+    if let Some(n) = &app.notice {
+        controls.push(Span::styled(format!("{n}  "), Style::new().fg(Color::Cyan)));
+    }
     if app.paused {
         controls.push(Span::styled(
             "PAUSED  ",
@@ -476,6 +479,7 @@ const HELP: &[&str] = &[
     "/                      filter: pid=N comm=NAME pod=NAME node=NAME or words",
     "                       (in the prompt: Enter applies, Esc cancels, Ctrl-U clears)",
     "c                      clear the filter",
+    "D                      deep map tracing (30 s) for the selected row's process",
     "+ / -                  slower / faster refresh",
     "space or p             pause (findings still arrive)",
     "? / h                  this help (any key closes)",
