@@ -61,8 +61,8 @@ pub struct App {
     pub view: MergedSnapshot,
     /// Findings that arrived while the Findings tab was not shown.
     pub unseen_findings: usize,
-    /// Arrival time of each finding, keyed by (agent index, seq), to flash it.
-    pub arrivals: HashMap<(usize, u64), Instant>,
+    /// Arrival time of each finding, keyed by (node as shown, seq), to flash it.
+    pub arrivals: HashMap<(String, u64), Instant>,
     /// A one-line message for the status line (result of `D`, ...).
     pub notice: Option<String>,
 }
@@ -152,7 +152,13 @@ impl App {
             }
             AgentEvent::Finding(f) => {
                 if slot.add_finding(&f) {
-                    self.arrivals.insert((idx, f.seq), now);
+                    let node = slot
+                        .findings
+                        .iter()
+                        .rfind(|x| x.seq == f.seq)
+                        .map(|x| x.node.clone())
+                        .unwrap_or_default();
+                    self.arrivals.insert((node, f.seq), now);
                     if self.tab != Tab::Findings {
                         self.unseen_findings += 1;
                     }
@@ -162,17 +168,11 @@ impl App {
         self.rebuild();
     }
 
-    /// Whether finding `seq` from the agent named `node` arrived within [`FLASH`].
+    /// Whether finding `seq` of `node` arrived within [`FLASH`].
     pub fn is_fresh(&self, node: &str, seq: u64, now: Instant) -> bool {
-        self.agents
-            .iter()
-            .enumerate()
-            .filter(|(_, a)| a.node() == node)
-            .any(|(i, _)| {
-                self.arrivals
-                    .get(&(i, seq))
-                    .is_some_and(|t| now.saturating_duration_since(*t) < FLASH)
-            })
+        self.arrivals
+            .get(&(node.to_string(), seq))
+            .is_some_and(|t| now.saturating_duration_since(*t) < FLASH)
     }
 
     /// Forgets flash times older than [`FLASH`].
