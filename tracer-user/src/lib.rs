@@ -20,3 +20,4 @@ pub mod report;
 pub mod session;
 pub mod stuck;
 pub mod tcp;
+pub mod top;

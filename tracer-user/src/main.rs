@@ -226,6 +226,34 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Live view of agents: locks, maps, sync.Map, TCP and findings (docs/top.md).
+    Top(TopArgs),
+}
+
+#[derive(Args)]
+struct TopArgs {
+    /// Agents to watch: host:port, http://host:port or unix:/path, comma-separated
+    /// (default: an embedded agent on this node).
+    #[arg(long, value_name = "ADDR[,ADDR...]", value_delimiter = ',')]
+    connect: Vec<String>,
+    /// Refresh interval (+/- change it live).
+    #[arg(long, default_value = "1s", value_parser = duration::parse)]
+    interval: Duration,
+    /// Print one round of tables after --interval and exit (also when stdout is not a terminal).
+    #[arg(long)]
+    once: bool,
+    /// Print each round as one line of JSON (docs/top.md) instead of tables.
+    #[arg(long)]
+    json: bool,
+    /// Print N rounds, one per --interval, then exit.
+    #[arg(long, value_name = "N")]
+    count: Option<u32>,
+    /// Rows per section the agents send (1..1000).
+    #[arg(long, default_value_t = 200)]
+    top: u32,
+    /// Initial filter: `pid=N comm=NAME pod=NAME node=NAME` or words (as with `/`).
+    #[arg(long, default_value = "")]
+    filter: String,
 }
 
 fn main() -> ExitCode {
@@ -269,6 +297,17 @@ fn main() -> ExitCode {
             Command::Inspect { binary, pid, json } => {
                 commands::inspect::inspect(binary.as_deref(), pid, json).map(|()| 0)
             }
+            Command::Top(a) => commands::top::top(commands::top::TopOptions {
+                connect: a.connect,
+                interval: a.interval,
+                once: a.once,
+                json: a.json,
+                count: a.count,
+                top: a.top,
+                filter: a.filter,
+            })
+            .await
+            .map(|()| 0),
         }
     });
     match result {

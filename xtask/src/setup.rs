@@ -28,6 +28,7 @@ pub fn setup() -> Result<()> {
     }
     kubernetes_validate()?;
     mounts();
+    tmux()?;
     step("setup complete");
     Ok(())
 }
@@ -184,4 +185,21 @@ fn mounts() {
             eprintln!("warning: could not mount {fstype} at {target}: {e:#} (tracer needs root)");
         }
     }
+}
+
+/// tmux drives `tracer top` in its end-to-end test (tests/tests/top.rs).
+fn tmux() -> Result<()> {
+    if let Some(v) = output(Command::new("tmux").arg("-V")) {
+        step(&format!("tmux: present ({})", v.trim()));
+        return Ok(());
+    }
+    step("tmux: installing with apt-get");
+    run(Command::new("apt-get").arg("update").arg("-qq"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "tmux"])
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    if output(Command::new("tmux").arg("-V")).is_none() {
+        bail!("tmux was installed but does not run");
+    }
+    Ok(())
 }

@@ -3,3 +3,4 @@ pub mod agent;
 pub mod attach;
 pub mod inspect;
 pub mod run;
+pub mod top;
