@@ -4,6 +4,7 @@
 //! commands work on a fresh machine and cost seconds on a prepared one.
 
 mod bench;
+mod bench_agent;
 mod bench_analysis;
 mod demo;
 mod setup;
@@ -35,7 +36,7 @@ enum Cmd {
     Demo,
     /// Setup, then measure traced against untraced workloads side by side.
     Bench {
-        /// Which benchmarks: locks, maps, analysis or all.
+        /// Which benchmarks: locks, maps, analysis, agent or all.
         #[arg(default_value = "all")]
         what: String,
     },
