@@ -16,6 +16,7 @@
 //! | `tcp_reset(sk, skb)` | resets received | `tcp:tcp_receive_reset` |
 
 use aya_ebpf::{
+    EbpfContext,
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
     macros::{fentry, fexit, kprobe, kretprobe, map},
     maps::LruHashMap,
@@ -100,13 +101,25 @@ fn srtt(sk: u64) -> Option<()> {
     on_rtt(sk, (srtt >> 3) as u64)
 }
 
+/// Picks `tcp_recvmsg`'s flags between its two possible positions (3 since
+/// Linux 5.19, 4 before). Both candidates are read at constant offsets: the
+/// verifier refuses a context read at a variable offset.
 #[inline(always)]
-fn recv_flags_index() -> Option<usize> {
-    let c = TCP_CONFIG.get(0)?;
-    if c.recvmsg_flags_arg > 5 {
-        return None;
+fn pick_flags(a3: u64, a4: u64) -> Option<u64> {
+    match TCP_CONFIG.get(0)?.recvmsg_flags_arg {
+        3 => Some(a3),
+        4 => Some(a4),
+        _ => None,
     }
-    Some(c.recvmsg_flags_arg as usize)
+}
+
+/// Argument `n` of an fentry/fexit context, read volatile so that LLVM does
+/// not merge two reads into one at a computed offset.
+#[inline(always)]
+fn tracing_arg(ctx: &FExitContext, n: usize) -> u64 {
+    // SAFETY: the context is an array of the traced function's u64 arguments;
+    // the verifier checks `n` against the function's BTF prototype.
+    unsafe { core::ptr::read_volatile((ctx.as_ptr() as *const u64).add(n)) }
 }
 
 // ---- kprobes ----
@@ -157,10 +170,11 @@ pub fn tcp_krp_sendmsg(ctx: RetProbeContext) -> u32 {
 /// kprobe on `tcp_recvmsg`: remember the socket and flags.
 #[kprobe]
 pub fn tcp_kp_recvmsg(ctx: ProbeContext) -> u32 {
-    let Some(i) = recv_flags_index() else {
-        return 0;
-    };
-    if let (Some(sk), Some(flags)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(i))
+    let (a3, a4) = (
+        ctx.arg::<u64>(3).unwrap_or(0),
+        ctx.arg::<u64>(4).unwrap_or(0),
+    );
+    if let (Some(sk), Some(flags)) = (ctx.arg::<u64>(0), pick_flags(a3, a4))
         && wanted(sk)
     {
         let _ = TCP_RECV_ARGS.insert(bpf_get_current_pid_tgid(), [sk, flags], 0);
@@ -257,10 +271,9 @@ pub fn tcp_fx_sendmsg(ctx: FExitContext) -> u32 {
 
 #[fexit(function = "tcp_recvmsg")]
 pub fn tcp_fx_recvmsg(ctx: FExitContext) -> u32 {
-    let Some(i) = recv_flags_index() else {
+    let Some(flags) = pick_flags(tracing_arg(&ctx, 3), tracing_arg(&ctx, 4)) else {
         return 0;
     };
-    let flags: u64 = ctx.arg(i);
     if (flags as i32) & MSG_PEEK != 0 {
         return 0;
     }
