@@ -7,7 +7,9 @@
 //! `go_fixture_flows_match_ground_truth`, once per forced mechanism
 //! (`TRACER_TCP_HOOKS=kprobe,tracepoint`, then `fentry,tracepoint`, with
 //! `TRACER_TCP_EXPECT` making the test fail unless that mechanism served the
-//! state, byte, RTT and reset hooks), plus `tracer inspect --kernel`. Each run
+//! state, byte, RTT and reset hooks), plus `tracer inspect --kernel`, and
+//! checks that the tracepoint-only order is refused there (6.1 lacks the
+//! send/recv length tracepoints) instead of reporting zero bytes. Each run
 //! prints a result marker on the serial console; this task parses them, prints
 //! pass/fail per path and fails if any path failed or never reported.
 //!
@@ -265,6 +267,13 @@ fn init_script() -> String {
              echo \"=== VMTEST END {p} rc=$?\"\n"
         ));
     }
+    // The tracepoint path cannot count bytes before Linux 6.3: it must say so
+    // and refuse, rather than report zero bytes.
+    s.push_str(
+        "echo '=== VMTEST BEGIN tracepoint'\n\
+         /bin/tracer inspect --kernel --tcp-hooks tracepoint\n\
+         echo \"=== VMTEST END tracepoint rc=$?\"\n",
+    );
     s.push_str("echo '=== VMTEST DONE'\npoweroff -f\n");
     s
 }
@@ -308,18 +317,40 @@ pub struct PathResult {
     pub summary: Option<String>,
 }
 
-/// Reads the guest console: one result per path in [`PATHS`]; a path with
-/// no END marker (crash, hang, kernel panic) counts as failed.
+/// The guest section between `=== VMTEST BEGIN name` and the next END.
+fn section<'a>(console: &'a str, name: &str) -> &'a str {
+    console
+        .split_once(&format!("=== VMTEST BEGIN {name}\n"))
+        .map(|(_, rest)| rest.split("=== VMTEST END").next().unwrap_or(""))
+        .unwrap_or("")
+}
+
+/// The tracepoint-only plan on 6.1: refused, naming the missing send/recv
+/// tracepoints (they appeared in 6.3).
+fn tracepoint_refusal(console: &str) -> PathResult {
+    let s = section(console, "tracepoint");
+    let ok = s.contains("TCP tracing would be refused here")
+        && s.contains("sock:sock_send_length")
+        && s.lines()
+            .any(|l| l.starts_with("TCP send") && l.ends_with("-> NONE"));
+    PathResult {
+        path: "tracepoint".into(),
+        passed: ok,
+        summary: ok.then(|| {
+            "refused as expected: no sock:sock_send_length/sock_recv_length before Linux 6.3".into()
+        }),
+    }
+}
+
+/// Reads the guest console: one result per path in [`PATHS`], then the
+/// tracepoint refusal check; a path with no END marker (crash, hang, kernel
+/// panic) counts as failed.
 pub fn parse_console(console: &str) -> Vec<PathResult> {
-    PATHS
+    let mut out: Vec<PathResult> = PATHS
         .iter()
         .map(|p| {
-            let begin = format!("=== VMTEST BEGIN {p}");
             let end = format!("=== VMTEST END {p} rc=");
-            let section = console
-                .split_once(&begin)
-                .map(|(_, rest)| rest.split("=== VMTEST END").next().unwrap_or(""))
-                .unwrap_or("");
+            let section = section(console, p);
             let rc = console
                 .lines()
                 .find_map(|l| l.trim().strip_prefix(&end))
@@ -334,7 +365,9 @@ pub fn parse_console(console: &str) -> Vec<PathResult> {
                 summary,
             }
         })
-        .collect()
+        .collect();
+    out.push(tracepoint_refusal(console));
+    out
 }
 
 fn boot(kernel: &Path, initrd: &Path) -> Result<String> {
@@ -431,6 +464,10 @@ mod tests {
         let r = parse_console(ok);
         assert!(r[0].passed && r[0].summary.as_deref() == Some("go fixture: 17 flows"));
         assert!(!r[1].passed);
+        assert!(!r[2].passed, "no tracepoint section");
+        let tp = "=== VMTEST BEGIN tracepoint\nTCP send            -> NONE\n    tracepoint sock:sock_send_length missing\n\
+                  TCP tracing would be refused here:\n=== VMTEST END tracepoint rc=0\n";
+        assert!(parse_console(tp)[2].passed);
         // A guest that died before reporting fails every path.
         assert!(parse_console("Kernel panic").iter().all(|r| !r.passed));
     }
