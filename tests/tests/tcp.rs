@@ -783,12 +783,12 @@ fn go_fixture_flows_match_ground_truth() -> Result<()> {
         "{st:?}"
     );
     eprintln!(
-        "go fixture: {} flows byte-exact via state={:?} send={:?} recv={:?} rtt={:?}; refused port {} reset+failed connect",
+        "go fixture: {} flows byte-exact via state={} send={} recv={} rtt={}; refused port {} reset+failed connect",
         ours,
-        tcp.mechanism_of("state"),
-        tcp.mechanism_of("send"),
-        tcp.mechanism_of("recv"),
-        tcp.mechanism_of("rtt"),
+        tcp.mechanism_of("state").unwrap_or("none"),
+        tcp.mechanism_of("send").unwrap_or("none"),
+        tcp.mechanism_of("recv").unwrap_or("none"),
+        tcp.mechanism_of("rtt").unwrap_or("none"),
         truth.refused_port
     );
     Ok(())

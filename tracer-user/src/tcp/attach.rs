@@ -335,6 +335,13 @@ pub(crate) fn essential_failures(hooks: &[HookStatus]) -> Vec<(&'static str, Str
         .collect()
 }
 
+/// The mechanism serving one role (`None`: nothing attached).
+#[derive(Clone, Debug, Serialize)]
+pub struct RoleChoice {
+    pub role: &'static str,
+    pub mechanism: Option<&'static str>,
+}
+
 /// `tracer inspect --kernel`: what this kernel offers and what TCP tracing
 /// would use on it, found by really loading and attaching.
 #[derive(Clone, Debug, Serialize)]
@@ -347,7 +354,7 @@ pub struct KernelReport {
     pub kprobes_error: Option<String>,
     pub hook_order: Vec<Mechanism>,
     /// Per role: the mechanism that attached, if any.
-    pub chosen: Vec<(String, Option<String>)>,
+    pub chosen: Vec<RoleChoice>,
     pub tcp_hooks: Vec<HookStatus>,
     /// Set when TCP tracing would be refused here.
     pub tcp_error: Option<String>,
@@ -370,14 +377,12 @@ pub fn inspect_kernel(tracer: &mut Tracer, order: &[Mechanism]) -> Result<Kernel
     let broken = essential_failures(&hooks);
     let chosen = ROLES
         .iter()
-        .map(|r| {
-            (
-                r.name.to_owned(),
-                hooks
-                    .iter()
-                    .find(|h| h.role == r.name && h.status == "attached")
-                    .map(|h| h.method.to_owned()),
-            )
+        .map(|r| RoleChoice {
+            role: r.name,
+            mechanism: hooks
+                .iter()
+                .find(|h| h.role == r.name && h.status == "attached")
+                .map(|h| h.method),
         })
         .collect();
     let kprobes_error = kprobes_unavailable();
@@ -416,9 +421,9 @@ impl std::fmt::Display for KernelReport {
         }
         let order: Vec<&str> = self.hook_order.iter().map(|m| m.name()).collect();
         writeln!(f, "TCP hook order: {}", order.join(","))?;
-        for (role, m) in &self.chosen {
-            writeln!(f, "TCP {role:<15} -> {}", m.as_deref().unwrap_or("NONE"))?;
-            for h in self.tcp_hooks.iter().filter(|h| h.role == role) {
+        for RoleChoice { role, mechanism } in &self.chosen {
+            writeln!(f, "TCP {role:<15} -> {}", mechanism.unwrap_or("NONE"))?;
+            for h in self.tcp_hooks.iter().filter(|h| h.role == *role) {
                 writeln!(
                     f,
                     "    {:<10} {:<34} {:<11} {}",

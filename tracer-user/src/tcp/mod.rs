@@ -25,7 +25,8 @@ use tracer_common::tcp::{
 
 use crate::{kernelfs, probes::Tracer};
 pub use attach::{
-    HOOK_ORDER_ENV, KernelReport, hook_order, inspect_kernel, set_hook_order, try_attach_hooks,
+    HOOK_ORDER_ENV, KernelReport, RoleChoice, hook_order, inspect_kernel, set_hook_order,
+    try_attach_hooks,
 };
 pub use flows::{FlowReport, FlowTotals, ListenRollup, RemoteRollup};
 pub use hooks::{HookStatus, Mechanism};
