@@ -10,6 +10,7 @@ mod demo;
 mod setup;
 mod shell;
 mod test;
+mod vm_test;
 
 use clap::{Parser, Subcommand};
 
@@ -34,6 +35,9 @@ enum Cmd {
     },
     /// Setup, build, start the bundled Go demo service and trace it live.
     Demo,
+    /// TCP kprobe and fentry paths inside Debian's Linux 6.1 under QEMU
+    /// (installs qemu/busybox/cpio and the kernel package when missing).
+    VmTest,
     /// Setup, then measure traced against untraced workloads side by side.
     Bench {
         /// Which benchmarks: locks, maps, analysis, agent or all.
@@ -56,6 +60,10 @@ fn main() -> anyhow::Result<()> {
         Cmd::Demo => {
             setup::setup()?;
             demo::demo()
+        }
+        Cmd::VmTest => {
+            setup::setup()?;
+            vm_test::vm_test()
         }
         Cmd::Bench { what } => {
             setup::setup()?;
