@@ -288,6 +288,23 @@ impl Session {
         Ok(())
     }
 
+    /// Ids of the kernel tables that decide which pids are recorded
+    /// (`TARGETS`, and `MAP_CONFIG` with the value each pid gets), so another
+    /// thread can add a process the moment it execs.
+    pub fn filter_tables(&self) -> Result<(u32, Option<(u32, tracer_common::maps::MapsConfig)>)> {
+        let id = |name: &str| -> Result<u32> {
+            match self.tracer.ebpf.map(name) {
+                Some(aya::maps::Map::HashMap(m)) => Ok(m.info()?.id()),
+                _ => anyhow::bail!("{name} is not a hash map"),
+            }
+        };
+        let maps = match &self.maps {
+            Some(m) => Some((id("MAP_CONFIG")?, m.cfg())),
+            None => None,
+        };
+        Ok((id("TARGETS")?, maps))
+    }
+
     /// Stops recording `pid` and frees its entries in the kernel tables.
     pub fn remove_pid(&mut self, pid: u32) {
         if let Err(e) = self.tracer.forget_pid(pid) {

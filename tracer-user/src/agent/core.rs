@@ -17,7 +17,7 @@ use anyhow::{Context, Result};
 
 use super::{
     deep::{self, DeepTrace},
-    discovery::{self, BinaryCache, Event, Kind, ProcEvents},
+    discovery::{self, BinaryCache, FastIndex, FastTargets, Found, Kind, ProcEvents, Seen},
     hub::{
         AgentInfo, Command, Health, HookInfo, HubWriter, Labels, NodeSnapshot, ProcState,
         ProcessInfo,
@@ -205,7 +205,10 @@ pub struct Agent {
     /// Go processes gone before their probes were live.
     missed: u64,
     /// Binaries being analysed, with the processes waiting for them.
-    jobs: HashMap<(u64, u64), Vec<Waiter>>,
+    jobs: HashMap<(u64, u64), Vec<Seen>>,
+    /// Filter tables of binaries with live probes, shared with the
+    /// discovery thread.
+    fast: FastIndex,
     job_tx: tokio::sync::mpsc::UnboundedSender<JobDone>,
     job_rx: tokio::sync::mpsc::UnboundedReceiver<JobDone>,
 }
@@ -256,24 +259,6 @@ fn own_rss() -> u64 {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
-}
-
-/// Container labels and the innermost-namespace pid of `pid`, from its
-/// cgroup path and `NSpid`. Pod name, namespace and container name need the
-/// Kubernetes API and stay absent here.
-fn labels_of(pid: u32) -> (Labels, u32) {
-    let labels = crate::cgroup::for_pid(pid)
-        .map(|c| Labels {
-            container_id: c.container_id,
-            pod_uid: c.pod_uid,
-            ..Labels::default()
-        })
-        .unwrap_or_default();
-    let ns_pid = crate::cgroup::ns_pids_for_pid(pid)
-        .ok()
-        .and_then(|v| v.last().copied())
-        .unwrap_or(pid);
-    (labels, ns_pid)
 }
 
 impl Agent {
@@ -356,6 +341,7 @@ impl Agent {
                 started: Instant::now(),
                 missed: 0,
                 jobs: HashMap::new(),
+                fast: FastIndex::default(),
                 job_tx,
                 job_rx,
             },
@@ -369,10 +355,19 @@ impl Agent {
     /// Only cheap work happens here: a binary seen for the first time is
     /// analysed, and its probes placed, on a blocking thread, so the execs of
     /// already-known binaries queued meanwhile are handled within a few ms.
-    pub fn consider(&mut self, pid: u32, exec_ns: Option<u64>) {
-        let seen_ns = exec_ns.unwrap_or_else(monotonic_ns);
+    pub fn consider(&mut self, pid: u32) {
+        let sel = self.opts.select.clone();
+        let seen = Seen::observe(pid, monotonic_ns(), false, &self.fast, &|s: &Seen| {
+            sel.matches(s.pid, &s.comm, &s.exe, &s.labels)
+        });
+        self.consider_seen(seen);
+    }
+
+    /// [`Agent::consider`] for a process the discovery thread has seen.
+    pub fn consider_seen(&mut self, mut w: Seen) {
+        let pid = w.pid;
         if self.traced.contains_key(&pid) {
-            if exec_ns.is_none() {
+            if !w.exec {
                 return;
             }
             // The process replaced its image: the old probes are for the old binary.
@@ -382,16 +377,15 @@ impl Agent {
         if pid == std::process::id() {
             return;
         }
-        let Ok((file, devino)) = discovery::open_exe(pid) else {
-            // Gone already, or not readable: nothing to trace.
-            return;
-        };
-        let w = Waiter::observe(pid, seen_ns, exec_ns.is_some());
         // Binaries of processes the agent would not trace anyway are not
         // parsed (a parse holds the binary in memory).
         if !self.opts.select.matches(w.pid, &w.comm, &w.exe, &w.labels) {
             return;
         }
+        let Some((file, devino)) = w.binary.take() else {
+            // Gone before it could be opened, or not readable.
+            return;
+        };
         match self.binaries.get(devino) {
             Some(Kind::Other(_)) => {}
             Some(Kind::Go(bin, file, path)) => self.trace(w, devino, bin, file, &path),
@@ -401,7 +395,7 @@ impl Agent {
 
     /// Starts the analysis of a new binary in the background; processes of
     /// it that exec meanwhile wait for the result.
-    fn analyse(&mut self, w: Waiter, devino: (u64, u64), file: std::fs::File) {
+    fn analyse(&mut self, w: Seen, devino: (u64, u64), file: std::fs::File) {
         if let Some(waiting) = self.jobs.get_mut(&devino) {
             waiting.push(w);
             return;
@@ -452,6 +446,7 @@ impl Agent {
         );
         match d.session {
             Some(Ok(session)) => {
+                self.index_fast(d.devino, &session);
                 self.sessions.insert(
                     (d.devino.0, d.devino.1, 0),
                     BinSession {
@@ -475,9 +470,34 @@ impl Agent {
         }
     }
 
-    fn fail(&mut self, w: &Waiter, bin: &GoBinary, reason: String) {
+    /// Lets the discovery thread add new processes of this binary itself.
+    fn index_fast(&mut self, devino: (u64, u64), session: &Session) {
+        let opened = session
+            .filter_tables()
+            .and_then(|(t, m)| FastTargets::open(t, m));
+        match opened {
+            Ok(f) => {
+                self.fast
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(devino, f);
+            }
+            Err(e) => tracing::warn!("fast attach unavailable for a binary: {e:#}"),
+        }
+    }
+
+    /// Undoes the discovery thread's filter entry for a process not traced.
+    fn unfilter(&mut self, w: &Seen, (dev, ino): (u64, u64)) {
+        if w.fast
+            && let Some(bs) = self.sessions.get_mut(&(dev, ino, 0))
+        {
+            bs.session.remove_pid(w.pid);
+        }
+    }
+
+    fn fail(&mut self, w: &Seen, bin: &GoBinary, reason: String) {
         tracing::warn!("pid {} ({}): not traced: {reason}", w.pid, w.comm);
-        let mut info = w.info(bin);
+        let mut info = info_of(w, bin);
         info.state = ProcState::Failed;
         info.reason = Some(reason);
         self.remember_failed(info);
@@ -486,7 +506,7 @@ impl Agent {
     /// Traces a process of a Go binary already analysed.
     fn trace(
         &mut self,
-        mut w: Waiter,
+        mut w: Seen,
         (dev, ino): (u64, u64),
         bin: Arc<GoBinary>,
         file: Arc<std::fs::File>,
@@ -499,9 +519,11 @@ impl Agent {
         if !self.opts.select.matches(w.pid, &w.comm, &w.exe, &w.labels) {
             return;
         }
-        if !procfs::is_alive(w.pid) {
+        if !w.fast && !procfs::is_alive(w.pid) {
             // Exited before its probes could be live (first run of a binary
-            // shorter than its analysis): nothing of it was recorded.
+            // shorter than its analysis): nothing of it was recorded. (A
+            // process the discovery thread added at exec was recorded, and is
+            // reported even when gone.)
             self.missed += 1;
             return;
         }
@@ -510,6 +532,7 @@ impl Agent {
                 "not traced: already tracing {} processes (--max-processes)",
                 self.opts.max_processes
             );
+            self.unfilter(&w, (dev, ino));
             self.fail(&w, &bin, why);
             return;
         }
@@ -537,6 +560,9 @@ impl Agent {
             })
             .map(|session| {
                 let probes = session.probes.clone();
+                if key.2 == 0 {
+                    self.index_fast((dev, ino), &session);
+                }
                 self.sessions.insert(
                     key,
                     BinSession {
@@ -552,6 +578,7 @@ impl Agent {
         let probes = match attached {
             Ok(p) => p,
             Err(e) => {
+                self.unfilter(&w, (dev, ino));
                 // A process that exits mid-attach is normal, not an error.
                 if procfs::is_alive(pid) {
                     self.fail(&w, &bin, format!("{e:#}"));
@@ -564,7 +591,7 @@ impl Agent {
         if let Err(e) = add_tcp_pid(&mut self.shared, pid) {
             tracing::debug!("pid {pid}: TCP flows not traced: {e:#}");
         }
-        let mut info = w.info(&bin);
+        let mut info = info_of(&w, &bin);
         info.attach_latency_ns = monotonic_ns().saturating_sub(w.seen_ns);
         info.probes = probes;
         self.go_versions.insert(info.go_version.clone());
@@ -615,7 +642,11 @@ impl Agent {
     }
 
     /// Builds the last report of every exited process and frees its state.
-    fn retire(&mut self, node_tcp: Option<&TcpReport>, mut events: Option<&mut ProcEvents>) {
+    fn retire(
+        &mut self,
+        node_tcp: Option<&TcpReport>,
+        mut events: Option<&mut tokio::sync::mpsc::Receiver<Found>>,
+    ) {
         for bs in self.sessions.values_mut() {
             bs.session.begin_round();
         }
@@ -626,9 +657,8 @@ impl Agent {
             .map(|(pid, _)| *pid)
             .collect();
         for pid in gone {
-            if let Some(ev) = events.as_deref_mut() {
-                let ready = ev.ready(4096);
-                self.handle(ready);
+            if let Some(rx) = events.as_deref_mut() {
+                self.drain(rx);
             }
             self.retire_one(pid, node_tcp);
         }
@@ -683,6 +713,10 @@ impl Agent {
                 drop_off_loop(bs);
             }
             self.binaries.remove((k.0, k.1));
+            self.fast
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&(k.0, k.1));
         }
         for bs in self.sessions.values_mut().filter(|b| !b.pids.is_empty()) {
             bs.session.scan_stuck(self.opts.session.stuck_threshold);
@@ -702,7 +736,7 @@ impl Agent {
     pub fn rescan(&mut self) {
         for pid in discovery::scan_proc() {
             if !self.traced.contains_key(&pid) && !self.failed.iter().any(|f| f.pid == pid) {
-                self.consider(pid, None);
+                self.consider(pid);
             }
         }
     }
@@ -733,12 +767,20 @@ impl Agent {
         Some(report)
     }
 
-    /// Applies lifecycle events.
-    pub fn handle(&mut self, events: Vec<Event>) {
-        for ev in events {
-            match ev {
-                Event::Exec { pid, ktime_ns } => self.consider(pid, Some(ktime_ns)),
-                Event::Exit { pid } => self.exited(pid),
+    /// Applies one lifecycle event.
+    pub fn found(&mut self, f: Found) {
+        match f {
+            Found::Exec(seen) => self.consider_seen(*seen),
+            Found::Exit { pid } => self.exited(pid),
+        }
+    }
+
+    /// Applies the events queued now, without waiting.
+    fn drain(&mut self, rx: &mut tokio::sync::mpsc::Receiver<Found>) {
+        for _ in 0..4096 {
+            match rx.try_recv() {
+                Ok(f) => self.found(f),
+                Err(_) => break,
             }
         }
     }
@@ -746,7 +788,7 @@ impl Agent {
     /// Rebuilds the snapshot and publishes new findings. Execs that arrive
     /// meanwhile are handled between processes, so a snapshot of a busy
     /// node does not delay the tracing of a new process.
-    pub fn publish(&mut self, mut events: Option<&mut ProcEvents>) {
+    pub fn publish(&mut self, mut events: Option<&mut tokio::sync::mpsc::Receiver<Found>>) {
         let t0 = Instant::now();
         let node_tcp = self.collect_flows();
         self.retire(node_tcp.as_ref(), events.as_deref_mut());
@@ -754,9 +796,8 @@ impl Agent {
         let mut processes = Vec::with_capacity(self.traced.len() + self.failed.len());
         let pids: Vec<u32> = self.traced.keys().copied().collect();
         for pid in pids {
-            if let Some(ev) = events.as_deref_mut() {
-                let ready = ev.ready(4096);
-                self.handle(ready);
+            if let Some(rx) = events.as_deref_mut() {
+                self.drain(rx);
             }
             let Some(mut t) = self.traced.remove(&pid) else {
                 continue;
@@ -988,55 +1029,20 @@ fn start_session(
     )
 }
 
-/// A process waiting to be traced, as seen when it was found (it may be
-/// gone by the time its binary is analysed).
-pub struct Waiter {
-    pid: u32,
-    seen_ns: u64,
-    exec: bool,
-    comm: String,
-    exe: String,
-    labels: Labels,
-    ns_pid: u32,
-}
-
-impl Waiter {
-    fn observe(pid: u32, seen_ns: u64, exec: bool) -> Self {
-        let exe = procfs::exe_display(pid);
-        let comm = procfs::comm(pid).unwrap_or_else(|| {
-            exe.rsplit('/')
-                .next()
-                .unwrap_or("")
-                .chars()
-                .take(15)
-                .collect()
-        });
-        let (labels, ns_pid) = labels_of(pid);
-        Self {
-            pid,
-            seen_ns,
-            exec,
-            comm,
-            exe,
-            labels,
-            ns_pid,
-        }
-    }
-
-    fn info(&self, bin: &GoBinary) -> ProcessInfo {
-        ProcessInfo {
-            pid: self.pid,
-            ns_pid: self.ns_pid,
-            comm: self.comm.clone(),
-            exe: self.exe.clone(),
-            go_version: bin.build_info().go_version.clone(),
-            labels: self.labels.clone(),
-            state: ProcState::Traced,
-            reason: None,
-            probes: vec![],
-            attach_latency_ns: 0,
-            traced_since_unix_ns: unix_now_ns(),
-        }
+/// The process entry of a process seen as `w`, running `bin`.
+fn info_of(w: &Seen, bin: &GoBinary) -> ProcessInfo {
+    ProcessInfo {
+        pid: w.pid,
+        ns_pid: w.ns_pid,
+        comm: w.comm.clone(),
+        exe: w.exe.clone(),
+        go_version: bin.build_info().go_version.clone(),
+        labels: w.labels.clone(),
+        state: ProcState::Traced,
+        reason: None,
+        probes: vec![],
+        attach_latency_ns: 0,
+        traced_since_unix_ns: unix_now_ns(),
     }
 }
 
@@ -1064,9 +1070,15 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let refresh = opts.refresh.max(Duration::from_millis(100));
-    let (mut agent, mut events) = Agent::start(opts, hub)?;
+    let (mut agent, proc_events) = Agent::start(opts, hub)?;
+    // Events first, then the scan: a process that starts in between is seen
+    // twice (harmless), never zero times.
+    let (tx, mut events) = tokio::sync::mpsc::channel(65536);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sel = agent.opts.select.clone();
+    let reader = events_reader(proc_events, &agent, sel, tx, stop.clone())?;
     for pid in discovery::scan_proc() {
-        agent.consider(pid, None);
+        agent.consider(pid);
     }
     agent.publish(Some(&mut events));
     tracing::info!(
@@ -1084,7 +1096,10 @@ pub async fn run(
         tokio::select! {
             // New processes first: their probes must be live within ms.
             biased;
-            batch = events.next_batch(4096) => agent.handle(batch?),
+            Some(found) = events.recv() => {
+                agent.found(found);
+                agent.drain(&mut events);
+            }
             _ = &mut shutdown => break,
             _ = scan_tick.tick() => agent.scan(),
             Some(done) = agent.job_rx.recv() => agent.job_done(done),
@@ -1099,11 +1114,32 @@ pub async fn run(
         agent.exited(pid);
     }
     agent.publish(None);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    drop(events);
+    let _ = tokio::task::spawn_blocking(move || reader.join()).await;
     tracing::info!(
         "agent stopping after {:.0}s; probes detached",
         agent.uptime().as_secs_f64()
     );
     Ok(())
+}
+
+/// Starts the discovery thread over `events`.
+fn events_reader(
+    events: ProcEvents,
+    agent: &Agent,
+    sel: Selector,
+    tx: tokio::sync::mpsc::Sender<Found>,
+    stop: Arc<std::sync::atomic::AtomicBool>,
+) -> Result<std::thread::JoinHandle<()>> {
+    events
+        .spawn(
+            agent.fast.clone(),
+            Box::new(move |s: &Seen| sel.matches(s.pid, &s.comm, &s.exe, &s.labels)),
+            tx,
+            stop,
+        )
+        .context("starting the discovery thread")
 }
 
 /// Info to start a hub with, before the agent fills in the hooks.

@@ -8,17 +8,24 @@
 use std::{
     collections::{HashMap, VecDeque},
     os::{fd::AsRawFd, unix::fs::MetadataExt},
-    sync::Arc,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
 };
 
 use anyhow::{Context, Result, anyhow};
 use aya::{
-    maps::{MapData, PerCpuArray, RingBuf},
+    maps::{HashMap as BpfHashMap, Map, MapData, PerCpuArray, RingBuf},
     programs::TracePoint,
 };
-use tokio::io::unix::AsyncFd;
-use tracer_common::discovery::{EVENT_EXEC, EVENT_EXIT, ProcEvent};
+use tracer_common::{
+    discovery::{EVENT_EXEC, EVENT_EXIT, ProcEvent},
+    maps::MapsConfig,
+};
 
+use super::hub::Labels;
 use crate::{gobin::GoBinary, probes::Tracer, procfs};
 
 /// A process lifecycle event as decoded from the kernel.
@@ -45,9 +52,9 @@ pub fn decode(bytes: &[u8]) -> Option<Event> {
     }
 }
 
-/// The exec/exit tracepoints and their ring buffer, readable from tokio.
+/// The exec/exit tracepoints and their ring buffer.
 pub struct ProcEvents {
-    ring: AsyncFd<RingBuf<MapData>>,
+    ring: RingBuf<MapData>,
 }
 
 impl ProcEvents {
@@ -72,52 +79,171 @@ impl ProcEvents {
             .take_map("PROC_EVENTS")
             .ok_or_else(|| anyhow!("PROC_EVENTS ring buffer missing"))?;
         let ring = RingBuf::try_from(map).context("opening the PROC_EVENTS ring buffer")?;
-        // SAFETY: the ring buffer owns its fd, which stays open and refers to
-        // the same map for as long as the AsyncFd (which owns the ring) lives.
-        let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
-            .map_err(|e| anyhow!("registering PROC_EVENTS with tokio: {}", e.into_parts().1))?;
         Ok(Self { ring })
     }
 
-    /// Waits until at least one event is ready, then returns all ready ones.
-    pub async fn next_batch(&mut self, max: usize) -> Result<Vec<Event>> {
-        loop {
-            let mut guard = self.ring.readable_mut().await?;
-            let mut out = Vec::new();
-            let ring = guard.get_inner_mut();
-            while out.len() < max {
-                let Some(item) = ring.next() else { break };
-                if let Some(ev) = decode(&item) {
-                    out.push(ev);
+    /// Reads events on a thread of its own until `stop`: a new process of a
+    /// binary whose probes are live (in `index`) and that `select` accepts
+    /// is added to the kernel's filter tables right there, within a
+    /// millisecond of its exec, whatever the agent loop is busy with. Every
+    /// event then goes to the loop through `tx` for the bookkeeping.
+    pub fn spawn(
+        mut self,
+        index: FastIndex,
+        select: Box<dyn Fn(&Seen) -> bool + Send>,
+        tx: tokio::sync::mpsc::Sender<Found>,
+        stop: Arc<AtomicBool>,
+    ) -> std::io::Result<std::thread::JoinHandle<()>> {
+        std::thread::Builder::new()
+            .name("tracer-discovery".into())
+            .spawn(move || {
+                let fd = self.ring.as_raw_fd();
+                while !stop.load(Ordering::Relaxed) {
+                    let mut pfd = libc::pollfd {
+                        fd,
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    // SAFETY: one valid pollfd; the fd lives as long as the ring.
+                    unsafe { libc::poll(&mut pfd, 1, 200) };
+                    while let Some(item) = self.ring.next() {
+                        let Some(ev) = decode(&item) else { continue };
+                        let found = match ev {
+                            Event::Exec { pid, ktime_ns } => Found::Exec(Box::new(Seen::observe(
+                                pid, ktime_ns, true, &index, &select,
+                            ))),
+                            Event::Exit { pid } => Found::Exit { pid },
+                        };
+                        // Blocks when the loop is far behind: the ring then
+                        // fills and the kernel counts what it drops.
+                        if tx.blocking_send(found).is_err() {
+                            return;
+                        }
+                    }
                 }
-            }
-            if out.is_empty() {
-                guard.clear_ready();
-                continue;
-            }
-            return Ok(out);
-        }
-    }
-
-    /// Events ready now, without waiting: lets long work (a snapshot)
-    /// handle execs between steps instead of after.
-    pub fn ready(&mut self, max: usize) -> Vec<Event> {
-        let ring = self.ring.get_mut();
-        let mut out = Vec::new();
-        while out.len() < max {
-            let Some(item) = ring.next() else { break };
-            if let Some(ev) = decode(&item) {
-                out.push(ev);
-            }
-        }
-        out
-    }
-
-    /// Raw fd of the ring, for diagnostics.
-    pub fn fd(&self) -> i32 {
-        self.ring.get_ref().as_raw_fd()
+            })
     }
 }
+
+/// Binaries whose probes are live, by (device, inode): their filter tables.
+pub type FastIndex = Arc<Mutex<HashMap<(u64, u64), FastTargets>>>;
+
+/// The filter tables of one binary's object, opened a second time so the
+/// discovery thread can add a process without the agent loop.
+pub struct FastTargets {
+    targets: BpfHashMap<MapData, u32, u8>,
+    maps: Option<(BpfHashMap<MapData, u32, MapsConfig>, MapsConfig)>,
+}
+
+impl FastTargets {
+    /// Opens the tables by id (see `Session::filter_tables`).
+    pub fn open(targets: u32, maps: Option<(u32, MapsConfig)>) -> Result<Self> {
+        let open = |id: u32| -> Result<Map> { Ok(Map::HashMap(MapData::from_id(id)?)) };
+        Ok(Self {
+            targets: BpfHashMap::try_from(open(targets)?)?,
+            maps: match maps {
+                Some((id, cfg)) => Some((BpfHashMap::try_from(open(id)?)?, cfg)),
+                None => None,
+            },
+        })
+    }
+
+    fn add(&mut self, pid: u32) -> Result<()> {
+        if let Some((m, cfg)) = self.maps.as_mut() {
+            m.insert(pid, *cfg, 0)?;
+        }
+        self.targets.insert(pid, 1, 0)?;
+        Ok(())
+    }
+}
+
+/// What the discovery thread tells the agent loop.
+pub enum Found {
+    Exec(Box<Seen>),
+    Exit { pid: u32 },
+}
+
+/// A process as seen when it was found: it may be gone by the time the
+/// agent loop, or its binary's analysis, gets to it.
+pub struct Seen {
+    pub pid: u32,
+    /// CLOCK_MONOTONIC of the exec, or of the discovery by a scan.
+    pub seen_ns: u64,
+    pub exec: bool,
+    pub comm: String,
+    pub exe: String,
+    pub labels: Labels,
+    pub ns_pid: u32,
+    /// The binary, opened while the process lived, and its (device, inode).
+    pub binary: Option<(std::fs::File, (u64, u64))>,
+    /// Already added to its binary's filter tables by the discovery thread.
+    pub fast: bool,
+}
+
+impl Seen {
+    /// Reads what identifies `pid` now, and adds it to its binary's filter
+    /// tables when that binary is in `index` and `select` accepts it.
+    pub fn observe(
+        pid: u32,
+        seen_ns: u64,
+        exec: bool,
+        index: &FastIndex,
+        select: &dyn Fn(&Seen) -> bool,
+    ) -> Self {
+        let binary = open_exe(pid).ok();
+        let exe = procfs::exe_display(pid);
+        let comm = procfs::comm(pid).unwrap_or_else(|| {
+            exe.rsplit('/')
+                .next()
+                .unwrap_or("")
+                .chars()
+                .take(15)
+                .collect()
+        });
+        let (labels, ns_pid) = labels_of(pid);
+        let mut seen = Self {
+            pid,
+            seen_ns,
+            exec,
+            comm,
+            exe,
+            labels,
+            ns_pid,
+            binary,
+            fast: false,
+        };
+        if let Some((_, devino)) = &seen.binary
+            && select(&seen)
+        {
+            let mut idx = index.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(t) = idx.get_mut(devino) {
+                seen.fast = t.add(pid).is_ok();
+            }
+        }
+        seen
+    }
+}
+
+/// Container labels and the innermost-namespace pid of `pid`, from its
+/// cgroup path and `NSpid`. Pod name, namespace and container name need the
+/// Kubernetes API and stay absent here.
+pub fn labels_of(pid: u32) -> (Labels, u32) {
+    let labels = crate::cgroup::for_pid(pid)
+        .map(|c| Labels {
+            container_id: c.container_id,
+            pod_uid: c.pod_uid,
+            ..Labels::default()
+        })
+        .unwrap_or_default();
+    let ns_pid = crate::cgroup::ns_pids_for_pid(pid)
+        .ok()
+        .and_then(|v| v.last().copied())
+        .unwrap_or(pid);
+    (labels, ns_pid)
+}
+
+/// How long the discovery thread waits on the ring between stop checks.
+pub const POLL: Duration = Duration::from_millis(200);
 
 /// Events lost because the ring buffer was full (summed over CPUs).
 pub fn lost(tracer: &Tracer) -> u64 {

@@ -131,6 +131,11 @@ impl MapsState {
         }))
     }
 
+    /// The offsets and flags a pid is registered with in `MAP_CONFIG`.
+    pub fn cfg(&self) -> MapsConfig {
+        self.cfg
+    }
+
     /// Records `pid` too (another process of the same binary).
     pub fn add_pid(&mut self, tracer: &mut Tracer, pid: u32) -> Result<()> {
         read::add_target(tracer, pid, self.cfg)
