@@ -1,0 +1,11 @@
+//! The agent's network front ends: the `tracer.v1` gRPC service, the
+//! Prometheus `/metrics` endpoint and health probes, all read from one
+//! [`Hub`](crate::agent::hub::Hub). See docs/grpc.md.
+
+pub mod convert;
+pub mod filter;
+pub mod metrics;
+pub mod serve;
+pub mod server;
+
+pub use serve::{Bound, ServeOptions, TlsOptions, bind, serve};
