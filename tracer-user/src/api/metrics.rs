@@ -412,3 +412,225 @@ pub fn render(snap: Arc<NodeSnapshot>, top_sites: usize) -> Result<String, fmt::
 
 /// `Content-Type` of [`render`]'s output.
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::{
+        agent::hub::Labels,
+        api::synthetic::{flow, lock, process, report, site},
+    };
+
+    type Labelset = BTreeMap<String, String>;
+    /// Per label set (without `le`): (bound, cumulative count) pairs, _count, _sum.
+    type Parsed = BTreeMap<Labelset, (Vec<(f64, f64)>, f64, f64)>;
+
+    /// Minimal parser of the text format: `name{k="v",...} value` lines.
+    fn parse(text: &str) -> Vec<(String, Labelset, f64)> {
+        let mut out = vec![];
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
+            let (series, value) = line.rsplit_once(' ').expect("sample has a value");
+            let value: f64 = match value {
+                "+Inf" => f64::INFINITY,
+                v => v.parse().expect("numeric value"),
+            };
+            let (name, labels) = match series.split_once('{') {
+                None => (series.to_string(), Labelset::new()),
+                Some((name, rest)) => {
+                    let body = rest.strip_suffix('}').expect("closing brace");
+                    let mut labels = Labelset::new();
+                    // Label values here hold no `",` sequences.
+                    for kv in body.split("\",").filter(|s| !s.is_empty()) {
+                        let (k, v) = kv.split_once("=\"").expect("k=\"v\"");
+                        labels.insert(k.into(), v.trim_end_matches('"').into());
+                    }
+                    (name.to_string(), labels)
+                }
+            };
+            out.push((name, labels, value));
+        }
+        out
+    }
+
+    /// Histograms of family `name`, by label set without `le`:
+    /// (bucket bounds and cumulative counts, _count, _sum).
+    fn histograms(samples: &[(String, Labelset, f64)], name: &str) -> Parsed {
+        let mut m: Parsed = BTreeMap::new();
+        for (n, labels, v) in samples {
+            let mut l = labels.clone();
+            let le = l.remove("le");
+            let e = m.entry(l).or_default();
+            if *n == format!("{name}_bucket") {
+                let le = le.expect("bucket has le");
+                let b = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().expect("le")
+                };
+                e.0.push((b, *v));
+            } else if *n == format!("{name}_count") {
+                e.1 = *v;
+            } else if *n == format!("{name}_sum") {
+                e.2 = *v;
+            }
+        }
+        m.retain(|_, v| !v.0.is_empty());
+        m
+    }
+
+    fn check_structure(h: &Parsed) {
+        for (labels, (buckets, count, _)) in h {
+            assert!(
+                buckets
+                    .windows(2)
+                    .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
+                "{labels:?}: le must increase and counts be cumulative: {buckets:?}"
+            );
+            let last = buckets.last().expect("buckets");
+            assert_eq!(last.0, f64::INFINITY, "{labels:?}: last bucket is +Inf");
+            assert_eq!(last.1, *count, "{labels:?}: +Inf bucket == _count");
+        }
+    }
+
+    fn k8s() -> Labels {
+        Labels {
+            container_id: Some("0123456789abcdef0123".into()),
+            pod_uid: None,
+            pod_name: Some("web-1".into()),
+            namespace: Some("prod".into()),
+            container_name: None,
+        }
+    }
+
+    /// Three call sites with known waits; 5 µs to 3 s.
+    fn snapshot() -> NodeSnapshot {
+        let a = [5_000, 7_000, 2_000_000, 3_000_000_000];
+        let b = [40_000, 40_000, 900_000];
+        let c = [1_500, 80_000_000];
+        NodeSnapshot {
+            generation: 1,
+            node: "n1".into(),
+            processes: vec![process(10, "svc", k8s())],
+            reports: vec![
+                report(
+                    10,
+                    vec![
+                        lock("0x1", "mutex", site("main.a", "/src/a.go", 1), &a),
+                        lock("0x2", "mutex", site("main.b", "/src/b.go", 2), &b),
+                        lock("0x3", "mutex", site("main.c", "/src/c.go", 3), &c),
+                        // Same site as the first on another lock: summed into one series.
+                        lock("0x4", "mutex", site("main.a", "/src/a.go", 1), &[9_000]),
+                    ],
+                    vec![],
+                    vec![flow(10, 40000, 100, 200, &[30, 50, 3000])],
+                ),
+                report(11, vec![], vec![], vec![]),
+            ],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn lock_histograms_add_up_to_the_rows() {
+        let snap = Arc::new(snapshot());
+        let text = render(snap.clone(), 50).expect("render");
+        let samples = parse(&text);
+        let h = histograms(&samples, "tracer_lock_wait_seconds");
+        check_structure(&h);
+        assert_eq!(h.len(), 3, "one series per (pid, kind, site): {text}");
+        let locks = &snap.reports[0].locks;
+        let total_count: u64 = locks.iter().map(|l| l.contentions).sum();
+        let total_wait: u64 = locks.iter().map(|l| l.wait_ns_total).sum();
+        let got_count: f64 = h.values().map(|v| v.1).sum();
+        let got_sum: f64 = h.values().map(|v| v.2).sum();
+        assert_eq!(got_count, total_count as f64);
+        assert!((got_sum - total_wait as f64 / 1e9).abs() < 1e-9);
+        // Every sample lands in the first bucket whose bound is >= it.
+        let a = h
+            .iter()
+            .find(|(l, _)| l["site"] == "main.a a.go:1")
+            .expect("site a")
+            .1;
+        let le_count = |le: f64| a.0.iter().find(|(b, _)| *b >= le).expect("bucket").1;
+        assert_eq!(le_count(4.096e-6), 0.0, "nothing below 4 µs");
+        assert_eq!(le_count(16.384e-6), 3.0, "5, 7 and 9 µs");
+        assert_eq!(le_count(4.194304e-3), 4.0, "plus 2 ms");
+        assert_eq!(a.1, 5.0);
+        let labels = h.keys().next().expect("series");
+        for k in [
+            "pid",
+            "comm",
+            "kind",
+            "site",
+            "pod",
+            "namespace",
+            "container",
+        ] {
+            assert!(labels.contains_key(k), "label {k} missing: {labels:?}");
+        }
+        assert_eq!(labels["container"], "0123456789ab");
+    }
+
+    #[test]
+    fn sites_beyond_the_top_n_fold_into_other() {
+        let text = render(Arc::new(snapshot()), 1).expect("render");
+        let h = histograms(&parse(&text), "tracer_lock_wait_seconds");
+        check_structure(&h);
+        let sites: Vec<&str> = h.keys().map(|l| l["site"].as_str()).collect();
+        // main.a waited ~3 s: the heaviest keeps its label.
+        assert_eq!(sites.len(), 2, "{sites:?}");
+        assert!(sites.contains(&"main.a a.go:1"), "{sites:?}");
+        assert!(sites.contains(&OTHER_SITE), "{sites:?}");
+        let other = h
+            .iter()
+            .find(|(l, _)| l["site"] == OTHER_SITE)
+            .expect("other")
+            .1;
+        assert_eq!(other.1, 5.0, "b (3) + c (2) waits");
+        let want = (40_000.0 + 40_000.0 + 900_000.0 + 1_500.0 + 80_000_000.0) / 1e9;
+        assert!((other.2 - want).abs() < 1e-12, "{} vs {want}", other.2);
+    }
+
+    #[test]
+    fn tcp_and_agent_metrics() {
+        let text = render(Arc::new(snapshot()), 50).expect("render");
+        let samples = parse(&text);
+        let rtt = histograms(&samples, "tracer_tcp_rtt_seconds");
+        check_structure(&rtt);
+        let (buckets, count, sum) = rtt.values().next().expect("rtt series");
+        assert_eq!(*count, 3.0);
+        assert!((sum - 3080e-6).abs() < 1e-12);
+        let le = |b: f64| buckets.iter().find(|(x, _)| *x >= b).expect("bucket").1;
+        assert_eq!(le(64e-6), 2.0, "30 and 50 µs");
+        let value = |name: &str, dir: Option<&str>| {
+            samples
+                .iter()
+                .find(|(n, l, _)| {
+                    n == name
+                        && dir.is_none_or(|d| l.get("direction").map(String::as_str) == Some(d))
+                })
+                .map(|s| s.2)
+        };
+        assert_eq!(value("tracer_tcp_bytes_total", Some("sent")), Some(100.0));
+        assert_eq!(
+            value("tracer_tcp_bytes_total", Some("received")),
+            Some(200.0)
+        );
+        assert_eq!(value("tracer_tcp_retransmits_total", None), Some(0.0));
+        for n in [
+            "tracer_agent_probe_hits_total",
+            "tracer_agent_events_lost_total",
+            "tracer_agent_map_evictions_total",
+            "tracer_agent_bpf_run_time_seconds_total",
+            "tracer_agent_processes",
+            "tracer_agent_rss_bytes",
+        ] {
+            assert!(value(n, None).is_some(), "{n} missing:\n{text}");
+        }
+    }
+}

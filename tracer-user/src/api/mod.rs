@@ -7,5 +7,6 @@ pub mod filter;
 pub mod metrics;
 pub mod serve;
 pub mod server;
+pub mod synthetic;
 
 pub use serve::{Bound, ServeOptions, TlsOptions, bind, serve};
