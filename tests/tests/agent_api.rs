@@ -300,8 +300,9 @@ fn python_client_sees_the_real_agent_trace_the_fixtures() -> Result<()> {
                 .spawn()?,
         ))
     };
-    let busy = spawn(&["-g", "4", "-m", "1000000", "-hold", "2ms"])?;
-    let _stuck = spawn(&["-g", "3", "-m", "1000", "-hold", "3s"])?;
+    // (Holders spin: keep it to one busy core each on this 2-core machine.)
+    let busy = spawn(&["-g", "3", "-m", "1000000", "-hold", "1ms"])?;
+    let _stuck = spawn(&["-g", "2", "-m", "2", "-hold", "3s"])?;
     let busy_pid = busy.0.id();
 
     // The maps fixture crashes with "concurrent map writes" within

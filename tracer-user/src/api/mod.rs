@@ -9,4 +9,4 @@ pub mod serve;
 pub mod server;
 pub mod synthetic;
 
-pub use serve::{Bound, ServeOptions, TlsOptions, bind, serve};
+pub use serve::{Bound, ServeOptions, TlsOptions, bind, check_exposure, serve};

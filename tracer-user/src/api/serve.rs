@@ -122,6 +122,18 @@ fn remove_stale_socket(path: &Path) -> Result<()> {
     }
 }
 
+/// For the CLI: a gRPC or metrics address that is not loopback exposes the
+/// node's process data, so it is refused unless the user asked for remote
+/// access explicitly (`allow_remote`).
+pub fn check_exposure(what: &str, addr: SocketAddr, allow_remote: bool) -> Result<()> {
+    if addr.ip().is_loopback() || allow_remote {
+        return Ok(());
+    }
+    bail!(
+        "{what} address {addr} is reachable from other hosts; pass it explicitly to accept that (use 127.0.0.1 or a Unix socket otherwise)"
+    )
+}
+
 /// Binds every endpoint in `opts`; errors name the address that failed.
 pub async fn bind(opts: &ServeOptions) -> Result<Bound> {
     if opts.grpc_tcp.is_none() && opts.unix_socket.is_none() && opts.metrics.is_none() {
@@ -312,4 +324,21 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     bind(&opts).await?.serve(hub, shutdown).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn remote_addresses_need_consent() {
+        let local: SocketAddr = "127.0.0.1:7000".parse().expect("addr");
+        let any: SocketAddr = "0.0.0.0:7000".parse().expect("addr");
+        let v6: SocketAddr = "[::1]:7000".parse().expect("addr");
+        assert!(check_exposure("gRPC", local, false).is_ok());
+        assert!(check_exposure("gRPC", v6, false).is_ok());
+        let e = check_exposure("gRPC", any, false).expect_err("remote");
+        assert!(e.to_string().contains("0.0.0.0:7000"), "{e}");
+        assert!(check_exposure("gRPC", any, true).is_ok());
+    }
 }
