@@ -173,7 +173,10 @@ def main():
     import grpc
 
     pb, pb_grpc = generate_stubs(args.proto_root)
-    channel = grpc.insecure_channel(args.grpc)
+    # grpc-core puts the socket path into :authority for unix: targets, which
+    # the agent's HTTP/2 stack (h2) rejects as malformed: name a host instead.
+    options = [("grpc.default_authority", "localhost")] if args.grpc.startswith("unix:") else []
+    channel = grpc.insecure_channel(args.grpc, options=options)
     stub = pb_grpc.TracerStub(channel)
     info = stub.Info(pb.InfoRequest(), timeout=10)
 

@@ -359,6 +359,7 @@ fn python_client_sees_the_real_agent_trace_the_fixtures() -> Result<()> {
             agent_log()
         )
     })?;
+    eprintln!("python client summary (real agent, unix socket): {summary}");
     ensure!(
         summary["lock"]["pid"] == busy_pid && summary["lock"]["contentions"].as_u64() > Some(0),
         "{summary}"
