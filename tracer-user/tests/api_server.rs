@@ -796,3 +796,95 @@ async fn a_stale_socket_is_replaced_but_other_files_are_not() -> Result<()> {
     ensure!(none.is_err(), "nothing to serve is an error");
     Ok(())
 }
+
+/// A CA, a server certificate for `localhost` and a client certificate, PEM.
+struct Pki {
+    ca: String,
+    server: (String, String),
+    client: (String, String),
+}
+
+fn pki() -> Result<Pki> {
+    use rcgen::{
+        BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa,
+        KeyPair, KeyUsagePurpose,
+    };
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca = CertifiedIssuer::self_signed(ca, KeyPair::generate()?)?;
+    let leaf = |name: &str, usage: ExtendedKeyUsagePurpose| -> Result<(String, String)> {
+        let key = KeyPair::generate()?;
+        let mut p = CertificateParams::new(vec![name.to_string()])?;
+        p.extended_key_usages = vec![usage];
+        Ok((p.signed_by(&key, &ca)?.pem(), key.serialize_pem()))
+    };
+    Ok(Pki {
+        server: leaf("localhost", ExtendedKeyUsagePurpose::ServerAuth)?,
+        client: leaf("client", ExtendedKeyUsagePurpose::ClientAuth)?,
+        ca: ca.pem(),
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_client_certificates() -> Result<()> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+    let dir = TempDir::new()?;
+    let pki = pki()?;
+    let file = |name: &str, pem: &str| -> Result<PathBuf> {
+        let p = dir.0.join(name);
+        std::fs::write(&p, pem)?;
+        Ok(p)
+    };
+    let tls = tracer_user::api::TlsOptions {
+        cert: file("server.pem", &pki.server.0)?,
+        key: file("server.key", &pki.server.1)?,
+        client_ca: Some(file("ca.pem", &pki.ca)?),
+    };
+    let (hub, writer) = hub::channel(info(), REFRESH, 8);
+    writer.snapshots.send_replace(Arc::new(node(1, 0)));
+    let bound = tracer_user::api::bind(&ServeOptions {
+        grpc_tcp: Some("127.0.0.1:0".parse()?),
+        tls: Some(tls),
+        ..Default::default()
+    })
+    .await?;
+    let addr = bound.grpc_addr().context("addr")?;
+    let (stop, stopped) = oneshot::channel::<()>();
+    let task = tokio::spawn(bound.serve(hub, async move {
+        let _ = stopped.await;
+    }));
+    let tls_client = |identity: bool| {
+        let mut cfg = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(&pki.ca))
+            .domain_name("localhost");
+        if identity {
+            cfg = cfg.identity(Identity::from_pem(&pki.client.0, &pki.client.1));
+        }
+        cfg
+    };
+    let call = |endpoint: Endpoint| async move {
+        let ch = endpoint.connect().await?;
+        let r = TracerClient::new(ch).info(pb::InfoRequest {}).await?;
+        anyhow::Ok(r.into_inner())
+    };
+    let https = Endpoint::from_shared(format!("https://{addr}"))?;
+    let ok = call(https.clone().tls_config(tls_client(true))?).await?;
+    ensure!(ok.node == "node-a", "{ok:?}");
+    ensure!(
+        call(https.tls_config(tls_client(false))?).await.is_err(),
+        "a client without a certificate must be refused"
+    );
+    ensure!(
+        call(Endpoint::from_shared(format!("http://{addr}"))?)
+            .await
+            .is_err(),
+        "plaintext must be refused"
+    );
+    let _ = stop.send(());
+    tokio::time::timeout(Duration::from_secs(10), task).await???;
+    Ok(())
+}
