@@ -358,6 +358,7 @@ async fn findings_replay_resume_filter_and_report_aged_out_gaps() -> Result<()> 
     let e = &got[0];
     ensure!(
         e.kind == "stuck_lock_wait"
+            && e.node == "node-a"
             && e.pid == 10
             && e.address == "0x1000"
             && e.goroutine == 7

@@ -319,7 +319,7 @@ async fn findings_loop(
         after = 0;
     }
     let mut dropped = 0u64;
-    let node = hub.snapshot().node.clone();
+    let node = hub.info().node;
     loop {
         newest.borrow_and_update();
         let batch = log.since(after, FINDINGS_BATCH);
