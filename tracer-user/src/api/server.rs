@@ -120,14 +120,20 @@ fn delta(now: u64, before: Option<u64>) -> u64 {
     }
 }
 
-/// Sorts rows by `key` (largest first, ties by `tie` ascending) and keeps `n`.
-fn top<T, K: Ord, U: Ord>(
-    rows: &mut Vec<T>,
-    n: usize,
-    key: impl Fn(&T) -> K,
-    tie: impl Fn(&T) -> U,
-) {
-    rows.sort_by(|a, b| key(b).cmp(&key(a)).then_with(|| tie(a).cmp(&tie(b))));
+/// A row before conversion: where it comes from, what it sorts by, and its
+/// deltas. Only the top N are converted into messages (stacks, histograms),
+/// so a process with thousands of rows costs each stream little.
+struct Cand<'a, T> {
+    owner: usize,
+    row: &'a T,
+    rank: (u64, u64),
+    tie: (u32, &'a str, u64),
+    delta: (u64, u64),
+}
+
+/// Sorts largest rank first (ties by `tie`) and keeps `n`.
+fn top<T>(rows: &mut Vec<Cand<'_, T>>, n: usize) {
+    rows.sort_by(|a, b| b.rank.cmp(&a.rank).then_with(|| a.tie.cmp(&b.tie)));
     rows.truncate(n);
 }
 
@@ -139,107 +145,122 @@ pub fn build_snapshot(
     p: &WatchParams,
     prev: Option<&Baseline>,
 ) -> (pb::Snapshot, Baseline) {
+    use pb::SortKey as S;
     let node = snap.node.as_str();
     let procs = convert::process_index(snap);
+    let sort = p.sort;
     let mut next = Baseline {
         taken_unix_ns: snap.taken_unix_ns,
         ..Default::default()
     };
     let d = |now: u64, before: Option<u64>| prev.map_or(0, |_| delta(now, before));
+    let mut owners: Vec<Owner> = Vec::new();
     let (mut locks, mut maps, mut sync_maps, mut flows) = (vec![], vec![], vec![], vec![]);
     for report in &snap.reports {
         let owner = Owner::of(report, &procs);
         if !p.filter.matches(owner.pid, &owner.comm, &owner.labels) {
             continue;
         }
+        let o = owners.len();
+        let pid = owner.pid;
+        owners.push(owner);
         for l in &report.locks {
-            let key = convert::lock_key(owner.pid, l);
+            let key = convert::lock_key(pid, l);
             let before = prev.and_then(|b| b.locks.get(&key));
-            let mut row = convert::lock_row(&owner, l, node);
-            row.delta_contentions = d(l.contentions, before.map(|b| b.0));
-            row.delta_wait_ns = d(l.wait_ns_total, before.map(|b| b.1));
+            let delta = (
+                d(l.contentions, before.map(|b| b.0)),
+                d(l.wait_ns_total, before.map(|b| b.1)),
+            );
             next.locks.insert(key, (l.contentions, l.wait_ns_total));
-            locks.push(row);
+            let rank = match sort {
+                S::Unspecified | S::TotalTime => (l.wait_ns_total, l.contentions),
+                S::Count => (l.contentions, l.wait_ns_total),
+                S::Max => (l.wait_ns_max, l.wait_ns_total),
+                S::Delta => (delta.1, delta.0),
+            };
+            locks.push(Cand {
+                owner: o,
+                row: l,
+                rank,
+                tie: (pid, l.address.as_str(), u64::from(l.site.line)),
+                delta,
+            });
         }
         for m in &report.maps {
-            let key = convert::map_key(owner.pid, &m.address);
+            let key = convert::map_key(pid, &m.address);
             let ops = convert::map_ops(m);
             let before = prev.and_then(|b| b.maps.get(&key));
-            let mut row = convert::map_row(&owner, m, node);
-            row.delta_ops = d(ops, before.map(|b| b.0));
-            row.delta_growth_events = d(m.growth_events, before.map(|b| b.1));
+            let delta = (
+                d(ops, before.map(|b| b.0)),
+                d(m.growth_events, before.map(|b| b.1)),
+            );
             next.maps.insert(key, (ops, m.growth_events));
-            maps.push(row);
+            let ns: u64 = m.ops.iter().map(|o| o.ns_total).sum();
+            let count = ops + m.growth_events;
+            let rank = match sort {
+                S::Unspecified | S::TotalTime => (ns, count),
+                S::Count => (count, ns),
+                S::Max => (m.ops.iter().map(|o| o.ns_max).max().unwrap_or(0), count),
+                S::Delta => (delta.0 + delta.1, count),
+            };
+            maps.push(Cand {
+                owner: o,
+                row: m,
+                rank,
+                tie: (pid, m.address.as_str(), 0),
+                delta,
+            });
         }
-        for s in &report.sync_maps {
-            let key = convert::map_key(owner.pid, &s.address);
+        for sm in &report.sync_maps {
+            let key = convert::map_key(pid, &sm.address);
             let before = prev.and_then(|b| b.sync_maps.get(&key)).copied();
-            let mut row = convert::sync_map_row(&owner, s, node);
-            row.delta_total = d(s.total, before);
-            next.sync_maps.insert(key, s.total);
-            sync_maps.push(row);
+            let delta = (d(sm.total, before), 0);
+            next.sync_maps.insert(key, sm.total);
+            let rank = match sort {
+                S::Delta => (delta.0, sm.total),
+                _ => (sm.total, delta.0),
+            };
+            sync_maps.push(Cand {
+                owner: o,
+                row: sm,
+                rank,
+                tie: (pid, sm.address.as_str(), 0),
+                delta,
+            });
         }
         for f in report.tcp.iter().flat_map(|t| &t.flows) {
             let key = convert::flow_key(f);
             let before = prev.and_then(|b| b.flows.get(&key));
-            let mut row = convert::flow_row(&owner, f, node);
-            row.delta_bytes_sent = d(f.bytes_sent, before.map(|b| b.0));
-            row.delta_bytes_received = d(f.bytes_received, before.map(|b| b.1));
+            let delta = (
+                d(f.bytes_sent, before.map(|b| b.0)),
+                d(f.bytes_received, before.map(|b| b.1)),
+            );
             next.flows.insert(key, (f.bytes_sent, f.bytes_received));
-            flows.push(row);
+            let bytes = f.bytes_sent.saturating_add(f.bytes_received);
+            let srtt = f.srtt_us.unwrap_or(0);
+            let rank = match sort {
+                S::Unspecified | S::TotalTime | S::Count => (bytes, srtt),
+                S::Max => (srtt, bytes),
+                S::Delta => (delta.0.saturating_add(delta.1), bytes),
+            };
+            flows.push(Cand {
+                owner: o,
+                row: f,
+                rank,
+                tie: (
+                    pid,
+                    "",
+                    (u64::from(f.local_port) << 16) | u64::from(f.remote_port),
+                ),
+                delta,
+            });
         }
     }
     let n = p.top_n;
-    use pb::SortKey as S;
-    let sort = p.sort;
-    top(
-        &mut locks,
-        n,
-        |r| match sort {
-            S::Unspecified | S::TotalTime => (r.wait_ns_total, r.contentions),
-            S::Count => (r.contentions, r.wait_ns_total),
-            S::Max => (r.wait_ns_max, r.wait_ns_total),
-            S::Delta => (r.delta_wait_ns, r.delta_contentions),
-        },
-        |r| (r.pid, r.address.clone(), r.site.as_ref().map(|s| s.line)),
-    );
-    top(
-        &mut maps,
-        n,
-        |r| {
-            let ns: u64 = r.ops.iter().map(|o| o.ns_total).sum();
-            let count: u64 = r.ops.iter().map(|o| o.count).sum::<u64>() + r.growth_events;
-            match sort {
-                S::Unspecified | S::TotalTime => (ns, count),
-                S::Count => (count, ns),
-                S::Max => (r.ops.iter().map(|o| o.ns_max).max().unwrap_or(0), count),
-                S::Delta => (r.delta_ops + r.delta_growth_events, count),
-            }
-        },
-        |r| (r.pid, r.address.clone()),
-    );
-    top(
-        &mut sync_maps,
-        n,
-        |r| match sort {
-            S::Delta => (r.delta_total, r.total),
-            _ => (r.total, r.delta_total),
-        },
-        |r| (r.pid, r.address.clone()),
-    );
-    top(
-        &mut flows,
-        n,
-        |r| {
-            let bytes = r.bytes_sent + r.bytes_received;
-            match sort {
-                S::Unspecified | S::TotalTime | S::Count => (bytes, r.srtt_us),
-                S::Max => (r.srtt_us, bytes),
-                S::Delta => (r.delta_bytes_sent + r.delta_bytes_received, bytes),
-            }
-        },
-        |r| (r.pid, r.local.clone(), r.remote.clone()),
-    );
+    top(&mut locks, n);
+    top(&mut maps, n);
+    top(&mut sync_maps, n);
+    top(&mut flows, n);
     let processes = snap
         .processes
         .iter()
@@ -251,10 +272,37 @@ pub fn build_snapshot(
         taken_unix_ns: snap.taken_unix_ns,
         interval_ns: prev.map_or(0, |b| snap.taken_unix_ns.saturating_sub(b.taken_unix_ns)),
         node: node.to_string(),
-        locks,
-        maps,
-        sync_maps,
-        flows,
+        locks: locks
+            .iter()
+            .map(|c| pb::LockRow {
+                delta_contentions: c.delta.0,
+                delta_wait_ns: c.delta.1,
+                ..convert::lock_row(&owners[c.owner], c.row, node)
+            })
+            .collect(),
+        maps: maps
+            .iter()
+            .map(|c| pb::MapRow {
+                delta_ops: c.delta.0,
+                delta_growth_events: c.delta.1,
+                ..convert::map_row(&owners[c.owner], c.row, node)
+            })
+            .collect(),
+        sync_maps: sync_maps
+            .iter()
+            .map(|c| pb::SyncMapRow {
+                delta_total: c.delta.0,
+                ..convert::sync_map_row(&owners[c.owner], c.row, node)
+            })
+            .collect(),
+        flows: flows
+            .iter()
+            .map(|c| pb::FlowRow {
+                delta_bytes_sent: c.delta.0,
+                delta_bytes_received: c.delta.1,
+                ..convert::flow_row(&owners[c.owner], c.row, node)
+            })
+            .collect(),
         processes,
         health: Some(convert::health(&snap.health)),
         dropped: 0,
@@ -286,8 +334,14 @@ async fn watch_loop(
         if snap.generation == 0 {
             continue;
         }
-        let (mut msg, next) = build_snapshot(&snap, &p, baseline.as_ref());
         seq += 1;
+        // A full buffer means this snapshot would be dropped: skip the work
+        // of building it, so stuck clients cost no CPU either.
+        if tx.capacity() == 0 {
+            dropped += 1;
+            continue;
+        }
+        let (mut msg, next) = build_snapshot(&snap, &p, baseline.as_ref());
         msg.seq = seq;
         msg.dropped = dropped;
         match tx.try_send(Ok(msg)) {
