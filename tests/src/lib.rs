@@ -13,6 +13,8 @@ use std::{
     sync::Mutex,
 };
 
+pub mod agent;
+
 use anyhow::{Context, Result, bail};
 
 /// One Go toolchain installed under the cache directory.

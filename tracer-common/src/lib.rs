@@ -5,6 +5,7 @@
 //! adds `aya::Pod` so user space can use the types as map keys and values.
 #![no_std]
 
+pub mod discovery;
 pub mod hist;
 pub mod lock;
 pub mod maps;

@@ -7,6 +7,7 @@
 #![no_std]
 #![no_main]
 
+mod discovery;
 mod lock;
 mod maps;
 mod regs;

@@ -4,6 +4,7 @@
 //! later front ends (agent, top view) drive the same code.
 pub mod agent;
 pub mod api;
+pub mod cgroup;
 pub mod commands;
 pub mod contention;
 pub mod datasyms;
@@ -20,3 +21,4 @@ pub mod report;
 pub mod session;
 pub mod stuck;
 pub mod tcp;
+pub mod top;

@@ -3,7 +3,16 @@
 use std::{ffi::OsString, path::PathBuf, process::ExitCode, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
-use tracer_user::{commands, duration, maps::MapsMode, session::OutputOptions};
+use tracer_user::{
+    agent::core::{AgentOptions, Selector},
+    commands::{
+        self,
+        agent::{Frontends, default_node_name},
+    },
+    duration,
+    maps::MapsMode,
+    session::OutputOptions,
+};
 
 #[derive(Parser)]
 #[command(
@@ -79,6 +88,106 @@ impl From<Output> for OutputOptions {
     }
 }
 
+#[derive(Args, Clone)]
+struct AgentArgs {
+    /// gRPC on TCP. Loopback by default: any other address must be given
+    /// here explicitly (the DaemonSet passes 0.0.0.0:7070). `off` disables.
+    #[arg(long, default_value = "127.0.0.1:7070", value_name = "ADDR|off")]
+    grpc_listen: String,
+    /// gRPC on a Unix socket (mode 0600). `off` disables.
+    #[arg(
+        long,
+        default_value = "/run/tracer/tracer.sock",
+        value_name = "PATH|off"
+    )]
+    unix_socket: String,
+    /// Prometheus `/metrics`, `/healthz` and `/readyz`. `off` disables.
+    #[arg(long, default_value = "127.0.0.1:9464", value_name = "ADDR|off")]
+    metrics_listen: String,
+    /// Serve gRPC over TLS with this certificate chain (PEM)...
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// ...and this private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+    /// Node name in every snapshot (default: $NODE_NAME, else the host name).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// How often the agent rebuilds its snapshot.
+    #[arg(long, default_value = "1s", value_parser = duration::parse)]
+    refresh: Duration,
+    /// Trace only these pids (default: every Go process).
+    #[arg(long, value_delimiter = ',')]
+    pid: Vec<u32>,
+    /// Trace only processes with these names.
+    #[arg(long, value_delimiter = ',')]
+    comm: Vec<String>,
+    /// Trace only executables whose path contains one of these.
+    #[arg(long, value_delimiter = ',')]
+    exe: Vec<String>,
+    /// Trace only these containers (id or a prefix of 12+ characters).
+    #[arg(long, value_delimiter = ',')]
+    container: Vec<String>,
+    /// Trace only these pods (name or UID).
+    #[arg(long, value_delimiter = ',')]
+    pod: Vec<String>,
+    /// Trace only pods in these Kubernetes namespaces.
+    #[arg(long, value_delimiter = ',')]
+    namespace: Vec<String>,
+    /// Most processes traced at once.
+    #[arg(long, default_value_t = 256)]
+    max_processes: usize,
+    /// Sites kept as Prometheus label values; the rest are summed as `other`.
+    #[arg(long, default_value_t = 50)]
+    metrics_top_sites: usize,
+    /// Per-process tracing choices; `--json-report PATH` writes the last
+    /// snapshot and every finding on exit.
+    #[command(flatten)]
+    output: Output,
+}
+
+/// `off` or an address.
+fn listen_addr(s: &str) -> anyhow::Result<Option<std::net::SocketAddr>> {
+    if s == "off" {
+        return Ok(None);
+    }
+    s.parse()
+        .map(Some)
+        .map_err(|e| anyhow::anyhow!("bad listen address {s:?}: {e}"))
+}
+
+fn agent_command(a: AgentArgs) -> anyhow::Result<(AgentOptions, Frontends)> {
+    let node = a.node_name.clone().unwrap_or_else(default_node_name);
+    let fe = Frontends {
+        grpc_tcp: listen_addr(&a.grpc_listen)?,
+        unix_socket: (a.unix_socket != "off").then(|| PathBuf::from(&a.unix_socket)),
+        metrics: listen_addr(&a.metrics_listen)?,
+        tls_cert: a.tls_cert,
+        tls_key: a.tls_key,
+        tls_client_ca: a.tls_client_ca,
+        metrics_top_sites: a.metrics_top_sites,
+        json_report: a.output.json_report.clone(),
+    };
+    let opts = AgentOptions {
+        node,
+        refresh: a.refresh,
+        select: Selector {
+            pids: a.pid,
+            comms: a.comm,
+            exes: a.exe,
+            containers: a.container,
+            pods: a.pod,
+            namespaces: a.namespace,
+        },
+        session: a.output.into(),
+        max_processes: a.max_processes,
+    };
+    Ok((opts, fe))
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Start PROGRAM with probes in place, trace it until it exits, then report.
@@ -102,6 +211,9 @@ enum Command {
         #[command(flatten)]
         output: Output,
     },
+    /// Trace every Go process on this node until SIGTERM, serving the
+    /// tracer.v1 gRPC API and Prometheus metrics (docs/grpc.md).
+    Agent(Box<AgentArgs>),
     /// Show what tracer finds in a Go binary: version, probe targets, offsets.
     Inspect {
         /// Path of the binary.
@@ -114,6 +226,34 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Live view of agents: locks, maps, sync.Map, TCP and findings (docs/top.md).
+    Top(TopArgs),
+}
+
+#[derive(Args)]
+struct TopArgs {
+    /// Agents to watch: host:port, http://host:port or unix:/path, comma-separated
+    /// (default: an embedded agent on this node).
+    #[arg(long, value_name = "ADDR[,ADDR...]", value_delimiter = ',')]
+    connect: Vec<String>,
+    /// Refresh interval (+/- change it live).
+    #[arg(long, default_value = "1s", value_parser = duration::parse)]
+    interval: Duration,
+    /// Print one round of tables after --interval and exit (also when stdout is not a terminal).
+    #[arg(long)]
+    once: bool,
+    /// Print each round as one line of JSON (docs/top.md) instead of tables.
+    #[arg(long)]
+    json: bool,
+    /// Print N rounds, one per --interval, then exit.
+    #[arg(long, value_name = "N")]
+    count: Option<u32>,
+    /// Rows per section the agents send (1..1000).
+    #[arg(long, default_value_t = 200)]
+    top: u32,
+    /// Initial filter: `pid=N comm=NAME pod=NAME node=NAME` or words (as with `/`).
+    #[arg(long, default_value = "")]
+    filter: String,
 }
 
 fn main() -> ExitCode {
@@ -150,9 +290,24 @@ fn main() -> ExitCode {
             } => commands::attach::attach(pid, duration, &output.into())
                 .await
                 .map(|()| 0),
+            Command::Agent(a) => match agent_command(*a) {
+                Ok((opts, fe)) => commands::agent::agent(opts, fe).await.map(|()| 0),
+                Err(e) => Err(e),
+            },
             Command::Inspect { binary, pid, json } => {
                 commands::inspect::inspect(binary.as_deref(), pid, json).map(|()| 0)
             }
+            Command::Top(a) => commands::top::top(commands::top::TopOptions {
+                connect: a.connect,
+                interval: a.interval,
+                once: a.once,
+                json: a.json,
+                count: a.count,
+                top: a.top,
+                filter: a.filter,
+            })
+            .await
+            .map(|()| 0),
         }
     });
     match result {

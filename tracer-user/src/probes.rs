@@ -63,6 +63,49 @@ pub fn enable_bpf_stats() -> Result<std::os::fd::OwnedFd> {
         .context("enabling BPF run-time statistics (BPF_ENABLE_STATS)")
 }
 
+/// Deletes the entries of a (LRU) hash table whose key matches `dead`.
+pub(crate) fn purge_hash<K: aya::Pod, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &str,
+    dead: impl Fn(&K) -> bool,
+) -> Result<()> {
+    let mut m: HashMap<&mut MapData, K, V> = HashMap::try_from(
+        ebpf.map_mut(name)
+            .ok_or_else(|| anyhow!("{name} map missing"))?,
+    )?;
+    let keys: Vec<K> = m
+        .keys()
+        .filter_map(|k| k.ok())
+        .filter(|k| dead(k))
+        .collect();
+    for k in keys {
+        // Already gone (evicted, or removed by the kernel side) is fine.
+        let _ = m.remove(&k);
+    }
+    Ok(())
+}
+
+/// [`purge_hash`] for per-CPU hash tables.
+pub(crate) fn purge_per_cpu<K: aya::Pod, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &str,
+    dead: impl Fn(&K) -> bool,
+) -> Result<()> {
+    let mut m: PerCpuHashMap<&mut MapData, K, V> = PerCpuHashMap::try_from(
+        ebpf.map_mut(name)
+            .ok_or_else(|| anyhow!("{name} map missing"))?,
+    )?;
+    let keys: Vec<K> = m
+        .keys()
+        .filter_map(|k| k.ok())
+        .filter(|k| dead(k))
+        .collect();
+    for k in keys {
+        let _ = m.remove(&k);
+    }
+    Ok(())
+}
+
 /// Where probes on a binary fire: one process, or every process running it.
 #[derive(Clone, Copy, Debug)]
 pub enum Scope {
@@ -169,6 +212,13 @@ impl Tracer {
     /// token size, so a session that does not trace TCP does not pin ~25 MB of
     /// kernel memory for them.
     pub fn load_with(tcp: bool) -> Result<Self> {
+        Self::load_sized(tcp, &[])
+    }
+
+    /// Like [`Tracer::load_with`], with the named kernel tables created at the
+    /// given sizes: the agent loads one object per traced process and one for
+    /// discovery, and each must not pin tens of MB of kernel memory.
+    pub fn load_sized(tcp: bool, sizes: &[(&str, u32)]) -> Result<Self> {
         if EBPF_OBJECT.is_empty() {
             bail!(
                 "this tracer was built without its eBPF object (AYA_BUILD_SKIP was set); rebuild after `cargo xtask setup`"
@@ -179,6 +229,9 @@ impl Tracer {
             for map in ["TCP_FLOWS", "TCP_CLOSED", "TCP_CLOSED_BY_SK", "TCP_SOCKS"] {
                 loader.map_max_entries(map, 64);
             }
+        }
+        for (map, size) in sizes {
+            loader.map_max_entries(map, *size);
         }
         let mut ebpf = loader
             .load(EBPF_OBJECT)
@@ -376,6 +429,18 @@ impl Tracer {
         for k in keys {
             let _ = inflight.remove(&k);
         }
+        Ok(())
+    }
+
+    /// Stops recording `pid` and deletes its entries from the lock tables,
+    /// so a binary's long-lived object does not fill with the dead.
+    pub fn forget_pid(&mut self, pid: u32) -> Result<()> {
+        let e = &mut self.ebpf;
+        purge_hash::<u32, u8>(e, "TARGETS", |k| *k == pid)?;
+        purge_per_cpu::<LockKey, WaitStats>(e, "LOCK_WAITS", |k| k.tgid == pid)?;
+        purge_per_cpu::<LockKey, u64>(e, "UNLOCK_WAKES", |k| k.tgid == pid)?;
+        purge_hash::<WaiterKey, u8>(e, "LOCK_WAITERS", |k| k.tgid == pid)?;
+        purge_hash::<InflightKey, Inflight>(e, "LOCK_INFLIGHT", |k| k.tgid == pid)?;
         Ok(())
     }
 

@@ -7,6 +7,7 @@ use std::{
     collections::HashMap,
     io::{IsTerminal, Write},
     path::{Path, PathBuf},
+    sync::Arc,
     time::{Duration, Instant},
 };
 
@@ -61,7 +62,8 @@ pub const STUCK_SCAN: Duration = Duration::from_millis(250);
 /// A traced process and the probes placed on it.
 pub struct Session {
     pub tracer: Tracer,
-    pub bin: GoBinary,
+    /// Shared with every other process running the same binary (agent).
+    pub bin: Arc<GoBinary>,
     pub pid: u32,
     pub exe: String,
     pub probes: Vec<ProbeStatus>,
@@ -90,13 +92,14 @@ impl Session {
     /// Attaches the lock probes to `bin` at `attach_path` for `pid`.
     pub fn start(
         mut tracer: Tracer,
-        bin: GoBinary,
+        bin: impl Into<Arc<GoBinary>>,
         attach_path: &Path,
         pid: u32,
         exe: String,
         scope: Scope,
         opts: &OutputOptions,
     ) -> Result<Self> {
+        let bin: Arc<GoBinary> = bin.into();
         let stats_fd = if opts.bpf_stats {
             Some(enable_bpf_stats()?)
         } else {
@@ -238,12 +241,11 @@ impl Session {
             return;
         };
         let goid_off = self.bin.offsets().g_goid.map(|o| o.value);
-        let pid = self.pid;
         self.stuck.update(
             &inflight,
             monotonic_ns(),
             threshold.as_nanos() as u64,
-            |k| read_goid(pid, k.g, goid_off?),
+            |k| read_goid(k.tgid, k.g, goid_off?),
         );
     }
 
@@ -262,6 +264,38 @@ impl Session {
         }
     }
 
+    /// Records `pid` too: another process running the same binary, whose
+    /// probes (placed on the binary's inode for every process) are already
+    /// live. Only for sessions started with [`Scope::AllProcesses`].
+    pub fn add_pid(&mut self, pid: u32) -> Result<()> {
+        self.tracer.add_target(pid)?;
+        if let Some(m) = self.maps.as_mut() {
+            m.add_pid(&mut self.tracer, pid)?;
+        }
+        Ok(())
+    }
+
+    /// Stops recording `pid` and frees its entries in the kernel tables.
+    pub fn remove_pid(&mut self, pid: u32) {
+        if let Err(e) = self.tracer.forget_pid(pid) {
+            tracing::debug!("pid {pid}: freeing its lock entries: {e:#}");
+        }
+        if let Some(m) = self.maps.as_mut()
+            && let Err(e) = m.forget_pid(&mut self.tracer, pid)
+        {
+            tracing::debug!("pid {pid}: freeing its map entries: {e:#}");
+        }
+        self.stuck.forget(pid);
+    }
+
+    /// The report of `pid` alone, for sessions that record several
+    /// processes of one binary.
+    pub fn report_for(&mut self, pid: u32) -> Result<Report> {
+        let mut r = self.build_report_for(pid)?;
+        r.tcp_off = self.tcp_off_reason.clone();
+        Ok(r)
+    }
+
     /// The report as of now. Collecting TCP flows moves closed flows out of the
     /// kernel's table, hence `&mut`.
     pub fn report(&mut self) -> Result<Report> {
@@ -269,7 +303,7 @@ impl Session {
             Some(t) => Some(t.report(&mut self.tracer)?),
             None => None,
         };
-        let mut report = self.build_report()?;
+        let mut report = self.build_report_for(self.pid)?;
         report.tcp = tcp;
         let (pauses, paused) = self.guard.paused(Instant::now());
         report.lock_probe_pauses = (pauses > 0).then(|| LockPauses {
@@ -281,9 +315,15 @@ impl Session {
         Ok(report)
     }
 
-    fn build_report(&self) -> Result<Report> {
-        let waits = self.tracer.lock_waits()?;
-        let stuck: Vec<_> = self.stuck.iter().cloned().collect();
+    fn build_report_for(&self, pid: u32) -> Result<Report> {
+        let mut waits = self.tracer.lock_waits()?;
+        waits.retain(|(k, _)| k.tgid == pid);
+        let stuck: Vec<_> = self
+            .stuck
+            .iter()
+            .filter(|w| w.key.tgid == pid)
+            .cloned()
+            .collect();
         let bias = self.bias(
             waits
                 .iter()
@@ -294,12 +334,15 @@ impl Session {
             bin: &self.bin,
             bias,
         };
-        let waiters = waiters_by_site(&self.tracer.lock_waiters()?);
+        let mut waiters = self.tracer.lock_waiters()?;
+        waiters.retain(|w| w.tgid == pid);
+        let waiters = waiters_by_site(&waiters);
         let mut rows = build_rows(&waits, &waiters, &sym, |id| self.tracer.lock_stack(id));
         for r in &mut rows {
             r.name = self.lock_name(r.address, bias);
         }
-        let wakes = self.tracer.unlock_wakes()?;
+        let mut wakes = self.tracer.unlock_wakes()?;
+        wakes.retain(|(k, _)| k.tgid == pid);
         let holders = build_holders(&wakes, &sym, |id| self.tracer.lock_stack(id))
             .into_iter()
             .map(|mut h| {
@@ -308,7 +351,7 @@ impl Session {
             })
             .collect();
         let maps = match &self.maps {
-            Some(m) => Some(m.report(&self.tracer, &self.bin)?),
+            Some(m) => Some(m.report(&self.tracer, &self.bin)?.only_pid(pid)),
             None => None,
         };
         let mut findings: Vec<AnyFinding> = stuck
@@ -355,7 +398,7 @@ impl Session {
         };
         Ok(Report {
             target: Target {
-                pid: self.pid,
+                pid,
                 exe: self.exe.clone(),
                 go_version: self.bin.build_info().go_version.clone(),
             },

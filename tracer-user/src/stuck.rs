@@ -101,6 +101,11 @@ impl StuckWaits {
         }
     }
 
+    /// Drops the waits of a process that is gone.
+    pub fn forget(&mut self, pid: u32) {
+        self.waits.retain(|(tgid, _, _), _| *tgid != pid);
+    }
+
     pub fn iter(&self) -> impl Iterator<Item = &StuckWait> {
         self.waits.values()
     }

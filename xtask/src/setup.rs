@@ -15,14 +15,21 @@ pub const GO_VERSIONS: [&str; 7] = [
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
+/// PyPI `kubernetes-validate`: bundles the Kubernetes OpenAPI JSON schemas
+/// (1.25 to 1.37, strict variants included), so `tests/tests/deploy.rs` checks
+/// the manifests in `deploy/` offline, against the real API types.
+pub const KUBERNETES_VALIDATE_VERSION: &str = "1.37.0";
+
 pub fn setup() -> Result<()> {
     rust_src()?;
     bpf_linker()?;
     for v in GO_VERSIONS {
         go_toolchain(v)?;
     }
+    kubernetes_validate()?;
     python_client()?;
     mounts();
+    tmux()?;
     step("setup complete");
     Ok(())
 }
@@ -183,6 +190,36 @@ fn python_client() -> Result<()> {
     Ok(())
 }
 
+/// A venv at `<cache>/kubernetes-validate/<version>` holding the validator (and
+/// PyYAML, its dependency, which the deploy test also uses to read manifests).
+fn kubernetes_validate() -> Result<()> {
+    let version = KUBERNETES_VALIDATE_VERSION;
+    let dir = cache_dir().join("kubernetes-validate").join(version);
+    let bin = dir.join("bin/kubernetes-validate");
+    if let Some(v) = output(Command::new(&bin).arg("--version"))
+        && v.trim() == version
+    {
+        step(&format!("kubernetes-validate {version}: present"));
+        return Ok(());
+    }
+    step(&format!(
+        "kubernetes-validate {version}: installing from PyPI into {}",
+        dir.display()
+    ));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(dir.parent().context("cache dir")?)?;
+    run(Command::new("python3").args(["-m", "venv"]).arg(&dir))?;
+    run(Command::new(dir.join("bin/pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check"])
+        .arg(format!("kubernetes-validate=={version}")))?;
+    let v = output(Command::new(&bin).arg("--version"))
+        .with_context(|| format!("{} does not run after install", bin.display()))?;
+    if v.trim() != version {
+        bail!("installed kubernetes-validate reports {v:?}, expected {version}");
+    }
+    Ok(())
+}
+
 /// tracefs and bpffs are not mounted at boot on this kind of machine.
 fn mounts() {
     let mounts = fs::read_to_string("/proc/self/mounts").unwrap_or_default();
@@ -200,4 +237,21 @@ fn mounts() {
             eprintln!("warning: could not mount {fstype} at {target}: {e:#} (tracer needs root)");
         }
     }
+}
+
+/// tmux drives `tracer top` in its end-to-end test (tests/tests/top.rs).
+fn tmux() -> Result<()> {
+    if let Some(v) = output(Command::new("tmux").arg("-V")) {
+        step(&format!("tmux: present ({})", v.trim()));
+        return Ok(());
+    }
+    step("tmux: installing with apt-get");
+    run(Command::new("apt-get").arg("update").arg("-qq"))?;
+    run(Command::new("apt-get")
+        .args(["install", "-y", "-qq", "tmux"])
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    if output(Command::new("tmux").arg("-V")).is_none() {
+        bail!("tmux was installed but does not run");
+    }
+    Ok(())
 }

@@ -3,11 +3,13 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tracer_user::{datasyms::DataSymbols, kernelfs, privileges, procfs};
+use tracer_user::{cgroup, datasyms::DataSymbols, kernelfs, privileges, procfs};
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
     let _ = procfs::parse_stat_state(&text);
+    let _ = cgroup::parse(&text);
+    let _ = cgroup::ns_pids(&text);
     let _ = privileges::parse_cap_eff(&text);
     let _ = kernelfs::is_mounted(&text, kernelfs::TRACEFS, "tracefs");
     let syms = DataSymbols::parse(data);

@@ -66,6 +66,9 @@ pub struct ProcessInfo {
 pub struct Health {
     pub processes_traced: u32,
     pub processes_failed: u32,
+    /// Go processes that exited before their probes were live (a program
+    /// shorter than the first attach of its binary, ~0.1 s).
+    pub processes_missed: u64,
     /// Events the kernel side could not deliver or keep.
     pub events_lost: u64,
     /// Entries evicted from bounded kernel tables.

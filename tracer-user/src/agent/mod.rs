@@ -1,3 +1,6 @@
 //! `tracer agent`: trace every Go process on the node and publish what it
 //! sees through a [`hub::Hub`] to the gRPC API, Prometheus and `tracer top`.
+pub mod core;
+pub mod deep;
+pub mod discovery;
 pub mod hub;

@@ -1,4 +1,6 @@
 //! The `tracer` subcommands.
+pub mod agent;
 pub mod attach;
 pub mod inspect;
 pub mod run;
+pub mod top;

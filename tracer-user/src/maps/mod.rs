@@ -64,6 +64,8 @@ pub struct MapsState {
     /// CLOCK_MONOTONIC at the start, to report kernel timestamps relative to it.
     start_mono: u64,
     pub statuses: Vec<ProbeStatus>,
+    /// Offsets and flags every recorded pid is registered with.
+    cfg: MapsConfig,
 }
 
 impl MapsState {
@@ -125,7 +127,31 @@ impl MapsState {
             fatals: Vec::new(),
             start_mono: monotonic_ns(),
             statuses,
+            cfg,
         }))
+    }
+
+    /// Records `pid` too (another process of the same binary).
+    pub fn add_pid(&mut self, tracer: &mut Tracer, pid: u32) -> Result<()> {
+        read::add_target(tracer, pid, self.cfg)
+    }
+
+    /// Stops recording `pid` and frees its entries in the kernel tables.
+    pub fn forget_pid(&mut self, tracer: &mut Tracer, pid: u32) -> Result<()> {
+        use crate::probes::{purge_hash, purge_per_cpu};
+        use tracer_common::{
+            LockKey, WaitStats, WaiterKey,
+            maps::{ConflictKey, ConflictStats, GrowthKey, GrowthStats, SyncMapKey},
+        };
+        let e = &mut tracer.ebpf;
+        purge_hash::<u32, MapsConfig>(e, "MAP_CONFIG", |k| *k == pid)?;
+        purge_per_cpu::<GrowthKey, GrowthStats>(e, "MAP_GROWTH", |k| k.tgid == pid)?;
+        purge_per_cpu::<LockKey, WaitStats>(e, "MAP_OPS", |k| k.tgid == pid)?;
+        purge_hash::<WaiterKey, u8>(e, "MAP_OP_GS", |k| k.tgid == pid)?;
+        purge_per_cpu::<ConflictKey, ConflictStats>(e, "MAP_CONFLICTS", |k| k.tgid == pid)?;
+        purge_per_cpu::<SyncMapKey, u64>(e, "SYNC_MAP_CALLS", |k| k.tgid == pid)?;
+        self.fatals.retain(|f| f.tgid != pid);
+        Ok(())
     }
 
     /// Drains the fatal-event ring buffer. Call regularly and once more after

@@ -151,6 +151,17 @@ pub struct MapsReport {
     pub sync_maps: Vec<super::syncmap::SyncMapReport>,
 }
 
+impl MapsReport {
+    /// Keeps the rows and findings of `pid` only (one object may record
+    /// several processes of the same binary).
+    pub fn only_pid(mut self, pid: u32) -> Self {
+        self.maps.retain(|m| m.pid == pid);
+        self.findings.retain(|f| f.pid == pid);
+        self.sync_maps.retain(|m| m.pid == pid);
+        self
+    }
+}
+
 /// Symbolizes map records of one process.
 struct Sym<'a> {
     sym: Symbolizer<'a>,

@@ -192,7 +192,7 @@ pub struct FlowTotals {
 }
 
 impl FlowTotals {
-    fn add(&mut self, f: &FlowReport) {
+    pub fn add(&mut self, f: &FlowReport) {
         self.flows += 1;
         self.open += u64::from(f.open);
         self.bytes_sent = self.bytes_sent.saturating_add(f.bytes_sent);

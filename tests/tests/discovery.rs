@@ -1,0 +1,335 @@
+//! Privileged tests of node-wide discovery (`tracer agent`): processes
+//! started after the agent, short-lived ones, ones in their own mount and
+//! pid namespaces, thousands of non-Go processes, and a clean exit.
+
+use std::{
+    process::Command,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, ensure};
+use serde_json::Value;
+use tracer_tests::{
+    Variant,
+    agent::{AgentProc, process_info, process_report},
+    build_fixture, go_toolchains, privileged_tests_enabled, serial,
+};
+
+/// Agent flags for a test: no servers, fast refresh, only `exe` traced (the
+/// machine may run other Go programs).
+fn agent_args(exe_filter: &str) -> Vec<String> {
+    [
+        "--grpc-listen",
+        "off",
+        "--unix-socket",
+        "off",
+        "--metrics-listen",
+        "off",
+        "--refresh",
+        "200ms",
+        "--exe",
+        exe_filter,
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
+fn start_agent(exe_filter: &str) -> Result<AgentProc> {
+    let args = agent_args(exe_filter);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    AgentProc::start(&args)
+}
+
+fn newest_fixture(name: &str) -> Result<std::path::PathBuf> {
+    let tc = go_toolchains()?
+        .pop()
+        .context("no Go toolchain installed")?;
+    build_fixture(&tc, name, Variant::Plain)
+}
+
+fn contentions(report: &Value) -> u64 {
+    report["locks"]
+        .as_array()
+        .map(|l| {
+            l.iter()
+                .map(|r| r["contentions"].as_u64().unwrap_or(0))
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+fn run(cmd: &mut Command) -> Result<(u32, String)> {
+    let child = cmd
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("starting fixture")?;
+    let pid = child.id();
+    let out = child.wait_with_output()?;
+    ensure!(out.status.success(), "fixture failed: {:?}", out.status);
+    Ok((pid, String::from_utf8_lossy(&out.stdout).into_owned()))
+}
+
+#[test]
+fn process_started_after_the_agent_is_traced_with_its_attach_latency() -> Result<()> {
+    if !privileged_tests_enabled("agent_discovers_new_process") {
+        return Ok(());
+    }
+    let _serial = serial();
+    let bin = newest_fixture("contention")?;
+    let agent = start_agent(&bin.to_string_lossy())?;
+    let (pid, out) = run(Command::new(&bin).args(["-g", "4", "-m", "50", "-hold", "2ms"]))?;
+    let report = agent.stop()?;
+    let info = process_info(&report, pid)
+        .with_context(|| format!("pid {pid} not in the agent's report: {report:#}"))?;
+    let latency = info["attach_latency_ns"].as_u64().unwrap_or(0);
+    ensure!(
+        latency > 0 && latency < 5_000_000_000,
+        "attach latency not recorded sensibly: {latency} ns"
+    );
+    ensure!(info["state"] == "exited", "state: {}", info["state"]);
+    let r = process_report(&report, pid).context("no report for the process")?;
+    let n = contentions(r);
+    // 4 goroutines × 50 iterations: at most 200 contended acquisitions; the
+    // first ~100 ms (first attach of this binary) may be missed.
+    ensure!(n > 0 && n <= 200, "contentions {n}; fixture said {out}");
+    let site = &r["locks"][0]["site"]["function"];
+    ensure!(site == "main.holdLock", "lock site {site}");
+    Ok(())
+}
+
+#[test]
+fn short_lived_programs_are_traced_with_lock_and_map_events() -> Result<()> {
+    if !privileged_tests_enabled("agent_short_lived") {
+        return Ok(());
+    }
+    let _serial = serial();
+    let locks = newest_fixture("contention")?;
+    let maps = newest_fixture("maps")?;
+    let filter = locks
+        .parent()
+        .context("fixture dir")?
+        .to_string_lossy()
+        .into_owned();
+    let mut agent = start_agent(&filter)?;
+    // The first run of a never-seen binary is analysed and probed (~0.1 s);
+    // from then on the binary's probes stay live and a new process of it is
+    // traced within a few ms of its exec.
+    run(Command::new(&locks).args(["-g", "4", "-m", "5", "-hold", "1ms"]))?;
+    run(Command::new(&maps).args(["-mode", "grow", "-n", "20000"]))?;
+    for b in [&locks, &maps] {
+        agent.wait_for_log(
+            &format!("analysed {}", b.display()),
+            Duration::from_secs(30),
+        )?;
+    }
+    let mut runs = vec![];
+    for _ in 0..3 {
+        let t0 = Instant::now();
+        let (lp, _) = run(Command::new(&locks).args(["-g", "4", "-m", "5", "-hold", "1ms"]))?;
+        let lock_ms = t0.elapsed().as_millis();
+        let t0 = Instant::now();
+        let (mp, _) = run(Command::new(&maps).args(["-mode", "grow", "-n", "20000"]))?;
+        runs.push((lp, lock_ms, mp, t0.elapsed().as_millis()));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let log = agent.log();
+    let report = agent.stop()?;
+    for (lp, lock_ms, mp, map_ms) in runs {
+        let r = process_report(&report, lp).with_context(|| {
+            format!("{lock_ms} ms lock program {lp} not traced; agent log:\n{log}")
+        })?;
+        ensure!(
+            contentions(r) > 0,
+            "{lock_ms} ms program {lp}: no lock events: {r:#}"
+        );
+        let latency = process_info(&report, lp).context("info")?["attach_latency_ns"]
+            .as_u64()
+            .unwrap_or(u64::MAX);
+        ensure!(
+            latency < 200_000_000,
+            "known binary took {latency} ns to trace (goal 200 ms)"
+        );
+        let r = process_report(&report, mp)
+            .with_context(|| format!("{map_ms} ms map program {mp} not traced"))?;
+        let growth: u64 = r["maps"]
+            .as_array()
+            .map(|m| {
+                m.iter()
+                    .map(|x| x["growth_events"].as_u64().unwrap_or(0))
+                    .sum()
+            })
+            .unwrap_or(0);
+        ensure!(
+            growth > 0,
+            "{map_ms} ms map program {mp}: no growth events: {r:#}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn process_in_private_mount_and_pid_namespace_is_found_with_both_pids() -> Result<()> {
+    if !privileged_tests_enabled("agent_namespaces") {
+        return Ok(());
+    }
+    let _serial = serial();
+    let bin = newest_fixture("contention")?;
+    let agent = start_agent("/private-")?;
+    // The binary exists only inside the child's own mount namespace (a
+    // tmpfs nobody else sees), and runs as pid 1 of a new pid namespace.
+    let dir = format!("/tmp/private-{}", std::process::id());
+    let script = format!(
+        "mkdir -p {dir} && mount -t tmpfs tmpfs {dir} && cp {} {dir}/app && exec {dir}/app -g 4 -m 100 -hold 2ms",
+        bin.display()
+    );
+    let mut child = Command::new("unshare")
+        .args([
+            "--mount",
+            "--pid",
+            "--fork",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+        ])
+        .arg(&script)
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .context("unshare")?;
+    let status = child.wait()?;
+    ensure!(status.success(), "namespaced fixture failed: {status}");
+    let _ = std::fs::remove_dir(&dir);
+    ensure!(
+        !std::path::Path::new(&format!("{dir}/app")).exists(),
+        "the binary leaked out of the private mount"
+    );
+    let report = agent.stop()?;
+    let procs = report["snapshot"]["processes"]
+        .as_array()
+        .context("processes")?;
+    let p = procs
+        .iter()
+        .find(|p| p["exe"].as_str().is_some_and(|e| e.ends_with("/app")))
+        .with_context(|| format!("namespaced process not found: {report:#}"))?;
+    let (host, ns) = (
+        p["pid"].as_u64().unwrap_or(0),
+        p["ns_pid"].as_u64().unwrap_or(0),
+    );
+    ensure!(ns == 1, "in-namespace pid should be 1, got {ns}");
+    ensure!(host > 1 && host != ns, "host pid {host}");
+    let r = process_report(&report, host as u32).context("no report")?;
+    ensure!(
+        contentions(r) > 0,
+        "no contention traced in the namespaced process"
+    );
+    Ok(())
+}
+
+fn rss_kb(pid: u32) -> Result<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("VmRSS")
+}
+
+fn fd_count(pid: u32) -> Result<usize> {
+    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())
+}
+
+#[test]
+fn thousands_of_short_lived_non_go_processes_leave_memory_and_fds_bounded() -> Result<()> {
+    if !privileged_tests_enabled("agent_churn") {
+        return Ok(());
+    }
+    let _serial = serial();
+    let agent = start_agent("/no-such-binary-")?;
+    let pid = agent.pid();
+    // Warm up allocator arenas and caches first.
+    let churn = |n: u32| -> Result<()> {
+        let st = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "i=0; while [ $i -lt {n} ]; do /bin/true; i=$((i+1)); done"
+            ))
+            .status()?;
+        ensure!(st.success(), "churn failed");
+        Ok(())
+    };
+    churn(200)?;
+    std::thread::sleep(Duration::from_millis(500));
+    let (rss0, fds0) = (rss_kb(pid)?, fd_count(pid)?);
+    churn(2000)?;
+    std::thread::sleep(Duration::from_millis(1000));
+    let (rss1, fds1) = (rss_kb(pid)?, fd_count(pid)?);
+    let report = agent.stop()?;
+    ensure!(
+        rss1 <= rss0 + 8 * 1024,
+        "agent RSS grew from {rss0} kB to {rss1} kB over 2000 processes"
+    );
+    ensure!(fds1 <= fds0 + 2, "agent fds grew from {fds0} to {fds1}");
+    let lost = report["snapshot"]["health"]["events_lost"]
+        .as_u64()
+        .unwrap_or(0);
+    ensure!(lost == 0, "{lost} events lost");
+    Ok(())
+}
+
+/// (id, name) of the BPF programs loaded in the kernel with our names.
+fn our_programs() -> Vec<(u32, String)> {
+    const OURS: &[&str] = &[
+        "lock_enter",
+        "lock_exit",
+        "proc_exec",
+        "proc_exit",
+        "map_fatal",
+    ];
+    aya::programs::loaded_programs()
+        .filter_map(|p| p.ok())
+        .filter_map(|p| Some((p.id(), p.name_as_str()?.to_owned())))
+        .filter(|(_, n)| OURS.contains(&n.as_str()))
+        .collect()
+}
+
+#[test]
+fn sigterm_detaches_every_probe_and_unloads_every_program() -> Result<()> {
+    if !privileged_tests_enabled("agent_sigterm") {
+        return Ok(());
+    }
+    let _serial = serial();
+    let bin = newest_fixture("contention")?;
+    // Programs of earlier agents may still be on their way out (the kernel
+    // frees them asynchronously): judge only the ones this agent loads.
+    let before: Vec<u32> = our_programs().into_iter().map(|(id, _)| id).collect();
+    let ours = move || -> Vec<(u32, String)> {
+        our_programs()
+            .into_iter()
+            .filter(|(id, _)| !before.contains(id))
+            .collect()
+    };
+    let mut fixture = Command::new(&bin)
+        .args(["-g", "4", "-m", "100000", "-hold", "1ms"])
+        .stdout(std::process::Stdio::null())
+        .spawn()?;
+    let mut agent = start_agent(&bin.to_string_lossy())?;
+    agent.wait_for_log("tracing pid", Duration::from_secs(10))?;
+    let loaded = ours();
+    ensure!(
+        loaded.iter().any(|(_, n)| n == "lock_enter")
+            && loaded.iter().any(|(_, n)| n == "proc_exec"),
+        "programs not loaded while tracing: {loaded:?}"
+    );
+    agent.stop()?;
+    let _ = fixture.kill();
+    let _ = fixture.wait();
+    // Links are released with the agent's fds; the kernel frees programs
+    // asynchronously (RCU), so allow it a moment.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !ours().is_empty() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let left = ours();
+    ensure!(left.is_empty(), "programs left after SIGTERM: {left:?}");
+    Ok(())
+}

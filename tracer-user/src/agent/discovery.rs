@@ -1,0 +1,272 @@
+//! Finding Go processes: a `/proc` scan at start, then exec and exit events
+//! from the kernel (`sched:sched_process_exec`/`exit`), so a new process is
+//! seen within milliseconds of its exec.
+//!
+//! Binaries are classified once per (device, inode): a node runs the same few
+//! binaries in thousands of processes, and parsing one can take 100 ms.
+
+use std::{
+    collections::{HashMap, VecDeque},
+    os::{fd::AsRawFd, unix::fs::MetadataExt},
+    sync::Arc,
+};
+
+use anyhow::{Context, Result, anyhow};
+use aya::{
+    maps::{MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+};
+use tokio::io::unix::AsyncFd;
+use tracer_common::discovery::{EVENT_EXEC, EVENT_EXIT, ProcEvent};
+
+use crate::{gobin::GoBinary, probes::Tracer, procfs};
+
+/// A process lifecycle event as decoded from the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    Exec { pid: u32, ktime_ns: u64 },
+    Exit { pid: u32 },
+}
+
+/// Decodes one ring-buffer record; None for a record of another size or kind.
+pub fn decode(bytes: &[u8]) -> Option<Event> {
+    if bytes.len() < size_of::<ProcEvent>() {
+        return None;
+    }
+    // SAFETY: length checked; ProcEvent is plain integers, any bits are valid.
+    let ev: ProcEvent = unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) };
+    match ev.kind {
+        EVENT_EXEC => Some(Event::Exec {
+            pid: ev.tgid,
+            ktime_ns: ev.ktime_ns,
+        }),
+        EVENT_EXIT => Some(Event::Exit { pid: ev.tgid }),
+        _ => None,
+    }
+}
+
+/// The exec/exit tracepoints and their ring buffer, readable from tokio.
+pub struct ProcEvents {
+    ring: AsyncFd<RingBuf<MapData>>,
+}
+
+impl ProcEvents {
+    /// Loads and attaches the two tracepoint programs in `tracer`.
+    pub fn attach(tracer: &mut Tracer) -> Result<Self> {
+        for (prog, name) in [
+            ("proc_exec", "sched_process_exec"),
+            ("proc_exit", "sched_process_exit"),
+        ] {
+            let p: &mut TracePoint = tracer
+                .ebpf
+                .program_mut(prog)
+                .ok_or_else(|| anyhow!("eBPF object lacks program {prog}"))?
+                .try_into()?;
+            p.load()
+                .with_context(|| format!("verifying eBPF program {prog}"))?;
+            p.attach("sched", name)
+                .with_context(|| format!("attaching tracepoint sched:{name}"))?;
+        }
+        let map = tracer
+            .ebpf
+            .take_map("PROC_EVENTS")
+            .ok_or_else(|| anyhow!("PROC_EVENTS ring buffer missing"))?;
+        let ring = RingBuf::try_from(map).context("opening the PROC_EVENTS ring buffer")?;
+        // SAFETY: the ring buffer owns its fd, which stays open and refers to
+        // the same map for as long as the AsyncFd (which owns the ring) lives.
+        let ring = unsafe { AsyncFd::register_with_interest(ring, tokio::io::Interest::READABLE) }
+            .map_err(|e| anyhow!("registering PROC_EVENTS with tokio: {}", e.into_parts().1))?;
+        Ok(Self { ring })
+    }
+
+    /// Waits until at least one event is ready, then returns all ready ones.
+    pub async fn next_batch(&mut self, max: usize) -> Result<Vec<Event>> {
+        loop {
+            let mut guard = self.ring.readable_mut().await?;
+            let mut out = Vec::new();
+            let ring = guard.get_inner_mut();
+            while out.len() < max {
+                let Some(item) = ring.next() else { break };
+                if let Some(ev) = decode(&item) {
+                    out.push(ev);
+                }
+            }
+            if out.is_empty() {
+                guard.clear_ready();
+                continue;
+            }
+            return Ok(out);
+        }
+    }
+
+    /// Events ready now, without waiting: lets long work (a snapshot)
+    /// handle execs between steps instead of after.
+    pub fn ready(&mut self, max: usize) -> Vec<Event> {
+        let ring = self.ring.get_mut();
+        let mut out = Vec::new();
+        while out.len() < max {
+            let Some(item) = ring.next() else { break };
+            if let Some(ev) = decode(&item) {
+                out.push(ev);
+            }
+        }
+        out
+    }
+
+    /// Raw fd of the ring, for diagnostics.
+    pub fn fd(&self) -> i32 {
+        self.ring.get_ref().as_raw_fd()
+    }
+}
+
+/// Events lost because the ring buffer was full (summed over CPUs).
+pub fn lost(tracer: &Tracer) -> u64 {
+    let Some(map) = tracer.ebpf.map("PROC_LOST") else {
+        return 0;
+    };
+    let Ok(arr) = PerCpuArray::<_, u64>::try_from(map) else {
+        return 0;
+    };
+    arr.get(&0, 0).map(|v| v.iter().sum()).unwrap_or(0)
+}
+
+/// Every pid in `/proc` (processes, not threads).
+pub fn scan_proc() -> Vec<u32> {
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .collect()
+}
+
+/// What a binary is to the agent.
+#[derive(Clone)]
+pub enum Kind {
+    /// A Go binary, with an open fd on it: probes are attached through
+    /// `/proc/self/fd/N`, which works after the process that exec'd it has
+    /// exited and after the file was deleted or replaced on disk.
+    /// The path is the one its first process showed, for display.
+    Go(Arc<GoBinary>, Arc<std::fs::File>, Arc<str>),
+    /// Not Go, or not analysable; with why, for the Go case's error.
+    Other(Arc<str>),
+}
+
+/// Opens the binary `pid` runs through `/proc/PID/exe` (which works for
+/// binaries in other mount namespaces and deleted files), with its
+/// (device, inode).
+pub fn open_exe(pid: u32) -> std::io::Result<(std::fs::File, (u64, u64))> {
+    let file = std::fs::File::open(procfs::exe_link(pid))?;
+    let meta = file.metadata()?;
+    Ok((file, (meta.dev(), meta.ino())))
+}
+
+/// Path that opens the binary held by `file`, from this process.
+pub fn fd_path(file: &std::fs::File) -> std::path::PathBuf {
+    std::path::PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()))
+}
+
+/// Classifications by (device, inode), with a bound: evicts the oldest
+/// entries first, so thousands of distinct short-lived binaries cannot
+/// exhaust memory.
+pub struct BinaryCache {
+    entries: HashMap<(u64, u64), Kind>,
+    order: VecDeque<(u64, u64)>,
+    capacity: usize,
+    /// Binaries parsed (cache misses), for tests and health.
+    pub parsed: u64,
+}
+
+impl BinaryCache {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            entries: HashMap::new(),
+            order: VecDeque::new(),
+            capacity: capacity.max(1),
+            parsed: 0,
+        }
+    }
+
+    /// What is known of the binary with this (device, inode).
+    pub fn get(&self, key: (u64, u64)) -> Option<Kind> {
+        self.entries.get(&key).cloned()
+    }
+
+    /// Remembers a classification, forgetting the oldest beyond capacity.
+    pub fn insert(&mut self, key: (u64, u64), kind: Kind) {
+        self.parsed += 1;
+        if let Some(e) = self.entries.get_mut(&key) {
+            *e = kind;
+            return;
+        }
+        if self.order.len() == self.capacity
+            && let Some(old) = self.order.pop_front()
+        {
+            self.entries.remove(&old);
+        }
+        self.order.push_back(key);
+        self.entries.insert(key, kind);
+    }
+
+    /// Parses an open binary: the slow part (up to ~0.1 s for a large one).
+    /// Reads through the open fd: the process may have exited, and the file
+    /// been replaced, since it was opened.
+    pub fn analyse(file: std::fs::File, display: Arc<str>) -> Kind {
+        match GoBinary::open(&fd_path(&file)) {
+            Ok(b) => Kind::Go(Arc::new(b), Arc::new(file), display),
+            Err(e) => Kind::Other(e.to_string().into()),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn decodes_events_and_rejects_short_or_unknown() {
+        let ev = ProcEvent {
+            kind: EVENT_EXEC,
+            tgid: 42,
+            ktime_ns: 7,
+        };
+        // SAFETY: viewing a repr(C) integer struct as bytes.
+        let bytes = unsafe {
+            std::slice::from_raw_parts((&raw const ev).cast::<u8>(), size_of::<ProcEvent>())
+        };
+        assert_eq!(
+            decode(bytes),
+            Some(Event::Exec {
+                pid: 42,
+                ktime_ns: 7
+            })
+        );
+        assert_eq!(decode(&bytes[..8]), None);
+        let mut other = bytes.to_vec();
+        other[0] = 9;
+        assert_eq!(decode(&other), None);
+    }
+
+    #[test]
+    fn cache_is_bounded_and_classifies_self_as_not_go() {
+        let mut c = BinaryCache::new(1);
+        let (file, key) = open_exe(std::process::id()).expect("own /proc entry");
+        let k = BinaryCache::analyse(file, "self".into());
+        assert!(
+            matches!(k, Kind::Other(_)),
+            "the test binary is Rust, not Go"
+        );
+        c.insert(key, k);
+        assert!(c.get(key).is_some());
+        c.insert((key.0, key.1 + 1), Kind::Other("x".into()));
+        assert_eq!(c.len(), 1, "capacity 1: the oldest entry went");
+        assert!(c.get(key).is_none());
+    }
+}

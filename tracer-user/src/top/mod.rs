@@ -1,0 +1,83 @@
+//! `tracer top`: a live view of one or many agents over the tracer.v1 gRPC
+//! API (docs/top.md). Layout:
+//!
+//! - [`source`]: per-agent gRPC tasks (Watch + Findings, reconnect, resume);
+//! - [`model`]: proto snapshots → merged rows tagged with their node;
+//! - [`filter`], [`table`]: filtering, columns and sorting (pure);
+//! - [`app`]: interactive state and key handling (pure);
+//! - [`ui`]: ratatui rendering; [`tui`]: terminal and event loop;
+//! - [`plain`], [`oneshot`]: non-interactive tables and JSON.
+
+pub mod app;
+pub mod filter;
+#[cfg(test)]
+mod mock;
+pub mod model;
+pub mod oneshot;
+pub mod plain;
+pub mod source;
+pub mod table;
+pub mod tui;
+pub mod ui;
+
+use std::{io::IsTerminal, path::PathBuf, time::Duration};
+
+use anyhow::{Result, anyhow};
+
+use self::{filter::Filter, source::Addr};
+
+/// What `tracer top` was asked to do.
+#[derive(Clone, Debug)]
+pub struct TopOptions {
+    /// Agents to watch; empty: start an embedded agent.
+    pub connect: Vec<String>,
+    /// Watch interval (clamped to the API's 100 ms .. 1 h).
+    pub interval: Duration,
+    /// Print one round of tables and exit.
+    pub once: bool,
+    /// Print JSON instead of tables (non-interactive).
+    pub json: bool,
+    /// Rounds to print (non-interactive); implies non-interactive.
+    pub count: Option<u32>,
+    /// Rows per section the agents send.
+    pub top: u32,
+    /// Initial filter, in the `/` prompt's syntax.
+    pub filter: String,
+}
+
+/// The embedded agent's socket and whatever keeps the agent alive.
+///
+/// This build has no in-process agent yet; `--connect` is required.
+pub async fn embedded_socket() -> Result<(PathBuf, Box<dyn std::any::Any + Send>)> {
+    Err(anyhow!(
+        "embedded agent not available in this build; start `tracer agent` and use --connect ADDR"
+    ))
+}
+
+/// Runs `tracer top`.
+pub async fn run(opts: TopOptions) -> Result<()> {
+    let filter = Filter::parse(&opts.filter).map_err(|e| anyhow!("--filter: {e}"))?;
+    let interval_ms = u32::try_from(opts.interval.as_millis())
+        .unwrap_or(u32::MAX)
+        .clamp(100, 3_600_000);
+    let top = opts.top.clamp(1, 1000);
+    let mut _embedded = None;
+    let addrs: Vec<Addr> = if opts.connect.is_empty() {
+        let (socket, guard) = embedded_socket().await?;
+        _embedded = Some(guard);
+        vec![Addr::Unix(socket)]
+    } else {
+        opts.connect
+            .iter()
+            .map(|a| Addr::parse(a))
+            .collect::<Result<_>>()?
+    };
+    let interactive =
+        !(opts.once || opts.json || opts.count.is_some()) && std::io::stdout().is_terminal();
+    if interactive {
+        tui::run(addrs, filter, interval_ms, top).await
+    } else {
+        let rounds = opts.count.unwrap_or(1).max(1);
+        oneshot::run(addrs, &filter, interval_ms, top, rounds, opts.json).await
+    }
+}
