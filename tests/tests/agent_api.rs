@@ -249,6 +249,9 @@ fn python_client_sees_the_real_agent_trace_the_fixtures() -> Result<()> {
     let _serial = tracer_tests::serial();
     let tc = go_toolchains()?.pop().context("no Go")?;
     let contention = build_fixture(&tc, "contention", Variant::Plain)?;
+    // The stuck run uses another binary (a PIE): two processes of one binary
+    // share a probe set and, non-PIE, even the lock's address.
+    let contention_pie = build_fixture(&tc, "contention", Variant::Pie)?;
     let maps = build_fixture(&tc, "maps", Variant::Plain)?;
     let lock_line = marker_line("contention", "mu.Lock() // LOCKSITE")?;
 
@@ -264,6 +267,7 @@ fn python_client_sees_the_real_agent_trace_the_fixtures() -> Result<()> {
             .arg(&socket)
             .args(["--metrics-listen", &metrics.to_string()])
             .args(["--refresh", "500ms"])
+            .env("TRACER_LOG", "info")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)
             .spawn()
@@ -292,17 +296,17 @@ fn python_client_sees_the_real_agent_trace_the_fixtures() -> Result<()> {
 
     // A long contended run (the lock row), and one whose holds outlast the
     // stuck threshold (a stuck_lock_wait finding).
-    let spawn = |args: &[&str]| -> Result<Killed> {
+    let spawn = |bin: &PathBuf, args: &[&str]| -> Result<Killed> {
         Ok(Killed(
-            Command::new(&contention)
-                .args(args)
-                .stdout(Stdio::null())
-                .spawn()?,
+            Command::new(bin).args(args).stdout(Stdio::null()).spawn()?,
         ))
     };
     // (Holders spin: keep it to one busy core each on this 2-core machine.)
-    let busy = spawn(&["-g", "3", "-m", "1000000", "-hold", "1ms"])?;
-    let _stuck = spawn(&["-g", "2", "-m", "2", "-hold", "3s"])?;
+    let busy = spawn(&contention, &["-g", "3", "-m", "1000000", "-hold", "1ms"])?;
+    // Probes go live about 1.5 s after exec here, and a wait already in
+    // progress then is never seen: three goroutines re-locking keep new
+    // waits of 2-4 s coming after that.
+    let _stuck = spawn(&contention_pie, &["-g", "3", "-m", "2", "-hold", "2s"])?;
     let busy_pid = busy.0.id();
 
     // The maps fixture crashes with "concurrent map writes" within
@@ -392,10 +396,21 @@ fn python_client_sees_the_real_agent_trace_the_fixtures() -> Result<()> {
     unsafe { libc::kill(pid, libc::SIGTERM) };
     let t = Instant::now();
     while agent.0.try_wait()?.is_none() {
-        ensure!(
-            t.elapsed() < Duration::from_secs(15),
-            "agent did not exit within 15 s of SIGTERM"
-        );
+        if t.elapsed() > Duration::from_secs(15) {
+            let threads: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+                .into_iter()
+                .flatten()
+                .filter_map(|e| e.ok())
+                .map(|e| {
+                    let f = |n: &str| std::fs::read_to_string(e.path().join(n)).unwrap_or_default();
+                    format!("{} ({})", f("comm").trim(), f("wchan").trim())
+                })
+                .collect();
+            bail!(
+                "agent did not exit within 15 s of SIGTERM; threads: {threads:?}\nagent log:\n{}",
+                agent_log()
+            );
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
     ensure!(!socket.exists(), "agent left its socket behind");
