@@ -1,5 +1,5 @@
-//! TCP flow records kept by the tracepoint programs, and the tracepoint field
-//! offsets user space hands them.
+//! TCP flow records kept by the kernel programs (tracepoint, kprobe and
+//! fentry paths share them), and the field offsets user space hands them.
 //!
 //! Offsets are not compiled in: they differ between kernels, so user space
 //! parses `/sys/kernel/tracing/events/<group>/<name>/format` at run time and
@@ -94,6 +94,24 @@ pub struct TcpConfig {
     pub send_reset_skaddr: u16,
     pub recv_reset_skaddr: u16,
     pub destroy_skaddr: u16,
+    // kprobe/fentry paths: offsets into `struct sock` / `struct tcp_sock`,
+    // read from the kernel's BTF (`/sys/kernel/btf/vmlinux`).
+    pub sk_family: u16,
+    pub sk_state: u16,
+    /// `skc_num`: local port, host byte order.
+    pub sk_num: u16,
+    /// `skc_dport`: remote port, network byte order.
+    pub sk_dport: u16,
+    pub sk_daddr: u16,
+    pub sk_rcv_saddr: u16,
+    pub sk_v6_daddr: u16,
+    pub sk_v6_rcv_saddr: u16,
+    pub sk_protocol: u16,
+    /// `tcp_sock.srtt_us` (µs << 3).
+    pub tp_srtt_us: u16,
+    /// Argument index of `flags` in `tcp_recvmsg` (3 since Linux 5.19, 4 before).
+    pub recvmsg_flags_arg: u16,
+    pub _pad: u16,
 }
 
 impl Default for TcpConfig {
@@ -123,6 +141,18 @@ impl Default for TcpConfig {
             send_reset_skaddr: OFF_NONE,
             recv_reset_skaddr: OFF_NONE,
             destroy_skaddr: OFF_NONE,
+            sk_family: OFF_NONE,
+            sk_state: OFF_NONE,
+            sk_num: OFF_NONE,
+            sk_dport: OFF_NONE,
+            sk_daddr: OFF_NONE,
+            sk_rcv_saddr: OFF_NONE,
+            sk_v6_daddr: OFF_NONE,
+            sk_v6_rcv_saddr: OFF_NONE,
+            sk_protocol: OFF_NONE,
+            tp_srtt_us: OFF_NONE,
+            recvmsg_flags_arg: OFF_NONE,
+            _pad: 0,
         }
     }
 }
@@ -257,7 +287,7 @@ mod tests {
 
     #[test]
     fn layout_has_no_implicit_padding() {
-        assert_eq!(core::mem::size_of::<TcpConfig>(), 24 * 2);
+        assert_eq!(core::mem::size_of::<TcpConfig>(), 36 * 2);
         assert_eq!(
             core::mem::size_of::<SockInfo>(),
             8 + 8 + 2 + 2 + 2 + 1 + 1 + 32

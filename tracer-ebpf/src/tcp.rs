@@ -1,4 +1,7 @@
-//! TCP flows from stable tracepoints (no kprobes or fentry needed).
+//! TCP flows: the per-event flow accounting, shared by every hook mechanism,
+//! and its tracepoint entry points (`tcp_kernel.rs` has the kprobe and fentry
+//! ones). Each entry point only extracts (socket, values) from its context
+//! and calls the same `on_*` function, so all paths count identically.
 //!
 //! Flows are keyed by the kernel socket address. A flow is attributed to a
 //! process only where the current task is the socket's owner: `connect`
@@ -6,7 +9,8 @@
 //! probes, retransmits and resets often run in softirq context, where the
 //! current pid is whoever was interrupted, so they only update flows found by
 //! socket address. Every field offset comes from user space (`TCP_CONFIG`),
-//! parsed from the tracefs format files of the running kernel.
+//! parsed from the tracefs format files (tracepoints) or the kernel's BTF
+//! (kprobe/fentry) of the running kernel.
 
 use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
@@ -24,7 +28,7 @@ use tracer_common::tcp::{
 
 /// Tracepoint field offsets, written once by user space before attaching.
 #[map]
-static TCP_CONFIG: Array<TcpConfig> = Array::with_max_entries(1, 0);
+pub(crate) static TCP_CONFIG: Array<TcpConfig> = Array::with_max_entries(1, 0);
 
 /// Processes whose connections are recorded (tgid → 1).
 #[map]
@@ -61,16 +65,16 @@ static TCP_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0
 
 /// Addresses and ports of a socket as one tracepoint record shows them.
 #[derive(Clone, Copy, Default)]
-struct Tuple {
-    sport: u16,
-    dport: u16,
-    family: u16,
-    saddr: [u8; 16],
-    daddr: [u8; 16],
+pub(crate) struct Tuple {
+    pub sport: u16,
+    pub dport: u16,
+    pub family: u16,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
 }
 
 #[inline(always)]
-fn stat(i: u32) {
+pub(crate) fn stat(i: u32) {
     if let Some(p) = TCP_STATS.get_ptr_mut(i) {
         // SAFETY: per-CPU slot, only this CPU writes it.
         unsafe { *p += 1 };
@@ -103,7 +107,7 @@ fn add(field: *mut u64, v: u64) {
 }
 
 #[inline(always)]
-fn traced(tgid: u32) -> bool {
+pub(crate) fn traced(tgid: u32) -> bool {
     // SAFETY: read-only lookup of a plain value.
     unsafe { TCP_TARGETS.get(tgid) }.is_some()
 }
@@ -193,14 +197,20 @@ fn any_flow(sk: u64) -> Option<*mut TcpFlow> {
     TCP_CLOSED.get_ptr_mut(key)
 }
 
+/// Whether `sk` has an open or closed flow (retransmits and resets can follow the close).
+#[inline(always)]
+pub(crate) fn has_flow(sk: u64) -> bool {
+    any_flow(sk).is_some()
+}
+
 /// `sock:inet_sock_set_state`: handshake, connect latency, close.
 #[tracepoint]
 pub fn tcp_state(ctx: TracePointContext) -> u32 {
-    let _ = on_set_state(&ctx);
+    let _ = on_set_state_tp(&ctx);
     0
 }
 
-fn on_set_state(ctx: &TracePointContext) -> Option<()> {
+fn on_set_state_tp(ctx: &TracePointContext) -> Option<()> {
     let c = TCP_CONFIG.get(0)?;
     let proto: u16 = read(ctx, c.ss_protocol)?;
     if proto != IPPROTO_TCP {
@@ -209,6 +219,14 @@ fn on_set_state(ctx: &TracePointContext) -> Option<()> {
     let sk: u64 = read(ctx, c.ss_skaddr)?;
     let old = read::<i32>(ctx, c.ss_oldstate)? as u8;
     let new = read::<i32>(ctx, c.ss_newstate)? as u8;
+    on_set_state(sk, old, new, read_tuple(ctx, c))
+}
+
+/// The TCP state of `sk` goes from `old` to `new`; `tuple` is its addresses
+/// as read at this event (read eagerly: a closure here would be outlined into
+/// a BPF subprogram returning a stack pointer, which the verifier refuses).
+#[inline(always)]
+pub(crate) fn on_set_state(sk: u64, old: u8, new: u8, tuple: Option<Tuple>) -> Option<()> {
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
 
@@ -225,7 +243,7 @@ fn on_set_state(ctx: &TracePointContext) -> Option<()> {
         f.side = SIDE_CLIENT;
         f.state = new;
         // The source port is assigned after SYN_SENT; ESTABLISHED refreshes it.
-        if let Some(t) = read_tuple(ctx, c) {
+        if let Some(t) = tuple {
             set_tuple(f, &t);
         }
         return Some(());
@@ -236,7 +254,7 @@ fn on_set_state(ctx: &TracePointContext) -> Option<()> {
         let f = unsafe { &mut *p };
         // At CLOSE the addresses may already be released: keep what we have.
         if (new != TCP_CLOSE || f.flags & FLAG_TUPLE == 0)
-            && let Some(t) = read_tuple(ctx, c)
+            && let Some(t) = tuple
         {
             set_tuple(f, &t);
         }
@@ -259,7 +277,7 @@ fn on_set_state(ctx: &TracePointContext) -> Option<()> {
     if new == TCP_SYN_RECV {
         // A child of a listener, created in softirq context: remember it until
         // a traced process sends or receives on it.
-        let t = read_tuple(ctx, c).unwrap_or_default();
+        let t = tuple.unwrap_or_default();
         let info = SockInfo {
             start_ns: now,
             established_ns: 0,
@@ -294,7 +312,7 @@ fn on_set_state(ctx: &TracePointContext) -> Option<()> {
     if new == TCP_ESTABLISHED && info.established_ns == 0 {
         info.established_ns = now;
         // The child's addresses are filled in after it enters SYN_RECV.
-        if let Some(t) = read_tuple(ctx, c) {
+        if let Some(t) = tuple {
             info.sport = t.sport;
             info.dport = t.dport;
             info.family = t.family;
@@ -343,8 +361,9 @@ fn claim_flow(sk: u64, now: u64) -> Option<*mut TcpFlow> {
     Some(p)
 }
 
+/// Filters a `sock_{send,recv}_length` record down to (socket, bytes).
 #[inline(always)]
-fn on_length(
+fn on_length_tp(
     ctx: &TracePointContext,
     sk_off: u16,
     proto_off: u16,
@@ -357,9 +376,6 @@ fn on_length(
         return None;
     }
     let ret: i32 = read(ctx, ret_off)?;
-    if ret <= 0 {
-        return None;
-    }
     if recv && flags_off != OFF_NONE {
         let flags: i32 = read(ctx, flags_off)?;
         if flags & MSG_PEEK != 0 {
@@ -367,6 +383,23 @@ fn on_length(
         }
     }
     let sk: u64 = read(ctx, sk_off)?;
+    on_length(sk, ret as i64, recv)
+}
+
+/// Whether a send/recv on `sk` by the current task would be recorded: the
+/// socket has a flow, or the task is traced. kprobe entries use it to avoid
+/// stashing arguments for every socket call on the machine.
+#[inline(always)]
+pub(crate) fn wanted(sk: u64) -> bool {
+    TCP_FLOWS.get_ptr(sk).is_some() || traced((bpf_get_current_pid_tgid() >> 32) as u32)
+}
+
+/// A send (or non-peek receive) on `sk` returned `ret`.
+#[inline(always)]
+pub(crate) fn on_length(sk: u64, ret: i64, recv: bool) -> Option<()> {
+    if ret <= 0 {
+        return None;
+    }
     let p = match TCP_FLOWS.get_ptr_mut(sk) {
         Some(p) => p,
         // SAFETY: plain helper call.
@@ -389,7 +422,7 @@ fn on_length(
 #[tracepoint]
 pub fn tcp_send_len(ctx: TracePointContext) -> u32 {
     if let Some(c) = TCP_CONFIG.get(0) {
-        let _ = on_length(
+        let _ = on_length_tp(
             &ctx,
             c.send_sk,
             c.send_protocol,
@@ -405,7 +438,7 @@ pub fn tcp_send_len(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn tcp_recv_len(ctx: TracePointContext) -> u32 {
     if let Some(c) = TCP_CONFIG.get(0) {
-        let _ = on_length(
+        let _ = on_length_tp(
             &ctx,
             c.recv_sk,
             c.recv_protocol,
@@ -427,12 +460,18 @@ pub fn tcp_rtt(ctx: TracePointContext) -> u32 {
 fn on_probe(ctx: &TracePointContext) -> Option<()> {
     let c = TCP_CONFIG.get(0)?;
     let sk: u64 = read(ctx, c.probe_skaddr)?;
-    let p = TCP_FLOWS.get_ptr_mut(sk)?;
     let srtt = read::<u32>(ctx, c.probe_srtt)? as u64;
+    on_rtt(sk, srtt)
+}
+
+/// A segment arrived on an established `sk` whose smoothed RTT is `srtt` µs.
+#[inline(always)]
+pub(crate) fn on_rtt(sk: u64, srtt: u64) -> Option<()> {
     if srtt == 0 {
         // No RTT sample taken yet on this socket.
         return None;
     }
+    let p = TCP_FLOWS.get_ptr_mut(sk)?;
     // SAFETY: map value valid for this run. Only softirq on the socket's CPU
     // updates these, under the socket lock, so plain writes suffice.
     let f = unsafe { &mut *p };
@@ -445,9 +484,20 @@ fn on_probe(ctx: &TracePointContext) -> Option<()> {
     Some(())
 }
 
+/// Which per-flow counter [`bump`] increments.
+pub(crate) const BUMP_RETRANS: u8 = 0;
+pub(crate) const BUMP_RST_SENT: u8 = 1;
+pub(crate) const BUMP_RST_RECV: u8 = 2;
+
 #[inline(always)]
-fn bump(ctx: &TracePointContext, off: u16, which: u8) -> Option<()> {
+fn bump_tp(ctx: &TracePointContext, off: u16, which: u8) -> Option<()> {
     let sk: u64 = read(ctx, off)?;
+    bump(sk, which)
+}
+
+/// Counts a retransmit or reset on `sk`'s open or latest closed flow.
+#[inline(always)]
+pub(crate) fn bump(sk: u64, which: u8) -> Option<()> {
     if sk == 0 {
         return None;
     }
@@ -455,8 +505,8 @@ fn bump(ctx: &TracePointContext, off: u16, which: u8) -> Option<()> {
     // SAFETY: map value valid for this run; fields only reached by address.
     unsafe {
         match which {
-            0 => add(&raw mut (*p).retransmits, 1),
-            1 => add(&raw mut (*p).resets_sent, 1),
+            BUMP_RETRANS => add(&raw mut (*p).retransmits, 1),
+            BUMP_RST_SENT => add(&raw mut (*p).resets_sent, 1),
             _ => add(&raw mut (*p).resets_received, 1),
         }
     }
@@ -467,7 +517,7 @@ fn bump(ctx: &TracePointContext, off: u16, which: u8) -> Option<()> {
 #[tracepoint]
 pub fn tcp_retrans(ctx: TracePointContext) -> u32 {
     if let Some(c) = TCP_CONFIG.get(0) {
-        let _ = bump(&ctx, c.retrans_skaddr, 0);
+        let _ = bump_tp(&ctx, c.retrans_skaddr, BUMP_RETRANS);
     }
     0
 }
@@ -476,7 +526,7 @@ pub fn tcp_retrans(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn tcp_rst_sent(ctx: TracePointContext) -> u32 {
     if let Some(c) = TCP_CONFIG.get(0) {
-        let _ = bump(&ctx, c.send_reset_skaddr, 1);
+        let _ = bump_tp(&ctx, c.send_reset_skaddr, BUMP_RST_SENT);
     }
     0
 }
@@ -485,7 +535,7 @@ pub fn tcp_rst_sent(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn tcp_rst_recv(ctx: TracePointContext) -> u32 {
     if let Some(c) = TCP_CONFIG.get(0) {
-        let _ = bump(&ctx, c.recv_reset_skaddr, 2);
+        let _ = bump_tp(&ctx, c.recv_reset_skaddr, BUMP_RST_RECV);
     }
     0
 }
@@ -493,13 +543,19 @@ pub fn tcp_rst_recv(ctx: TracePointContext) -> u32 {
 /// `tcp:tcp_destroy_sock`: the socket is freed; its address may be reused next.
 #[tracepoint]
 pub fn tcp_destroy(ctx: TracePointContext) -> u32 {
-    let _ = on_destroy(&ctx);
+    let _ = on_destroy_tp(&ctx);
     0
 }
 
-fn on_destroy(ctx: &TracePointContext) -> Option<()> {
+fn on_destroy_tp(ctx: &TracePointContext) -> Option<()> {
     let c = TCP_CONFIG.get(0)?;
     let sk: u64 = read(ctx, c.destroy_skaddr)?;
+    on_destroy(sk)
+}
+
+/// `sk` is being freed; its address may be reused next.
+#[inline(always)]
+pub(crate) fn on_destroy(sk: u64) -> Option<()> {
     let _ = TCP_SOCKS.remove(sk);
     if let Some(p) = TCP_FLOWS.get_ptr_mut(sk) {
         // Destroyed without a TCP_CLOSE we saw: close it here.

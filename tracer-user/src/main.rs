@@ -23,6 +23,10 @@ use tracer_user::{
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// TCP hook preference, per measurement the first that loads and attaches
+    /// (default kprobe,fentry,tracepoint; env TRACER_TCP_HOOKS).
+    #[arg(long, global = true, value_name = "M,...")]
+    tcp_hooks: Option<String>,
 }
 
 #[derive(Args, Clone)]
@@ -65,7 +69,7 @@ struct Output {
     /// per second (each costs two uprobe traps in the traced program); 0: never.
     #[arg(long, default_value_t = 5000)]
     max_lock_rate: u64,
-    /// Trace the process's TCP flows through kernel tracepoints: on or off.
+    /// Trace the process's TCP flows (kprobes, fentry or tracepoints): on or off.
     #[arg(long, default_value = "on", value_parser = ["on", "off"])]
     tcp: String,
 }
@@ -214,11 +218,16 @@ enum Command {
     /// Trace every Go process on this node until SIGTERM, serving the
     /// tracer.v1 gRPC API and Prometheus metrics (docs/grpc.md).
     Agent(Box<AgentArgs>),
-    /// Show what tracer finds in a Go binary: version, probe targets, offsets.
+    /// Show what tracer finds in a Go binary: version, probe targets, offsets;
+    /// or, with --kernel, which TCP hooks this kernel takes and why.
     Inspect {
         /// Path of the binary.
-        #[arg(required_unless_present = "pid")]
+        #[arg(required_unless_present_any = ["pid", "kernel"])]
         binary: Option<PathBuf>,
+        /// Inspect the running kernel: release, BTF, kprobes, and per TCP
+        /// measurement the hook chosen and why the others were rejected.
+        #[arg(long, conflicts_with_all = ["binary", "pid"])]
+        kernel: bool,
         /// Inspect the binary of a running process instead.
         #[arg(long, conflicts_with = "binary")]
         pid: Option<u32>,
@@ -265,6 +274,15 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if let Some(order) = &cli.tcp_hooks {
+        match tracer_user::tcp::hooks::parse_order(order) {
+            Ok(o) => tracer_user::tcp::set_hook_order(o),
+            Err(e) => {
+                eprintln!("tracer: error: --tcp-hooks: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -294,9 +312,12 @@ fn main() -> ExitCode {
                 Ok((opts, fe)) => commands::agent::agent(opts, fe).await.map(|()| 0),
                 Err(e) => Err(e),
             },
-            Command::Inspect { binary, pid, json } => {
-                commands::inspect::inspect(binary.as_deref(), pid, json).map(|()| 0)
-            }
+            Command::Inspect {
+                kernel: true, json, ..
+            } => commands::inspect::inspect_kernel(json).map(|()| 0),
+            Command::Inspect {
+                binary, pid, json, ..
+            } => commands::inspect::inspect(binary.as_deref(), pid, json).map(|()| 0),
             Command::Top(a) => commands::top::top(commands::top::TopOptions {
                 connect: a.connect,
                 interval: a.interval,

@@ -50,6 +50,13 @@ pub fn check() -> Result<()> {
             missing.join(" and ")
         );
     }
+    if caps & (1u64 << CAP_SYS_ADMIN) == 0 {
+        // Linux 6.16 (and the stable kernels that took the fix for
+        // CVE-2025-38466) require CAP_SYS_ADMIN for uprobes again.
+        tracing::warn!(
+            "running without CAP_SYS_ADMIN: kernels since 6.16 (and 5.10.240, 5.15.189, 6.1.146, 6.6.99, 6.12.39, 6.15.7) refuse uprobes without it (perf_event_open: Permission denied)"
+        );
+    }
     Ok(())
 }
 

@@ -53,6 +53,14 @@ pub struct OutputOptions {
     pub max_lock_rate: u64,
 }
 
+/// One read of the kernel tables a report is built from.
+struct Tables {
+    waits: Vec<(tracer_common::LockKey, crate::latency::Latency)>,
+    waiters: Vec<tracer_common::WaiterKey>,
+    wakes: Vec<(tracer_common::LockKey, u64)>,
+    maps: Option<crate::maps::MapsReport>,
+}
+
 /// How long the lock probes stay detached once the rate guard trips.
 pub const LOCK_PAUSE: Duration = Duration::from_secs(5);
 
@@ -84,6 +92,9 @@ pub struct Session {
     tcp: Option<TcpTracing>,
     /// Why TCP flows are not traced, when they are not.
     tcp_off_reason: Option<String>,
+    /// Kernel tables read in round `.0` (see [`Session::begin_round`]).
+    tables: std::cell::RefCell<Option<(u64, Arc<Tables>)>>,
+    round: u64,
     /// Keeps BPF statistics enabled for the session when asked for.
     _stats_fd: Option<std::os::fd::OwnedFd>,
 }
@@ -162,6 +173,8 @@ impl Session {
             locks_paused: false,
             tcp,
             tcp_off_reason,
+            tables: Default::default(),
+            round: 0,
             _stats_fd: stats_fd,
         })
     }
@@ -303,6 +316,7 @@ impl Session {
             Some(t) => Some(t.report(&mut self.tracer)?),
             None => None,
         };
+        self.begin_round();
         let mut report = self.build_report_for(self.pid)?;
         report.tcp = tcp;
         let (pauses, paused) = self.guard.paused(Instant::now());
@@ -315,9 +329,42 @@ impl Session {
         Ok(report)
     }
 
+    /// The kernel tables as read in this round: read once, then shared by
+    /// the reports of every process of the binary (reading a table costs two
+    /// syscalls per entry).
+    fn tables(&self) -> Result<Arc<Tables>> {
+        if let Some((round, t)) = self.tables.borrow().as_ref()
+            && *round == self.round
+        {
+            return Ok(t.clone());
+        }
+        let t = Arc::new(Tables {
+            waits: self.tracer.lock_waits()?,
+            waiters: self.tracer.lock_waiters()?,
+            wakes: self.tracer.unlock_wakes()?,
+            maps: match &self.maps {
+                Some(m) => Some(m.report(&self.tracer, &self.bin)?),
+                None => None,
+            },
+        });
+        *self.tables.borrow_mut() = Some((self.round, t.clone()));
+        Ok(t)
+    }
+
+    /// Starts a new round: the next report reads the kernel tables afresh.
+    /// The agent calls it once per snapshot, then reports each process.
+    pub fn begin_round(&mut self) {
+        self.round += 1;
+    }
+
     fn build_report_for(&self, pid: u32) -> Result<Report> {
-        let mut waits = self.tracer.lock_waits()?;
-        waits.retain(|(k, _)| k.tgid == pid);
+        let tables = self.tables()?;
+        let waits: Vec<_> = tables
+            .waits
+            .iter()
+            .filter(|(k, _)| k.tgid == pid)
+            .cloned()
+            .collect();
         let stuck: Vec<_> = self
             .stuck
             .iter()
@@ -334,15 +381,23 @@ impl Session {
             bin: &self.bin,
             bias,
         };
-        let mut waiters = self.tracer.lock_waiters()?;
-        waiters.retain(|w| w.tgid == pid);
+        let waiters: Vec<_> = tables
+            .waiters
+            .iter()
+            .filter(|w| w.tgid == pid)
+            .copied()
+            .collect();
         let waiters = waiters_by_site(&waiters);
         let mut rows = build_rows(&waits, &waiters, &sym, |id| self.tracer.lock_stack(id));
         for r in &mut rows {
             r.name = self.lock_name(r.address, bias);
         }
-        let mut wakes = self.tracer.unlock_wakes()?;
-        wakes.retain(|(k, _)| k.tgid == pid);
+        let wakes: Vec<_> = tables
+            .wakes
+            .iter()
+            .filter(|(k, _)| k.tgid == pid)
+            .copied()
+            .collect();
         let holders = build_holders(&wakes, &sym, |id| self.tracer.lock_stack(id))
             .into_iter()
             .map(|mut h| {
@@ -350,10 +405,7 @@ impl Session {
                 HolderReport::from(&h)
             })
             .collect();
-        let maps = match &self.maps {
-            Some(m) => Some(m.report(&self.tracer, &self.bin)?.only_pid(pid)),
-            None => None,
-        };
+        let maps = tables.maps.clone().map(|m| m.only_pid(pid));
         let mut findings: Vec<AnyFinding> = stuck
             .iter()
             .map(|w| {

@@ -30,8 +30,8 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// `what`: `locks`, `analysis`, `maps` or `all`.
 pub fn bench(what: &str) -> Result<()> {
-    if !matches!(what, "locks" | "analysis" | "maps" | "all") {
-        bail!("unknown benchmark {what:?}: use locks, analysis, maps or all");
+    if !matches!(what, "locks" | "analysis" | "maps" | "agent" | "all") {
+        bail!("unknown benchmark {what:?}: use locks, analysis, maps, agent or all");
     }
     if matches!(what, "locks" | "all") {
         bench_locks()?;
@@ -41,6 +41,9 @@ pub fn bench(what: &str) -> Result<()> {
     }
     if matches!(what, "maps" | "all") {
         bench_maps()?;
+    }
+    if matches!(what, "agent" | "all") {
+        crate::bench_agent::bench_agent()?;
     }
     Ok(())
 }

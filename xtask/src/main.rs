@@ -4,11 +4,13 @@
 //! commands work on a fresh machine and cost seconds on a prepared one.
 
 mod bench;
+mod bench_agent;
 mod bench_analysis;
 mod demo;
 mod setup;
 mod shell;
 mod test;
+mod vm_test;
 
 use clap::{Parser, Subcommand};
 
@@ -33,9 +35,12 @@ enum Cmd {
     },
     /// Setup, build, start the bundled Go demo service and trace it live.
     Demo,
+    /// TCP kprobe and fentry paths inside Debian's Linux 6.1 under QEMU
+    /// (installs qemu/busybox/cpio and the kernel package when missing).
+    VmTest,
     /// Setup, then measure traced against untraced workloads side by side.
     Bench {
-        /// Which benchmarks: locks, maps, analysis or all.
+        /// Which benchmarks: locks, maps, analysis, agent or all.
         #[arg(default_value = "all")]
         what: String,
     },
@@ -55,6 +60,10 @@ fn main() -> anyhow::Result<()> {
         Cmd::Demo => {
             setup::setup()?;
             demo::demo()
+        }
+        Cmd::VmTest => {
+            setup::setup()?;
+            vm_test::vm_test()
         }
         Cmd::Bench { what } => {
             setup::setup()?;

@@ -137,7 +137,7 @@ const RESCAN: Duration = Duration::from_secs(10);
 /// Processes remembered as failed (newest kept).
 const MAX_FAILED: usize = 256;
 /// Closed flows kept per process for display; older ones count only in totals.
-const MAX_CLOSED_FLOWS: usize = 256;
+const MAX_CLOSED_FLOWS: usize = 64;
 
 /// The session of one binary: probes on its inode for every process, with
 /// the traced pids registered in the kernel's filter. A PIE binary gets one
@@ -387,6 +387,11 @@ impl Agent {
             return;
         };
         let w = Waiter::observe(pid, seen_ns, exec_ns.is_some());
+        // Binaries of processes the agent would not trace anyway are not
+        // parsed (a parse holds the binary in memory).
+        if !self.opts.select.matches(w.pid, &w.comm, &w.exe, &w.labels) {
+            return;
+        }
         match self.binaries.get(devino) {
             Some(Kind::Other(_)) => {}
             Some(Kind::Go(bin, file, path)) => self.trace(w, devino, bin, file, &path),
@@ -611,6 +616,9 @@ impl Agent {
 
     /// Builds the last report of every exited process and frees its state.
     fn retire(&mut self, node_tcp: Option<&TcpReport>, mut events: Option<&mut ProcEvents>) {
+        for bs in self.sessions.values_mut() {
+            bs.session.begin_round();
+        }
         let gone: Vec<u32> = self
             .traced
             .iter()
@@ -633,6 +641,9 @@ impl Agent {
         let Some(mut bs) = self.sessions.remove(&t.key) else {
             return;
         };
+        if node_tcp.is_none() {
+            bs.session.begin_round();
+        }
         bs.session.settle_stuck();
         let report = report_of(&self.hub, &mut bs.session, &mut t, node_tcp);
         bs.session.remove_pid(pid);
@@ -671,6 +682,7 @@ impl Agent {
             if let Some(bs) = self.sessions.remove(&k) {
                 drop_off_loop(bs);
             }
+            self.binaries.remove((k.0, k.1));
         }
         for bs in self.sessions.values_mut().filter(|b| !b.pids.is_empty()) {
             bs.session.scan_stuck(self.opts.session.stuck_threshold);
@@ -735,6 +747,7 @@ impl Agent {
     /// meanwhile are handled between processes, so a snapshot of a busy
     /// node does not delay the tracing of a new process.
     pub fn publish(&mut self, mut events: Option<&mut ProcEvents>) {
+        let t0 = Instant::now();
         let node_tcp = self.collect_flows();
         self.retire(node_tcp.as_ref(), events.as_deref_mut());
         let mut reports = Vec::with_capacity(self.traced.len());
@@ -799,7 +812,13 @@ impl Agent {
             },
             go_versions: self.go_versions.iter().cloned().collect(),
         };
+        let n = snapshot.reports.len();
         self.hub.snapshots.send_replace(Arc::new(snapshot));
+        tracing::debug!(
+            "snapshot {} of {n} processes built in {:.2} ms",
+            self.generation,
+            t0.elapsed().as_secs_f64() * 1e3
+        );
     }
 
     fn command(&mut self, cmd: Command) {

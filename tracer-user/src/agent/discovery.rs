@@ -217,6 +217,15 @@ impl BinaryCache {
         }
     }
 
+    /// Forgets a binary, e.g. once no process runs it: its parse (which
+    /// holds the whole file in memory) is freed; a later process of it is
+    /// analysed again.
+    pub fn remove(&mut self, key: (u64, u64)) {
+        if self.entries.remove(&key).is_some() {
+            self.order.retain(|k| *k != key);
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.entries.len()
     }

@@ -1,4 +1,5 @@
 //! `tracer inspect BINARY | --pid PID`: what tracer sees in a Go binary.
+//! `tracer inspect --kernel`: what the running kernel offers TCP tracing.
 
 use std::path::Path;
 
@@ -27,6 +28,20 @@ pub fn inspect(binary: Option<&Path>, pid: Option<u32>, json: bool) -> Result<()
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
         println!("{name}");
+        print!("{report}");
+    }
+    Ok(())
+}
+
+/// Loads the eBPF object and tries the TCP hooks in the configured order,
+/// exactly as `run`/`attach` would, then reports the outcome of each.
+pub fn inspect_kernel(json: bool) -> Result<()> {
+    let mut tracer = crate::probes::Tracer::load_with(true)?;
+    let order = crate::tcp::hook_order()?;
+    let report = crate::tcp::inspect_kernel(&mut tracer, &order)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
         print!("{report}");
     }
     Ok(())

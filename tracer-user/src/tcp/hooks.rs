@@ -1,28 +1,36 @@
 //! Which kernel hooks TCP tracing uses, and the field offsets they need.
 //!
-//! Only the tracepoint path exists so far. Each hook's format file is parsed
-//! and its offsets go into a [`TcpConfig`]; a hook whose event or fields are
-//! missing is reported with the reason and left out, and the rest still run.
-//! kprobe and fentry variants are listed as "not tried yet" so a report shows
-//! what the flows were measured with.
+//! Each measurement (a [`Role`]: state changes, bytes sent, ...) can be hooked
+//! by a kprobe, an fentry/fexit program or a tracepoint. Tracepoint offsets
+//! come from the format files, `struct sock` offsets from BTF; both go into
+//! one [`TcpConfig`]. `attach_tcp` tries each role's mechanisms in the chosen
+//! order and reports, per role, which one won and why the others did not.
 
 use std::path::Path;
 
 use serde::Serialize;
-use tracer_common::tcp::TcpConfig;
+use tracer_common::tcp::{OFF_NONE, TcpConfig};
 
-use super::format::{Format, read_event_format};
+use super::{
+    btf::Btf,
+    format::{Format, read_event_format},
+};
 
 /// One hook and what became of it.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct HookStatus {
-    /// `group:name` for tracepoints, function name for kprobe/fentry.
+    /// `group:name` for tracepoints, function name(s) for kprobe/fentry.
     pub hook: String,
+    /// What it is for: `state`, `send`, `recv`, `rtt`, `retransmit`,
+    /// `reset_sent`, `reset_received`, `destroy`.
+    pub role: &'static str,
     /// `tracepoint`, `kprobe` or `fentry`.
     pub method: &'static str,
     /// What it measures.
     pub measures: &'static str,
-    /// `attached`, `missing` (event absent), `failed`, or `not_tried`.
+    /// `attached`, `missing` (absent on this kernel), `failed`, `unavailable`
+    /// (mechanism unusable here), or `not_tried` (a preferred one attached,
+    /// or the mechanism is not in the chosen order).
     pub status: &'static str,
     pub reason: Option<String>,
     /// BPF program name.
@@ -163,45 +171,194 @@ pub(crate) const TRACEPOINTS: [TracepointHook; 8] = [
     },
 ];
 
-/// kprobe/fentry alternatives used by other tools; not implemented yet.
-const NOT_TRIED: [(&str, &str, &str); 4] = [
-    (
-        "tcp_sendmsg",
-        "fentry",
-        "bytes sent on kernels without sock_send_length",
-    ),
-    (
-        "tcp_cleanup_rbuf",
-        "fentry",
-        "bytes received on kernels without sock_recv_length",
-    ),
-    (
-        "tcp_sendmsg",
-        "kprobe",
-        "bytes sent on kernels without sock_send_length",
-    ),
-    (
-        "tcp_cleanup_rbuf",
-        "kprobe",
-        "bytes received on kernels without sock_recv_length",
-    ),
+/// How a hook reaches the kernel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Mechanism {
+    Kprobe,
+    Fentry,
+    Tracepoint,
+}
+
+impl Mechanism {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mechanism::Kprobe => "kprobe",
+            Mechanism::Fentry => "fentry",
+            Mechanism::Tracepoint => "tracepoint",
+        }
+    }
+}
+
+/// The default preference: kprobes and fentry read the socket directly and
+/// work before Linux 6.3; tracepoints are the stable fallback.
+pub const DEFAULT_ORDER: [Mechanism; 3] =
+    [Mechanism::Kprobe, Mechanism::Fentry, Mechanism::Tracepoint];
+
+/// Parses `kprobe,fentry,tracepoint` (any subset, any order, no repeats).
+pub fn parse_order(s: &str) -> Result<Vec<Mechanism>, String> {
+    let mut out = Vec::new();
+    for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let m = match part {
+            "kprobe" => Mechanism::Kprobe,
+            "fentry" | "fexit" => Mechanism::Fentry,
+            "tracepoint" => Mechanism::Tracepoint,
+            _ => {
+                return Err(format!(
+                    "unknown TCP hook mechanism {part:?} (kprobe, fentry, tracepoint)"
+                ));
+            }
+        };
+        if out.contains(&m) {
+            return Err(format!("{part} given twice"));
+        }
+        out.push(m);
+    }
+    if out.is_empty() {
+        return Err("no TCP hook mechanism given".into());
+    }
+    Ok(out)
+}
+
+/// One kernel function a kprobe/fentry variant attaches to.
+pub(crate) struct FnHook {
+    pub function: &'static str,
+    /// BPF program; kretprobe programs for `ret` kprobes.
+    pub program: &'static str,
+    /// A kretprobe (kprobe path) or fexit (fentry path).
+    pub ret: bool,
+    /// Failing to attach it does not reject the mechanism.
+    pub optional: bool,
+}
+
+const fn f(function: &'static str, program: &'static str, ret: bool) -> FnHook {
+    FnHook {
+        function,
+        program,
+        ret,
+        optional: false,
+    }
+}
+
+/// What one kind of measurement can be hooked with.
+pub(crate) struct Role {
+    pub name: &'static str,
+    /// Index into [`TRACEPOINTS`].
+    pub tracepoint: usize,
+    pub kprobe: &'static [FnHook],
+    pub fentry: &'static [FnHook],
+    /// TCP tracing is refused when this role has no working hook.
+    pub essential: bool,
+}
+
+/// `inet_sk_set_state` only adds a listener's child entering SYN_RECV, which
+/// `tcp_set_state` never sees; without it server flows start at first data.
+const INET_STATE_KP: FnHook = FnHook {
+    function: "inet_sk_set_state",
+    program: "tcp_kp_inet_state",
+    ret: false,
+    optional: true,
+};
+const INET_STATE_FE: FnHook = FnHook {
+    function: "inet_sk_set_state",
+    program: "tcp_fe_inet_state",
+    ret: false,
+    optional: true,
+};
+
+pub(crate) const ROLES: [Role; 8] = [
+    Role {
+        name: "state",
+        tracepoint: 0,
+        kprobe: &[f("tcp_set_state", "tcp_kp_state", false), INET_STATE_KP],
+        fentry: &[f("tcp_set_state", "tcp_fe_state", false), INET_STATE_FE],
+        essential: true,
+    },
+    Role {
+        name: "send",
+        tracepoint: 1,
+        kprobe: &[
+            f("tcp_sendmsg", "tcp_kp_sendmsg", false),
+            f("tcp_sendmsg", "tcp_krp_sendmsg", true),
+        ],
+        fentry: &[f("tcp_sendmsg", "tcp_fx_sendmsg", true)],
+        essential: true,
+    },
+    Role {
+        name: "recv",
+        tracepoint: 2,
+        kprobe: &[
+            f("tcp_recvmsg", "tcp_kp_recvmsg", false),
+            f("tcp_recvmsg", "tcp_krp_recvmsg", true),
+        ],
+        fentry: &[f("tcp_recvmsg", "tcp_fx_recvmsg", true)],
+        essential: true,
+    },
+    Role {
+        name: "rtt",
+        tracepoint: 3,
+        kprobe: &[f("tcp_rcv_established", "tcp_kp_rtt", false)],
+        fentry: &[f("tcp_rcv_established", "tcp_fe_rtt", false)],
+        essential: false,
+    },
+    Role {
+        name: "retransmit",
+        tracepoint: 4,
+        kprobe: &[
+            f("tcp_retransmit_skb", "tcp_kp_retrans", false),
+            f("tcp_retransmit_skb", "tcp_krp_retrans", true),
+        ],
+        fentry: &[f("tcp_retransmit_skb", "tcp_fx_retrans", true)],
+        essential: false,
+    },
+    Role {
+        name: "reset_sent",
+        tracepoint: 5,
+        // tcp_v4_send_reset/tcp_v6_send_reset are static and often inlined.
+        kprobe: &[],
+        fentry: &[],
+        essential: false,
+    },
+    Role {
+        name: "reset_received",
+        tracepoint: 6,
+        kprobe: &[f("tcp_reset", "tcp_kp_reset", false)],
+        fentry: &[f("tcp_reset", "tcp_fe_reset", false)],
+        essential: false,
+    },
+    Role {
+        name: "destroy",
+        tracepoint: 7,
+        kprobe: &[],
+        fentry: &[],
+        essential: false,
+    },
 ];
 
-/// The plan for one kernel: offsets for every usable tracepoint, and a status
-/// per hook (`pending` for those to attach; the caller sets the outcome).
+/// The plan for one kernel: offsets for every usable tracepoint and, when
+/// BTF is readable, for the kprobe/fentry programs; a status per tracepoint
+/// (`pending` when its offsets are known). The kprobe/fentry statuses are
+/// decided when attaching, by trying.
 pub struct Plan {
     pub config: TcpConfig,
     pub hooks: Vec<HookStatus>,
+    /// Why kprobe/fentry cannot be used at all (no BTF, or a field missing).
+    pub btf_error: Option<String>,
 }
 
-/// Builds the plan from a format source (tracefs in production, text in tests).
-/// `formats(group, name)` gives `Ok(None)` for an absent event.
+/// Builds the tracepoint part of the plan from a format source (tracefs in
+/// production, text in tests). `formats(group, name)` gives `Ok(None)` for an
+/// absent event.
 pub fn plan_with(mut formats: impl FnMut(&str, &str) -> anyhow::Result<Option<Format>>) -> Plan {
     let mut config = TcpConfig::default();
     let mut hooks = Vec::new();
-    for tp in &TRACEPOINTS {
+    for (i, tp) in TRACEPOINTS.iter().enumerate() {
         let mut status = HookStatus {
             hook: format!("{}:{}", tp.group, tp.name),
+            role: ROLES
+                .iter()
+                .find(|r| r.tracepoint == i)
+                .map_or("", |r| r.name),
             method: "tracepoint",
             measures: tp.measures,
             status: "pending",
@@ -234,24 +391,57 @@ pub fn plan_with(mut formats: impl FnMut(&str, &str) -> anyhow::Result<Option<Fo
         }
         hooks.push(status);
     }
-    for (func, method, measures) in NOT_TRIED {
-        hooks.push(HookStatus {
-            hook: func.to_owned(),
-            method,
-            measures,
-            status: "not_tried",
-            reason: Some(
-                "kprobe/fentry paths are not implemented yet; tracepoints are used".into(),
-            ),
-            program: "",
-        });
+    Plan {
+        config,
+        hooks,
+        btf_error: None,
     }
-    Plan { config, hooks }
 }
 
-/// The plan for the running kernel, from `<tracefs>/events/*/*/format`.
+/// Fills the `struct sock` offsets the kprobe/fentry programs read, checking
+/// each field's size, from the kernel's BTF.
+pub fn fill_from_btf(btf: &Btf, c: &mut TcpConfig) -> anyhow::Result<()> {
+    let field = |strukt: &str, path: &str, sizes: &[u32]| -> anyhow::Result<u16> {
+        let m = btf.member(strukt, path)?;
+        anyhow::ensure!(
+            sizes.contains(&m.size),
+            "{strukt}.{path} is {} bytes, expected {sizes:?}",
+            m.size
+        );
+        u16::try_from(m.offset)
+            .ok()
+            .filter(|&o| o != OFF_NONE)
+            .ok_or_else(|| anyhow::anyhow!("{strukt}.{path} offset {} too large", m.offset))
+    };
+    let mut n = *c;
+    n.sk_family = field("sock", "__sk_common.skc_family", &[2])?;
+    n.sk_state = field("sock", "__sk_common.skc_state", &[1])?;
+    n.sk_num = field("sock", "__sk_common.skc_num", &[2])?;
+    n.sk_dport = field("sock", "__sk_common.skc_dport", &[2])?;
+    n.sk_daddr = field("sock", "__sk_common.skc_daddr", &[4])?;
+    n.sk_rcv_saddr = field("sock", "__sk_common.skc_rcv_saddr", &[4])?;
+    n.sk_v6_daddr = field("sock", "__sk_common.skc_v6_daddr", &[16])?;
+    n.sk_v6_rcv_saddr = field("sock", "__sk_common.skc_v6_rcv_saddr", &[16])?;
+    n.sk_protocol = field("sock", "sk_protocol", &[2])?;
+    n.tp_srtt_us = field("tcp_sock", "srtt_us", &[4])?;
+    let flags = btf.param_index("tcp_recvmsg", "flags")?;
+    n.recvmsg_flags_arg = u16::try_from(flags)
+        .ok()
+        .filter(|&i| i <= 5)
+        .ok_or_else(|| anyhow::anyhow!("tcp_recvmsg flags is parameter {flags}"))?;
+    *c = n;
+    Ok(())
+}
+
+/// The plan for the running kernel: tracepoint offsets from
+/// `<tracefs>/events/*/*/format`, socket offsets from `/sys/kernel/btf/vmlinux`.
 pub fn plan(tracefs: &Path) -> Plan {
-    plan_with(|g, n| read_event_format(tracefs, g, n))
+    let mut p = plan_with(|g, n| read_event_format(tracefs, g, n));
+    match Btf::from_sys_fs().and_then(|b| fill_from_btf(&b, &mut p.config)) {
+        Ok(()) => {}
+        Err(e) => p.btf_error = Some(format!("{e:#}")),
+    }
+    p
 }
 
 #[cfg(test)]
@@ -289,11 +479,8 @@ mod tests {
         assert_eq!(st("sock:sock_send_length"), "missing");
         assert_eq!(st("tcp:tcp_retransmit_skb"), "failed");
         assert_eq!(st("tcp:tcp_send_reset"), "failed");
-        assert!(
-            p.hooks
-                .iter()
-                .any(|h| h.status == "not_tried" && h.method == "fentry")
-        );
+        assert!(p.hooks.iter().all(|h| h.method == "tracepoint"));
+        assert_eq!(p.hooks[0].role, "state");
         let retrans = p
             .hooks
             .iter()
@@ -301,5 +488,44 @@ mod tests {
             .and_then(|s| s.reason.clone())
             .unwrap_or_default();
         assert!(retrans.contains("skaddr"), "{retrans}");
+    }
+}
+
+#[cfg(test)]
+mod order_tests {
+    use super::*;
+
+    #[test]
+    fn parses_orders() {
+        assert_eq!(
+            parse_order("fentry, tracepoint").unwrap(),
+            vec![Mechanism::Fentry, Mechanism::Tracepoint]
+        );
+        assert!(parse_order("kprobe,kprobe").is_err());
+        assert!(parse_order("uprobe").is_err());
+        assert!(parse_order("").is_err());
+    }
+
+    #[test]
+    fn every_role_has_its_tracepoint_and_programs_exist_once() {
+        let mut seen = std::collections::HashSet::new();
+        for (i, r) in ROLES.iter().enumerate() {
+            assert_eq!(r.tracepoint, i, "{}", r.name);
+            for h in r.kprobe.iter().chain(r.fentry) {
+                assert!(seen.insert(h.program), "{} used twice", h.program);
+            }
+        }
+    }
+
+    #[test]
+    fn btf_of_this_kernel_fills_every_socket_offset() {
+        let b = Btf::from_sys_fs().expect("kernel BTF");
+        let mut c = TcpConfig::default();
+        fill_from_btf(&b, &mut c).unwrap();
+        assert_eq!(
+            (c.sk_daddr, c.sk_rcv_saddr, c.sk_dport, c.sk_num),
+            (0, 4, 12, 14)
+        );
+        assert!(c.tp_srtt_us != OFF_NONE && c.sk_protocol != OFF_NONE);
     }
 }

@@ -1,4 +1,5 @@
-//! TCP flow tracing from kernel tracepoints: per connection bytes, calls,
+//! TCP flow tracing from kprobes, fentry/fexit or tracepoints (chosen per
+//! measurement at start-up): per connection bytes, calls,
 //! connect latency, smoothed RTT, retransmits, resets and lifetime, attributed
 //! to the traced processes.
 //!
@@ -6,6 +7,8 @@
 //! then [`TcpTracing::report`] whenever a view is wanted (open flows are read
 //! live from the kernel map). See `docs/tcp.md`.
 
+mod attach;
+pub mod btf;
 pub mod flows;
 pub mod format;
 pub mod hooks;
@@ -13,10 +16,7 @@ pub mod hooks;
 use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
-use aya::{
-    maps::{Array, HashMap, MapData, PerCpuArray},
-    programs::TracePoint,
-};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use serde::Serialize;
 use tracer_common::tcp::{
     ClosedKey, STAT_FLOWS_CLOSED, STAT_FLOWS_CREATED, STAT_INSERT_FAILED, STAT_MIDSTREAM,
@@ -24,8 +24,12 @@ use tracer_common::tcp::{
 };
 
 use crate::{kernelfs, probes::Tracer};
+pub use attach::{
+    HOOK_ORDER_ENV, KernelReport, RoleChoice, hook_order, inspect_kernel, set_hook_order,
+    try_attach_hooks,
+};
 pub use flows::{FlowReport, FlowTotals, ListenRollup, RemoteRollup};
-pub use hooks::HookStatus;
+pub use hooks::{HookStatus, Mechanism};
 
 /// Closed flows kept in user space between reports; beyond this they are
 /// counted in [`TcpStats::dropped_closed`] and discarded (about 300 B each).
@@ -100,41 +104,23 @@ pub fn add_tcp_pid(tracer: &mut Tracer, pid: u32) -> Result<()> {
         .with_context(|| format!("adding pid {pid} to TCP_TARGETS"))
 }
 
-fn attach_one(tracer: &mut Tracer, h: &HookStatus) -> Result<()> {
-    let (group, name) = h
-        .hook
-        .split_once(':')
-        .ok_or_else(|| anyhow!("bad hook name {}", h.hook))?;
-    let prog: &mut TracePoint = tracer
-        .ebpf
-        .program_mut(h.program)
-        .ok_or_else(|| anyhow!("eBPF object lacks program {}", h.program))?
-        .try_into()?;
-    if prog.fd().is_err() {
-        prog.load()
-            .with_context(|| format!("verifying eBPF program {}", h.program))?;
-    }
-    prog.attach(group, name)
-        .with_context(|| format!("attaching tracepoint {}", h.hook))?;
-    Ok(())
-}
-
-/// Attaches the TCP tracepoints and records flows of `pids` (more can be
-/// added with [`add_tcp_pid`]). Hooks that are absent or fail are reported in
-/// [`TcpTracing::hooks`]; it is an error only when the byte counters (the
-/// send/recv tracepoints) or the state tracepoint cannot run.
+/// Attaches TCP hooks (per measurement, the first mechanism of
+/// [`hook_order`] that works) and records flows of `pids` (more can be added
+/// with [`add_tcp_pid`]). Every hook's outcome is in [`TcpTracing::hooks`];
+/// it is an error only when state changes or byte counts cannot be hooked.
 pub fn attach_tcp(tracer: &mut Tracer, pids: &[u32]) -> Result<TcpTracing> {
-    kernelfs::ensure_tracefs()?;
-    let plan = hooks::plan(Path::new(kernelfs::TRACEFS));
-    attach_with_plan(tracer, pids, plan.config, plan.hooks)
+    let order = hook_order()?;
+    attach_tcp_with(tracer, pids, &order)
 }
 
-fn attach_with_plan(
+/// [`attach_tcp`] with an explicit mechanism preference order.
+pub fn attach_tcp_with(
     tracer: &mut Tracer,
     pids: &[u32],
-    config: TcpConfig,
-    mut hooks: Vec<HookStatus>,
+    order: &[Mechanism],
 ) -> Result<TcpTracing> {
+    kernelfs::ensure_tracefs()?;
+    let plan = hooks::plan(Path::new(kernelfs::TRACEFS));
     {
         let mut cfg: Array<_, TcpConfig> = Array::try_from(
             tracer
@@ -142,34 +128,27 @@ fn attach_with_plan(
                 .map_mut("TCP_CONFIG")
                 .ok_or_else(|| anyhow!("TCP_CONFIG map missing from the eBPF object"))?,
         )?;
-        cfg.set(0, config, 0).context("writing TCP_CONFIG")?;
+        cfg.set(0, plan.config, 0).context("writing TCP_CONFIG")?;
     }
     for &pid in pids {
         add_tcp_pid(tracer, pid)?;
     }
-    for h in hooks.iter_mut().filter(|h| h.status == "pending") {
-        match attach_one(tracer, h) {
-            Ok(()) => h.status = "attached",
-            Err(e) => {
-                h.status = "failed";
-                h.reason = Some(format!("{e:#}"));
-            }
-        }
-    }
-    let essential = [
-        "sock:inet_sock_set_state",
-        "sock:sock_send_length",
-        "sock:sock_recv_length",
-    ];
-    let broken: Vec<String> = hooks
-        .iter()
-        .filter(|h| essential.contains(&h.hook.as_str()) && h.status != "attached")
-        .map(|h| format!("{}: {}", h.hook, h.reason.as_deref().unwrap_or(h.status)))
-        .collect();
+    let hooks = try_attach_hooks(tracer, &plan, order);
+    let broken = attach::essential_failures(&hooks);
     if !broken.is_empty() {
         bail!(
-            "TCP flow tracing needs these tracepoints (Linux 6.3+):\n  {}",
-            broken.join("\n  ")
+            "TCP flow tracing cannot hook {} (order {}):\n  {}",
+            broken
+                .iter()
+                .map(|(r, _)| *r)
+                .collect::<Vec<_>>()
+                .join(", "),
+            order.iter().map(|m| m.name()).collect::<Vec<_>>().join(","),
+            broken
+                .iter()
+                .map(|(_, why)| why.as_str())
+                .collect::<Vec<_>>()
+                .join("\n  ")
         );
     }
     Ok(TcpTracing {
@@ -184,6 +163,14 @@ impl TcpTracing {
     /// Every hook with its status and, when not attached, why.
     pub fn hooks(&self) -> &[HookStatus] {
         &self.hooks
+    }
+
+    /// The mechanism that serves `role` (`state`, `send`, ...), if any.
+    pub fn mechanism_of(&self, role: &str) -> Option<&'static str> {
+        self.hooks
+            .iter()
+            .find(|h| h.role == role && h.status == "attached")
+            .map(|h| h.method)
     }
 
     /// Moves closed flows out of the kernel map, freeing its slots. Call at

@@ -1,0 +1,306 @@
+//! kprobe and fentry/fexit entry points for TCP flows, for kernels without
+//! the 6.3+ `sock_{send,recv}_length` tracepoints (or where a user prefers
+//! them). They extract (socket, values) from the probed function's arguments
+//! and call the same accounting as the tracepoints (`tcp.rs`), so every path
+//! counts the same. `struct sock` field offsets come from the kernel's BTF,
+//! via `TCP_CONFIG`; there is no CO-RE in aya-ebpf.
+//!
+//! | function | gives | tracepoint it replaces |
+//! |---|---|---|
+//! | `tcp_set_state(sk, state)` | state changes of TCP sockets | `sock:inet_sock_set_state` |
+//! | `inet_sk_set_state(sk, state)` | a listener's child entering SYN_RECV (not via `tcp_set_state`) | same |
+//! | `tcp_sendmsg(sk, msg, size)` → bytes | bytes sent | `sock:sock_send_length` |
+//! | `tcp_recvmsg(sk, msg, len, flags, ..)` → bytes | bytes received, `MSG_PEEK` skipped | `sock:sock_recv_length` |
+//! | `tcp_rcv_established(sk, skb)` | `srtt_us >> 3` | `tcp:tcp_probe` |
+//! | `tcp_retransmit_skb(sk, skb, segs)` → 0 | successful retransmits | `tcp:tcp_retransmit_skb` |
+//! | `tcp_reset(sk, skb)` | resets received | `tcp:tcp_receive_reset` |
+
+use aya_ebpf::{
+    EbpfContext,
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
+    macros::{fentry, fexit, kprobe, kretprobe, map},
+    maps::LruHashMap,
+    programs::{FEntryContext, FExitContext, ProbeContext, RetProbeContext},
+};
+use tracer_common::tcp::{
+    AF_INET, AF_INET6, IPPROTO_TCP, MSG_PEEK, OFF_NONE, STAT_READ_FAILED, TcpConfig,
+};
+
+use crate::tcp::{
+    BUMP_RETRANS, BUMP_RST_RECV, TCP_CONFIG, Tuple, bump, has_flow, on_length, on_rtt,
+    on_set_state, stat, wanted,
+};
+
+/// `tcp_sendmsg` socket per thread, from the kprobe to the kretprobe.
+#[map]
+static TCP_SEND_ARGS: LruHashMap<u64, u64> = LruHashMap::with_max_entries(4096, 0);
+
+/// `tcp_recvmsg` (socket, flags) per thread, from the kprobe to the kretprobe.
+#[map]
+static TCP_RECV_ARGS: LruHashMap<u64, [u64; 2]> = LruHashMap::with_max_entries(4096, 0);
+
+/// Reads a `T` at `sk + off`; `None` when the offset is unknown or the read faults.
+#[inline(always)]
+fn sk_read<T>(sk: u64, off: u16) -> Option<T> {
+    if off == OFF_NONE || sk == 0 {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_kernel checks the address.
+    match unsafe { bpf_probe_read_kernel((sk + off as u64) as *const T) } {
+        Ok(v) => Some(v),
+        Err(_) => {
+            stat(STAT_READ_FAILED);
+            None
+        }
+    }
+}
+
+/// The socket's addresses and ports, converted to what the tracepoint shows
+/// (ports in host order, addresses as stored).
+#[inline(always)]
+fn sk_tuple(sk: u64, c: &TcpConfig) -> Option<Tuple> {
+    let mut t = Tuple {
+        sport: sk_read::<u16>(sk, c.sk_num)?,
+        dport: u16::from_be(sk_read::<u16>(sk, c.sk_dport)?),
+        family: sk_read(sk, c.sk_family)?,
+        ..Default::default()
+    };
+    if t.family == AF_INET {
+        let s: [u8; 4] = sk_read(sk, c.sk_rcv_saddr)?;
+        let d: [u8; 4] = sk_read(sk, c.sk_daddr)?;
+        t.saddr[..4].copy_from_slice(&s);
+        t.daddr[..4].copy_from_slice(&d);
+    } else if t.family == AF_INET6 {
+        t.saddr = sk_read(sk, c.sk_v6_rcv_saddr)?;
+        t.daddr = sk_read(sk, c.sk_v6_daddr)?;
+    } else {
+        return None;
+    }
+    Some(t)
+}
+
+/// A state change seen at the entry of `tcp_set_state`/`inet_sk_set_state`:
+/// the socket still holds the old state.
+#[inline(always)]
+fn state_change(sk: u64, new: i32, check_proto: bool) -> Option<()> {
+    let c = TCP_CONFIG.get(0)?;
+    if check_proto {
+        let proto: u16 = sk_read(sk, c.sk_protocol)?;
+        if proto != IPPROTO_TCP {
+            return None;
+        }
+    }
+    let old: u8 = sk_read(sk, c.sk_state)?;
+    on_set_state(sk, old, new as u8, sk_tuple(sk, c))
+}
+
+#[inline(always)]
+fn srtt(sk: u64) -> Option<()> {
+    let c = TCP_CONFIG.get(0)?;
+    let srtt: u32 = sk_read(sk, c.tp_srtt_us)?;
+    on_rtt(sk, (srtt >> 3) as u64)
+}
+
+/// Picks `tcp_recvmsg`'s flags between its two possible positions (3 since
+/// Linux 5.19, 4 before). Both candidates are read at constant offsets: the
+/// verifier refuses a context read at a variable offset.
+#[inline(always)]
+fn pick_flags(a3: u64, a4: u64) -> Option<u64> {
+    match TCP_CONFIG.get(0)?.recvmsg_flags_arg {
+        3 => Some(a3),
+        4 => Some(a4),
+        _ => None,
+    }
+}
+
+/// Argument `n` of an fentry/fexit context, read volatile so that LLVM does
+/// not merge two reads into one at a computed offset.
+#[inline(always)]
+fn tracing_arg(ctx: &FExitContext, n: usize) -> u64 {
+    // SAFETY: the context is an array of the traced function's u64 arguments;
+    // the verifier checks `n` against the function's BTF prototype.
+    unsafe { core::ptr::read_volatile((ctx.as_ptr() as *const u64).add(n)) }
+}
+
+// ---- kprobes ----
+
+/// kprobe on `tcp_set_state`.
+#[kprobe]
+pub fn tcp_kp_state(ctx: ProbeContext) -> u32 {
+    if let (Some(sk), Some(new)) = (ctx.arg::<u64>(0), ctx.arg::<i32>(1)) {
+        let _ = state_change(sk, new, false);
+    }
+    0
+}
+
+/// kprobe on `inet_sk_set_state` (also used by other inet protocols).
+#[kprobe]
+pub fn tcp_kp_inet_state(ctx: ProbeContext) -> u32 {
+    if let (Some(sk), Some(new)) = (ctx.arg::<u64>(0), ctx.arg::<i32>(1)) {
+        let _ = state_change(sk, new, true);
+    }
+    0
+}
+
+/// kprobe on `tcp_sendmsg`: remember the socket for the return probe.
+#[kprobe]
+pub fn tcp_kp_sendmsg(ctx: ProbeContext) -> u32 {
+    if let Some(sk) = ctx.arg::<u64>(0)
+        && wanted(sk)
+    {
+        let _ = TCP_SEND_ARGS.insert(bpf_get_current_pid_tgid(), sk, 0);
+    }
+    0
+}
+
+/// kretprobe on `tcp_sendmsg`: bytes sent.
+#[kretprobe]
+pub fn tcp_krp_sendmsg(ctx: RetProbeContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    // SAFETY: plain value copied out before the removal.
+    if let Some(sk) = unsafe { TCP_SEND_ARGS.get(id) }.copied() {
+        let _ = TCP_SEND_ARGS.remove(id);
+        // `int` return: only the low 32 bits of RAX are defined.
+        let ret: i64 = ctx.ret();
+        let _ = on_length(sk, ret as i32 as i64, false);
+    }
+    0
+}
+
+/// kprobe on `tcp_recvmsg`: remember the socket and flags.
+#[kprobe]
+pub fn tcp_kp_recvmsg(ctx: ProbeContext) -> u32 {
+    let (a3, a4) = (
+        ctx.arg::<u64>(3).unwrap_or(0),
+        ctx.arg::<u64>(4).unwrap_or(0),
+    );
+    if let (Some(sk), Some(flags)) = (ctx.arg::<u64>(0), pick_flags(a3, a4))
+        && wanted(sk)
+    {
+        let _ = TCP_RECV_ARGS.insert(bpf_get_current_pid_tgid(), [sk, flags], 0);
+    }
+    0
+}
+
+/// kretprobe on `tcp_recvmsg`: bytes received, peeks skipped.
+#[kretprobe]
+pub fn tcp_krp_recvmsg(ctx: RetProbeContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    // SAFETY: plain value copied out before the removal.
+    if let Some([sk, flags]) = unsafe { TCP_RECV_ARGS.get(id) }.copied() {
+        let _ = TCP_RECV_ARGS.remove(id);
+        if (flags as i32) & MSG_PEEK == 0 {
+            let ret: i64 = ctx.ret();
+            let _ = on_length(sk, ret as i32 as i64, true);
+        }
+    }
+    0
+}
+
+/// kprobe on `tcp_rcv_established`: the RTT as `tcp:tcp_probe` shows it
+/// (that tracepoint fires at this function's start).
+#[kprobe]
+pub fn tcp_kp_rtt(ctx: ProbeContext) -> u32 {
+    if let Some(sk) = ctx.arg::<u64>(0) {
+        let _ = srtt(sk);
+    }
+    0
+}
+
+/// kprobe on `tcp_retransmit_skb`: remember the socket for the return probe.
+#[kprobe]
+pub fn tcp_kp_retrans(ctx: ProbeContext) -> u32 {
+    if let Some(sk) = ctx.arg::<u64>(0)
+        && has_flow(sk)
+    {
+        let _ = TCP_SEND_ARGS.insert(bpf_get_current_pid_tgid() ^ RETRANS_TAG, sk, 0);
+    }
+    0
+}
+
+/// Distinguishes retransmit entries from send entries of the same thread in
+/// `TCP_SEND_ARGS` (a retransmit can run in softirq on top of a send).
+const RETRANS_TAG: u64 = 1 << 63;
+
+/// kretprobe on `tcp_retransmit_skb`: counts only successful retransmits,
+/// as the tracepoint does.
+#[kretprobe]
+pub fn tcp_krp_retrans(ctx: RetProbeContext) -> u32 {
+    let id = bpf_get_current_pid_tgid() ^ RETRANS_TAG;
+    // SAFETY: plain value copied out before the removal.
+    if let Some(sk) = unsafe { TCP_SEND_ARGS.get(id) }.copied() {
+        let _ = TCP_SEND_ARGS.remove(id);
+        let ret: i32 = ctx.ret();
+        if ret == 0 {
+            let _ = bump(sk, BUMP_RETRANS);
+        }
+    }
+    0
+}
+
+/// kprobe on `tcp_reset`: a reset arrived.
+#[kprobe]
+pub fn tcp_kp_reset(ctx: ProbeContext) -> u32 {
+    if let Some(sk) = ctx.arg::<u64>(0) {
+        let _ = bump(sk, BUMP_RST_RECV);
+    }
+    0
+}
+
+// ---- fentry / fexit (BPF trampolines) ----
+
+#[fentry(function = "tcp_set_state")]
+pub fn tcp_fe_state(ctx: FEntryContext) -> u32 {
+    let _ = state_change(ctx.arg::<u64>(0), ctx.arg::<i32>(1), false);
+    0
+}
+
+#[fentry(function = "inet_sk_set_state")]
+pub fn tcp_fe_inet_state(ctx: FEntryContext) -> u32 {
+    let _ = state_change(ctx.arg::<u64>(0), ctx.arg::<i32>(1), true);
+    0
+}
+
+#[fexit(function = "tcp_sendmsg")]
+pub fn tcp_fx_sendmsg(ctx: FExitContext) -> u32 {
+    if let Ok(ret) = ctx.ret::<i64>() {
+        let _ = on_length(ctx.arg::<u64>(0), ret as i32 as i64, false);
+    }
+    0
+}
+
+#[fexit(function = "tcp_recvmsg")]
+pub fn tcp_fx_recvmsg(ctx: FExitContext) -> u32 {
+    let Some(flags) = pick_flags(tracing_arg(&ctx, 3), tracing_arg(&ctx, 4)) else {
+        return 0;
+    };
+    if (flags as i32) & MSG_PEEK != 0 {
+        return 0;
+    }
+    if let Ok(ret) = ctx.ret::<i64>() {
+        let _ = on_length(ctx.arg::<u64>(0), ret as i32 as i64, true);
+    }
+    0
+}
+
+#[fentry(function = "tcp_rcv_established")]
+pub fn tcp_fe_rtt(ctx: FEntryContext) -> u32 {
+    let _ = srtt(ctx.arg::<u64>(0));
+    0
+}
+
+#[fexit(function = "tcp_retransmit_skb")]
+pub fn tcp_fx_retrans(ctx: FExitContext) -> u32 {
+    if let Ok(ret) = ctx.ret::<i64>()
+        && ret as i32 == 0
+    {
+        let _ = bump(ctx.arg::<u64>(0), BUMP_RETRANS);
+    }
+    0
+}
+
+#[fentry(function = "tcp_reset")]
+pub fn tcp_fe_reset(ctx: FEntryContext) -> u32 {
+    let _ = bump(ctx.arg::<u64>(0), BUMP_RST_RECV);
+    0
+}

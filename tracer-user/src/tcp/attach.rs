@@ -1,0 +1,442 @@
+//! Per-measurement hook selection: for each [`Role`], try the mechanisms in
+//! the preference order and keep the first that loads and attaches. Nothing
+//! is guessed: a kprobe is attached, an fentry program is loaded (verified
+//! against the kernel's BTF) and attached, and the error is what is reported.
+//! Programs of mechanisms not chosen are never loaded, so a kernel that
+//! refuses fentry (EPERM) or lacks kprobes costs nothing but a report line.
+
+use std::{path::Path, sync::OnceLock};
+
+use anyhow::{Context, Result, anyhow};
+use aya::programs::{FEntry, FExit, KProbe, TracePoint};
+use serde::Serialize;
+
+use super::hooks::{self, DEFAULT_ORDER, FnHook, HookStatus, Mechanism, Plan, ROLES, Role};
+use crate::{kernelfs, probes::Tracer};
+
+/// Environment override of the preference order, e.g. `kprobe,tracepoint`.
+pub const HOOK_ORDER_ENV: &str = "TRACER_TCP_HOOKS";
+
+static ORDER: OnceLock<Vec<Mechanism>> = OnceLock::new();
+
+/// Sets the process-wide order (the `--tcp-hooks` flag); first call wins.
+pub fn set_hook_order(order: Vec<Mechanism>) {
+    let _ = ORDER.set(order);
+}
+
+/// The order in force: `--tcp-hooks`, else `$TRACER_TCP_HOOKS`, else
+/// kprobe, fentry, tracepoint.
+pub fn hook_order() -> Result<Vec<Mechanism>> {
+    if let Some(o) = ORDER.get() {
+        return Ok(o.clone());
+    }
+    match std::env::var(HOOK_ORDER_ENV) {
+        Ok(v) => hooks::parse_order(&v)
+            .map_err(|e| anyhow!(e))
+            .with_context(|| format!("${HOOK_ORDER_ENV}")),
+        Err(_) => Ok(DEFAULT_ORDER.to_vec()),
+    }
+}
+
+/// Why kprobes cannot work here, if they cannot.
+fn kprobes_unavailable() -> Option<String> {
+    let pmu = Path::new("/sys/bus/event_source/devices/kprobe/type");
+    let events = Path::new(kernelfs::TRACEFS).join("kprobe_events");
+    if pmu.exists() || events.exists() {
+        return None;
+    }
+    Some(format!(
+        "kernel without kprobes: {} and {} absent (CONFIG_KPROBES off)",
+        pmu.display(),
+        events.display()
+    ))
+}
+
+/// Detaches what one attempt attached before a later part of it failed.
+enum Link {
+    Kprobe(&'static str, aya::programs::kprobe::KProbeLinkId),
+    Fentry(&'static str, aya::programs::fentry::FEntryLinkId),
+    Fexit(&'static str, aya::programs::fexit::FExitLinkId),
+}
+
+fn undo(tracer: &mut Tracer, links: Vec<Link>) {
+    for l in links {
+        let _ = match l {
+            Link::Kprobe(p, id) => tracer
+                .ebpf
+                .program_mut(p)
+                .and_then(|p| <&mut KProbe>::try_from(p).ok())
+                .map(|p| p.detach(id)),
+            Link::Fentry(p, id) => tracer
+                .ebpf
+                .program_mut(p)
+                .and_then(|p| <&mut FEntry>::try_from(p).ok())
+                .map(|p| p.detach(id)),
+            Link::Fexit(p, id) => tracer
+                .ebpf
+                .program_mut(p)
+                .and_then(|p| <&mut FExit>::try_from(p).ok())
+                .map(|p| p.detach(id)),
+        };
+    }
+}
+
+fn attach_kprobe(tracer: &mut Tracer, h: &FnHook) -> Result<Link> {
+    let prog: &mut KProbe = tracer
+        .ebpf
+        .program_mut(h.program)
+        .ok_or_else(|| anyhow!("eBPF object lacks program {}", h.program))?
+        .try_into()?;
+    if prog.fd().is_err() {
+        prog.load()
+            .with_context(|| format!("verifying {}", h.program))?;
+    }
+    let kind = if h.ret { "kretprobe" } else { "kprobe" };
+    let id = prog
+        .attach(h.function, 0)
+        .with_context(|| format!("{kind} attach on {}", h.function))?;
+    Ok(Link::Kprobe(h.program, id))
+}
+
+fn attach_fentry(tracer: &mut Tracer, btf: &aya::Btf, h: &FnHook) -> Result<Link> {
+    let prog = tracer
+        .ebpf
+        .program_mut(h.program)
+        .ok_or_else(|| anyhow!("eBPF object lacks program {}", h.program))?;
+    if h.ret {
+        let prog: &mut FExit = prog.try_into()?;
+        if prog.fd().is_err() {
+            prog.load(h.function, btf)
+                .with_context(|| format!("fexit load for {}", h.function))?;
+        }
+        let id = prog
+            .attach()
+            .with_context(|| format!("fexit attach on {}", h.function))?;
+        Ok(Link::Fexit(h.program, id))
+    } else {
+        let prog: &mut FEntry = prog.try_into()?;
+        if prog.fd().is_err() {
+            prog.load(h.function, btf)
+                .with_context(|| format!("fentry load for {}", h.function))?;
+        }
+        let id = prog
+            .attach()
+            .with_context(|| format!("fentry attach on {}", h.function))?;
+        Ok(Link::Fentry(h.program, id))
+    }
+}
+
+fn attach_tracepoint(tracer: &mut Tracer, h: &HookStatus) -> Result<()> {
+    let (group, name) = h
+        .hook
+        .split_once(':')
+        .ok_or_else(|| anyhow!("bad hook name {}", h.hook))?;
+    let prog: &mut TracePoint = tracer
+        .ebpf
+        .program_mut(h.program)
+        .ok_or_else(|| anyhow!("eBPF object lacks program {}", h.program))?
+        .try_into()?;
+    if prog.fd().is_err() {
+        prog.load()
+            .with_context(|| format!("verifying eBPF program {}", h.program))?;
+    }
+    prog.attach(group, name)
+        .with_context(|| format!("attaching tracepoint {}", h.hook))?;
+    Ok(())
+}
+
+/// What the kprobe/fentry attempts share: BTF, loaded once.
+struct Env {
+    btf_error: Option<String>,
+    kprobes: Option<String>,
+    aya_btf: Option<std::result::Result<aya::Btf, String>>,
+}
+
+impl Env {
+    fn aya_btf(&mut self) -> std::result::Result<&aya::Btf, String> {
+        self.aya_btf
+            .get_or_insert_with(|| {
+                aya::Btf::from_sys_fs().map_err(|e| format!("no kernel BTF for fentry: {e}"))
+            })
+            .as_ref()
+            .map_err(Clone::clone)
+    }
+}
+
+fn fn_names(hooks: &[FnHook]) -> String {
+    let mut names: Vec<&str> = Vec::new();
+    for h in hooks {
+        if !names.contains(&h.function) {
+            names.push(h.function);
+        }
+    }
+    names.join("+")
+}
+
+/// Tries one function-hook mechanism for a role: `Ok(note)` when it serves
+/// the role (the note lists optional parts that failed).
+fn try_fn_hooks(
+    tracer: &mut Tracer,
+    env: &mut Env,
+    m: Mechanism,
+    hooks: &[FnHook],
+) -> std::result::Result<Option<String>, (&'static str, String)> {
+    if let Some(e) = &env.btf_error {
+        return Err(("unavailable", format!("struct sock offsets unknown: {e}")));
+    }
+    if m == Mechanism::Kprobe
+        && let Some(e) = &env.kprobes
+    {
+        return Err(("unavailable", e.clone()));
+    }
+    let btf = if m == Mechanism::Fentry {
+        match env.aya_btf() {
+            Ok(b) => Some(b),
+            Err(e) => return Err(("unavailable", e)),
+        }
+    } else {
+        None
+    };
+    let mut links = Vec::new();
+    let mut notes = Vec::new();
+    for h in hooks {
+        let r = match btf {
+            Some(b) => attach_fentry(tracer, b, h),
+            None => attach_kprobe(tracer, h),
+        };
+        match r {
+            Ok(l) => links.push(l),
+            Err(e) if h.optional => notes.push(format!("{} not hooked: {e:#}", h.function)),
+            Err(e) => {
+                undo(tracer, links);
+                return Err(("failed", format!("{e:#}")));
+            }
+        }
+    }
+    Ok((!notes.is_empty()).then(|| notes.join("; ")))
+}
+
+/// Attaches each role with the first mechanism of `order` that works and
+/// returns one status per (role, mechanism), in role order.
+pub fn try_attach_hooks(tracer: &mut Tracer, plan: &Plan, order: &[Mechanism]) -> Vec<HookStatus> {
+    let mut env = Env {
+        btf_error: plan.btf_error.clone(),
+        kprobes: kprobes_unavailable(),
+        aya_btf: None,
+    };
+    let mut out = Vec::new();
+    for role in &ROLES {
+        out.extend(attach_role(tracer, &mut env, plan, role, order));
+    }
+    out
+}
+
+fn attach_role(
+    tracer: &mut Tracer,
+    env: &mut Env,
+    plan: &Plan,
+    role: &Role,
+    order: &[Mechanism],
+) -> Vec<HookStatus> {
+    let tp = plan.hooks.get(role.tracepoint).cloned();
+    let measures = tp.as_ref().map_or("", |t| t.measures);
+    let mut chosen: Option<Mechanism> = None;
+    let mut statuses = Vec::new();
+    // Listed order first, then the mechanisms left out (reported as such).
+    let rest = DEFAULT_ORDER.iter().filter(|m| !order.contains(m));
+    for &m in order.iter().chain(rest) {
+        let fn_hooks = match m {
+            Mechanism::Kprobe => role.kprobe,
+            Mechanism::Fentry => role.fentry,
+            Mechanism::Tracepoint => &[],
+        };
+        let mut st = match (m, &tp) {
+            (Mechanism::Tracepoint, Some(t)) => t.clone(),
+            _ => HookStatus {
+                hook: fn_names(fn_hooks),
+                role: role.name,
+                method: m.name(),
+                measures,
+                status: "pending",
+                reason: None,
+                program: fn_hooks.first().map_or("", |h| h.program),
+            },
+        };
+        if !order.contains(&m) {
+            st.status = "not_tried";
+            st.reason = Some("not in the hook order (--tcp-hooks / $TRACER_TCP_HOOKS)".into());
+        } else if let Some(c) = chosen {
+            st.status = "not_tried";
+            st.reason = Some(format!("{} preferred and attached", c.name()));
+        } else if m == Mechanism::Tracepoint {
+            if st.status == "pending" {
+                match attach_tracepoint(tracer, &st) {
+                    Ok(()) => st.status = "attached",
+                    Err(e) => {
+                        st.status = "failed";
+                        st.reason = Some(format!("{e:#}"));
+                    }
+                }
+            }
+        } else if fn_hooks.is_empty() {
+            st.status = "missing";
+            st.reason = Some(format!(
+                "no {} variant for {} (the kernel functions are static or inlined)",
+                m.name(),
+                role.name
+            ));
+        } else {
+            match try_fn_hooks(tracer, env, m, fn_hooks) {
+                Ok(note) => {
+                    st.status = "attached";
+                    st.reason = note;
+                }
+                Err((status, why)) => {
+                    st.status = status;
+                    st.reason = Some(why);
+                }
+            }
+        }
+        if st.status == "attached" {
+            chosen = Some(m);
+        }
+        statuses.push(st);
+    }
+    statuses
+}
+
+/// Essential roles (state, send, recv) with no attached hook, with every
+/// mechanism's reason.
+pub(crate) fn essential_failures(hooks: &[HookStatus]) -> Vec<(&'static str, String)> {
+    ROLES
+        .iter()
+        .filter(|r| r.essential)
+        .filter(|r| {
+            !hooks
+                .iter()
+                .any(|h| h.role == r.name && h.status == "attached")
+        })
+        .map(|r| {
+            let why: Vec<String> = hooks
+                .iter()
+                .filter(|h| h.role == r.name)
+                .map(|h| {
+                    format!(
+                        "{} {} {}: {}",
+                        h.method,
+                        h.hook,
+                        h.status,
+                        h.reason.as_deref().unwrap_or("")
+                    )
+                })
+                .collect();
+            (r.name, format!("{}: {}", r.name, why.join(" | ")))
+        })
+        .collect()
+}
+
+/// The mechanism serving one role (`None`: nothing attached).
+#[derive(Clone, Debug, Serialize)]
+pub struct RoleChoice {
+    pub role: &'static str,
+    pub mechanism: Option<&'static str>,
+}
+
+/// `tracer inspect --kernel`: what this kernel offers and what TCP tracing
+/// would use on it, found by really loading and attaching.
+#[derive(Clone, Debug, Serialize)]
+pub struct KernelReport {
+    pub release: String,
+    pub btf: bool,
+    /// Why the kprobe/fentry programs cannot get socket offsets, if so.
+    pub btf_error: Option<String>,
+    pub kprobes: bool,
+    pub kprobes_error: Option<String>,
+    pub hook_order: Vec<Mechanism>,
+    /// Per role: the mechanism that attached, if any.
+    pub chosen: Vec<RoleChoice>,
+    pub tcp_hooks: Vec<HookStatus>,
+    /// Set when TCP tracing would be refused here.
+    pub tcp_error: Option<String>,
+}
+
+pub fn inspect_kernel(tracer: &mut Tracer, order: &[Mechanism]) -> Result<KernelReport> {
+    kernelfs::ensure_tracefs()?;
+    let plan = hooks::plan(Path::new(kernelfs::TRACEFS));
+    {
+        let mut cfg: aya::maps::Array<_, tracer_common::tcp::TcpConfig> =
+            aya::maps::Array::try_from(
+                tracer
+                    .ebpf
+                    .map_mut("TCP_CONFIG")
+                    .ok_or_else(|| anyhow!("TCP_CONFIG map missing from the eBPF object"))?,
+            )?;
+        cfg.set(0, plan.config, 0).context("writing TCP_CONFIG")?;
+    }
+    let hooks = try_attach_hooks(tracer, &plan, order);
+    let broken = essential_failures(&hooks);
+    let chosen = ROLES
+        .iter()
+        .map(|r| RoleChoice {
+            role: r.name,
+            mechanism: hooks
+                .iter()
+                .find(|h| h.role == r.name && h.status == "attached")
+                .map(|h| h.method),
+        })
+        .collect();
+    let kprobes_error = kprobes_unavailable();
+    Ok(KernelReport {
+        release: std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_owned())
+            .unwrap_or_else(|e| format!("unknown ({e})")),
+        btf: Path::new(super::btf::VMLINUX).exists(),
+        btf_error: plan.btf_error.clone(),
+        kprobes: kprobes_error.is_none(),
+        kprobes_error,
+        hook_order: order.to_vec(),
+        chosen,
+        tcp_hooks: hooks,
+        tcp_error: (!broken.is_empty()).then(|| {
+            broken
+                .iter()
+                .map(|(_, w)| w.as_str())
+                .collect::<Vec<_>>()
+                .join("\n")
+        }),
+    })
+}
+
+impl std::fmt::Display for KernelReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "kernel {}", self.release)?;
+        match &self.btf_error {
+            None => writeln!(f, "BTF: {} (socket offsets read)", super::btf::VMLINUX)?,
+            Some(e) if self.btf => writeln!(f, "BTF: present, unusable: {e}")?,
+            Some(e) => writeln!(f, "BTF: absent ({e})")?,
+        }
+        match &self.kprobes_error {
+            None => writeln!(f, "kprobes: available")?,
+            Some(e) => writeln!(f, "kprobes: {e}")?,
+        }
+        let order: Vec<&str> = self.hook_order.iter().map(|m| m.name()).collect();
+        writeln!(f, "TCP hook order: {}", order.join(","))?;
+        for RoleChoice { role, mechanism } in &self.chosen {
+            writeln!(f, "TCP {role:<15} -> {}", mechanism.unwrap_or("NONE"))?;
+            for h in self.tcp_hooks.iter().filter(|h| h.role == *role) {
+                writeln!(
+                    f,
+                    "    {:<10} {:<34} {:<11} {}",
+                    h.method,
+                    h.hook,
+                    h.status,
+                    h.reason.as_deref().unwrap_or("")
+                )?;
+            }
+        }
+        if let Some(e) = &self.tcp_error {
+            writeln!(f, "TCP tracing would be refused here:\n{e}")?;
+        }
+        Ok(())
+    }
+}
