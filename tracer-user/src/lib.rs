@@ -3,6 +3,7 @@
 //! The library holds everything the `tracer` binary does, so integration tests and
 //! later front ends (agent, top view) drive the same code.
 pub mod agent;
+pub mod api;
 pub mod cgroup;
 pub mod commands;
 pub mod contention;

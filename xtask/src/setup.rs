@@ -27,6 +27,7 @@ pub fn setup() -> Result<()> {
         go_toolchain(v)?;
     }
     kubernetes_validate()?;
+    python_client()?;
     mounts();
     tmux()?;
     step("setup complete");
@@ -135,6 +136,57 @@ fn go_toolchain(version: &str) -> Result<()> {
     if !v.contains(&format!("go{version} ")) {
         bail!("installed Go reports {v:?}, expected {version}");
     }
+    Ok(())
+}
+
+/// Python packages of the external API client test (tests/python): grpcio,
+/// grpcio-tools (stubs generated at run time, no protoc) and prometheus_client
+/// (the reference parser for `/metrics`).
+pub const PYTHON_PACKAGES: [&str; 3] = [
+    "grpcio==1.85.1",
+    "grpcio-tools==1.85.1",
+    "prometheus-client==0.26.0",
+];
+
+/// The venv of [`PYTHON_PACKAGES`]: `<cache>/python`.
+pub fn python_venv() -> PathBuf {
+    cache_dir().join("python")
+}
+
+fn python_client() -> Result<()> {
+    let dir = python_venv();
+    let python = dir.join("bin/python");
+    // The marker lists what was installed; a changed list reinstalls.
+    let marker = dir.join("tracer-packages.txt");
+    let wanted = PYTHON_PACKAGES.join("\n");
+    let imports = "import grpc, grpc_tools.protoc, prometheus_client.parser";
+    if fs::read_to_string(&marker).is_ok_and(|m| m == wanted)
+        && output(Command::new(&python).args(["-c", imports])).is_some()
+    {
+        step(&format!(
+            "Python API client packages: present ({})",
+            dir.display()
+        ));
+        return Ok(());
+    }
+    step(&format!(
+        "Python API client packages: installing {} into {}",
+        PYTHON_PACKAGES.join(", "),
+        dir.display()
+    ));
+    let _ = fs::remove_dir_all(&dir);
+    fs::create_dir_all(dir.parent().context("cache dir")?)?;
+    run(Command::new("python3").args(["-m", "venv"]).arg(&dir))?;
+    run(Command::new(dir.join("bin/pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check"])
+        .args(PYTHON_PACKAGES))?;
+    if output(Command::new(&python).args(["-c", imports])).is_none() {
+        bail!(
+            "{} cannot import the API client packages after install",
+            python.display()
+        );
+    }
+    fs::write(&marker, wanted).with_context(|| format!("writing {}", marker.display()))?;
     Ok(())
 }
 

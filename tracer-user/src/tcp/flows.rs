@@ -58,6 +58,9 @@ pub struct FlowReport {
     pub srtt_us: Option<u64>,
     pub rtt_samples: u64,
     pub rtt_mean_us: Option<u64>,
+    /// Sum of the RTT samples, µs: the exact `_sum` of the Prometheus histogram.
+    #[serde(skip)]
+    pub rtt_sum_us: u64,
     pub rtt_hist: Vec<RttBucket>,
     pub retransmits: u64,
     pub resets_sent: u64,
@@ -156,6 +159,7 @@ impl FlowReport {
             srtt_us: (f.rtt_samples != 0).then_some(f.srtt_us),
             rtt_samples: f.rtt_samples,
             rtt_mean_us: f.rtt_sum_us.checked_div(f.rtt_samples),
+            rtt_sum_us: f.rtt_sum_us,
             rtt_hist,
             retransmits: f.retransmits,
             resets_sent: f.resets_sent,

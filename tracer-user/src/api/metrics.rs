@@ -1,0 +1,636 @@
+//! Prometheus metrics rendered from the newest [`NodeSnapshot`] at scrape
+//! time: the snapshot already holds totals since each process was first
+//! traced, so a collector that re-encodes it is exact and keeps no state.
+//!
+//! Histogram buckets are powers of two (in ns for lock waits, µs for RTT):
+//! the kernel's histograms have a slot boundary at every power of two, so
+//! each slot falls wholly inside one Prometheus bucket and no count is
+//! guessed. Lock call sites are the only unbounded label; only the top N by
+//! wait time keep theirs, the rest are summed per process and kind under
+//! `site="other"`.
+
+use std::{collections::HashMap, fmt, sync::Arc};
+
+use prometheus_client::{
+    collector::Collector,
+    encoding::{DescriptorEncoder, NoLabelSet},
+    metrics::MetricType,
+    registry::Registry,
+};
+
+use super::convert::{Owner, process_index};
+use crate::{
+    agent::hub::{Labels, NodeSnapshot},
+    latency::Bucket,
+    report::AnyFinding,
+};
+
+/// Call sites that keep their own `site` label by default.
+pub const DEFAULT_TOP_SITES: usize = 50;
+/// `site` label of the folded remainder.
+pub const OTHER_SITE: &str = "other";
+
+/// Upper bounds (ns) of the lock wait buckets: 2^10 ns (≈1 µs) to 2^34 ns
+/// (≈17 s), a factor of 4 apart.
+fn lock_bounds_ns() -> Vec<u64> {
+    (10..=34).step_by(2).map(|k| 1u64 << k).collect()
+}
+
+/// Upper bounds (µs) of the RTT buckets: 4 µs to ≈16.8 s, a factor of 4 apart.
+fn rtt_bounds_us() -> Vec<u64> {
+    (2..=24).step_by(2).map(|k| 1u64 << k).collect()
+}
+
+/// A histogram on fixed bounds plus `+Inf`, counts per bucket (not cumulative).
+#[derive(Clone, Debug)]
+struct Hist {
+    counts: Vec<u64>,
+    sum_seconds: f64,
+}
+
+impl Hist {
+    fn new(bounds: usize) -> Self {
+        Self {
+            counts: vec![0; bounds + 1],
+            sum_seconds: 0.0,
+        }
+    }
+
+    /// Adds a slot `[lo, hi)`: it belongs to the first bound `b` with
+    /// `hi <= b` (every value in it is `< hi <= b`), else to `+Inf`.
+    fn add_slot(&mut self, bounds: &[u64], hi: u64, count: u64) {
+        let i = bounds.iter().position(|b| hi <= *b).unwrap_or(bounds.len());
+        self.counts[i] = self.counts[i].saturating_add(count);
+    }
+
+    fn merge(&mut self, o: &Hist) {
+        for (a, b) in self.counts.iter_mut().zip(&o.counts) {
+            *a = a.saturating_add(*b);
+        }
+        self.sum_seconds += o.sum_seconds;
+    }
+
+    fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+}
+
+/// Labels of one process: pid, comm, and pod/namespace/container when known.
+fn proc_labels(o: &Owner) -> Vec<(String, String)> {
+    let mut v = vec![
+        ("pid".to_string(), o.pid.to_string()),
+        ("comm".to_string(), o.comm.clone()),
+    ];
+    k8s_labels(&o.labels, &mut v);
+    v
+}
+
+fn k8s_labels(l: &Labels, v: &mut Vec<(String, String)>) {
+    if let Some(p) = &l.pod_name {
+        v.push(("pod".into(), p.clone()));
+    }
+    if let Some(n) = &l.namespace {
+        v.push(("namespace".into(), n.clone()));
+    }
+    let container = l.container_name.clone().or_else(|| {
+        l.container_id
+            .as_ref()
+            .map(|c| c.chars().take(12).collect())
+    });
+    if let Some(c) = container {
+        v.push(("container".into(), c));
+    }
+}
+
+fn with(mut v: Vec<(String, String)>, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    // Extra labels go right after pid and comm, before the k8s ones.
+    for (i, (k, val)) in extra.iter().enumerate() {
+        v.insert(2 + i, (k.to_string(), val.to_string()));
+    }
+    v
+}
+
+/// One series: labels and a value.
+type Series<T> = Vec<(Vec<(String, String)>, T)>;
+
+/// Everything the collector writes, computed from one snapshot.
+#[derive(Debug, Default)]
+struct Families {
+    lock_wait: Series<Hist>,
+    map_op: Series<Hist>,
+    map_findings: Series<u64>,
+    tcp_rtt: Series<Hist>,
+    tcp_bytes: Series<u64>,
+    tcp_retransmits: Series<u64>,
+}
+
+fn lock_families(snap: &NodeSnapshot, top_sites: usize) -> Series<Hist> {
+    let bounds = lock_bounds_ns();
+    let procs = process_index(snap);
+    // (pid, kind, site) -> owner, histogram, wait ns.
+    let mut groups: HashMap<(u32, &'static str, String), (Owner, Hist, u64)> = HashMap::new();
+    for report in &snap.reports {
+        let owner = Owner::of(report, &procs);
+        for l in &report.locks {
+            let e = groups
+                .entry((owner.pid, l.kind, l.site.to_string()))
+                .or_insert_with(|| (owner.clone(), Hist::new(bounds.len()), 0));
+            add_buckets(&mut e.1, &bounds, &l.histogram);
+            e.1.sum_seconds += l.wait_ns_total as f64 / 1e9;
+            e.2 = e.2.saturating_add(l.wait_ns_total);
+        }
+    }
+    let mut ranked: Vec<_> = groups.into_iter().collect();
+    ranked.sort_by(|a, b| b.1.2.cmp(&a.1.2).then_with(|| a.0.cmp(&b.0)));
+    let mut out: Series<Hist> = Vec::new();
+    let mut other: HashMap<(u32, &'static str), (Owner, Hist)> = HashMap::new();
+    for (i, ((pid, kind, site), (owner, hist, _))) in ranked.into_iter().enumerate() {
+        if i < top_sites {
+            out.push((
+                with(proc_labels(&owner), &[("kind", kind), ("site", &site)]),
+                hist,
+            ));
+        } else {
+            other
+                .entry((pid, kind))
+                .or_insert_with(|| (owner, Hist::new(bounds.len())))
+                .1
+                .merge(&hist);
+        }
+    }
+    let mut rest: Vec<_> = other.into_iter().collect();
+    rest.sort_by_key(|(k, _)| *k);
+    for ((_, kind), (owner, hist)) in rest {
+        out.push((
+            with(proc_labels(&owner), &[("kind", kind), ("site", OTHER_SITE)]),
+            hist,
+        ));
+    }
+    out
+}
+
+fn add_buckets(h: &mut Hist, bounds: &[u64], buckets: &[Bucket]) {
+    for b in buckets {
+        h.add_slot(bounds, b.hi_ns, b.count);
+    }
+}
+
+fn families(snap: &NodeSnapshot, top_sites: usize) -> Families {
+    let mut f = Families {
+        lock_wait: lock_families(snap, top_sites),
+        ..Default::default()
+    };
+    let procs = process_index(snap);
+    let rtt_bounds = rtt_bounds_us();
+    for report in &snap.reports {
+        let owner = Owner::of(report, &procs);
+        let base = proc_labels(&owner);
+
+        // Map operations: the deep tier keeps per-map quantiles, which cannot
+        // be summed, so these histograms carry only +Inf, _count and _sum.
+        let mut ops: Vec<(&'static str, Hist)> = Vec::new();
+        for op in report.maps.iter().flat_map(|m| &m.ops) {
+            let i = match ops.iter().position(|(k, _)| *k == op.kind) {
+                Some(i) => i,
+                None => {
+                    ops.push((op.kind, Hist::new(0)));
+                    ops.len() - 1
+                }
+            };
+            ops[i].1.counts[0] = ops[i].1.counts[0].saturating_add(op.count);
+            ops[i].1.sum_seconds += op.ns_total as f64 / 1e9;
+        }
+        ops.sort_by_key(|(k, _)| *k);
+        for (kind, h) in ops {
+            f.map_op.push((with(base.clone(), &[("op", kind)]), h));
+        }
+
+        let mut kinds: Vec<(&'static str, u64)> = Vec::new();
+        for finding in &report.findings {
+            if let AnyFinding::Map(m) = finding {
+                match kinds.iter_mut().find(|(k, _)| *k == m.kind) {
+                    Some(e) => e.1 = e.1.saturating_add(m.count),
+                    None => kinds.push((m.kind, m.count)),
+                }
+            }
+        }
+        kinds.sort();
+        for (kind, n) in kinds {
+            f.map_findings
+                .push((with(base.clone(), &[("kind", kind)]), n));
+        }
+
+        if let Some(tcp) = &report.tcp {
+            let mut rtt = Hist::new(rtt_bounds.len());
+            let (mut sent, mut received, mut retrans) = (0u64, 0u64, 0u64);
+            for fl in &tcp.flows {
+                for b in &fl.rtt_hist {
+                    rtt.add_slot(&rtt_bounds, b.hi_us, b.count);
+                }
+                rtt.sum_seconds += fl.rtt_sum_us as f64 / 1e6;
+                sent = sent.saturating_add(fl.bytes_sent);
+                received = received.saturating_add(fl.bytes_received);
+                retrans = retrans.saturating_add(fl.retransmits);
+            }
+            f.tcp_rtt.push((base.clone(), rtt));
+            f.tcp_bytes
+                .push((with(base.clone(), &[("direction", "sent")]), sent));
+            f.tcp_bytes
+                .push((with(base.clone(), &[("direction", "received")]), received));
+            f.tcp_retransmits.push((base, retrans));
+        }
+    }
+    f
+}
+
+/// Encodes the newest snapshot on each scrape.
+#[derive(Debug)]
+pub struct SnapshotCollector {
+    snap: Arc<NodeSnapshot>,
+    top_sites: usize,
+}
+
+fn histograms(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    bounds_s: &[f64],
+    series: &Series<Hist>,
+) -> fmt::Result {
+    let mut d = enc.encode_descriptor(name, help, None, MetricType::Histogram)?;
+    for (labels, h) in series {
+        let buckets: Vec<(f64, u64)> = bounds_s
+            .iter()
+            .copied()
+            .chain(std::iter::once(f64::INFINITY))
+            .zip(h.counts.iter().copied())
+            .collect();
+        d.encode_family(labels)?.encode_histogram::<NoLabelSet>(
+            h.sum_seconds,
+            h.count(),
+            &buckets,
+            None,
+        )?;
+    }
+    Ok(())
+}
+
+fn counters<T: prometheus_client::encoding::EncodeCounterValue>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: &Series<T>,
+) -> fmt::Result {
+    let mut d = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
+    for (labels, v) in series {
+        d.encode_family(labels)?
+            .encode_counter::<NoLabelSet, T, u64>(v, None)?;
+    }
+    Ok(())
+}
+
+fn gauge<T: prometheus_client::encoding::EncodeGaugeValue>(
+    enc: &mut DescriptorEncoder,
+    name: &str,
+    help: &str,
+    series: &Series<T>,
+) -> fmt::Result {
+    let mut d = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
+    for (labels, v) in series {
+        d.encode_family(labels)?.encode_gauge(v)?;
+    }
+    Ok(())
+}
+
+impl Collector for SnapshotCollector {
+    fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
+        let f = families(&self.snap, self.top_sites);
+        let ns_to_s = |v: Vec<u64>| v.into_iter().map(|b| b as f64 / 1e9).collect::<Vec<_>>();
+        let lock_bounds = ns_to_s(lock_bounds_ns());
+        let rtt_bounds: Vec<f64> = rtt_bounds_us()
+            .into_iter()
+            .map(|b| b as f64 / 1e6)
+            .collect();
+        histograms(
+            &mut enc,
+            "tracer_lock_wait_seconds",
+            "Contended lock waits (sync.Mutex, sync.RWMutex) by process, kind and call site.",
+            &lock_bounds,
+            &f.lock_wait,
+        )?;
+        histograms(
+            &mut enc,
+            "tracer_map_op_duration_seconds",
+            "Map operations timed by the deep map tier (no finite buckets: per-map quantiles cannot be summed).",
+            &[],
+            &f.map_op,
+        )?;
+        counters(
+            &mut enc,
+            "tracer_map_findings",
+            "Map misuse findings (overlapping operations count each occurrence).",
+            &f.map_findings,
+        )?;
+        histograms(
+            &mut enc,
+            "tracer_tcp_rtt_seconds",
+            "Smoothed RTT samples of the process's TCP flows.",
+            &rtt_bounds,
+            &f.tcp_rtt,
+        )?;
+        counters(
+            &mut enc,
+            "tracer_tcp_bytes",
+            "TCP payload bytes of the process's flows kept by the agent.",
+            &f.tcp_bytes,
+        )?;
+        counters(
+            &mut enc,
+            "tracer_tcp_retransmits",
+            "TCP retransmissions of the process's flows kept by the agent.",
+            &f.tcp_retransmits,
+        )?;
+        let h = &self.snap.health;
+        let none = Vec::new;
+        counters(
+            &mut enc,
+            "tracer_agent_probe_hits",
+            "Probe program runs (with BPF statistics on).",
+            &vec![(none(), h.probe_hits)],
+        )?;
+        counters(
+            &mut enc,
+            "tracer_agent_events_lost",
+            "Events the kernel side could not deliver or keep.",
+            &vec![(none(), h.events_lost)],
+        )?;
+        counters(
+            &mut enc,
+            "tracer_agent_map_evictions",
+            "Entries evicted from the kernel's bounded LRU tables.",
+            &vec![(none(), h.map_evictions)],
+        )?;
+        counters(
+            &mut enc,
+            "tracer_agent_bpf_run_time_seconds",
+            "Kernel run time of the probe programs (with BPF statistics on).",
+            &vec![(none(), h.bpf_run_time_ns as f64 / 1e9)],
+        )?;
+        gauge(
+            &mut enc,
+            "tracer_agent_processes",
+            "Go processes known to the agent, by state.",
+            &vec![
+                (
+                    vec![("state".to_string(), "traced".to_string())],
+                    u64::from(h.processes_traced),
+                ),
+                (
+                    vec![("state".to_string(), "failed".to_string())],
+                    u64::from(h.processes_failed),
+                ),
+            ],
+        )?;
+        gauge(
+            &mut enc,
+            "tracer_agent_rss_bytes",
+            "Resident memory of the agent.",
+            &vec![(none(), h.rss_bytes)],
+        )?;
+        Ok(())
+    }
+}
+
+/// The Prometheus text format (0.0.4) of `snap`.
+pub fn render(snap: Arc<NodeSnapshot>, top_sites: usize) -> Result<String, fmt::Error> {
+    let mut reg = Registry::default();
+    reg.register_collector(Box::new(SnapshotCollector { snap, top_sites }));
+    let mut out = String::new();
+    prometheus_client::encoding::prometheus_text::encode(&mut out, &reg)?;
+    Ok(out)
+}
+
+/// `Content-Type` of [`render`]'s output.
+pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::{
+        agent::hub::Labels,
+        api::synthetic::{flow, lock, process, report, site},
+    };
+
+    type Labelset = BTreeMap<String, String>;
+    /// Per label set (without `le`): (bound, cumulative count) pairs, _count, _sum.
+    type Parsed = BTreeMap<Labelset, (Vec<(f64, f64)>, f64, f64)>;
+
+    /// Minimal parser of the text format: `name{k="v",...} value` lines.
+    fn parse(text: &str) -> Vec<(String, Labelset, f64)> {
+        let mut out = vec![];
+        for line in text
+            .lines()
+            .filter(|l| !l.starts_with('#') && !l.is_empty())
+        {
+            let (series, value) = line.rsplit_once(' ').expect("sample has a value");
+            let value: f64 = match value {
+                "+Inf" => f64::INFINITY,
+                v => v.parse().expect("numeric value"),
+            };
+            let (name, labels) = match series.split_once('{') {
+                None => (series.to_string(), Labelset::new()),
+                Some((name, rest)) => {
+                    let body = rest.strip_suffix('}').expect("closing brace");
+                    let mut labels = Labelset::new();
+                    // Label values here hold no `",` sequences.
+                    for kv in body.split("\",").filter(|s| !s.is_empty()) {
+                        let (k, v) = kv.split_once("=\"").expect("k=\"v\"");
+                        labels.insert(k.into(), v.trim_end_matches('"').into());
+                    }
+                    (name.to_string(), labels)
+                }
+            };
+            out.push((name, labels, value));
+        }
+        out
+    }
+
+    /// Histograms of family `name`, by label set without `le`:
+    /// (bucket bounds and cumulative counts, _count, _sum).
+    fn histograms(samples: &[(String, Labelset, f64)], name: &str) -> Parsed {
+        let mut m: Parsed = BTreeMap::new();
+        for (n, labels, v) in samples {
+            let mut l = labels.clone();
+            let le = l.remove("le");
+            let e = m.entry(l).or_default();
+            if *n == format!("{name}_bucket") {
+                let le = le.expect("bucket has le");
+                let b = if le == "+Inf" {
+                    f64::INFINITY
+                } else {
+                    le.parse().expect("le")
+                };
+                e.0.push((b, *v));
+            } else if *n == format!("{name}_count") {
+                e.1 = *v;
+            } else if *n == format!("{name}_sum") {
+                e.2 = *v;
+            }
+        }
+        m.retain(|_, v| !v.0.is_empty());
+        m
+    }
+
+    fn check_structure(h: &Parsed) {
+        for (labels, (buckets, count, _)) in h {
+            assert!(
+                buckets
+                    .windows(2)
+                    .all(|w| w[0].0 < w[1].0 && w[0].1 <= w[1].1),
+                "{labels:?}: le must increase and counts be cumulative: {buckets:?}"
+            );
+            let last = buckets.last().expect("buckets");
+            assert_eq!(last.0, f64::INFINITY, "{labels:?}: last bucket is +Inf");
+            assert_eq!(last.1, *count, "{labels:?}: +Inf bucket == _count");
+        }
+    }
+
+    fn k8s() -> Labels {
+        Labels {
+            container_id: Some("0123456789abcdef0123".into()),
+            pod_uid: None,
+            pod_name: Some("web-1".into()),
+            namespace: Some("prod".into()),
+            container_name: None,
+        }
+    }
+
+    /// Three call sites with known waits; 5 µs to 3 s.
+    fn snapshot() -> NodeSnapshot {
+        let a = [5_000, 7_000, 2_000_000, 3_000_000_000];
+        let b = [40_000, 40_000, 900_000];
+        let c = [1_500, 80_000_000];
+        NodeSnapshot {
+            generation: 1,
+            node: "n1".into(),
+            processes: vec![process(10, "svc", k8s())],
+            reports: vec![
+                report(
+                    10,
+                    vec![
+                        lock("0x1", "mutex", site("main.a", "/src/a.go", 1), &a),
+                        lock("0x2", "mutex", site("main.b", "/src/b.go", 2), &b),
+                        lock("0x3", "mutex", site("main.c", "/src/c.go", 3), &c),
+                        // Same site as the first on another lock: summed into one series.
+                        lock("0x4", "mutex", site("main.a", "/src/a.go", 1), &[9_000]),
+                    ],
+                    vec![],
+                    vec![flow(10, 40000, 100, 200, &[30, 50, 3000])],
+                ),
+                report(11, vec![], vec![], vec![]),
+            ],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn lock_histograms_add_up_to_the_rows() {
+        let snap = Arc::new(snapshot());
+        let text = render(snap.clone(), 50).expect("render");
+        let samples = parse(&text);
+        let h = histograms(&samples, "tracer_lock_wait_seconds");
+        check_structure(&h);
+        assert_eq!(h.len(), 3, "one series per (pid, kind, site): {text}");
+        let locks = &snap.reports[0].locks;
+        let total_count: u64 = locks.iter().map(|l| l.contentions).sum();
+        let total_wait: u64 = locks.iter().map(|l| l.wait_ns_total).sum();
+        let got_count: f64 = h.values().map(|v| v.1).sum();
+        let got_sum: f64 = h.values().map(|v| v.2).sum();
+        assert_eq!(got_count, total_count as f64);
+        assert!((got_sum - total_wait as f64 / 1e9).abs() < 1e-9);
+        // Every sample lands in the first bucket whose bound is >= it.
+        let a = h
+            .iter()
+            .find(|(l, _)| l["site"] == "main.a a.go:1")
+            .expect("site a")
+            .1;
+        let le_count = |le: f64| a.0.iter().find(|(b, _)| *b >= le).expect("bucket").1;
+        assert_eq!(le_count(4.096e-6), 0.0, "nothing below 4 µs");
+        assert_eq!(le_count(16.384e-6), 3.0, "5, 7 and 9 µs");
+        assert_eq!(le_count(4.194304e-3), 4.0, "plus 2 ms");
+        assert_eq!(a.1, 5.0);
+        let labels = h.keys().next().expect("series");
+        for k in [
+            "pid",
+            "comm",
+            "kind",
+            "site",
+            "pod",
+            "namespace",
+            "container",
+        ] {
+            assert!(labels.contains_key(k), "label {k} missing: {labels:?}");
+        }
+        assert_eq!(labels["container"], "0123456789ab");
+    }
+
+    #[test]
+    fn sites_beyond_the_top_n_fold_into_other() {
+        let text = render(Arc::new(snapshot()), 1).expect("render");
+        let h = histograms(&parse(&text), "tracer_lock_wait_seconds");
+        check_structure(&h);
+        let sites: Vec<&str> = h.keys().map(|l| l["site"].as_str()).collect();
+        // main.a waited ~3 s: the heaviest keeps its label.
+        assert_eq!(sites.len(), 2, "{sites:?}");
+        assert!(sites.contains(&"main.a a.go:1"), "{sites:?}");
+        assert!(sites.contains(&OTHER_SITE), "{sites:?}");
+        let other = h
+            .iter()
+            .find(|(l, _)| l["site"] == OTHER_SITE)
+            .expect("other")
+            .1;
+        assert_eq!(other.1, 5.0, "b (3) + c (2) waits");
+        let want = (40_000.0 + 40_000.0 + 900_000.0 + 1_500.0 + 80_000_000.0) / 1e9;
+        assert!((other.2 - want).abs() < 1e-12, "{} vs {want}", other.2);
+    }
+
+    #[test]
+    fn tcp_and_agent_metrics() {
+        let text = render(Arc::new(snapshot()), 50).expect("render");
+        let samples = parse(&text);
+        let rtt = histograms(&samples, "tracer_tcp_rtt_seconds");
+        check_structure(&rtt);
+        let (buckets, count, sum) = rtt.values().next().expect("rtt series");
+        assert_eq!(*count, 3.0);
+        assert!((sum - 3080e-6).abs() < 1e-12);
+        let le = |b: f64| buckets.iter().find(|(x, _)| *x >= b).expect("bucket").1;
+        assert_eq!(le(64e-6), 2.0, "30 and 50 µs");
+        let value = |name: &str, dir: Option<&str>| {
+            samples
+                .iter()
+                .find(|(n, l, _)| {
+                    n == name
+                        && dir.is_none_or(|d| l.get("direction").map(String::as_str) == Some(d))
+                })
+                .map(|s| s.2)
+        };
+        assert_eq!(value("tracer_tcp_bytes_total", Some("sent")), Some(100.0));
+        assert_eq!(
+            value("tracer_tcp_bytes_total", Some("received")),
+            Some(200.0)
+        );
+        assert_eq!(value("tracer_tcp_retransmits_total", None), Some(0.0));
+        for n in [
+            "tracer_agent_probe_hits_total",
+            "tracer_agent_events_lost_total",
+            "tracer_agent_map_evictions_total",
+            "tracer_agent_bpf_run_time_seconds_total",
+            "tracer_agent_processes",
+            "tracer_agent_rss_bytes",
+        ] {
+            assert!(value(n, None).is_some(), "{n} missing:\n{text}");
+        }
+    }
+}

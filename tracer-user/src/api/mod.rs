@@ -1,0 +1,12 @@
+//! The agent's network front ends: the `tracer.v1` gRPC service, the
+//! Prometheus `/metrics` endpoint and health probes, all read from one
+//! [`Hub`](crate::agent::hub::Hub). See docs/grpc.md.
+
+pub mod convert;
+pub mod filter;
+pub mod metrics;
+pub mod serve;
+pub mod server;
+pub mod synthetic;
+
+pub use serve::{Bound, ServeOptions, TlsOptions, bind, check_exposure, serve};
