@@ -266,14 +266,20 @@ struct TopArgs {
 }
 
 fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // The full-screen view owns the terminal: its embedded agent's log lines
+    // would scribble over it, so they are off unless TRACER_LOG asks.
+    let default_log = match &cli.command {
+        Command::Top(_) => "off",
+        _ => "warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("TRACER_LOG")
-                .unwrap_or_else(|_| "warn".into()),
+                .unwrap_or_else(|_| default_log.into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     if let Some(order) = &cli.tcp_hooks {
         match tracer_user::tcp::hooks::parse_order(order) {
             Ok(o) => tracer_user::tcp::set_hook_order(o),

@@ -60,10 +60,83 @@ async fn terminated() {
 fn spawn_frontends(
     hub: Hub,
     fe: &Frontends,
-    stop: tokio::sync::watch::Receiver<bool>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<tokio::task::JoinHandle<Result<()>>> {
-    let _ = (hub, fe, stop);
-    Ok(tokio::spawn(async { Ok(()) }))
+    let tls = match (&fe.tls_cert, &fe.tls_key) {
+        (Some(cert), Some(key)) => Some(crate::api::TlsOptions {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: fe.tls_client_ca.clone(),
+        }),
+        _ => None,
+    };
+    let opts = crate::api::ServeOptions {
+        grpc_tcp: fe.grpc_tcp,
+        unix_socket: fe.unix_socket.clone(),
+        metrics: fe.metrics,
+        tls,
+        metrics_top_sites: fe.metrics_top_sites,
+    };
+    Ok(tokio::spawn(crate::api::serve(hub, opts, async move {
+        let _ = stop.wait_for(|s| *s).await;
+    })))
+}
+
+/// An agent running inside this process (for `tracer top` without
+/// `--connect`), serving gRPC on a private Unix socket. Stops when dropped.
+pub struct EmbeddedAgent {
+    pub socket: PathBuf,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+impl Drop for EmbeddedAgent {
+    fn drop(&mut self) {
+        let _ = self.stop.send(true);
+        let _ = std::fs::remove_file(&self.socket);
+        if let Some(dir) = self.socket.parent() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+/// Starts an agent in this process with `opts`, serving on a fresh private
+/// socket; fails as the agent would (capabilities, tracefs).
+pub async fn spawn_embedded(opts: AgentOptions) -> Result<EmbeddedAgent> {
+    crate::privileges::check()?;
+    crate::kernelfs::ensure_tracefs()?;
+    let dir = std::env::temp_dir().join(format!("tracer-top-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    let socket = dir.join("agent.sock");
+    let (hub, writer) = hub::channel(initial_info(&opts.node), opts.refresh, FINDINGS_HISTORY);
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    let fe = Frontends {
+        grpc_tcp: None,
+        unix_socket: Some(socket.clone()),
+        metrics: None,
+        tls_cert: None,
+        tls_key: None,
+        tls_client_ca: None,
+        metrics_top_sites: 50,
+        json_report: None,
+    };
+    spawn_frontends(hub, &fe, stop_rx.clone())?;
+    let mut agent_stop = stop_rx;
+    tokio::spawn(async move {
+        let stopped = async move {
+            let _ = agent_stop.wait_for(|s| *s).await;
+        };
+        if let Err(e) = run(opts, writer, stopped).await {
+            tracing::error!("embedded agent stopped: {e:#}");
+        }
+    });
+    // The server binds in its task; wait until the socket exists.
+    for _ in 0..100 {
+        if socket.exists() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    Ok(EmbeddedAgent { socket, stop })
 }
 
 /// The final JSON document: the last snapshot and every finding.

@@ -22,7 +22,7 @@ pub mod ui;
 
 use std::{io::IsTerminal, path::PathBuf, time::Duration};
 
-use anyhow::{Result, anyhow};
+use anyhow::{Context, Result, anyhow};
 
 use self::{filter::Filter, source::Addr};
 
@@ -45,13 +45,40 @@ pub struct TopOptions {
     pub filter: String,
 }
 
-/// The embedded agent's socket and whatever keeps the agent alive.
-///
-/// This build has no in-process agent yet; `--connect` is required.
-pub async fn embedded_socket() -> Result<(PathBuf, Box<dyn std::any::Any + Send>)> {
-    Err(anyhow!(
-        "embedded agent not available in this build; start `tracer agent` and use --connect ADDR"
-    ))
+/// The embedded agent's socket and whatever keeps the agent alive: an
+/// agent in this process tracing every Go process of the machine.
+pub async fn embedded_socket(
+    interval: Duration,
+) -> Result<(PathBuf, Box<dyn std::any::Any + Send>)> {
+    use crate::{
+        agent::core::{AgentOptions, Selector},
+        commands::agent::{default_node_name, spawn_embedded},
+        maps::MapsMode,
+        session::OutputOptions,
+    };
+    let opts = AgentOptions {
+        node: default_node_name(),
+        refresh: interval.clamp(Duration::from_millis(200), Duration::from_secs(5)),
+        select: Selector::default(),
+        session: OutputOptions {
+            live: false,
+            interval,
+            top: 20,
+            json_report: None,
+            stuck_threshold: Duration::from_secs(1),
+            holders: false,
+            bpf_stats: false,
+            maps: MapsMode::Always,
+            maps_sites: vec![],
+            tcp: true,
+            max_lock_rate: 5000,
+        },
+        max_processes: 256,
+    };
+    let a = spawn_embedded(opts)
+        .await
+        .context("starting the embedded agent (or use --connect ADDR)")?;
+    Ok((a.socket.clone(), Box::new(a)))
 }
 
 /// Runs `tracer top`.
@@ -63,7 +90,7 @@ pub async fn run(opts: TopOptions) -> Result<()> {
     let top = opts.top.clamp(1, 1000);
     let mut _embedded = None;
     let addrs: Vec<Addr> = if opts.connect.is_empty() {
-        let (socket, guard) = embedded_socket().await?;
+        let (socket, guard) = embedded_socket(opts.interval).await?;
         _embedded = Some(guard);
         vec![Addr::Unix(socket)]
     } else {
