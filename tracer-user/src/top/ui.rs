@@ -30,7 +30,7 @@ pub fn draw(f: &mut Frame, app: &App, now: Instant) {
     draw_tabs(f, app, tabs);
     if app.detail {
         let [table, detail] =
-            Layout::vertical([Constraint::Percentage(50), Constraint::Percentage(50)]).areas(body);
+            Layout::vertical([Constraint::Percentage(35), Constraint::Percentage(65)]).areas(body);
         draw_table(f, app, table, now);
         draw_detail(f, app, detail);
     } else {
@@ -210,6 +210,21 @@ fn draw_detail(f: &mut Frame, app: &App, area: Rect) {
     f.render_widget(p, area);
 }
 
+/// Frames shown in a detail pane before "… N more".
+const STACK_LINES: usize = 12;
+
+fn stack_lines<T: ToString>(stack: &[T]) -> Vec<String> {
+    let mut out: Vec<String> = stack
+        .iter()
+        .take(STACK_LINES)
+        .map(ToString::to_string)
+        .collect();
+    if stack.len() > STACK_LINES {
+        out.push(format!("… {} more frames", stack.len() - STACK_LINES));
+    }
+    out
+}
+
 fn section(out: &mut Vec<String>, title: &str, lines: impl IntoIterator<Item = String>) {
     out.push(String::new());
     out.push(format!("{title}:"));
@@ -232,12 +247,14 @@ pub fn lock_detail(r: &LockView, bar_width: usize) -> (String, Vec<String>) {
         fmt_ns(r.wait_ns_p99),
         fmt_ns(r.wait_ns_max)
     )];
+    // The stack first: it says where, and stays on screen when the
+    // histogram is long.
+    section(&mut out, "Stack", stack_lines(&r.stack));
     section(
         &mut out,
         "Wait histogram",
         histogram_lines(&r.histogram, bar_width),
     );
-    section(&mut out, "Stack", r.stack.iter().map(ToString::to_string));
     (format!("lock {}", r.lock()), out)
 }
 
