@@ -30,21 +30,30 @@ pub fn demo() -> Result<()> {
         .arg("."))?;
 
     let interactive = std::io::stdout().is_terminal() && std::io::stderr().is_terminal();
-    let duration = if interactive { "0" } else { "5s" };
+    // The demo service runs until killed; `tracer top` embeds an agent that
+    // finds it (and every other Go process here) and shows it live.
+    let mut service = Command::new(&out)
+        .args(["-duration", "0"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("starting the demo service")?;
     step(if interactive {
-        "tracing the demo live (Ctrl-C to stop and print the report)"
+        "tracer top on the demo service (Tab/←/→ switch tabs, Enter details, ? help, q quits)"
     } else {
-        "tracing the demo for 5s (not a terminal: a few refreshes, then the report)"
+        "not a terminal: tracer top prints 3 rounds of tables, 2 s apart, then exits"
     });
-    let status = Command::new(tracer_bin())
-        .args(["run", "--live", "--interval", "1s", "--top", "10", "--"])
-        .arg(&out)
-        .args(["-duration", duration])
-        .status()
-        .context("starting tracer")?;
-    // Interrupted by Ctrl-C on a terminal is how the live demo ends.
-    if !(status.success() || interactive && status.code() == Some(130)) {
-        bail!("demo failed: tracer exited with {status}");
+    let mut top = Command::new(tracer_bin());
+    top.arg("top");
+    if !interactive {
+        top.args(["--count", "3", "--interval", "2s"]);
+    }
+    let status = top.status().context("starting tracer top");
+    let _ = service.kill();
+    let _ = service.wait();
+    let status = status?;
+    if !status.success() {
+        bail!("demo failed: tracer top exited with {status}");
     }
     Ok(())
 }
