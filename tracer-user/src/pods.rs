@@ -801,6 +801,33 @@ mod tests {
         assert_eq!(index.len(), 1);
     }
 
+    /// The real (rustls, ring) client against an address where nothing
+    /// listens: building it must not panic (one crypto provider), and the
+    /// watcher must keep retrying, not end or crash.
+    #[tokio::test]
+    async fn unreachable_api_server_is_retried() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let config = Config::new(format!("https://127.0.0.1:{port}").parse().unwrap());
+        let client = Client::try_from(config).expect("rustls client");
+        let index = start_with_client(client, NODE).unwrap();
+        // First retry after 0.8 s: this spans at least two failed lists.
+        tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+        assert!(!index.is_synced());
+        assert!(index.is_empty());
+        let task = index.shared.watcher.as_ref().unwrap();
+        assert!(!task.is_finished(), "the watcher must outlive API errors");
+        let task = task.clone();
+        drop(index);
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        assert!(
+            task.is_finished(),
+            "dropping the last clone stops the watcher"
+        );
+    }
+
     #[tokio::test]
     async fn no_cluster_means_no_index() {
         assert!(config(false, false).await.unwrap().is_none());
