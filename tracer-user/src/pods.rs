@@ -428,7 +428,7 @@ async fn watch(client: Client, node: String, map: Arc<RwLock<PodMap>>) {
     config.page_size = None;
     loop {
         let mut events = std::pin::pin!(watcher(api.clone(), config.clone()).default_backoff());
-        let mut warned_full = 0;
+        let mut warned_full = false;
         while let Some(event) = events.next().await {
             match event {
                 Ok(event) => {
@@ -438,9 +438,12 @@ async fn watch(client: Client, node: String, map: Arc<RwLock<PodMap>>) {
                     if first_sync {
                         tracing::info!(node, pods = m.len(), "pod metadata synced");
                     }
-                    if m.dropped > warned_full {
-                        warned_full = m.dropped;
-                        tracing::warn!(node, dropped = m.dropped, "pod index full ({MAX_PODS})");
+                    if m.dropped > 0 && !warned_full {
+                        warned_full = true;
+                        tracing::warn!(
+                            node,
+                            "pod index full ({MAX_PODS} pods): names of further pods stay absent"
+                        );
                     }
                 }
                 // The backoff (0.8 s doubling to 30 s) paces these.
