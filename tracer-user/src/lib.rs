@@ -13,6 +13,7 @@ pub mod gobin;
 pub mod kernelfs;
 pub mod latency;
 pub mod maps;
+pub mod pods;
 pub mod privileges;
 pub mod probes;
 pub mod procfs;

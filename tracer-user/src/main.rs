@@ -141,6 +141,10 @@ struct AgentArgs {
     /// Trace only pods in these Kubernetes namespaces.
     #[arg(long, value_delimiter = ',')]
     namespace: Vec<String>,
+    /// Pod names from the Kubernetes API: `auto` (when KUBERNETES_SERVICE_HOST
+    /// or KUBECONFIG is set), `on` (fail without a cluster) or `off`.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "on", "off"])]
+    kube: String,
     /// Most processes traced at once.
     #[arg(long, default_value_t = 256)]
     max_processes: usize,
@@ -163,7 +167,7 @@ fn listen_addr(s: &str) -> anyhow::Result<Option<std::net::SocketAddr>> {
         .map_err(|e| anyhow::anyhow!("bad listen address {s:?}: {e}"))
 }
 
-fn agent_command(a: AgentArgs) -> anyhow::Result<(AgentOptions, Frontends)> {
+fn agent_command(a: AgentArgs) -> anyhow::Result<(AgentOptions, Frontends, String)> {
     let node = a.node_name.clone().unwrap_or_else(default_node_name);
     let fe = Frontends {
         grpc_tcp: listen_addr(&a.grpc_listen)?,
@@ -188,8 +192,9 @@ fn agent_command(a: AgentArgs) -> anyhow::Result<(AgentOptions, Frontends)> {
         },
         session: a.output.into(),
         max_processes: a.max_processes,
+        pods: None,
     };
-    Ok((opts, fe))
+    Ok((opts, fe, a.kube))
 }
 
 #[derive(Subcommand)]
@@ -315,7 +320,15 @@ fn main() -> ExitCode {
                 .await
                 .map(|()| 0),
             Command::Agent(a) => match agent_command(*a) {
-                Ok((opts, fe)) => commands::agent::agent(opts, fe).await.map(|()| 0),
+                Ok((mut opts, fe, kube)) => {
+                    match commands::agent::pod_index(&kube, &opts.node).await {
+                        Ok(p) => {
+                            opts.pods = p;
+                            commands::agent::agent(opts, fe).await.map(|()| 0)
+                        }
+                        Err(e) => Err(e),
+                    }
+                }
                 Err(e) => Err(e),
             },
             Command::Inspect {

@@ -130,6 +130,8 @@ pub struct AgentOptions {
     pub session: OutputOptions,
     /// Most processes traced at once; more are listed as failed.
     pub max_processes: usize,
+    /// Pod names from the Kubernetes API, when running in a cluster.
+    pub pods: Option<crate::pods::PodIndex>,
 }
 
 /// How often `/proc` is rescanned, in case the kernel dropped exec events.
@@ -357,9 +359,14 @@ impl Agent {
     /// already-known binaries queued meanwhile are handled within a few ms.
     pub fn consider(&mut self, pid: u32) {
         let sel = self.opts.select.clone();
-        let seen = Seen::observe(pid, monotonic_ns(), false, &self.fast, &|s: &Seen| {
-            sel.matches(s.pid, &s.comm, &s.exe, &s.labels)
-        });
+        let seen = Seen::observe(
+            pid,
+            monotonic_ns(),
+            false,
+            &self.fast,
+            self.opts.pods.as_ref(),
+            &|s: &Seen| sel.matches(s.pid, &s.comm, &s.exe, &s.labels),
+        );
         self.consider_seen(seen);
     }
 
@@ -802,6 +809,14 @@ impl Agent {
             let Some(mut t) = self.traced.remove(&pid) else {
                 continue;
             };
+            // The kubelet reports a container's id a moment after it
+            // starts: fill in names that were not known at exec.
+            if let Some(pods) = &self.opts.pods
+                && t.info.labels.pod_uid.is_some()
+                && t.info.labels.container_name.is_none()
+            {
+                pods.fill(&mut t.info.labels);
+            }
             if let Some(bs) = self.sessions.get_mut(&t.key)
                 && let Some(r) = report_of(&self.hub, &mut bs.session, &mut t, node_tcp.as_ref())
             {
@@ -1135,6 +1150,7 @@ fn events_reader(
     events
         .spawn(
             agent.fast.clone(),
+            agent.opts.pods.clone(),
             Box::new(move |s: &Seen| sel.matches(s.pid, &s.comm, &s.exe, &s.labels)),
             tx,
             stop,

@@ -90,6 +90,7 @@ impl ProcEvents {
     pub fn spawn(
         mut self,
         index: FastIndex,
+        pods: Option<crate::pods::PodIndex>,
         select: Box<dyn Fn(&Seen) -> bool + Send>,
         tx: tokio::sync::mpsc::Sender<Found>,
         stop: Arc<AtomicBool>,
@@ -110,7 +111,12 @@ impl ProcEvents {
                         let Some(ev) = decode(&item) else { continue };
                         let found = match ev {
                             Event::Exec { pid, ktime_ns } => Found::Exec(Box::new(Seen::observe(
-                                pid, ktime_ns, true, &index, &select,
+                                pid,
+                                ktime_ns,
+                                true,
+                                &index,
+                                pods.as_ref(),
+                                &select,
                             ))),
                             Event::Exit { pid } => Found::Exit { pid },
                         };
@@ -188,6 +194,7 @@ impl Seen {
         seen_ns: u64,
         exec: bool,
         index: &FastIndex,
+        pods: Option<&crate::pods::PodIndex>,
         select: &dyn Fn(&Seen) -> bool,
     ) -> Self {
         let binary = open_exe(pid).ok();
@@ -200,7 +207,10 @@ impl Seen {
                 .take(15)
                 .collect()
         });
-        let (labels, ns_pid) = labels_of(pid);
+        let (mut labels, ns_pid) = labels_of(pid);
+        if let Some(p) = pods {
+            p.fill(&mut labels);
+        }
         let mut seen = Self {
             pid,
             seen_ns,

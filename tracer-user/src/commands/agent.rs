@@ -40,6 +40,21 @@ pub fn default_node_name() -> String {
         .unwrap_or_else(|_| "localhost".into())
 }
 
+/// The pod index for `--kube auto|on|off`: absent outside a cluster (auto),
+/// an error there with `on`.
+pub async fn pod_index(mode: &str, node: &str) -> Result<Option<crate::pods::PodIndex>> {
+    match mode {
+        "off" => Ok(None),
+        "on" => Ok(Some(crate::pods::start(node).await?.context(
+            "--kube on: neither KUBERNETES_SERVICE_HOST nor KUBECONFIG is set",
+        )?)),
+        _ => Ok(crate::pods::start(node).await.unwrap_or_else(|e| {
+            tracing::warn!("pod names unavailable: {e:#}");
+            None
+        })),
+    }
+}
+
 /// Resolves on SIGTERM or Ctrl-C.
 async fn terminated() {
     let term = async {

@@ -74,6 +74,7 @@ pub async fn embedded_socket(
             max_lock_rate: 5000,
         },
         max_processes: 256,
+        pods: None,
     };
     let a = spawn_embedded(opts)
         .await
