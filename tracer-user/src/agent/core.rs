@@ -43,13 +43,13 @@ use crate::{
 /// service's distinct (lock, site, stack) keys, small enough that a node with
 /// a hundred Go processes does not pin gigabytes.
 const SESSION_TABLES: &[(&str, u32)] = &[
-    ("TARGETS", 16),
+    ("TARGETS", 4096),
     ("LOCK_WAITS", 2048),
     ("LOCK_STACKS", 2048),
     ("UNLOCK_WAKES", 1024),
     ("LOCK_WAITERS", 8192),
     ("LOCK_INFLIGHT", 4096),
-    ("MAP_CONFIG", 16),
+    ("MAP_CONFIG", 4096),
     ("MAP_STACKS", 2048),
     ("MAP_GROWTH", 2048),
     ("MAP_OP_INFLIGHT", 8192),

@@ -85,6 +85,10 @@ fn spawn_frontends(
         }),
         _ => None,
     };
+    if fe.grpc_tcp.is_none() && fe.unix_socket.is_none() && fe.metrics.is_none() {
+        // Everything off (e.g. a run that only writes --json-report).
+        return Ok(tokio::spawn(async { Ok(()) }));
+    }
     let opts = crate::api::ServeOptions {
         grpc_tcp: fe.grpc_tcp,
         unix_socket: fe.unix_socket.clone(),
