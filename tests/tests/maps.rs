@@ -429,10 +429,10 @@ fn noswissmap_builds_are_analysed_as_classic_maps() -> Result<()> {
         ensure!(out.status.success(), "{ctx}");
         let r: Value = serde_json::from_str(&out.stdout).with_context(|| ctx.clone())?;
         ensure!(
-            r["go_version"]
-                .as_str()
-                .is_some_and(|v| v.ends_with("X:noswissmap")),
-            "{ctx}"
+            r["build_info"]["experiments"]
+                .as_array()
+                .is_some_and(|e| e.iter().any(|x| x == "noswissmap")),
+            "experiments: {ctx}"
         );
         ensure!(r["map_impl"] == "classic", "map_impl: {ctx}");
         let target = |name: &str| {
