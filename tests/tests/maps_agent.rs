@@ -36,6 +36,10 @@ const N: u64 = 300;
 /// SESSION_TABLES), and back-to-back 40 ms runs overran that ("not
 /// traced: adding target pid: … Argument list too long").
 const WAIT: &str = "200ms";
+/// Length of the racy run: its writers overlap under the probes a few times
+/// a second (4–6 `concurrent_map_write` per 2 s seen), so 3 s leaves a
+/// negligible chance of none.
+const RACY_MS: &str = "3000";
 
 fn run_fixture(bin: &Path, mode: &str, wait: &str) -> Result<u32> {
     let n = N.to_string();
@@ -186,7 +190,7 @@ fn zero_findings_over_runs(tc: &GoToolchain) -> Result<()> {
     // of how findings are read.
     let racy = spawn_fixture(
         &bin,
-        &["-mode", "racyslow", "-n", "500", "-wait", WAIT],
+        &["-mode", "racyslow", "-n", RACY_MS, "-wait", WAIT],
         true,
     )?;
     // Let the agent see the last exits and retire their reports.
@@ -208,6 +212,17 @@ fn zero_findings_over_runs(tc: &GoToolchain) -> Result<()> {
     ensure!(
         false_findings.is_empty(),
         "go {}: map findings (pid, kind) {false_findings:?} on synchronised maps; log:\n{log}",
+        tc.version
+    );
+    let racy_count: u64 = process_report(&report, racy)
+        .and_then(|r| r["findings"].as_array())
+        .into_iter()
+        .flatten()
+        .filter(|f| f["kind"] == "concurrent_map_write")
+        .map(|f| f["count"].as_u64().unwrap_or(0))
+        .sum();
+    eprintln!(
+        "go {}: racy run: {racy_count} overlapping writes",
         tc.version
     );
     let racy_overlaps = found
