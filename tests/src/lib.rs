@@ -40,6 +40,13 @@ impl GoToolchain {
     pub fn swiss_maps(&self) -> bool {
         self.minor() >= (1, 24)
     }
+
+    /// Whether `GOEXPERIMENT=noswissmap` ([`Variant::NoSwiss`]) builds with this
+    /// Go: only 1.24 and 1.25 (tried here: 1.21–1.23 and 1.26+ fail with
+    /// "unknown GOEXPERIMENT swissmap"; 1.26 removed the classic maps).
+    pub fn supports_noswissmap(&self) -> bool {
+        ((1, 24)..=(1, 25)).contains(&self.minor())
+    }
 }
 
 /// How a fixture binary is built; each is a kind of binary users run in production.
@@ -55,6 +62,9 @@ pub enum Variant {
     Cgo,
     /// `GOARCH=arm64`, for analysis only (it cannot run here).
     Arm64,
+    /// `GOEXPERIMENT=noswissmap`: Go 1.24/1.25 with the classic `hmap` maps
+    /// (see [`GoToolchain::supports_noswissmap`]); not in [`Variant::ALL`].
+    NoSwiss,
 }
 
 impl Variant {
@@ -73,6 +83,7 @@ impl Variant {
             Variant::Pie => "pie",
             Variant::Cgo => "cgo",
             Variant::Arm64 => "arm64",
+            Variant::NoSwiss => "noswiss",
         }
     }
 }
@@ -144,6 +155,22 @@ pub fn classic_and_swiss() -> Result<Vec<GoToolchain>> {
     }
 }
 
+/// The newest installed toolchain that builds [`Variant::NoSwiss`] (Go 1.24
+/// or 1.25 with the classic maps). Fails when none is installed, so a test
+/// cannot pass by testing nothing.
+pub fn newest_noswissmap() -> Result<GoToolchain> {
+    let all = go_toolchains()?;
+    all.iter()
+        .rfind(|t| t.supports_noswissmap())
+        .cloned()
+        .with_context(|| {
+            format!(
+                "need a Go 1.24 or 1.25 for GOEXPERIMENT=noswissmap, have {:?} (run `cargo xtask setup`)",
+                all.iter().map(|t| &t.version).collect::<Vec<_>>()
+            )
+        })
+}
+
 static BUILD_LOCK: Mutex<()> = Mutex::new(());
 
 fn source_hash(dir: &Path) -> Result<u64> {
@@ -205,6 +232,9 @@ pub fn build_go_dir(tc: &GoToolchain, src: &Path, name: &str, variant: Variant) 
         }
         Variant::Arm64 => {
             cmd.env("GOARCH", "arm64");
+        }
+        Variant::NoSwiss => {
+            cmd.env("GOEXPERIMENT", "noswissmap");
         }
     }
     cmd.arg(".");

@@ -1,5 +1,7 @@
 //! Privileged tests of the map feature (docs/maps.md) on a Go ≤ 1.23 (classic
-//! `hmap`) and a Go ≥ 1.24 (Swiss tables) build of `tests/fixtures/maps`.
+//! `hmap`) and a Go ≥ 1.24 (Swiss tables) build of `tests/fixtures/maps`; the
+//! core ones also on a Go 1.24/1.25 build with `GOEXPERIMENT=noswissmap`
+//! (classic maps in a new runtime).
 //!
 //! Ground truth comes from the fixture: which functions touch the map without
 //! a lock, how many writes one site does, how many growths a classic map of
@@ -9,18 +11,46 @@
 use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 use tracer_tests::{
-    GoToolchain, TracerRun, Variant, build_fixture, classic_and_swiss, marker_line,
-    privileged_tests_enabled, run_tracer,
+    GoToolchain, TracerRun, Variant, build_fixture, classic_and_swiss, go_toolchains, marker_line,
+    newest_noswissmap, privileged_tests_enabled, run_tracer,
 };
 
-/// Runs the fixture under `tracer run` with `--maps <tier>`.
+/// The classic/Swiss pair as plain builds, plus the newest Go that accepts
+/// `GOEXPERIMENT=noswissmap` built with it: a ≥ 1.24 runtime with classic
+/// maps, which must get the classic probe set.
+fn builds_with_noswiss() -> Result<Vec<(GoToolchain, Variant)>> {
+    let mut out: Vec<_> = classic_and_swiss()?
+        .into_iter()
+        .map(|tc| (tc, Variant::Plain))
+        .collect();
+    out.push((newest_noswissmap()?, Variant::NoSwiss));
+    Ok(out)
+}
+
+/// Whether this build's maps are Swiss tables.
+fn swiss(tc: &GoToolchain, variant: Variant) -> bool {
+    tc.swiss_maps() && variant != Variant::NoSwiss
+}
+
+/// Runs the plain fixture under `tracer run` with `--maps <tier>`.
 fn run_maps(
     tc: &GoToolchain,
     tier: &str,
     mode: &str,
     n: u64,
 ) -> Result<(TracerRun, Value, String)> {
-    let bin = build_fixture(tc, "maps", Variant::Plain)?;
+    run_maps_variant(tc, Variant::Plain, tier, mode, n)
+}
+
+/// Runs the fixture built as `variant` under `tracer run` with `--maps <tier>`.
+fn run_maps_variant(
+    tc: &GoToolchain,
+    variant: Variant,
+    tier: &str,
+    mode: &str,
+    n: u64,
+) -> Result<(TracerRun, Value, String)> {
+    let bin = build_fixture(tc, "maps", variant)?;
     let bin = bin.to_str().context("fixture path")?;
     let n = n.to_string();
     let out = run_tracer(
@@ -28,7 +58,7 @@ fn run_maps(
         true,
     )?;
     let ctx = format!(
-        "go {} --maps {tier} -mode {mode}: status {:?}\nstdout:\n{}\nstderr:\n{}",
+        "go {} ({variant:?}) --maps {tier} -mode {mode}: status {:?}\nstdout:\n{}\nstderr:\n{}",
         tc.version,
         out.status,
         out.stdout,
@@ -109,8 +139,8 @@ fn concurrent_writers_are_found_in_deep_mode() -> Result<()> {
     }
     let _serial = tracer_tests::serial();
     let line = marker_line("maps", "// WRITESITE")?;
-    for tc in classic_and_swiss()? {
-        let (out, report, ctx) = run_maps(&tc, "deep", "writers", 300)?;
+    for (tc, variant) in builds_with_noswiss()? {
+        let (out, report, ctx) = run_maps_variant(&tc, variant, "deep", "writers", 300)?;
         finished_or_runtime_caught(&out, "writers", &ctx)?;
         expect_overlap(
             &report,
@@ -130,8 +160,8 @@ fn runtime_crash_is_reported_with_message_and_call_site() -> Result<()> {
     }
     let _serial = tracer_tests::serial();
     let line = marker_line("maps", "// WRITESITE")?;
-    for tc in classic_and_swiss()? {
-        let (out, report, ctx) = run_maps(&tc, "always", "crash", 0)?;
+    for (tc, variant) in builds_with_noswiss()? {
+        let (out, report, ctx) = run_maps_variant(&tc, variant, "always", "crash", 0)?;
         // tracer exits with the program's code: the runtime's fatal error is 2.
         ensure!(out.status.code() == Some(2), "exit status: {ctx}");
         ensure!(
@@ -238,33 +268,33 @@ fn rwmutex_protected_map_has_no_findings() -> Result<()> {
     let _serial = tracer_tests::serial();
     const N: u64 = 300;
     for tc in classic_and_swiss()? {
-        for run in 0..5 {
-            let (out, report, ctx) = run_maps(&tc, "deep", "rwlocked", N)?;
-            let ctx = format!("run {run}: {ctx}");
-            ensure!(out.status.success(), "{ctx}");
-            ensure!(out.stdout.contains("done mode=rwlocked"), "{ctx}");
-            let map_findings: Vec<&Value> = report["findings"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter(|f| f["kind"].as_str().is_some_and(|k| k.contains("map")))
-                .collect();
-            ensure!(
-                map_findings.is_empty(),
-                "false findings {map_findings:?}: {ctx}"
-            );
-            // The probes did see every operation: two readers and two writers, N each.
-            ensure!(
-                op_count(&report, "main.lockedReader", "read") == 2 * N,
-                "reads {}: {ctx}",
-                op_count(&report, "main.lockedReader", "read")
-            );
-            ensure!(
-                op_count(&report, "main.lockedWriter", "write") == 2 * N,
-                "writes {}: {ctx}",
-                op_count(&report, "main.lockedWriter", "write")
-            );
-        }
+        // One run per Go: the 20-run zero-findings check is under the agent
+        // (tests/tests/maps_agent.rs), where runs do not pay the deep
+        // tier's uprobe teardown each; this one keeps the exact counts.
+        let (out, report, ctx) = run_maps(&tc, "deep", "rwlocked", N)?;
+        ensure!(out.status.success(), "{ctx}");
+        ensure!(out.stdout.contains("done mode=rwlocked"), "{ctx}");
+        let map_findings: Vec<&Value> = report["findings"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|f| f["kind"].as_str().is_some_and(|k| k.contains("map")))
+            .collect();
+        ensure!(
+            map_findings.is_empty(),
+            "false findings {map_findings:?}: {ctx}"
+        );
+        // The probes did see every operation: two readers and two writers, N each.
+        ensure!(
+            op_count(&report, "main.lockedReader", "read") == 2 * N,
+            "reads {}: {ctx}",
+            op_count(&report, "main.lockedReader", "read")
+        );
+        ensure!(
+            op_count(&report, "main.lockedWriter", "write") == 2 * N,
+            "writes {}: {ctx}",
+            op_count(&report, "main.lockedWriter", "write")
+        );
     }
     Ok(())
 }
@@ -277,8 +307,8 @@ fn writes_are_counted_exactly() -> Result<()> {
     let _serial = tracer_tests::serial();
     const N: u64 = 10_000;
     let line = marker_line("maps", "// COUNTSITE")?;
-    for tc in classic_and_swiss()? {
-        let (out, report, ctx) = run_maps(&tc, "deep", "count", N)?;
+    for (tc, variant) in builds_with_noswiss()? {
+        let (out, report, ctx) = run_maps_variant(&tc, variant, "deep", "count", N)?;
         ensure!(out.status.success(), "{ctx}");
         let row = report["maps"]
             .as_array()
@@ -319,8 +349,8 @@ fn growth_to_a_million_entries_is_counted() -> Result<()> {
     let _serial = tracer_tests::serial();
     const N: u64 = 1_000_000;
     let line = marker_line("maps", "// GROWSITE")?;
-    for tc in classic_and_swiss()? {
-        let (out, report, ctx) = run_maps(&tc, "always", "grow", N)?;
+    for (tc, variant) in builds_with_noswiss()? {
+        let (out, report, ctx) = run_maps_variant(&tc, variant, "always", "grow", N)?;
         ensure!(out.status.success(), "{ctx}");
         ensure!(out.stdout.contains("len=1000000"), "{ctx}");
         let row = report["maps"]
@@ -333,7 +363,7 @@ fn growth_to_a_million_entries_is_counted() -> Result<()> {
         ensure!(row["ops"].as_array().is_some_and(Vec::is_empty), "{ctx}");
         let events = row["growth_events"].as_u64().context("events")?;
         let last = row["count_at_last_growth"].as_u64().context("count")?;
-        if tc.swiss_maps() {
+        if swiss(&tc, variant) {
             // Tables hold at most 1024 slots at 7/8 load: ≥ 1,116 tables for
             // 10^6 keys, each born from a split, each split one event. The
             // 475,712 keys after 2^19 cannot fit the tables that exist then
@@ -347,6 +377,83 @@ fn growth_to_a_million_entries_is_counted() -> Result<()> {
             ensure!(last == 851_968, "last count {last}: {ctx}");
         }
         ensure!(row["max_count_at_growth"].as_u64() == Some(last), "{ctx}");
+        // The probe set matches the map implementation linked in.
+        let growth = report["map_probes"]
+            .as_array()
+            .and_then(|a| a.iter().find(|p| p["feature"] == "map_growth"))
+            .with_context(|| format!("no map_growth probes: {ctx}"))?;
+        let funcs = growth["function"].as_str().unwrap_or_default();
+        ensure!(growth["status"] == "attached", "{ctx}");
+        if swiss(&tc, variant) {
+            ensure!(
+                funcs.contains("(*Map).growToTable") && !funcs.contains("runtime.hashGrow"),
+                "growth probes {funcs}: {ctx}"
+            );
+        } else {
+            ensure!(
+                funcs.contains("runtime.hashGrow") && !funcs.contains("internal/runtime/maps"),
+                "growth probes {funcs}: {ctx}"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Every Go that accepts `GOEXPERIMENT=noswissmap` (1.24, 1.25) builds a
+/// binary with the classic map runtime: `tracer inspect` must say so and list
+/// the classic targets (`runtime.hashGrow`, `runtime.mapiterinit`) as found
+/// and the Swiss ones as not applying. Ground truth: `go tool nm`.
+#[test]
+fn noswissmap_builds_are_analysed_as_classic_maps() -> Result<()> {
+    let tcs: Vec<GoToolchain> = go_toolchains()?
+        .into_iter()
+        .filter(GoToolchain::supports_noswissmap)
+        .collect();
+    ensure!(!tcs.is_empty(), "no Go 1.24/1.25 installed");
+    for tc in tcs {
+        let bin = build_fixture(&tc, "maps", Variant::NoSwiss)?;
+        let nm = std::process::Command::new(&tc.go)
+            .args(["tool", "nm"])
+            .arg(&bin)
+            .output()
+            .context("go tool nm")?;
+        let nm = String::from_utf8_lossy(&nm.stdout);
+        let has = |sym: &str| nm.lines().any(|l| l.split_whitespace().nth(2) == Some(sym));
+        ensure!(
+            has("runtime.hashGrow") && !has("internal/runtime/maps.(*Map).growToTable"),
+            "go {}: the noswissmap build is not classic per nm",
+            tc.version
+        );
+        let out = run_tracer(&["inspect", bin.to_str().context("path")?, "--json"], false)?;
+        let ctx = format!("go {}: {}\n{}", tc.version, out.stdout, out.stderr);
+        ensure!(out.status.success(), "{ctx}");
+        let r: Value = serde_json::from_str(&out.stdout).with_context(|| ctx.clone())?;
+        ensure!(
+            r["build_info"]["experiments"]
+                .as_array()
+                .is_some_and(|e| e.iter().any(|x| x == "noswissmap")),
+            "experiments: {ctx}"
+        );
+        ensure!(r["map_impl"] == "classic", "map_impl: {ctx}");
+        let target = |name: &str| {
+            r["targets"]
+                .as_array()
+                .and_then(|a| a.iter().find(|t| t["name"] == name))
+        };
+        for name in [
+            "runtime.hashGrow",
+            "runtime.mapiterinit",
+            "runtime.mapiternext",
+        ] {
+            ensure!(
+                target(name).is_some_and(|t| t["found"] == true),
+                "{name} not found: {ctx}"
+            );
+        }
+        ensure!(
+            target("internal/runtime/maps.(*Map).growToTable").is_none(),
+            "Swiss target listed for a classic build: {ctx}"
+        );
     }
     Ok(())
 }

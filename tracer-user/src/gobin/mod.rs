@@ -206,9 +206,24 @@ impl GoBinary {
             || self.elf.section(".init").is_some()
     }
 
-    /// Whether the map runtime is Swiss tables (Go ≥ 1.24 by default).
+    /// Whether the map runtime is Swiss tables (Go ≥ 1.24 by default, unless
+    /// built with `GOEXPERIMENT=noswissmap`, which Go 1.24 and 1.25 accept).
+    ///
+    /// The growth functions decide when exactly one implementation's is
+    /// linked (the runtime itself uses maps, so one always is): they are what
+    /// the probes go on, and they stay right even when the build info's
+    /// experiment list is missing or altered. Otherwise version and
+    /// GOEXPERIMENT decide.
     pub fn map_impl(&self) -> MapImpl {
-        offsets::map_impl(self.version, &self.build_info.experiments)
+        let classic = self.function("runtime.hashGrow").is_some();
+        let swiss = self
+            .function("internal/runtime/maps.(*Map).growToTable")
+            .is_some();
+        match (classic, swiss) {
+            (true, false) => MapImpl::Classic,
+            (false, true) => MapImpl::Swiss,
+            _ => offsets::map_impl(self.version, &self.build_info.experiments),
+        }
     }
 
     /// Where function symbols came from.

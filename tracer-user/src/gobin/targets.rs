@@ -3,7 +3,7 @@
 
 use serde::Serialize;
 
-use super::{GoBinary, MapImpl, offsets};
+use super::{GoBinary, MapImpl};
 
 /// What a probe target is for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -103,7 +103,7 @@ impl ProbeTarget {
         let classic_sync = !v.at_least(1, 24) || exps.iter().any(|e| e == "nosynchashtriemap");
         self.min.is_none_or(|m| vm >= m)
             && self.max.is_none_or(|m| vm <= m)
-            && self.maps.is_none_or(|m| offsets::map_impl(v, exps) == m)
+            && self.maps.is_none_or(|m| bin.map_impl() == m)
             && self.classic_sync_map.is_none_or(|c| c == classic_sync)
     }
 }
