@@ -135,7 +135,7 @@ fn row_line(screen: &str, pid: u32, needle: &str) -> Option<usize> {
 fn is_race_row(line: &str, pid: u32) -> bool {
     let pid = pid.to_string();
     line.split_whitespace().any(|w| w == pid)
-        && ((line.contains("concurrent_map_write") && line.contains("main.writer"))
+        && ((line.contains("concurrent_map_write") && line.contains("main.slowWriter"))
             || (line.contains("map_fatal") && line.contains("concurrent map writes")))
 }
 
@@ -311,11 +311,11 @@ fn top_shows_tabs_sorts_filters_and_a_race_finding() -> Result<()> {
     tmux.keys(&["Escape"])?;
     drop((a, b));
 
-    // A race: ten unlocked writers on one map (`-mode crash` writes until the
-    // runtime's own check fires, or 20 s). The deep tier is turned on as soon
-    // as the agent has the process and reports the overlapping writes; if the
-    // runtime kills the program first, the always-on tier reports its fatal
-    // error. If the program died before the agent attached, try again.
+    // A race: two unlocked writers on one map for 20 s (`-mode racyslow`,
+    // which rarely crashes; `-wait` gives the agent time to analyse the new
+    // binary first). The deep tier is turned on as soon as the agent has the
+    // process and reports the overlapping writes; if the runtime kills the
+    // program first, the always-on tier reports its fatal error.
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -324,7 +324,7 @@ fn top_shows_tabs_sorts_filters_and_a_race_finding() -> Result<()> {
     for attempt in 1..=5 {
         let fixture = spawn(
             &maps,
-            &["-mode", "crash"],
+            &["-mode", "racyslow", "-n", "20000", "-wait", "500ms"],
             &dir.join(format!("maps-{attempt}.log")),
         )?;
         let pid = fixture.0.id();
