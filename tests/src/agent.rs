@@ -13,6 +13,17 @@ use anyhow::{Context, Result, bail};
 
 use crate::tracer_bin;
 
+/// Flags that turn off every server: for tests that read the agent's final
+/// JSON report only.
+pub const NO_SERVERS: [&str; 6] = [
+    "--grpc-listen",
+    "off",
+    "--unix-socket",
+    "off",
+    "--metrics-listen",
+    "off",
+];
+
 /// A running agent.
 pub struct AgentProc {
     child: Child,
@@ -52,6 +63,12 @@ impl AgentProc {
         let mut agent = Self { child, log, report };
         agent.wait_for_log("agent ready", Duration::from_secs(30))?;
         Ok(agent)
+    }
+
+    /// [`AgentProc::start`] with [`NO_SERVERS`] and then `args`.
+    pub fn start_offline(args: &[&str]) -> Result<Self> {
+        let all: Vec<&str> = NO_SERVERS.iter().chain(args).copied().collect();
+        Self::start(&all)
     }
 
     /// Pid of the agent process.

@@ -15,30 +15,10 @@ use tracer_tests::{
     build_fixture, go_toolchains, privileged_tests_enabled, serial,
 };
 
-/// Agent flags for a test: no servers, fast refresh, only `exe` traced (the
-/// machine may run other Go programs).
-fn agent_args(exe_filter: &str) -> Vec<String> {
-    [
-        "--grpc-listen",
-        "off",
-        "--unix-socket",
-        "off",
-        "--metrics-listen",
-        "off",
-        "--refresh",
-        "200ms",
-        "--exe",
-        exe_filter,
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect()
-}
-
+/// An agent with no servers and a fast refresh, tracing only `exe_filter`
+/// (the machine may run other Go programs).
 fn start_agent(exe_filter: &str) -> Result<AgentProc> {
-    let args = agent_args(exe_filter);
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    AgentProc::start(&args)
+    AgentProc::start_offline(&["--refresh", "200ms", "--exe", exe_filter])
 }
 
 fn newest_fixture(name: &str) -> Result<std::path::PathBuf> {

@@ -148,20 +148,8 @@ fn zero_findings_over_runs(tc: &GoToolchain) -> Result<()> {
     let bin: PathBuf = build_fixture(tc, "maps", Variant::Plain)?;
     let filter = bin.to_string_lossy().into_owned();
     let sm = symbol_address(tc, &bin, "main.sm")?;
-    let agent = AgentProc::start(&[
-        "--maps",
-        "deep",
-        "--grpc-listen",
-        "off",
-        "--unix-socket",
-        "off",
-        "--metrics-listen",
-        "off",
-        "--refresh",
-        "200ms",
-        "--exe",
-        &filter,
-    ])?;
+    let agent =
+        AgentProc::start_offline(&["--maps", "deep", "--refresh", "200ms", "--exe", &filter])?;
     // Untraced, a run lasts ~3 ms: it can exit before the agent even opens
     // its executable, and a run during the analysis is missed. Warm up
     // until the binary is analysed; from then on its probes are live.

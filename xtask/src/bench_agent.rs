@@ -39,6 +39,15 @@ impl Agent {
             .arg("agent")
             .arg("--json-report")
             .arg(&report)
+            // No servers: only the agent's own cost is measured.
+            .args([
+                "--grpc-listen",
+                "off",
+                "--unix-socket",
+                "off",
+                "--metrics-listen",
+                "off",
+            ])
             .args(extra)
             .env("TRACER_LOG", "debug,aya=warn,aya_obj=warn")
             .stdout(Stdio::null())
@@ -152,16 +161,8 @@ pub fn bench_agent() -> Result<()> {
     build(&go, "demo", &demo)?;
 
     step("attach latency: 40 short runs of a known binary, then first sight of new binaries");
-    let agent = Agent::start(&[
-        "--grpc-listen",
-        "off",
-        "--unix-socket",
-        "off",
-        "--metrics-listen",
-        "off",
-        "--exe",
-        &dir.to_string_lossy(),
-    ])?;
+    let filter = dir.to_string_lossy().into_owned();
+    let agent = Agent::start(&["--exe", &filter])?;
     let short = ["-g", "2", "-m", "5", "-hold", "1ms"];
     run(Command::new(&contention).args(short).stdout(Stdio::null()))?;
     agent.wait_for("analysed", Duration::from_secs(30))?;
@@ -217,18 +218,7 @@ pub fn bench_agent() -> Result<()> {
     );
 
     step("agent RSS and CPU: idle, then tracing 20 Go processes (contention + TCP), 1 s refresh");
-    let agent = Agent::start(&[
-        "--grpc-listen",
-        "off",
-        "--unix-socket",
-        "off",
-        "--metrics-listen",
-        "off",
-        "--exe",
-        &dir.to_string_lossy(),
-        "--refresh",
-        "1s",
-    ])?;
+    let agent = Agent::start(&["--exe", &filter, "--refresh", "1s"])?;
     let (idle_cpu, idle_rss) = agent.measure(Duration::from_secs(10))?;
     println!(
         "idle: {:.2}% of one core, RSS {:.1} MB",
