@@ -313,3 +313,92 @@ fn sigterm_detaches_every_probe_and_unloads_every_program() -> Result<()> {
     ensure!(left.is_empty(), "programs left after SIGTERM: {left:?}");
     Ok(())
 }
+
+/// Mount point of the cgroup v2 hierarchy (`/sys/fs/cgroup`, or
+/// `/sys/fs/cgroup/unified` on hybrid hosts).
+fn cgroup2_root() -> Result<std::path::PathBuf> {
+    let mounts = std::fs::read_to_string("/proc/self/mounts")?;
+    mounts
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(2) == Some(&"cgroup2")).then(|| std::path::PathBuf::from(f[1]))
+        })
+        .context("no cgroup v2 hierarchy mounted")
+}
+
+fn kernel_uuid() -> Result<String> {
+    Ok(std::fs::read_to_string("/proc/sys/kernel/random/uuid")?
+        .trim()
+        .to_owned())
+}
+
+#[test]
+fn process_in_a_kubepods_cgroup_is_selected_and_labelled_by_container_and_pod() -> Result<()> {
+    if !privileged_tests_enabled("agent_container_labels") {
+        return Ok(());
+    }
+    let _serial = serial();
+    let bin = newest_fixture("contention")?;
+    let uid = kernel_uuid()?;
+    let id = format!("{}{}", kernel_uuid()?, kernel_uuid()?).replace('-', "");
+    // A kubelet/containerd-style tree below a test-specific top directory.
+    let levels = [
+        format!("tracer-agent-test-{}.slice", std::process::id()),
+        "kubepods.slice".into(),
+        "kubepods-burstable.slice".into(),
+        format!("kubepods-burstable-pod{}.slice", uid.replace('-', "_")),
+        format!("cri-containerd-{id}.scope"),
+    ];
+    let mut dir = cgroup2_root()?;
+    let mut made = vec![];
+    for l in &levels {
+        dir.push(l);
+        std::fs::create_dir(&dir).with_context(|| format!("mkdir {}", dir.display()))?;
+        made.push(dir.clone());
+    }
+    // Only this container is traced: the agent selects by container id prefix.
+    let agent = AgentProc::start_offline(&["--refresh", "200ms", "--container", &id[..12]])?;
+    // The shell joins the container's cgroup, then execs the Go program, as a
+    // container runtime does.
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg("echo $$ > \"$1/cgroup.procs\" && exec \"$2\" -g 4 -m 100 -hold 2ms >/dev/null")
+        .arg("sh")
+        .arg(&dir)
+        .arg(&bin)
+        .status()?;
+    // An identical process outside the container must not be traced.
+    let (outside, _) = run(Command::new(&bin).args(["-g", "2", "-m", "20", "-hold", "1ms"]))?;
+    let report = agent.stop();
+    for d in made.iter().rev() {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while std::fs::remove_dir(d).is_err() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    ensure!(status.success(), "containerised fixture failed: {status}");
+    let report = report?;
+    let procs = report["snapshot"]["processes"]
+        .as_array()
+        .context("processes")?;
+    ensure!(
+        procs
+            .iter()
+            .all(|p| p["pid"].as_u64() != Some(u64::from(outside))),
+        "a process outside the container was traced: {report:#}"
+    );
+    let p = procs
+        .iter()
+        .find(|p| p["labels"]["container_id"] == id.as_str())
+        .with_context(|| format!("containerised process not traced: {report:#}"))?;
+    ensure!(
+        p["labels"]["pod_uid"] == uid.as_str(),
+        "labels: {}",
+        p["labels"]
+    );
+    let pid = p["pid"].as_u64().context("pid")? as u32;
+    let r = process_report(&report, pid).context("no report")?;
+    ensure!(contentions(r) > 0, "no contention traced in the container");
+    Ok(())
+}
