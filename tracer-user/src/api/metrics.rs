@@ -186,18 +186,19 @@ fn families(snap: &NodeSnapshot, top_sites: usize) -> Families {
         let owner = Owner::of(report, &procs);
         let base = proc_labels(&owner);
 
-        // Map operations: the deep tier keeps per-map quantiles, which cannot
-        // be summed, so these histograms carry only +Inf, _count and _sum.
+        // Map operations (deep tier): the same log-linear buckets as lock
+        // waits, folded onto the same fixed bounds.
+        let op_bounds = lock_bounds_ns();
         let mut ops: Vec<(&'static str, Hist)> = Vec::new();
         for op in report.maps.iter().flat_map(|m| &m.ops) {
             let i = match ops.iter().position(|(k, _)| *k == op.kind) {
                 Some(i) => i,
                 None => {
-                    ops.push((op.kind, Hist::new(0)));
+                    ops.push((op.kind, Hist::new(op_bounds.len())));
                     ops.len() - 1
                 }
             };
-            ops[i].1.counts[0] = ops[i].1.counts[0].saturating_add(op.count);
+            add_buckets(&mut ops[i].1, &op_bounds, &op.histogram);
             ops[i].1.sum_seconds += op.ns_total as f64 / 1e9;
         }
         ops.sort_by_key(|(k, _)| *k);
@@ -321,8 +322,8 @@ impl Collector for SnapshotCollector {
         histograms(
             &mut enc,
             "tracer_map_op_duration_seconds",
-            "Map operations timed by the deep map tier (no finite buckets: per-map quantiles cannot be summed).",
-            &[],
+            "Map operations timed by the deep map tier, by process and kind of operation.",
+            &lock_bounds,
             &f.map_op,
         )?;
         counters(
@@ -574,6 +575,27 @@ mod tests {
             assert!(labels.contains_key(k), "label {k} missing: {labels:?}");
         }
         assert_eq!(labels["container"], "0123456789ab");
+    }
+
+    #[test]
+    fn map_op_histograms_have_buckets_that_add_up() {
+        let mut snap = snapshot();
+        snap.reports[1]
+            .maps
+            .push(crate::api::synthetic::map(11, "0xm", 1000, 20_000, 0));
+        let text = render(Arc::new(snap), 50).expect("render");
+        let h = histograms(&parse(&text), "tracer_map_op_duration_seconds");
+        check_structure(&h);
+        let (buckets, count, sum) = h
+            .iter()
+            .find(|(l, _)| l["op"] == "write" && l["pid"] == "11")
+            .expect("write series of pid 11")
+            .1;
+        assert_eq!(*count, 1000.0);
+        assert!((sum - 0.02).abs() < 1e-9, "sum {sum}");
+        let le = |x: f64| buckets.iter().find(|(b, _)| *b >= x).expect("bucket").1;
+        assert_eq!(le(16.384e-6), 0.0, "nothing below 16 µs");
+        assert_eq!(le(32.768e-6), 1000.0, "all 1000 at 20 µs");
     }
 
     #[test]

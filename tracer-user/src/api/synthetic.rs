@@ -70,6 +70,7 @@ pub fn map(pid: u32, address: &str, writes: u64, ns_each: u64, growth: u64) -> M
                 ns_max: l.max_ns,
                 goroutines: 1,
                 top_sites: vec![],
+                histogram: l.buckets(),
             }]
         },
         goroutines: 1,

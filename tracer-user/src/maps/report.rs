@@ -68,6 +68,8 @@ pub struct OpReport {
     pub ns_max: u64,
     pub goroutines: usize,
     pub top_sites: Vec<SiteCount>,
+    /// Operation time, log-linear buckets (empty buckets omitted).
+    pub histogram: Vec<crate::latency::Bucket>,
 }
 
 /// One map of the traced process.
@@ -305,6 +307,7 @@ pub fn build(
                         ns_p99: lat.quantile(0.99),
                         ns_max: lat.max_ns,
                         goroutines: acc.goroutines.get(&kind).map_or(0, HashSet::len),
+                        histogram: lat.buckets(),
                         top_sites: top(sites),
                     })
                     .collect(),
