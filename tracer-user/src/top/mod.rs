@@ -58,7 +58,9 @@ pub async fn embedded_socket(
     };
     let opts = AgentOptions {
         node: default_node_name(),
-        refresh: interval.clamp(Duration::from_millis(200), Duration::from_secs(5)),
+        // Fresher than the view, so a round never shows a snapshot a whole
+        // interval old.
+        refresh: (interval / 2).clamp(Duration::from_millis(200), Duration::from_secs(1)),
         select: Selector::default(),
         session: OutputOptions {
             live: false,
