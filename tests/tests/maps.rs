@@ -168,19 +168,23 @@ fn runtime_crash_is_reported_with_message_and_call_site() -> Result<()> {
             out.stderr.contains("fatal error: concurrent map writes"),
             "the runtime did not report the crash itself: {ctx}"
         );
+        // Usually one goroutine dies; two writers can both see the flag and
+        // enter the fatal path before the process is gone. Each is reported
+        // once (one finding per goroutine), never duplicated.
         let fatal = findings(&report, "map_fatal");
         ensure!(
-            fatal.len() == 1,
+            (1..=2).contains(&fatal.len()),
             "{} map_fatal findings: {ctx}",
             fatal.len()
         );
-        let f = fatal[0];
-        ensure!(f["message"] == "concurrent map writes", "message: {ctx}");
-        ensure!(site_is(f, "main.writer", line), "site {}: {ctx}", f["site"]);
-        ensure!(
-            f["goroutine"].as_u64().is_some_and(|g| g > 1),
-            "goroutine: {ctx}"
-        );
+        let mut goroutines = std::collections::HashSet::new();
+        for f in &fatal {
+            ensure!(f["message"] == "concurrent map writes", "message: {ctx}");
+            ensure!(site_is(f, "main.writer", line), "site {}: {ctx}", f["site"]);
+            let g = f["goroutine"].as_u64().unwrap_or(0);
+            ensure!(g > 1, "goroutine: {ctx}");
+            ensure!(goroutines.insert(g), "goroutine {g} reported twice: {ctx}");
+        }
         // Always-on tier: no per-operation probes, so no overlap findings.
         ensure!(
             findings(&report, "concurrent_map_write").is_empty(),
