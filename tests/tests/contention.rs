@@ -450,7 +450,9 @@ fn rate_guard_pauses_probes_under_extreme_contention() -> Result<()> {
     let bin = build_fixture(&tc, "bench", Variant::Plain)?;
     let bin = bin.to_str().context("path")?;
     // Four goroutines on one Mutex with nothing inside: tens of thousands of
-    // slow-path waits per second, well above a 1000/s limit.
+    // slow-path waits per second, well above a 1000/s limit. 30M operations
+    // last a few seconds: the guard judges over half a second, and an idle
+    // machine ran 3M in 0.3 s, too short for it to act.
     let out = run_tracer(
         &[
             "run",
@@ -461,7 +463,7 @@ fn rate_guard_pauses_probes_under_extreme_contention() -> Result<()> {
             "-mode",
             "contended",
             "-n",
-            "3000000",
+            "30000000",
         ],
         true,
     )?;
