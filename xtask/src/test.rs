@@ -37,8 +37,16 @@ pub fn test(extra: &[String]) -> Result<()> {
     run(cargo().args(["build", "-p", "tracer-user", "--bin", "tracer"]))?;
     step("cargo test (unit + integration)");
     let mut cmd = cargo();
-    cmd.args(["test", "--workspace", "--exclude", "tracer-ebpf"])
-        .args(extra);
+    // --no-fail-fast: every test binary runs, so one failure does not hide
+    // the state of the rest, and the totals line counts every test.
+    cmd.args([
+        "test",
+        "--workspace",
+        "--exclude",
+        "tracer-ebpf",
+        "--no-fail-fast",
+    ])
+    .args(extra);
     summarize(&mut cmd)?;
     // The TCP kprobe/fentry paths cannot run on this host's kernel; they run
     // in a Debian 6.1 guest (~1 min with the kernel cached). Skipped only when
