@@ -86,6 +86,36 @@ impl Tmux {
         Ok(())
     }
 
+    /// Opens the filter prompt, types `text`, and applies it, checking the
+    /// screen at each step: keys sent while the view is busy redrawing are
+    /// not lost, but the test must not race ahead of what the view shows.
+    fn set_filter(&self, text: &str) -> Result<()> {
+        let typed = format!("filter: {text}_");
+        for _ in 0..3 {
+            self.keys(&["/", "C-u"])?;
+            if self
+                .wait_for("filter prompt", Duration::from_secs(5), |s| {
+                    s.contains("filter: _")
+                })
+                .is_err()
+            {
+                self.keys(&["Escape"])?;
+                continue;
+            }
+            self.type_text(text)?;
+            if self
+                .wait_for("typed filter", Duration::from_secs(5), |s| {
+                    s.contains(&typed)
+                })
+                .is_ok()
+            {
+                return self.keys(&["Enter"]);
+            }
+            self.keys(&["Escape"])?;
+        }
+        bail!("could not type the filter {text:?}: {}", self.capture()?)
+    }
+
     fn capture(&self) -> Result<String> {
         let out = self
             .cmd()
@@ -295,9 +325,7 @@ fn top_shows_tabs_sorts_filters_and_a_race_finding() -> Result<()> {
     })?;
 
     // Filter to one program; the other's row disappears.
-    tmux.keys(&["/", "C-u"])?;
-    tmux.type_text(&format!("pid={pa}"))?;
-    tmux.keys(&["Enter"])?;
+    tmux.set_filter(&format!("pid={pa}"))?;
     tmux.wait_for("filtered to one pid", Duration::from_secs(10), |s| {
         s.contains(&format!("filter: pid={pa}"))
             && row_line(s, pa, &call_site).is_some()
@@ -328,9 +356,7 @@ fn top_shows_tabs_sorts_filters_and_a_race_finding() -> Result<()> {
             &dir.join(format!("maps-{attempt}.log")),
         )?;
         let pid = fixture.0.id();
-        tmux.keys(&["/", "C-u"])?;
-        tmux.type_text(&format!("pid={pid}"))?;
-        tmux.keys(&["Enter"])?;
+        tmux.set_filter(&format!("pid={pid}"))?;
         let deep = rt.block_on(deep_trace(&grpc, pid, Duration::from_secs(20)));
         let found = tmux.wait_for("a race finding", Duration::from_secs(25), |s| {
             s.lines().any(|l| is_race_row(l, pid))
