@@ -43,7 +43,6 @@ fn sh(cmd: &str, args: &[&str]) -> Result<String> {
 struct VethPair {
     a: &'static str,
     b: &'static str,
-    dev_a: &'static str,
     dev_b: &'static str,
     addr_b: &'static str,
 }
@@ -64,7 +63,6 @@ impl VethPair {
         let pair = VethPair {
             a,
             b,
-            dev_a,
             dev_b,
             addr_b: Box::leak(format!("10.{subnet}.0.2").into_boxed_str()),
         };
