@@ -44,7 +44,7 @@ struct VethPair {
     a: &'static str,
     b: &'static str,
     dev_b: &'static str,
-    addr_b: &'static str,
+    addr_b: String,
 }
 
 impl VethPair {
@@ -64,7 +64,7 @@ impl VethPair {
             a,
             b,
             dev_b,
-            addr_b: Box::leak(format!("10.{subnet}.0.2").into_boxed_str()),
+            addr_b: format!("10.{subnet}.0.2"),
         };
         sh(
             "ip",
