@@ -30,8 +30,11 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// `what`: `locks`, `analysis`, `maps` or `all`.
 pub fn bench(what: &str) -> Result<()> {
-    if !matches!(what, "locks" | "analysis" | "maps" | "agent" | "all") {
-        bail!("unknown benchmark {what:?}: use locks, analysis, maps, agent or all");
+    if !matches!(
+        what,
+        "locks" | "analysis" | "maps" | "agent" | "tcp" | "all"
+    ) {
+        bail!("unknown benchmark {what:?}: use locks, analysis, maps, agent, tcp or all");
     }
     if matches!(what, "locks" | "all") {
         bench_locks()?;
@@ -44,6 +47,9 @@ pub fn bench(what: &str) -> Result<()> {
     }
     if matches!(what, "agent" | "all") {
         crate::bench_agent::bench_agent()?;
+    }
+    if matches!(what, "tcp" | "all") {
+        crate::bench_tcp::bench_tcp()?;
     }
     Ok(())
 }

@@ -6,6 +6,7 @@
 mod bench;
 mod bench_agent;
 mod bench_analysis;
+mod bench_tcp;
 mod demo;
 mod setup;
 mod shell;
@@ -40,7 +41,7 @@ enum Cmd {
     VmTest,
     /// Setup, then measure traced against untraced workloads side by side.
     Bench {
-        /// Which benchmarks: locks, maps, analysis, agent or all.
+        /// Which benchmarks: locks, maps, analysis, agent, tcp or all.
         #[arg(default_value = "all")]
         what: String,
     },

@@ -1,0 +1,170 @@
+//! `cargo xtask bench tcp`: what TCP flow tracing costs a Go program.
+//!
+//! Two loopback workloads of `tests/fixtures/tcpload` (it times itself, so
+//! tracer's start-up is not counted): one bulk transfer (throughput) and many
+//! short connections (connections per second). Untraced, `tracer run` and
+//! `tracer run --tcp off` (the lock and map probes alone) run interleaved;
+//! then one `tracer run --bpf-stats` per workload gives each TCP program's
+//! run count and run time.
+
+use std::{path::Path, process::Command};
+
+use anyhow::{Context, Result, bail};
+use serde_json::Value;
+
+use crate::{
+    setup::GO_VERSIONS,
+    shell::{build_tracer, cache_dir, repo_root, run, step, tracer_bin},
+};
+
+const ROUNDS: usize = 5;
+const BULK_BYTES: u64 = 2 << 30;
+const CONNS: u64 = 5000;
+
+/// (label, tracer arguments before `--`; None: untraced).
+const CONFIGS: [(&str, Option<&[&str]>); 3] = [
+    ("untraced", None),
+    ("tracer run", Some(&[])),
+    ("tracer run --tcp off", Some(&["--tcp", "off"])),
+];
+
+fn workloads() -> [(&'static str, Vec<String>, f64); 2] {
+    [
+        (
+            "bulk (1 connection, 2 GiB)",
+            vec![
+                "-mode".into(),
+                "bulk".into(),
+                "-bytes".into(),
+                BULK_BYTES.to_string(),
+            ],
+            BULK_BYTES as f64,
+        ),
+        (
+            "short connections (5000, 8 at a time, 100 B each)",
+            vec![
+                "-mode".into(),
+                "flood".into(),
+                "-n".into(),
+                CONNS.to_string(),
+                "-c".into(),
+                "8".into(),
+            ],
+            CONNS as f64,
+        ),
+    ]
+}
+
+fn elapsed_ns(stdout: &str) -> Result<f64> {
+    stdout
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("elapsed_ns="))
+        .context("workload printed no elapsed_ns")?
+        .parse()
+        .context("elapsed_ns")
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
+}
+
+fn workload_cmd(bin: &Path, tracer_args: Option<&[&str]>, args: &[String]) -> Command {
+    let mut cmd = match tracer_args {
+        Some(a) => {
+            let mut c = Command::new(tracer_bin());
+            c.arg("run").args(a).arg("--").arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    };
+    cmd.args(args);
+    cmd
+}
+
+pub fn bench_tcp() -> Result<()> {
+    build_tracer()?;
+    let newest = GO_VERSIONS.last().context("no Go version")?;
+    let go = cache_dir().join("go").join(newest).join("bin/go");
+    let dir = cache_dir().join("bench");
+    std::fs::create_dir_all(&dir)?;
+    let bin = dir.join(format!("tcpload-go{newest}"));
+    step(&format!("building the TCP workload with Go {newest}"));
+    run(Command::new(&go)
+        .current_dir(repo_root().join("tests/fixtures/tcpload"))
+        .env("GOTOOLCHAIN", "local")
+        .env("GOPROXY", "off")
+        .env("CGO_ENABLED", "0")
+        .env("GOCACHE", cache_dir().join("gocache"))
+        .args(["build", "-o"])
+        .arg(&bin)
+        .arg("."))?;
+
+    step("TCP tracing overhead: throughput relative to untraced (higher is better)");
+    println!("| workload | configuration | median of {ROUNDS} | vs untraced |");
+    println!("|---|---|---|---|");
+    for (name, args, units) in workloads() {
+        let mut times: Vec<Vec<f64>> = vec![vec![]; CONFIGS.len()];
+        for _ in 0..ROUNDS {
+            for (i, (_, tracer_args)) in CONFIGS.iter().enumerate() {
+                let out = workload_cmd(&bin, *tracer_args, &args).output()?;
+                if !out.status.success() {
+                    bail!("{name} failed: {}", String::from_utf8_lossy(&out.stderr));
+                }
+                times[i].push(elapsed_ns(&String::from_utf8_lossy(&out.stdout))?);
+            }
+        }
+        let med: Vec<f64> = times.into_iter().map(median).collect();
+        for (i, (label, _)) in CONFIGS.iter().enumerate() {
+            let rate = units / (med[i] / 1e9);
+            let cell = if units == BULK_BYTES as f64 {
+                format!("{:.2} GB/s", rate / 1e9)
+            } else {
+                format!("{rate:.0} conn/s")
+            };
+            println!("| {name} | {label} | {cell} | {:.3} |", med[0] / med[i]);
+        }
+    }
+    bpf_stats(&bin)
+}
+
+/// One `tracer run --bpf-stats` per workload: per TCP program, runs, mean run
+/// time and runs per second of workload. Tracepoints fire for every socket
+/// on the machine; the programs return early for untraced ones.
+fn bpf_stats(bin: &Path) -> Result<()> {
+    step("TCP programs under --bpf-stats (one traced run per workload)");
+    let report = std::env::temp_dir().join(format!("bench-tcp-{}.json", std::process::id()));
+    println!("| workload | program | runs | runs/s | mean ns/run | CPU % of one core |");
+    println!("|---|---|---|---|---|---|");
+    for (name, args, _) in workloads() {
+        let _ = std::fs::remove_file(&report);
+        let r = report.to_str().context("report path")?;
+        let out = workload_cmd(bin, Some(&["--bpf-stats", "--json-report", r]), &args).output()?;
+        if !out.status.success() {
+            bail!("{name} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let secs = elapsed_ns(&String::from_utf8_lossy(&out.stdout))? / 1e9;
+        let json: Value = serde_json::from_slice(&std::fs::read(&report)?)?;
+        let mut progs: Vec<&Value> = json["bpf_stats"]
+            .as_array()
+            .context("no bpf_stats in the report")?
+            .iter()
+            .filter(|p| p["program"].as_str().is_some_and(|n| n.starts_with("tcp_")))
+            .filter(|p| p["run_count"].as_u64().unwrap_or(0) > 0)
+            .collect();
+        progs.sort_by_key(|p| std::cmp::Reverse(p["run_count"].as_u64()));
+        for p in progs {
+            let runs = p["run_count"].as_u64().unwrap_or(0) as f64;
+            let ns = p["run_time_ns"].as_u64().unwrap_or(0) as f64;
+            println!(
+                "| {name} | {} | {runs:.0} | {:.0} | {:.0} | {:.2} |",
+                p["program"].as_str().unwrap_or("?"),
+                runs / secs,
+                ns / runs,
+                ns / 1e9 / secs * 100.0
+            );
+        }
+    }
+    let _ = std::fs::remove_file(&report);
+    Ok(())
+}
