@@ -15,6 +15,26 @@ use std::{
 
 pub mod agent;
 
+/// `Tcp: RetransSegs` from the text of a `/proc/net/snmp` (the kernel's own
+/// count of retransmitted segments, for the namespace that read it).
+pub fn retrans_segs_of(snmp: &str) -> Result<u64> {
+    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
+    let (names, values) = (
+        tcp.next().context("no Tcp: header")?,
+        tcp.next().context("no Tcp: values")?,
+    );
+    let i = names
+        .split_whitespace()
+        .position(|n| n == "RetransSegs")
+        .context("no RetransSegs")?;
+    values
+        .split_whitespace()
+        .nth(i)
+        .context("short Tcp: line")?
+        .parse()
+        .context("RetransSegs")
+}
+
 use anyhow::{Context, Result, bail};
 
 /// One Go toolchain installed under the cache directory.

@@ -105,22 +105,7 @@ fn find<'a>(
 /// bounds the retransmits tracer may report (a loaded machine can retransmit
 /// even on loopback, e.g. tail-loss probes).
 fn retrans_segs() -> Result<u64> {
-    let snmp = std::fs::read_to_string("/proc/net/snmp")?;
-    let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
-    let (names, values) = (
-        tcp.next().context("no Tcp: header")?,
-        tcp.next().context("no Tcp: values")?,
-    );
-    let i = names
-        .split_whitespace()
-        .position(|n| n == "RetransSegs")
-        .context("no RetransSegs")?;
-    values
-        .split_whitespace()
-        .nth(i)
-        .context("short Tcp: line")?
-        .parse()
-        .context("RetransSegs")
+    tracer_tests::retrans_segs_of(&std::fs::read_to_string("/proc/net/snmp")?)
 }
 
 fn check_exchange(

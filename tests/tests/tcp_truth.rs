@@ -127,21 +127,7 @@ impl VethPair {
     /// `Tcp: RetransSegs` of namespace `a` (/proc/net follows the reader's netns).
     fn retrans_segs(&self) -> Result<u64> {
         let snmp = sh("ip", &["netns", "exec", self.a, "cat", "/proc/net/snmp"])?;
-        let mut tcp = snmp.lines().filter(|l| l.starts_with("Tcp:"));
-        let (names, values) = (
-            tcp.next().context("no Tcp: header")?,
-            tcp.next().context("no Tcp: values")?,
-        );
-        let i = names
-            .split_whitespace()
-            .position(|n| n == "RetransSegs")
-            .context("no RetransSegs")?;
-        values
-            .split_whitespace()
-            .nth(i)
-            .context("short Tcp: line")?
-            .parse()
-            .context("RetransSegs")
+        tracer_tests::retrans_segs_of(&snmp)
     }
 }
 

@@ -14,7 +14,7 @@ use crate::{
 
 const ROUNDS: usize = 5;
 
-fn elapsed_ns(stdout: &str) -> Result<f64> {
+pub(crate) fn elapsed_ns(stdout: &str) -> Result<f64> {
     stdout
         .split_whitespace()
         .find_map(|kv| kv.strip_prefix("elapsed_ns="))
@@ -23,7 +23,7 @@ fn elapsed_ns(stdout: &str) -> Result<f64> {
         .context("elapsed_ns")
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(|a, b| a.total_cmp(b));
     v[v.len() / 2]
 }

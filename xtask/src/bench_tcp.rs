@@ -13,6 +13,7 @@ use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
 use crate::{
+    bench::{elapsed_ns, median},
     setup::GO_VERSIONS,
     shell::{build_tracer, cache_dir, repo_root, run, step, tracer_bin},
 };
@@ -53,20 +54,6 @@ fn workloads() -> [(&'static str, Vec<String>, f64); 2] {
             CONNS as f64,
         ),
     ]
-}
-
-fn elapsed_ns(stdout: &str) -> Result<f64> {
-    stdout
-        .split_whitespace()
-        .find_map(|kv| kv.strip_prefix("elapsed_ns="))
-        .context("workload printed no elapsed_ns")?
-        .parse()
-        .context("elapsed_ns")
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[v.len() / 2]
 }
 
 fn workload_cmd(bin: &Path, tracer_args: Option<&[&str]>, args: &[String]) -> Command {
