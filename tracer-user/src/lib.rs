@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod api;
 pub mod cgroup;
+pub mod clock;
 pub mod commands;
 pub mod contention;
 pub mod datasyms;

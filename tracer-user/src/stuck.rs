@@ -25,18 +25,7 @@ pub struct StuckWaits {
     waits: BTreeMap<(u32, u64, u64), StuckWait>,
 }
 
-/// CLOCK_MONOTONIC in ns: the clock of `bpf_ktime_get_ns`.
-pub fn monotonic_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid out pointer.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    (ts.tv_sec as u64)
-        .saturating_mul(1_000_000_000)
-        .saturating_add(ts.tv_nsec as u64)
-}
+pub use crate::clock::monotonic_ns;
 
 /// Reads the goroutine id at `g + goid_offset` in `pid`'s memory.
 pub fn read_goid(pid: u32, g: u64, goid_offset: u64) -> Option<u64> {

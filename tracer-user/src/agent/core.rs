@@ -10,7 +10,7 @@ use std::{
     collections::{BTreeSet, HashMap, HashSet, VecDeque},
     future::Future,
     sync::Arc,
-    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result};
@@ -215,11 +215,7 @@ pub struct Agent {
     job_rx: tokio::sync::mpsc::UnboundedReceiver<JobDone>,
 }
 
-fn unix_now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as u64)
-}
+use crate::clock::unix_now_ns;
 
 /// Stable identity of a finding, so each is published once however often
 /// its count changes.

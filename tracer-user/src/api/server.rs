@@ -14,7 +14,7 @@ use std::{
         Arc,
         atomic::{AtomicUsize, Ordering},
     },
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::Duration,
 };
 
 use tokio::sync::{mpsc, oneshot, watch};
@@ -95,11 +95,7 @@ impl TracerService {
     }
 }
 
-pub fn unix_now_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-}
+pub use crate::clock::unix_now_ns;
 
 /// Totals a stream last sent, by row key: the baseline of the next deltas.
 #[derive(Default)]

@@ -76,20 +76,7 @@ pub struct TcpTracing {
     dropped: u64,
 }
 
-/// CLOCK_MONOTONIC in ns, the clock of `bpf_ktime_get_ns`.
-pub fn monotonic_now_ns() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: valid pointer to a timespec.
-    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } != 0 {
-        return 0;
-    }
-    (ts.tv_sec as u64)
-        .saturating_mul(1_000_000_000)
-        .saturating_add(ts.tv_nsec as u64)
-}
+pub use crate::clock::monotonic_ns as monotonic_now_ns;
 
 /// Adds `pid` to the processes whose connections are recorded.
 pub fn add_tcp_pid(tracer: &mut Tracer, pid: u32) -> Result<()> {
