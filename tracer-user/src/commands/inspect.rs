@@ -25,12 +25,10 @@ pub fn inspect(binary: Option<&Path>, pid: Option<u32>, json: bool) -> Result<()
     };
     let report = crate::gobin::inspect(&bin);
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        super::print_out(&format!("{}\n", serde_json::to_string_pretty(&report)?))
     } else {
-        println!("{name}");
-        print!("{report}");
+        super::print_out(&format!("{name}\n{report}"))
     }
-    Ok(())
 }
 
 /// Loads the eBPF object and tries the TCP hooks in the configured order,
@@ -40,9 +38,9 @@ pub fn inspect_kernel(json: bool) -> Result<()> {
     let order = crate::tcp::hook_order()?;
     let report = crate::tcp::inspect_kernel(&mut tracer, &order)?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+        super::print_out(&format!("{}\n", serde_json::to_string_pretty(&report)?))?;
     } else {
-        print!("{report}");
+        super::print_out(&report.to_string())?;
     }
     Ok(())
 }

@@ -36,15 +36,13 @@ pub async fn run(
         rounds,
         GRACE,
         |round, view| {
-            if json {
-                println!("{}", plain::json(view, filter)?);
+            let sep = if round > 1 && !json { "\n" } else { "" };
+            let body = if json {
+                format!("{}\n", plain::json(view, filter)?)
             } else {
-                if round > 1 {
-                    println!();
-                }
-                print!("{}", plain::tables(view, filter, top as usize));
-            }
-            Ok(())
+                plain::tables(view, filter, top as usize)
+            };
+            crate::commands::print_out(&format!("{sep}{body}"))
         },
     )
     .await
