@@ -56,7 +56,12 @@ pub fn bench(what: &str) -> Result<()> {
 
 /// Builds the Go program in `tests/fixtures/<fixture>` to `out`, with `-race`
 /// (and cgo, which the race detector needs) when `race` is set.
-fn build_go(go: &std::path::Path, fixture: &str, out: &std::path::Path, race: bool) -> Result<()> {
+pub(crate) fn build_go(
+    go: &std::path::Path,
+    fixture: &str,
+    out: &std::path::Path,
+    race: bool,
+) -> Result<()> {
     let mut cmd = Command::new(go);
     cmd.current_dir(repo_root().join("tests/fixtures").join(fixture))
         .env("GOTOOLCHAIN", "local")
@@ -219,15 +224,7 @@ fn bench_locks() -> Result<()> {
     let go = cache_dir().join("go").join(newest).join("bin/go");
     let bin = cache_dir().join("bench").join(format!("bench-go{newest}"));
     step(&format!("building the bench workload with Go {newest}"));
-    run(Command::new(&go)
-        .current_dir(repo_root().join("tests/fixtures/bench"))
-        .env("GOTOOLCHAIN", "local")
-        .env("GOPROXY", "off")
-        .env("CGO_ENABLED", "0")
-        .env("GOCACHE", cache_dir().join("gocache"))
-        .args(["build", "-o"])
-        .arg(&bin)
-        .arg("."))?;
+    build_go(&go, "bench", &bin, false)?;
     lock_overhead(&bin)?;
     probe_costs(&bin)?;
     Ok(())

@@ -10,7 +10,7 @@
 
 use std::{
     io::{BufRead, BufReader},
-    path::{Path, PathBuf},
+    path::PathBuf,
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -21,7 +21,7 @@ use serde_json::Value;
 
 use crate::{
     setup::GO_VERSIONS,
-    shell::{build_tracer, cache_dir, repo_root, run, step, tracer_bin},
+    shell::{build_tracer, cache_dir, run, step, tracer_bin},
 };
 
 /// A `tracer agent` under measurement.
@@ -137,18 +137,6 @@ fn percentile(v: &mut [f64], p: f64) -> f64 {
     v.get(i).copied().unwrap_or(f64::NAN)
 }
 
-fn build(go: &Path, fixture: &str, out: &Path) -> Result<()> {
-    run(Command::new(go)
-        .current_dir(repo_root().join("tests/fixtures").join(fixture))
-        .env("GOTOOLCHAIN", "local")
-        .env("GOPROXY", "off")
-        .env("CGO_ENABLED", "0")
-        .env("GOCACHE", cache_dir().join("gocache"))
-        .args(["build", "-o"])
-        .arg(out)
-        .arg("."))
-}
-
 pub fn bench_agent() -> Result<()> {
     build_tracer()?;
     let newest = GO_VERSIONS.last().context("no Go version")?;
@@ -157,8 +145,8 @@ pub fn bench_agent() -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     let contention = dir.join(format!("agent-contention-go{newest}"));
     let demo = dir.join(format!("agent-demo-go{newest}"));
-    build(&go, "contention", &contention)?;
-    build(&go, "demo", &demo)?;
+    crate::bench::build_go(&go, "contention", &contention, false)?;
+    crate::bench::build_go(&go, "demo", &demo, false)?;
 
     step("attach latency: 40 short runs of a known binary, then first sight of new binaries");
     let filter = dir.to_string_lossy().into_owned();

