@@ -416,6 +416,86 @@ fn resets_and_peeks() -> Result<()> {
     Ok(())
 }
 
+/// A client that half-closes (`shutdown(Write)`), gets the server's reply
+/// and FIN, and reads them only after its socket reached CLOSE (FIN_WAIT2 →
+/// CLOSE happens in softirq): the bytes read then still belong to the same,
+/// closed flow, also when a report is taken between the close and the read
+/// (the closed flow of a live socket is held in the kernel, not collected).
+#[test]
+fn half_closed_client_reads_the_reply_after_close() -> Result<()> {
+    if !privileged_tests_enabled("tcp_half_close") {
+        return Ok(());
+    }
+    const REPLY: usize = 70_000;
+    let _serial = tracer_tests::serial();
+    let pid = std::process::id();
+    let mut tracer = Tracer::load()?;
+    let mut tcp = attach_tcp(&mut tracer, &[pid])?;
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let server = listener.local_addr()?;
+    let srv = thread::spawn(move || -> Result<usize> {
+        let (mut s, _) = listener.accept()?;
+        let mut req = Vec::new();
+        s.read_to_end(&mut req).context("server read")?;
+        s.write_all(&[9u8; REPLY]).context("server write")?;
+        Ok(req.len())
+    });
+    let mut c = TcpStream::connect(server)?;
+    let local = c.local_addr()?;
+    c.write_all(&[1u8; REQUEST])?;
+    c.shutdown(std::net::Shutdown::Write)?;
+    let got = srv
+        .join()
+        .map_err(|_| anyhow::anyhow!("server thread panicked"))??;
+    ensure!(got == REQUEST, "server read {got}");
+    // The reply and the FIN are in the client's queue; let softirq close it.
+    thread::sleep(Duration::from_millis(200));
+    let before = tcp.report(&mut tracer)?;
+    let early = before
+        .flows
+        .iter()
+        .find(|f| f.pid == pid && f.side == "client" && f.local_port == local.port());
+    ensure!(
+        early.is_none(),
+        "the closed client flow was collected before its socket was read or freed: {early:#?}"
+    );
+    let read_at = tracer_user::tcp::monotonic_now_ns();
+    let mut reply = Vec::new();
+    c.read_to_end(&mut reply)?;
+    ensure!(reply.len() == REPLY, "client read {}", reply.len());
+    drop(c);
+    let r = settled_report(&mut tcp, &mut tracer, pid, &[local.port()], 2)?;
+    let ours: Vec<&FlowReport> = r
+        .flows
+        .iter()
+        .filter(|f| f.pid == pid && f.side == "client" && f.local_port == local.port())
+        .collect();
+    ensure!(ours.len() == 1, "one client flow expected: {ours:#?}");
+    let cf = ours[0];
+    // Not vacuous: the socket really was closed before the read began.
+    ensure!(
+        cf.end_ns.is_some_and(|e| e < read_at) && !cf.midstream,
+        "client flow did not close before the read: {cf:#?}"
+    );
+    ensure!(
+        cf.bytes_sent == REQUEST as u64 && cf.bytes_received == REPLY as u64 && cf.receives >= 1,
+        "client: {cf:#?}"
+    );
+    let sf = find(&r, pid, "server", server.port(), local.port())?;
+    ensure!(
+        sf.bytes_received == REQUEST as u64 && sf.bytes_sent == REPLY as u64,
+        "server: {sf:#?}"
+    );
+    eprintln!(
+        "half-close: client closed from {:?} {} µs before the read, received {} in {} calls",
+        cf.closed_from,
+        read_at.saturating_sub(cf.end_ns.unwrap_or(read_at)) / 1000,
+        cf.bytes_received,
+        cf.receives
+    );
+    Ok(())
+}
+
 /// Runs `ip ARGS`, failing with its stderr.
 fn ip(args: &[&str]) -> Result<()> {
     let out = Command::new("ip")

@@ -241,9 +241,7 @@ fn retransmits_provoked_by_loss_match_the_kernel() -> Result<()> {
     let pid = std::process::id();
     let net = VethPair::create("tracer-rtx-a", "tracer-rtx-b", "trrtx0", "trrtx1", 214)?;
     let server: SocketAddr = format!("{}:7072", net.addr_b).parse()?;
-    // Reads to EOF. (No answer after the client's half-close: bytes read
-    // after the socket reached CLOSE are not added to its flow, see
-    // docs/tcp.md "Not done yet".)
+    // Reads to EOF.
     let srv = server_in(net.b, server, |mut s| {
         let mut n = 0u64;
         let mut buf = vec![0u8; 65536];

@@ -361,6 +361,31 @@ fn claim_flow(sk: u64, now: u64) -> Option<*mut TcpFlow> {
     Some(p)
 }
 
+/// The latest closed flow of `sk` when the current process owns it and the
+/// socket has not been freed since: data that arrived before the socket
+/// reached CLOSE can still be read from it (a client that half-closed, got
+/// the peer's reply and FIN, then reads). A pending server handshake comes
+/// first: a new socket at a reused address is not the closed one.
+#[inline(always)]
+fn closed_flow_of_caller(sk: u64) -> Option<*mut TcpFlow> {
+    if TCP_SOCKS.get_ptr(sk).is_some() {
+        return None;
+    }
+    let key = TCP_CLOSED_BY_SK.get_ptr(sk)?;
+    // SAFETY: map value valid for this run; copied out before the next lookup.
+    let key = unsafe { *key };
+    let p = TCP_CLOSED.get_ptr_mut(key)?;
+    // SAFETY: map value valid for this run.
+    let f = unsafe { &*p };
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    // Another process's socket at a reused address, or one freed since
+    // (its `tcp_destroy_sock` also drops the `TCP_CLOSED_BY_SK` entry).
+    if f.tgid != tgid || f.flags & FLAG_DESTROYED != 0 {
+        return None;
+    }
+    Some(p)
+}
+
 /// Filters a `sock_{send,recv}_length` record down to (socket, bytes).
 #[inline(always)]
 fn on_length_tp(
@@ -402,8 +427,11 @@ pub(crate) fn on_length(sk: u64, ret: i64, recv: bool) -> Option<()> {
     }
     let p = match TCP_FLOWS.get_ptr_mut(sk) {
         Some(p) => p,
-        // SAFETY: plain helper call.
-        None => claim_flow(sk, unsafe { bpf_ktime_get_ns() })?,
+        None => match closed_flow_of_caller(sk) {
+            Some(p) => p,
+            // SAFETY: plain helper call.
+            None => claim_flow(sk, unsafe { bpf_ktime_get_ns() })?,
+        },
     };
     // SAFETY: map value valid for this run; fields only reached by address.
     unsafe {

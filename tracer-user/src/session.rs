@@ -520,6 +520,9 @@ impl Session {
     pub fn finish(mut self, opts: &OutputOptions) -> Result<Report> {
         self.tracer.flush_logs();
         self.poll_maps();
+        if let Some(t) = self.tcp.as_mut() {
+            t.finishing();
+        }
         let report = self.report()?;
         let mut out = std::io::stdout().lock();
         let _ = out.write_all(report.table(opts.top).as_bytes());

@@ -19,8 +19,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use serde::Serialize;
 use tracer_common::tcp::{
-    ClosedKey, STAT_FLOWS_CLOSED, STAT_FLOWS_CREATED, STAT_INSERT_FAILED, STAT_MIDSTREAM,
-    STAT_READ_FAILED, TcpConfig, TcpFlow,
+    ClosedKey, FLAG_DESTROYED, STAT_FLOWS_CLOSED, STAT_FLOWS_CREATED, STAT_INSERT_FAILED,
+    STAT_MIDSTREAM, STAT_READ_FAILED, TcpConfig, TcpFlow,
 };
 
 use crate::{kernelfs, probes::Tracer};
@@ -34,6 +34,14 @@ pub use hooks::{HookStatus, Mechanism};
 /// Closed flows kept in user space between reports; beyond this they are
 /// counted in [`TcpStats::dropped_closed`] and discarded (about 300 B each).
 pub const MAX_KEPT_CLOSED: usize = 100_000;
+
+/// How long a closed flow whose socket still exists stays in the kernel
+/// before it is collected: data that arrived before CLOSE (a half-closed
+/// client's last reply) can still be read from the socket and is added to
+/// the closed flow only while the kernel holds it. Freed sockets
+/// (`FLAG_DESTROYED`) are collected at once, so this only delays sockets the
+/// program has not closed yet.
+pub const CLOSED_HOLD_NS: u64 = 1_000_000_000;
 
 /// Counters that say how complete the flow data is.
 #[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
@@ -74,6 +82,13 @@ pub struct TcpTracing {
     closed: Vec<TcpFlow>,
     collected: u64,
     dropped: u64,
+    /// [`CLOSED_HOLD_NS`], or 0 once finishing.
+    hold_ns: u64,
+}
+
+/// Whether a closed flow stays in the kernel for now (see [`CLOSED_HOLD_NS`]).
+fn held(f: &TcpFlow, now: u64, hold_ns: u64) -> bool {
+    f.flags & FLAG_DESTROYED == 0 && now.saturating_sub(f.end_ns) < hold_ns
 }
 
 pub use crate::clock::monotonic_ns as monotonic_now_ns;
@@ -143,6 +158,7 @@ pub fn attach_tcp_with(
         closed: Vec::new(),
         collected: 0,
         dropped: 0,
+        hold_ns: CLOSED_HOLD_NS,
     })
 }
 
@@ -160,10 +176,18 @@ impl TcpTracing {
             .map(|h| h.method)
     }
 
-    /// Moves closed flows out of the kernel map, freeing its slots. Call at
-    /// least every few seconds under heavy connection churn: the closed map
-    /// holds 16384 flows and evicts the oldest.
+    /// From now on collect every closed flow at once, held or not: for the
+    /// last report of a run.
+    pub fn finishing(&mut self) {
+        self.hold_ns = 0;
+    }
+
+    /// Moves closed flows out of the kernel map, freeing its slots, except
+    /// those of sockets not yet freed that closed less than [`CLOSED_HOLD_NS`]
+    /// ago. Call at least every few seconds under heavy connection churn: the
+    /// closed map holds 16384 flows and evicts the oldest.
     pub fn collect_closed(&mut self, tracer: &mut Tracer) -> Result<()> {
+        let now = monotonic_now_ns();
         let mut map: HashMap<_, ClosedKey, TcpFlow> = HashMap::try_from(
             tracer
                 .ebpf
@@ -173,6 +197,9 @@ impl TcpTracing {
         // Entries may be evicted while iterating; skip those errors.
         let entries: Vec<(ClosedKey, TcpFlow)> = map.iter().filter_map(|r| r.ok()).collect();
         for (k, v) in entries {
+            if held(&v, now, self.hold_ns) {
+                continue;
+            }
             if map.remove(&k).is_err() {
                 continue;
             }
@@ -279,5 +306,33 @@ impl TcpTracing {
             by_listen_port: flows::rollup_by_listen_port(&flows),
             flows,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracer_common::tcp::FLAG_CLOSED;
+
+    fn closed(end_ns: u64, destroyed: bool) -> TcpFlow {
+        TcpFlow {
+            end_ns,
+            flags: FLAG_CLOSED | if destroyed { FLAG_DESTROYED } else { 0 },
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_recent_closed_flows_of_live_sockets_are_held() {
+        let now = 10 * CLOSED_HOLD_NS;
+        assert!(held(&closed(now - 1, false), now, CLOSED_HOLD_NS));
+        assert!(!held(&closed(now - 1, true), now, CLOSED_HOLD_NS));
+        assert!(!held(
+            &closed(now - CLOSED_HOLD_NS, false),
+            now,
+            CLOSED_HOLD_NS
+        ));
+        // Finishing collects everything.
+        assert!(!held(&closed(now, false), now, 0));
     }
 }
