@@ -645,6 +645,8 @@ struct GoTruth {
     /// (family, client, server) per connection.
     flows: Vec<(String, SocketAddr, SocketAddr)>,
     refused_port: u16,
+    /// (client, server, bytes) of the connection that had to retransmit.
+    lossy: Option<(SocketAddr, SocketAddr, u64)>,
 }
 
 fn parse_truth(out: &str) -> Result<GoTruth> {
@@ -652,6 +654,7 @@ fn parse_truth(out: &str) -> Result<GoTruth> {
         pid: 0,
         flows: Vec::new(),
         refused_port: 0,
+        lossy: None,
     };
     let mut done = false;
     for line in out.lines() {
@@ -668,6 +671,12 @@ fn parse_truth(out: &str) -> Result<GoTruth> {
                 kv("client")?.parse()?,
                 kv("server")?.parse()?,
             ));
+        } else if line.starts_with("lossy ") {
+            t.lossy = Some((
+                kv("client")?.parse()?,
+                kv("server")?.parse()?,
+                kv("bytes")?.parse()?,
+            ));
         } else if line.starts_with("refused ") {
             t.refused_port = kv("port")?.parse()?;
         } else if line == "done" {
@@ -675,14 +684,16 @@ fn parse_truth(out: &str) -> Result<GoTruth> {
         }
     }
     ensure!(
-        done && t.pid != 0 && t.refused_port != 0,
+        done && t.pid != 0 && t.refused_port != 0 && t.lossy.is_some(),
         "fixture output: {out}"
     );
     Ok(t)
 }
 
 /// A Go client and server in one process move known byte counts over IPv4
-/// and IPv6 loopback, then dial a closed port. Every flow must match exactly,
+/// and IPv6 loopback, dial a closed port, then send through a socket filter
+/// that drops segments for 0.5 s (retransmits > 0, at most the kernel's own
+/// `RetransSegs` increase). Every flow must match exactly,
 /// with the fixture's pid and comm, through whichever hooks were chosen
 /// (`$TRACER_TCP_HOOKS`; `$TRACER_TCP_EXPECT` names the mechanism that must
 /// have served state changes, bytes, RTT and received resets).
@@ -721,7 +732,14 @@ fn go_fixture_flows_match_ground_truth() -> Result<()> {
         );
     }
     if let Ok(want) = std::env::var("TRACER_TCP_EXPECT") {
-        for role in ["state", "send", "recv", "rtt", "reset_received"] {
+        for role in [
+            "state",
+            "send",
+            "recv",
+            "rtt",
+            "retransmit",
+            "reset_received",
+        ] {
             ensure!(
                 tcp.mechanism_of(role) == Some(want.as_str()),
                 "{role} should be hooked by {want}: {:#?}",
@@ -729,18 +747,22 @@ fn go_fixture_flows_match_ground_truth() -> Result<()> {
             );
         }
     }
+    let segs_before = retrans_segs()?;
     stdin.write_all(b"go\n")?;
     let mut out = String::new();
     BufReader::new(child.stdout.take().context("fixture stdout")?).read_to_string(&mut out)?;
     let status = child.wait()?;
+    let segs = retrans_segs()?.saturating_sub(segs_before);
     ensure!(status.success(), "fixture failed: {status}\n{out}");
     let truth = parse_truth(&out)?;
     ensure!(truth.pid == pid, "fixture pid {} != {pid}", truth.pid);
     ensure!(truth.flows.len() == 2 * GO_CONNS, "fixture output: {out}");
 
+    let (lossy_client, lossy_server, lossy_bytes) = truth.lossy.context("no lossy line")?;
     let mut ports: Vec<u16> = truth.flows.iter().map(|(_, c, _)| c.port()).collect();
     ports.push(truth.refused_port);
-    let want = 2 * truth.flows.len() + 1;
+    ports.push(lossy_client.port());
+    let want = 2 * truth.flows.len() + 1 + 2;
     let r = settled_report(&mut tcp, &mut tracer, pid, &ports, want)?;
     let comm: String = fixture
         .file_name()
@@ -836,6 +858,35 @@ fn go_fixture_flows_match_ground_truth() -> Result<()> {
         .find(|x| x.pid == pid && x.remote_port == truth.refused_port)
         .context("no roll-up for the closed port")?;
     ensure!(roll.totals.connect_failures == 1, "{roll:#?}");
+    let lc = find(&r, pid, "client", lossy_client.port(), lossy_server.port())?;
+    let ls = find(&r, pid, "server", lossy_server.port(), lossy_client.port())?;
+    ensure!(
+        lc.bytes_sent == lossy_bytes
+            && ls.bytes_received == lossy_bytes
+            && lc.retransmits > 0
+            && lc.retransmits <= segs,
+        "lossy flow: tracer counted {} retransmits, the kernel's RetransSegs rose by {segs}: {lc:#?} {ls:#?}",
+        lc.retransmits
+    );
+    // In the VM nothing else sends, and each retransmitted skb here is one
+    // segment, so the counts must be equal there (TRACER_TCP_EXPECT is set
+    // only by vm-test); on a host other sockets may retransmit too.
+    if std::env::var_os("TRACER_TCP_EXPECT").is_some() {
+        ensure!(
+            lc.retransmits + ls.retransmits == segs,
+            "retransmits: tracer {} + {}, kernel RetransSegs +{segs}",
+            lc.retransmits,
+            ls.retransmits
+        );
+    }
+    eprintln!(
+        "lossy {}->{}: {} bytes, retransmits: tracer {} (via {}), kernel RetransSegs +{segs}",
+        lossy_client.port(),
+        lossy_server.port(),
+        lc.bytes_sent,
+        lc.retransmits,
+        tcp.mechanism_of("retransmit").unwrap_or("none")
+    );
     let ours = r.flows.iter().filter(|f| f.pid == pid).count();
     ensure!(
         ours == want,

@@ -91,6 +91,9 @@ pub struct TcpConfig {
     pub probe_srtt: u16,
     // tcp:tcp_retransmit_skb, tcp_send_reset, tcp_receive_reset, tcp_destroy_sock
     pub retrans_skaddr: u16,
+    /// `err` of `tcp:tcp_retransmit_skb` (6.13+: the event also fires for
+    /// failed retransmits); [`OFF_NONE`] on kernels where it fires only on success.
+    pub retrans_err: u16,
     pub send_reset_skaddr: u16,
     pub recv_reset_skaddr: u16,
     pub destroy_skaddr: u16,
@@ -138,6 +141,7 @@ impl Default for TcpConfig {
             probe_skaddr: OFF_NONE,
             probe_srtt: OFF_NONE,
             retrans_skaddr: OFF_NONE,
+            retrans_err: OFF_NONE,
             send_reset_skaddr: OFF_NONE,
             recv_reset_skaddr: OFF_NONE,
             destroy_skaddr: OFF_NONE,

@@ -541,10 +541,13 @@ pub(crate) fn bump(sk: u64, which: u8) -> Option<()> {
     Some(())
 }
 
-/// `tcp:tcp_retransmit_skb`.
+/// `tcp:tcp_retransmit_skb`: successful retransmits only (since 6.13 it
+/// also fires for failed ones, with their `err`).
 #[tracepoint]
 pub fn tcp_retrans(ctx: TracePointContext) -> u32 {
-    if let Some(c) = TCP_CONFIG.get(0) {
+    if let Some(c) = TCP_CONFIG.get(0)
+        && (c.retrans_err == OFF_NONE || read::<i32>(&ctx, c.retrans_err) == Some(0))
+    {
         let _ = bump_tp(&ctx, c.retrans_skaddr, BUMP_RETRANS);
     }
     0

@@ -12,7 +12,7 @@
 //! | `tcp_sendmsg(sk, msg, size)` → bytes | bytes sent | `sock:sock_send_length` |
 //! | `tcp_recvmsg(sk, msg, len, flags, ..)` → bytes | bytes received, `MSG_PEEK` skipped | `sock:sock_recv_length` |
 //! | `tcp_rcv_established(sk, skb)` | `srtt_us >> 3` | `tcp:tcp_probe` |
-//! | `tcp_retransmit_skb(sk, skb, segs)` → 0 | successful retransmits | `tcp:tcp_retransmit_skb` |
+//! | `tcp_retransmit_skb` + `__tcp_retransmit_skb(sk, skb, segs)` → 0 | successful retransmits, tail loss probes included | `tcp:tcp_retransmit_skb` (fired inside the inner one) |
 //! | `tcp_reset(sk, skb)` | resets received | `tcp:tcp_receive_reset` |
 
 use aya_ebpf::{
@@ -207,26 +207,73 @@ pub fn tcp_kp_rtt(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// kprobe on `tcp_retransmit_skb`: remember the socket for the return probe.
+// Retransmits: the tracepoint fires inside `__tcp_retransmit_skb`, which
+// `tcp_retransmit_skb` (RTO and fast retransmits) wraps and tail loss probes
+// call directly. Compilers inline `__tcp_retransmit_skb` into its wrapper on
+// some kernels (Debian's 6.1), so neither function alone sees every
+// retransmit. Both are hooked; a call of the inner one nested in the outer
+// one (same skb, marked in `TCP_RETRANS_OUTER`) is left to the outer one.
+
+/// skbs being retransmitted by `tcp_retransmit_skb` right now.
+#[map]
+static TCP_RETRANS_OUTER: LruHashMap<u64, u8> = LruHashMap::with_max_entries(1024, 0);
+
+/// Distinguishes retransmit entries from send entries of the same thread in
+/// `TCP_SEND_ARGS`/`TCP_RECV_ARGS` (a retransmit can run in softirq on top of a send).
+const RETRANS_TAG: u64 = 1 << 63;
+const RETRANS_INNER_TAG: u64 = 1 << 62;
+
+#[inline(always)]
+fn nested_in_outer(skb: u64) -> bool {
+    // SAFETY: read-only lookup of a plain value.
+    unsafe { TCP_RETRANS_OUTER.get(skb) }.is_some()
+}
+
+/// kprobe on `tcp_retransmit_skb`: mark the skb, remember (socket, skb).
 #[kprobe]
 pub fn tcp_kp_retrans(ctx: ProbeContext) -> u32 {
-    if let Some(sk) = ctx.arg::<u64>(0)
+    if let (Some(sk), Some(skb)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1))
         && has_flow(sk)
     {
-        let _ = TCP_SEND_ARGS.insert(bpf_get_current_pid_tgid() ^ RETRANS_TAG, sk, 0);
+        let _ = TCP_RETRANS_OUTER.insert(skb, 1, 0);
+        let _ = TCP_RECV_ARGS.insert(bpf_get_current_pid_tgid() ^ RETRANS_TAG, [sk, skb], 0);
     }
     0
 }
 
-/// Distinguishes retransmit entries from send entries of the same thread in
-/// `TCP_SEND_ARGS` (a retransmit can run in softirq on top of a send).
-const RETRANS_TAG: u64 = 1 << 63;
-
-/// kretprobe on `tcp_retransmit_skb`: counts only successful retransmits,
-/// as the tracepoint does.
+/// kretprobe on `tcp_retransmit_skb`: counts a successful retransmit, as the
+/// tracepoint does (it fires only when the inner call returned 0).
 #[kretprobe]
 pub fn tcp_krp_retrans(ctx: RetProbeContext) -> u32 {
     let id = bpf_get_current_pid_tgid() ^ RETRANS_TAG;
+    // SAFETY: plain value copied out before the removal.
+    if let Some([sk, skb]) = unsafe { TCP_RECV_ARGS.get(id) }.copied() {
+        let _ = TCP_RECV_ARGS.remove(id);
+        let _ = TCP_RETRANS_OUTER.remove(skb);
+        let ret: i32 = ctx.ret();
+        if ret == 0 {
+            let _ = bump(sk, BUMP_RETRANS);
+        }
+    }
+    0
+}
+
+/// kprobe on `__tcp_retransmit_skb`: only calls not made by `tcp_retransmit_skb`.
+#[kprobe]
+pub fn tcp_kp_retrans_inner(ctx: ProbeContext) -> u32 {
+    if let (Some(sk), Some(skb)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1))
+        && !nested_in_outer(skb)
+        && has_flow(sk)
+    {
+        let _ = TCP_SEND_ARGS.insert(bpf_get_current_pid_tgid() ^ RETRANS_INNER_TAG, sk, 0);
+    }
+    0
+}
+
+/// kretprobe on `__tcp_retransmit_skb`.
+#[kretprobe]
+pub fn tcp_krp_retrans_inner(ctx: RetProbeContext) -> u32 {
+    let id = bpf_get_current_pid_tgid() ^ RETRANS_INNER_TAG;
     // SAFETY: plain value copied out before the removal.
     if let Some(sk) = unsafe { TCP_SEND_ARGS.get(id) }.copied() {
         let _ = TCP_SEND_ARGS.remove(id);
@@ -289,8 +336,30 @@ pub fn tcp_fe_rtt(ctx: FEntryContext) -> u32 {
     0
 }
 
+#[fentry(function = "tcp_retransmit_skb")]
+pub fn tcp_fe_retrans(ctx: FEntryContext) -> u32 {
+    if has_flow(ctx.arg::<u64>(0)) {
+        let _ = TCP_RETRANS_OUTER.insert(ctx.arg::<u64>(1), 1, 0);
+    }
+    0
+}
+
 #[fexit(function = "tcp_retransmit_skb")]
 pub fn tcp_fx_retrans(ctx: FExitContext) -> u32 {
+    let _ = TCP_RETRANS_OUTER.remove(ctx.arg::<u64>(1));
+    if let Ok(ret) = ctx.ret::<i64>()
+        && ret as i32 == 0
+    {
+        let _ = bump(ctx.arg::<u64>(0), BUMP_RETRANS);
+    }
+    0
+}
+
+#[fexit(function = "__tcp_retransmit_skb")]
+pub fn tcp_fx_retrans_inner(ctx: FExitContext) -> u32 {
+    if nested_in_outer(ctx.arg::<u64>(1)) {
+        return 0;
+    }
     if let Ok(ret) = ctx.ret::<i64>()
         && ret as i32 == 0
     {

@@ -94,6 +94,11 @@ fn fill_probe(f: &Format, c: &mut TcpConfig) -> Result<(), String> {
 
 fn fill_retrans(f: &Format, c: &mut TcpConfig) -> Result<(), String> {
     c.retrans_skaddr = f.offset_of("skaddr", PTR)?;
+    // Since Linux 6.13 the tracepoint also fires for failed retransmits,
+    // with their error here; only successful ones (err 0) are counted.
+    if f.field("err").is_some() {
+        c.retrans_err = f.offset_of("err", I32)?;
+    }
     Ok(())
 }
 
@@ -240,6 +245,14 @@ const fn f(function: &'static str, program: &'static str, ret: bool) -> FnHook {
     }
 }
 
+/// `h`, but failing to attach it does not reject its mechanism.
+const fn optional(h: FnHook) -> FnHook {
+    FnHook {
+        optional: true,
+        ..h
+    }
+}
+
 /// What one kind of measurement can be hooked with.
 pub(crate) struct Role {
     pub name: &'static str,
@@ -304,11 +317,20 @@ pub(crate) const ROLES: [Role; 8] = [
     Role {
         name: "retransmit",
         tracepoint: 4,
+        // The tracepoint fires in `__tcp_retransmit_skb`; it is inlined into
+        // `tcp_retransmit_skb` on some kernels and called directly by tail
+        // loss probes, so both are hooked (nested calls count once).
         kprobe: &[
             f("tcp_retransmit_skb", "tcp_kp_retrans", false),
             f("tcp_retransmit_skb", "tcp_krp_retrans", true),
+            optional(f("__tcp_retransmit_skb", "tcp_kp_retrans_inner", false)),
+            optional(f("__tcp_retransmit_skb", "tcp_krp_retrans_inner", true)),
         ],
-        fentry: &[f("tcp_retransmit_skb", "tcp_fx_retrans", true)],
+        fentry: &[
+            f("tcp_retransmit_skb", "tcp_fe_retrans", false),
+            f("tcp_retransmit_skb", "tcp_fx_retrans", true),
+            optional(f("__tcp_retransmit_skb", "tcp_fx_retrans_inner", true)),
+        ],
         essential: false,
     },
     Role {
@@ -488,6 +510,20 @@ mod tests {
             .and_then(|s| s.reason.clone())
             .unwrap_or_default();
         assert!(retrans.contains("skaddr"), "{retrans}");
+    }
+
+    #[test]
+    fn retransmit_errors_are_read_only_where_the_event_has_them() {
+        const OLD: &str = "name: tcp_retransmit_skb\n\tfield:const void * skaddr;\toffset:16;\tsize:8;\tsigned:0;\n";
+        let mut c = TcpConfig::default();
+        fill_retrans(&parse(OLD).unwrap(), &mut c).unwrap();
+        assert_eq!((c.retrans_skaddr, c.retrans_err), (16, OFF_NONE));
+        let new = format!("{OLD}\tfield:int err;\toffset:76;\tsize:4;\tsigned:1;\n");
+        fill_retrans(&parse(&new).unwrap(), &mut c).unwrap();
+        assert_eq!(c.retrans_err, 76);
+        // An `err` of another size is refused rather than misread.
+        let odd = format!("{OLD}\tfield:long err;\toffset:80;\tsize:8;\tsigned:1;\n");
+        assert!(fill_retrans(&parse(&odd).unwrap(), &mut TcpConfig::default()).is_err());
     }
 }
 
