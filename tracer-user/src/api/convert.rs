@@ -305,6 +305,7 @@ pub fn flow_row(o: &Owner, f: &FlowReport, node: &str) -> pb::FlowRow {
         pod: o.pod(),
         container_id: o.container(),
         node: node.to_string(),
+        close_reason: f.close_reason.unwrap_or_default().to_string(),
     }
 }
 

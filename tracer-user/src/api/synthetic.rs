@@ -114,6 +114,7 @@ pub fn flow(pid: u32, local_port: u16, sent: u64, received: u64, rtts_us: &[u64]
         state: "ESTABLISHED",
         open: true,
         closed_from: None,
+        close_reason: None,
         destroyed: false,
         midstream: false,
         bytes_sent: sent,

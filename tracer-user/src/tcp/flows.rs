@@ -9,7 +9,8 @@ use std::{
 use serde::Serialize;
 use tracer_common::tcp::{
     AF_INET, AF_INET6, FLAG_CLOSED, FLAG_DESTROYED, FLAG_MIDSTREAM, FLAG_TUPLE, RTT_SLOTS,
-    SIDE_CLIENT, SIDE_SERVER, TcpFlow,
+    SIDE_CLIENT, SIDE_SERVER, TCP_CLOSE_WAIT, TCP_CLOSING, TCP_ESTABLISHED, TCP_FIN_WAIT1,
+    TCP_FIN_WAIT2, TCP_LAST_ACK, TCP_SYN_RECV, TCP_SYN_SENT, TCP_TIME_WAIT, TcpFlow,
 };
 
 /// One non-empty RTT histogram slot: samples in `[lo_us, hi_us)`.
@@ -38,6 +39,8 @@ pub struct FlowReport {
     pub open: bool,
     /// State the socket was in when it went to CLOSE.
     pub closed_from: Option<&'static str>,
+    /// Why a closed flow ended (see [`close_reason`]); `None` while open.
+    pub close_reason: Option<&'static str>,
     /// `tcp_destroy_sock` was seen (the kernel freed the socket).
     pub destroyed: bool,
     /// First seen at send/recv: opened before tracing started, so start time,
@@ -104,6 +107,33 @@ fn comm(raw: &[u8; 16]) -> String {
     String::from_utf8_lossy(&raw[..end]).into_owned()
 }
 
+/// Why a closed flow ended, from the state it left and the resets seen:
+/// `refused` (reset answered the SYN), `connect_failed` (SYN_SENT → CLOSE
+/// without a reset: timeout or unreachable), `handshake_failed` (a server
+/// socket closed in SYN_RECV), `reset_by_peer`, `reset_sent` (we aborted,
+/// e.g. closed with unread data), `local_close` (we sent the first FIN),
+/// `peer_close` (the peer sent the first FIN), `aborted` (closed from
+/// ESTABLISHED or CLOSE_WAIT with no FIN exchange and no reset seen:
+/// retransmission or keepalive timeout, or an error), `destroyed` (freed
+/// before a CLOSE was seen). `None` while the flow is open.
+pub fn close_reason(f: &TcpFlow) -> Option<&'static str> {
+    if f.flags & FLAG_CLOSED == 0 {
+        return None;
+    }
+    Some(match f.close_from {
+        TCP_SYN_SENT if f.resets_received > 0 => "refused",
+        TCP_SYN_SENT => "connect_failed",
+        TCP_SYN_RECV => "handshake_failed",
+        _ if f.resets_received > 0 => "reset_by_peer",
+        _ if f.resets_sent > 0 => "reset_sent",
+        TCP_FIN_WAIT1 | TCP_FIN_WAIT2 | TCP_TIME_WAIT | TCP_CLOSING => "local_close",
+        TCP_LAST_ACK => "peer_close",
+        TCP_ESTABLISHED | TCP_CLOSE_WAIT => "aborted",
+        _ if f.flags & FLAG_DESTROYED != 0 => "destroyed",
+        _ => "unknown",
+    })
+}
+
 impl FlowReport {
     /// Converts a kernel record; `now_ns` (CLOCK_MONOTONIC) gives open flows a lifetime.
     pub fn from_kernel(f: &TcpFlow, now_ns: u64) -> Self {
@@ -146,6 +176,7 @@ impl FlowReport {
             state: state_name(f.state),
             open: !closed,
             closed_from: closed.then(|| state_name(f.close_from)),
+            close_reason: close_reason(f),
             destroyed: f.flags & FLAG_DESTROYED != 0,
             midstream: f.flags & FLAG_MIDSTREAM != 0,
             bytes_sent: f.bytes_sent,
@@ -302,8 +333,6 @@ mod tests {
     use super::*;
     use tracer_common::tcp::{TCP_CLOSE, TCP_ESTABLISHED};
 
-    const TCP_FIN_WAIT1: u8 = 4;
-
     fn flow(side: u8, sport: u16, dport: u16, sent: u64, recv: u64, closed: bool) -> TcpFlow {
         let mut f = TcpFlow {
             skaddr: 0xffff_8880_0000_0000 + u64::from(sport),
@@ -346,6 +375,7 @@ mod tests {
         assert_eq!(r.comm, "test");
         assert_eq!((r.side, r.family, r.state), ("client", "ipv4", "CLOSE"));
         assert_eq!(r.closed_from, Some("FIN_WAIT1"));
+        assert_eq!(r.close_reason, Some("local_close"));
         assert!(!r.open);
         assert_eq!(r.lifetime_ns, 4_000);
         assert_eq!(
@@ -437,5 +467,30 @@ mod tests {
         assert_eq!(state_name(1), "ESTABLISHED");
         assert_eq!(state_name(12), "NEW_SYN_RECV");
         assert_eq!(state_name(200), "UNKNOWN");
+    }
+
+    #[test]
+    fn close_reasons_follow_the_state_left_and_the_resets() {
+        let reason = |from: u8, rst_in: u64, rst_out: u64, flags: u8| {
+            close_reason(&TcpFlow {
+                close_from: from,
+                resets_received: rst_in,
+                resets_sent: rst_out,
+                flags,
+                ..Default::default()
+            })
+        };
+        let c = FLAG_CLOSED;
+        assert_eq!(reason(TCP_SYN_SENT, 1, 0, c), Some("refused"));
+        assert_eq!(reason(TCP_SYN_SENT, 0, 0, c), Some("connect_failed"));
+        assert_eq!(reason(TCP_SYN_RECV, 0, 0, c), Some("handshake_failed"));
+        assert_eq!(reason(TCP_ESTABLISHED, 1, 0, c), Some("reset_by_peer"));
+        assert_eq!(reason(TCP_ESTABLISHED, 0, 1, c), Some("reset_sent"));
+        assert_eq!(reason(TCP_FIN_WAIT2, 0, 0, c), Some("local_close"));
+        assert_eq!(reason(TCP_TIME_WAIT, 0, 0, c), Some("local_close"));
+        assert_eq!(reason(TCP_LAST_ACK, 0, 0, c), Some("peer_close"));
+        assert_eq!(reason(TCP_ESTABLISHED, 0, 0, c), Some("aborted"));
+        assert_eq!(reason(0, 0, 0, c | FLAG_DESTROYED), Some("destroyed"));
+        assert_eq!(reason(TCP_ESTABLISHED, 0, 0, 0), None);
     }
 }
