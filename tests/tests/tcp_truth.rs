@@ -17,7 +17,11 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail, ensure};
-use tracer_tests::{Variant, build_fixture, go_toolchains, privileged_tests_enabled, tracer_bin};
+use tracer_tests::{
+    Variant,
+    agent::{AgentProc, process_report},
+    build_fixture, go_toolchains, privileged_tests_enabled, tracer_bin,
+};
 use tracer_user::{
     probes::Tracer,
     tcp::{FlowReport, TcpReport, TcpTracing, attach_tcp},
@@ -711,5 +715,125 @@ fn connection_flood_is_accounted_with_bounded_memory() -> Result<()> {
             };
         ensure!(ok, "flow not byte-exact: {f:#}");
     }
+    Ok(())
+}
+
+/// The same flood under `tracer agent` (offline, refreshing every 3 s; it
+/// drains the closed-flow table every 250 ms regardless): the agent must stay
+/// up with bounded memory, report in its health the evictions its stats
+/// count, and account for every flow the kernel created: listed, summed into
+/// the process's roll-ups, evicted or dropped.
+#[test]
+fn agent_survives_a_connection_flood_and_counts_evictions() -> Result<()> {
+    if !privileged_tests_enabled("tcp_agent_flood") {
+        return Ok(());
+    }
+    let _serial = tracer_tests::serial();
+    const CONNS: u64 = 20_000;
+    const REQ: u64 = 100;
+    let bin = tcpload()?;
+    let agent = AgentProc::start_offline(&["--refresh", "3s", "--exe", &bin.to_string_lossy()])?;
+    let apid = agent.pid();
+    let mut child = Command::new(&bin)
+        .args([
+            "-mode",
+            "flood",
+            "-wait",
+            "-n",
+            &CONNS.to_string(),
+            "-c",
+            "8",
+        ])
+        .args(["-req", &REQ.to_string()])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting tcpload")?;
+    let pid = child.id();
+    let mut agent = agent;
+    agent.wait_for_log(&format!("tracing pid {pid}"), Duration::from_secs(20))?;
+    child
+        .stdin
+        .as_mut()
+        .context("tcpload stdin")?
+        .write_all(b"go\n")?;
+    let t0 = Instant::now();
+    let mut peak_kb = 0;
+    while child.try_wait()?.is_none() {
+        peak_kb = peak_kb.max(status_kb(apid, "VmHWM:").unwrap_or(0));
+        ensure!(
+            t0.elapsed() < Duration::from_secs(60),
+            "flood did not finish in 60 s"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    let out = child.wait_with_output()?;
+    let out = String::from_utf8_lossy(&out.stdout).into_owned();
+    let received: u64 = tracer_tests::fixture_value(&out, "received")?;
+    ensure!(received == CONNS * REQ, "fixture: {out}");
+    // Two refreshes after the exit: the last flows are collected and the
+    // process's final report is built.
+    thread::sleep(Duration::from_secs(7));
+    peak_kb = peak_kb.max(status_kb(apid, "VmHWM:").unwrap_or(0));
+    let report = agent.stop()?;
+    let health = &report["snapshot"]["health"];
+    let r = process_report(&report, pid).with_context(|| format!("pid {pid} not reported"))?;
+    let tcp = &r["tcp"];
+    let st = &tcp["stats"];
+    let n = |v: &serde_json::Value| v.as_u64().unwrap_or(u64::MAX);
+    let flows = tcp["flows"].as_array().context("no tcp.flows")?;
+    // Every flow the agent saw: listed, or summed into the roll-ups (client
+    // flows by remote, server flows by listening port; those aged out of
+    // the per-process list sit in one remote-less roll-up).
+    let rolled: u64 = tcp["by_remote"]
+        .as_array()
+        .context("no by_remote")?
+        .iter()
+        .chain(
+            tcp["by_listen_port"]
+                .as_array()
+                .context("no by_listen_port")?,
+        )
+        .map(|x| n(&x["flows"]))
+        .sum();
+    let bytes: u64 = tcp["by_remote"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .chain(tcp["by_listen_port"].as_array().into_iter().flatten())
+        .map(|x| n(&x["bytes_sent"]))
+        .sum();
+    let (created, evicted, dropped) = (
+        n(&st["flows_created"]),
+        n(&st["evicted"]),
+        n(&st["dropped_closed"]),
+    );
+    eprintln!(
+        "agent flood: agent peak RSS {} MiB, {} flows listed, {rolled} in roll-ups, stats {st}, health {health}",
+        peak_kb / 1024,
+        flows.len()
+    );
+    ensure!(
+        peak_kb > 0 && peak_kb < 200 * 1024,
+        "agent peak RSS {peak_kb} kB"
+    );
+    ensure!(created == 2 * CONNS, "flows_created: {st}");
+    ensure!(
+        n(&health["map_evictions"]) >= evicted,
+        "evictions not in the health: stats {st}, health {health}"
+    );
+    ensure!(
+        rolled + evicted + dropped == created,
+        "{rolled} in roll-ups + {evicted} evicted + {dropped} dropped != {created} created"
+    );
+    // Client flows each sent REQ bytes; server flows sent nothing.
+    ensure!(
+        bytes % REQ == 0 && bytes / REQ <= CONNS,
+        "bytes sent {bytes} is not a whole number of requests"
+    );
+    ensure!(
+        flows.iter().all(|f| f["open"] == false),
+        "open flows after the process exited"
+    );
     Ok(())
 }

@@ -136,6 +136,10 @@ pub struct AgentOptions {
 
 /// How often `/proc` is rescanned, in case the kernel dropped exec events.
 const RESCAN: Duration = Duration::from_secs(10);
+/// How often closed TCP flows are moved out of the kernel's closed-flow
+/// table (16 384 entries), independent of the refresh: at 4 drains a second
+/// a flood must close more than ~65 000 connections a second to evict any.
+const TCP_DRAIN: Duration = Duration::from_millis(250);
 /// Processes remembered as failed (newest kept).
 const MAX_FAILED: usize = 256;
 /// Closed flows kept per process for display; older ones count only in totals.
@@ -744,6 +748,16 @@ impl Agent {
         }
     }
 
+    /// Every [`TCP_DRAIN`]: frees the kernel's closed-flow slots; the flows
+    /// wait in user space (bounded, see `MAX_KEPT_CLOSED`) for the next refresh.
+    fn drain_tcp(&mut self) {
+        if let Some(tcp) = self.tcp.as_mut()
+            && let Err(e) = tcp.collect_closed(&mut self.shared)
+        {
+            tracing::warn!("collecting closed TCP flows: {e:#}");
+        }
+    }
+
     /// Flows of the node, grouped by pid, with each process's closed flows
     /// kept across refreshes.
     fn collect_flows(&mut self) -> Option<TcpReport> {
@@ -1102,6 +1116,8 @@ pub async fn run(
     scan_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut rescan_tick = tokio::time::interval(RESCAN);
     rescan_tick.tick().await;
+    let mut drain_tick = tokio::time::interval(TCP_DRAIN);
+    drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -1116,6 +1132,7 @@ pub async fn run(
             Some(done) = agent.job_rx.recv() => agent.job_done(done),
             _ = refresh_tick.tick() => agent.publish(Some(&mut events)),
             _ = rescan_tick.tick() => agent.rescan(),
+            _ = drain_tick.tick() => agent.drain_tcp(),
             Some(cmd) = agent.hub.commands.recv() => agent.command(cmd),
         }
     }
