@@ -13,6 +13,7 @@ mod maps;
 mod regs;
 mod tcp;
 mod tcp_kernel;
+mod tcp_raw;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -73,6 +73,25 @@ pub(crate) struct Tuple {
     pub daddr: [u8; 16],
 }
 
+/// Where a state change's addresses can be read from: the tracepoint
+/// record, or the socket itself (kprobe, fentry, raw tracepoint). Read only
+/// when a flow needs them (once per flow, at ESTABLISHED), not per event: a
+/// generic rather than a closure, because a closure here would be outlined
+/// into a BPF subprogram returning a stack pointer, which the verifier refuses.
+pub(crate) trait TupleSource {
+    fn tuple(&self) -> Option<Tuple>;
+}
+
+/// The addresses in a `sock:inet_sock_set_state` record.
+struct RecordTuple<'a>(&'a TracePointContext, &'a TcpConfig);
+
+impl TupleSource for RecordTuple<'_> {
+    #[inline(always)]
+    fn tuple(&self) -> Option<Tuple> {
+        read_tuple(self.0, self.1)
+    }
+}
+
 #[inline(always)]
 pub(crate) fn stat(i: u32) {
     if let Some(p) = TCP_STATS.get_ptr_mut(i) {
@@ -197,6 +216,12 @@ fn any_flow(sk: u64) -> Option<*mut TcpFlow> {
     TCP_CLOSED.get_ptr_mut(key)
 }
 
+/// Whether `sk` has an open flow.
+#[inline(always)]
+pub(crate) fn has_open_flow(sk: u64) -> bool {
+    TCP_FLOWS.get_ptr(sk).is_some()
+}
+
 /// Whether `sk` has an open or closed flow (retransmits and resets can follow the close).
 #[inline(always)]
 pub(crate) fn has_flow(sk: u64) -> bool {
@@ -219,14 +244,13 @@ fn on_set_state_tp(ctx: &TracePointContext) -> Option<()> {
     let sk: u64 = read(ctx, c.ss_skaddr)?;
     let old = read::<i32>(ctx, c.ss_oldstate)? as u8;
     let new = read::<i32>(ctx, c.ss_newstate)? as u8;
-    on_set_state(sk, old, new, read_tuple(ctx, c))
+    on_set_state(sk, old, new, &RecordTuple(ctx, c))
 }
 
-/// The TCP state of `sk` goes from `old` to `new`; `tuple` is its addresses
-/// as read at this event (read eagerly: a closure here would be outlined into
-/// a BPF subprogram returning a stack pointer, which the verifier refuses).
+/// The TCP state of `sk` goes from `old` to `new`; `src` gives its addresses
+/// when a flow first needs them.
 #[inline(always)]
-pub(crate) fn on_set_state(sk: u64, old: u8, new: u8, tuple: Option<Tuple>) -> Option<()> {
+pub(crate) fn on_set_state<S: TupleSource>(sk: u64, old: u8, new: u8, src: &S) -> Option<()> {
     // SAFETY: plain helper call.
     let now = unsafe { bpf_ktime_get_ns() };
 
@@ -242,19 +266,18 @@ pub(crate) fn on_set_state(sk: u64, old: u8, new: u8, tuple: Option<Tuple>) -> O
         let f = unsafe { &mut *p };
         f.side = SIDE_CLIENT;
         f.state = new;
-        // The source port is assigned after SYN_SENT; ESTABLISHED refreshes it.
-        if let Some(t) = tuple {
-            set_tuple(f, &t);
-        }
+        // The source port is assigned after SYN_SENT: the addresses are
+        // read at ESTABLISHED, or at CLOSE for a connect that failed.
         return Some(());
     }
 
     if let Some(p) = TCP_FLOWS.get_ptr_mut(sk) {
         // SAFETY: map value valid for this run.
         let f = unsafe { &mut *p };
-        // At CLOSE the addresses may already be released: keep what we have.
-        if (new != TCP_CLOSE || f.flags & FLAG_TUPLE == 0)
-            && let Some(t) = tuple
+        // Once per flow: complete from ESTABLISHED on (a mid-stream flow
+        // gets them at its first state change).
+        if (new == TCP_ESTABLISHED || f.flags & FLAG_TUPLE == 0)
+            && let Some(t) = src.tuple()
         {
             set_tuple(f, &t);
         }
@@ -276,18 +299,13 @@ pub(crate) fn on_set_state(sk: u64, old: u8, new: u8, tuple: Option<Tuple>) -> O
 
     if new == TCP_SYN_RECV {
         // A child of a listener, created in softirq context: remember it until
-        // a traced process sends or receives on it.
-        let t = tuple.unwrap_or_default();
+        // a traced process accepts, sends or receives on it. Its addresses
+        // are complete at ESTABLISHED.
         let info = SockInfo {
             start_ns: now,
-            established_ns: 0,
-            sport: t.sport,
-            dport: t.dport,
-            family: t.family,
             side: SIDE_SERVER,
             state: new,
-            saddr: t.saddr,
-            daddr: t.daddr,
+            ..Default::default()
         };
         let _ = TCP_SOCKS.insert(sk, info, 0);
         return Some(());
@@ -312,7 +330,7 @@ pub(crate) fn on_set_state(sk: u64, old: u8, new: u8, tuple: Option<Tuple>) -> O
     if new == TCP_ESTABLISHED && info.established_ns == 0 {
         info.established_ns = now;
         // The child's addresses are filled in after it enters SYN_RECV.
-        if let Some(t) = tuple {
+        if let Some(t) = src.tuple() {
             info.sport = t.sport;
             info.dport = t.dport;
             info.family = t.family;
@@ -416,7 +434,7 @@ fn on_length_tp(
 /// stashing arguments for every socket call on the machine.
 #[inline(always)]
 pub(crate) fn wanted(sk: u64) -> bool {
-    TCP_FLOWS.get_ptr(sk).is_some() || traced((bpf_get_current_pid_tgid() >> 32) as u32)
+    has_open_flow(sk) || traced((bpf_get_current_pid_tgid() >> 32) as u32)
 }
 
 /// A send (or non-peek receive) on `sk` returned `ret`.

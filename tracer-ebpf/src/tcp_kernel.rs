@@ -27,8 +27,8 @@ use tracer_common::tcp::{
 };
 
 use crate::tcp::{
-    BUMP_RETRANS, BUMP_RST_RECV, TCP_CONFIG, Tuple, bump, has_flow, on_length, on_rtt,
-    on_set_state, stat, wanted,
+    BUMP_RETRANS, BUMP_RST_RECV, TCP_CONFIG, Tuple, TupleSource, bump, has_flow, has_open_flow,
+    on_length, on_rtt, on_set_state, stat, wanted,
 };
 
 /// `tcp_sendmsg` socket per thread, from the kprobe to the kretprobe.
@@ -41,7 +41,7 @@ static TCP_RECV_ARGS: LruHashMap<u64, [u64; 2]> = LruHashMap::with_max_entries(4
 
 /// Reads a `T` at `sk + off`; `None` when the offset is unknown or the read faults.
 #[inline(always)]
-fn sk_read<T>(sk: u64, off: u16) -> Option<T> {
+pub(crate) fn sk_read<T>(sk: u64, off: u16) -> Option<T> {
     if off == OFF_NONE || sk == 0 {
         return None;
     }
@@ -79,10 +79,21 @@ fn sk_tuple(sk: u64, c: &TcpConfig) -> Option<Tuple> {
     Some(t)
 }
 
-/// A state change seen at the entry of `tcp_set_state`/`inet_sk_set_state`:
-/// the socket still holds the old state.
+/// A socket's addresses, read from the socket when a flow needs them.
+struct SockTuple<'a>(u64, &'a TcpConfig);
+
+impl TupleSource for SockTuple<'_> {
+    #[inline(always)]
+    fn tuple(&self) -> Option<Tuple> {
+        sk_tuple(self.0, self.1)
+    }
+}
+
+/// A state change to `new`; `old` is given by raw tracepoints, read from
+/// the socket at the entry of `tcp_set_state`/`inet_sk_set_state` (the
+/// socket still holds it there).
 #[inline(always)]
-fn state_change(sk: u64, new: i32, check_proto: bool) -> Option<()> {
+pub(crate) fn state_change(sk: u64, old: Option<u8>, new: i32, check_proto: bool) -> Option<()> {
     let c = TCP_CONFIG.get(0)?;
     if check_proto {
         let proto: u16 = sk_read(sk, c.sk_protocol)?;
@@ -90,12 +101,19 @@ fn state_change(sk: u64, new: i32, check_proto: bool) -> Option<()> {
             return None;
         }
     }
-    let old: u8 = sk_read(sk, c.sk_state)?;
-    on_set_state(sk, old, new as u8, sk_tuple(sk, c))
+    let old: u8 = match old {
+        Some(o) => o,
+        None => sk_read(sk, c.sk_state)?,
+    };
+    on_set_state(sk, old, new as u8, &SockTuple(sk, c))
 }
 
+/// The socket's smoothed RTT, for its open flow.
 #[inline(always)]
-fn srtt(sk: u64) -> Option<()> {
+pub(crate) fn srtt(sk: u64) -> Option<()> {
+    if !has_open_flow(sk) {
+        return None;
+    }
     let c = TCP_CONFIG.get(0)?;
     let srtt: u32 = sk_read(sk, c.tp_srtt_us)?;
     on_rtt(sk, (srtt >> 3) as u64)
@@ -128,7 +146,7 @@ fn tracing_arg(ctx: &FExitContext, n: usize) -> u64 {
 #[kprobe]
 pub fn tcp_kp_state(ctx: ProbeContext) -> u32 {
     if let (Some(sk), Some(new)) = (ctx.arg::<u64>(0), ctx.arg::<i32>(1)) {
-        let _ = state_change(sk, new, false);
+        let _ = state_change(sk, None, new, false);
     }
     0
 }
@@ -137,7 +155,7 @@ pub fn tcp_kp_state(ctx: ProbeContext) -> u32 {
 #[kprobe]
 pub fn tcp_kp_inet_state(ctx: ProbeContext) -> u32 {
     if let (Some(sk), Some(new)) = (ctx.arg::<u64>(0), ctx.arg::<i32>(1)) {
-        let _ = state_change(sk, new, true);
+        let _ = state_change(sk, None, new, true);
     }
     0
 }
@@ -298,13 +316,13 @@ pub fn tcp_kp_reset(ctx: ProbeContext) -> u32 {
 
 #[fentry(function = "tcp_set_state")]
 pub fn tcp_fe_state(ctx: FEntryContext) -> u32 {
-    let _ = state_change(ctx.arg::<u64>(0), ctx.arg::<i32>(1), false);
+    let _ = state_change(ctx.arg::<u64>(0), None, ctx.arg::<i32>(1), false);
     0
 }
 
 #[fentry(function = "inet_sk_set_state")]
 pub fn tcp_fe_inet_state(ctx: FEntryContext) -> u32 {
-    let _ = state_change(ctx.arg::<u64>(0), ctx.arg::<i32>(1), true);
+    let _ = state_change(ctx.arg::<u64>(0), None, ctx.arg::<i32>(1), true);
     0
 }
 
