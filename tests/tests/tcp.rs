@@ -564,6 +564,9 @@ struct GoTruth {
     pid: u32,
     /// (family, client, server) per connection.
     flows: Vec<(String, SocketAddr, SocketAddr)>,
+    /// Slow-accept connections: client, server, and the accept-queue wait
+    /// the application measured (accept return − the client's dial return).
+    slow: Vec<(SocketAddr, SocketAddr, u64)>,
     refused_port: u16,
 }
 
@@ -571,6 +574,7 @@ fn parse_truth(out: &str) -> Result<GoTruth> {
     let mut t = GoTruth {
         pid: 0,
         flows: Vec::new(),
+        slow: Vec::new(),
         refused_port: 0,
     };
     let mut done = false;
@@ -588,6 +592,12 @@ fn parse_truth(out: &str) -> Result<GoTruth> {
                 kv("client")?.parse()?,
                 kv("server")?.parse()?,
             ));
+        } else if line.starts_with("slow ") {
+            t.slow.push((
+                kv("client")?.parse()?,
+                kv("server")?.parse()?,
+                kv("wait_ns")?.parse()?,
+            ));
         } else if line.starts_with("refused ") {
             t.refused_port = kv("port")?.parse()?;
         } else if line == "done" {
@@ -602,10 +612,13 @@ fn parse_truth(out: &str) -> Result<GoTruth> {
 }
 
 /// A Go client and server in one process move known byte counts over IPv4
-/// and IPv6 loopback, then dial a closed port. Every flow must match exactly,
-/// with the fixture's pid and comm, through whichever hooks were chosen
+/// and IPv6 loopback, then a server accepts clients that connected at once
+/// slowly, then the fixture dials a closed port. Every flow must match
+/// exactly, with the fixture's pid and comm, and every accepted server flow
+/// must carry an accept-queue wait (the slow ones agreeing with the wait the
+/// application measured), through whichever hooks were chosen
 /// (`$TRACER_TCP_HOOKS`; `$TRACER_TCP_EXPECT` names the mechanism that must
-/// have served state changes, bytes, RTT and received resets).
+/// have served state changes, bytes, RTT, received resets and accepts).
 #[test]
 fn go_fixture_flows_match_ground_truth() -> Result<()> {
     if !privileged_tests_enabled("tcp_go_fixture") {
@@ -615,9 +628,13 @@ fn go_fixture_flows_match_ground_truth() -> Result<()> {
     const GO_CONNS: usize = 4;
     const GO_REQ: u64 = 123_457;
     const GO_RESP: u64 = 65_537;
+    const SLOW_CLIENTS: usize = 6;
+    const SLOW_SLEEP_MS: u64 = 30;
     let fixture = tcpflows_fixture()?;
     let mut child = Command::new(&fixture)
         .args(["-conns", &GO_CONNS.to_string()])
+        .args(["-slow", &SLOW_CLIENTS.to_string()])
+        .args(["-slowsleep", &format!("{SLOW_SLEEP_MS}ms")])
         .args(["-req", &GO_REQ.to_string(), "-resp", &GO_RESP.to_string()])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -641,7 +658,7 @@ fn go_fixture_flows_match_ground_truth() -> Result<()> {
         );
     }
     if let Ok(want) = std::env::var("TRACER_TCP_EXPECT") {
-        for role in ["state", "send", "recv", "rtt", "reset_received"] {
+        for role in ["state", "send", "recv", "rtt", "reset_received", "accept"] {
             ensure!(
                 tcp.mechanism_of(role) == Some(want.as_str()),
                 "{role} should be hooked by {want}: {:#?}",
@@ -657,10 +674,12 @@ fn go_fixture_flows_match_ground_truth() -> Result<()> {
     let truth = parse_truth(&out)?;
     ensure!(truth.pid == pid, "fixture pid {} != {pid}", truth.pid);
     ensure!(truth.flows.len() == 2 * GO_CONNS, "fixture output: {out}");
+    ensure!(truth.slow.len() == SLOW_CLIENTS, "fixture output: {out}");
 
     let mut ports: Vec<u16> = truth.flows.iter().map(|(_, c, _)| c.port()).collect();
+    ports.extend(truth.slow.iter().map(|(c, _, _)| c.port()));
     ports.push(truth.refused_port);
-    let want = 2 * truth.flows.len() + 1;
+    let want = 2 * truth.flows.len() + 2 * truth.slow.len() + 1;
     let r = settled_report(&mut tcp, &mut tracer, pid, &ports, want)?;
     let comm: String = fixture
         .file_name()
@@ -679,6 +698,7 @@ fn go_fixture_flows_match_ground_truth() -> Result<()> {
                 && c.connect_latency_ns.is_some_and(|v| v > 0)
                 && c.srtt_us.is_some_and(|v| v > 0)
                 && c.resets_received == 0
+                && c.accept_wait_ns.is_none()
                 && !c.open,
             "client flow (comm {comm}): {c:#?}"
         );
@@ -689,6 +709,7 @@ fn go_fixture_flows_match_ground_truth() -> Result<()> {
                 && s.comm == comm
                 && s.family == fam
                 && s.remote_addr == Some(client.ip())
+                && s.accept_wait_ns.is_some()
                 && !s.midstream
                 && !s.open,
             "server flow: {s:#?}"
@@ -737,6 +758,7 @@ fn go_fixture_flows_match_ground_truth() -> Result<()> {
             "listen roll-up: {listen:#?}"
         );
     }
+    check_slow_accepts(&r, pid, &truth.slow, SLOW_SLEEP_MS * 1_000_000)?;
     let refused = r
         .flows
         .iter()
@@ -747,7 +769,8 @@ fn go_fixture_flows_match_ground_truth() -> Result<()> {
             && refused.closed_from == Some("SYN_SENT")
             && refused.resets_received == 1
             && refused.bytes_sent == 0
-            && refused.connect_latency_ns.is_none(),
+            && refused.connect_latency_ns.is_none()
+            && refused.accept_wait_ns.is_none(),
         "refused connect: {refused:#?}"
     );
     let roll = r
@@ -768,13 +791,81 @@ fn go_fixture_flows_match_ground_truth() -> Result<()> {
         "{st:?}"
     );
     eprintln!(
-        "go fixture: {} flows byte-exact via state={} send={} recv={} rtt={}; refused port {} reset+failed connect",
+        "go fixture: {} flows byte-exact via state={} send={} recv={} rtt={} accept={}; refused port {} reset+failed connect",
         ours,
         tcp.mechanism_of("state").unwrap_or("none"),
         tcp.mechanism_of("send").unwrap_or("none"),
         tcp.mechanism_of("recv").unwrap_or("none"),
         tcp.mechanism_of("rtt").unwrap_or("none"),
+        tcp.mechanism_of("accept").unwrap_or("none"),
         truth.refused_port
+    );
+    Ok(())
+}
+
+/// The slow-accept flows: byte-exact both ways (8-byte dial time, 1-byte
+/// answer), and each server flow's accept-queue wait within max(3 ms, 15%) of
+/// the wait the application measured. The waits must really spread (the
+/// largest at least 3 sleeps), so a constant or zero wait cannot pass; the
+/// listen roll-up must count them all with the same maximum.
+fn check_slow_accepts(
+    r: &TcpReport,
+    pid: u32,
+    slow: &[(SocketAddr, SocketAddr, u64)],
+    sleep_ns: u64,
+) -> Result<()> {
+    let mut max_truth = 0u64;
+    let mut max_seen = 0u64;
+    for (client, server, truth) in slow {
+        let c = find(r, pid, "client", client.port(), server.port())?;
+        ensure!(
+            c.bytes_sent == 8 && c.bytes_received == 1 && c.accept_wait_ns.is_none() && !c.open,
+            "slow-accept client flow: {c:#?}"
+        );
+        let s = find(r, pid, "server", server.port(), client.port())?;
+        ensure!(
+            s.bytes_received == 8 && s.bytes_sent == 1 && !s.midstream && !s.open,
+            "slow-accept server flow: {s:#?}"
+        );
+        let seen = s
+            .accept_wait_ns
+            .with_context(|| format!("slow-accept server flow without accept wait: {s:#?}"))?;
+        let tolerance = (truth * 15 / 100).max(3_000_000);
+        eprintln!(
+            "slow accept {}: tracer {:.3} ms, application {:.3} ms",
+            client.port(),
+            seen as f64 / 1e6,
+            *truth as f64 / 1e6
+        );
+        ensure!(
+            seen.abs_diff(*truth) <= tolerance,
+            "accept wait of {client}: tracer {seen} ns, application {truth} ns (tolerance {tolerance} ns)"
+        );
+        max_truth = max_truth.max(*truth);
+        max_seen = max_seen.max(seen);
+    }
+    ensure!(
+        max_truth >= 3 * sleep_ns && max_seen >= 3 * sleep_ns,
+        "accept waits did not spread: largest application {max_truth} ns, tracer {max_seen} ns, sleep {sleep_ns} ns"
+    );
+    let server = slow.first().map(|s| s.1).context("no slow accepts")?;
+    let listen = r
+        .by_listen_port
+        .iter()
+        .find(|x| x.pid == pid && x.local_port == server.port())
+        .with_context(|| format!("no listen roll-up for {server}"))?;
+    let a = &listen.accept;
+    ensure!(
+        a.accepts == slow.len() as u64
+            && a.accept_wait_max_ns == Some(max_seen)
+            && a.accept_wait_hist.iter().map(|b| b.count).sum::<u64>() == a.accepts,
+        "listen roll-up accept waits: {listen:#?}"
+    );
+    eprintln!(
+        "slow accept: {} accepts, mean {:.3} ms, max {:.3} ms",
+        a.accepts,
+        a.accept_wait_mean_ns.unwrap_or(0) as f64 / 1e6,
+        max_seen as f64 / 1e6
     );
     Ok(())
 }
