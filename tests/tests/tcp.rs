@@ -140,6 +140,7 @@ fn check_exchange(
         );
         ensure!(c.local_addr == Some(l.ip()), "local address: {ctx}");
         ensure!(c.resets_sent == 0 && c.resets_received == 0, "{ctx}");
+        ensure!(c.accept_wait_ns.is_none(), "a client has no accept: {ctx}");
         retransmits += c.retransmits;
 
         let s = find(r, pid, "server", server.port(), l.port())?;
@@ -157,6 +158,8 @@ fn check_exchange(
         );
         ensure!(s.srtt_us.is_some_and(|v| v > 0), "rtt: {ctx}");
         ensure!(!s.midstream, "server flow came from the handshake: {ctx}");
+        // The server thread accepted it (accept4): the wait is measured.
+        ensure!(s.accept_wait_ns.is_some(), "accept wait: {ctx}");
         retransmits += s.retransmits;
         eprintln!(
             "{family} client {}: sent {} recv {} connect {} ns srtt {} us ({} samples) | server: sent {} recv {} srtt {:?} us",
@@ -201,7 +204,8 @@ fn check_exchange(
         t.flows == n
             && t.bytes_received == n * REQUEST as u64
             && t.bytes_sent == n * RESPONSE as u64
-            && listen.peers == 1,
+            && listen.peers == 1
+            && listen.accept.accepts == n,
         "listen roll-up: {listen:#?}"
     );
     Ok(())
@@ -246,8 +250,8 @@ fn loopback_flows_match_known_byte_counts() -> Result<()> {
         .filter(|h| h.status == "attached")
         .count();
     ensure!(
-        attached == 8,
-        "one hook per measurement (8) should attach: {:#?}",
+        attached == 9,
+        "one hook per measurement (9, accept included) should attach: {:#?}",
         tcp.hooks()
     );
 
@@ -657,6 +661,9 @@ struct GoTruth {
     pid: u32,
     /// (family, client, server) per connection.
     flows: Vec<(String, SocketAddr, SocketAddr)>,
+    /// Slow-accept connections: client, server, and the accept-queue wait
+    /// the application measured (accept return − the client's dial return).
+    slow: Vec<(SocketAddr, SocketAddr, u64)>,
     refused_port: u16,
     /// (client, server, bytes) of the connection that had to retransmit.
     lossy: Option<(SocketAddr, SocketAddr, u64)>,
@@ -666,6 +673,7 @@ fn parse_truth(out: &str) -> Result<GoTruth> {
     let mut t = GoTruth {
         pid: 0,
         flows: Vec::new(),
+        slow: Vec::new(),
         refused_port: 0,
         lossy: None,
     };
@@ -690,6 +698,12 @@ fn parse_truth(out: &str) -> Result<GoTruth> {
                 kv("server")?.parse()?,
                 kv("bytes")?.parse()?,
             ));
+        } else if line.starts_with("slow ") {
+            t.slow.push((
+                kv("client")?.parse()?,
+                kv("server")?.parse()?,
+                kv("wait_ns")?.parse()?,
+            ));
         } else if line.starts_with("refused ") {
             t.refused_port = kv("port")?.parse()?;
         } else if line == "done" {
@@ -704,12 +718,15 @@ fn parse_truth(out: &str) -> Result<GoTruth> {
 }
 
 /// A Go client and server in one process move known byte counts over IPv4
-/// and IPv6 loopback, dial a closed port, then send through a socket filter
-/// that drops segments for 0.5 s (retransmits > 0, at most the kernel's own
-/// `RetransSegs` increase). Every flow must match exactly,
-/// with the fixture's pid and comm, through whichever hooks were chosen
+/// and IPv6 loopback, then a server accepts clients that connected at once
+/// slowly, then the fixture dials a closed port, then sends through a socket
+/// filter that drops segments for 0.5 s (retransmits > 0, at most the
+/// kernel's own `RetransSegs` increase). Every flow must match exactly, with
+/// the fixture's pid and comm, and every accepted server flow must carry an
+/// accept-queue wait (the slow ones agreeing with the wait the application
+/// measured), through whichever hooks were chosen
 /// (`$TRACER_TCP_HOOKS`; `$TRACER_TCP_EXPECT` names the mechanism that must
-/// have served state changes, bytes, RTT and received resets).
+/// have served state changes, bytes, RTT, received resets and accepts).
 #[test]
 fn go_fixture_flows_match_ground_truth() -> Result<()> {
     if !privileged_tests_enabled("tcp_go_fixture") {
@@ -719,9 +736,13 @@ fn go_fixture_flows_match_ground_truth() -> Result<()> {
     const GO_CONNS: usize = 4;
     const GO_REQ: u64 = 123_457;
     const GO_RESP: u64 = 65_537;
+    const SLOW_CLIENTS: usize = 6;
+    const SLOW_SLEEP_MS: u64 = 30;
     let fixture = tcpflows_fixture()?;
     let mut child = Command::new(&fixture)
         .args(["-conns", &GO_CONNS.to_string()])
+        .args(["-slow", &SLOW_CLIENTS.to_string()])
+        .args(["-slowsleep", &format!("{SLOW_SLEEP_MS}ms")])
         .args(["-req", &GO_REQ.to_string(), "-resp", &GO_RESP.to_string()])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -752,6 +773,7 @@ fn go_fixture_flows_match_ground_truth() -> Result<()> {
             "rtt",
             "retransmit",
             "reset_received",
+            "accept",
         ] {
             ensure!(
                 tcp.mechanism_of(role) == Some(want.as_str()),
@@ -770,12 +792,14 @@ fn go_fixture_flows_match_ground_truth() -> Result<()> {
     let truth = parse_truth(&out)?;
     ensure!(truth.pid == pid, "fixture pid {} != {pid}", truth.pid);
     ensure!(truth.flows.len() == 2 * GO_CONNS, "fixture output: {out}");
+    ensure!(truth.slow.len() == SLOW_CLIENTS, "fixture output: {out}");
 
     let (lossy_client, lossy_server, lossy_bytes) = truth.lossy.context("no lossy line")?;
     let mut ports: Vec<u16> = truth.flows.iter().map(|(_, c, _)| c.port()).collect();
+    ports.extend(truth.slow.iter().map(|(c, _, _)| c.port()));
     ports.push(truth.refused_port);
     ports.push(lossy_client.port());
-    let want = 2 * truth.flows.len() + 1 + 2;
+    let want = 2 * truth.flows.len() + 2 * truth.slow.len() + 1 + 2;
     let r = settled_report(&mut tcp, &mut tracer, pid, &ports, want)?;
     let comm: String = fixture
         .file_name()
@@ -794,6 +818,7 @@ fn go_fixture_flows_match_ground_truth() -> Result<()> {
                 && c.connect_latency_ns.is_some_and(|v| v > 0)
                 && c.srtt_us.is_some_and(|v| v > 0)
                 && c.resets_received == 0
+                && c.accept_wait_ns.is_none()
                 && !c.open
                 && c.close_reason == Some("local_close"),
             "client flow (comm {comm}): {c:#?}"
@@ -805,6 +830,7 @@ fn go_fixture_flows_match_ground_truth() -> Result<()> {
                 && s.comm == comm
                 && s.family == fam
                 && s.remote_addr == Some(client.ip())
+                && s.accept_wait_ns.is_some()
                 && !s.midstream
                 && !s.open
                 && s.close_reason == Some("peer_close"),
@@ -854,6 +880,7 @@ fn go_fixture_flows_match_ground_truth() -> Result<()> {
             "listen roll-up: {listen:#?}"
         );
     }
+    check_slow_accepts(&r, pid, &truth.slow, SLOW_SLEEP_MS * 1_000_000)?;
     let refused = r
         .flows
         .iter()
@@ -865,7 +892,8 @@ fn go_fixture_flows_match_ground_truth() -> Result<()> {
             && refused.resets_received == 1
             && refused.bytes_sent == 0
             && refused.connect_latency_ns.is_none()
-            && refused.close_reason == Some("refused"),
+            && refused.close_reason == Some("refused")
+            && refused.accept_wait_ns.is_none(),
         "refused connect: {refused:#?}"
     );
     let roll = r
@@ -923,13 +951,81 @@ fn go_fixture_flows_match_ground_truth() -> Result<()> {
         "{st:?}"
     );
     eprintln!(
-        "go fixture: {} flows byte-exact via state={} send={} recv={} rtt={}; refused port {} reset+failed connect",
+        "go fixture: {} flows byte-exact via state={} send={} recv={} rtt={} accept={}; refused port {} reset+failed connect",
         ours,
         tcp.mechanism_of("state").unwrap_or("none"),
         tcp.mechanism_of("send").unwrap_or("none"),
         tcp.mechanism_of("recv").unwrap_or("none"),
         tcp.mechanism_of("rtt").unwrap_or("none"),
+        tcp.mechanism_of("accept").unwrap_or("none"),
         truth.refused_port
+    );
+    Ok(())
+}
+
+/// The slow-accept flows: byte-exact both ways (8-byte dial time, 1-byte
+/// answer), and each server flow's accept-queue wait within max(3 ms, 15%) of
+/// the wait the application measured. The waits must really spread (the
+/// largest at least 3 sleeps), so a constant or zero wait cannot pass; the
+/// listen roll-up must count them all with the same maximum.
+fn check_slow_accepts(
+    r: &TcpReport,
+    pid: u32,
+    slow: &[(SocketAddr, SocketAddr, u64)],
+    sleep_ns: u64,
+) -> Result<()> {
+    let mut max_truth = 0u64;
+    let mut max_seen = 0u64;
+    for (client, server, truth) in slow {
+        let c = find(r, pid, "client", client.port(), server.port())?;
+        ensure!(
+            c.bytes_sent == 8 && c.bytes_received == 1 && c.accept_wait_ns.is_none() && !c.open,
+            "slow-accept client flow: {c:#?}"
+        );
+        let s = find(r, pid, "server", server.port(), client.port())?;
+        ensure!(
+            s.bytes_received == 8 && s.bytes_sent == 1 && !s.midstream && !s.open,
+            "slow-accept server flow: {s:#?}"
+        );
+        let seen = s
+            .accept_wait_ns
+            .with_context(|| format!("slow-accept server flow without accept wait: {s:#?}"))?;
+        let tolerance = (truth * 15 / 100).max(3_000_000);
+        eprintln!(
+            "slow accept {}: tracer {:.3} ms, application {:.3} ms",
+            client.port(),
+            seen as f64 / 1e6,
+            *truth as f64 / 1e6
+        );
+        ensure!(
+            seen.abs_diff(*truth) <= tolerance,
+            "accept wait of {client}: tracer {seen} ns, application {truth} ns (tolerance {tolerance} ns)"
+        );
+        max_truth = max_truth.max(*truth);
+        max_seen = max_seen.max(seen);
+    }
+    ensure!(
+        max_truth >= 3 * sleep_ns && max_seen >= 3 * sleep_ns,
+        "accept waits did not spread: largest application {max_truth} ns, tracer {max_seen} ns, sleep {sleep_ns} ns"
+    );
+    let server = slow.first().map(|s| s.1).context("no slow accepts")?;
+    let listen = r
+        .by_listen_port
+        .iter()
+        .find(|x| x.pid == pid && x.local_port == server.port())
+        .with_context(|| format!("no listen roll-up for {server}"))?;
+    let a = &listen.accept;
+    ensure!(
+        a.accepts == slow.len() as u64
+            && a.accept_wait_max_ns == Some(max_seen)
+            && a.accept_wait_hist.iter().map(|b| b.count).sum::<u64>() == a.accepts,
+        "listen roll-up accept waits: {listen:#?}"
+    );
+    eprintln!(
+        "slow accept: {} accepts, mean {:.3} ms, max {:.3} ms",
+        a.accepts,
+        a.accept_wait_mean_ns.unwrap_or(0) as f64 / 1e6,
+        max_seen as f64 / 1e6
     );
     Ok(())
 }

@@ -61,6 +61,9 @@ pub const STAT_INSERT_FAILED: u32 = 2;
 pub const STAT_MIDSTREAM: u32 = 3;
 /// A tracepoint read failed (bad offset or fault).
 pub const STAT_READ_FAILED: u32 = 4;
+/// The accept tracepoint's walk from the new fd to its socket faulted or
+/// found the fd out of range (the accept wait of that flow is not measured).
+pub const STAT_ACCEPT_WALK_FAILED: u32 = 5;
 /// Number of counters.
 pub const STAT_COUNT: u32 = 8;
 
@@ -118,6 +121,16 @@ pub struct TcpConfig {
     pub tp_srtt_us: u16,
     /// Argument index of `flags` in `tcp_recvmsg` (3 since Linux 5.19, 4 before).
     pub recvmsg_flags_arg: u16,
+    // syscalls:sys_exit_accept4 / sys_exit_accept: the new fd.
+    pub accept_ret: u16,
+    // The accept tracepoint's walk from the new fd to its `struct sock`
+    // (current task → files → fdt → fd[ret] → file → socket → sk), from BTF.
+    pub task_files: u16,
+    pub files_fdt: u16,
+    pub fdt_max_fds: u16,
+    pub fdt_fd: u16,
+    pub file_private_data: u16,
+    pub socket_sk: u16,
     pub _pad: u16,
 }
 
@@ -160,6 +173,13 @@ impl Default for TcpConfig {
             sk_protocol: OFF_NONE,
             tp_srtt_us: OFF_NONE,
             recvmsg_flags_arg: OFF_NONE,
+            accept_ret: OFF_NONE,
+            task_files: OFF_NONE,
+            files_fdt: OFF_NONE,
+            fdt_max_fds: OFF_NONE,
+            fdt_fd: OFF_NONE,
+            file_private_data: OFF_NONE,
+            socket_sk: OFF_NONE,
             _pad: 0,
         }
     }
@@ -216,6 +236,10 @@ pub struct TcpFlow {
     pub retransmits: u64,
     pub resets_sent: u64,
     pub resets_received: u64,
+    /// When the owning process's accept() returned this server socket
+    /// (0: not accepted while traced). The accept-queue wait is this minus
+    /// `established_ns`.
+    pub accepted_ns: u64,
     pub tgid: u32,
     /// Local and remote port, host byte order.
     pub sport: u16,
@@ -253,6 +277,7 @@ impl Default for TcpFlow {
             retransmits: 0,
             resets_sent: 0,
             resets_received: 0,
+            accepted_ns: 0,
             tgid: 0,
             sport: 0,
             dport: 0,
@@ -295,14 +320,14 @@ mod tests {
 
     #[test]
     fn layout_has_no_implicit_padding() {
-        assert_eq!(core::mem::size_of::<TcpConfig>(), 36 * 2);
+        assert_eq!(core::mem::size_of::<TcpConfig>(), 43 * 2);
         assert_eq!(
             core::mem::size_of::<SockInfo>(),
             8 + 8 + 2 + 2 + 2 + 1 + 1 + 32
         );
         assert_eq!(
             core::mem::size_of::<TcpFlow>(),
-            15 * 8 + 4 + 2 + 2 + 2 + 4 + 2 + 48 + 128
+            16 * 8 + 4 + 2 + 2 + 2 + 4 + 2 + 48 + 128
         );
     }
 

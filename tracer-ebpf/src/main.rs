@@ -12,6 +12,7 @@ mod lock;
 mod maps;
 mod regs;
 mod tcp;
+mod tcp_accept;
 mod tcp_kernel;
 mod tcp_raw;
 

@@ -404,6 +404,25 @@ fn closed_flow_of_caller(sk: u64) -> Option<*mut TcpFlow> {
     Some(p)
 }
 
+/// accept() in the current task returned the listener's child `sk`: claim
+/// it for a traced process and stamp the accept time; the accept-queue wait
+/// is that minus `established_ns`. Only sockets whose handshake is in
+/// `TCP_SOCKS` are claimed: a socket accepted from before tracing started
+/// (or a wrong pointer from the tracepoint's fd walk) is left to send/recv,
+/// which records it mid-stream as before.
+#[inline(always)]
+pub(crate) fn on_accept(sk: u64) -> Option<()> {
+    if sk == 0 || TCP_SOCKS.get_ptr(sk).is_none() || TCP_FLOWS.get_ptr(sk).is_some() {
+        return None;
+    }
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    let p = claim_flow(sk, now)?;
+    // SAFETY: map value valid for this run.
+    unsafe { (*p).accepted_ns = now };
+    Some(())
+}
+
 /// Filters a `sock_{send,recv}_length` record down to (socket, bytes).
 #[inline(always)]
 fn on_length_tp(

@@ -14,6 +14,7 @@
 //! | `tcp_rcv_established(sk, skb)` | `srtt_us >> 3` | `tcp:tcp_probe` |
 //! | `tcp_retransmit_skb` + `__tcp_retransmit_skb(sk, skb, segs)` → 0 | successful retransmits, tail loss probes included | `tcp:tcp_retransmit_skb` (fired inside the inner one) |
 //! | `tcp_reset(sk, skb)` | resets received | `tcp:tcp_receive_reset` |
+//! | `inet_csk_accept(..)` → new sock | accept-queue wait | `syscalls:sys_exit_accept{4,}` + fd walk (`tcp_accept.rs`) |
 
 use aya_ebpf::{
     EbpfContext,
@@ -28,7 +29,7 @@ use tracer_common::tcp::{
 
 use crate::tcp::{
     BUMP_RETRANS, BUMP_RST_RECV, TCP_CONFIG, Tuple, TupleSource, bump, has_flow, has_open_flow,
-    on_length, on_rtt, on_set_state, stat, wanted,
+    on_accept, on_length, on_rtt, on_set_state, stat, traced, wanted,
 };
 
 /// `tcp_sendmsg` socket per thread, from the kprobe to the kretprobe.
@@ -312,6 +313,17 @@ pub fn tcp_kp_reset(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// kretprobe on `inet_csk_accept`: the accepted child socket, in the
+/// accepting task (the arguments changed in 6.10; only the return is used).
+#[kretprobe]
+pub fn tcp_krp_accept(ctx: RetProbeContext) -> u32 {
+    if traced((bpf_get_current_pid_tgid() >> 32) as u32) {
+        let sk: u64 = ctx.ret();
+        let _ = on_accept(sk);
+    }
+    0
+}
+
 // ---- fentry / fexit (BPF trampolines) ----
 
 #[fentry(function = "tcp_set_state")]
@@ -389,5 +401,17 @@ pub fn tcp_fx_retrans_inner(ctx: FExitContext) -> u32 {
 #[fentry(function = "tcp_reset")]
 pub fn tcp_fe_reset(ctx: FEntryContext) -> u32 {
     let _ = bump(ctx.arg::<u64>(0), BUMP_RST_RECV);
+    0
+}
+
+/// fexit on `inet_csk_accept`: `ret` comes from `bpf_get_func_ret`, so the
+/// prototype (4 arguments before 6.10, 2 since) does not matter.
+#[fexit(function = "inet_csk_accept")]
+pub fn tcp_fx_accept(ctx: FExitContext) -> u32 {
+    if traced((bpf_get_current_pid_tgid() >> 32) as u32)
+        && let Ok(sk) = ctx.ret::<u64>()
+    {
+        let _ = on_accept(sk);
+    }
     0
 }

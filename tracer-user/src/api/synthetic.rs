@@ -125,6 +125,7 @@ pub fn flow(pid: u32, local_port: u16, sent: u64, received: u64, rtts_us: &[u64]
         end_ns: None,
         lifetime_ns: 1,
         connect_latency_ns: Some(1000),
+        accept_wait_ns: None,
         srtt_us: rtts_us.last().copied(),
         rtt_samples: rtts_us.len() as u64,
         rtt_mean_us: rtts_us

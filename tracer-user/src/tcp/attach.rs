@@ -126,10 +126,16 @@ fn attach_fentry(tracer: &mut Tracer, btf: &aya::Btf, h: &FnHook) -> Result<Link
     }
 }
 
-fn attach_tracepoint(tracer: &mut Tracer, h: &HookStatus) -> Result<()> {
-    let (group, name) = h
+/// Attaches `h.program` to `group:name` and to each further `+name` of the
+/// hook (those may fail: the note says which did).
+fn attach_tracepoint(tracer: &mut Tracer, h: &HookStatus) -> Result<Option<String>> {
+    let (group, names) = h
         .hook
         .split_once(':')
+        .ok_or_else(|| anyhow!("bad hook name {}", h.hook))?;
+    let mut names = names.split('+');
+    let name = names
+        .next()
         .ok_or_else(|| anyhow!("bad hook name {}", h.hook))?;
     let prog: &mut TracePoint = tracer
         .ebpf
@@ -141,8 +147,14 @@ fn attach_tracepoint(tracer: &mut Tracer, h: &HookStatus) -> Result<()> {
             .with_context(|| format!("verifying eBPF program {}", h.program))?;
     }
     prog.attach(group, name)
-        .with_context(|| format!("attaching tracepoint {}", h.hook))?;
-    Ok(())
+        .with_context(|| format!("attaching tracepoint {group}:{name}"))?;
+    let mut notes: Vec<String> = h.reason.iter().cloned().collect();
+    for other in names {
+        if let Err(e) = prog.attach(group, other) {
+            notes.push(format!("{group}:{other} not hooked: {e:#}"));
+        }
+    }
+    Ok((!notes.is_empty()).then(|| notes.join("; ")))
 }
 
 /// What the kprobe/fentry attempts share: BTF, loaded once.
@@ -271,7 +283,10 @@ fn attach_role(
         } else if m == Mechanism::Tracepoint {
             if st.status == "pending" {
                 match attach_tracepoint(tracer, &st) {
-                    Ok(()) => st.status = "attached",
+                    Ok(note) => {
+                        st.status = "attached";
+                        st.reason = note;
+                    }
                     Err(e) => {
                         st.status = "failed";
                         st.reason = Some(format!("{e:#}"));

@@ -21,6 +21,14 @@ pub struct RttBucket {
     pub count: u64,
 }
 
+/// Accepted server flows with an accept-queue wait in `[lo_ns, hi_ns)`.
+#[derive(Clone, Debug, Serialize, PartialEq, Eq)]
+pub struct WaitBucket {
+    pub lo_ns: u64,
+    pub hi_ns: u64,
+    pub count: u64,
+}
+
 /// One TCP connection as one local socket saw it.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct FlowReport {
@@ -57,6 +65,11 @@ pub struct FlowReport {
     pub lifetime_ns: u64,
     /// SYN_SENT → ESTABLISHED, client flows only.
     pub connect_latency_ns: Option<u64>,
+    /// Accept-queue wait, server flows accepted while traced: from the
+    /// child socket turning ESTABLISHED (it is then in the listener's accept
+    /// queue) to the owning process's accept() returning it. `None` for
+    /// clients, mid-stream flows and where no `accept` hook is attached.
+    pub accept_wait_ns: Option<u64>,
     /// Latest smoothed RTT, µs.
     pub srtt_us: Option<u64>,
     pub rtt_samples: u64,
@@ -187,6 +200,10 @@ impl FlowReport {
             end_ns,
             lifetime_ns: end_ns.unwrap_or(now_ns).saturating_sub(f.start_ns),
             connect_latency_ns: (f.connect_latency_ns != 0).then_some(f.connect_latency_ns),
+            // ESTABLISHED can be recorded just after accept() took the child
+            // (it is queued a moment before the state change): a wait of 0.
+            accept_wait_ns: (f.accepted_ns != 0 && f.established_ns != 0)
+                .then(|| f.accepted_ns.saturating_sub(f.established_ns)),
             srtt_us: (f.rtt_samples != 0).then_some(f.srtt_us),
             rtt_samples: f.rtt_samples,
             rtt_mean_us: f.rtt_sum_us.checked_div(f.rtt_samples),
@@ -268,6 +285,62 @@ pub struct ListenRollup {
     pub peers: u64,
     #[serde(flatten)]
     pub totals: FlowTotals,
+    #[serde(flatten)]
+    pub accept: AcceptWaits,
+}
+
+/// Accept-queue waits of the flows of one listening port.
+#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
+pub struct AcceptWaits {
+    /// Flows with a measured accept wait.
+    pub accepts: u64,
+    pub accept_wait_total_ns: u64,
+    pub accept_wait_mean_ns: Option<u64>,
+    pub accept_wait_max_ns: Option<u64>,
+    /// Log2 histogram of the waits; empty slots left out.
+    pub accept_wait_hist: Vec<WaitBucket>,
+}
+
+/// Log2 slots of the accept-wait histogram: slot `i` holds `[2^i, 2^(i+1))`
+/// ns (slot 0 also 0 and 1 ns); the last slot is open-ended.
+const WAIT_SLOTS: usize = 40;
+
+fn wait_slot(ns: u64) -> usize {
+    if ns < 2 {
+        0
+    } else {
+        (ns.ilog2() as usize).min(WAIT_SLOTS - 1)
+    }
+}
+
+impl AcceptWaits {
+    /// Builds the summary of `waits` (ns).
+    pub fn of(waits: impl IntoIterator<Item = u64>) -> Self {
+        let mut a = Self::default();
+        let mut slots = [0u64; WAIT_SLOTS];
+        for w in waits {
+            a.accepts += 1;
+            a.accept_wait_total_ns = a.accept_wait_total_ns.saturating_add(w);
+            a.accept_wait_max_ns = Some(a.accept_wait_max_ns.unwrap_or(0).max(w));
+            slots[wait_slot(w)] += 1;
+        }
+        a.accept_wait_mean_ns = a.accept_wait_total_ns.checked_div(a.accepts);
+        a.accept_wait_hist = slots
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| **c != 0)
+            .map(|(i, c)| WaitBucket {
+                lo_ns: if i == 0 { 0 } else { 1u64 << i },
+                hi_ns: if i + 1 >= WAIT_SLOTS {
+                    u64::MAX
+                } else {
+                    1u64 << (i + 1)
+                },
+                count: *c,
+            })
+            .collect();
+        a
+    }
 }
 
 /// Per (pid, remote address, remote port), over non-server flows; sorted by
@@ -293,8 +366,9 @@ pub fn rollup_by_remote(flows: &[FlowReport]) -> Vec<RemoteRollup> {
     out
 }
 
-/// A listen roll-up being built, with the distinct peers seen so far.
-type ListenAcc = (ListenRollup, BTreeSet<Option<IpAddr>>);
+/// A listen roll-up being built, with the distinct peers and the accept
+/// waits seen so far.
+type ListenAcc = (ListenRollup, BTreeSet<Option<IpAddr>>, Vec<u64>);
 
 /// Per (pid, local port), over server flows; sorted by bytes moved, largest first.
 pub fn rollup_by_listen_port(flows: &[FlowReport]) -> Vec<ListenRollup> {
@@ -308,17 +382,21 @@ pub fn rollup_by_listen_port(flows: &[FlowReport]) -> Vec<ListenRollup> {
                     local_port: f.local_port,
                     peers: 0,
                     totals: FlowTotals::default(),
+                    accept: AcceptWaits::default(),
                 },
                 BTreeSet::new(),
+                Vec::new(),
             )
         });
         e.0.totals.add(f);
         e.1.insert(f.remote_addr);
+        e.2.extend(f.accept_wait_ns);
     }
     let mut out: Vec<_> = m
         .into_values()
-        .map(|(mut r, peers)| {
+        .map(|(mut r, peers, waits)| {
             r.peers = peers.len() as u64;
+            r.accept = AcceptWaits::of(waits);
             r
         })
         .collect();
@@ -417,9 +495,63 @@ mod tests {
         assert_eq!(r.remote_addr, None);
         assert_eq!(r.lifetime_ns, 2_000);
         assert_eq!(
-            (r.srtt_us, r.rtt_mean_us, r.connect_latency_ns),
-            (None, None, None)
+            (
+                r.srtt_us,
+                r.rtt_mean_us,
+                r.connect_latency_ns,
+                r.accept_wait_ns
+            ),
+            (None, None, None, None)
         );
+    }
+
+    #[test]
+    fn accept_wait_only_for_accepted_server_flows() {
+        let mut k = flow(SIDE_SERVER, 8080, 50001, 1, 1, true);
+        k.established_ns = 2_000;
+        assert_eq!(FlowReport::from_kernel(&k, 9_000).accept_wait_ns, None);
+        k.accepted_ns = 2_500;
+        assert_eq!(FlowReport::from_kernel(&k, 9_000).accept_wait_ns, Some(500));
+        // ESTABLISHED recorded after accept() took the child: no negative wait.
+        k.established_ns = 2_600;
+        assert_eq!(FlowReport::from_kernel(&k, 9_000).accept_wait_ns, Some(0));
+        // Accepted but ESTABLISHED never seen: unknown, not 0.
+        k.established_ns = 0;
+        assert_eq!(FlowReport::from_kernel(&k, 9_000).accept_wait_ns, None);
+        let c = flow(SIDE_CLIENT, 40000, 80, 1, 1, true);
+        assert_eq!(FlowReport::from_kernel(&c, 9_000).accept_wait_ns, None);
+    }
+
+    #[test]
+    fn accept_waits_summarise_count_mean_max_and_log2_slots() {
+        let a = AcceptWaits::of([0, 1_000, 1_500, 3_000_000]);
+        assert_eq!(a.accepts, 4);
+        assert_eq!(a.accept_wait_mean_ns, Some((1_000 + 1_500 + 3_000_000) / 4));
+        assert_eq!(a.accept_wait_max_ns, Some(3_000_000));
+        let b: Vec<_> = a
+            .accept_wait_hist
+            .iter()
+            .map(|b| (b.lo_ns, b.hi_ns, b.count))
+            .collect();
+        assert_eq!(
+            b,
+            vec![
+                (0, 2, 1),
+                (512, 1024, 1),
+                (1024, 2048, 1),
+                (1 << 21, 1 << 22, 1)
+            ]
+        );
+        let none = AcceptWaits::of([]);
+        assert_eq!(
+            (
+                none.accepts,
+                none.accept_wait_mean_ns,
+                none.accept_wait_max_ns
+            ),
+            (0, None, None)
+        );
+        assert!(none.accept_wait_hist.is_empty());
     }
 
     #[test]
@@ -438,6 +570,9 @@ mod tests {
                 let mut r = FlowReport::from_kernel(k, 10_000);
                 if r.local_port == 40001 {
                     r.connect_latency_ns = Some(50);
+                }
+                if r.local_port == 8080 {
+                    r.accept_wait_ns = Some(u64::from(r.remote_port));
                 }
                 r
             })
@@ -460,6 +595,12 @@ mod tests {
         );
         assert_eq!((listen[0].totals.flows, listen[0].peers), (2, 2));
         assert_eq!((listen[1].local_port, listen[1].totals.open), (9090, 1));
+        let a = &listen[0].accept;
+        assert_eq!(
+            (a.accepts, a.accept_wait_mean_ns, a.accept_wait_max_ns),
+            (2, Some(50_001), Some(50_002))
+        );
+        assert_eq!(listen[1].accept.accepts, 0, "no accept recorded on 9090");
     }
 
     #[test]

@@ -19,10 +19,11 @@ use super::{
 /// One hook and what became of it.
 #[derive(Clone, Debug, Serialize, PartialEq, Eq)]
 pub struct HookStatus {
-    /// `group:name` for tracepoints, function name(s) for kprobe/fentry.
+    /// `group:name` for tracepoints (`group:a+b` when one program serves
+    /// several events of a group), function name(s) for kprobe/fentry.
     pub hook: String,
     /// What it is for: `state`, `send`, `recv`, `rtt`, `retransmit`,
-    /// `reset_sent`, `reset_received`, `destroy`.
+    /// `reset_sent`, `reset_received`, `destroy`, `accept`.
     pub role: &'static str,
     /// `tracepoint`, `kprobe` or `fentry`.
     pub method: &'static str,
@@ -42,6 +43,9 @@ pub struct HookStatus {
 pub(crate) struct TracepointHook {
     pub group: &'static str,
     pub name: &'static str,
+    /// Further events of the same group with the same fields, served by the
+    /// same program; each is attached when its format fills the same offsets.
+    pub also: &'static [&'static str],
     pub program: &'static str,
     pub measures: &'static str,
     /// Fills the config from the format; the error names the missing field.
@@ -117,10 +121,20 @@ fn fill_destroy(f: &Format, c: &mut TcpConfig) -> Result<(), String> {
     Ok(())
 }
 
-pub(crate) const TRACEPOINTS: [TracepointHook; 8] = [
+fn fill_accept(f: &Format, c: &mut TcpConfig) -> Result<(), String> {
+    c.accept_ret = f.offset_of("ret", &[8])?;
+    Ok(())
+}
+
+/// Index of the accept tracepoint in [`TRACEPOINTS`]: its program also needs
+/// the fd-table offsets from BTF.
+const ACCEPT_TP: usize = 8;
+
+pub(crate) const TRACEPOINTS: [TracepointHook; 9] = [
     TracepointHook {
         group: "sock",
         name: "inet_sock_set_state",
+        also: &[],
         program: "tcp_state",
         measures: "5-tuple, side, connect latency, start/end, final state",
         fill: fill_set_state,
@@ -128,6 +142,7 @@ pub(crate) const TRACEPOINTS: [TracepointHook; 8] = [
     TracepointHook {
         group: "sock",
         name: "sock_send_length",
+        also: &[],
         program: "tcp_send_len",
         measures: "bytes sent, send calls, pid attribution (Linux 6.3+)",
         fill: fill_send,
@@ -135,6 +150,7 @@ pub(crate) const TRACEPOINTS: [TracepointHook; 8] = [
     TracepointHook {
         group: "sock",
         name: "sock_recv_length",
+        also: &[],
         program: "tcp_recv_len",
         measures: "bytes received, receive calls, pid attribution (Linux 6.3+)",
         fill: fill_recv,
@@ -142,6 +158,7 @@ pub(crate) const TRACEPOINTS: [TracepointHook; 8] = [
     TracepointHook {
         group: "tcp",
         name: "tcp_probe",
+        also: &[],
         program: "tcp_rtt",
         measures: "smoothed RTT (µs)",
         fill: fill_probe,
@@ -149,6 +166,7 @@ pub(crate) const TRACEPOINTS: [TracepointHook; 8] = [
     TracepointHook {
         group: "tcp",
         name: "tcp_retransmit_skb",
+        also: &[],
         program: "tcp_retrans",
         measures: "retransmits",
         fill: fill_retrans,
@@ -156,6 +174,7 @@ pub(crate) const TRACEPOINTS: [TracepointHook; 8] = [
     TracepointHook {
         group: "tcp",
         name: "tcp_send_reset",
+        also: &[],
         program: "tcp_rst_sent",
         measures: "resets sent",
         fill: fill_send_reset,
@@ -163,6 +182,7 @@ pub(crate) const TRACEPOINTS: [TracepointHook; 8] = [
     TracepointHook {
         group: "tcp",
         name: "tcp_receive_reset",
+        also: &[],
         program: "tcp_rst_recv",
         measures: "resets received",
         fill: fill_recv_reset,
@@ -170,9 +190,18 @@ pub(crate) const TRACEPOINTS: [TracepointHook; 8] = [
     TracepointHook {
         group: "tcp",
         name: "tcp_destroy_sock",
+        also: &[],
         program: "tcp_destroy",
         measures: "socket freed (close fallback)",
         fill: fill_destroy,
+    },
+    TracepointHook {
+        group: "syscalls",
+        name: "sys_exit_accept4",
+        also: &["sys_exit_accept"],
+        program: "tcp_accept_tp",
+        measures: "accept-queue wait of server flows",
+        fill: fill_accept,
     },
 ];
 
@@ -279,7 +308,7 @@ const INET_STATE_FE: FnHook = FnHook {
     optional: true,
 };
 
-pub(crate) const ROLES: [Role; 8] = [
+pub(crate) const ROLES: [Role; 9] = [
     Role {
         name: "state",
         tracepoint: 0,
@@ -355,6 +384,15 @@ pub(crate) const ROLES: [Role; 8] = [
         fentry: &[],
         essential: false,
     },
+    Role {
+        name: "accept",
+        tracepoint: ACCEPT_TP,
+        // Only the return value (the child socket) is read: the arguments
+        // changed in Linux 6.10.
+        kprobe: &[f("inet_csk_accept", "tcp_krp_accept", true)],
+        fentry: &[f("inet_csk_accept", "tcp_fx_accept", true)],
+        essential: false,
+    },
 ];
 
 /// The plan for one kernel: offsets for every usable tracepoint and, when
@@ -403,7 +441,17 @@ pub fn plan_with(mut formats: impl FnMut(&str, &str) -> anyhow::Result<Option<Fo
                 // Fill a copy so a half-filled hook leaves no offsets behind.
                 let mut c = config;
                 match (tp.fill)(&f, &mut c) {
-                    Ok(()) => config = c,
+                    Ok(()) => {
+                        config = c;
+                        let (names, notes) = also_events(&mut formats, tp, &c);
+                        for n in names {
+                            status.hook.push('+');
+                            status.hook.push_str(n);
+                        }
+                        if !notes.is_empty() {
+                            status.reason = Some(notes.join("; "));
+                        }
+                    }
                     Err(e) => {
                         status.status = "failed";
                         status.reason = Some(e);
@@ -420,21 +468,66 @@ pub fn plan_with(mut formats: impl FnMut(&str, &str) -> anyhow::Result<Option<Fo
     }
 }
 
+/// The `also` events of `tp` whose formats fill exactly the offsets in `c`
+/// (so one program reads them all), and why the others are left out.
+fn also_events(
+    formats: &mut impl FnMut(&str, &str) -> anyhow::Result<Option<Format>>,
+    tp: &TracepointHook,
+    c: &TcpConfig,
+) -> (Vec<&'static str>, Vec<String>) {
+    let mut names = Vec::new();
+    let mut notes = Vec::new();
+    for &name in tp.also {
+        let mut other = *c;
+        match formats(tp.group, name) {
+            Ok(None) => notes.push(format!("no {}:{name} on this kernel", tp.group)),
+            Err(e) => notes.push(format!("{}:{name}: {e:#}", tp.group)),
+            Ok(Some(f)) => match (tp.fill)(&f, &mut other) {
+                Ok(()) if other == *c => names.push(name),
+                Ok(()) => notes.push(format!(
+                    "{}:{name} lays its fields out differently from {}: not hooked",
+                    tp.group, tp.name
+                )),
+                Err(e) => notes.push(format!("{}:{name}: {e}", tp.group)),
+            },
+        }
+    }
+    (names, notes)
+}
+
+/// Fills the offsets of the accept tracepoint's walk from a new fd to its
+/// `struct sock`, from the kernel's BTF, checking each field's size.
+pub fn fill_fd_walk_from_btf(btf: &Btf, c: &mut TcpConfig) -> anyhow::Result<()> {
+    let mut n = *c;
+    n.task_files = btf_field(btf, "task_struct", "files", &[8])?;
+    n.files_fdt = btf_field(btf, "files_struct", "fdt", &[8])?;
+    n.fdt_max_fds = btf_field(btf, "fdtable", "max_fds", &[4])?;
+    n.fdt_fd = btf_field(btf, "fdtable", "fd", &[8])?;
+    n.file_private_data = btf_field(btf, "file", "private_data", &[8])?;
+    n.socket_sk = btf_field(btf, "socket", "sk", &[8])?;
+    *c = n;
+    Ok(())
+}
+
+/// Byte offset of `strukt.path` if its size is one of `sizes` and the
+/// offset fits the config's `u16`.
+fn btf_field(btf: &Btf, strukt: &str, path: &str, sizes: &[u32]) -> anyhow::Result<u16> {
+    let m = btf.member(strukt, path)?;
+    anyhow::ensure!(
+        sizes.contains(&m.size),
+        "{strukt}.{path} is {} bytes, expected {sizes:?}",
+        m.size
+    );
+    u16::try_from(m.offset)
+        .ok()
+        .filter(|&o| o != OFF_NONE)
+        .ok_or_else(|| anyhow::anyhow!("{strukt}.{path} offset {} too large", m.offset))
+}
+
 /// Fills the `struct sock` offsets the kprobe/fentry programs read, checking
 /// each field's size, from the kernel's BTF.
 pub fn fill_from_btf(btf: &Btf, c: &mut TcpConfig) -> anyhow::Result<()> {
-    let field = |strukt: &str, path: &str, sizes: &[u32]| -> anyhow::Result<u16> {
-        let m = btf.member(strukt, path)?;
-        anyhow::ensure!(
-            sizes.contains(&m.size),
-            "{strukt}.{path} is {} bytes, expected {sizes:?}",
-            m.size
-        );
-        u16::try_from(m.offset)
-            .ok()
-            .filter(|&o| o != OFF_NONE)
-            .ok_or_else(|| anyhow::anyhow!("{strukt}.{path} offset {} too large", m.offset))
-    };
+    let field = |strukt: &str, path: &str, sizes: &[u32]| btf_field(btf, strukt, path, sizes);
     let mut n = *c;
     n.sk_family = field("sock", "__sk_common.skc_family", &[2])?;
     n.sk_state = field("sock", "__sk_common.skc_state", &[1])?;
@@ -459,11 +552,36 @@ pub fn fill_from_btf(btf: &Btf, c: &mut TcpConfig) -> anyhow::Result<()> {
 /// `<tracefs>/events/*/*/format`, socket offsets from `/sys/kernel/btf/vmlinux`.
 pub fn plan(tracefs: &Path) -> Plan {
     let mut p = plan_with(|g, n| read_event_format(tracefs, g, n));
-    match Btf::from_sys_fs().and_then(|b| fill_from_btf(&b, &mut p.config)) {
-        Ok(()) => {}
-        Err(e) => p.btf_error = Some(format!("{e:#}")),
+    let walk = match Btf::from_sys_fs() {
+        Ok(b) => {
+            if let Err(e) = fill_from_btf(&b, &mut p.config) {
+                p.btf_error = Some(format!("{e:#}"));
+            }
+            fill_fd_walk_from_btf(&b, &mut p.config)
+        }
+        Err(e) => {
+            p.btf_error = Some(format!("{e:#}"));
+            Err(e)
+        }
+    };
+    if let Err(e) = walk {
+        refuse_accept_tracepoint(&mut p, &format!("{e:#}"));
     }
     p
+}
+
+/// The accept tracepoint only gives the new fd; without the fd-table
+/// offsets its socket cannot be found, so the hook is not attached.
+fn refuse_accept_tracepoint(p: &mut Plan, why: &str) {
+    p.config.accept_ret = OFF_NONE;
+    if let Some(h) = p.hooks.get_mut(ACCEPT_TP)
+        && h.status == "pending"
+    {
+        h.status = "failed";
+        h.reason = Some(format!(
+            "fd → socket walk offsets unknown (kernel BTF): {why}"
+        ));
+    }
 }
 
 #[cfg(test)]
@@ -528,6 +646,63 @@ mod tests {
 }
 
 #[cfg(test)]
+mod accept_tests {
+    use super::*;
+    use crate::tcp::format::parse;
+
+    const EXIT_ACCEPT4: &str = "name: sys_exit_accept4\nID: 2233\nformat:\n\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\tfield:int __syscall_nr;\toffset:8;\tsize:4;\tsigned:1;\n\tfield:long ret;\toffset:16;\tsize:8;\tsigned:1;\n";
+
+    fn accept_hook(accept: Option<&str>) -> (HookStatus, TcpConfig) {
+        let p = plan_with(|g, n| match (g, n) {
+            ("syscalls", "sys_exit_accept4") => Ok(Some(parse(EXIT_ACCEPT4)?)),
+            ("syscalls", "sys_exit_accept") => match accept {
+                Some(text) => Ok(Some(parse(text)?)),
+                None => Ok(None),
+            },
+            _ => Ok(None),
+        });
+        (p.hooks[ACCEPT_TP].clone(), p.config)
+    }
+
+    #[test]
+    fn both_accept_events_share_one_program_when_their_layouts_agree() {
+        let same = EXIT_ACCEPT4.replace("accept4", "accept");
+        let (h, c) = accept_hook(Some(&same));
+        assert_eq!(h.hook, "syscalls:sys_exit_accept4+sys_exit_accept");
+        assert_eq!((h.role, h.status, h.reason), ("accept", "pending", None));
+        assert_eq!(c.accept_ret, 16);
+
+        // A different layout for the second event: only accept4 is hooked.
+        let moved = "name: sys_exit_accept\n\tfield:long ret;\toffset:24;\tsize:8;\tsigned:1;\n";
+        let (h, c) = accept_hook(Some(moved));
+        assert_eq!(h.hook, "syscalls:sys_exit_accept4");
+        assert!(h.reason.unwrap_or_default().contains("differently"));
+        assert_eq!(c.accept_ret, 16);
+
+        let (h, _) = accept_hook(None);
+        assert_eq!(h.hook, "syscalls:sys_exit_accept4");
+        assert!(
+            h.reason
+                .unwrap_or_default()
+                .contains("no syscalls:sys_exit_accept")
+        );
+    }
+
+    #[test]
+    fn accept_tracepoint_is_refused_without_the_fd_walk_offsets() {
+        let mut p = plan_with(|g, n| match (g, n) {
+            ("syscalls", "sys_exit_accept4") => Ok(Some(parse(EXIT_ACCEPT4)?)),
+            _ => Ok(None),
+        });
+        refuse_accept_tracepoint(&mut p, "no BTF");
+        let h = &p.hooks[ACCEPT_TP];
+        assert_eq!(h.status, "failed");
+        assert!(h.reason.as_deref().unwrap_or("").contains("no BTF"));
+        assert_eq!(p.config.accept_ret, OFF_NONE);
+    }
+}
+
+#[cfg(test)]
 mod order_tests {
     use super::*;
 
@@ -563,5 +738,9 @@ mod order_tests {
             (0, 4, 12, 14)
         );
         assert!(c.tp_srtt_us != OFF_NONE && c.sk_protocol != OFF_NONE);
+        fill_fd_walk_from_btf(&b, &mut c).unwrap();
+        // `struct socket` and `struct fdtable` have been stable for years.
+        assert_eq!((c.fdt_max_fds, c.fdt_fd), (0, 8));
+        assert!(c.task_files != OFF_NONE && c.socket_sk != OFF_NONE);
     }
 }

@@ -1,6 +1,6 @@
 //! TCP flow tracing from kprobes, fentry/fexit or tracepoints (chosen per
 //! measurement at start-up): per connection bytes, calls,
-//! connect latency, smoothed RTT, retransmits, resets and lifetime, attributed
+//! connect latency, accept-queue wait, smoothed RTT, retransmits, resets and lifetime, attributed
 //! to the traced processes.
 //!
 //! Use: [`attach_tcp`] after [`Tracer::load`](crate::probes::Tracer::load),
@@ -19,8 +19,8 @@ use anyhow::{Context, Result, anyhow, bail};
 use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use serde::Serialize;
 use tracer_common::tcp::{
-    ClosedKey, FLAG_DESTROYED, STAT_FLOWS_CLOSED, STAT_FLOWS_CREATED, STAT_INSERT_FAILED,
-    STAT_MIDSTREAM, STAT_READ_FAILED, TcpConfig, TcpFlow,
+    ClosedKey, FLAG_DESTROYED, STAT_ACCEPT_WALK_FAILED, STAT_FLOWS_CLOSED, STAT_FLOWS_CREATED,
+    STAT_INSERT_FAILED, STAT_MIDSTREAM, STAT_READ_FAILED, TcpConfig, TcpFlow,
 };
 
 use crate::{kernelfs, probes::Tracer};
@@ -28,7 +28,7 @@ pub use attach::{
     HOOK_ORDER_ENV, KernelReport, RoleChoice, hook_order, inspect_kernel, set_hook_order,
     try_attach_hooks,
 };
-pub use flows::{FlowReport, FlowTotals, ListenRollup, RemoteRollup};
+pub use flows::{AcceptWaits, FlowReport, FlowTotals, ListenRollup, RemoteRollup, WaitBucket};
 pub use hooks::{HookStatus, Mechanism};
 
 /// Closed flows kept in user space between reports; beyond this they are
@@ -64,6 +64,9 @@ pub struct TcpStats {
     pub dropped_closed: u64,
     pub insert_failed: u64,
     pub read_failed: u64,
+    /// Accepts whose new fd the accept tracepoint could not walk to a
+    /// socket (their accept wait is not measured).
+    pub accept_walk_failed: u64,
 }
 
 /// Everything TCP tracing knows now.
@@ -293,6 +296,7 @@ impl TcpTracing {
             dropped_closed: self.dropped,
             insert_failed: get(STAT_INSERT_FAILED)?,
             read_failed: get(STAT_READ_FAILED)?,
+            accept_walk_failed: get(STAT_ACCEPT_WALK_FAILED)?,
         })
     }
 
