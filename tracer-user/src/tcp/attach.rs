@@ -8,10 +8,12 @@
 use std::{path::Path, sync::OnceLock};
 
 use anyhow::{Context, Result, anyhow};
-use aya::programs::{FEntry, FExit, KProbe, TracePoint};
+use aya::programs::{FEntry, FExit, KProbe, RawTracePoint, TracePoint};
 use serde::Serialize;
 
-use super::hooks::{self, DEFAULT_ORDER, FnHook, HookStatus, Mechanism, Plan, ROLES, Role};
+use super::hooks::{
+    self, DEFAULT_ORDER, FnHook, HookStatus, Mechanism, Plan, ROLES, RawHook, Role,
+};
 use crate::{kernelfs, probes::Tracer};
 
 /// Environment override of the preference order, e.g. `kprobe,tracepoint`.
@@ -57,6 +59,7 @@ enum Link {
     Kprobe(&'static str, aya::programs::kprobe::KProbeLinkId),
     Fentry(&'static str, aya::programs::fentry::FEntryLinkId),
     Fexit(&'static str, aya::programs::fexit::FExitLinkId),
+    Raw(&'static str, aya::programs::raw_trace_point::RawTracePointLinkId),
 }
 
 fn undo(tracer: &mut Tracer, links: Vec<Link>) {
@@ -76,6 +79,11 @@ fn undo(tracer: &mut Tracer, links: Vec<Link>) {
                 .ebpf
                 .program_mut(p)
                 .and_then(|p| <&mut FExit>::try_from(p).ok())
+                .map(|p| p.detach(id)),
+            Link::Raw(p, id) => tracer
+                .ebpf
+                .program_mut(p)
+                .and_then(|p| <&mut RawTracePoint>::try_from(p).ok())
                 .map(|p| p.detach(id)),
         };
     }
@@ -128,6 +136,31 @@ fn attach_fentry(tracer: &mut Tracer, btf: &aya::Btf, h: &FnHook) -> Result<Link
 
 /// Attaches `h.program` to `group:name` and to each further `+name` of the
 /// hook (those may fail: the note says which did).
+/// Attaches the first of `h.programs` the kernel accepts for `h.event`.
+fn attach_raw(tracer: &mut Tracer, h: &RawHook) -> Result<Link> {
+    let mut errors = Vec::new();
+    for &program in h.programs {
+        let prog: &mut RawTracePoint = tracer
+            .ebpf
+            .program_mut(program)
+            .ok_or_else(|| anyhow!("eBPF object lacks program {program}"))?
+            .try_into()?;
+        if prog.fd().is_err() {
+            prog.load()
+                .with_context(|| format!("verifying {program}"))?;
+        }
+        match prog.attach(h.event) {
+            Ok(id) => return Ok(Link::Raw(program, id)),
+            Err(e) => errors.push(format!("{program}: {e}")),
+        }
+    }
+    Err(anyhow!(
+        "raw tracepoint attach on {}: {}",
+        h.event,
+        errors.join("; ")
+    ))
+}
+
 fn attach_tracepoint(tracer: &mut Tracer, h: &HookStatus) -> Result<Option<String>> {
     let (group, names) = h
         .hook
@@ -228,6 +261,33 @@ fn try_fn_hooks(
     Ok((!notes.is_empty()).then(|| notes.join("; ")))
 }
 
+/// Tries a role's raw tracepoints; like [`try_fn_hooks`].
+fn try_raw_hooks(
+    tracer: &mut Tracer,
+    env: &Env,
+    hooks: &[RawHook],
+) -> std::result::Result<(), (&'static str, String)> {
+    if let Some(e) = &env.btf_error {
+        return Err(("unavailable", format!("struct sock offsets unknown: {e}")));
+    }
+    let mut links = Vec::new();
+    for h in hooks {
+        match attach_raw(tracer, h) {
+            Ok(l) => links.push(l),
+            Err(e) => {
+                undo(tracer, links);
+                return Err(("failed", format!("{e:#}")));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn raw_names(hooks: &[RawHook]) -> String {
+    let names: Vec<&str> = hooks.iter().map(|h| h.event).collect();
+    names.join("+")
+}
+
 /// Attaches each role with the first mechanism of `order` that works and
 /// returns one status per (role, mechanism), in role order.
 pub fn try_attach_hooks(tracer: &mut Tracer, plan: &Plan, order: &[Mechanism]) -> Vec<HookStatus> {
@@ -260,10 +320,24 @@ fn attach_role(
         let fn_hooks = match m {
             Mechanism::Kprobe => role.kprobe,
             Mechanism::Fentry => role.fentry,
-            Mechanism::Tracepoint => &[],
+            Mechanism::RawTracepoint | Mechanism::Tracepoint => &[],
         };
         let mut st = match (m, &tp) {
             (Mechanism::Tracepoint, Some(t)) => t.clone(),
+            (Mechanism::RawTracepoint, _) => HookStatus {
+                hook: raw_names(role.raw),
+                role: role.name,
+                method: m.name(),
+                measures,
+                status: "pending",
+                reason: None,
+                program: role
+                    .raw
+                    .first()
+                    .and_then(|h| h.programs.first())
+                    .copied()
+                    .unwrap_or(""),
+            },
             _ => HookStatus {
                 hook: fn_names(fn_hooks),
                 role: role.name,
@@ -290,6 +364,19 @@ fn attach_role(
                     Err(e) => {
                         st.status = "failed";
                         st.reason = Some(format!("{e:#}"));
+                    }
+                }
+            }
+        } else if m == Mechanism::RawTracepoint {
+            if role.raw.is_empty() {
+                st.status = "missing";
+                st.reason = Some(format!("no raw tracepoint variant for {}", role.name));
+            } else {
+                match try_raw_hooks(tracer, env, role.raw) {
+                    Ok(()) => st.status = "attached",
+                    Err((status, why)) => {
+                        st.status = status;
+                        st.reason = Some(why);
                     }
                 }
             }

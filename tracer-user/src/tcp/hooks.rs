@@ -211,6 +211,7 @@ pub(crate) const TRACEPOINTS: [TracepointHook; 9] = [
 pub enum Mechanism {
     Kprobe,
     Fentry,
+    RawTracepoint,
     Tracepoint,
 }
 
@@ -219,27 +220,36 @@ impl Mechanism {
         match self {
             Mechanism::Kprobe => "kprobe",
             Mechanism::Fentry => "fentry",
+            Mechanism::RawTracepoint => "raw_tracepoint",
             Mechanism::Tracepoint => "tracepoint",
         }
     }
 }
 
 /// The default preference: kprobes and fentry read the socket directly and
-/// work before Linux 6.3; tracepoints are the stable fallback.
-pub const DEFAULT_ORDER: [Mechanism; 3] =
-    [Mechanism::Kprobe, Mechanism::Fentry, Mechanism::Tracepoint];
+/// work before Linux 6.3; raw tracepoints are the same stable events as
+/// tracepoints without the record the kernel assembles for each (several
+/// times cheaper on hot paths such as every `recv()`), and need BTF for
+/// socket fields; tracepoints with tracefs offsets are the last resort.
+pub const DEFAULT_ORDER: [Mechanism; 4] = [
+    Mechanism::Kprobe,
+    Mechanism::Fentry,
+    Mechanism::RawTracepoint,
+    Mechanism::Tracepoint,
+];
 
-/// Parses `kprobe,fentry,tracepoint` (any subset, any order, no repeats).
+/// Parses `kprobe,fentry,raw_tracepoint,tracepoint` (any subset, any order, no repeats).
 pub fn parse_order(s: &str) -> Result<Vec<Mechanism>, String> {
     let mut out = Vec::new();
     for part in s.split(',').map(str::trim).filter(|p| !p.is_empty()) {
         let m = match part {
             "kprobe" => Mechanism::Kprobe,
             "fentry" | "fexit" => Mechanism::Fentry,
+            "raw_tracepoint" | "raw" => Mechanism::RawTracepoint,
             "tracepoint" => Mechanism::Tracepoint,
             _ => {
                 return Err(format!(
-                    "unknown TCP hook mechanism {part:?} (kprobe, fentry, tracepoint)"
+                    "unknown TCP hook mechanism {part:?} (kprobe, fentry, raw_tracepoint, tracepoint)"
                 ));
             }
         };
@@ -289,8 +299,27 @@ pub(crate) struct Role {
     pub tracepoint: usize,
     pub kprobe: &'static [FnHook],
     pub fentry: &'static [FnHook],
+    /// Raw tracepoints (the same events as `tracepoint`, arguments instead
+    /// of a record); empty where the event has no raw form we use.
+    pub raw: &'static [RawHook],
     /// TCP tracing is refused when this role has no working hook.
     pub essential: bool,
+}
+
+/// One raw tracepoint: `programs` are alternatives for different argument
+/// lists of the event, tried in order (attaching a program that reads an
+/// argument the event lacks fails, so nothing is guessed from versions).
+pub(crate) struct RawHook {
+    /// Event name, without its group.
+    pub event: &'static str,
+    pub programs: &'static [&'static str],
+}
+
+const fn raw(event: &'static str, program: &'static [&'static str]) -> RawHook {
+    RawHook {
+        event,
+        programs: program,
+    }
 }
 
 /// `inet_sk_set_state` only adds a listener's child entering SYN_RECV, which
@@ -314,6 +343,7 @@ pub(crate) const ROLES: [Role; 9] = [
         tracepoint: 0,
         kprobe: &[f("tcp_set_state", "tcp_kp_state", false), INET_STATE_KP],
         fentry: &[f("tcp_set_state", "tcp_fe_state", false), INET_STATE_FE],
+        raw: &[raw("inet_sock_set_state", &["tcp_raw_state"])],
         essential: true,
     },
     Role {
@@ -324,6 +354,7 @@ pub(crate) const ROLES: [Role; 9] = [
             f("tcp_sendmsg", "tcp_krp_sendmsg", true),
         ],
         fentry: &[f("tcp_sendmsg", "tcp_fx_sendmsg", true)],
+        raw: &[raw("sock_send_length", &["tcp_raw_send"])],
         essential: true,
     },
     Role {
@@ -334,6 +365,7 @@ pub(crate) const ROLES: [Role; 9] = [
             f("tcp_recvmsg", "tcp_krp_recvmsg", true),
         ],
         fentry: &[f("tcp_recvmsg", "tcp_fx_recvmsg", true)],
+        raw: &[raw("sock_recv_length", &["tcp_raw_recv"])],
         essential: true,
     },
     Role {
@@ -341,6 +373,7 @@ pub(crate) const ROLES: [Role; 9] = [
         tracepoint: 3,
         kprobe: &[f("tcp_rcv_established", "tcp_kp_rtt", false)],
         fentry: &[f("tcp_rcv_established", "tcp_fe_rtt", false)],
+        raw: &[raw("tcp_probe", &["tcp_raw_rtt"])],
         essential: false,
     },
     Role {
@@ -360,6 +393,10 @@ pub(crate) const ROLES: [Role; 9] = [
             f("tcp_retransmit_skb", "tcp_fx_retrans", true),
             optional(f("__tcp_retransmit_skb", "tcp_fx_retrans_inner", true)),
         ],
+        raw: &[raw(
+            "tcp_retransmit_skb",
+            &["tcp_raw_retrans_err", "tcp_raw_retrans"],
+        )],
         essential: false,
     },
     Role {
@@ -368,6 +405,7 @@ pub(crate) const ROLES: [Role; 9] = [
         // tcp_v4_send_reset/tcp_v6_send_reset are static and often inlined.
         kprobe: &[],
         fentry: &[],
+        raw: &[raw("tcp_send_reset", &["tcp_raw_rst_sent"])],
         essential: false,
     },
     Role {
@@ -375,6 +413,7 @@ pub(crate) const ROLES: [Role; 9] = [
         tracepoint: 6,
         kprobe: &[f("tcp_reset", "tcp_kp_reset", false)],
         fentry: &[f("tcp_reset", "tcp_fe_reset", false)],
+        raw: &[raw("tcp_receive_reset", &["tcp_raw_rst_recv"])],
         essential: false,
     },
     Role {
@@ -382,6 +421,7 @@ pub(crate) const ROLES: [Role; 9] = [
         tracepoint: 7,
         kprobe: &[],
         fentry: &[],
+        raw: &[raw("tcp_destroy_sock", &["tcp_raw_destroy"])],
         essential: false,
     },
     Role {
@@ -391,6 +431,7 @@ pub(crate) const ROLES: [Role; 9] = [
         // changed in Linux 6.10.
         kprobe: &[f("inet_csk_accept", "tcp_krp_accept", true)],
         fentry: &[f("inet_csk_accept", "tcp_fx_accept", true)],
+        raw: &[],
         essential: false,
     },
 ];
@@ -724,6 +765,9 @@ mod order_tests {
             assert_eq!(r.tracepoint, i, "{}", r.name);
             for h in r.kprobe.iter().chain(r.fentry) {
                 assert!(seen.insert(h.program), "{} used twice", h.program);
+            }
+            for p in r.raw.iter().flat_map(|h| h.programs) {
+                assert!(seen.insert(p), "{p} used twice");
             }
         }
     }
