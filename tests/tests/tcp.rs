@@ -17,7 +17,7 @@ use anyhow::{Context, Result, bail, ensure};
 use tracer_tests::{Variant, build_fixture, go_toolchains, privileged_tests_enabled};
 use tracer_user::{
     probes::Tracer,
-    tcp::{FlowReport, TcpReport, TcpTracing, attach_tcp},
+    tcp::{AcceptWait, FlowReport, Mechanism, TcpReport, TcpTracing, attach_tcp, attach_tcp_with},
 };
 
 const CONNS: usize = 5;
@@ -39,6 +39,66 @@ fn serve(listener: TcpListener, n: usize) -> thread::JoinHandle<Result<()>> {
         }
         Ok(())
     })
+}
+
+/// [`attach_tcp`] with accept waits over the syscall tracepoints allowed
+/// (`--tcp-accept-wait syscalls`): this host has neither kprobes nor fentry,
+/// and the tests check the accept waits.
+fn attach(tracer: &mut Tracer, pids: &[u32]) -> Result<TcpTracing> {
+    tracer_user::tcp::set_accept_wait(AcceptWait::Syscalls);
+    attach_tcp(tracer, pids)
+}
+
+/// `tracer inspect --kernel --json [ARGS]`: the accept role's statuses.
+fn accept_statuses(args: &[&str]) -> Result<Vec<(String, String, String)>> {
+    let out = Command::new(tracer_tests::tracer_bin()?)
+        .args(["inspect", "--kernel", "--json"])
+        .args(args)
+        .output()
+        .context("running tracer inspect --kernel")?;
+    ensure!(out.status.success(), "inspect failed: {out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
+    Ok(v["tcp_hooks"]
+        .as_array()
+        .context("no tcp_hooks")?
+        .iter()
+        .filter(|h| h["role"] == "accept")
+        .map(|h| {
+            let s = |k: &str| h[k].as_str().unwrap_or("").to_owned();
+            (s("method"), s("status"), s("reason"))
+        })
+        .collect())
+}
+
+/// Syscall tracepoints slow every syscall on the node, so they measure
+/// accept waits only when asked (`--tcp-accept-wait syscalls`); `off` turns
+/// every accept hook off.
+#[test]
+fn accept_syscall_tracepoints_are_opt_in() -> Result<()> {
+    if !privileged_tests_enabled("tcp_accept_opt_in") {
+        return Ok(());
+    }
+    let _serial = tracer_tests::serial();
+    let tp = |v: &[(String, String, String)]| {
+        v.iter()
+            .find(|(m, _, _)| m == "tracepoint")
+            .cloned()
+            .unwrap_or_default()
+    };
+    let auto = accept_statuses(&[])?;
+    let (_, status, reason) = tp(&auto);
+    ensure!(
+        status == "not_tried" && reason.contains("--tcp-accept-wait syscalls"),
+        "default: {auto:?}"
+    );
+    let on = accept_statuses(&["--tcp-accept-wait", "syscalls"])?;
+    ensure!(tp(&on).1 == "attached", "syscalls: {on:?}");
+    let off = accept_statuses(&["--tcp-accept-wait", "off"])?;
+    ensure!(
+        off.iter().all(|(_, st, _)| st == "not_tried"),
+        "off: {off:?}"
+    );
+    Ok(())
 }
 
 /// Runs `n` client exchanges to `addr`; returns each client's local address.
@@ -240,7 +300,7 @@ fn loopback_flows_match_known_byte_counts() -> Result<()> {
     let pid = std::process::id();
     let mut tracer = Tracer::load()?;
     tracer.add_target(pid)?;
-    let mut tcp = attach_tcp(&mut tracer, &[pid])?;
+    let mut tcp = attach(&mut tracer, &[pid])?;
     for h in tcp.hooks() {
         eprintln!("hook {} {} {}: {:?}", h.method, h.hook, h.status, h.reason);
     }
@@ -323,7 +383,7 @@ fn resets_and_peeks() -> Result<()> {
     let _serial = tracer_tests::serial();
     let pid = std::process::id();
     let mut tracer = Tracer::load()?;
-    let mut tcp = attach_tcp(&mut tracer, &[pid])?;
+    let mut tcp = attach(&mut tracer, &[pid])?;
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let server = listener.local_addr()?;
     let srv = thread::spawn(move || -> Result<std::io::ErrorKind> {
@@ -445,7 +505,7 @@ fn half_closed_client_reads_the_reply_after_close() -> Result<()> {
     let _serial = tracer_tests::serial();
     let pid = std::process::id();
     let mut tracer = Tracer::load()?;
-    let mut tcp = attach_tcp(&mut tracer, &[pid])?;
+    let mut tcp = attach(&mut tracer, &[pid])?;
     let listener = TcpListener::bind("127.0.0.1:0")?;
     let server = listener.local_addr()?;
     let srv = thread::spawn(move || -> Result<usize> {
@@ -586,7 +646,7 @@ fn flows_across_network_namespaces() -> Result<()> {
         .context("waiting for the server")?;
 
     let mut tracer = Tracer::load()?;
-    let mut tcp = attach_tcp(&mut tracer, &[pid])?;
+    let mut tcp = attach(&mut tracer, &[pid])?;
     // The client thread enters namespace a; the test's other threads stay put.
     let locals = thread::spawn(move || -> Result<Vec<SocketAddr>> {
         let f = std::fs::File::open(format!("/run/netns/{a}")).context("opening netns")?;
@@ -732,6 +792,45 @@ fn go_fixture_flows_match_ground_truth() -> Result<()> {
     if !privileged_tests_enabled("tcp_go_fixture") {
         return Ok(());
     }
+    let want = std::env::var("TRACER_TCP_EXPECT").ok();
+    go_fixture_check(None, want.as_deref())
+}
+
+/// The same ground truth over tracepoints with tracefs record offsets (the
+/// last-resort mechanism: on this host raw tracepoints are preferred; the
+/// accept role is the only one to use the syscall tracepoints either way).
+#[test]
+fn go_fixture_flows_match_ground_truth_over_format_tracepoints() -> Result<()> {
+    if !privileged_tests_enabled("tcp_go_fixture_tracepoints") {
+        return Ok(());
+    }
+    if std::env::var_os("TRACER_TCP_EXPECT").is_some() {
+        // vm-test runs the kprobe/fentry variants; 6.1 refuses this order.
+        return Ok(());
+    }
+    go_fixture_check(Some(&[Mechanism::Tracepoint]), Some("tracepoint"))
+}
+
+/// The same over raw tracepoints (what this host uses by default), accept
+/// waits excepted (raw syscall tracepoints are not used; see
+/// `--tcp-accept-wait`).
+#[test]
+fn go_fixture_flows_match_ground_truth_over_raw_tracepoints() -> Result<()> {
+    if !privileged_tests_enabled("tcp_go_fixture_raw") {
+        return Ok(());
+    }
+    if std::env::var_os("TRACER_TCP_EXPECT").is_some() {
+        return Ok(());
+    }
+    go_fixture_check(
+        Some(&[Mechanism::RawTracepoint, Mechanism::Tracepoint]),
+        Some("raw_tracepoint"),
+    )
+}
+
+/// Runs the Go fixture traced with `order` (None: the configured order) and
+/// checks every flow; `want` names the mechanism every role must use.
+fn go_fixture_check(order: Option<&[Mechanism]>, want: Option<&str>) -> Result<()> {
     let _serial = tracer_tests::serial();
     const GO_CONNS: usize = 4;
     const GO_REQ: u64 = 123_457;
@@ -750,7 +849,11 @@ fn go_fixture_flows_match_ground_truth() -> Result<()> {
         .with_context(|| format!("starting {}", fixture.display()))?;
     let pid = child.id();
     let mut tracer = Tracer::load()?;
-    let attached = attach_tcp(&mut tracer, &[pid]);
+    tracer_user::tcp::set_accept_wait(AcceptWait::Syscalls);
+    let attached = match order {
+        Some(o) => attach_tcp_with(&mut tracer, &[pid], o),
+        None => attach_tcp(&mut tracer, &[pid]),
+    };
     let mut stdin = child.stdin.take().context("fixture stdin")?;
     let mut tcp = match attached {
         Ok(t) => t,
@@ -765,7 +868,7 @@ fn go_fixture_flows_match_ground_truth() -> Result<()> {
             h.method, h.role, h.hook, h.status, h.reason
         );
     }
-    if let Ok(want) = std::env::var("TRACER_TCP_EXPECT") {
+    if let Some(want) = want {
         for role in [
             "state",
             "send",
@@ -774,9 +877,12 @@ fn go_fixture_flows_match_ground_truth() -> Result<()> {
             "retransmit",
             "reset_received",
             "accept",
-        ] {
+        ]
+        .into_iter()
+        .filter(|r| *r != "accept" || want != "raw_tracepoint")
+        {
             ensure!(
-                tcp.mechanism_of(role) == Some(want.as_str()),
+                tcp.mechanism_of(role) == Some(want),
                 "{role} should be hooked by {want}: {:#?}",
                 tcp.hooks()
             );

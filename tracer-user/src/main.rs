@@ -24,9 +24,15 @@ struct Cli {
     #[command(subcommand)]
     command: Command,
     /// TCP hook preference, per measurement the first that loads and attaches
-    /// (default kprobe,fentry,tracepoint; env TRACER_TCP_HOOKS).
+    /// (default kprobe,fentry,raw_tracepoint,tracepoint; env TRACER_TCP_HOOKS).
     #[arg(long, global = true, value_name = "M,...")]
     tcp_hooks: Option<String>,
+    /// Accept-queue waits: `auto` measures them where kprobes or fentry hook
+    /// `inet_csk_accept`; `syscalls` also with the accept syscall tracepoints,
+    /// which put every syscall of every process on the kernel's slow path;
+    /// `off` (env TRACER_TCP_ACCEPT_WAIT).
+    #[arg(long, global = true, value_name = "auto|syscalls|off")]
+    tcp_accept_wait: Option<String>,
 }
 
 #[derive(Args, Clone)]
@@ -290,6 +296,15 @@ fn main() -> ExitCode {
             Ok(o) => tracer_user::tcp::set_hook_order(o),
             Err(e) => {
                 eprintln!("tracer: error: --tcp-hooks: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if let Some(mode) = &cli.tcp_accept_wait {
+        match tracer_user::tcp::AcceptWait::parse(mode) {
+            Ok(m) => tracer_user::tcp::set_accept_wait(m),
+            Err(e) => {
+                eprintln!("tracer: error: --tcp-accept-wait: {e}");
                 return ExitCode::from(2);
             }
         }

@@ -25,8 +25,8 @@ use tracer_common::tcp::{
 
 use crate::{kernelfs, probes::Tracer};
 pub use attach::{
-    HOOK_ORDER_ENV, KernelReport, RoleChoice, hook_order, inspect_kernel, set_hook_order,
-    try_attach_hooks,
+    ACCEPT_WAIT_ENV, AcceptWait, HOOK_ORDER_ENV, KernelReport, RoleChoice, accept_wait, hook_order,
+    inspect_kernel, set_accept_wait, set_hook_order, try_attach_hooks,
 };
 pub use flows::{AcceptWaits, FlowReport, FlowTotals, ListenRollup, RemoteRollup, WaitBucket};
 pub use hooks::{HookStatus, Mechanism};
