@@ -78,8 +78,11 @@ pub(crate) struct Tuple {
 /// when a flow needs them (once per flow, at ESTABLISHED), not per event: a
 /// generic rather than a closure, because a closure here would be outlined
 /// into a BPF subprogram returning a stack pointer, which the verifier refuses.
+/// The protocol is checked the same way, only where a socket would start
+/// being recorded: a socket with a flow or pending handshake is TCP already.
 pub(crate) trait TupleSource {
     fn tuple(&self) -> Option<Tuple>;
+    fn is_tcp(&self) -> bool;
 }
 
 /// The addresses in a `sock:inet_sock_set_state` record.
@@ -89,6 +92,11 @@ impl TupleSource for RecordTuple<'_> {
     #[inline(always)]
     fn tuple(&self) -> Option<Tuple> {
         read_tuple(self.0, self.1)
+    }
+
+    #[inline(always)]
+    fn is_tcp(&self) -> bool {
+        read::<u16>(self.0, self.1.ss_protocol) == Some(IPPROTO_TCP)
     }
 }
 
@@ -237,10 +245,6 @@ pub fn tcp_state(ctx: TracePointContext) -> u32 {
 
 fn on_set_state_tp(ctx: &TracePointContext) -> Option<()> {
     let c = TCP_CONFIG.get(0)?;
-    let proto: u16 = read(ctx, c.ss_protocol)?;
-    if proto != IPPROTO_TCP {
-        return None;
-    }
     let sk: u64 = read(ctx, c.ss_skaddr)?;
     let old = read::<i32>(ctx, c.ss_oldstate)? as u8;
     let new = read::<i32>(ctx, c.ss_newstate)? as u8;
@@ -251,17 +255,14 @@ fn on_set_state_tp(ctx: &TracePointContext) -> Option<()> {
 /// when a flow first needs them.
 #[inline(always)]
 pub(crate) fn on_set_state<S: TupleSource>(sk: u64, old: u8, new: u8, src: &S) -> Option<()> {
-    // SAFETY: plain helper call.
-    let now = unsafe { bpf_ktime_get_ns() };
-
     if new == TCP_SYN_SENT {
         // connect() runs in the caller's context: the one place a client
         // socket can be attributed before it moves data.
         let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-        if !traced(tgid) {
+        if !traced(tgid) || !src.is_tcp() {
             return None;
         }
-        let p = new_flow(sk, tgid, now)?;
+        let p = new_flow(sk, tgid, now_ns())?;
         // SAFETY: map value valid for this run.
         let f = unsafe { &mut *p };
         f.side = SIDE_CLIENT;
@@ -283,13 +284,14 @@ pub(crate) fn on_set_state<S: TupleSource>(sk: u64, old: u8, new: u8, src: &S) -
         }
         f.state = new;
         if new == TCP_ESTABLISHED && f.established_ns == 0 {
+            let now = now_ns();
             f.established_ns = now;
             if old == TCP_SYN_SENT && f.start_ns != 0 {
                 f.connect_latency_ns = now.saturating_sub(f.start_ns);
             }
         }
         if new == TCP_CLOSE {
-            f.end_ns = now;
+            f.end_ns = now_ns();
             f.close_from = old;
             f.flags |= FLAG_CLOSED;
             close_flow(sk, p);
@@ -301,8 +303,11 @@ pub(crate) fn on_set_state<S: TupleSource>(sk: u64, old: u8, new: u8, src: &S) -
         // A child of a listener, created in softirq context: remember it until
         // a traced process accepts, sends or receives on it. Its addresses
         // are complete at ESTABLISHED.
+        if !src.is_tcp() {
+            return None;
+        }
         let info = SockInfo {
-            start_ns: now,
+            start_ns: now_ns(),
             side: SIDE_SERVER,
             state: new,
             ..Default::default()
@@ -313,7 +318,7 @@ pub(crate) fn on_set_state<S: TupleSource>(sk: u64, old: u8, new: u8, src: &S) -
     if (new == TCP_FIN_WAIT1 || new == TCP_LAST_ACK) && TCP_SOCKS.get_ptr(sk).is_some() {
         // Only close()/shutdown() make these transitions, in the owner's
         // context: claim a server socket that never moved a byte.
-        if let Some(p) = claim_flow(sk, now) {
+        if let Some(p) = claim_flow(sk, now_ns()) {
             // SAFETY: map value valid for this run.
             unsafe { (*p).state = new };
             return Some(());
@@ -328,7 +333,7 @@ pub(crate) fn on_set_state<S: TupleSource>(sk: u64, old: u8, new: u8, src: &S) -
     let info = unsafe { &mut *info };
     info.state = new;
     if new == TCP_ESTABLISHED && info.established_ns == 0 {
-        info.established_ns = now;
+        info.established_ns = now_ns();
         // The child's addresses are filled in after it enters SYN_RECV.
         if let Some(t) = src.tuple() {
             info.sport = t.sport;
@@ -339,6 +344,13 @@ pub(crate) fn on_set_state<S: TupleSource>(sk: u64, old: u8, new: u8, src: &S) -
         }
     }
     Some(())
+}
+
+/// CLOCK_MONOTONIC now, read only by the events that record a time.
+#[inline(always)]
+fn now_ns() -> u64 {
+    // SAFETY: plain helper call.
+    unsafe { bpf_ktime_get_ns() }
 }
 
 /// A flow for `sk` first seen at send/recv by a traced process: a server
@@ -459,16 +471,49 @@ pub(crate) fn wanted(sk: u64) -> bool {
 /// A send (or non-peek receive) on `sk` returned `ret`.
 #[inline(always)]
 pub(crate) fn on_length(sk: u64, ret: i64, recv: bool) -> Option<()> {
+    on_length_gated(sk, ret, recv, &AnySocket)
+}
+
+/// Decides whether a socket with no open flow may get one at send/recv:
+/// events that fire for every socket type must check it is TCP first.
+pub(crate) trait NewFlowGate {
+    fn allows(&self, sk: u64) -> bool;
+}
+
+/// For hooks that only see TCP sockets.
+struct AnySocket;
+
+impl NewFlowGate for AnySocket {
+    #[inline(always)]
+    fn allows(&self, _sk: u64) -> bool {
+        true
+    }
+}
+
+/// [`on_length`], with `gate` consulted only when `sk` has no open flow, so
+/// the common case is one hash lookup.
+#[inline(always)]
+pub(crate) fn on_length_gated<G: NewFlowGate>(
+    sk: u64,
+    ret: i64,
+    recv: bool,
+    gate: &G,
+) -> Option<()> {
     if ret <= 0 {
         return None;
     }
     let p = match TCP_FLOWS.get_ptr_mut(sk) {
         Some(p) => p,
-        None => match closed_flow_of_caller(sk) {
-            Some(p) => p,
-            // SAFETY: plain helper call.
-            None => claim_flow(sk, unsafe { bpf_ktime_get_ns() })?,
-        },
+        None => {
+            if !gate.allows(sk) {
+                return None;
+            }
+            match closed_flow_of_caller(sk) {
+                Some(p) => p,
+                // SAFETY: plain helper call.
+                None => claim_flow(sk, unsafe { bpf_ktime_get_ns() })?,
+            }
+        }
     };
     // SAFETY: map value valid for this run; fields only reached by address.
     unsafe {
@@ -532,11 +577,31 @@ fn on_probe(ctx: &TracePointContext) -> Option<()> {
 /// A segment arrived on an established `sk` whose smoothed RTT is `srtt` µs.
 #[inline(always)]
 pub(crate) fn on_rtt(sk: u64, srtt: u64) -> Option<()> {
+    on_rtt_lazy(sk, &srtt)
+}
+
+/// Where a smoothed RTT (µs) is read from, once the socket is known to have
+/// a flow.
+pub(crate) trait SrttSource {
+    fn srtt_us(&self) -> Option<u64>;
+}
+
+impl SrttSource for u64 {
+    #[inline(always)]
+    fn srtt_us(&self) -> Option<u64> {
+        Some(*self)
+    }
+}
+
+/// [`on_rtt`], reading the RTT only for sockets with an open flow.
+#[inline(always)]
+pub(crate) fn on_rtt_lazy<S: SrttSource>(sk: u64, src: &S) -> Option<()> {
+    let p = TCP_FLOWS.get_ptr_mut(sk)?;
+    let srtt = src.srtt_us()?;
     if srtt == 0 {
         // No RTT sample taken yet on this socket.
         return None;
     }
-    let p = TCP_FLOWS.get_ptr_mut(sk)?;
     // SAFETY: map value valid for this run. Only softirq on the socket's CPU
     // updates these, under the socket lock, so plain writes suffice.
     let f = unsafe { &mut *p };

@@ -28,8 +28,8 @@ use tracer_common::tcp::{
 };
 
 use crate::tcp::{
-    BUMP_RETRANS, BUMP_RST_RECV, TCP_CONFIG, Tuple, TupleSource, bump, has_flow, has_open_flow,
-    on_accept, on_length, on_rtt, on_set_state, stat, traced, wanted,
+    BUMP_RETRANS, BUMP_RST_RECV, SrttSource, TCP_CONFIG, Tuple, TupleSource, bump, has_flow,
+    on_accept, on_length, on_rtt_lazy, on_set_state, stat, traced, wanted,
 };
 
 /// `tcp_sendmsg` socket per thread, from the kprobe to the kretprobe.
@@ -80,13 +80,19 @@ fn sk_tuple(sk: u64, c: &TcpConfig) -> Option<Tuple> {
     Some(t)
 }
 
-/// A socket's addresses, read from the socket when a flow needs them.
-struct SockTuple<'a>(u64, &'a TcpConfig);
+/// A socket's addresses, read from the socket when a flow needs them; its
+/// protocol checked when the hook also sees other protocols.
+struct SockTuple<'a>(u64, &'a TcpConfig, bool);
 
 impl TupleSource for SockTuple<'_> {
     #[inline(always)]
     fn tuple(&self) -> Option<Tuple> {
         sk_tuple(self.0, self.1)
+    }
+
+    #[inline(always)]
+    fn is_tcp(&self) -> bool {
+        !self.2 || sk_read::<u16>(self.0, self.1.sk_protocol) == Some(IPPROTO_TCP)
     }
 }
 
@@ -96,28 +102,29 @@ impl TupleSource for SockTuple<'_> {
 #[inline(always)]
 pub(crate) fn state_change(sk: u64, old: Option<u8>, new: i32, check_proto: bool) -> Option<()> {
     let c = TCP_CONFIG.get(0)?;
-    if check_proto {
-        let proto: u16 = sk_read(sk, c.sk_protocol)?;
-        if proto != IPPROTO_TCP {
-            return None;
-        }
-    }
     let old: u8 = match old {
         Some(o) => o,
         None => sk_read(sk, c.sk_state)?,
     };
-    on_set_state(sk, old, new as u8, &SockTuple(sk, c))
+    on_set_state(sk, old, new as u8, &SockTuple(sk, c, check_proto))
+}
+
+/// `tcp_sock.srtt_us >> 3` of a socket, read once it has a flow.
+struct SockSrtt(u64);
+
+impl SrttSource for SockSrtt {
+    #[inline(always)]
+    fn srtt_us(&self) -> Option<u64> {
+        let c = TCP_CONFIG.get(0)?;
+        let srtt: u32 = sk_read(self.0, c.tp_srtt_us)?;
+        Some((srtt >> 3) as u64)
+    }
 }
 
 /// The socket's smoothed RTT, for its open flow.
 #[inline(always)]
 pub(crate) fn srtt(sk: u64) -> Option<()> {
-    if !has_open_flow(sk) {
-        return None;
-    }
-    let c = TCP_CONFIG.get(0)?;
-    let srtt: u32 = sk_read(sk, c.tp_srtt_us)?;
-    on_rtt(sk, (srtt >> 3) as u64)
+    on_rtt_lazy(sk, &SockSrtt(sk))
 }
 
 /// Picks `tcp_recvmsg`'s flags between its two possible positions (3 since

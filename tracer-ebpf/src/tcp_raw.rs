@@ -22,8 +22,8 @@ use tracer_common::tcp::{IPPROTO_TCP, MSG_PEEK};
 
 use crate::{
     tcp::{
-        BUMP_RETRANS, BUMP_RST_RECV, BUMP_RST_SENT, TCP_CONFIG, bump, has_open_flow, on_destroy,
-        on_length, traced,
+        BUMP_RETRANS, BUMP_RST_RECV, BUMP_RST_SENT, NewFlowGate, TCP_CONFIG, bump, on_destroy,
+        on_length_gated, traced,
     },
     tcp_kernel::{sk_read, srtt, state_change},
 };
@@ -45,18 +45,23 @@ fn is_tcp(sk: u64) -> bool {
         == Some(IPPROTO_TCP)
 }
 
-/// `sock_{send,recv}_length(sk, ret, flags)` fire for every socket type: a
-/// socket without a flow is checked for TCP before a traced process may
-/// start one on it.
+/// `sock_{send,recv}_length` fire for every socket type: a socket without a
+/// flow must be a traced process's TCP socket to start one.
+struct TracedTcp;
+
+impl NewFlowGate for TracedTcp {
+    #[inline(always)]
+    fn allows(&self, sk: u64) -> bool {
+        traced((bpf_get_current_pid_tgid() >> 32) as u32) && is_tcp(sk)
+    }
+}
+
 #[inline(always)]
 fn length(sk: u64, ret: i32, flags: i32, recv: bool) {
-    if ret <= 0 || (recv && flags & MSG_PEEK != 0) {
+    if recv && flags & MSG_PEEK != 0 {
         return;
     }
-    if !has_open_flow(sk) && (!traced((bpf_get_current_pid_tgid() >> 32) as u32) || !is_tcp(sk)) {
-        return;
-    }
-    let _ = on_length(sk, ret as i64, recv);
+    let _ = on_length_gated(sk, ret as i64, recv, &TracedTcp);
 }
 
 #[raw_tracepoint(tracepoint = "sock_send_length")]

@@ -18,9 +18,9 @@ use crate::{
     shell::{build_tracer, cache_dir, step, tracer_bin},
 };
 
-const ROUNDS: usize = 5;
-const BULK_BYTES: u64 = 2 << 30;
-const CONNS: u64 = 5000;
+const ROUNDS: usize = 9;
+const BULK_BYTES: u64 = 4 << 30;
+const CONNS: u64 = 20000;
 
 /// (label, tracer arguments before `--`; None: untraced).
 const CONFIGS: [(&str, Option<&[&str]>); 3] = [
@@ -32,7 +32,7 @@ const CONFIGS: [(&str, Option<&[&str]>); 3] = [
 fn workloads() -> [(&'static str, Vec<String>, f64); 2] {
     [
         (
-            "bulk (1 connection, 2 GiB)",
+            "bulk (1 connection, 4 GiB)",
             vec![
                 "-mode".into(),
                 "bulk".into(),
@@ -42,7 +42,7 @@ fn workloads() -> [(&'static str, Vec<String>, f64); 2] {
             BULK_BYTES as f64,
         ),
         (
-            "short connections (5000, 8 at a time, 100 B each)",
+            "short connections (20000, 8 at a time, 100 B each)",
             vec![
                 "-mode".into(),
                 "flood".into(),
