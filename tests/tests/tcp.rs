@@ -801,14 +801,7 @@ fn go_fixture_flows_match_ground_truth() -> Result<()> {
 /// accept role is the only one to use the syscall tracepoints either way).
 #[test]
 fn go_fixture_flows_match_ground_truth_over_format_tracepoints() -> Result<()> {
-    if !privileged_tests_enabled("tcp_go_fixture_tracepoints") {
-        return Ok(());
-    }
-    if std::env::var_os("TRACER_TCP_EXPECT").is_some() {
-        // vm-test runs the kprobe/fentry variants; 6.1 refuses this order.
-        return Ok(());
-    }
-    go_fixture_check(Some(&[Mechanism::Tracepoint]), Some("tracepoint"))
+    go_fixture_on_host("tcp_go_fixture_tracepoints", &[Mechanism::Tracepoint])
 }
 
 /// The same over raw tracepoints (what this host uses by default), accept
@@ -816,16 +809,20 @@ fn go_fixture_flows_match_ground_truth_over_format_tracepoints() -> Result<()> {
 /// `--tcp-accept-wait`).
 #[test]
 fn go_fixture_flows_match_ground_truth_over_raw_tracepoints() -> Result<()> {
-    if !privileged_tests_enabled("tcp_go_fixture_raw") {
-        return Ok(());
-    }
-    if std::env::var_os("TRACER_TCP_EXPECT").is_some() {
-        return Ok(());
-    }
-    go_fixture_check(
-        Some(&[Mechanism::RawTracepoint, Mechanism::Tracepoint]),
-        Some("raw_tracepoint"),
+    go_fixture_on_host(
+        "tcp_go_fixture_raw",
+        &[Mechanism::RawTracepoint, Mechanism::Tracepoint],
     )
+}
+
+/// [`go_fixture_check`] forced to `order`, whose first mechanism must serve
+/// every role. Not in vm-test (`$TRACER_TCP_EXPECT` set), which runs the
+/// kprobe/fentry variants: 6.1 lacks the send/recv events.
+fn go_fixture_on_host(test: &str, order: &[Mechanism]) -> Result<()> {
+    if !privileged_tests_enabled(test) || std::env::var_os("TRACER_TCP_EXPECT").is_some() {
+        return Ok(());
+    }
+    go_fixture_check(Some(order), Some(order[0].name()))
 }
 
 /// Runs the Go fixture traced with `order` (None: the configured order) and

@@ -320,7 +320,7 @@ mod tests {
 
     #[test]
     fn layout_has_no_implicit_padding() {
-        assert_eq!(core::mem::size_of::<TcpConfig>(), 43 * 2);
+        assert_eq!(core::mem::size_of::<TcpConfig>(), 44 * 2);
         assert_eq!(
             core::mem::size_of::<SockInfo>(),
             8 + 8 + 2 + 2 + 2 + 1 + 1 + 32

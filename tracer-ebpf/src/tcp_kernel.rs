@@ -267,20 +267,28 @@ pub fn tcp_kp_retrans(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// kretprobe on `tcp_retransmit_skb`: counts a successful retransmit, as the
+/// A retransmit function returned `ret` for the (socket, skb) its entry
+/// probe remembered under `tag`: counted when it succeeded, as the
 /// tracepoint does (it fires only when the inner call returned 0).
-#[kretprobe]
-pub fn tcp_krp_retrans(ctx: RetProbeContext) -> u32 {
-    let id = bpf_get_current_pid_tgid() ^ RETRANS_TAG;
+#[inline(always)]
+fn retrans_returned(tag: u64, ret: i32, outer: bool) {
+    let id = bpf_get_current_pid_tgid() ^ tag;
     // SAFETY: plain value copied out before the removal.
     if let Some([sk, skb]) = unsafe { TCP_RECV_ARGS.get(id) }.copied() {
         let _ = TCP_RECV_ARGS.remove(id);
-        let _ = TCP_RETRANS_OUTER.remove(skb);
-        let ret: i32 = ctx.ret();
+        if outer {
+            let _ = TCP_RETRANS_OUTER.remove(skb);
+        }
         if ret == 0 {
             let _ = bump(sk, BUMP_RETRANS);
         }
     }
+}
+
+/// kretprobe on `tcp_retransmit_skb`.
+#[kretprobe]
+pub fn tcp_krp_retrans(ctx: RetProbeContext) -> u32 {
+    retrans_returned(RETRANS_TAG, ctx.ret(), true);
     0
 }
 
@@ -291,7 +299,7 @@ pub fn tcp_kp_retrans_inner(ctx: ProbeContext) -> u32 {
         && !nested_in_outer(skb)
         && has_flow(sk)
     {
-        let _ = TCP_SEND_ARGS.insert(bpf_get_current_pid_tgid() ^ RETRANS_INNER_TAG, sk, 0);
+        let _ = TCP_RECV_ARGS.insert(bpf_get_current_pid_tgid() ^ RETRANS_INNER_TAG, [sk, skb], 0);
     }
     0
 }
@@ -299,15 +307,7 @@ pub fn tcp_kp_retrans_inner(ctx: ProbeContext) -> u32 {
 /// kretprobe on `__tcp_retransmit_skb`.
 #[kretprobe]
 pub fn tcp_krp_retrans_inner(ctx: RetProbeContext) -> u32 {
-    let id = bpf_get_current_pid_tgid() ^ RETRANS_INNER_TAG;
-    // SAFETY: plain value copied out before the removal.
-    if let Some(sk) = unsafe { TCP_SEND_ARGS.get(id) }.copied() {
-        let _ = TCP_SEND_ARGS.remove(id);
-        let ret: i32 = ctx.ret();
-        if ret == 0 {
-            let _ = bump(sk, BUMP_RETRANS);
-        }
-    }
+    retrans_returned(RETRANS_INNER_TAG, ctx.ret(), false);
     0
 }
 

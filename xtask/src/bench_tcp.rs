@@ -93,18 +93,76 @@ pub fn bench_tcp() -> Result<()> {
                 times[i].push(elapsed_ns(&String::from_utf8_lossy(&out.stdout))?);
             }
         }
-        let med: Vec<f64> = times.into_iter().map(median).collect();
-        for (i, (label, _)) in CONFIGS.iter().enumerate() {
-            let rate = units / (med[i] / 1e9);
-            let cell = if units == BULK_BYTES as f64 {
-                format!("{:.2} GB/s", rate / 1e9)
-            } else {
-                format!("{rate:.0} conn/s")
-            };
-            println!("| {name} | {label} | {cell} | {:.3} |", med[0] / med[i]);
+        print_rows(name, units, times);
+    }
+    // A server traced alone, its clients in another, untraced process: what
+    // a traced service pays (one traced flow per connection, not two).
+    let name = "short connections, server process traced alone (20000, 8 at a time)";
+    let mut times: Vec<Vec<f64>> = vec![vec![]; CONFIGS.len()];
+    for _ in 0..ROUNDS {
+        for (i, (_, tracer_args)) in CONFIGS.iter().enumerate() {
+            times[i].push(server_alone(&bin, *tracer_args)?);
         }
     }
+    print_rows(name, CONNS as f64, times);
     bpf_stats(&bin)
+}
+
+fn print_rows(name: &str, units: f64, times: Vec<Vec<f64>>) {
+    let med: Vec<f64> = times.into_iter().map(median).collect();
+    for (i, (label, _)) in CONFIGS.iter().enumerate() {
+        let rate = units / (med[i] / 1e9);
+        let cell = if units == BULK_BYTES as f64 {
+            format!("{:.2} GB/s", rate / 1e9)
+        } else {
+            format!("{rate:.0} conn/s")
+        };
+        println!("| {name} | {label} | {cell} | {:.3} |", med[0] / med[i]);
+    }
+}
+
+/// One flood from an untraced client process against `tcpload -mode serve`
+/// (under `tracer run` when `tracer_args` is set); the clients' time, ns.
+fn server_alone(bin: &Path, tracer_args: Option<&[&str]>) -> Result<f64> {
+    use std::io::{BufRead, BufReader};
+    let mut server = workload_cmd(bin, tracer_args, &["-mode".into(), "serve".into()])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .context("starting the server")?;
+    let mut lines = BufReader::new(server.stdout.take().context("server stdout")?).lines();
+    let addr = loop {
+        match lines.next() {
+            Some(line) => {
+                if let Some(a) = line?.strip_prefix("listen addr=") {
+                    break a.to_owned();
+                }
+            }
+            None => bail!("the server exited before listening"),
+        }
+    };
+    let out = Command::new(bin)
+        .args([
+            "-mode",
+            "flood",
+            "-addr",
+            &addr,
+            "-n",
+            &CONNS.to_string(),
+            "-c",
+            "8",
+        ])
+        .output()?;
+    drop(server.stdin.take());
+    let status = server.wait()?;
+    if !out.status.success() || !status.success() {
+        bail!(
+            "server-alone flood failed (server {status}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    elapsed_ns(&String::from_utf8_lossy(&out.stdout))
 }
 
 /// One `tracer run --bpf-stats` per workload: per TCP program, runs, mean run
