@@ -140,6 +140,7 @@ fn check_exchange(
         );
         ensure!(c.local_addr == Some(l.ip()), "local address: {ctx}");
         ensure!(c.resets_sent == 0 && c.resets_received == 0, "{ctx}");
+        ensure!(c.accept_wait_ns.is_none(), "a client has no accept: {ctx}");
         retransmits += c.retransmits;
 
         let s = find(r, pid, "server", server.port(), l.port())?;
@@ -157,6 +158,8 @@ fn check_exchange(
         );
         ensure!(s.srtt_us.is_some_and(|v| v > 0), "rtt: {ctx}");
         ensure!(!s.midstream, "server flow came from the handshake: {ctx}");
+        // The server thread accepted it (accept4): the wait is measured.
+        ensure!(s.accept_wait_ns.is_some(), "accept wait: {ctx}");
         retransmits += s.retransmits;
         eprintln!(
             "{family} client {}: sent {} recv {} connect {} ns srtt {} us ({} samples) | server: sent {} recv {} srtt {:?} us",
@@ -201,7 +204,8 @@ fn check_exchange(
         t.flows == n
             && t.bytes_received == n * REQUEST as u64
             && t.bytes_sent == n * RESPONSE as u64
-            && listen.peers == 1,
+            && listen.peers == 1
+            && listen.accept.accepts == n,
         "listen roll-up: {listen:#?}"
     );
     Ok(())
@@ -246,8 +250,8 @@ fn loopback_flows_match_known_byte_counts() -> Result<()> {
         .filter(|h| h.status == "attached")
         .count();
     ensure!(
-        attached == 8,
-        "one hook per measurement (8) should attach: {:#?}",
+        attached == 9,
+        "one hook per measurement (9, accept included) should attach: {:#?}",
         tcp.hooks()
     );
 

@@ -275,7 +275,8 @@ impl Report {
         }
     }
 
-    /// TCP flows rolled up per remote endpoint, most bytes first.
+    /// TCP flows rolled up per remote endpoint, most bytes first, then per
+    /// local listening port (server side, with accept-queue waits).
     fn tcp_table(&self, limit: usize, out: &mut String) {
         let Some(tcp) = &self.tcp else {
             return;
@@ -288,10 +289,19 @@ impl Report {
                 s.evicted, s.dropped_closed
             );
         }
-        if tcp.by_remote.is_empty() {
+        if tcp.by_remote.is_empty() && tcp.by_listen_port.is_empty() {
             let _ = writeln!(out, "no TCP flows recorded");
             return;
         }
+        if !tcp.by_remote.is_empty() {
+            Self::tcp_remote_table(tcp, limit, out);
+        }
+        if !tcp.by_listen_port.is_empty() {
+            Self::tcp_listen_table(tcp, limit, out);
+        }
+    }
+
+    fn tcp_remote_table(tcp: &TcpReport, limit: usize, out: &mut String) {
         let _ = writeln!(
             out,
             "{:<40} {:>6} {:>12} {:>12} {:>8} {:>7} {:>10}",
@@ -316,6 +326,32 @@ impl Report {
                 t.retransmits,
                 t.resets_sent + t.resets_received,
                 t.srtt_max_us.map_or("-".into(), |us| fmt_ns(us * 1000))
+            );
+        }
+    }
+
+    /// Server flows per (pid, listening port): accepts counts the flows whose
+    /// accept-queue wait was measured; `-` where none was.
+    fn tcp_listen_table(tcp: &TcpReport, limit: usize, out: &mut String) {
+        let _ = writeln!(
+            out,
+            "{:<12} {:>8} {:>6} {:>12} {:>12} {:>8} {:>11} {:>11}",
+            "TCP LISTEN", "PID", "FLOWS", "SENT", "RECEIVED", "ACCEPTS", "ACCEPT AVG", "ACCEPT MAX"
+        );
+        for r in tcp.by_listen_port.iter().take(limit) {
+            let t = &r.totals;
+            let a = &r.accept;
+            let _ = writeln!(
+                out,
+                "{:<12} {:>8} {:>6} {:>12} {:>12} {:>8} {:>11} {:>11}",
+                format!(":{}", r.local_port),
+                r.pid,
+                t.flows,
+                t.bytes_sent,
+                t.bytes_received,
+                a.accepts,
+                a.accept_wait_mean_ns.map_or("-".into(), fmt_ns),
+                a.accept_wait_max_ns.map_or("-".into(), fmt_ns)
             );
         }
     }

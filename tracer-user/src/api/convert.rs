@@ -287,6 +287,7 @@ pub fn flow_row(o: &Owner, f: &FlowReport, node: &str) -> pb::FlowRow {
         bytes_received: f.bytes_received,
         lifetime_ns: f.lifetime_ns,
         connect_latency_ns: f.connect_latency_ns.unwrap_or(0),
+        accept_wait_ns: f.accept_wait_ns,
         srtt_us: f.srtt_us.unwrap_or(0),
         retransmits: f.retransmits,
         resets_sent: f.resets_sent,

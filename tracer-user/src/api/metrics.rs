@@ -120,6 +120,7 @@ struct Families {
     map_op: Series<Hist>,
     map_findings: Series<u64>,
     tcp_rtt: Series<Hist>,
+    tcp_accept_wait: Series<Hist>,
     tcp_bytes: Series<u64>,
     tcp_retransmits: Series<u64>,
 }
@@ -182,6 +183,7 @@ fn families(snap: &NodeSnapshot, top_sites: usize) -> Families {
     };
     let procs = process_index(snap);
     let rtt_bounds = rtt_bounds_us();
+    let wait_bounds = lock_bounds_ns();
     for report in &snap.reports {
         let owner = Owner::of(report, &procs);
         let base = proc_labels(&owner);
@@ -223,8 +225,14 @@ fn families(snap: &NodeSnapshot, top_sites: usize) -> Families {
 
         if let Some(tcp) = &report.tcp {
             let mut rtt = Hist::new(rtt_bounds.len());
+            let mut accept_wait = Hist::new(wait_bounds.len());
             let (mut sent, mut received, mut retrans) = (0u64, 0u64, 0u64);
             for fl in &tcp.flows {
+                if let Some(w) = fl.accept_wait_ns {
+                    // An exact value: its bucket is the first bound >= it.
+                    accept_wait.add_slot(&wait_bounds, w, 1);
+                    accept_wait.sum_seconds += w as f64 / 1e9;
+                }
                 for b in &fl.rtt_hist {
                     rtt.add_slot(&rtt_bounds, b.hi_us, b.count);
                 }
@@ -234,6 +242,7 @@ fn families(snap: &NodeSnapshot, top_sites: usize) -> Families {
                 retrans = retrans.saturating_add(fl.retransmits);
             }
             f.tcp_rtt.push((base.clone(), rtt));
+            f.tcp_accept_wait.push((base.clone(), accept_wait));
             f.tcp_bytes
                 .push((with(base.clone(), &[("direction", "sent")]), sent));
             f.tcp_bytes
@@ -339,6 +348,13 @@ impl Collector for SnapshotCollector {
             &rtt_bounds,
             &f.tcp_rtt,
         )?;
+        histograms(
+            &mut enc,
+            "tracer_tcp_accept_wait_seconds",
+            "Accept-queue waits of the process's accepted TCP connections (ESTABLISHED to accept() returning).",
+            &lock_bounds,
+            &f.tcp_accept_wait,
+        )?;
         counters(
             &mut enc,
             "tracer_tcp_bytes",
@@ -422,6 +438,7 @@ mod tests {
     use crate::{
         agent::hub::Labels,
         api::synthetic::{flow, lock, process, report, site},
+        tcp::FlowReport,
     };
 
     type Labelset = BTreeMap<String, String>;
@@ -528,11 +545,25 @@ mod tests {
                         lock("0x4", "mutex", site("main.a", "/src/a.go", 1), &[9_000]),
                     ],
                     vec![],
-                    vec![flow(10, 40000, 100, 200, &[30, 50, 3000])],
+                    vec![
+                        flow(10, 40000, 100, 200, &[30, 50, 3000]),
+                        accepted(8080, 50_000),
+                        accepted(8080, 2_000_000),
+                    ],
                 ),
                 report(11, vec![], vec![], vec![]),
             ],
             ..Default::default()
+        }
+    }
+
+    /// A server flow that moved nothing, accepted after `wait_ns` in the queue.
+    fn accepted(port: u16, wait_ns: u64) -> FlowReport {
+        FlowReport {
+            side: "server",
+            accept_wait_ns: Some(wait_ns),
+            connect_latency_ns: None,
+            ..flow(10, port, 0, 0, &[])
         }
     }
 
@@ -644,6 +675,14 @@ mod tests {
             Some(200.0)
         );
         assert_eq!(value("tracer_tcp_retransmits_total", None), Some(0.0));
+        let waits = histograms(&samples, "tracer_tcp_accept_wait_seconds");
+        check_structure(&waits);
+        let (buckets, count, sum) = waits.values().next().expect("accept wait series");
+        assert_eq!(*count, 2.0);
+        assert!((sum - 2.05e-3).abs() < 1e-12, "{sum}");
+        let le = |b: f64| buckets.iter().find(|(x, _)| *x >= b).expect("bucket").1;
+        assert_eq!(le(65_536e-9), 1.0, "50 µs");
+        assert_eq!(le(4_194_304e-9), 2.0, "and 2 ms");
         for n in [
             "tracer_agent_probe_hits_total",
             "tracer_agent_events_lost_total",

@@ -610,6 +610,63 @@ mod tests {
 }
 
 #[cfg(test)]
+mod accept_tests {
+    use super::*;
+    use crate::tcp::format::parse;
+
+    const EXIT_ACCEPT4: &str = "name: sys_exit_accept4\nID: 2233\nformat:\n\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n\tfield:int __syscall_nr;\toffset:8;\tsize:4;\tsigned:1;\n\tfield:long ret;\toffset:16;\tsize:8;\tsigned:1;\n";
+
+    fn accept_hook(accept: Option<&str>) -> (HookStatus, TcpConfig) {
+        let p = plan_with(|g, n| match (g, n) {
+            ("syscalls", "sys_exit_accept4") => Ok(Some(parse(EXIT_ACCEPT4)?)),
+            ("syscalls", "sys_exit_accept") => match accept {
+                Some(text) => Ok(Some(parse(text)?)),
+                None => Ok(None),
+            },
+            _ => Ok(None),
+        });
+        (p.hooks[ACCEPT_TP].clone(), p.config)
+    }
+
+    #[test]
+    fn both_accept_events_share_one_program_when_their_layouts_agree() {
+        let same = EXIT_ACCEPT4.replace("accept4", "accept");
+        let (h, c) = accept_hook(Some(&same));
+        assert_eq!(h.hook, "syscalls:sys_exit_accept4+sys_exit_accept");
+        assert_eq!((h.role, h.status, h.reason), ("accept", "pending", None));
+        assert_eq!(c.accept_ret, 16);
+
+        // A different layout for the second event: only accept4 is hooked.
+        let moved = "name: sys_exit_accept\n\tfield:long ret;\toffset:24;\tsize:8;\tsigned:1;\n";
+        let (h, c) = accept_hook(Some(moved));
+        assert_eq!(h.hook, "syscalls:sys_exit_accept4");
+        assert!(h.reason.unwrap_or_default().contains("differently"));
+        assert_eq!(c.accept_ret, 16);
+
+        let (h, _) = accept_hook(None);
+        assert_eq!(h.hook, "syscalls:sys_exit_accept4");
+        assert!(
+            h.reason
+                .unwrap_or_default()
+                .contains("no syscalls:sys_exit_accept")
+        );
+    }
+
+    #[test]
+    fn accept_tracepoint_is_refused_without_the_fd_walk_offsets() {
+        let mut p = plan_with(|g, n| match (g, n) {
+            ("syscalls", "sys_exit_accept4") => Ok(Some(parse(EXIT_ACCEPT4)?)),
+            _ => Ok(None),
+        });
+        refuse_accept_tracepoint(&mut p, "no BTF");
+        let h = &p.hooks[ACCEPT_TP];
+        assert_eq!(h.status, "failed");
+        assert!(h.reason.as_deref().unwrap_or("").contains("no BTF"));
+        assert_eq!(p.config.accept_ret, OFF_NONE);
+    }
+}
+
+#[cfg(test)]
 mod order_tests {
     use super::*;
 

@@ -160,6 +160,8 @@ pub struct FlowView {
     pub bytes_received: u64,
     pub lifetime_ns: u64,
     pub connect_latency_ns: u64,
+    /// Accept-queue wait of an accepted server flow; `None` otherwise.
+    pub accept_wait_ns: Option<u64>,
     pub srtt_us: u64,
     pub retransmits: u64,
     pub resets_sent: u64,
@@ -516,6 +518,7 @@ fn add_rows(m: &mut MergedSnapshot, s: &api::Snapshot, node: &str) {
         bytes_received: r.bytes_received,
         lifetime_ns: r.lifetime_ns,
         connect_latency_ns: r.connect_latency_ns,
+        accept_wait_ns: r.accept_wait_ns,
         srtt_us: r.srtt_us,
         retransmits: r.retransmits,
         resets_sent: r.resets_sent,

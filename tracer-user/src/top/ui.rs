@@ -334,11 +334,13 @@ pub fn flow_detail(r: &FlowView, bar_width: usize) -> (String, Vec<String>) {
             if r.open { "" } else { " (closed)" }
         ),
         format!(
-            "sent {} B, received {} B, lifetime {}, connect {}, srtt {}, retransmits {}, resets sent {} received {}",
+            "sent {} B, received {} B, lifetime {}, connect {}, {}srtt {}, retransmits {}, resets sent {} received {}",
             r.bytes_sent,
             r.bytes_received,
             fmt_ns(r.lifetime_ns),
             fmt_ns(r.connect_latency_ns),
+            r.accept_wait_ns
+                .map_or(String::new(), |w| format!("accept wait {}, ", fmt_ns(w))),
             fmt_ns(r.srtt_us.saturating_mul(1000)),
             r.retransmits,
             r.resets_sent,
@@ -713,5 +715,23 @@ mod tests {
             s.contains("tracer top: keys") && s.contains("PAUSED"),
             "{s}"
         );
+    }
+
+    #[test]
+    fn flow_detail_shows_the_accept_wait_only_when_measured() {
+        let mut r = FlowView {
+            side: "server".into(),
+            connect_latency_ns: 0,
+            ..Default::default()
+        };
+        let (_, lines) = flow_detail(&r, 20);
+        assert!(
+            !lines.iter().any(|l| l.contains("accept wait")),
+            "{lines:?}"
+        );
+        r.accept_wait_ns = Some(1_500_000);
+        let (_, lines) = flow_detail(&r, 20);
+        let want = format!("accept wait {}", fmt_ns(1_500_000));
+        assert!(lines.iter().any(|l| l.contains(&want)), "{lines:?}");
     }
 }
