@@ -570,14 +570,18 @@ pub fn tcp_rtt(ctx: TracePointContext) -> u32 {
 fn on_probe(ctx: &TracePointContext) -> Option<()> {
     let c = TCP_CONFIG.get(0)?;
     let sk: u64 = read(ctx, c.probe_skaddr)?;
-    let srtt = read::<u32>(ctx, c.probe_srtt)? as u64;
-    on_rtt(sk, srtt)
+    on_rtt_lazy(sk, &RecordSrtt(ctx, c.probe_srtt))
 }
 
-/// A segment arrived on an established `sk` whose smoothed RTT is `srtt` µs.
-#[inline(always)]
-pub(crate) fn on_rtt(sk: u64, srtt: u64) -> Option<()> {
-    on_rtt_lazy(sk, &srtt)
+/// The `srtt` of a `tcp:tcp_probe` record, read only for sockets with a flow
+/// (the event fires for every segment received on the machine).
+struct RecordSrtt<'a>(&'a TracePointContext, u16);
+
+impl SrttSource for RecordSrtt<'_> {
+    #[inline(always)]
+    fn srtt_us(&self) -> Option<u64> {
+        read::<u32>(self.0, self.1).map(u64::from)
+    }
 }
 
 /// Where a smoothed RTT (µs) is read from, once the socket is known to have
@@ -586,14 +590,8 @@ pub(crate) trait SrttSource {
     fn srtt_us(&self) -> Option<u64>;
 }
 
-impl SrttSource for u64 {
-    #[inline(always)]
-    fn srtt_us(&self) -> Option<u64> {
-        Some(*self)
-    }
-}
-
-/// [`on_rtt`], reading the RTT only for sockets with an open flow.
+/// A segment arrived on an established `sk`: records its smoothed RTT
+/// (µs), read from `src` only when the socket has an open flow.
 #[inline(always)]
 pub(crate) fn on_rtt_lazy<S: SrttSource>(sk: u64, src: &S) -> Option<()> {
     let p = TCP_FLOWS.get_ptr_mut(sk)?;
