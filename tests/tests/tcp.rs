@@ -573,6 +573,81 @@ fn half_closed_client_reads_the_reply_after_close() -> Result<()> {
     Ok(())
 }
 
+/// Bounded kernel state, with every loss counted: a flow table of 128
+/// entries and a closed-flow ring buffer of 16 KiB (about 49 flows), no
+/// draining until the end, and 300 connections held open at once (600
+/// flows). Flows must be evicted from the table and lost to the full ring
+/// buffer, both counted, and every flow that is reported must be exact.
+#[test]
+fn full_tables_count_evictions_and_lost_flows() -> Result<()> {
+    if !privileged_tests_enabled("tcp_full_tables") {
+        return Ok(());
+    }
+    const N: usize = 300;
+    const MSG: usize = 10;
+    const RING: u32 = 16 * 1024;
+    let _serial = tracer_tests::serial();
+    let pid = std::process::id();
+    let mut tracer = Tracer::load_sized(true, &[("TCP_FLOWS", 128), ("TCP_CLOSED_RB", RING)])?;
+    let mut tcp = attach(&mut tracer, &[pid])?;
+    let listener = TcpListener::bind("127.0.0.1:0")?;
+    let server = listener.local_addr()?;
+    let srv = thread::spawn(move || -> Result<Vec<TcpStream>> {
+        let mut held = Vec::with_capacity(N);
+        for _ in 0..N {
+            let (mut s, _) = listener.accept()?;
+            let mut buf = [0u8; MSG];
+            s.read_exact(&mut buf).context("server read")?;
+            held.push(s);
+        }
+        Ok(held)
+    });
+    let mut clients = Vec::with_capacity(N);
+    for _ in 0..N {
+        let mut c = TcpStream::connect(server)?;
+        c.write_all(&[3u8; MSG])?;
+        clients.push(c);
+    }
+    let held = srv
+        .join()
+        .map_err(|_| anyhow::anyhow!("server thread panicked"))??;
+    drop(clients);
+    drop(held);
+    // Every socket freed: nothing stays open or pending in the kernel.
+    thread::sleep(Duration::from_millis(300));
+    tcp.finishing();
+    let r = tcp.report(&mut tracer)?;
+    let st = &r.stats;
+    let ours: Vec<&FlowReport> = r.flows.iter().filter(|f| f.pid == pid).collect();
+    eprintln!(
+        "full tables: {} flows reported, stats {st:?}",
+        ours.len()
+    );
+    ensure!(st.flows_created == 2 * N as u64, "flows_created: {st:?}");
+    ensure!(st.open_now == 0 && st.closed_pending == 0, "{st:?}");
+    ensure!(st.evicted > 0, "no eviction counted: {st:?}");
+    ensure!(st.closed_lost > 0, "no lost flow counted: {st:?}");
+    // The ring buffer cannot have held more.
+    let cap = RING as usize / tracer_user::tcp::FLOW_RECORD_BYTES;
+    ensure!(
+        !ours.is_empty() && ours.len() <= cap,
+        "{} flows reported, ring holds {cap}",
+        ours.len()
+    );
+    ensure!(
+        st.closed_collected + st.evicted + st.closed_lost == st.flows_created,
+        "collected + evicted + lost != created: {st:?}"
+    );
+    for f in ours {
+        let exact = match f.side {
+            "client" => f.bytes_sent == MSG as u64 && f.bytes_received == 0,
+            _ => f.bytes_received == MSG as u64 && f.bytes_sent == 0,
+        };
+        ensure!(exact && !f.open && f.destroyed, "flow not exact: {f:#?}");
+    }
+    Ok(())
+}
+
 /// Runs `ip ARGS`, failing with its stderr.
 fn ip(args: &[&str]) -> Result<()> {
     let out = Command::new("ip")

@@ -612,10 +612,9 @@ fn status_kb(pid: u32, key: &str) -> Option<u64> {
 }
 
 /// 20 000 short connections (client and server in the traced Go process, so
-/// 40 000 flows) under `tracer run`, which reads the kernel tables only at the
-/// end: more closed flows than the closed-flow table (16 384) holds. tracer
-/// must survive with bounded memory, every flow it reports must be
-/// byte-exact, and reported + evicted must account for every flow created.
+/// 40 000 flows) under `tracer run`: more than the kernel's closed-flow ring
+/// buffer holds, so only draining it during the run keeps them all. tracer
+/// must survive with bounded memory and report every flow, byte-exact.
 #[test]
 fn connection_flood_is_accounted_with_bounded_memory() -> Result<()> {
     if !privileged_tests_enabled("tcp_flood") {
@@ -677,7 +676,8 @@ fn connection_flood_is_accounted_with_bounded_memory() -> Result<()> {
     let (created, evicted, dropped) = (
         n(&st["flows_created"]),
         n(&st["evicted"]),
-        n(&st["dropped_closed"]),
+        // Dropped in user space, or in the kernel with its ring buffer full.
+        n(&st["dropped_closed"]).saturating_add(n(&st["closed_lost"])),
     );
     eprintln!(
         "flood: {:.1} s, tracer peak RSS {} MiB, stats {st}, {} flows reported",
@@ -697,14 +697,13 @@ fn connection_flood_is_accounted_with_bounded_memory() -> Result<()> {
     );
     // The report is read after the program exited: nothing changes during
     // the read, so the eviction count is exact.
+    // `tracer run` drains the kernel's closed flows every 100 ms: none is
+    // lost (loss accounting under full tables: tcp.rs
+    // `full_tables_count_evictions_and_lost_flows`).
     ensure!(
-        flows.len() as u64 + evicted + dropped == created && evicted > 0,
-        "{} reported + {evicted} evicted + {dropped} dropped != {created} created: {st}",
+        flows.len() as u64 == created && evicted == 0 && dropped == 0,
+        "{} reported + {evicted} evicted + {dropped} dropped, {created} created: {st}",
         flows.len()
-    );
-    ensure!(
-        flows.len() <= 16_384,
-        "more flows than the closed table holds"
     );
     for f in flows {
         let ok = f["open"] == false
@@ -806,7 +805,8 @@ fn agent_survives_a_connection_flood_and_counts_evictions() -> Result<()> {
     let (created, evicted, dropped) = (
         n(&st["flows_created"]),
         n(&st["evicted"]),
-        n(&st["dropped_closed"]),
+        // Dropped in user space, or in the kernel with its ring buffer full.
+        n(&st["dropped_closed"]).saturating_add(n(&st["closed_lost"])),
     );
     eprintln!(
         "agent flood: agent peak RSS {} MiB, {} flows listed, {rolled} in roll-ups, stats {st}, health {health}",

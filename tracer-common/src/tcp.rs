@@ -53,7 +53,7 @@ pub const FLAG_MIDSTREAM: u8 = 8;
 
 /// Index in the `TCP_STATS` per-CPU counter array.
 pub const STAT_FLOWS_CREATED: u32 = 0;
-/// Flows moved from the open map to the closed map.
+/// Flows that reached TCP_CLOSE (or were freed without one).
 pub const STAT_FLOWS_CLOSED: u32 = 1;
 /// A map insert failed (should not happen with LRU maps).
 pub const STAT_INSERT_FAILED: u32 = 2;
@@ -64,6 +64,9 @@ pub const STAT_READ_FAILED: u32 = 4;
 /// The accept tracepoint's walk from the new fd to its socket faulted or
 /// found the fd out of range (the accept wait of that flow is not measured).
 pub const STAT_ACCEPT_WALK_FAILED: u32 = 5;
+/// Finished flows dropped because the closed-flow ring buffer was full
+/// (user space drains it too slowly).
+pub const STAT_CLOSED_LOST: u32 = 6;
 /// Number of counters.
 pub const STAT_COUNT: u32 = 8;
 
@@ -204,14 +207,6 @@ pub struct SockInfo {
     pub daddr: [u8; 16],
 }
 
-/// Key of a closed flow: the socket address alone is reused by the kernel.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
-pub struct ClosedKey {
-    pub skaddr: u64,
-    pub start_ns: u64,
-}
-
 /// One TCP connection as seen from one socket. Times are `bpf_ktime_get_ns`
 /// (CLOCK_MONOTONIC); 0 means "not seen".
 #[repr(C)]
@@ -310,7 +305,6 @@ mod pod {
     // SAFETY: all are repr(C), contain only integers, and have no implicit padding.
     unsafe impl aya::Pod for super::TcpConfig {}
     unsafe impl aya::Pod for super::SockInfo {}
-    unsafe impl aya::Pod for super::ClosedKey {}
     unsafe impl aya::Pod for super::TcpFlow {}
 }
 

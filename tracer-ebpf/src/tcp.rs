@@ -15,12 +15,12 @@
 use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{map, tracepoint},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
 use tracer_common::tcp::{
-    AF_INET, AF_INET6, ClosedKey, FLAG_CLOSED, FLAG_DESTROYED, FLAG_MIDSTREAM, FLAG_TUPLE,
-    IPPROTO_TCP, MSG_PEEK, OFF_NONE, SIDE_CLIENT, SIDE_SERVER, STAT_COUNT, STAT_FLOWS_CLOSED,
+    AF_INET, AF_INET6, FLAG_CLOSED, FLAG_DESTROYED, FLAG_MIDSTREAM, FLAG_TUPLE,
+    IPPROTO_TCP, MSG_PEEK, OFF_NONE, SIDE_CLIENT, SIDE_SERVER, STAT_CLOSED_LOST, STAT_COUNT, STAT_FLOWS_CLOSED,
     STAT_FLOWS_CREATED, STAT_INSERT_FAILED, STAT_MIDSTREAM, STAT_READ_FAILED, SockInfo, TCP_CLOSE,
     TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_LAST_ACK, TCP_SYN_RECV, TCP_SYN_SENT, TcpConfig, TcpFlow,
     rtt_slot,
@@ -34,26 +34,31 @@ pub(crate) static TCP_CONFIG: Array<TcpConfig> = Array::with_max_entries(1, 0);
 #[map]
 static TCP_TARGETS: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
 
-/// Open flows by socket address. LRU so that the kernel state stays bounded;
-/// user space derives evictions from `STAT_FLOWS_CREATED`.
+/// Flows by socket address: open ones, and closed ones until their socket
+/// is freed (`tcp_destroy_sock`), because a reset is sent and data can still
+/// be read after TCP_CLOSE. LRU so that the kernel state stays bounded;
+/// user space derives evictions from `STAT_FLOWS_CREATED`. A socket address
+/// is reused only after the socket is freed, which moves its flow out.
 #[map]
 static TCP_FLOWS: LruHashMap<u64, TcpFlow> = LruHashMap::with_max_entries(65536, 0);
 
-/// Closed flows, keyed by (socket, start) because socket addresses are reused;
-/// user space drains it.
+/// Finished flows, for user space to drain: a ring buffer rather than a
+/// hash map because a flow here is final, and an output costs a copy where
+/// a hash insert (plus the index a closed socket needed to find it) cost
+/// four LRU operations per flow. A full buffer drops the flow and counts it
+/// (`STAT_CLOSED_LOST`). 8 MiB holds about 25 000 flows.
 #[map]
-static TCP_CLOSED: LruHashMap<ClosedKey, TcpFlow> = LruHashMap::with_max_entries(16384, 0);
-
-/// Socket → its latest closed flow, for events that follow TCP_CLOSE (an
-/// active reset is sent after the state change; `tcp_destroy_sock` comes last).
-#[map]
-static TCP_CLOSED_BY_SK: LruHashMap<u64, ClosedKey> = LruHashMap::with_max_entries(16384, 0);
+static TCP_CLOSED_RB: RingBuf = RingBuf::with_byte_size(8 << 20, 0);
 
 /// Server sockets seen in the handshake but not yet claimed by a traced
 /// process's send/recv. Sockets of untraced processes land here too; LRU
 /// keeps that bounded.
 #[map]
 static TCP_SOCKS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(16384, 0);
+
+/// `bpf_ringbuf_output` flag: user space drains on a timer, so no wake-up
+/// (an irq_work per flow) is needed.
+const BPF_RB_NO_WAKEUP: u64 = aya_ebpf::bindings::BPF_RB_NO_WAKEUP as u64;
 
 /// One zeroed flow: a `TcpFlow` by value would crowd the 512-byte stack.
 #[map]
@@ -194,46 +199,38 @@ fn new_flow(sk: u64, tgid: u32, now: u64) -> Option<*mut TcpFlow> {
     Some(p)
 }
 
-/// Moves a flow that reached TCP_CLOSE from the open map to the closed map.
+/// Hands a finished flow to user space and frees its slot: its socket was
+/// freed, or its address is being reused by a socket whose freeing was missed.
 #[inline(always)]
-fn close_flow(sk: u64, p: *mut TcpFlow) {
-    // SAFETY: map value valid for this run; read before the element is removed.
-    let key = ClosedKey {
-        skaddr: sk,
-        start_ns: unsafe { (*p).start_ns },
-    };
-    #[allow(clippy::needless_borrows_for_generic_args)]
-    if TCP_CLOSED.insert(key, unsafe { &*p }, 0).is_err() {
-        stat(STAT_INSERT_FAILED);
-        return;
+fn emit(sk: u64, p: *mut TcpFlow) {
+    // SAFETY: map value valid for this run; copied before the removal.
+    if TCP_CLOSED_RB
+        .output::<TcpFlow>(unsafe { &*p }, BPF_RB_NO_WAKEUP)
+        .is_err()
+    {
+        stat(STAT_CLOSED_LOST);
     }
-    let _ = TCP_CLOSED_BY_SK.insert(sk, key, 0);
     let _ = TCP_FLOWS.remove(sk);
-    stat(STAT_FLOWS_CLOSED);
 }
 
-/// The open flow of `sk`, else its latest closed flow.
+/// Whether a flow has reached TCP_CLOSE (it stays in `TCP_FLOWS` until freed).
+#[inline(always)]
+fn is_closed(p: *mut TcpFlow) -> bool {
+    // SAFETY: map value valid for this run.
+    unsafe { (*p).flags & FLAG_CLOSED != 0 }
+}
+
+/// The flow of `sk`, open or closed.
 #[inline(always)]
 fn any_flow(sk: u64) -> Option<*mut TcpFlow> {
-    if let Some(p) = TCP_FLOWS.get_ptr_mut(sk) {
-        return Some(p);
-    }
-    let key = TCP_CLOSED_BY_SK.get_ptr(sk)?;
-    // SAFETY: map value valid for this run; copied out before the next lookup.
-    let key = unsafe { *key };
-    TCP_CLOSED.get_ptr_mut(key)
+    TCP_FLOWS.get_ptr_mut(sk)
 }
 
-/// Whether `sk` has an open flow.
-#[inline(always)]
-pub(crate) fn has_open_flow(sk: u64) -> bool {
-    TCP_FLOWS.get_ptr(sk).is_some()
-}
-
-/// Whether `sk` has an open or closed flow (retransmits and resets can follow the close).
+/// Whether `sk` has a flow (retransmits, resets and reads can follow the
+/// close, until the socket is freed).
 #[inline(always)]
 pub(crate) fn has_flow(sk: u64) -> bool {
-    any_flow(sk).is_some()
+    TCP_FLOWS.get_ptr(sk).is_some()
 }
 
 /// `sock:inet_sock_set_state`: handshake, connect latency, close.
@@ -255,6 +252,19 @@ fn on_set_state_tp(ctx: &TracePointContext) -> Option<()> {
 /// when a flow first needs them.
 #[inline(always)]
 pub(crate) fn on_set_state<S: TupleSource>(sk: u64, old: u8, new: u8, src: &S) -> Option<()> {
+    let mut flow = TCP_FLOWS.get_ptr_mut(sk);
+    if let Some(p) = flow
+        && is_closed(p)
+    {
+        if new == TCP_CLOSE {
+            return Some(());
+        }
+        // A closed socket leaves TCP_CLOSE only to connect or listen again
+        // (or its address was reused after a missed free): the old flow ends here.
+        emit(sk, p);
+        flow = None;
+    }
+
     if new == TCP_SYN_SENT {
         // connect() runs in the caller's context: the one place a client
         // socket can be attributed before it moves data.
@@ -272,7 +282,7 @@ pub(crate) fn on_set_state<S: TupleSource>(sk: u64, old: u8, new: u8, src: &S) -
         return Some(());
     }
 
-    if let Some(p) = TCP_FLOWS.get_ptr_mut(sk) {
+    if let Some(p) = flow {
         // SAFETY: map value valid for this run.
         let f = unsafe { &mut *p };
         // Once per flow: complete from ESTABLISHED on (a mid-stream flow
@@ -291,10 +301,11 @@ pub(crate) fn on_set_state<S: TupleSource>(sk: u64, old: u8, new: u8, src: &S) -
             }
         }
         if new == TCP_CLOSE {
+            // Stays in TCP_FLOWS until the socket is freed (`on_destroy`).
             f.end_ns = now_ns();
             f.close_from = old;
             f.flags |= FLAG_CLOSED;
-            close_flow(sk, p);
+            stat(STAT_FLOWS_CLOSED);
         }
         return Some(());
     }
@@ -391,31 +402,6 @@ fn claim_flow(sk: u64, now: u64) -> Option<*mut TcpFlow> {
     Some(p)
 }
 
-/// The latest closed flow of `sk` when the current process owns it and the
-/// socket has not been freed since: data that arrived before the socket
-/// reached CLOSE can still be read from it (a client that half-closed, got
-/// the peer's reply and FIN, then reads). A pending server handshake comes
-/// first: a new socket at a reused address is not the closed one.
-#[inline(always)]
-fn closed_flow_of_caller(sk: u64) -> Option<*mut TcpFlow> {
-    if TCP_SOCKS.get_ptr(sk).is_some() {
-        return None;
-    }
-    let key = TCP_CLOSED_BY_SK.get_ptr(sk)?;
-    // SAFETY: map value valid for this run; copied out before the next lookup.
-    let key = unsafe { *key };
-    let p = TCP_CLOSED.get_ptr_mut(key)?;
-    // SAFETY: map value valid for this run.
-    let f = unsafe { &*p };
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    // Another process's socket at a reused address, or one freed since
-    // (its `tcp_destroy_sock` also drops the `TCP_CLOSED_BY_SK` entry).
-    if f.tgid != tgid || f.flags & FLAG_DESTROYED != 0 {
-        return None;
-    }
-    Some(p)
-}
-
 /// accept() in the current task returned the listener's child `sk`: claim
 /// it for a traced process and stamp the accept time; the accept-queue wait
 /// is that minus `established_ns`. Only sockets whose handshake is in
@@ -465,7 +451,7 @@ fn on_length_tp(
 /// stashing arguments for every socket call on the machine.
 #[inline(always)]
 pub(crate) fn wanted(sk: u64) -> bool {
-    has_open_flow(sk) || traced((bpf_get_current_pid_tgid() >> 32) as u32)
+    has_flow(sk) || traced((bpf_get_current_pid_tgid() >> 32) as u32)
 }
 
 /// A send (or non-peek receive) on `sk` returned `ret`.
@@ -508,11 +494,8 @@ pub(crate) fn on_length_gated<G: NewFlowGate>(
             if !gate.allows(sk) {
                 return None;
             }
-            match closed_flow_of_caller(sk) {
-                Some(p) => p,
-                // SAFETY: plain helper call.
-                None => claim_flow(sk, unsafe { bpf_ktime_get_ns() })?,
-            }
+            // SAFETY: plain helper call.
+            claim_flow(sk, unsafe { bpf_ktime_get_ns() })?
         }
     };
     // SAFETY: map value valid for this run; fields only reached by address.
@@ -684,26 +667,21 @@ fn on_destroy_tp(ctx: &TracePointContext) -> Option<()> {
     on_destroy(sk)
 }
 
-/// `sk` is being freed; its address may be reused next.
+/// `sk` is being freed; its address may be reused next. Its flow is final.
 #[inline(always)]
 pub(crate) fn on_destroy(sk: u64) -> Option<()> {
     let _ = TCP_SOCKS.remove(sk);
-    if let Some(p) = TCP_FLOWS.get_ptr_mut(sk) {
-        // Destroyed without a TCP_CLOSE we saw: close it here.
-        // SAFETY: map value valid for this run.
-        let f = unsafe { &mut *p };
+    let p = TCP_FLOWS.get_ptr_mut(sk)?;
+    // SAFETY: map value valid for this run.
+    let f = unsafe { &mut *p };
+    if f.flags & FLAG_CLOSED == 0 {
+        // Freed without a TCP_CLOSE we saw.
         // SAFETY: plain helper call.
         f.end_ns = unsafe { bpf_ktime_get_ns() };
-        f.flags |= FLAG_CLOSED | FLAG_DESTROYED;
-        close_flow(sk, p);
-        return Some(());
+        f.flags |= FLAG_CLOSED;
+        stat(STAT_FLOWS_CLOSED);
     }
-    let key = TCP_CLOSED_BY_SK.get_ptr(sk)?;
-    // SAFETY: map value valid for this run; copied before the removal.
-    let key = unsafe { *key };
-    let _ = TCP_CLOSED_BY_SK.remove(sk);
-    let p = TCP_CLOSED.get_ptr_mut(key)?;
-    // SAFETY: map value valid for this run.
-    unsafe { (*p).flags |= FLAG_DESTROYED };
+    f.flags |= FLAG_DESTROYED;
+    emit(sk, p);
     Some(())
 }

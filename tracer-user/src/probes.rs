@@ -226,9 +226,11 @@ impl Tracer {
         }
         let mut loader = EbpfLoader::new();
         if !tcp {
-            for map in ["TCP_FLOWS", "TCP_CLOSED", "TCP_CLOSED_BY_SK", "TCP_SOCKS"] {
+            for map in ["TCP_FLOWS", "TCP_SOCKS"] {
                 loader.map_max_entries(map, 64);
             }
+            // A ring buffer's size is in bytes, a power-of-two number of pages.
+            loader.map_max_entries("TCP_CLOSED_RB", 4096);
         }
         for (map, size) in sizes {
             loader.map_max_entries(map, *size);

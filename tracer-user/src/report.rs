@@ -282,11 +282,12 @@ impl Report {
             return;
         };
         let s = &tcp.stats;
-        if s.evicted > 0 || s.dropped_closed > 0 {
+        if s.evicted > 0 || s.dropped_closed > 0 || s.closed_lost > 0 {
             let _ = writeln!(
                 out,
                 "  TCP: {} flows evicted from the kernel table, {} closed flows dropped: counts are lower bounds",
-                s.evicted, s.dropped_closed
+                s.evicted,
+                s.dropped_closed + s.closed_lost
             );
         }
         if tcp.by_remote.is_empty() && tcp.by_listen_port.is_empty() {

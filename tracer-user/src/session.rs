@@ -516,6 +516,14 @@ impl Session {
         let _ = err.flush();
     }
 
+    /// Empties the kernel's closed-flow ring buffer into this session (see
+    /// [`crate::tcp::TCP_DRAIN`]).
+    pub fn drain_tcp(&mut self) {
+        if let Some(t) = self.tcp.as_mut() {
+            t.collect_closed();
+        }
+    }
+
     /// Prints the final table to stdout and writes the JSON report if asked.
     pub fn finish(mut self, opts: &OutputOptions) -> Result<Report> {
         self.tracer.flush_logs();

@@ -136,10 +136,7 @@ pub struct AgentOptions {
 
 /// How often `/proc` is rescanned, in case the kernel dropped exec events.
 const RESCAN: Duration = Duration::from_secs(10);
-/// How often closed TCP flows are moved out of the kernel's closed-flow
-/// table (16 384 entries), independent of the refresh: at 4 drains a second
-/// a flood must close more than ~65 000 connections a second to evict any.
-const TCP_DRAIN: Duration = Duration::from_millis(250);
+use crate::tcp::TCP_DRAIN;
 /// Processes remembered as failed (newest kept).
 const MAX_FAILED: usize = 256;
 /// Closed flows kept per process for display; older ones count only in totals.
@@ -748,13 +745,12 @@ impl Agent {
         }
     }
 
-    /// Every [`TCP_DRAIN`]: frees the kernel's closed-flow slots; the flows
-    /// wait in user space (bounded, see `MAX_KEPT_CLOSED`) for the next refresh.
+    /// Every [`TCP_DRAIN`]: empties the kernel's closed-flow ring buffer;
+    /// the flows wait in user space (bounded, see `MAX_KEPT_CLOSED`) for the
+    /// next refresh.
     fn drain_tcp(&mut self) {
-        if let Some(tcp) = self.tcp.as_mut()
-            && let Err(e) = tcp.collect_closed(&mut self.shared)
-        {
-            tracing::warn!("collecting closed TCP flows: {e:#}");
+        if let Some(tcp) = self.tcp.as_mut() {
+            tcp.collect_closed();
         }
     }
 
@@ -848,7 +844,12 @@ impl Agent {
             .sum();
         let (evictions, tcp_lost) = node_tcp
             .as_ref()
-            .map_or((0, 0), |t| (t.stats.evicted, t.stats.dropped_closed));
+            .map_or((0, 0), |t| {
+                (
+                    t.stats.evicted,
+                    t.stats.dropped_closed + t.stats.closed_lost,
+                )
+            });
         // Kernel-measured probe cost (non-zero with --bpf-stats).
         let (probe_hits, bpf_run_time_ns) = if self.opts.session.bpf_stats {
             self.sessions

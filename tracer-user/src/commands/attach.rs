@@ -29,6 +29,7 @@ pub async fn attach(pid: u32, duration: Option<Duration>, out: &OutputOptions) -
     let mut live_tick = tokio::time::interval(out.interval.max(Duration::from_millis(100)));
     live_tick.tick().await;
     let mut scan_tick = tokio::time::interval(STUCK_SCAN);
+    let mut drain = tokio::time::interval(crate::tcp::TCP_DRAIN);
     let ctrl_c = tokio::signal::ctrl_c();
     tokio::pin!(ctrl_c);
     loop {
@@ -37,6 +38,7 @@ pub async fn attach(pid: u32, duration: Option<Duration>, out: &OutputOptions) -
             _ = tokio::time::sleep(until_deadline.unwrap_or(Duration::from_secs(3600))), if until_deadline.is_some() => break,
             _ = &mut ctrl_c => break,
             _ = live_tick.tick(), if out.live => session.print_live(out),
+            _ = drain.tick() => session.drain_tcp(),
             _ = scan_tick.tick() => {
                 if !procfs::is_alive(pid) {
                     tracing::info!("pid {pid} exited");

@@ -144,11 +144,13 @@ pub async fn run(program: &Path, args: &[OsString], out: &OutputOptions) -> Resu
     let mut tick = tokio::time::interval(out.interval.max(Duration::from_millis(100)));
     tick.tick().await;
     let mut scan = tokio::time::interval(STUCK_SCAN);
+    let mut drain = tokio::time::interval(crate::tcp::TCP_DRAIN);
     let status = loop {
         tokio::select! {
             st = &mut waiter => break st?.context("waiting for the program")?,
             _ = tick.tick(), if out.live => session.print_live(out),
             _ = scan.tick() => session.scan_stuck(out.stuck_threshold),
+            _ = drain.tick() => session.drain_tcp(),
             // Ctrl-C reaches the program too (same process group); keep tracing
             // until it has exited so its final waits are counted.
             _ = tokio::signal::ctrl_c() => {}

@@ -16,10 +16,11 @@ pub mod hooks;
 use std::path::Path;
 
 use anyhow::{Context, Result, anyhow, bail};
-use aya::maps::{Array, HashMap, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use serde::Serialize;
 use tracer_common::tcp::{
-    ClosedKey, FLAG_DESTROYED, STAT_ACCEPT_WALK_FAILED, STAT_FLOWS_CLOSED, STAT_FLOWS_CREATED,
+    FLAG_CLOSED, FLAG_DESTROYED, STAT_ACCEPT_WALK_FAILED, STAT_CLOSED_LOST, STAT_FLOWS_CLOSED,
+    STAT_FLOWS_CREATED,
     STAT_INSERT_FAILED, STAT_MIDSTREAM, STAT_READ_FAILED, TcpConfig, TcpFlow,
 };
 
@@ -31,16 +32,25 @@ pub use attach::{
 pub use flows::{AcceptWaits, FlowReport, FlowTotals, ListenRollup, RemoteRollup, WaitBucket};
 pub use hooks::{HookStatus, Mechanism};
 
+/// How often user space empties the kernel's closed-flow ring buffer
+/// (8 MiB, about 25 000 flows), independent of any refresh: at 10 drains a
+/// second flows are lost only beyond ~250 000 freed sockets a second.
+pub const TCP_DRAIN: std::time::Duration = std::time::Duration::from_millis(100);
+
+/// Bytes one finished flow takes in the kernel's ring buffer (its 8-byte
+/// record header included).
+pub const FLOW_RECORD_BYTES: usize = size_of::<TcpFlow>() + 8;
+
 /// Closed flows kept in user space between reports; beyond this they are
 /// counted in [`TcpStats::dropped_closed`] and discarded (about 300 B each).
 pub const MAX_KEPT_CLOSED: usize = 100_000;
 
-/// How long a closed flow whose socket still exists stays in the kernel
-/// before it is collected: data that arrived before CLOSE (a half-closed
-/// client's last reply) can still be read from the socket and is added to
-/// the closed flow only while the kernel holds it. Freed sockets
-/// (`FLAG_DESTROYED`) are collected at once, so this only delays sockets the
-/// program has not closed yet.
+/// How long a closed flow whose socket was not seen freed may stay in the
+/// kernel's flow table before user space collects it. The kernel keeps a
+/// closed flow until its socket is freed (data that arrived before CLOSE,
+/// such as a half-closed client's last reply, can still be read and is
+/// added to it) and then hands it over through a ring buffer; this only
+/// matters where no hook sees sockets being freed, or one was missed.
 pub const CLOSED_HOLD_NS: u64 = 1_000_000_000;
 
 /// Counters that say how complete the flow data is.
@@ -50,16 +60,22 @@ pub struct TcpStats {
     pub flows_created: u64,
     /// Flows that reached TCP_CLOSE in the kernel.
     pub flows_closed: u64,
+    /// Closed flows whose socket is not freed yet (still in the kernel's
+    /// flow table).
+    pub closed_pending: u64,
     /// Flows first seen at send/recv (opened before tracing).
     pub flows_midstream: u64,
     /// Open flows in the kernel map now.
     pub open_now: u64,
     /// Closed flows read out of the kernel so far.
     pub closed_collected: u64,
-    /// Flows the LRU maps evicted before user space read them:
-    /// created − open now − collected − closed still in the kernel. Exact
+    /// Flows the LRU map evicted before user space read them:
+    /// created − open now − closed pending − collected − lost. Exact
     /// when nothing changes during the read, an estimate otherwise.
     pub evicted: u64,
+    /// Finished flows the kernel dropped because the closed-flow ring
+    /// buffer was full (user space drained it too slowly).
+    pub closed_lost: u64,
     /// Closed flows dropped because [`MAX_KEPT_CLOSED`] were already held.
     pub dropped_closed: u64,
     pub insert_failed: u64,
@@ -82,6 +98,8 @@ pub struct TcpReport {
 /// Live TCP tracing state: attached hooks and the closed flows collected so far.
 pub struct TcpTracing {
     hooks: Vec<HookStatus>,
+    /// Finished flows from the kernel (`TCP_CLOSED_RB`).
+    ring: RingBuf<MapData>,
     closed: Vec<TcpFlow>,
     collected: u64,
     dropped: u64,
@@ -138,6 +156,13 @@ pub fn attach_tcp_with(
     for &pid in pids {
         add_tcp_pid(tracer, pid)?;
     }
+    let ring = RingBuf::try_from(
+        tracer
+            .ebpf
+            .take_map("TCP_CLOSED_RB")
+            .ok_or_else(|| anyhow!("TCP_CLOSED_RB ring buffer missing from the eBPF object"))?,
+    )
+    .context("opening the TCP_CLOSED_RB ring buffer")?;
     let hooks = try_attach_hooks(tracer, &plan, order);
     let broken = attach::essential_failures(&hooks);
     if !broken.is_empty() {
@@ -158,6 +183,7 @@ pub fn attach_tcp_with(
     }
     Ok(TcpTracing {
         hooks,
+        ring,
         closed: Vec::new(),
         collected: 0,
         dropped: 0,
@@ -185,38 +211,30 @@ impl TcpTracing {
         self.hold_ns = 0;
     }
 
-    /// Moves closed flows out of the kernel map, freeing its slots, except
-    /// those of sockets not yet freed that closed less than [`CLOSED_HOLD_NS`]
-    /// ago. Call at least every few seconds under heavy connection churn: the
-    /// closed map holds 16384 flows and evicts the oldest.
-    pub fn collect_closed(&mut self, tracer: &mut Tracer) -> Result<()> {
-        let now = monotonic_now_ns();
-        let mut map: HashMap<_, ClosedKey, TcpFlow> = HashMap::try_from(
-            tracer
-                .ebpf
-                .map_mut("TCP_CLOSED")
-                .ok_or_else(|| anyhow!("TCP_CLOSED map missing"))?,
-        )?;
-        // Entries may be evicted while iterating; skip those errors.
-        let entries: Vec<(ClosedKey, TcpFlow)> = map.iter().filter_map(|r| r.ok()).collect();
-        for (k, v) in entries {
-            if held(&v, now, self.hold_ns) {
-                continue;
-            }
-            if map.remove(&k).is_err() {
-                continue;
-            }
-            self.collected += 1;
-            if self.closed.len() < MAX_KEPT_CLOSED {
-                self.closed.push(v);
-            } else {
-                self.dropped += 1;
-            }
+    /// Takes the finished flows the kernel handed over. Cheap (no system
+    /// call): call every few hundred milliseconds under heavy connection
+    /// churn, since the ring buffer holds about 25 000 flows.
+    pub fn collect_closed(&mut self) {
+        let mut got = Vec::new();
+        while let Some(item) = self.ring.next() {
+            got.extend(decode_flow(&item));
         }
-        Ok(())
+        for f in got {
+            self.keep(f);
+        }
     }
 
-    /// Open flows, read live from the kernel.
+    fn keep(&mut self, f: TcpFlow) {
+        self.collected += 1;
+        if self.closed.len() < MAX_KEPT_CLOSED {
+            self.closed.push(f);
+        } else {
+            self.dropped += 1;
+        }
+    }
+
+    /// Flows in the kernel table now: open ones, and closed ones whose
+    /// socket is not freed yet.
     pub fn open_flows(&self, tracer: &Tracer) -> Result<Vec<TcpFlow>> {
         let map: HashMap<&MapData, u64, TcpFlow> = HashMap::try_from(
             tracer
@@ -224,18 +242,56 @@ impl TcpTracing {
                 .map("TCP_FLOWS")
                 .ok_or_else(|| anyhow!("TCP_FLOWS map missing"))?,
         )?;
+        // Entries may be removed while iterating; skip those errors.
         Ok(map.iter().filter_map(|r| r.ok()).map(|(_, v)| v).collect())
+    }
+
+    /// The open flows of the kernel table; collects the closed flows it still
+    /// holds past [`CLOSED_HOLD_NS`] (their socket was not seen freed).
+    fn table_flows(&mut self, tracer: &mut Tracer) -> Result<Vec<TcpFlow>> {
+        let now = monotonic_now_ns();
+        let mut map: HashMap<_, u64, TcpFlow> = HashMap::try_from(
+            tracer
+                .ebpf
+                .map_mut("TCP_FLOWS")
+                .ok_or_else(|| anyhow!("TCP_FLOWS map missing"))?,
+        )?;
+        let entries: Vec<(u64, TcpFlow)> = map.iter().filter_map(|r| r.ok()).collect();
+        let mut live = Vec::with_capacity(entries.len());
+        for (sk, f) in entries {
+            if f.flags & FLAG_CLOSED == 0 {
+                live.push(f);
+            } else if !held(&f, now, self.hold_ns) {
+                // A failed removal lost the race with the kernel freeing the
+                // socket: the ring buffer has the flow.
+                if map.remove(&sk).is_ok() {
+                    self.keep(f);
+                }
+            }
+            // Closed and held: reported once, when final (freed or expired),
+            // not once per report while its socket lingers.
+        }
+        Ok(live)
     }
 
     /// All flows: closed ones collected so far, then the open ones.
     pub fn flows(&mut self, tracer: &mut Tracer) -> Result<Vec<FlowReport>> {
-        self.collect_closed(tracer)?;
+        let mut table = self.table_flows(tracer)?;
+        // Flows freed while the table was read are in both: keep the final copy.
+        let before = self.closed.len();
+        self.collect_closed();
+        if self.closed.len() > before {
+            let done: std::collections::HashSet<(u64, u64)> = self.closed[before..]
+                .iter()
+                .map(|f| (f.skaddr, f.start_ns))
+                .collect();
+            table.retain(|f| !done.contains(&(f.skaddr, f.start_ns)));
+        }
         let now = monotonic_now_ns();
-        let open = self.open_flows(tracer)?;
         let mut out: Vec<FlowReport> = self
             .closed
             .iter()
-            .chain(open.iter())
+            .chain(table.iter())
             .map(|f| FlowReport::from_kernel(f, now))
             .collect();
         out.sort_by_key(|f| (f.pid, f.start_ns));
@@ -263,36 +319,29 @@ impl TcpTracing {
                 .iter()
                 .fold(0u64, |a, b| a.saturating_add(*b)))
         };
-        let count = |name: &str| -> Result<u64> {
-            let m: HashMap<&MapData, u64, TcpFlow> = HashMap::try_from(
-                tracer
-                    .ebpf
-                    .map(name)
-                    .ok_or_else(|| anyhow!("{name} map missing"))?,
-            )?;
-            Ok(m.keys().filter(|k| k.is_ok()).count() as u64)
-        };
-        let open_now = count("TCP_FLOWS")?;
-        let closed_pending = {
-            let m: HashMap<&MapData, ClosedKey, TcpFlow> = HashMap::try_from(
-                tracer
-                    .ebpf
-                    .map("TCP_CLOSED")
-                    .ok_or_else(|| anyhow!("TCP_CLOSED map missing"))?,
-            )?;
-            m.keys().filter(|k| k.is_ok()).count() as u64
-        };
+        let (mut open_now, mut closed_pending) = (0u64, 0u64);
+        for f in self.open_flows(tracer)? {
+            if f.flags & FLAG_CLOSED != 0 {
+                closed_pending += 1;
+            } else {
+                open_now += 1;
+            }
+        }
         let created = get(STAT_FLOWS_CREATED)?;
+        let lost = get(STAT_CLOSED_LOST)?;
         Ok(TcpStats {
             flows_created: created,
             flows_closed: get(STAT_FLOWS_CLOSED)?,
+            closed_pending,
             flows_midstream: get(STAT_MIDSTREAM)?,
             open_now,
             closed_collected: self.collected,
             evicted: created
                 .saturating_sub(open_now)
+                .saturating_sub(closed_pending)
                 .saturating_sub(self.collected)
-                .saturating_sub(closed_pending),
+                .saturating_sub(lost),
+            closed_lost: lost,
             dropped_closed: self.dropped,
             insert_failed: get(STAT_INSERT_FAILED)?,
             read_failed: get(STAT_READ_FAILED)?,
@@ -311,6 +360,17 @@ impl TcpTracing {
             flows,
         })
     }
+}
+
+/// One ring-buffer record as a flow; `None` when it is too short.
+fn decode_flow(bytes: &[u8]) -> Option<TcpFlow> {
+    if bytes.len() < size_of::<TcpFlow>() {
+        return None;
+    }
+    // SAFETY: the length was checked; TcpFlow is plain integers and byte
+    // arrays, valid for any bit pattern; read_unaligned copes with the
+    // record's 8-byte alignment.
+    Some(unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast()) })
 }
 
 #[cfg(test)]
