@@ -17,7 +17,10 @@ use anyhow::{Context, Result, bail, ensure};
 use tracer_tests::{Variant, build_fixture, go_toolchains, privileged_tests_enabled};
 use tracer_user::{
     probes::Tracer,
-    tcp::{AcceptWait, FlowReport, Mechanism, TcpReport, TcpTracing, attach_tcp, attach_tcp_with},
+    tcp::{
+        AcceptWait, FlowReport, Mechanism, RttMode, TcpReport, TcpTracing, attach_tcp,
+        attach_tcp_opts, hook_order, rtt_mode,
+    },
 };
 
 const CONNS: usize = 5;
@@ -309,9 +312,10 @@ fn loopback_flows_match_known_byte_counts() -> Result<()> {
         .iter()
         .filter(|h| h.status == "attached")
         .count();
+    // RTT is sampled by the send/recv programs (the default `--tcp-rtt calls`).
     ensure!(
-        attached == 9,
-        "one hook per measurement (9, accept included) should attach: {:#?}",
+        attached == 8 && tcp.mechanism_of("rtt").is_none(),
+        "one hook per measurement (9, accept included, rtt sampled at calls) should attach: {:#?}",
         tcp.hooks()
     );
 
@@ -868,7 +872,7 @@ fn go_fixture_flows_match_ground_truth() -> Result<()> {
         return Ok(());
     }
     let want = std::env::var("TRACER_TCP_EXPECT").ok();
-    go_fixture_check(None, want.as_deref())
+    go_fixture_check(None, want.as_deref(), rtt_mode())
 }
 
 /// The same ground truth over tracepoints with tracefs record offsets (the
@@ -891,18 +895,28 @@ fn go_fixture_flows_match_ground_truth_over_raw_tracepoints() -> Result<()> {
 }
 
 /// [`go_fixture_check`] forced to `order`, whose first mechanism must serve
-/// every role. Not in vm-test (`$TRACER_TCP_EXPECT` set), which runs the
-/// kprobe/fentry variants: 6.1 lacks the send/recv events.
+/// every role, with RTT sampled at calls and then per segment. Not in
+/// vm-test (`$TRACER_TCP_EXPECT` set), which runs the kprobe/fentry
+/// variants: 6.1 lacks the send/recv events.
 fn go_fixture_on_host(test: &str, order: &[Mechanism]) -> Result<()> {
     if !privileged_tests_enabled(test) || std::env::var_os("TRACER_TCP_EXPECT").is_some() {
         return Ok(());
     }
-    go_fixture_check(Some(order), Some(order[0].name()))
+    for rtt in [RttMode::Calls, RttMode::Segments] {
+        go_fixture_check(Some(order), Some(order[0].name()), rtt)
+            .with_context(|| format!("RTT mode {rtt:?}"))?;
+    }
+    Ok(())
 }
 
 /// Runs the Go fixture traced with `order` (None: the configured order) and
-/// checks every flow; `want` names the mechanism every role must use.
-fn go_fixture_check(order: Option<&[Mechanism]>, want: Option<&str>) -> Result<()> {
+/// checks every flow; `want` names the mechanism every role must use (the
+/// `rtt` role only with [`RttMode::Segments`]: sampled at calls, it has no hook).
+fn go_fixture_check(
+    order: Option<&[Mechanism]>,
+    want: Option<&str>,
+    rtt: RttMode,
+) -> Result<()> {
     let _serial = tracer_tests::serial();
     const GO_CONNS: usize = 4;
     const GO_REQ: u64 = 123_457;
@@ -923,8 +937,8 @@ fn go_fixture_check(order: Option<&[Mechanism]>, want: Option<&str>) -> Result<(
     let mut tracer = Tracer::load()?;
     tracer_user::tcp::set_accept_wait(AcceptWait::Syscalls);
     let attached = match order {
-        Some(o) => attach_tcp_with(&mut tracer, &[pid], o),
-        None => attach_tcp(&mut tracer, &[pid]),
+        Some(o) => attach_tcp_opts(&mut tracer, &[pid], o, rtt),
+        None => hook_order().and_then(|o| attach_tcp_opts(&mut tracer, &[pid], &o, rtt)),
     };
     let mut stdin = child.stdin.take().context("fixture stdin")?;
     let mut tcp = match attached {
@@ -952,6 +966,7 @@ fn go_fixture_check(order: Option<&[Mechanism]>, want: Option<&str>) -> Result<(
         ]
         .into_iter()
         .filter(|r| *r != "accept" || want != "raw_tracepoint")
+        .filter(|r| *r != "rtt" || rtt == RttMode::Segments)
         {
             ensure!(
                 tcp.mechanism_of(role) == Some(want),
@@ -960,6 +975,12 @@ fn go_fixture_check(order: Option<&[Mechanism]>, want: Option<&str>) -> Result<(
             );
         }
     }
+    // Sampled at calls, no program runs per received segment.
+    ensure!(
+        rtt == RttMode::Segments || tcp.mechanism_of("rtt").is_none(),
+        "rtt hooked in calls mode: {:#?}",
+        tcp.hooks()
+    );
     let segs_before = retrans_segs()?;
     stdin.write_all(b"go\n")?;
     let mut out = String::new();

@@ -24,7 +24,7 @@ use tracer_tests::{
 };
 use tracer_user::{
     probes::Tracer,
-    tcp::{FlowReport, TcpReport, TcpTracing, attach_tcp},
+    tcp::{FlowReport, RttMode, TcpReport, TcpTracing, attach_tcp, attach_tcp_opts, hook_order},
 };
 
 /// Runs `cmd ARGS`, failing with its stderr; returns stdout.
@@ -379,12 +379,22 @@ fn slot(us: u64) -> u32 {
 /// add delay; HTB shaping with idle gaps adds none). The client's latest smoothed RTT
 /// must match `ss -tin`'s `rtt:` for the same socket read at the same moment,
 /// and the RTT histogram must hold samples in that value's log2 bucket.
+///
+/// Run with RTT sampled at send/recv calls (the default: a sample every 16
+/// sends here, so the latest is up to ~1 s old) and per received segment.
 #[test]
 fn rtt_matches_ss_for_the_same_socket() -> Result<()> {
     if !privileged_tests_enabled("tcp_rtt") {
         return Ok(());
     }
     let _serial = tracer_tests::serial();
+    for mode in [RttMode::Calls, RttMode::Segments] {
+        rtt_vs_ss(mode).with_context(|| format!("RTT mode {mode:?}"))?;
+    }
+    Ok(())
+}
+
+fn rtt_vs_ss(mode: RttMode) -> Result<()> {
     let pid = std::process::id();
     let net = VethPair::create("tracer-rtt-a", "tracer-rtt-b", "trrtt0", "trrtt1", 215)?;
     let server: SocketAddr = format!("{}:7073", net.addr_b).parse()?;
@@ -402,7 +412,7 @@ fn rtt_matches_ss_for_the_same_socket() -> Result<()> {
         }
     })?;
     let mut tracer = Tracer::load()?;
-    let mut tcp = attach_tcp(&mut tracer, &[pid])?;
+    let mut tcp = attach_tcp_opts(&mut tracer, &[pid], &hook_order()?, mode)?;
     let (tx, rx) = mpsc::channel::<u16>();
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
     let client = thread::spawn(move || -> Result<u64> {
@@ -471,8 +481,10 @@ fn rtt_matches_ss_for_the_same_socket() -> Result<()> {
             "tracer srtt {srtt} us vs ss {ss_us} us: {c:#?}"
         );
         let total: u64 = c.rtt_hist.iter().map(|b| b.count).sum();
+        // ≥ 25 sends so far: per segment, an ACK each; at calls, the 1st and 17th.
+        let min_samples = if mode == RttMode::Segments { 10 } else { 2 };
         ensure!(
-            c.rtt_samples >= 10 && total == c.rtt_samples && in_bucket > 0,
+            c.rtt_samples >= min_samples && total == c.rtt_samples && in_bucket > 0,
             "RTT histogram vs ss's bucket: {c:#?}"
         );
     }

@@ -134,7 +134,12 @@ pub struct TcpConfig {
     pub fdt_fd: u16,
     pub file_private_data: u16,
     pub socket_sk: u16,
-    pub _pad: u16,
+    /// Smoothed RTT sampled by the send/recv programs, on a flow's 1st,
+    /// (n+1)th, (2n+1)th... call, and at its close unless its last call was
+    /// sampled, where n = `rtt_every` (a power of two), instead of by a hook
+    /// on every received segment; 0 when the `rtt` role's hook does it
+    /// (`--tcp-rtt segments`).
+    pub rtt_every: u16,
 }
 
 impl Default for TcpConfig {
@@ -183,7 +188,7 @@ impl Default for TcpConfig {
             fdt_fd: OFF_NONE,
             file_private_data: OFF_NONE,
             socket_sk: OFF_NONE,
-            _pad: 0,
+            rtt_every: 0,
         }
     }
 }

@@ -18,6 +18,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
+use crate::tcp_kernel::SockSrtt;
 use tracer_common::tcp::{
     AF_INET, AF_INET6, FLAG_CLOSED, FLAG_DESTROYED, FLAG_MIDSTREAM, FLAG_TUPLE,
     IPPROTO_TCP, MSG_PEEK, OFF_NONE, SIDE_CLIENT, SIDE_SERVER, STAT_CLOSED_LOST, STAT_COUNT, STAT_FLOWS_CLOSED,
@@ -301,6 +302,12 @@ pub(crate) fn on_set_state<S: TupleSource>(sk: u64, old: u8, new: u8, src: &S) -
             }
         }
         if new == TCP_CLOSE {
+            let every = TCP_CONFIG.get(0).map_or(0, |c| c.rtt_every as u64);
+            let calls = f.sends + f.receives;
+            if every != 0 && (calls == 0 || (calls - 1) & (every - 1) != 0) {
+                // The latest smoothed RTT, unless the last call sampled it.
+                sample_rtt(sk, f);
+            }
             // Stays in TCP_FLOWS until the socket is freed (`on_destroy`).
             f.end_ns = now_ns();
             f.close_from = old;
@@ -499,7 +506,7 @@ pub(crate) fn on_length_gated<G: NewFlowGate>(
         }
     };
     // SAFETY: map value valid for this run; fields only reached by address.
-    unsafe {
+    let calls = unsafe {
         if recv {
             add(&raw mut (*p).bytes_received, ret as u64);
             add(&raw mut (*p).receives, 1);
@@ -507,8 +514,22 @@ pub(crate) fn on_length_gated<G: NewFlowGate>(
             add(&raw mut (*p).bytes_sent, ret as u64);
             add(&raw mut (*p).sends, 1);
         }
+        (*p).sends + (*p).receives
+    };
+    let every = TCP_CONFIG.get(0).map_or(0, |c| c.rtt_every as u64);
+    if every != 0 && (calls - 1) & (every - 1) == 0 {
+        // SAFETY: map value valid for this run.
+        sample_rtt(sk, unsafe { &mut *p });
     }
     Some(())
+}
+
+/// Records the socket's smoothed RTT now (sampled mode, `rtt_every`).
+#[inline(always)]
+fn sample_rtt(sk: u64, f: &mut TcpFlow) {
+    if let Some(srtt) = SockSrtt(sk).srtt_us() {
+        record_rtt(f, srtt);
+    }
 }
 
 /// `sock:sock_send_length`: bytes sent per successful send call.
@@ -579,20 +600,25 @@ pub(crate) trait SrttSource {
 pub(crate) fn on_rtt_lazy<S: SrttSource>(sk: u64, src: &S) -> Option<()> {
     let p = TCP_FLOWS.get_ptr_mut(sk)?;
     let srtt = src.srtt_us()?;
-    if srtt == 0 {
-        // No RTT sample taken yet on this socket.
-        return None;
-    }
     // SAFETY: map value valid for this run. Only softirq on the socket's CPU
     // updates these, under the socket lock, so plain writes suffice.
-    let f = unsafe { &mut *p };
+    record_rtt(unsafe { &mut *p }, srtt);
+    Some(())
+}
+
+/// Adds one smoothed-RTT sample (µs) to a flow; 0 means the socket has
+/// taken no RTT sample yet.
+#[inline(always)]
+fn record_rtt(f: &mut TcpFlow, srtt: u64) {
+    if srtt == 0 {
+        return;
+    }
     f.srtt_us = srtt;
     f.rtt_samples += 1;
     f.rtt_sum_us += srtt;
     if let Some(slot) = f.rtt_hist.get_mut(rtt_slot(srtt)) {
         *slot += 1;
     }
-    Some(())
 }
 
 /// Which per-flow counter [`bump`] increments.
@@ -670,8 +696,11 @@ fn on_destroy_tp(ctx: &TracePointContext) -> Option<()> {
 /// `sk` is being freed; its address may be reused next. Its flow is final.
 #[inline(always)]
 pub(crate) fn on_destroy(sk: u64) -> Option<()> {
-    let _ = TCP_SOCKS.remove(sk);
-    let p = TCP_FLOWS.get_ptr_mut(sk)?;
+    let Some(p) = TCP_FLOWS.get_ptr_mut(sk) else {
+        // A handshake no traced process claimed (a claimed one left TCP_SOCKS).
+        let _ = TCP_SOCKS.remove(sk);
+        return None;
+    };
     // SAFETY: map value valid for this run.
     let f = unsafe { &mut *p };
     if f.flags & FLAG_CLOSED == 0 {

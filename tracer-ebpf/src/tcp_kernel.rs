@@ -110,7 +110,7 @@ pub(crate) fn state_change(sk: u64, old: Option<u8>, new: i32, check_proto: bool
 }
 
 /// `tcp_sock.srtt_us >> 3` of a socket, read once it has a flow.
-struct SockSrtt(u64);
+pub(crate) struct SockSrtt(pub(crate) u64);
 
 impl SrttSource for SockSrtt {
     #[inline(always)]

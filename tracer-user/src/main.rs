@@ -33,6 +33,12 @@ struct Cli {
     /// `off` (env TRACER_TCP_ACCEPT_WAIT).
     #[arg(long, global = true, value_name = "auto|syscalls|off")]
     tcp_accept_wait: Option<String>,
+    /// Smoothed-RTT samples: `calls` reads the socket's RTT every 16
+    /// send/recv calls of a flow and at its close (default); `segments`
+    /// hooks every received segment, at one more program run per segment
+    /// (env TRACER_TCP_RTT).
+    #[arg(long, global = true, value_name = "calls|segments")]
+    tcp_rtt: Option<String>,
 }
 
 #[derive(Args, Clone)]
@@ -305,6 +311,15 @@ fn main() -> ExitCode {
             Ok(m) => tracer_user::tcp::set_accept_wait(m),
             Err(e) => {
                 eprintln!("tracer: error: --tcp-accept-wait: {e}");
+                return ExitCode::from(2);
+            }
+        }
+    }
+    if let Some(mode) = &cli.tcp_rtt {
+        match tracer_user::tcp::RttMode::parse(mode) {
+            Ok(m) => tracer_user::tcp::set_rtt_mode(m),
+            Err(e) => {
+                eprintln!("tracer: error: --tcp-rtt: {e}");
                 return ExitCode::from(2);
             }
         }

@@ -31,6 +31,17 @@ use crate::shell::{cache_dir, cargo, output, repo_root, run, step};
 
 /// Mechanisms forced in the guest, each its own run of the ground-truth test.
 const PATHS: [&str; 2] = ["kprobe", "fentry"];
+/// RTT modes (`TRACER_TCP_RTT`), each run on every path: `segments` uses
+/// the path's `tcp_rcv_established` hook, `calls` its send/recv programs.
+const RTT_MODES: [&str; 2] = ["calls", "segments"];
+
+/// Every guest run: (name in the console markers, path, RTT mode).
+fn runs() -> Vec<(String, &'static str, &'static str)> {
+    PATHS
+        .iter()
+        .flat_map(|p| RTT_MODES.iter().map(move |r| (format!("{p} rtt={r}"), *p, *r)))
+        .collect()
+}
 /// Kernel series tested: Debian 12's, before the 6.3 send/recv tracepoints.
 const KERNEL_PREFIX: &str = "linux-image-6.1.0-";
 /// The whole guest run, boot to power-off, must finish within this.
@@ -259,12 +270,13 @@ fn init_script() -> String {
          echo \"=== VMTEST KERNEL $(uname -r)\"\n\
          /bin/tracer inspect --kernel\n",
     );
-    for p in PATHS {
+    for (name, p, rtt) in runs() {
         s.push_str(&format!(
-            "echo '=== VMTEST BEGIN {p}'\n\
-             TRACER_TCP_HOOKS={p},tracepoint TRACER_TCP_EXPECT={p} TRACER_TCP_FIXTURE=/bin/tcpflows \
+            "echo '=== VMTEST BEGIN {name}'\n\
+             TRACER_TCP_HOOKS={p},tracepoint TRACER_TCP_EXPECT={p} TRACER_TCP_RTT={rtt} \
+             TRACER_TCP_FIXTURE=/bin/tcpflows \
              RUST_BACKTRACE=0 /bin/tcp-tests --exact {TEST_NAME} --test-threads 1 --nocapture\n\
-             echo \"=== VMTEST END {p} rc=$?\"\n"
+             echo \"=== VMTEST END {name} rc=$?\"\n"
         ));
     }
     // The tracepoint path cannot count bytes before Linux 6.3: it must say so
@@ -346,11 +358,11 @@ fn tracepoint_refusal(console: &str) -> PathResult {
 /// tracepoint refusal check; a path with no END marker (crash, hang, kernel
 /// panic) counts as failed.
 pub fn parse_console(console: &str) -> Vec<PathResult> {
-    let mut out: Vec<PathResult> = PATHS
-        .iter()
-        .map(|p| {
+    let mut out: Vec<PathResult> = runs()
+        .into_iter()
+        .map(|(p, _, _)| {
             let end = format!("=== VMTEST END {p} rc=");
-            let section = section(console, p);
+            let section = section(console, &p);
             let rc = console
                 .lines()
                 .find_map(|l| l.trim().strip_prefix(&end))
@@ -360,7 +372,7 @@ pub fn parse_console(console: &str) -> Vec<PathResult> {
                 .find(|l| l.starts_with("go fixture:"))
                 .map(|l| l.trim().to_owned());
             PathResult {
-                path: (*p).to_owned(),
+                path: p,
                 passed: rc == Some(0) && section.contains("test result: ok. 1 passed"),
                 summary,
             }
@@ -459,15 +471,16 @@ mod tests {
 
     #[test]
     fn console_markers_decide_pass_and_fail() {
-        let ok = "=== VMTEST BEGIN kprobe\ngo fixture: 17 flows\ntest result: ok. 1 passed; 0 failed\n=== VMTEST END kprobe rc=0\n\
-                  === VMTEST BEGIN fentry\ntest result: FAILED. 0 passed; 1 failed\n=== VMTEST END fentry rc=101\n";
+        let ok = "=== VMTEST BEGIN kprobe rtt=calls\ngo fixture: 17 flows\ntest result: ok. 1 passed; 0 failed\n=== VMTEST END kprobe rtt=calls rc=0\n\
+                  === VMTEST BEGIN kprobe rtt=segments\ntest result: FAILED. 0 passed; 1 failed\n=== VMTEST END kprobe rtt=segments rc=101\n";
         let r = parse_console(ok);
         assert!(r[0].passed && r[0].summary.as_deref() == Some("go fixture: 17 flows"));
         assert!(!r[1].passed);
-        assert!(!r[2].passed, "no tracepoint section");
+        assert!(!r[2].passed && !r[3].passed, "no fentry sections");
+        assert!(!r[4].passed, "no tracepoint section");
         let tp = "=== VMTEST BEGIN tracepoint\nTCP send            -> NONE\n    tracepoint sock:sock_send_length missing\n\
                   TCP tracing would be refused here:\n=== VMTEST END tracepoint rc=0\n";
-        assert!(parse_console(tp)[2].passed);
+        assert!(parse_console(tp)[4].passed);
         // A guest that died before reporting fails every path.
         assert!(parse_console("Kernel panic").iter().all(|r| !r.passed));
     }

@@ -15,6 +15,7 @@ use super::hooks::{
     self, DEFAULT_ORDER, FnHook, HookStatus, Mechanism, Plan, ROLES, RawHook, Role,
 };
 use crate::{kernelfs, probes::Tracer};
+use tracer_common::tcp::OFF_NONE;
 
 /// Environment override of the preference order, e.g. `kprobe,tracepoint`.
 pub const HOOK_ORDER_ENV: &str = "TRACER_TCP_HOOKS";
@@ -50,6 +51,67 @@ impl AcceptWait {
 }
 
 static ACCEPT_WAIT: OnceLock<AcceptWait> = OnceLock::new();
+
+/// Environment override of [`RttMode`].
+pub const RTT_MODE_ENV: &str = "TRACER_TCP_RTT";
+
+/// Where smoothed-RTT samples come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RttMode {
+    /// Read from the socket by the send/recv programs on a flow's 1st,
+    /// 17th, 33rd... call ([`RTT_EVERY`]) and at its close: no program runs
+    /// per received segment. Needs the kernel's BTF (`tcp_sock.srtt_us`);
+    /// without it, `segments`.
+    Calls,
+    /// The `rtt` role's hook (`tcp_rcv_established` / `tcp:tcp_probe`) on
+    /// every segment received on the node: a sample per segment of a traced
+    /// flow, at one more program run per segment (about a fifth of the
+    /// events of a bulk transfer).
+    Segments,
+}
+
+/// In [`RttMode::Calls`], one sample every this many send/recv calls.
+pub const RTT_EVERY: u16 = 16;
+
+impl RttMode {
+    pub fn parse(s: &str) -> std::result::Result<Self, String> {
+        match s.trim() {
+            "calls" => Ok(Self::Calls),
+            "segments" => Ok(Self::Segments),
+            other => Err(format!("{other:?}: expected calls or segments")),
+        }
+    }
+}
+
+static RTT_MODE: OnceLock<RttMode> = OnceLock::new();
+
+/// Sets the process-wide RTT mode (`--tcp-rtt`); first call wins.
+pub fn set_rtt_mode(mode: RttMode) {
+    let _ = RTT_MODE.set(mode);
+}
+
+/// The mode in force: `--tcp-rtt`, else `$TRACER_TCP_RTT`, else `calls`.
+pub fn rtt_mode() -> RttMode {
+    if let Some(m) = RTT_MODE.get() {
+        return *m;
+    }
+    match std::env::var(RTT_MODE_ENV) {
+        Ok(v) => RttMode::parse(&v).unwrap_or_else(|e| {
+            tracing::warn!("${RTT_MODE_ENV}: {e}; using calls");
+            RttMode::Calls
+        }),
+        Err(_) => RttMode::Calls,
+    }
+}
+
+/// Configures `plan` for `mode`: sampling at calls needs the socket's
+/// `srtt_us` offset, else the `rtt` role's hook is used.
+pub fn plan_rtt(plan: &mut Plan, mode: RttMode) {
+    plan.config.rtt_every = match mode {
+        RttMode::Calls if plan.config.tp_srtt_us != OFF_NONE => RTT_EVERY,
+        _ => 0,
+    };
+}
 
 /// Sets the process-wide accept-wait mode (`--tcp-accept-wait`); first call wins.
 pub fn set_accept_wait(mode: AcceptWait) {
@@ -402,7 +464,13 @@ fn attach_role(
             },
         };
         let accept = role.name == "accept";
-        if accept && accept_wait() == AcceptWait::Off {
+        if role.name == "rtt" && plan.config.rtt_every != 0 {
+            st.status = "not_tried";
+            st.reason = Some(format!(
+                "RTT read from the socket every {} send/recv calls and at close (--tcp-rtt calls); --tcp-rtt segments hooks every received segment",
+                plan.config.rtt_every
+            ));
+        } else if accept && accept_wait() == AcceptWait::Off {
             st.status = "not_tried";
             st.reason = Some("accept waits off (--tcp-accept-wait off)".into());
         } else if accept && m == Mechanism::Tracepoint && accept_wait() == AcceptWait::Auto {
@@ -527,7 +595,8 @@ pub struct KernelReport {
 
 pub fn inspect_kernel(tracer: &mut Tracer, order: &[Mechanism]) -> Result<KernelReport> {
     kernelfs::ensure_tracefs()?;
-    let plan = hooks::plan(Path::new(kernelfs::TRACEFS));
+    let mut plan = hooks::plan(Path::new(kernelfs::TRACEFS));
+    plan_rtt(&mut plan, rtt_mode());
     {
         let mut cfg: aya::maps::Array<_, tracer_common::tcp::TcpConfig> =
             aya::maps::Array::try_from(

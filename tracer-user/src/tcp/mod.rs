@@ -26,8 +26,9 @@ use tracer_common::tcp::{
 
 use crate::{kernelfs, probes::Tracer};
 pub use attach::{
-    ACCEPT_WAIT_ENV, AcceptWait, HOOK_ORDER_ENV, KernelReport, RoleChoice, accept_wait, hook_order,
-    inspect_kernel, set_accept_wait, set_hook_order, try_attach_hooks,
+    ACCEPT_WAIT_ENV, AcceptWait, HOOK_ORDER_ENV, KernelReport, RTT_EVERY, RTT_MODE_ENV, RoleChoice,
+    RttMode, accept_wait, hook_order, inspect_kernel, plan_rtt, rtt_mode, set_accept_wait,
+    set_hook_order, set_rtt_mode, try_attach_hooks,
 };
 pub use flows::{AcceptWaits, FlowReport, FlowTotals, ListenRollup, RemoteRollup, WaitBucket};
 pub use hooks::{HookStatus, Mechanism};
@@ -142,8 +143,19 @@ pub fn attach_tcp_with(
     pids: &[u32],
     order: &[Mechanism],
 ) -> Result<TcpTracing> {
+    attach_tcp_opts(tracer, pids, order, rtt_mode())
+}
+
+/// [`attach_tcp_with`] with an explicit RTT mode.
+pub fn attach_tcp_opts(
+    tracer: &mut Tracer,
+    pids: &[u32],
+    order: &[Mechanism],
+    rtt: RttMode,
+) -> Result<TcpTracing> {
     kernelfs::ensure_tracefs()?;
-    let plan = hooks::plan(Path::new(kernelfs::TRACEFS));
+    let mut plan = hooks::plan(Path::new(kernelfs::TRACEFS));
+    plan_rtt(&mut plan, rtt);
     {
         let mut cfg: Array<_, TcpConfig> = Array::try_from(
             tracer
