@@ -1,12 +1,18 @@
 //! `cargo xtask bench tcp`: what TCP flow tracing costs a Go program.
 //!
-//! Two loopback workloads of `tests/fixtures/tcpload` (it times itself, so
-//! tracer's start-up is not counted): one bulk transfer (throughput) and many
-//! short connections (connections per second). Untraced, `tracer run` and
-//! `tracer run --tcp off` (the lock and map probes alone) run interleaved, in
-//! an order rotated each round, with `tracer run --tcp-hooks tracepoint`;
-//! then one `tracer run --bpf-stats` per workload gives each TCP program's
-//! run count and run time.
+//! Loopback workloads of `tests/fixtures/tcpload` (it times itself, so
+//! tracer's start-up is not counted): bulk transfers (throughput) and many
+//! short connections (connections per second), each in two set-ups: client
+//! and server in one traced process (both ends of every connection traced,
+//! the scheduler free to place them), and a server process traced alone,
+//! pinned to CPU 1, with an untraced client process pinned to CPU 0 (what a
+//! traced service pays; pinning removes most of this VM's run-to-run
+//! spread). Untraced, `tracer run`, `tracer run --tcp-hooks tracepoint` and
+//! `tracer run --tcp off` (the lock and map probes alone) run in an order
+//! rotated each round; every round's traced runs are compared with that
+//! round's untraced run, and the median and quartiles of those paired
+//! ratios are reported. Then one `tracer run --bpf-stats` per workload gives
+//! each TCP program's run count and run time.
 
 use std::{path::Path, process::Command};
 
@@ -19,7 +25,7 @@ use crate::{
     shell::{build_tracer, cache_dir, step, tracer_bin},
 };
 
-const ROUNDS: usize = 9;
+const ROUNDS: usize = 11;
 const BULK_BYTES: u64 = 4 << 30;
 const CONNS: u64 = 20000;
 
@@ -77,6 +83,61 @@ fn workload_cmd(bin: &Path, tracer_args: Option<&[&str]>, args: &[String]) -> Co
     cmd
 }
 
+/// How a workload is run: one process, or a traced-alone server.
+#[derive(Clone, Copy)]
+enum Setup {
+    /// Client and server in one process, traced together.
+    OneProcess,
+    /// `-mode serve` under the configuration on CPU 1; an untraced client
+    /// process on CPU 0.
+    PinnedServer,
+}
+
+struct Workload {
+    name: &'static str,
+    args: Vec<String>,
+    /// Bytes (bulk) or connections per run.
+    units: f64,
+    setup: Setup,
+}
+
+fn all_workloads() -> Vec<Workload> {
+    let mut out = Vec::new();
+    for (name, args, units) in workloads() {
+        out.push(Workload {
+            name,
+            args,
+            units,
+            setup: Setup::OneProcess,
+        });
+    }
+    out.push(Workload {
+        name: "bulk, server process traced alone, pinned (4 GiB)",
+        args: vec![
+            "-mode".into(),
+            "bulk".into(),
+            "-bytes".into(),
+            BULK_BYTES.to_string(),
+        ],
+        units: BULK_BYTES as f64,
+        setup: Setup::PinnedServer,
+    });
+    out.push(Workload {
+        name: "short connections, server process traced alone, pinned (20000, 8 at a time)",
+        args: vec![
+            "-mode".into(),
+            "flood".into(),
+            "-n".into(),
+            CONNS.to_string(),
+            "-c".into(),
+            "8".into(),
+        ],
+        units: CONNS as f64,
+        setup: Setup::PinnedServer,
+    });
+    out
+}
+
 pub fn bench_tcp() -> Result<()> {
     build_tracer()?;
     let newest = GO_VERSIONS.last().context("no Go version")?;
@@ -88,32 +149,32 @@ pub fn bench_tcp() -> Result<()> {
     crate::bench::build_go(&go, "tcpload", &bin, false)?;
 
     step("TCP tracing overhead: throughput relative to untraced (higher is better)");
-    println!("| workload | configuration | median of {ROUNDS} | vs untraced |");
-    println!("|---|---|---|---|");
-    for (name, args, units) in workloads() {
+    println!(
+        "| workload | configuration | median rate | paired ratio vs untraced, median of {ROUNDS} | quartiles |"
+    );
+    println!("|---|---|---|---|---|");
+    for w in all_workloads() {
         let mut times: Vec<Vec<f64>> = vec![vec![]; CONFIGS.len()];
         for round in 0..ROUNDS {
             for i in rotated(round) {
-                let out = workload_cmd(&bin, CONFIGS[i].1, &args).output()?;
-                if !out.status.success() {
-                    bail!("{name} failed: {}", String::from_utf8_lossy(&out.stderr));
-                }
-                times[i].push(elapsed_ns(&String::from_utf8_lossy(&out.stdout))?);
+                let t = match w.setup {
+                    Setup::OneProcess => one_process(&bin, CONFIGS[i].1, &w)?,
+                    Setup::PinnedServer => server_alone(&bin, CONFIGS[i].1, &w.args)?,
+                };
+                times[i].push(t);
             }
         }
-        print_rows(name, units, times);
+        print_rows(&w, times);
     }
-    // A server traced alone, its clients in another, untraced process: what
-    // a traced service pays (one traced flow per connection, not two).
-    let name = "short connections, server process traced alone (20000, 8 at a time)";
-    let mut times: Vec<Vec<f64>> = vec![vec![]; CONFIGS.len()];
-    for round in 0..ROUNDS {
-        for i in rotated(round) {
-            times[i].push(server_alone(&bin, CONFIGS[i].1)?);
-        }
-    }
-    print_rows(name, CONNS as f64, times);
     bpf_stats(&bin)
+}
+
+fn one_process(bin: &Path, tracer_args: Option<&[&str]>, w: &Workload) -> Result<f64> {
+    let out = workload_cmd(bin, tracer_args, &w.args).output()?;
+    if !out.status.success() {
+        bail!("{} failed: {}", w.name, String::from_utf8_lossy(&out.stderr));
+    }
+    elapsed_ns(&String::from_utf8_lossy(&out.stdout))
 }
 
 /// Config indices for one round, starting one later each round: a flood
@@ -123,29 +184,57 @@ fn rotated(round: usize) -> impl Iterator<Item = usize> {
     (0..CONFIGS.len()).map(move |i| (i + round) % CONFIGS.len())
 }
 
-fn print_rows(name: &str, units: f64, times: Vec<Vec<f64>>) {
-    let med: Vec<f64> = times.into_iter().map(median).collect();
+/// `v` sorted, its value at quantile `q`.
+fn quantile(v: &[f64], q: f64) -> f64 {
+    let mut v = v.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[((v.len() - 1) as f64 * q).round() as usize]
+}
+
+/// Rows of one workload: the median rate of each configuration, and the
+/// median and quartiles of its per-round ratio to that round's untraced run
+/// (pairing cancels the slow drift of this VM's speed).
+fn print_rows(w: &Workload, times: Vec<Vec<f64>>) {
     for (i, (label, _)) in CONFIGS.iter().enumerate() {
-        let rate = units / (med[i] / 1e9);
-        let cell = if units == BULK_BYTES as f64 {
+        let rate = w.units / (median(times[i].clone()) / 1e9);
+        let cell = if w.units == BULK_BYTES as f64 {
             format!("{:.2} GB/s", rate / 1e9)
         } else {
             format!("{rate:.0} conn/s")
         };
-        println!("| {name} | {label} | {cell} | {:.3} |", med[0] / med[i]);
+        let ratios: Vec<f64> = times[0]
+            .iter()
+            .zip(&times[i])
+            .map(|(untraced, t)| untraced / t)
+            .collect();
+        println!(
+            "| {} | {label} | {cell} | {:.3} | {:.3}–{:.3} |",
+            w.name,
+            quantile(&ratios, 0.5),
+            quantile(&ratios, 0.25),
+            quantile(&ratios, 0.75)
+        );
     }
 }
 
-/// One flood from an untraced client process against `tcpload -mode serve`
-/// (under `tracer run` when `tracer_args` is set); the clients' time, ns.
-fn server_alone(bin: &Path, tracer_args: Option<&[&str]>) -> Result<f64> {
+/// `tcpload -mode serve` on CPU 1 (under `tracer run` when `tracer_args`
+/// is set; the tracer shares that CPU), and an untraced client process on
+/// CPU 0 running `client_args` against it; the client's time, ns.
+fn server_alone(bin: &Path, tracer_args: Option<&[&str]>, client_args: &[String]) -> Result<f64> {
     use std::io::{BufRead, BufReader};
-    let mut server = workload_cmd(bin, tracer_args, &["-mode".into(), "serve".into()])
+    let mut cmd = Command::new("taskset");
+    cmd.args(["-c", "1"]);
+    if let Some(a) = tracer_args {
+        cmd.arg(tracer_bin()).arg("run").args(a).arg("--");
+    }
+    let mut server = cmd
+        .arg(bin)
+        .args(["-mode", "serve"])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
         .spawn()
-        .context("starting the server")?;
+        .context("starting the server (taskset from util-linux)")?;
     let mut lines = BufReader::new(server.stdout.take().context("server stdout")?).lines();
     let addr = loop {
         match lines.next() {
@@ -157,23 +246,19 @@ fn server_alone(bin: &Path, tracer_args: Option<&[&str]>) -> Result<f64> {
             None => bail!("the server exited before listening"),
         }
     };
-    let out = Command::new(bin)
-        .args([
-            "-mode",
-            "flood",
-            "-addr",
-            &addr,
-            "-n",
-            &CONNS.to_string(),
-            "-c",
-            "8",
-        ])
+    let out = Command::new("taskset")
+        .args(["-c", "0"])
+        .arg(bin)
+        .args(client_args)
+        .args(["-addr", &addr])
         .output()?;
     drop(server.stdin.take());
+    // Drain the server's output so it can exit.
+    for _ in lines.by_ref() {}
     let status = server.wait()?;
     if !out.status.success() || !status.success() {
         bail!(
-            "server-alone flood failed (server {status}): {}",
+            "server-alone run failed (server {status}): {}",
             String::from_utf8_lossy(&out.stderr)
         );
     }
