@@ -623,10 +623,7 @@ fn full_tables_count_evictions_and_lost_flows() -> Result<()> {
     let r = tcp.report(&mut tracer)?;
     let st = &r.stats;
     let ours: Vec<&FlowReport> = r.flows.iter().filter(|f| f.pid == pid).collect();
-    eprintln!(
-        "full tables: {} flows reported, stats {st:?}",
-        ours.len()
-    );
+    eprintln!("full tables: {} flows reported, stats {st:?}", ours.len());
     ensure!(st.flows_created == 2 * N as u64, "flows_created: {st:?}");
     ensure!(st.open_now == 0 && st.closed_pending == 0, "{st:?}");
     ensure!(st.evicted > 0, "no eviction counted: {st:?}");
@@ -912,11 +909,7 @@ fn go_fixture_on_host(test: &str, order: &[Mechanism]) -> Result<()> {
 /// Runs the Go fixture traced with `order` (None: the configured order) and
 /// checks every flow; `want` names the mechanism every role must use (the
 /// `rtt` role only with [`RttMode::Segments`]: sampled at calls, it has no hook).
-fn go_fixture_check(
-    order: Option<&[Mechanism]>,
-    want: Option<&str>,
-    rtt: RttMode,
-) -> Result<()> {
+fn go_fixture_check(order: Option<&[Mechanism]>, want: Option<&str>, rtt: RttMode) -> Result<()> {
     let _serial = tracer_tests::serial();
     const GO_CONNS: usize = 4;
     const GO_REQ: u64 = 123_457;

@@ -12,16 +12,16 @@
 //! parsed from the tracefs format files (tracepoints) or the kernel's BTF
 //! (kprobe/fentry) of the running kernel.
 
+use crate::tcp_kernel::SockSrtt;
 use aya_ebpf::{
     helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{map, tracepoint},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
-use crate::tcp_kernel::SockSrtt;
 use tracer_common::tcp::{
-    AF_INET, AF_INET6, FLAG_CLOSED, FLAG_DESTROYED, FLAG_MIDSTREAM, FLAG_TUPLE,
-    IPPROTO_TCP, MSG_PEEK, OFF_NONE, SIDE_CLIENT, SIDE_SERVER, STAT_CLOSED_LOST, STAT_COUNT, STAT_FLOWS_CLOSED,
+    AF_INET, AF_INET6, FLAG_CLOSED, FLAG_DESTROYED, FLAG_MIDSTREAM, FLAG_TUPLE, IPPROTO_TCP,
+    MSG_PEEK, OFF_NONE, SIDE_CLIENT, SIDE_SERVER, STAT_CLOSED_LOST, STAT_COUNT, STAT_FLOWS_CLOSED,
     STAT_FLOWS_CREATED, STAT_INSERT_FAILED, STAT_MIDSTREAM, STAT_READ_FAILED, SockInfo, TCP_CLOSE,
     TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_LAST_ACK, TCP_SYN_RECV, TCP_SYN_SENT, TcpConfig, TcpFlow,
     rtt_slot,

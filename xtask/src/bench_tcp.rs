@@ -172,7 +172,11 @@ pub fn bench_tcp() -> Result<()> {
 fn one_process(bin: &Path, tracer_args: Option<&[&str]>, w: &Workload) -> Result<f64> {
     let out = workload_cmd(bin, tracer_args, &w.args).output()?;
     if !out.status.success() {
-        bail!("{} failed: {}", w.name, String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "{} failed: {}",
+            w.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     elapsed_ns(&String::from_utf8_lossy(&out.stdout))
 }

@@ -39,7 +39,11 @@ const RTT_MODES: [&str; 2] = ["calls", "segments"];
 fn runs() -> Vec<(String, &'static str, &'static str)> {
     PATHS
         .iter()
-        .flat_map(|p| RTT_MODES.iter().map(move |r| (format!("{p} rtt={r}"), *p, *r)))
+        .flat_map(|p| {
+            RTT_MODES
+                .iter()
+                .map(move |r| (format!("{p} rtt={r}"), *p, *r))
+        })
         .collect()
 }
 /// Kernel series tested: Debian 12's, before the 6.3 send/recv tracepoints.

@@ -842,14 +842,12 @@ impl Agent {
             .filter_map(|r| r.maps_lost.as_ref())
             .map(|l| l.fatal_events + l.overlaps + l.growth_events + l.ops + l.sync_map_calls)
             .sum();
-        let (evictions, tcp_lost) = node_tcp
-            .as_ref()
-            .map_or((0, 0), |t| {
-                (
-                    t.stats.evicted,
-                    t.stats.dropped_closed + t.stats.closed_lost,
-                )
-            });
+        let (evictions, tcp_lost) = node_tcp.as_ref().map_or((0, 0), |t| {
+            (
+                t.stats.evicted,
+                t.stats.dropped_closed + t.stats.closed_lost,
+            )
+        });
         // Kernel-measured probe cost (non-zero with --bpf-stats).
         let (probe_hits, bpf_run_time_ns) = if self.opts.session.bpf_stats {
             self.sessions

@@ -20,8 +20,7 @@ use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use serde::Serialize;
 use tracer_common::tcp::{
     FLAG_CLOSED, FLAG_DESTROYED, STAT_ACCEPT_WALK_FAILED, STAT_CLOSED_LOST, STAT_FLOWS_CLOSED,
-    STAT_FLOWS_CREATED,
-    STAT_INSERT_FAILED, STAT_MIDSTREAM, STAT_READ_FAILED, TcpConfig, TcpFlow,
+    STAT_FLOWS_CREATED, STAT_INSERT_FAILED, STAT_MIDSTREAM, STAT_READ_FAILED, TcpConfig, TcpFlow,
 };
 
 use crate::{kernelfs, probes::Tracer};
