@@ -801,6 +801,7 @@ struct GoTruth {
     /// the application measured (accept return − the client's dial return).
     slow: Vec<(SocketAddr, SocketAddr, u64)>,
     refused_port: u16,
+    unreachable: Option<SocketAddr>,
     /// (client, server, bytes) of the connection that had to retransmit.
     lossy: Option<(SocketAddr, SocketAddr, u64)>,
 }
@@ -811,6 +812,7 @@ fn parse_truth(out: &str) -> Result<GoTruth> {
         flows: Vec::new(),
         slow: Vec::new(),
         refused_port: 0,
+        unreachable: None,
         lossy: None,
     };
     let mut done = false;
@@ -842,12 +844,14 @@ fn parse_truth(out: &str) -> Result<GoTruth> {
             ));
         } else if line.starts_with("refused ") {
             t.refused_port = kv("port")?.parse()?;
+        } else if line.starts_with("unreachable ") {
+            t.unreachable = Some(kv("addr")?.parse()?);
         } else if line == "done" {
             done = true;
         }
     }
     ensure!(
-        done && t.pid != 0 && t.refused_port != 0 && t.lossy.is_some(),
+        done && t.pid != 0 && t.refused_port != 0 && t.lossy.is_some() && t.unreachable.is_some(),
         "fixture output: {out}"
     );
     Ok(t)
@@ -956,9 +960,12 @@ fn go_fixture_check(order: Option<&[Mechanism]>, want: Option<&str>, rtt: RttMod
             "retransmit",
             "reset_received",
             "accept",
+            "connect",
         ]
         .into_iter()
         .filter(|r| *r != "accept" || want != "raw_tracepoint")
+        // No tracepoint reports a connect() refused before SYN_SENT.
+        .filter(|r| *r != "connect" || matches!(want, "kprobe" | "fentry"))
         .filter(|r| *r != "rtt" || rtt == RttMode::Segments)
         {
             ensure!(
@@ -1094,6 +1101,12 @@ fn go_fixture_check(order: Option<&[Mechanism]>, want: Option<&str>, rtt: RttMod
         .find(|x| x.pid == pid && x.remote_port == truth.refused_port)
         .context("no roll-up for the closed port")?;
     ensure!(roll.totals.connect_failures == 1, "{roll:#?}");
+    check_unreachable(
+        &r,
+        &tcp,
+        pid,
+        truth.unreachable.context("no unreachable line")?,
+    )?;
     let lc = find(&r, pid, "client", lossy_client.port(), lossy_server.port())?;
     let ls = find(&r, pid, "server", lossy_server.port(), lossy_client.port())?;
     ensure!(
@@ -1132,6 +1145,8 @@ fn go_fixture_check(order: Option<&[Mechanism]>, want: Option<&str>, rtt: RttMod
         tcp.mechanism_of("retransmit").unwrap_or("none")
     );
     let ours = r.flows.iter().filter(|f| f.pid == pid).count();
+    // Plus the refused-at-once connect where `tcp_v4_connect` is hooked.
+    let want = want + usize::from(tcp.mechanism_of("connect").is_some());
     ensure!(
         ours == want,
         "{ours} flows for pid {pid}, want {want}: {:#?}",
@@ -1143,13 +1158,14 @@ fn go_fixture_check(order: Option<&[Mechanism]>, want: Option<&str>, rtt: RttMod
         "{st:?}"
     );
     eprintln!(
-        "go fixture: {} flows byte-exact via state={} send={} recv={} rtt={} accept={}; refused port {} reset+failed connect",
+        "go fixture: {} flows byte-exact via state={} send={} recv={} rtt={} accept={} connect={}; refused port {} reset+failed connect",
         ours,
         tcp.mechanism_of("state").unwrap_or("none"),
         tcp.mechanism_of("send").unwrap_or("none"),
         tcp.mechanism_of("recv").unwrap_or("none"),
         tcp.mechanism_of("rtt").unwrap_or("none"),
         tcp.mechanism_of("accept").unwrap_or("none"),
+        tcp.mechanism_of("connect").unwrap_or("none"),
         truth.refused_port
     );
     Ok(())
@@ -1160,6 +1176,40 @@ fn go_fixture_check(order: Option<&[Mechanism]>, want: Option<&str>, rtt: RttMod
 /// the wait the application measured. The waits must really spread (the
 /// largest at least 3 sleeps), so a constant or zero wait cannot pass; the
 /// listen roll-up must count them all with the same maximum.
+/// A `connect()` the kernel refused before any SYN (ENETUNREACH): one
+/// closed client flow with that errno where `tcp_v4_connect` is hooked
+/// (kprobe/fentry), none elsewhere (nothing else sees it: not faked).
+fn check_unreachable(r: &TcpReport, tcp: &TcpTracing, pid: u32, to: SocketAddr) -> Result<()> {
+    let flows: Vec<&FlowReport> = r
+        .flows
+        .iter()
+        .filter(|f| f.pid == pid && f.remote_addr == Some(to.ip()) && f.remote_port == to.port())
+        .collect();
+    if tcp.mechanism_of("connect").is_none() {
+        ensure!(flows.is_empty(), "connect not hooked, yet: {flows:#?}");
+        return Ok(());
+    }
+    ensure!(flows.len() == 1, "one flow to {to} expected: {flows:#?}");
+    let f = flows[0];
+    ensure!(
+        f.side == "client"
+            && !f.open
+            && f.close_reason == Some("connect_failed")
+            && f.connect_error == Some("ENETUNREACH")
+            && f.connect_errno == Some(101)
+            && f.bytes_sent == 0
+            && f.family == "ipv4",
+        "unreachable connect: {f:#?}"
+    );
+    let roll = r
+        .by_remote
+        .iter()
+        .find(|x| x.pid == pid && x.remote_port == to.port() && x.remote_addr == Some(to.ip()))
+        .context("no roll-up for the unreachable address")?;
+    ensure!(roll.totals.connect_failures == 1, "{roll:#?}");
+    Ok(())
+}
+
 fn check_slow_accepts(
     r: &TcpReport,
     pid: u32,

@@ -251,7 +251,11 @@ pub struct TcpFlow {
     /// State the socket left when it went to TCP_CLOSE.
     pub close_from: u8,
     pub flags: u8,
-    pub _pad: [u8; 2],
+    /// errno of a `connect()` the kernel refused at once (`tcp_v4_connect`
+    /// / `tcp_v6_connect` returned it, e.g. ENETUNREACH); 0 otherwise or
+    /// where those functions are not hooked.
+    pub connect_errno: u8,
+    pub _pad: u8,
     /// Local and remote address; IPv4 in the first 4 bytes.
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
@@ -286,7 +290,8 @@ impl Default for TcpFlow {
             state: 0,
             close_from: 0,
             flags: 0,
-            _pad: [0; 2],
+            connect_errno: 0,
+            _pad: 0,
             saddr: [0; 16],
             daddr: [0; 16],
             comm: [0; 16],

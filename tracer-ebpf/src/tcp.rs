@@ -409,6 +409,48 @@ fn claim_flow(sk: u64, now: u64) -> Option<*mut TcpFlow> {
     Some(p)
 }
 
+/// `tcp_v4_connect`/`tcp_v6_connect` on `sk` returned `ret` in the
+/// connecting task; `dest` is the address it was given. A failure after
+/// SYN_SENT (e.g. no free local port) already closed the socket's flow in
+/// the state path and only gets its errno; one before SYN_SENT (no route,
+/// a refused address) gets a closed client flow of its own here, for a
+/// traced process: no other hook sees it.
+#[inline(always)]
+pub(crate) fn on_connect_ret(sk: u64, ret: i32, dest: Option<Tuple>) -> Option<()> {
+    if ret >= 0 || sk == 0 {
+        return None;
+    }
+    let errno = ret.unsigned_abs().min(255) as u8;
+    if let Some(p) = TCP_FLOWS.get_ptr_mut(sk) {
+        // SAFETY: map value valid for this run.
+        unsafe { (*p).connect_errno = errno };
+        return Some(());
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if !traced(tgid) {
+        return None;
+    }
+    let now = now_ns();
+    let p = new_flow(sk, tgid, now)?;
+    // SAFETY: map value valid for this run.
+    let f = unsafe { &mut *p };
+    f.side = SIDE_CLIENT;
+    f.state = TCP_CLOSE;
+    f.close_from = TCP_CLOSE;
+    f.end_ns = now;
+    f.connect_errno = errno;
+    f.flags |= FLAG_CLOSED;
+    if let Some(t) = dest {
+        // The destination only: the failed connect bound no local address.
+        f.dport = t.dport;
+        f.family = t.family;
+        f.daddr = t.daddr;
+        f.flags |= FLAG_TUPLE;
+    }
+    stat(STAT_FLOWS_CLOSED);
+    Some(())
+}
+
 /// accept() in the current task returned the listener's child `sk`: claim
 /// it for a traced process and stamp the accept time; the accept-queue wait
 /// is that minus `established_ns`. Only sockets whose handshake is in

@@ -15,6 +15,7 @@
 //! | `tcp_retransmit_skb` + `__tcp_retransmit_skb(sk, skb, segs)` → 0 | successful retransmits, tail loss probes included | `tcp:tcp_retransmit_skb` (fired inside the inner one) |
 //! | `tcp_reset(sk, skb)` | resets received | `tcp:tcp_receive_reset` |
 //! | `inet_csk_accept(..)` → new sock | accept-queue wait | `syscalls:sys_exit_accept{4,}` + fd walk (`tcp_accept.rs`) |
+//! | `tcp_v4_connect`/`tcp_v6_connect(sk, uaddr, len)` → err | `connect()` refused before SYN_SENT (no route...) | none |
 
 use aya_ebpf::{
     EbpfContext,
@@ -29,7 +30,7 @@ use tracer_common::tcp::{
 
 use crate::tcp::{
     BUMP_RETRANS, BUMP_RST_RECV, SrttSource, TCP_CONFIG, Tuple, TupleSource, bump, has_flow,
-    on_accept, on_length, on_rtt_lazy, on_set_state, stat, traced, wanted,
+    on_accept, on_connect_ret, on_length, on_rtt_lazy, on_set_state, stat, traced, wanted,
 };
 
 /// `tcp_sendmsg` socket per thread, from the kprobe to the kretprobe.
@@ -331,6 +332,86 @@ pub fn tcp_krp_accept(ctx: RetProbeContext) -> u32 {
     0
 }
 
+/// `connect()` arguments per thread, from the kprobe to the kretprobe on
+/// `tcp_v4_connect`/`tcp_v6_connect`: (socket, destination sockaddr).
+#[map]
+static TCP_CONNECT_ARGS: LruHashMap<u64, [u64; 2]> = LruHashMap::with_max_entries(1024, 0);
+
+/// The destination of a `connect()`: the kernel's copy of the caller's
+/// `sockaddr_in`/`sockaddr_in6` (in `__sys_connect`'s `sockaddr_storage`,
+/// so reading 24 bytes stays inside it).
+#[inline(always)]
+fn sockaddr_dest(uaddr: u64) -> Option<Tuple> {
+    if uaddr == 0 {
+        return None;
+    }
+    // SAFETY: bpf_probe_read_kernel checks the address.
+    let raw: [u8; 24] = unsafe { bpf_probe_read_kernel(uaddr as *const [u8; 24]) }.ok()?;
+    let mut t = Tuple {
+        family: u16::from_le_bytes([raw[0], raw[1]]),
+        dport: u16::from_be_bytes([raw[2], raw[3]]),
+        ..Default::default()
+    };
+    if t.family == AF_INET {
+        t.daddr[..4].copy_from_slice(&raw[4..8]);
+    } else if t.family == AF_INET6 {
+        t.daddr.copy_from_slice(&raw[8..24]);
+    } else {
+        return None;
+    }
+    Some(t)
+}
+
+#[inline(always)]
+fn connect_entry(ctx: &ProbeContext) {
+    if let (Some(sk), Some(uaddr)) = (ctx.arg::<u64>(0), ctx.arg::<u64>(1))
+        && traced((bpf_get_current_pid_tgid() >> 32) as u32)
+    {
+        let _ = TCP_CONNECT_ARGS.insert(bpf_get_current_pid_tgid(), [sk, uaddr], 0);
+    }
+}
+
+#[inline(always)]
+fn connect_return(ctx: &RetProbeContext) {
+    let id = bpf_get_current_pid_tgid();
+    // SAFETY: plain value copied out before the removal.
+    if let Some([sk, uaddr]) = unsafe { TCP_CONNECT_ARGS.get(id) }.copied() {
+        let _ = TCP_CONNECT_ARGS.remove(id);
+        let ret: i64 = ctx.ret();
+        if (ret as i32) < 0 {
+            let _ = on_connect_ret(sk, ret as i32, sockaddr_dest(uaddr));
+        }
+    }
+}
+
+/// kprobe on `tcp_v4_connect`.
+#[kprobe]
+pub fn tcp_kp_connect4(ctx: ProbeContext) -> u32 {
+    connect_entry(&ctx);
+    0
+}
+
+/// kretprobe on `tcp_v4_connect`.
+#[kretprobe]
+pub fn tcp_krp_connect4(ctx: RetProbeContext) -> u32 {
+    connect_return(&ctx);
+    0
+}
+
+/// kprobe on `tcp_v6_connect`.
+#[kprobe]
+pub fn tcp_kp_connect6(ctx: ProbeContext) -> u32 {
+    connect_entry(&ctx);
+    0
+}
+
+/// kretprobe on `tcp_v6_connect`.
+#[kretprobe]
+pub fn tcp_krp_connect6(ctx: RetProbeContext) -> u32 {
+    connect_return(&ctx);
+    0
+}
+
 // ---- fentry / fexit (BPF trampolines) ----
 
 #[fentry(function = "tcp_set_state")]
@@ -420,5 +501,32 @@ pub fn tcp_fx_accept(ctx: FExitContext) -> u32 {
     {
         let _ = on_accept(sk);
     }
+    0
+}
+
+#[inline(always)]
+fn connect_exit(ctx: &FExitContext) {
+    if let Ok(ret) = ctx.ret::<i64>()
+        && (ret as i32) < 0
+    {
+        let _ = on_connect_ret(
+            ctx.arg::<u64>(0),
+            ret as i32,
+            sockaddr_dest(ctx.arg::<u64>(1)),
+        );
+    }
+}
+
+/// fexit on `tcp_v4_connect`.
+#[fexit(function = "tcp_v4_connect")]
+pub fn tcp_fx_connect4(ctx: FExitContext) -> u32 {
+    connect_exit(&ctx);
+    0
+}
+
+/// fexit on `tcp_v6_connect`.
+#[fexit(function = "tcp_v6_connect")]
+pub fn tcp_fx_connect6(ctx: FExitContext) -> u32 {
+    connect_exit(&ctx);
     0
 }

@@ -307,6 +307,7 @@ pub fn flow_row(o: &Owner, f: &FlowReport, node: &str) -> pb::FlowRow {
         container_id: o.container(),
         node: node.to_string(),
         close_reason: f.close_reason.unwrap_or_default().to_string(),
+        connect_error: f.connect_error.unwrap_or_default().to_string(),
     }
 }
 

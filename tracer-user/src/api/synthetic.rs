@@ -115,6 +115,8 @@ pub fn flow(pid: u32, local_port: u16, sent: u64, received: u64, rtts_us: &[u64]
         open: true,
         closed_from: None,
         close_reason: None,
+        connect_errno: None,
+        connect_error: None,
         destroyed: false,
         midstream: false,
         bytes_sent: sent,

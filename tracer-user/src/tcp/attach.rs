@@ -426,7 +426,7 @@ fn attach_role(
     order: &[Mechanism],
 ) -> Vec<HookStatus> {
     let tp = plan.hooks.get(role.tracepoint).cloned();
-    let measures = tp.as_ref().map_or("", |t| t.measures);
+    let measures = tp.as_ref().map_or(role.measures, |t| t.measures);
     let mut chosen: Option<Mechanism> = None;
     let mut statuses = Vec::new();
     // Listed order first, then the mechanisms left out (reported as such).
@@ -485,6 +485,9 @@ fn attach_role(
         } else if let Some(c) = chosen {
             st.status = "not_tried";
             st.reason = Some(format!("{} preferred and attached", c.name()));
+        } else if m == Mechanism::Tracepoint && tp.is_none() {
+            st.status = "missing";
+            st.reason = Some(format!("no tracepoint variant for {}", role.name));
         } else if m == Mechanism::Tracepoint {
             if st.status == "pending" {
                 match attach_tracepoint(tracer, &st) {

@@ -49,6 +49,11 @@ pub struct FlowReport {
     pub closed_from: Option<&'static str>,
     /// Why a closed flow ended (see [`close_reason`]); `None` while open.
     pub close_reason: Option<&'static str>,
+    /// errno of a `connect()` the kernel refused at once (kprobe/fentry on
+    /// `tcp_v4_connect`/`tcp_v6_connect`), e.g. 101; with its name in
+    /// `connect_error`, e.g. `ENETUNREACH`.
+    pub connect_errno: Option<u32>,
+    pub connect_error: Option<&'static str>,
     /// `tcp_destroy_sock` was seen (the kernel freed the socket).
     pub destroyed: bool,
     /// First seen at send/recv: opened before tracing started, so start time,
@@ -115,6 +120,24 @@ fn addr(family: u16, raw: &[u8; 16]) -> Option<IpAddr> {
     }
 }
 
+/// Names of the errnos `connect()` fails with at once (Linux x86-64 numbers).
+fn errno_name(e: u8) -> Option<&'static str> {
+    Some(match e {
+        0 => return None,
+        1 => "EPERM",
+        13 => "EACCES",
+        22 => "EINVAL",
+        97 => "EAFNOSUPPORT",
+        98 => "EADDRINUSE",
+        99 => "EADDRNOTAVAIL",
+        101 => "ENETUNREACH",
+        110 => "ETIMEDOUT",
+        111 => "ECONNREFUSED",
+        113 => "EHOSTUNREACH",
+        _ => "other",
+    })
+}
+
 fn comm(raw: &[u8; 16]) -> String {
     let end = raw.iter().position(|&b| b == 0).unwrap_or(raw.len());
     String::from_utf8_lossy(&raw[..end]).into_owned()
@@ -122,7 +145,8 @@ fn comm(raw: &[u8; 16]) -> String {
 
 /// Why a closed flow ended, from the state it left and the resets seen:
 /// `refused` (reset answered the SYN), `connect_failed` (SYN_SENT → CLOSE
-/// without a reset: timeout or unreachable), `handshake_failed` (a server
+/// without a reset: timeout or unreachable; or `connect()` refused by the
+/// kernel before any SYN, with its errno), `handshake_failed` (a server
 /// socket closed in SYN_RECV), `reset_by_peer`, `reset_sent` (we aborted,
 /// e.g. closed with unread data), `local_close` (we sent the first FIN),
 /// `peer_close` (the peer sent the first FIN), `aborted` (closed from
@@ -135,6 +159,7 @@ pub fn close_reason(f: &TcpFlow) -> Option<&'static str> {
     }
     Some(match f.close_from {
         TCP_SYN_SENT if f.resets_received > 0 => "refused",
+        _ if f.connect_errno != 0 => "connect_failed",
         TCP_SYN_SENT => "connect_failed",
         TCP_SYN_RECV => "handshake_failed",
         _ if f.resets_received > 0 => "reset_by_peer",
@@ -190,6 +215,8 @@ impl FlowReport {
             open: !closed,
             closed_from: closed.then(|| state_name(f.close_from)),
             close_reason: close_reason(f),
+            connect_errno: (f.connect_errno != 0).then_some(u32::from(f.connect_errno)),
+            connect_error: errno_name(f.connect_errno),
             destroyed: f.flags & FLAG_DESTROYED != 0,
             midstream: f.flags & FLAG_MIDSTREAM != 0,
             bytes_sent: f.bytes_sent,
@@ -255,7 +282,7 @@ impl FlowTotals {
             self.connect_latency_total_ns = self.connect_latency_total_ns.saturating_add(l);
             self.connect_latency_max_ns = self.connect_latency_max_ns.max(l);
         }
-        if f.side == "client" && f.closed_from == Some("SYN_SENT") {
+        if f.side == "client" && (f.closed_from == Some("SYN_SENT") || f.connect_errno.is_some()) {
             self.connect_failures += 1;
         }
         if let Some(r) = f.srtt_us {
@@ -624,6 +651,18 @@ mod tests {
         let c = FLAG_CLOSED;
         assert_eq!(reason(TCP_SYN_SENT, 1, 0, c), Some("refused"));
         assert_eq!(reason(TCP_SYN_SENT, 0, 0, c), Some("connect_failed"));
+        let unreachable = TcpFlow {
+            close_from: TCP_CLOSE,
+            connect_errno: 101,
+            flags: c,
+            ..Default::default()
+        };
+        assert_eq!(close_reason(&unreachable), Some("connect_failed"));
+        let r = FlowReport::from_kernel(&unreachable, 0);
+        assert_eq!(
+            (r.connect_errno, r.connect_error),
+            (Some(101), Some("ENETUNREACH"))
+        );
         assert_eq!(reason(TCP_SYN_RECV, 0, 0, c), Some("handshake_failed"));
         assert_eq!(reason(TCP_ESTABLISHED, 1, 0, c), Some("reset_by_peer"));
         assert_eq!(reason(TCP_ESTABLISHED, 0, 1, c), Some("reset_sent"));

@@ -304,7 +304,13 @@ pub(crate) struct Role {
     pub raw: &'static [RawHook],
     /// TCP tracing is refused when this role has no working hook.
     pub essential: bool,
+    /// What it gives, for roles with no tracepoint ([`NO_TRACEPOINT`]);
+    /// the others show their tracepoint's.
+    pub measures: &'static str,
 }
+
+/// [`Role::tracepoint`] of a role no tracepoint can serve.
+pub(crate) const NO_TRACEPOINT: usize = usize::MAX;
 
 /// One raw tracepoint: `programs` are alternatives for different argument
 /// lists of the event, tried in order (attaching a program that reads an
@@ -337,7 +343,7 @@ const INET_STATE_FE: FnHook = FnHook {
     optional: true,
 };
 
-pub(crate) const ROLES: [Role; 9] = [
+pub(crate) const ROLES: [Role; 10] = [
     Role {
         name: "state",
         tracepoint: 0,
@@ -345,6 +351,7 @@ pub(crate) const ROLES: [Role; 9] = [
         fentry: &[f("tcp_set_state", "tcp_fe_state", false), INET_STATE_FE],
         raw: &[raw("inet_sock_set_state", &["tcp_raw_state"])],
         essential: true,
+        measures: "",
     },
     Role {
         name: "send",
@@ -356,6 +363,7 @@ pub(crate) const ROLES: [Role; 9] = [
         fentry: &[f("tcp_sendmsg", "tcp_fx_sendmsg", true)],
         raw: &[raw("sock_send_length", &["tcp_raw_send"])],
         essential: true,
+        measures: "",
     },
     Role {
         name: "recv",
@@ -367,6 +375,7 @@ pub(crate) const ROLES: [Role; 9] = [
         fentry: &[f("tcp_recvmsg", "tcp_fx_recvmsg", true)],
         raw: &[raw("sock_recv_length", &["tcp_raw_recv"])],
         essential: true,
+        measures: "",
     },
     Role {
         name: "rtt",
@@ -375,6 +384,7 @@ pub(crate) const ROLES: [Role; 9] = [
         fentry: &[f("tcp_rcv_established", "tcp_fe_rtt", false)],
         raw: &[raw("tcp_probe", &["tcp_raw_rtt"])],
         essential: false,
+        measures: "",
     },
     Role {
         name: "retransmit",
@@ -398,6 +408,7 @@ pub(crate) const ROLES: [Role; 9] = [
             &["tcp_raw_retrans_err", "tcp_raw_retrans"],
         )],
         essential: false,
+        measures: "",
     },
     Role {
         name: "reset_sent",
@@ -407,6 +418,7 @@ pub(crate) const ROLES: [Role; 9] = [
         fentry: &[],
         raw: &[raw("tcp_send_reset", &["tcp_raw_rst_sent"])],
         essential: false,
+        measures: "",
     },
     Role {
         name: "reset_received",
@@ -415,6 +427,7 @@ pub(crate) const ROLES: [Role; 9] = [
         fentry: &[f("tcp_reset", "tcp_fe_reset", false)],
         raw: &[raw("tcp_receive_reset", &["tcp_raw_rst_recv"])],
         essential: false,
+        measures: "",
     },
     Role {
         name: "destroy",
@@ -423,6 +436,7 @@ pub(crate) const ROLES: [Role; 9] = [
         fentry: &[],
         raw: &[raw("tcp_destroy_sock", &["tcp_raw_destroy"])],
         essential: false,
+        measures: "",
     },
     Role {
         name: "accept",
@@ -433,6 +447,24 @@ pub(crate) const ROLES: [Role; 9] = [
         fentry: &[f("inet_csk_accept", "tcp_fx_accept", true)],
         raw: &[],
         essential: false,
+        measures: "",
+    },
+    Role {
+        name: "connect",
+        tracepoint: NO_TRACEPOINT,
+        kprobe: &[
+            f("tcp_v4_connect", "tcp_kp_connect4", false),
+            f("tcp_v4_connect", "tcp_krp_connect4", true),
+            optional(f("tcp_v6_connect", "tcp_kp_connect6", false)),
+            optional(f("tcp_v6_connect", "tcp_krp_connect6", true)),
+        ],
+        fentry: &[
+            f("tcp_v4_connect", "tcp_fx_connect4", true),
+            optional(f("tcp_v6_connect", "tcp_fx_connect6", true)),
+        ],
+        raw: &[],
+        essential: false,
+        measures: "connect() refused before SYN_SENT (no route, bad address): errno, destination",
     },
 ];
 
@@ -762,7 +794,11 @@ mod order_tests {
     fn every_role_has_its_tracepoint_and_programs_exist_once() {
         let mut seen = std::collections::HashSet::new();
         for (i, r) in ROLES.iter().enumerate() {
-            assert_eq!(r.tracepoint, i, "{}", r.name);
+            assert!(
+                r.tracepoint == i || r.tracepoint == NO_TRACEPOINT,
+                "{}",
+                r.name
+            );
             for h in r.kprobe.iter().chain(r.fentry) {
                 assert!(seen.insert(h.program), "{} used twice", h.program);
             }
