@@ -659,7 +659,19 @@ impl std::fmt::Display for KernelReport {
         let order: Vec<&str> = self.hook_order.iter().map(|m| m.name()).collect();
         writeln!(f, "TCP hook order: {}", order.join(","))?;
         for RoleChoice { role, mechanism } in &self.chosen {
-            writeln!(f, "TCP {role:<15} -> {}", mechanism.unwrap_or("NONE"))?;
+            let sampled = *role == "rtt"
+                && self
+                    .tcp_hooks
+                    .iter()
+                    .filter(|h| h.role == *role)
+                    .all(|h| h.status == "not_tried");
+            let shown = match mechanism {
+                Some(m) => m,
+                // --tcp-rtt calls: no hook of its own, by choice.
+                None if sampled => "the send/recv hooks (--tcp-rtt calls)",
+                None => "NONE",
+            };
+            writeln!(f, "TCP {role:<15} -> {shown}")?;
             for h in self.tcp_hooks.iter().filter(|h| h.role == *role) {
                 writeln!(
                     f,
