@@ -101,41 +101,33 @@ struct Workload {
     setup: Setup,
 }
 
+/// Each workload of [`workloads`] in one process, then the same load
+/// against a server traced alone (pinned).
 fn all_workloads() -> Vec<Workload> {
-    let mut out = Vec::new();
-    for (name, args, units) in workloads() {
-        out.push(Workload {
+    let pinned = [
+        "bulk, server process traced alone, pinned (4 GiB)",
+        "short connections, server process traced alone, pinned (20000, 8 at a time)",
+    ];
+    let base = workloads();
+    let one = base
+        .clone()
+        .into_iter()
+        .map(|(name, args, units)| Workload {
             name,
             args,
             units,
             setup: Setup::OneProcess,
         });
-    }
-    out.push(Workload {
-        name: "bulk, server process traced alone, pinned (4 GiB)",
-        args: vec![
-            "-mode".into(),
-            "bulk".into(),
-            "-bytes".into(),
-            BULK_BYTES.to_string(),
-        ],
-        units: BULK_BYTES as f64,
-        setup: Setup::PinnedServer,
-    });
-    out.push(Workload {
-        name: "short connections, server process traced alone, pinned (20000, 8 at a time)",
-        args: vec![
-            "-mode".into(),
-            "flood".into(),
-            "-n".into(),
-            CONNS.to_string(),
-            "-c".into(),
-            "8".into(),
-        ],
-        units: CONNS as f64,
-        setup: Setup::PinnedServer,
-    });
-    out
+    let alone = base
+        .into_iter()
+        .zip(pinned)
+        .map(|((_, args, units), name)| Workload {
+            name,
+            args,
+            units,
+            setup: Setup::PinnedServer,
+        });
+    one.chain(alone).collect()
 }
 
 pub fn bench_tcp() -> Result<()> {

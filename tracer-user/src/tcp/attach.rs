@@ -92,16 +92,7 @@ pub fn set_rtt_mode(mode: RttMode) {
 
 /// The mode in force: `--tcp-rtt`, else `$TRACER_TCP_RTT`, else `calls`.
 pub fn rtt_mode() -> RttMode {
-    if let Some(m) = RTT_MODE.get() {
-        return *m;
-    }
-    match std::env::var(RTT_MODE_ENV) {
-        Ok(v) => RttMode::parse(&v).unwrap_or_else(|e| {
-            tracing::warn!("${RTT_MODE_ENV}: {e}; using calls");
-            RttMode::Calls
-        }),
-        Err(_) => RttMode::Calls,
-    }
+    mode_in_force(&RTT_MODE, RTT_MODE_ENV, RttMode::parse, RttMode::Calls)
 }
 
 /// Configures `plan` for `mode`: sampling at calls needs the socket's
@@ -121,15 +112,31 @@ pub fn set_accept_wait(mode: AcceptWait) {
 /// The mode in force: `--tcp-accept-wait`, else `$TRACER_TCP_ACCEPT_WAIT`,
 /// else `auto` (an unparsable variable is reported and ignored).
 pub fn accept_wait() -> AcceptWait {
-    if let Some(m) = ACCEPT_WAIT.get() {
+    mode_in_force(
+        &ACCEPT_WAIT,
+        ACCEPT_WAIT_ENV,
+        AcceptWait::parse,
+        AcceptWait::Auto,
+    )
+}
+
+/// The mode a flag set in `cell`, else the one `$env` names, else
+/// `default`; an unparsable variable is reported and ignored.
+fn mode_in_force<T: Copy + std::fmt::Debug>(
+    cell: &OnceLock<T>,
+    env: &str,
+    parse: fn(&str) -> std::result::Result<T, String>,
+    default: T,
+) -> T {
+    if let Some(m) = cell.get() {
         return *m;
     }
-    match std::env::var(ACCEPT_WAIT_ENV) {
-        Ok(v) => AcceptWait::parse(&v).unwrap_or_else(|e| {
-            tracing::warn!("${ACCEPT_WAIT_ENV}: {e}; using auto");
-            AcceptWait::Auto
+    match std::env::var(env) {
+        Ok(v) => parse(&v).unwrap_or_else(|e| {
+            tracing::warn!("${env}: {e}; using {default:?}");
+            default
         }),
-        Err(_) => AcceptWait::Auto,
+        Err(_) => default,
     }
 }
 
