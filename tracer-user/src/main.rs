@@ -297,32 +297,31 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    if let Some(order) = &cli.tcp_hooks {
-        match tracer_user::tcp::hooks::parse_order(order) {
-            Ok(o) => tracer_user::tcp::set_hook_order(o),
-            Err(e) => {
-                eprintln!("tracer: error: --tcp-hooks: {e}");
-                return ExitCode::from(2);
-            }
-        }
-    }
-    if let Some(mode) = &cli.tcp_accept_wait {
-        match tracer_user::tcp::AcceptWait::parse(mode) {
-            Ok(m) => tracer_user::tcp::set_accept_wait(m),
-            Err(e) => {
-                eprintln!("tracer: error: --tcp-accept-wait: {e}");
-                return ExitCode::from(2);
-            }
-        }
-    }
-    if let Some(mode) = &cli.tcp_rtt {
-        match tracer_user::tcp::RttMode::parse(mode) {
-            Ok(m) => tracer_user::tcp::set_rtt_mode(m),
-            Err(e) => {
-                eprintln!("tracer: error: --tcp-rtt: {e}");
-                return ExitCode::from(2);
-            }
-        }
+    let flags = apply_flag(
+        &cli.tcp_hooks,
+        "--tcp-hooks",
+        tracer_user::tcp::hooks::parse_order,
+        tracer_user::tcp::set_hook_order,
+    )
+    .and_then(|()| {
+        apply_flag(
+            &cli.tcp_accept_wait,
+            "--tcp-accept-wait",
+            tracer_user::tcp::AcceptWait::parse,
+            tracer_user::tcp::set_accept_wait,
+        )
+    })
+    .and_then(|()| {
+        apply_flag(
+            &cli.tcp_rtt,
+            "--tcp-rtt",
+            tracer_user::tcp::RttMode::parse,
+            tracer_user::tcp::set_rtt_mode,
+        )
+    });
+    if let Err(e) = flags {
+        eprintln!("tracer: error: {e}");
+        return ExitCode::from(2);
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -387,4 +386,18 @@ fn main() -> ExitCode {
             ExitCode::from(1)
         }
     }
+}
+
+/// Parses a process-wide option given as `flag` and sets it; the error
+/// names the flag.
+fn apply_flag<T, E: std::fmt::Display>(
+    value: &Option<String>,
+    flag: &str,
+    parse: impl Fn(&str) -> Result<T, E>,
+    set: impl FnOnce(T),
+) -> Result<(), String> {
+    if let Some(v) = value {
+        set(parse(v).map_err(|e| format!("{flag}: {e}"))?);
+    }
+    Ok(())
 }
