@@ -19,7 +19,7 @@ use tracer_user::{
     probes::Tracer,
     tcp::{
         AcceptWait, FlowReport, Mechanism, RttMode, TcpReport, TcpTracing, attach_tcp,
-        attach_tcp_opts, hook_order, rtt_mode,
+        attach_tcp_leaving, hook_order, rtt_mode,
     },
 };
 
@@ -873,7 +873,27 @@ fn go_fixture_flows_match_ground_truth() -> Result<()> {
         return Ok(());
     }
     let want = std::env::var("TRACER_TCP_EXPECT").ok();
-    go_fixture_check(None, want.as_deref(), rtt_mode())
+    go_fixture_check(None, want.as_deref(), rtt_mode(), &[])
+}
+
+/// The same ground truth with no hook on sockets being freed, as on a
+/// kernel without `tcp_v4_destroy_sock`/`tcp:tcp_destroy_sock`: closed flows
+/// stay in the kernel table and user space must collect each one once, after
+/// its hold, byte-exact, none marked `destroyed`.
+#[test]
+fn go_fixture_flows_are_collected_without_a_destroy_hook() -> Result<()> {
+    if !privileged_tests_enabled("tcp_go_fixture_no_destroy")
+        || std::env::var_os("TRACER_TCP_EXPECT").is_some()
+    {
+        return Ok(());
+    }
+    let order = [Mechanism::RawTracepoint, Mechanism::Tracepoint];
+    go_fixture_check(
+        Some(&order),
+        Some(order[0].name()),
+        RttMode::Calls,
+        &["destroy"],
+    )
 }
 
 /// The same ground truth over tracepoints with tracefs record offsets (the
@@ -904,7 +924,7 @@ fn go_fixture_on_host(test: &str, order: &[Mechanism]) -> Result<()> {
         return Ok(());
     }
     for rtt in [RttMode::Calls, RttMode::Segments] {
-        go_fixture_check(Some(order), Some(order[0].name()), rtt)
+        go_fixture_check(Some(order), Some(order[0].name()), rtt, &[])
             .with_context(|| format!("RTT mode {rtt:?}"))?;
     }
     Ok(())
@@ -912,8 +932,14 @@ fn go_fixture_on_host(test: &str, order: &[Mechanism]) -> Result<()> {
 
 /// Runs the Go fixture traced with `order` (None: the configured order) and
 /// checks every flow; `want` names the mechanism every role must use (the
-/// `rtt` role only with [`RttMode::Segments`]: sampled at calls, it has no hook).
-fn go_fixture_check(order: Option<&[Mechanism]>, want: Option<&str>, rtt: RttMode) -> Result<()> {
+/// `rtt` role only with [`RttMode::Segments`]: sampled at calls, it has no
+/// hook); the roles in `unhooked` are left without one.
+fn go_fixture_check(
+    order: Option<&[Mechanism]>,
+    want: Option<&str>,
+    rtt: RttMode,
+    unhooked: &[&str],
+) -> Result<()> {
     let _serial = tracer_tests::serial();
     const GO_CONNS: usize = 4;
     const GO_REQ: u64 = 123_457;
@@ -934,8 +960,10 @@ fn go_fixture_check(order: Option<&[Mechanism]>, want: Option<&str>, rtt: RttMod
     let mut tracer = Tracer::load()?;
     tracer_user::tcp::set_accept_wait(AcceptWait::Syscalls);
     let attached = match order {
-        Some(o) => attach_tcp_opts(&mut tracer, &[pid], o, rtt),
-        None => hook_order().and_then(|o| attach_tcp_opts(&mut tracer, &[pid], &o, rtt)),
+        Some(o) => attach_tcp_leaving(&mut tracer, &[pid], o, rtt, unhooked),
+        None => {
+            hook_order().and_then(|o| attach_tcp_leaving(&mut tracer, &[pid], &o, rtt, unhooked))
+        }
     };
     let mut stdin = child.stdin.take().context("fixture stdin")?;
     let mut tcp = match attached {
@@ -961,8 +989,10 @@ fn go_fixture_check(order: Option<&[Mechanism]>, want: Option<&str>, rtt: RttMod
             "reset_received",
             "accept",
             "connect",
+            "destroy",
         ]
         .into_iter()
+        .filter(|r| !unhooked.contains(r))
         .filter(|r| *r != "accept" || want != "raw_tracepoint")
         // No tracepoint reports a connect() refused before SYN_SENT.
         .filter(|r| *r != "connect" || matches!(want, "kprobe" | "fentry"))
@@ -975,6 +1005,15 @@ fn go_fixture_check(order: Option<&[Mechanism]>, want: Option<&str>, rtt: RttMod
             );
         }
     }
+    for role in unhooked {
+        ensure!(
+            tcp.mechanism_of(role).is_none(),
+            "{role} hooked though left out: {:#?}",
+            tcp.hooks()
+        );
+    }
+    // Whether flows are marked freed (else collected after a hold).
+    let destroyed = tcp.mechanism_of("destroy").is_some();
     // Sampled at calls, no program runs per received segment.
     ensure!(
         rtt == RttMode::Segments || tcp.mechanism_of("rtt").is_none(),
@@ -1019,6 +1058,7 @@ fn go_fixture_check(order: Option<&[Mechanism]>, want: Option<&str>, rtt: RttMod
                 && c.resets_received == 0
                 && c.accept_wait_ns.is_none()
                 && !c.open
+                && c.destroyed == destroyed
                 && c.close_reason == Some("local_close"),
             "client flow (comm {comm}): {c:#?}"
         );
@@ -1032,6 +1072,7 @@ fn go_fixture_check(order: Option<&[Mechanism]>, want: Option<&str>, rtt: RttMod
                 && s.accept_wait_ns.is_some()
                 && !s.midstream
                 && !s.open
+                && s.destroyed == destroyed
                 && s.close_reason == Some("peer_close"),
             "server flow: {s:#?}"
         );

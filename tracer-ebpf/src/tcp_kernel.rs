@@ -30,7 +30,8 @@ use tracer_common::tcp::{
 
 use crate::tcp::{
     BUMP_RETRANS, BUMP_RST_RECV, SrttSource, TCP_CONFIG, Tuple, TupleSource, bump, has_flow,
-    on_accept, on_connect_ret, on_length, on_rtt_lazy, on_set_state, stat, traced, wanted,
+    on_accept, on_connect_ret, on_destroy, on_length, on_rtt_lazy, on_set_state, stat, traced,
+    wanted,
 };
 
 /// `tcp_sendmsg` socket per thread, from the kprobe to the kretprobe.
@@ -371,6 +372,17 @@ pub fn tcp_kp_reset(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// kprobe on `tcp_v4_destroy_sock` (IPv6 sockets too: `tcp_v6_destroy_sock`
+/// calls it, and is it since 6.3): the socket is being freed. Where the
+/// `tcp:tcp_destroy_sock` tracepoint fires, at its start.
+#[kprobe]
+pub fn tcp_kp_destroy(ctx: ProbeContext) -> u32 {
+    if let Some(sk) = ctx.arg::<u64>(0) {
+        let _ = on_destroy(sk);
+    }
+    0
+}
+
 /// kretprobe on `inet_csk_accept`: the accepted child socket, in the
 /// accepting task (the arguments changed in 6.10; only the return is used).
 #[kretprobe]
@@ -539,6 +551,12 @@ pub fn tcp_fx_retrans_inner(ctx: FExitContext) -> u32 {
 #[fentry(function = "tcp_reset")]
 pub fn tcp_fe_reset(ctx: FEntryContext) -> u32 {
     let _ = bump(ctx.arg::<u64>(0), BUMP_RST_RECV);
+    0
+}
+
+#[fentry(function = "tcp_v4_destroy_sock")]
+pub fn tcp_fe_destroy(ctx: FEntryContext) -> u32 {
+    let _ = on_destroy(ctx.arg::<u64>(0));
     0
 }
 

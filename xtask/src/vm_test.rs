@@ -7,7 +7,7 @@
 //! `go_fixture_flows_match_ground_truth`, once per forced mechanism
 //! (`TRACER_TCP_HOOKS=kprobe,tracepoint`, then `fentry,tracepoint`, with
 //! `TRACER_TCP_EXPECT` making the test fail unless that mechanism served the
-//! state, byte, RTT and reset hooks), plus `tracer inspect --kernel`, and
+//! state, byte, RTT, reset, accept, connect and destroy hooks), plus `tracer inspect --kernel`, and
 //! checks that the tracepoint-only order is refused there (6.1 lacks the
 //! send/recv length tracepoints) instead of reporting zero bytes. Each run
 //! prints a result marker on the serial console; this task parses them, prints

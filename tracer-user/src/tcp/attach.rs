@@ -411,8 +411,14 @@ fn raw_names(hooks: &[RawHook]) -> String {
 }
 
 /// Attaches each role with the first mechanism of `order` that works and
-/// returns one status per (role, mechanism), in role order.
-pub fn try_attach_hooks(tracer: &mut Tracer, plan: &Plan, order: &[Mechanism]) -> Vec<HookStatus> {
+/// returns one status per (role, mechanism), in role order. Roles named in
+/// `unhooked` are left out (reported `not_tried`).
+pub fn try_attach_hooks(
+    tracer: &mut Tracer,
+    plan: &Plan,
+    order: &[Mechanism],
+    unhooked: &[&str],
+) -> Vec<HookStatus> {
     let mut env = Env {
         btf_error: plan.btf_error.clone(),
         kprobes: kprobes_unavailable(),
@@ -420,7 +426,14 @@ pub fn try_attach_hooks(tracer: &mut Tracer, plan: &Plan, order: &[Mechanism]) -
     };
     let mut out = Vec::new();
     for role in &ROLES {
-        out.extend(attach_role(tracer, &mut env, plan, role, order));
+        out.extend(attach_role(
+            tracer,
+            &mut env,
+            plan,
+            role,
+            order,
+            unhooked.contains(&role.name),
+        ));
     }
     out
 }
@@ -431,6 +444,7 @@ fn attach_role(
     plan: &Plan,
     role: &Role,
     order: &[Mechanism],
+    left_out: bool,
 ) -> Vec<HookStatus> {
     let tp = plan.hooks.get(role.tracepoint).cloned();
     let measures = tp.as_ref().map_or(role.measures, |t| t.measures);
@@ -471,7 +485,10 @@ fn attach_role(
             },
         };
         let accept = role.name == "accept";
-        if role.name == "rtt" && plan.config.rtt_every != 0 {
+        if left_out {
+            st.status = "not_tried";
+            st.reason = Some(format!("{} left unhooked by the caller", role.name));
+        } else if role.name == "rtt" && plan.config.rtt_every != 0 {
             st.status = "not_tried";
             st.reason = Some(format!(
                 "RTT read from the socket every {} send/recv calls and at close (--tcp-rtt calls); --tcp-rtt segments hooks every received segment",
@@ -617,7 +634,7 @@ pub fn inspect_kernel(tracer: &mut Tracer, order: &[Mechanism]) -> Result<Kernel
             )?;
         cfg.set(0, plan.config, 0).context("writing TCP_CONFIG")?;
     }
-    let hooks = try_attach_hooks(tracer, &plan, order);
+    let hooks = try_attach_hooks(tracer, &plan, order, &[]);
     let broken = essential_failures(&hooks);
     let chosen = ROLES
         .iter()

@@ -309,6 +309,11 @@ pub(crate) struct Role {
     pub measures: &'static str,
 }
 
+/// Whether the role named `name` is essential; None for no such role.
+pub(crate) fn role_is_essential(name: &str) -> Option<bool> {
+    ROLES.iter().find(|r| r.name == name).map(|r| r.essential)
+}
+
 /// [`Role::tracepoint`] of a role no tracepoint can serve.
 pub(crate) const NO_TRACEPOINT: usize = usize::MAX;
 
@@ -432,8 +437,9 @@ pub(crate) const ROLES: [Role; 10] = [
     Role {
         name: "destroy",
         tracepoint: 7,
-        kprobe: &[],
-        fentry: &[],
+        // Also the IPv6 destructor (it calls this one; it is this one since 6.3).
+        kprobe: &[f("tcp_v4_destroy_sock", "tcp_kp_destroy", false)],
+        fentry: &[f("tcp_v4_destroy_sock", "tcp_fe_destroy", false)],
         raw: &[raw("tcp_destroy_sock", &["tcp_raw_destroy"])],
         essential: false,
         measures: "",
@@ -662,6 +668,17 @@ mod tests {
     use super::*;
     use crate::tcp::format::{parse, tests as samples};
     use tracer_common::tcp::OFF_NONE;
+
+    #[test]
+    fn only_optional_roles_may_be_left_unhooked() {
+        for r in ["state", "send", "recv"] {
+            assert_eq!(role_is_essential(r), Some(true), "{r}");
+        }
+        for r in ["destroy", "rtt", "accept", "connect", "reset_sent"] {
+            assert_eq!(role_is_essential(r), Some(false), "{r}");
+        }
+        assert_eq!(role_is_essential("bogus"), None);
+    }
 
     #[test]
     fn plan_from_samples_marks_missing_and_broken_hooks() {

@@ -152,6 +152,26 @@ pub fn attach_tcp_opts(
     order: &[Mechanism],
     rtt: RttMode,
 ) -> Result<TcpTracing> {
+    attach_tcp_leaving(tracer, pids, order, rtt, &[])
+}
+
+/// [`attach_tcp_opts`], leaving the optional roles named in `unhooked`
+/// (`destroy`, `rtt`, ...) without a hook, as on a kernel that lacks them:
+/// how the fallbacks for such kernels are tested.
+pub fn attach_tcp_leaving(
+    tracer: &mut Tracer,
+    pids: &[u32],
+    order: &[Mechanism],
+    rtt: RttMode,
+    unhooked: &[&str],
+) -> Result<TcpTracing> {
+    for r in unhooked {
+        match hooks::role_is_essential(r) {
+            None => bail!("no TCP hook role named {r:?}"),
+            Some(true) => bail!("the {r} role cannot be left unhooked: flows need it"),
+            Some(false) => {}
+        }
+    }
     kernelfs::ensure_tracefs()?;
     let mut plan = hooks::plan(Path::new(kernelfs::TRACEFS));
     plan_rtt(&mut plan, rtt);
@@ -174,7 +194,7 @@ pub fn attach_tcp_opts(
             .ok_or_else(|| anyhow!("TCP_CLOSED_RB ring buffer missing from the eBPF object"))?,
     )
     .context("opening the TCP_CLOSED_RB ring buffer")?;
-    let hooks = try_attach_hooks(tracer, &plan, order);
+    let hooks = try_attach_hooks(tracer, &plan, order, unhooked);
     let broken = attach::essential_failures(&hooks);
     if !broken.is_empty() {
         bail!(
