@@ -804,6 +804,8 @@ struct GoTruth {
     unreachable: Option<SocketAddr>,
     /// (client, server, bytes) of the connection that had to retransmit.
     lossy: Option<(SocketAddr, SocketAddr, u64)>,
+    /// (client, server, bytes) of the sendfile/splice connection.
+    spliced: Option<(SocketAddr, SocketAddr, u64)>,
 }
 
 fn parse_truth(out: &str) -> Result<GoTruth> {
@@ -814,6 +816,7 @@ fn parse_truth(out: &str) -> Result<GoTruth> {
         refused_port: 0,
         unreachable: None,
         lossy: None,
+        spliced: None,
     };
     let mut done = false;
     for line in out.lines() {
@@ -836,6 +839,12 @@ fn parse_truth(out: &str) -> Result<GoTruth> {
                 kv("server")?.parse()?,
                 kv("bytes")?.parse()?,
             ));
+        } else if line.starts_with("spliced ") {
+            t.spliced = Some((
+                kv("client")?.parse()?,
+                kv("server")?.parse()?,
+                kv("bytes")?.parse()?,
+            ));
         } else if line.starts_with("slow ") {
             t.slow.push((
                 kv("client")?.parse()?,
@@ -851,7 +860,11 @@ fn parse_truth(out: &str) -> Result<GoTruth> {
         }
     }
     ensure!(
-        done && t.pid != 0 && t.refused_port != 0 && t.lossy.is_some() && t.unreachable.is_some(),
+        done && t.pid != 0
+            && t.refused_port != 0
+            && t.lossy.is_some()
+            && t.unreachable.is_some()
+            && t.spliced.is_some(),
         "fixture output: {out}"
     );
     Ok(t)
@@ -941,6 +954,7 @@ fn go_fixture_check(
     unhooked: &[&str],
 ) -> Result<()> {
     let _serial = tracer_tests::serial();
+    let want_mechanism = want;
     const GO_CONNS: usize = 4;
     const GO_REQ: u64 = 123_457;
     const GO_RESP: u64 = 65_537;
@@ -1037,7 +1051,9 @@ fn go_fixture_check(
     ports.extend(truth.slow.iter().map(|(c, _, _)| c.port()));
     ports.push(truth.refused_port);
     ports.push(lossy_client.port());
-    let want = 2 * truth.flows.len() + 2 * truth.slow.len() + 1 + 2;
+    let spliced = truth.spliced.context("no spliced line")?;
+    ports.push(spliced.0.port());
+    let want = 2 * truth.flows.len() + 2 * truth.slow.len() + 1 + 2 + 2;
     let r = settled_report(&mut tcp, &mut tracer, pid, &ports, want)?;
     let comm: String = fixture
         .file_name()
@@ -1148,6 +1164,7 @@ fn go_fixture_check(
         pid,
         truth.unreachable.context("no unreachable line")?,
     )?;
+    check_spliced(&r, &tcp, pid, spliced, want_mechanism)?;
     let lc = find(&r, pid, "client", lossy_client.port(), lossy_server.port())?;
     let ls = find(&r, pid, "server", lossy_server.port(), lossy_client.port())?;
     ensure!(
@@ -1217,6 +1234,58 @@ fn go_fixture_check(
 /// the wait the application measured. The waits must really spread (the
 /// largest at least 3 sleeps), so a constant or zero wait cannot pass; the
 /// listen roll-up must count them all with the same maximum.
+/// The sendfile/splice connection: the server's sendfile() is counted on
+/// every path (since 6.5 it goes through `tcp_sendmsg` and `sock_send_length`;
+/// before, kprobe/fentry hook `tcp_sendpage`). The client's splice() reads
+/// are seen only where `tcp_splice_read` is hooked (kprobe/fentry, required
+/// there): no tracepoint reports them, so elsewhere they must be absent, not
+/// guessed.
+fn check_spliced(
+    r: &TcpReport,
+    tcp: &TcpTracing,
+    pid: u32,
+    (client, server, bytes): (SocketAddr, SocketAddr, u64),
+    want: Option<&str>,
+) -> Result<()> {
+    let s = find(r, pid, "server", server.port(), client.port())?;
+    ensure!(
+        s.bytes_sent == bytes && s.sends >= 1 && s.bytes_received == 0 && !s.open,
+        "sendfile server flow ({bytes} bytes sent): {s:#?}"
+    );
+    let c = find(r, pid, "client", client.port(), server.port())?;
+    let recv = tcp
+        .hooks()
+        .iter()
+        .find(|h| h.role == "recv" && h.status == "attached")
+        .context("recv not hooked")?;
+    let splice_hooked = matches!(recv.method, "kprobe" | "fentry")
+        && !recv
+            .reason
+            .as_deref()
+            .is_some_and(|r| r.contains("tcp_splice_read"));
+    if matches!(want, Some("kprobe" | "fentry")) {
+        ensure!(splice_hooked, "tcp_splice_read not hooked: {recv:#?}");
+    }
+    let seen = if splice_hooked { bytes } else { 0 };
+    ensure!(
+        c.bytes_received == seen
+            && (c.receives >= 1) == splice_hooked
+            && c.bytes_sent == 0
+            && !c.open,
+        "splice client flow ({bytes} bytes spliced, counted where tcp_splice_read is hooked: {splice_hooked}): {c:#?}"
+    );
+    eprintln!(
+        "spliced {}->{}: server sent {} (sendfile, {} calls), client received {} ({} splice calls seen)",
+        client.port(),
+        server.port(),
+        s.bytes_sent,
+        s.sends,
+        c.bytes_received,
+        c.receives
+    );
+    Ok(())
+}
+
 /// A `connect()` the kernel refused before any SYN (ENETUNREACH): one
 /// closed client flow with that errno where `tcp_v4_connect` is hooked
 /// (kprobe/fentry), none elsewhere (nothing else sees it: not faked).

@@ -275,6 +275,41 @@ pub fn tcp_krp_recvmsg(ctx: RetProbeContext) -> u32 {
     0
 }
 
+/// The `struct sock` of a `struct socket` (`sock->sk`, BTF offset).
+#[inline(always)]
+fn socket_sk(sock: u64) -> Option<u64> {
+    let c = TCP_CONFIG.get(0)?;
+    sk_read::<u64>(sock, c.socket_sk).filter(|&sk| sk != 0)
+}
+
+/// kprobe on `tcp_splice_read(sock, ppos, pipe, len, flags)`: `splice()`
+/// from a TCP socket reads without `tcp_recvmsg` (Go's `io.Copy` from a
+/// `TCPConn` to a file or to another `TCPConn`). Remember the socket.
+#[kprobe]
+pub fn tcp_kp_splice_read(ctx: ProbeContext) -> u32 {
+    if let Some(sk) = ctx.arg::<u64>(0).and_then(socket_sk)
+        && wanted(sk)
+    {
+        let _ = TCP_RECV_ARGS.insert(bpf_get_current_pid_tgid(), [sk, 0], 0);
+    }
+    0
+}
+
+/// kretprobe on `tcp_splice_read`: bytes spliced out of the socket, one
+/// receive call.
+#[kretprobe]
+pub fn tcp_krp_splice_read(ctx: RetProbeContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    // SAFETY: plain value copied out before the removal.
+    if let Some([sk, _]) = unsafe { TCP_RECV_ARGS.get(id) }.copied() {
+        let _ = TCP_RECV_ARGS.remove(id);
+        // `ssize_t` return.
+        let ret: i64 = ctx.ret();
+        let _ = on_length(sk, ret, true);
+    }
+    0
+}
+
 /// kprobe on `tcp_rcv_established`: the RTT as `tcp:tcp_probe` shows it
 /// (that tracepoint fires at this function's start).
 #[kprobe]
@@ -492,6 +527,28 @@ pub fn tcp_fe_inet_state(ctx: FEntryContext) -> u32 {
 pub fn tcp_fx_sendmsg(ctx: FExitContext) -> u32 {
     if let Ok(ret) = ctx.ret::<i64>() {
         let _ = on_length(ctx.arg::<u64>(0), ret as i32 as i64, false);
+    }
+    0
+}
+
+/// fexit on `tcp_sendpage(sk, page, offset, size, flags)` (Linux < 6.5):
+/// `sendfile()` and `splice()` to a TCP socket (Go's `io.Copy` from a file
+/// to a `TCPConn`) send without `tcp_sendmsg` there.
+#[fexit(function = "tcp_sendpage")]
+pub fn tcp_fx_sendpage(ctx: FExitContext) -> u32 {
+    if let Ok(ret) = ctx.ret::<i64>() {
+        let _ = on_length(ctx.arg::<u64>(0), ret as i32 as i64, false);
+    }
+    0
+}
+
+/// fexit on `tcp_splice_read`: see [`tcp_kp_splice_read`].
+#[fexit(function = "tcp_splice_read")]
+pub fn tcp_fx_splice_read(ctx: FExitContext) -> u32 {
+    if let Ok(ret) = ctx.ret::<i64>()
+        && let Some(sk) = socket_sk(ctx.arg::<u64>(0))
+    {
+        let _ = on_length(sk, ret, true);
     }
     0
 }

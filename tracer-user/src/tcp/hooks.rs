@@ -361,11 +361,19 @@ pub(crate) const ROLES: [Role; 10] = [
     Role {
         name: "send",
         tracepoint: 1,
+        // `tcp_sendpage` (before 6.5): sendfile() and splice() to a socket
+        // (since 6.5 they go through `tcp_sendmsg`). Same probes, same
+        // arguments that matter (`sk` first, bytes returned).
         kprobe: &[
             f("tcp_sendmsg", "tcp_kp_sendmsg", false),
             f("tcp_sendmsg", "tcp_krp_sendmsg", true),
+            optional(f("tcp_sendpage", "tcp_kp_sendmsg", false)),
+            optional(f("tcp_sendpage", "tcp_krp_sendmsg", true)),
         ],
-        fentry: &[f("tcp_sendmsg", "tcp_fx_sendmsg", true)],
+        fentry: &[
+            f("tcp_sendmsg", "tcp_fx_sendmsg", true),
+            optional(f("tcp_sendpage", "tcp_fx_sendpage", true)),
+        ],
         raw: &[raw("sock_send_length", &["tcp_raw_send"])],
         essential: true,
         measures: "",
@@ -373,11 +381,18 @@ pub(crate) const ROLES: [Role; 10] = [
     Role {
         name: "recv",
         tracepoint: 2,
+        // `tcp_splice_read`: splice() from a socket reads without
+        // `tcp_recvmsg`; no tracepoint sees it.
         kprobe: &[
             f("tcp_recvmsg", "tcp_kp_recvmsg", false),
             f("tcp_recvmsg", "tcp_krp_recvmsg", true),
+            optional(f("tcp_splice_read", "tcp_kp_splice_read", false)),
+            optional(f("tcp_splice_read", "tcp_krp_splice_read", true)),
         ],
-        fentry: &[f("tcp_recvmsg", "tcp_fx_recvmsg", true)],
+        fentry: &[
+            f("tcp_recvmsg", "tcp_fx_recvmsg", true),
+            optional(f("tcp_splice_read", "tcp_fx_splice_read", true)),
+        ],
         raw: &[raw("sock_recv_length", &["tcp_raw_recv"])],
         essential: true,
         measures: "",
