@@ -7,7 +7,8 @@
 //! the scheduler free to place them), and a server process traced alone,
 //! pinned to CPU 1, with an untraced client process pinned to CPU 0 (what a
 //! traced service pays; pinning removes most of this VM's run-to-run
-//! spread). Untraced, `tracer run`, `tracer run --tcp-hooks tracepoint` and
+//! spread), plus bulk against that server reading 32 KiB per call
+//! (gRPC-go's read buffer) instead of `io.Discard`'s 8 KiB. Untraced, `tracer run`, `tracer run --tcp-hooks tracepoint` and
 //! `tracer run --tcp off` (the lock and map probes alone) run in an order
 //! rotated each round; every round's traced runs are compared with that
 //! round's untraced run, and the median and quartiles of those paired
@@ -96,13 +97,20 @@ enum Setup {
 struct Workload {
     name: &'static str,
     args: Vec<String>,
+    /// Extra arguments of the traced-alone server ([`Setup::PinnedServer`]).
+    server_args: &'static [&'static str],
     /// Bytes (bulk) or connections per run.
     units: f64,
     setup: Setup,
 }
 
+/// gRPC-go's default read buffer (`ReadBufferSize`, 32 KiB): the bulk row
+/// with it shows how the cost follows read calls, not bytes.
+const GRPC_READ: &[&str] = &["-readbuf", "32768"];
+
 /// Each workload of [`workloads`] in one process, then the same load
-/// against a server traced alone (pinned).
+/// against a server traced alone (pinned), then bulk against a traced-alone
+/// server reading 32 KiB per call.
 fn all_workloads() -> Vec<Workload> {
     let pinned = [
         "bulk, server process traced alone, pinned (4 GiB)",
@@ -115,19 +123,29 @@ fn all_workloads() -> Vec<Workload> {
         .map(|(name, args, units)| Workload {
             name,
             args,
+            server_args: &[],
             units,
             setup: Setup::OneProcess,
         });
+    let bulk = base[0].clone();
     let alone = base
         .into_iter()
         .zip(pinned)
         .map(|((_, args, units), name)| Workload {
             name,
             args,
+            server_args: &[],
             units,
             setup: Setup::PinnedServer,
         });
-    one.chain(alone).collect()
+    let grpc_reads = Workload {
+        name: "bulk, server process traced alone, pinned, 32 KiB per read (4 GiB)",
+        args: bulk.1,
+        server_args: GRPC_READ,
+        units: bulk.2,
+        setup: Setup::PinnedServer,
+    };
+    one.chain(alone).chain([grpc_reads]).collect()
 }
 
 pub fn bench_tcp() -> Result<()> {
@@ -151,7 +169,7 @@ pub fn bench_tcp() -> Result<()> {
             for i in rotated(round) {
                 let t = match w.setup {
                     Setup::OneProcess => one_process(&bin, CONFIGS[i].1, &w)?,
-                    Setup::PinnedServer => server_alone(&bin, CONFIGS[i].1, &w.args)?,
+                    Setup::PinnedServer => server_alone(&bin, CONFIGS[i].1, &w)?,
                 };
                 times[i].push(t);
             }
@@ -213,10 +231,11 @@ fn print_rows(w: &Workload, times: Vec<Vec<f64>>) {
     }
 }
 
-/// `tcpload -mode serve` on CPU 1 (under `tracer run` when `tracer_args`
-/// is set; the tracer shares that CPU), and an untraced client process on
-/// CPU 0 running `client_args` against it; the client's time, ns.
-fn server_alone(bin: &Path, tracer_args: Option<&[&str]>, client_args: &[String]) -> Result<f64> {
+/// `tcpload -mode serve` (plus the workload's server arguments) on CPU 1
+/// (under `tracer run` when `tracer_args` is set; the tracer shares that
+/// CPU), and an untraced client process on CPU 0 running the workload's
+/// arguments against it; the client's time, ns.
+fn server_alone(bin: &Path, tracer_args: Option<&[&str]>, w: &Workload) -> Result<f64> {
     use std::io::{BufRead, BufReader};
     let mut cmd = Command::new("taskset");
     cmd.args(["-c", "1"]);
@@ -226,6 +245,7 @@ fn server_alone(bin: &Path, tracer_args: Option<&[&str]>, client_args: &[String]
     let mut server = cmd
         .arg(bin)
         .args(["-mode", "serve"])
+        .args(w.server_args)
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::null())
@@ -245,7 +265,7 @@ fn server_alone(bin: &Path, tracer_args: Option<&[&str]>, client_args: &[String]
     let out = Command::new("taskset")
         .args(["-c", "0"])
         .arg(bin)
-        .args(client_args)
+        .args(&w.args)
         .args(["-addr", &addr])
         .output()?;
     drop(server.stdin.take());
