@@ -7,7 +7,7 @@ use aya_ebpf::{
     bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
     helpers::{bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{map, uprobe},
-    maps::{Array, HashMap, LruHashMap, PerCpuHashMap, StackTrace},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, StackTrace},
     programs::ProbeContext,
 };
 use aya_log_ebpf::warn;
@@ -45,6 +45,12 @@ static UNLOCK_WAKES: PerCpuHashMap<LockKey, u64> = PerCpuHashMap::with_max_entri
 
 /// One zeroed `WaitStats`: too large for the 512-byte BPF stack, so new
 /// aggregates are initialised from here.
+/// Contended waits completed, every traced process together: the rate
+/// guard reads this one slot four times a second instead of walking
+/// `LOCK_WAITS`.
+#[map]
+static LOCK_WAIT_TOTAL: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
+
 #[map]
 static ZERO_STATS: Array<WaitStats> = Array::with_max_entries(1, 0);
 
@@ -126,6 +132,10 @@ pub fn lock_exit(ctx: ProbeContext) -> u32 {
         g: key.g,
     };
     let _ = LOCK_WAITERS.insert(waiter, 1u8, 0);
+    if let Some(n) = LOCK_WAIT_TOTAL.get_ptr_mut(0) {
+        // SAFETY: per-CPU value, only this CPU writes it.
+        unsafe { *n += 1 };
+    }
     let agg_key = LockKey {
         tgid,
         kind: rec.kind,

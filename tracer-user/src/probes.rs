@@ -10,7 +10,7 @@ use std::{num::NonZeroU32, path::Path};
 use anyhow::{Context, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuHashMap, StackTraceMap},
+    maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, StackTraceMap},
     programs::{
         UProbe,
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
@@ -446,9 +446,19 @@ impl Tracer {
         Ok(())
     }
 
-    /// Waits completed so far, all locks and sites together.
+    /// Waits completed so far, all locks and sites together (one per-CPU
+    /// counter: cheap enough for the rate guard's 250 ms scans).
     pub fn lock_wait_count(&self) -> Result<u64> {
-        Ok(self.lock_waits()?.iter().map(|(_, l)| l.count).sum())
+        let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
+            self.ebpf
+                .map("LOCK_WAIT_TOTAL")
+                .ok_or_else(|| anyhow!("LOCK_WAIT_TOTAL map missing"))?,
+        )?;
+        Ok(map
+            .get(&0, 0)
+            .context("reading LOCK_WAIT_TOTAL")?
+            .iter()
+            .sum())
     }
 
     /// Current per-(process, lock, site, stack) waits, summed over CPUs.

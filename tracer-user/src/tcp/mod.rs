@@ -33,8 +33,8 @@ pub use flows::{AcceptWaits, FlowReport, FlowTotals, ListenRollup, RemoteRollup,
 pub use hooks::{HookStatus, Mechanism};
 
 /// How often user space empties the kernel's closed-flow ring buffer
-/// (8 MiB, about 25 000 flows), independent of any refresh: at 10 drains a
-/// second flows are lost only beyond ~250 000 freed sockets a second.
+/// (4 MiB, about 12 500 flows), independent of any refresh: at 10 drains a
+/// second flows are lost only beyond ~125 000 freed sockets a second.
 pub const TCP_DRAIN: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// Bytes one finished flow takes in the kernel's ring buffer (its 8-byte
@@ -244,7 +244,7 @@ impl TcpTracing {
 
     /// Takes the finished flows the kernel handed over. Cheap (no system
     /// call): call every few hundred milliseconds under heavy connection
-    /// churn, since the ring buffer holds about 25 000 flows.
+    /// churn, since the ring buffer holds about 12 500 flows.
     pub fn collect_closed(&mut self) {
         let mut got = Vec::new();
         while let Some(item) = self.ring.next() {
