@@ -220,20 +220,20 @@ pub fn tcp_kp_inet_state(ctx: ProbeContext) -> u32 {
     0
 }
 
-/// kprobe on `tcp_sendmsg`: remember the socket for the return probe.
-#[kprobe]
-pub fn tcp_kp_sendmsg(ctx: ProbeContext) -> u32 {
+/// Entry of a send function whose first argument is the socket: remember
+/// it for the return probe.
+#[inline(always)]
+fn send_entry(ctx: &ProbeContext) {
     if let Some(sk) = ctx.arg::<u64>(0)
         && wanted(sk)
     {
         let _ = TCP_SEND_ARGS.insert(bpf_get_current_pid_tgid(), sk, 0);
     }
-    0
 }
 
-/// kretprobe on `tcp_sendmsg`: bytes sent.
-#[kretprobe]
-pub fn tcp_krp_sendmsg(ctx: RetProbeContext) -> u32 {
+/// Return of a send function returning `int` bytes sent.
+#[inline(always)]
+fn send_return(ctx: &RetProbeContext) {
     let id = bpf_get_current_pid_tgid();
     // SAFETY: plain value copied out before the removal.
     if let Some(sk) = unsafe { TCP_SEND_ARGS.get(id) }.copied() {
@@ -242,6 +242,35 @@ pub fn tcp_krp_sendmsg(ctx: RetProbeContext) -> u32 {
         let ret: i64 = ctx.ret();
         let _ = on_length(sk, ret as i32 as i64, false);
     }
+}
+
+/// kprobe on `tcp_sendmsg`: remember the socket for the return probe.
+#[kprobe]
+pub fn tcp_kp_sendmsg(ctx: ProbeContext) -> u32 {
+    send_entry(&ctx);
+    0
+}
+
+/// kretprobe on `tcp_sendmsg`: bytes sent.
+#[kretprobe]
+pub fn tcp_krp_sendmsg(ctx: RetProbeContext) -> u32 {
+    send_return(&ctx);
+    0
+}
+
+/// kprobe on `tcp_sendpage(sk, page, offset, size, flags)` (Linux < 6.5):
+/// `sendfile()` and `splice()` to a TCP socket (Go's `io.Copy` from a file
+/// to a `TCPConn`) send without `tcp_sendmsg` there.
+#[kprobe]
+pub fn tcp_kp_sendpage(ctx: ProbeContext) -> u32 {
+    send_entry(&ctx);
+    0
+}
+
+/// kretprobe on `tcp_sendpage`: bytes sent.
+#[kretprobe]
+pub fn tcp_krp_sendpage(ctx: RetProbeContext) -> u32 {
+    send_return(&ctx);
     0
 }
 
@@ -531,9 +560,7 @@ pub fn tcp_fx_sendmsg(ctx: FExitContext) -> u32 {
     0
 }
 
-/// fexit on `tcp_sendpage(sk, page, offset, size, flags)` (Linux < 6.5):
-/// `sendfile()` and `splice()` to a TCP socket (Go's `io.Copy` from a file
-/// to a `TCPConn`) send without `tcp_sendmsg` there.
+/// fexit on `tcp_sendpage`: see [`tcp_kp_sendpage`].
 #[fexit(function = "tcp_sendpage")]
 pub fn tcp_fx_sendpage(ctx: FExitContext) -> u32 {
     if let Ok(ret) = ctx.ret::<i64>() {

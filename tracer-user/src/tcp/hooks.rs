@@ -362,13 +362,12 @@ pub(crate) const ROLES: [Role; 10] = [
         name: "send",
         tracepoint: 1,
         // `tcp_sendpage` (before 6.5): sendfile() and splice() to a socket
-        // (since 6.5 they go through `tcp_sendmsg`). Same probes, same
-        // arguments that matter (`sk` first, bytes returned).
+        // (since 6.5 they go through `tcp_sendmsg`).
         kprobe: &[
             f("tcp_sendmsg", "tcp_kp_sendmsg", false),
             f("tcp_sendmsg", "tcp_krp_sendmsg", true),
-            optional(f("tcp_sendpage", "tcp_kp_sendmsg", false)),
-            optional(f("tcp_sendpage", "tcp_krp_sendmsg", true)),
+            optional(f("tcp_sendpage", "tcp_kp_sendpage", false)),
+            optional(f("tcp_sendpage", "tcp_krp_sendpage", true)),
         ],
         fentry: &[
             f("tcp_sendmsg", "tcp_fx_sendmsg", true),
