@@ -383,6 +383,18 @@ impl Collector for SnapshotCollector {
         )?;
         counters(
             &mut enc,
+            "tracer_agent_processes_missed",
+            "Go processes that exited before their probes were live (nothing of them was recorded).",
+            &vec![(none(), h.processes_missed)],
+        )?;
+        counters(
+            &mut enc,
+            "tracer_agent_processes_unreadable",
+            "Selected processes whose executable the agent may not open (it lacks CAP_SYS_PTRACE).",
+            &vec![(none(), h.processes_unreadable)],
+        )?;
+        counters(
+            &mut enc,
             "tracer_agent_map_evictions",
             "Entries evicted from the kernel's bounded LRU tables.",
             &vec![(none(), h.map_evictions)],
@@ -651,7 +663,9 @@ mod tests {
 
     #[test]
     fn tcp_and_agent_metrics() {
-        let text = render(Arc::new(snapshot()), 50).expect("render");
+        let mut snap = snapshot();
+        snap.health.processes_missed = 7;
+        let text = render(Arc::new(snap), 50).expect("render");
         let samples = parse(&text);
         let rtt = histograms(&samples, "tracer_tcp_rtt_seconds");
         check_structure(&rtt);
@@ -687,11 +701,17 @@ mod tests {
             "tracer_agent_probe_hits_total",
             "tracer_agent_events_lost_total",
             "tracer_agent_map_evictions_total",
+            "tracer_agent_processes_missed_total",
+            "tracer_agent_processes_unreadable_total",
             "tracer_agent_bpf_run_time_seconds_total",
             "tracer_agent_processes",
             "tracer_agent_rss_bytes",
         ] {
             assert!(value(n, None).is_some(), "{n} missing:\n{text}");
         }
+        assert_eq!(
+            value("tracer_agent_processes_missed_total", None),
+            Some(7.0)
+        );
     }
 }
