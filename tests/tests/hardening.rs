@@ -364,3 +364,185 @@ fn agent_without_cap_sys_ptrace_counts_the_processes_it_may_not_open() -> Result
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+/// Pids of the live processes whose environment holds `TRACER_MARK=mark`:
+/// tracer and its child, which before exec is a copy of tracer.
+fn marked(mark: &str) -> Vec<(u32, String)> {
+    let needle = format!("TRACER_MARK={mark}");
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == needle.as_bytes()))
+        })
+        .filter(|pid| {
+            // Zombies (exited, not yet reaped) hold nothing.
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                s.rsplit(')')
+                    .next()
+                    .is_some_and(|r| !r.trim_start().starts_with('Z'))
+            })
+        })
+        .map(|pid| {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            (pid, comm.trim().to_string())
+        })
+        .collect()
+}
+
+/// Starts `tracer run` of the contention fixture, marked with `mark`.
+fn marked_run(fixture: &Path, mark: &str, extra: &[&str]) -> Result<KillOnDrop> {
+    Ok(KillOnDrop(
+        Command::new(tracer_bin()?)
+            .arg("run")
+            .args(extra)
+            .arg("--")
+            .arg(fixture)
+            .args(["-g", "4", "-m", "100000", "-hold", "1ms"])
+            .env("TRACER_MARK", mark)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting tracer run")?,
+    ))
+}
+
+/// Polls until `cond` holds, up to `secs`.
+fn wait_until(secs: u64, what: &str, mut cond: impl FnMut() -> bool) -> Result<()> {
+    let t0 = Instant::now();
+    while !cond() {
+        ensure!(
+            t0.elapsed() < Duration::from_secs(secs),
+            "{what} within {secs} s"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
+}
+
+#[test]
+fn run_killed_while_placing_probes_leaves_no_program_behind() -> Result<()> {
+    if !privileged_tests_enabled("run_killed_while_placing_probes") {
+        return Ok(());
+    }
+    let tc = go_toolchains()?.pop().context("no Go")?;
+    let fixture = build_fixture(&tc, "contention", Variant::Plain)?;
+    let tracer_exe = tracer_bin()?.canonicalize()?;
+    // Killed the moment its child exists, held at the gate (still a copy of
+    // tracer: its executable is tracer's), while the probes are being attached: the child used to block
+    // on the gate pipe forever.
+    for (i, sig) in [libc::SIGKILL, libc::SIGTERM, libc::SIGKILL, libc::SIGHUP]
+        .into_iter()
+        .enumerate()
+    {
+        let mark = format!("gate-{}-{i}", std::process::id());
+        let mut run = marked_run(&fixture, &mark, &[])?;
+        let tracer = run.0.id();
+        wait_until(20, "the held child did not appear", || {
+            marked(&mark).iter().any(|(p, _)| {
+                *p != tracer
+                    && std::fs::read_link(format!("/proc/{p}/exe")).is_ok_and(|e| e == tracer_exe)
+            })
+        })?;
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(tracer as i32, sig) };
+        let status = run.0.wait()?;
+        ensure!(
+            !status.success(),
+            "tracer run exited 0 after signal {sig} during attach"
+        );
+        wait_until(
+            5,
+            &format!("processes left after signal {sig}: {:?}", marked(&mark)),
+            || marked(&mark).is_empty(),
+        )?;
+    }
+    Ok(())
+}
+
+#[test]
+fn run_passes_sigterm_and_sighup_on_and_still_reports() -> Result<()> {
+    if !privileged_tests_enabled("run_passes_sigterm_and_sighup_on") {
+        return Ok(());
+    }
+    let tc = go_toolchains()?.pop().context("no Go")?;
+    let fixture = build_fixture(&tc, "contention", Variant::Plain)?;
+    let dir = scratch("signals")?;
+    let comm: String = fixture
+        .file_name()
+        .and_then(|n| n.to_str())
+        .context("fixture name")?
+        .chars()
+        .take(15)
+        .collect();
+    for sig in [libc::SIGTERM, libc::SIGHUP] {
+        let mark = format!("sig-{}-{sig}", std::process::id());
+        let report = dir.join(format!("report-{sig}.json"));
+        let report_arg = report.to_string_lossy().into_owned();
+        let mut run = marked_run(&fixture, &mark, &["--json-report", &report_arg])?;
+        let tracer = run.0.id();
+        // The program runs (exec'd), and has waited on its lock for a while.
+        wait_until(20, "the program did not start", || {
+            marked(&mark)
+                .iter()
+                .any(|(p, c)| *p != tracer && *c == comm)
+        })?;
+        std::thread::sleep(Duration::from_millis(700));
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(tracer as i32, sig) };
+        // tracer must wait for the program, which got the signal too: a
+        // program left running (tracer gone) fails here rather than hang.
+        let t0 = Instant::now();
+        let status = loop {
+            if let Some(st) = run.0.try_wait()? {
+                break st;
+            }
+            ensure!(
+                t0.elapsed() < Duration::from_secs(30),
+                "signal {sig}: tracer still running after 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let left = marked(&mark);
+        for (pid, _) in &left {
+            // SAFETY: kill(2) of a leftover of this test.
+            unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+        }
+        ensure!(
+            left.is_empty(),
+            "signal {sig}: tracer exited, the program still ran: {left:?}"
+        );
+        let (mut stdout, mut stderr) = (String::new(), String::new());
+        use std::io::Read;
+        if let Some(mut o) = run.0.stdout.take() {
+            o.read_to_string(&mut stdout)?;
+        }
+        if let Some(mut e) = run.0.stderr.take() {
+            e.read_to_string(&mut stderr)?;
+        }
+        ensure!(
+            status.code() == Some(128 + sig),
+            "signal {sig}: tracer exited {status:?}, want the program's {} (it got the signal):\n{stderr}",
+            128 + sig,
+        );
+        ensure!(
+            stdout.contains("main.holdLock"),
+            "signal {sig}: no contention table on stdout:\n{stdout}"
+        );
+        let json: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(&report).with_context(|| format!("signal {sig}: no JSON report"))?,
+        )?;
+        let waits: u64 = json["locks"]
+            .as_array()
+            .context("locks")?
+            .iter()
+            .filter_map(|l| l["contentions"].as_u64())
+            .sum();
+        ensure!(waits > 0, "signal {sig}: the report counts no lock waits");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
