@@ -546,3 +546,178 @@ fn run_passes_sigterm_and_sighup_on_and_still_reports() -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+/// Runs `tracer ARGS` to completion (at most 60 s): exit code, stderr, and
+/// peak RSS in bytes (from wait4's rusage).
+fn peak_rss_of(args: &[&std::ffi::OsStr]) -> Result<(i32, String, u64)> {
+    let child = Command::new(tracer_bin()?)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let pid = child.id() as i32;
+    let mut guard = KillOnDrop(child);
+    let mut stderr = guard.0.stderr.take().context("stderr")?;
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        use std::io::Read;
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let t0 = Instant::now();
+    let mut status = 0;
+    // SAFETY: zeroed rusage is a valid out-parameter.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    loop {
+        // SAFETY: wait4 on our own child, with valid out-pointers.
+        let r = unsafe { libc::wait4(pid, &mut status, libc::WNOHANG, &mut usage) };
+        if r == pid {
+            break;
+        }
+        ensure!(r == 0, "wait4: {}", std::io::Error::last_os_error());
+        ensure!(
+            t0.elapsed() < Duration::from_secs(60),
+            "tracer {args:?} still running after 60 s"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // Reaped here; the guard's kill and wait then find nothing.
+    std::mem::forget(guard);
+    let err = reader.join().unwrap_or_default();
+    let code = if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else {
+        128 + libc::WTERMSIG(status)
+    };
+    Ok((code, err, usage.ru_maxrss as u64 * 1024))
+}
+
+#[test]
+fn analysis_refuses_special_files_and_reads_padded_binaries_in_bounded_memory() -> Result<()> {
+    let tc = go_toolchains()?.pop().context("no Go")?;
+    let fixture = build_fixture(&tc, "contention", Variant::Plain)?;
+    let dir = scratch("padded")?;
+    // A FIFO used to hang the analysis; /dev/zero was read until OOM.
+    let fifo = dir.join("fifo");
+    let c = std::ffi::CString::new(fifo.to_string_lossy().as_bytes())?;
+    // SAFETY: mkfifo on a path of our own.
+    ensure!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) } == 0, "mkfifo");
+    for (path, what) in [
+        (fifo.as_path(), "a FIFO"),
+        (Path::new("/dev/zero"), "a character device"),
+    ] {
+        let (code, err, rss) = peak_rss_of(&["inspect".as_ref(), path.as_os_str()])?;
+        ensure!(code == 1, "inspect {}: exit {code}:\n{err}", path.display());
+        ensure!(
+            err.contains(&format!("not a regular file: {what}")),
+            "inspect {}: {err}",
+            path.display()
+        );
+        ensure!(
+            rss < 100 << 20,
+            "inspect {}: peak RSS {rss}",
+            path.display()
+        );
+    }
+    // A Go binary padded with 2 GiB after its last section (sparse on disk),
+    // as an unprivileged user could run it on a node: it used to be read
+    // whole (2.1 GB peak RSS).
+    let padded = dir.join("padded");
+    std::fs::copy(&fixture, &padded)?;
+    let f = std::fs::OpenOptions::new().write(true).open(&padded)?;
+    f.set_len(f.metadata()?.len() + (2 << 30))?;
+    drop(f);
+    let (code, err, rss) = peak_rss_of(&["inspect".as_ref(), padded.as_os_str()])?;
+    ensure!(
+        code == 0,
+        "inspect of the padded binary failed ({code}):\n{err}"
+    );
+    let (_, _, plain_rss) = peak_rss_of(&["inspect".as_ref(), fixture.as_os_str()])?;
+    ensure!(
+        rss < plain_rss + (32 << 20),
+        "padded binary: peak RSS {rss} bytes, against {plain_rss} for the binary itself"
+    );
+    // The same OS error is said once, not twice.
+    let (code, err, _) = peak_rss_of(&["inspect".as_ref(), "/nonexistent/tracer".as_ref()])?;
+    ensure!(code == 1, "exit {code}");
+    ensure!(
+        err.matches("No such file or directory").count() == 1,
+        "the OS error is repeated: {err}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+#[test]
+fn a_binary_rewritten_in_place_is_analysed_again_and_its_old_probes_go() -> Result<()> {
+    if !privileged_tests_enabled("a_binary_rewritten_in_place") {
+        return Ok(());
+    }
+    let tcs = go_toolchains()?;
+    let (old_tc, new_tc) = (tcs.first().context("no Go")?, tcs.last().context("no Go")?);
+    ensure!(old_tc.version != new_tc.version, "needs two Go versions");
+    let old_bin = build_fixture(old_tc, "contention", Variant::Plain)?;
+    let new_bin = build_fixture(new_tc, "contention", Variant::Plain)?;
+    let dir = scratch("rewrite")?;
+    let prog = dir.join("rewriteme");
+    std::fs::copy(&old_bin, &prog)?;
+    std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755))?;
+    let ino = std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&prog)?);
+    let metrics = free_addr()?;
+    let log = dir.join("agent.log");
+    let mut agent = KillOnDrop(
+        Command::new(tracer_bin()?)
+            .args(["agent", "--grpc-listen", "off", "--unix-socket", "off"])
+            .args(["--metrics-listen", &metrics.to_string()])
+            .args(["--comm", "rewriteme"])
+            .env("TRACER_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()?,
+    );
+    wait_ready(&mut agent, metrics, &log)?;
+    let run = |want: &str| -> Result<()> {
+        let out = Command::new(&prog)
+            .args(["-g", "2", "-m", "200", "-hold", "1ms"])
+            .output()?;
+        ensure!(
+            out.status.success(),
+            "{want}: the program failed under the agent ({}):\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Ok(())
+    };
+    run("first binary")?;
+    wait_until(15, "first binary not traced", || {
+        read(&log).contains(&format!("Go go{})", old_tc.version))
+    })?;
+    // Same path, same inode, new contents, within the agent's 30 s keep
+    // window for the old binary's probes.
+    let bytes = std::fs::read(&new_bin)?;
+    std::fs::write(&prog, &bytes)?;
+    ensure!(
+        std::os::unix::fs::MetadataExt::ino(&std::fs::metadata(&prog)?) == ino,
+        "the rewrite changed the inode"
+    );
+    // The old probes must go before the new code runs (the scan notices
+    // within 250 ms); then the new binary must be analysed and traced as what
+    // it is.
+    std::thread::sleep(Duration::from_millis(1500));
+    run("rewritten binary")?;
+    wait_until(
+        15,
+        "rewritten binary not traced as the new Go version",
+        || read(&log).contains(&format!("Go go{})", new_tc.version)),
+    )?;
+    let analysed = read(&log).matches("analysed ").count();
+    ensure!(
+        analysed == 2,
+        "analysed {analysed} times, want 2:\n{}",
+        read(&log)
+    );
+    let status = terminate(agent, &log)?;
+    ensure!(status.success(), "SIGTERM gave {status}");
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

@@ -91,6 +91,9 @@ pub struct Report {
     pub tcp_off: Option<String>,
     /// Set when the rate guard detached the lock probes: lock counts are then lower bounds.
     pub lock_probe_pauses: Option<LockPauses>,
+    /// Stuck waits past the threshold left out of `findings`: more than 256
+    /// per process (the oldest ended ones make room first).
+    pub stuck_waits_dropped: u64,
 }
 
 /// Times the rate guard detached the lock probes.
@@ -198,6 +201,14 @@ impl Report {
             );
         }
         self.findings_table(&mut out);
+        if self.stuck_waits_dropped > 0 {
+            let _ = writeln!(
+                out,
+                "  {} more stuck lock wait(s) not listed (at most {} kept per process)",
+                self.stuck_waits_dropped,
+                crate::stuck::MAX_STUCK_PER_PROCESS
+            );
+        }
         crate::maps::table::table(&self.maps, limit, &mut out);
         crate::maps::syncmap::table(&self.sync_maps, limit, &mut out);
         self.locks_table(limit, &mut out);

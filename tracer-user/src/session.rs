@@ -488,6 +488,7 @@ impl Session {
             tcp: None,
             tcp_off: None,
             lock_probe_pauses: None,
+            stuck_waits_dropped: self.stuck.dropped(pid),
             bpf_stats: if self._stats_fd.is_some() {
                 self.tracer.program_stats()
             } else {

@@ -3,7 +3,7 @@
 //! each wait older than a threshold, with its goroutine, lock and stack.
 //! Typical causes: a deadlock, or a lock held across a slow call.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use tracer_common::{Inflight, InflightKey};
 
@@ -19,10 +19,20 @@ pub struct StuckWait {
     pub goid: Option<u64>,
 }
 
-/// Stuck waits of one session, keyed by (goroutine, wait start).
+/// Stuck waits kept per process. A deadlock that strands a new goroutine
+/// every few milliseconds would otherwise grow the table, the findings and
+/// the log without end; past this, the oldest ended waits make room, and
+/// with none ended new ones are only counted.
+pub const MAX_STUCK_PER_PROCESS: usize = 256;
+
+/// Stuck waits of one session, keyed by (pid, goroutine, wait start).
 #[derive(Default)]
 pub struct StuckWaits {
     waits: BTreeMap<(u32, u64, u64), StuckWait>,
+    /// Waits kept, per pid.
+    kept: HashMap<u32, usize>,
+    /// Waits past the threshold that were not kept or were evicted, per pid.
+    dropped: HashMap<u32, u64>,
 }
 
 pub use crate::clock::monotonic_ns;
@@ -65,6 +75,11 @@ impl StuckWaits {
                 w.age_ns = w.age_ns.max(age);
                 w.ongoing = true;
             } else if age >= threshold_ns {
+                if !self.make_room(k.tgid) {
+                    *self.dropped.entry(k.tgid).or_default() += 1;
+                    continue;
+                }
+                *self.kept.entry(k.tgid).or_default() += 1;
                 self.waits.insert(
                     id,
                     StuckWait {
@@ -77,6 +92,35 @@ impl StuckWaits {
                 );
             }
         }
+    }
+
+    /// Whether `pid` may keep one more wait, evicting its oldest ended one
+    /// (counted as dropped) when it is at the limit.
+    fn make_room(&mut self, pid: u32) -> bool {
+        if self.kept.get(&pid).copied().unwrap_or(0) < MAX_STUCK_PER_PROCESS {
+            return true;
+        }
+        let oldest = self
+            .waits
+            .iter()
+            .filter(|((tgid, _, _), w)| *tgid == pid && !w.ongoing)
+            .min_by_key(|((_, _, start), _)| *start)
+            .map(|(id, _)| *id);
+        let Some(id) = oldest else {
+            return false;
+        };
+        self.waits.remove(&id);
+        if let Some(n) = self.kept.get_mut(&pid) {
+            *n -= 1;
+        }
+        *self.dropped.entry(pid).or_default() += 1;
+        true
+    }
+
+    /// Stuck waits of `pid` not in [`StuckWaits::iter`]: past the per-process
+    /// limit, or evicted to make room.
+    pub fn dropped(&self, pid: u32) -> u64 {
+        self.dropped.get(&pid).copied().unwrap_or(0)
     }
 
     /// Final pass once the process has exited: a wait is ongoing only if it was
@@ -93,6 +137,8 @@ impl StuckWaits {
     /// Drops the waits of a process that is gone.
     pub fn forget(&mut self, pid: u32) {
         self.waits.retain(|(tgid, _, _), _| *tgid != pid);
+        self.kept.remove(&pid);
+        self.dropped.remove(&pid);
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &StuckWait> {
@@ -141,6 +187,26 @@ mod tests {
         s.update(&[], 3_000, 500, |_| None);
         assert!(s.iter().all(|w| !w.ongoing));
         assert_eq!(s.iter().next().map(|w| w.age_ns), Some(2_000));
+    }
+
+    #[test]
+    fn a_flood_of_stuck_goroutines_is_bounded_and_counted() {
+        let mut s = StuckWaits::default();
+        let n = MAX_STUCK_PER_PROCESS as u64;
+        // n + 10 goroutines all still stuck: n kept, 10 counted.
+        let flood: Vec<_> = (0..n + 10).map(|g| wait(g, 0)).collect();
+        s.update(&flood, 1_000, 500, |_| None);
+        assert_eq!(s.iter().count(), MAX_STUCK_PER_PROCESS);
+        assert_eq!(s.dropped(7), 10);
+        // They end; 5 new ones get stuck: the oldest ended waits make room.
+        let next: Vec<_> = (1000..1005).map(|g| wait(g, 100)).collect();
+        s.update(&next, 2_000, 500, |_| None);
+        assert_eq!(s.iter().count(), MAX_STUCK_PER_PROCESS);
+        assert_eq!(s.dropped(7), 15);
+        assert_eq!(s.iter().filter(|w| w.ongoing).count(), 5);
+        assert_eq!(s.dropped(8), 0);
+        s.forget(7);
+        assert_eq!((s.iter().count(), s.dropped(7)), (0, 0));
     }
 
     #[test]

@@ -158,6 +158,20 @@ struct BinSession {
     /// The binary the probes were attached through (`/proc/self/fd/N`);
     /// kept open so re-attaching (after a rate-guard pause) still works.
     _file: Arc<std::fs::File>,
+    /// The key of `_file` when the probes were placed: a different one now
+    /// means the file was rewritten in place.
+    placed_for: (u64, u64),
+}
+
+/// Whether the file under a session's probes changed since they were placed
+/// (rewritten in place, same inode). Its probes must go at once: the kernel
+/// puts them into every new mapping of the inode, and their offsets were
+/// computed for the old code.
+fn rewritten(bs: &BinSession) -> bool {
+    match bs._file.metadata() {
+        Ok(m) => discovery::binary_key(&m) != bs.placed_for,
+        Err(_) => false,
+    }
 }
 
 /// How long a binary's probes outlive its last process.
@@ -470,6 +484,7 @@ impl Agent {
                         pids: BTreeSet::new(),
                         idle_since: Some(Instant::now()),
                         _file: file.clone(),
+                        placed_for: d.devino,
                     },
                 );
             }
@@ -608,6 +623,7 @@ impl Agent {
                         pids: BTreeSet::from([pid]),
                         idle_since: None,
                         _file: file.clone(),
+                        placed_for: (dev, ino),
                     },
                 );
                 probes
@@ -744,7 +760,9 @@ impl Agent {
         let stale: Vec<BinKey> = self
             .sessions
             .iter()
-            .filter(|(_, bs)| bs.idle_since.is_some_and(|t| t.elapsed() > IDLE_KEEP))
+            .filter(|(_, bs)| {
+                bs.idle_since.is_some_and(|t| t.elapsed() > IDLE_KEEP) || rewritten(bs)
+            })
             .map(|(k, _)| *k)
             .collect();
         for k in stale {
@@ -1040,13 +1058,12 @@ fn report_of(
         report.tcp_off = None;
     }
     let now = unix_now_ns();
-    for f in &report.findings {
-        if t.published.insert(finding_key(f)) {
-            tracing::warn!(
-                "finding in pid {pid} ({}): {}",
-                t.info.comm,
-                serde_json::to_string(f).unwrap_or_default()
-            );
+    let keys: Vec<String> = report.findings.iter().map(finding_key).collect();
+    for (f, key) in report.findings.iter().zip(&keys) {
+        if t.published.insert(key.clone()) {
+            // One short line: the whole finding (with its stack) is in the
+            // API and the report.
+            tracing::warn!("finding in pid {pid} ({}): {}", t.info.comm, key);
             hub.findings.publish(
                 pid,
                 t.info.comm.clone(),
@@ -1056,6 +1073,10 @@ fn report_of(
             );
         }
     }
+    // A finding gone from the report (a stuck wait evicted for a newer one)
+    // never comes back: forget its key, so the set stays as small as the
+    // report's bounded findings.
+    t.published.retain(|k| keys.contains(k));
     Some(report)
 }
 

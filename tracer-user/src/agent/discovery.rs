@@ -300,7 +300,18 @@ pub enum Kind {
 pub fn open_exe(pid: u32) -> std::io::Result<(std::fs::File, (u64, u64))> {
     let file = std::fs::File::open(procfs::exe_link(pid))?;
     let meta = file.metadata()?;
-    Ok((file, (meta.dev(), meta.ino())))
+    Ok((file, binary_key(&meta)))
+}
+
+/// The identity of a binary's contents: (device, inode), with the file's
+/// change time and size folded into the first. A binary rewritten in place
+/// keeps its inode; its old analysis (and probe offsets) must not be used
+/// for the new code, where a breakpoint could land inside an instruction.
+pub fn binary_key(meta: &std::fs::Metadata) -> (u64, u64) {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (meta.dev(), meta.ctime(), meta.ctime_nsec(), meta.size()).hash(&mut h);
+    (h.finish(), meta.ino())
 }
 
 /// Path that opens the binary held by `file`, from this process.
@@ -356,7 +367,7 @@ impl BinaryCache {
     pub fn analyse(file: std::fs::File, display: Arc<str>) -> Kind {
         match GoBinary::open(&fd_path(&file)) {
             Ok(b) => Kind::Go(Arc::new(b), Arc::new(file), display),
-            Err(e) => Kind::Other(e.to_string().into()),
+            Err(e) => Kind::Other(format!("{:#}", anyhow::Error::new(e)).into()),
         }
     }
 

@@ -176,6 +176,7 @@ pub fn report(
         }),
         tcp_off: None,
         lock_probe_pauses: None,
+        stuck_waits_dropped: 0,
     }
 }
 

@@ -6,6 +6,7 @@
 mod buildinfo;
 mod elf;
 mod inspect;
+mod load;
 mod moduledata;
 mod offsets;
 mod pclntab;
@@ -35,13 +36,22 @@ use pclntab::Pclntab;
 /// Errors from analysing a Go binary.
 #[derive(Debug, thiserror::Error)]
 pub enum GoBinError {
-    #[error("reading {path}: {source}")]
+    // The OS error is the source: anyhow's `{:#}` prints it once.
+    #[error("reading {path}")]
     Io {
         path: PathBuf,
         source: std::io::Error,
     },
     #[error("not an ELF file: {0}")]
     NotElf(String),
+    #[error("not a regular file: {0}")]
+    NotRegular(String),
+    #[error("{what} of {size} bytes is larger than the {limit} bytes tracer analyses")]
+    TooLarge {
+        what: &'static str,
+        size: u64,
+        limit: u64,
+    },
     #[error("unsupported architecture: {0} (only amd64 and arm64 are supported)")]
     UnsupportedArch(String),
     #[error(
@@ -128,11 +138,7 @@ pub struct GoBinary {
 impl GoBinary {
     /// Reads and parses the file at `path`.
     pub fn open(path: &Path) -> Result<GoBinary, GoBinError> {
-        let data = std::fs::read(path).map_err(|source| GoBinError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        GoBinary::parse(data)
+        GoBinary::parse(load::read_image(path)?)
     }
 
     /// Parses an in-memory ELF image.
