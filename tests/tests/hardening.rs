@@ -721,3 +721,35 @@ fn a_binary_rewritten_in_place_is_analysed_again_and_its_old_probes_go() -> Resu
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+#[test]
+fn agent_stopping_reports_live_processes_as_detached_not_exited() -> Result<()> {
+    if !privileged_tests_enabled("agent_stopping_reports_live_processes") {
+        return Ok(());
+    }
+    use tracer_tests::agent::{AgentProc, process_info};
+    let tc = go_toolchains()?.pop().context("no Go")?;
+    let fixture = build_fixture(&tc, "contention", Variant::Plain)?;
+    let dir = scratch("detached")?;
+    let prog = dir.join("detachme");
+    std::fs::copy(&fixture, &prog)?;
+    let mut agent = AgentProc::start_offline(&["--comm", "detachme"])?;
+    let live = KillOnDrop(
+        Command::new(&prog)
+            .args(["-g", "2", "-m", "100000", "-hold", "1ms"])
+            .stdout(Stdio::null())
+            .spawn()?,
+    );
+    let pid = live.0.id();
+    agent.wait_for_log(&format!("tracing pid {pid} "), Duration::from_secs(20))?;
+    let report = agent.stop()?;
+    let info = process_info(&report, pid).context("the live process is not in the final report")?;
+    ensure!(
+        info["state"] == "detached",
+        "a process still running at shutdown is reported as {}",
+        info["state"]
+    );
+    drop(live);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

@@ -225,6 +225,9 @@ pub struct Agent {
     missed: u64,
     /// Selected processes whose executable could not be opened (permission).
     unreadable: u64,
+    /// Set once the agent is shutting down: live processes are then
+    /// reported as detached, not exited, and probes are dropped all at once.
+    stopping: bool,
     /// Live pids counted in `unreadable`, so a rescan does not count them again.
     denied_pids: HashSet<u32>,
     /// Binaries being analysed, with the processes waiting for them.
@@ -362,6 +365,7 @@ impl Agent {
                 missed: 0,
                 unreadable: 0,
                 denied_pids: HashSet::new(),
+                stopping: false,
                 jobs: HashMap::new(),
                 fast: FastIndex::default(),
                 job_tx,
@@ -726,6 +730,9 @@ impl Agent {
         let Some(mut bs) = self.sessions.remove(&t.key) else {
             return;
         };
+        if self.stopping && procfs::is_alive(pid) {
+            t.info.state = ProcState::Detached;
+        }
         if node_tcp.is_none() {
             bs.session.begin_round();
         }
@@ -733,7 +740,7 @@ impl Agent {
         let report = report_of(&self.hub, &mut bs.session, &mut t, node_tcp);
         bs.session.remove_pid(pid);
         bs.pids.remove(&pid);
-        if bs.pids.is_empty() && t.key.2 != 0 {
+        if bs.pids.is_empty() && t.key.2 != 0 && !self.stopping {
             // A PIE session serves one process only.
             drop_off_loop(bs);
         } else {
@@ -1193,6 +1200,7 @@ pub async fn run(
         }
     }
     // Last numbers out, then every object (and so every probe) is dropped.
+    agent.stopping = true;
     let pids = agent.traced_pids();
     for pid in pids {
         agent.exited(pid);
@@ -1201,11 +1209,34 @@ pub async fn run(
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     drop(events);
     let _ = tokio::task::spawn_blocking(move || reader.join()).await;
+    let uptime = agent.uptime();
+    let t0 = Instant::now();
+    let n = tokio::task::spawn_blocking(move || agent.detach_all())
+        .await
+        .unwrap_or(0);
     tracing::info!(
-        "agent stopping after {:.0}s; probes detached",
-        agent.uptime().as_secs_f64()
+        "agent stopping after {:.0}s; probes of {n} binaries detached in {:.1}s",
+        uptime.as_secs_f64(),
+        t0.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+impl Agent {
+    /// Drops every binary's probes; how many sets there were.
+    ///
+    /// One thread, on purpose: closing a uprobe's perf event takes the
+    /// kernel's global uprobe registration lock and an RCU grace period
+    /// (~0.1 s per probe on this VM), so parallel closes do not overlap.
+    /// Measured with 7 binaries: 13.7 s on 16 threads against 10.2 s on one.
+    /// Multi-uprobe links (one close per binary) would fix this; aya 0.14
+    /// cannot create them.
+    fn detach_all(mut self) -> usize {
+        let n = self.sessions.len();
+        self.sessions.clear();
+        drop(self);
+        n
+    }
 }
 
 /// Starts the discovery thread over `events`.

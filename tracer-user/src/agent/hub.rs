@@ -39,6 +39,9 @@ pub enum ProcState {
     Failed,
     /// Exited; kept for one refresh so its last numbers and findings are seen.
     Exited,
+    /// Still running when the agent stopped and detached its probes: the
+    /// numbers are final for the agent, not for the process.
+    Detached,
 }
 
 /// One Go process known to the agent.

@@ -67,6 +67,7 @@ pub fn state_name(s: ProcState) -> &'static str {
         ProcState::Traced => "traced",
         ProcState::Failed => "failed",
         ProcState::Exited => "exited",
+        ProcState::Detached => "detached",
     }
 }
 
