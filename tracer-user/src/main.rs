@@ -330,6 +330,16 @@ fn main() -> ExitCode {
         eprintln!("tracer: error: {e}");
         return ExitCode::from(2);
     }
+    if matches!(cli.command, Command::Agent(_)) {
+        // A long-running daemon with many short-lived blocking threads:
+        // glibc would give each its own 64 MiB heap arena and keep what they
+        // freed. Two arenas hold the agent's whole working set.
+        #[cfg(target_env = "gnu")]
+        // SAFETY: mallopt before any other thread exists.
+        unsafe {
+            libc::mallopt(libc::M_ARENA_MAX, 2);
+        }
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

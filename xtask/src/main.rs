@@ -39,6 +39,9 @@ enum Cmd {
     /// TCP kprobe and fentry paths inside Debian's Linux 6.1 under QEMU
     /// (installs qemu/busybox/cpio and the kernel package when missing).
     VmTest,
+    /// Setup, build, then the agent soak test for 10 minutes (or
+    /// TRACER_SOAK_SECS): bounded memory and prompt answers under load.
+    Soak,
     /// Setup, then measure traced against untraced workloads side by side.
     Bench {
         /// Which benchmarks: locks, maps, analysis, agent, tcp or all.
@@ -65,6 +68,10 @@ fn main() -> anyhow::Result<()> {
         Cmd::VmTest => {
             setup::setup()?;
             vm_test::vm_test()
+        }
+        Cmd::Soak => {
+            setup::setup()?;
+            test::soak()
         }
         Cmd::Bench { what } => {
             setup::setup()?;

@@ -92,3 +92,22 @@ fn summarize(cmd: &mut Command) -> Result<()> {
     }
     Ok(())
 }
+
+/// `cargo xtask soak`: the soak test of `tests/tests/soak.rs` at full length.
+pub fn soak() -> Result<()> {
+    step("building tracer for the soak test");
+    run(cargo().args(["build", "-p", "tracer-user", "--bin", "tracer"]))?;
+    let secs = std::env::var("TRACER_SOAK_SECS").unwrap_or_else(|_| "600".into());
+    step(&format!("agent soak for {secs} s"));
+    run(cargo()
+        .args([
+            "test",
+            "-p",
+            "tracer-tests",
+            "--test",
+            "soak",
+            "--",
+            "--nocapture",
+        ])
+        .env("TRACER_SOAK_SECS", secs))
+}

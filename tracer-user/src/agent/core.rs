@@ -174,6 +174,45 @@ fn rewritten(bs: &BinSession) -> bool {
     }
 }
 
+/// Binaries analysed (and their probes placed) at once. Each analysis and
+/// object load allocates tens of MB for a moment (the kernel's BTF, the
+/// binary's image); fifty new binaries at once used to take fifty
+/// allocator arenas and keep ~1 GB. Later ones wait their turn.
+const ANALYSIS_SLOTS: usize = 2;
+
+/// One of [`ANALYSIS_SLOTS`], held for the length of an analysis; handing
+/// it back returns the freed heap to the kernel.
+struct AnalysisSlot;
+
+static SLOTS: (std::sync::Mutex<usize>, std::sync::Condvar) =
+    (std::sync::Mutex::new(0), std::sync::Condvar::new());
+
+impl AnalysisSlot {
+    fn take() -> Self {
+        let (lock, cv) = &SLOTS;
+        let mut busy = lock.lock().unwrap_or_else(|p| p.into_inner());
+        while *busy >= ANALYSIS_SLOTS {
+            busy = cv.wait(busy).unwrap_or_else(|p| p.into_inner());
+        }
+        *busy += 1;
+        AnalysisSlot
+    }
+}
+
+impl Drop for AnalysisSlot {
+    fn drop(&mut self) {
+        #[cfg(target_env = "gnu")]
+        // SAFETY: malloc_trim has no preconditions; it returns free pages of
+        // every arena to the kernel.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+        let (lock, cv) = &SLOTS;
+        *lock.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
+        cv.notify_one();
+    }
+}
+
 /// How long a binary's probes outlive its last process.
 const IDLE_KEEP: Duration = Duration::from_secs(30);
 
@@ -443,6 +482,7 @@ impl Agent {
         let opts = self.opts.session.clone();
         let tx = self.job_tx.clone();
         tokio::task::spawn_blocking(move || {
+            let _slot = AnalysisSlot::take();
             let t0 = Instant::now();
             let kind = BinaryCache::analyse(file, display);
             let analysis = t0.elapsed();
