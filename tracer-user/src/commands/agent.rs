@@ -91,6 +91,11 @@ async fn bind_frontends(fe: &Frontends) -> Result<Option<crate::api::Bound>> {
         }),
         _ => None,
     };
+    anyhow::ensure!(
+        fe.grpc_tcp.is_some()
+            || (fe.grpc_token_file.is_none() && !fe.grpc_read_only && !fe.grpc_insecure),
+        "--grpc-token-file, --grpc-read-only and --grpc-insecure apply to --grpc-listen, which is off"
+    );
     if fe.grpc_tcp.is_none() && fe.unix_socket.is_none() && fe.metrics.is_none() {
         return Ok(None);
     }
@@ -111,13 +116,7 @@ async fn bind_frontends(fe: &Frontends) -> Result<Option<crate::api::Bound>> {
                 fe.grpc_insecure,
             )?
         }
-        None => {
-            anyhow::ensure!(
-                fe.grpc_token_file.is_none() && !fe.grpc_read_only && !fe.grpc_insecure,
-                "--grpc-token-file, --grpc-read-only and --grpc-insecure apply to --grpc-listen, which is off"
-            );
-            crate::api::auth::Policy::default()
-        }
+        None => crate::api::auth::Policy::default(),
     };
     let opts = crate::api::ServeOptions {
         grpc_tcp: fe.grpc_tcp,
