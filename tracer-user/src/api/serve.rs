@@ -436,4 +436,34 @@ mod tests {
         assert!(e.to_string().contains("0.0.0.0:7000"), "{e}");
         assert!(check_exposure("gRPC", any, true).is_ok());
     }
+
+    #[test]
+    fn unauthenticated_tcp_is_read_only_or_refused() {
+        let local: SocketAddr = "127.0.0.1:7070".parse().expect("addr");
+        let any: SocketAddr = "0.0.0.0:7070".parse().expect("addr");
+        let token = || Some(super::super::auth::Token::parse(&"t".repeat(32)).expect("token"));
+        // (addr, token, client CA, --grpc-read-only, --grpc-insecure) -> read-only?
+        for (addr, tok, ca, ro, insecure, want) in [
+            (local, false, false, false, false, Some(true)),
+            (local, false, false, false, true, Some(false)),
+            (local, true, false, false, false, Some(false)),
+            (local, true, false, true, false, Some(true)),
+            (any, false, false, false, false, None),
+            (any, false, false, true, false, None),
+            (any, false, false, false, true, Some(false)),
+            (any, true, false, false, false, Some(false)),
+            (any, false, true, false, false, Some(false)),
+            (any, false, true, true, false, Some(true)),
+        ] {
+            let got = tcp_policy(addr, tok.then(token).flatten(), ca, ro, insecure)
+                .ok()
+                .map(|p| p.read_only);
+            assert_eq!(
+                got, want,
+                "{addr} token={tok} ca={ca} ro={ro} insecure={insecure}"
+            );
+        }
+        let e = tcp_policy(any, None, false, false, false).expect_err("refused");
+        assert!(e.to_string().contains("--grpc-token-file"), "{e}");
+    }
 }

@@ -25,8 +25,11 @@ use super::{
 };
 use crate::agent::hub::{Command, Hub, NodeSnapshot, ProcState, Refused};
 
-/// Snapshots buffered per Watch stream before new ones are dropped.
-pub const WATCH_BUFFER: usize = 4;
+/// Snapshots buffered per Watch stream before new ones are dropped: one,
+/// built while the previous one is on the wire. Each costs as much memory
+/// as a snapshot (megabytes on a busy node), so a stuck client must not
+/// hold a queue of them (docs/grpc.md).
+pub const WATCH_BUFFER: usize = 1;
 /// Findings buffered per Findings stream.
 pub const FINDINGS_BUFFER: usize = 64;
 /// Findings read from the history per batch.
