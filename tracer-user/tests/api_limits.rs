@@ -18,41 +18,11 @@ use std::{
 use anyhow::{Context, Result, bail, ensure};
 use tracer_api::v1::{self as pb, tracer_client::TracerClient};
 use tracer_user::{
-    agent::hub::{self, AgentInfo, Labels, NodeSnapshot},
-    api::{
-        ServeOptions,
-        synthetic::{lock, process, report, site},
-    },
+    agent::hub::{self, AgentInfo},
+    api::{ServeOptions, synthetic::stack_heavy as big},
 };
 
 const CHILD_ENV: &str = "TRACER_API_LIMITS_CHILD";
-
-/// A snapshot of 1000 lock rows with 12-frame stacks (~1 MB encoded).
-fn big(generation: u64) -> NodeSnapshot {
-    let stack: Vec<_> = (0..12)
-        .map(|i| site(&format!("example.com/svc/pkg.F{i}"), "/src/svc/f.go", i))
-        .collect();
-    let locks = (0..1000u64)
-        .map(|i| {
-            let mut l = lock(
-                &format!("{:#x}", 0x20_0000 + i),
-                "mutex",
-                site("main.hot", "/src/main.go", i as u32),
-                &[1_000_000 + i + generation],
-            );
-            l.stack = stack.clone();
-            l
-        })
-        .collect();
-    NodeSnapshot {
-        generation,
-        taken_unix_ns: generation,
-        node: "node-a".into(),
-        processes: vec![process(10, "svc", Labels::default())],
-        reports: vec![report(10, locks, vec![], vec![])],
-        ..Default::default()
-    }
-}
 
 fn cpu_ms() -> u64 {
     // SAFETY: getrusage writes into the zeroed struct we own.

@@ -584,37 +584,9 @@ async fn deep_map_trace_goes_through_the_agent_loop() -> Result<()> {
     srv.shutdown().await
 }
 
-/// A snapshot large enough (~1 MB encoded) to fill transport buffers fast.
+/// A snapshot large enough (~600 KB encoded) to fill transport buffers fast.
 fn big(generation: u64) -> NodeSnapshot {
-    let stack: Vec<_> = (0..12)
-        .map(|i| {
-            site(
-                &format!("example.com/svc/pkg.Function{i}"),
-                "/src/svc/pkg/file.go",
-                i,
-            )
-        })
-        .collect();
-    let locks = (0..1000u64)
-        .map(|i| {
-            let mut l = lock(
-                &format!("{:#x}", 0x10_0000 + i),
-                "mutex",
-                site("main.hot", "/src/main.go", i as u32),
-                &[ms(1) + i + generation],
-            );
-            l.stack = stack.clone();
-            l
-        })
-        .collect();
-    NodeSnapshot {
-        generation,
-        taken_unix_ns: generation,
-        node: "node-a".into(),
-        processes: vec![process(10, "svc", Labels::default())],
-        reports: vec![report(10, locks, vec![], vec![])],
-        ..Default::default()
-    }
+    tracer_user::api::synthetic::stack_heavy(generation)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
