@@ -18,8 +18,11 @@ use std::{
 use anyhow::{Context, Result, bail, ensure};
 use tracer_api::v1::{self as pb, tracer_client::TracerClient};
 use tracer_user::{
-    agent::hub::{self, AgentInfo},
-    api::{ServeOptions, synthetic::stack_heavy as big},
+    agent::hub,
+    api::{
+        ServeOptions,
+        synthetic::{agent_info, stack_heavy as big},
+    },
 };
 
 const CHILD_ENV: &str = "TRACER_API_LIMITS_CHILD";
@@ -37,15 +40,7 @@ async fn child(mode: &str) -> Result<()> {
     let dir = std::env::temp_dir().join(format!("tracer-api-limits-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let socket = dir.join("s.sock");
-    let info = AgentInfo {
-        version: "test".into(),
-        node: "node-a".into(),
-        kernel: "6.18".into(),
-        btf: true,
-        started_unix_ns: 1,
-        hooks: vec![],
-    };
-    let (hub, writer) = hub::channel(info, Duration::from_millis(100), 8);
+    let (hub, writer) = hub::channel(agent_info(), Duration::from_millis(100), 8);
     writer.snapshots.send_replace(Arc::new(big(1)));
     let opts = ServeOptions {
         grpc_tcp: Some("127.0.0.1:0".parse()?),

@@ -30,14 +30,7 @@ use tracer_user::{
 const REFRESH: Duration = Duration::from_millis(100);
 
 fn info() -> AgentInfo {
-    AgentInfo {
-        version: "test".into(),
-        node: "node-a".into(),
-        kernel: "6.18".into(),
-        btf: true,
-        started_unix_ns: 1,
-        hooks: vec![],
-    }
+    tracer_user::api::synthetic::agent_info()
 }
 
 struct Server {

@@ -6,7 +6,7 @@
 use tracer_common::hist_slot;
 
 use crate::{
-    agent::hub::{Labels, NodeSnapshot, ProcState, ProcessInfo},
+    agent::hub::{AgentInfo, Labels, NodeSnapshot, ProcState, ProcessInfo},
     contention::Site,
     latency::Latency,
     maps::{MapReport, report::OpReport},
@@ -222,5 +222,17 @@ pub fn stack_heavy(generation: u64) -> NodeSnapshot {
         processes: vec![process(10, "svc", Labels::default())],
         reports: vec![report(10, locks, vec![], vec![])],
         ..Default::default()
+    }
+}
+
+/// The agent of node `node-a`, as the API tests describe it.
+pub fn agent_info() -> AgentInfo {
+    AgentInfo {
+        version: "test".into(),
+        node: "node-a".into(),
+        kernel: "6.18".into(),
+        btf: true,
+        started_unix_ns: 1,
+        hooks: vec![],
     }
 }
