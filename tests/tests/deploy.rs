@@ -273,8 +273,10 @@ fn daemonset_is_least_privilege() -> Result<()> {
         .filter_map(Value::as_str)
         .collect();
     assert_eq!(args.first(), Some(&"agent"));
+    // gRPC beyond loopback: the agent refuses it without a token or mTLS.
     for (flag, addr) in [
         ("--grpc-listen", "0.0.0.0:7070"),
+        ("--grpc-token-file", "/etc/tracer/grpc-token/token"),
         ("--metrics-listen", "0.0.0.0:9464"),
     ] {
         let at = args
@@ -283,6 +285,21 @@ fn daemonset_is_least_privilege() -> Result<()> {
             .with_context(|| format!("no {flag}"))?;
         assert_eq!(args.get(at + 1), Some(&addr), "{args:?}");
     }
+    ensure!(
+        !args.contains(&"--grpc-insecure"),
+        "the DaemonSet must not serve gRPC without authentication"
+    );
+    let token = mounts
+        .iter()
+        .find(|m| m["mountPath"] == "/etc/tracer/grpc-token")
+        .context("the token file's directory is not mounted")?;
+    assert_eq!(token["readOnly"], true);
+    let secret = volumes
+        .iter()
+        .find(|v| v["name"] == token["name"])
+        .context("token volume")?;
+    assert_eq!(secret["secret"]["secretName"], "tracer-grpc-token");
+    assert_eq!(secret["secret"]["items"][0]["path"], "token");
     let env = c["env"].as_array().context("env")?;
     let node = env
         .iter()

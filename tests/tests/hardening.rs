@@ -753,3 +753,132 @@ fn agent_stopping_reports_live_processes_as_detached_not_exited() -> Result<()> 
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
+
+#[test]
+fn agent_refuses_unauthenticated_grpc_beyond_loopback() -> Result<()> {
+    let dir = scratch("grpc-auth-cli")?;
+    let short = dir.join("short");
+    std::fs::write(&short, "abc\n")?;
+    let short = short.to_str().context("path")?;
+    let quiet = ["--unix-socket", "off", "--metrics-listen", "off"];
+    for (args, says) in [
+        (vec!["--grpc-listen", "0.0.0.0:0"], "--grpc-token-file"),
+        (vec!["--grpc-listen", "[::]:0"], "--grpc-insecure"),
+        (
+            vec!["--grpc-listen", "0.0.0.0:0", "--grpc-token-file", short],
+            "at least 16",
+        ),
+        (
+            vec!["--grpc-token-file", short],
+            "apply to --grpc-listen, which is off",
+        ),
+    ] {
+        let all: Vec<&str> = args.iter().chain(&quiet).copied().collect();
+        let (status, err) = failed_start(&all)?;
+        ensure!(status.code() == Some(1), "{all:?}: {status}\n{err}");
+        ensure!(err.contains(says), "{all:?}: no {says:?} in:\n{err}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// `tracer top --once --json` against `addr`: whether it connected.
+fn top_connects(addr: &str, token: Option<&Path>) -> Result<bool> {
+    let mut cmd = Command::new(tracer_bin()?);
+    cmd.args([
+        "top",
+        "--once",
+        "--json",
+        "--interval",
+        "200ms",
+        "--connect",
+        addr,
+    ]);
+    if let Some(t) = token {
+        cmd.arg("--token-file").arg(t);
+    }
+    let out = cmd.output().context("running tracer top")?;
+    let round: Option<serde_json::Value> = out
+        .stdout
+        .split(|b| *b == b'\n')
+        .find(|l| !l.is_empty())
+        .and_then(|l| serde_json::from_slice(l).ok());
+    Ok(out.status.success()
+        && round.is_some_and(|r| r["agents"][0]["connection"]["state"] == "connected"))
+}
+
+#[test]
+fn grpc_tcp_is_off_by_default_and_needs_its_token() -> Result<()> {
+    if !privileged_tests_enabled("hardening") {
+        return Ok(());
+    }
+    let dir = scratch("grpc-auth")?;
+    let socket = dir.join("tracer.sock");
+    let metrics = free_addr()?;
+    let log = dir.join("agent.log");
+    // Default --grpc-listen: only the Unix socket serves gRPC.
+    let mut agent = KillOnDrop(
+        Command::new(tracer_bin()?)
+            .arg("agent")
+            .arg("--unix-socket")
+            .arg(&socket)
+            .args(["--metrics-listen", &metrics.to_string()])
+            .env("TRACER_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("starting tracer agent")?,
+    );
+    wait_ready(&mut agent, metrics, &log)?;
+    let text = read(&log);
+    let grpc: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("gRPC listening on"))
+        .collect();
+    ensure!(
+        grpc.len() == 1 && grpc[0].contains("unix:"),
+        "gRPC must listen on the Unix socket only by default:\n{text}"
+    );
+    drop(agent);
+
+    // TCP with a token: tracer top needs --token-file.
+    let token = dir.join("token");
+    std::fs::write(&token, "0123456789abcdef0123456789abcdef\n")?;
+    let wrong = dir.join("wrong");
+    std::fs::write(&wrong, "fedcba9876543210fedcba9876543210\n")?;
+    let grpc = free_addr()?.to_string();
+    let metrics = free_addr()?;
+    let mut agent = KillOnDrop(
+        Command::new(tracer_bin()?)
+            .args(["agent", "--grpc-listen", &grpc, "--grpc-token-file"])
+            .arg(&token)
+            .args([
+                "--unix-socket",
+                "off",
+                "--metrics-listen",
+                &metrics.to_string(),
+            ])
+            .env("TRACER_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("starting tracer agent")?,
+    );
+    wait_ready(&mut agent, metrics, &log)?;
+    ensure!(
+        !top_connects(&grpc, None)?,
+        "top connected without the token"
+    );
+    ensure!(
+        !top_connects(&grpc, Some(&wrong))?,
+        "top connected with a wrong token"
+    );
+    ensure!(
+        top_connects(&grpc, Some(&token))?,
+        "top with the token did not connect:\n{}",
+        read(&log)
+    );
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

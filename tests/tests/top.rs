@@ -256,6 +256,9 @@ fn top_shows_tabs_sorts_filters_and_a_race_finding() -> Result<()> {
             "agent",
             "--grpc-listen",
             &grpc,
+            // Full access without a token on loopback: deep_trace() starts a
+            // deep map trace over TCP.
+            "--grpc-insecure",
             "--unix-socket",
             socket_s,
             "--metrics-listen",

@@ -106,11 +106,28 @@ impl From<Output> for OutputOptions {
 
 #[derive(Args, Clone)]
 struct AgentArgs {
-    /// gRPC on TCP. Loopback by default: any other address must be given
-    /// here explicitly (the DaemonSet passes 0.0.0.0:7070). `off` disables.
-    #[arg(long, default_value = "127.0.0.1:7070", value_name = "ADDR|off")]
+    /// gRPC on TCP, off by default (the Unix socket is the local endpoint).
+    /// Beyond loopback it needs --grpc-token-file or --tls-client-ca (or
+    /// --grpc-insecure); on loopback without either it is read-only.
+    #[arg(long, default_value = "off", value_name = "ADDR|off")]
     grpc_listen: String,
-    /// gRPC on a Unix socket (mode 0600). `off` disables.
+    /// TCP clients must send this token (`authorization: Bearer TOKEN`;
+    /// one line, 16+ visible ASCII characters; `tracer top --token-file`).
+    #[arg(long, value_name = "PATH")]
+    grpc_token_file: Option<PathBuf>,
+    /// TCP clients may only read (Info, ListProcesses, Watch, Findings);
+    /// StartDeepMapTrace and StopDeepMapTrace get PERMISSION_DENIED.
+    #[arg(long)]
+    grpc_read_only: bool,
+    /// Serve TCP without a token or client certificates, with full access,
+    /// also beyond loopback.
+    #[arg(long)]
+    grpc_insecure: bool,
+    /// Deep map traces running at once on the node (StartDeepMapTrace beyond
+    /// it: RESOURCE_EXHAUSTED).
+    #[arg(long, default_value_t = 2)]
+    max_deep_traces: usize,
+    /// gRPC on a Unix socket (mode 0600, full access). `off` disables.
     #[arg(
         long,
         default_value = "/run/tracer/tracer.sock",
@@ -188,6 +205,10 @@ fn agent_command(a: AgentArgs) -> anyhow::Result<(AgentOptions, Frontends, Strin
         tls_cert: a.tls_cert,
         tls_key: a.tls_key,
         tls_client_ca: a.tls_client_ca,
+        grpc_token_file: a.grpc_token_file,
+        grpc_read_only: a.grpc_read_only,
+        grpc_insecure: a.grpc_insecure,
+        max_deep_traces: a.max_deep_traces,
         metrics_top_sites: a.metrics_top_sites,
         json_report: a.output.json_report.clone(),
     };
@@ -262,6 +283,9 @@ struct TopArgs {
     /// (default: an embedded agent on this node).
     #[arg(long, value_name = "ADDR[,ADDR...]", value_delimiter = ',')]
     connect: Vec<String>,
+    /// Send this bearer token to TCP agents (their --grpc-token-file).
+    #[arg(long, value_name = "PATH", requires = "connect")]
+    token_file: Option<PathBuf>,
     /// Refresh interval (+/- change it live).
     #[arg(long, default_value = "1s", value_parser = duration::parse)]
     interval: Duration,
@@ -385,6 +409,7 @@ fn main() -> ExitCode {
             } => commands::inspect::inspect(binary.as_deref(), pid, json).map(|()| 0),
             Command::Top(a) => commands::top::top(commands::top::TopOptions {
                 connect: a.connect,
+                token_file: a.token_file,
                 interval: a.interval,
                 once: a.once,
                 json: a.json,

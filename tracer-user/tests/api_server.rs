@@ -30,14 +30,7 @@ use tracer_user::{
 const REFRESH: Duration = Duration::from_millis(100);
 
 fn info() -> AgentInfo {
-    AgentInfo {
-        version: "test".into(),
-        node: "node-a".into(),
-        kernel: "6.18".into(),
-        btf: true,
-        started_unix_ns: 1,
-        hooks: vec![],
-    }
+    tracer_user::api::synthetic::agent_info()
 }
 
 struct Server {
@@ -73,6 +66,11 @@ impl Drop for TempDir {
 }
 
 async fn start(findings_capacity: usize) -> Result<Server> {
+    start_with(findings_capacity, ServeOptions::default()).await
+}
+
+/// A server with `base`'s policy and limits, on fresh addresses.
+async fn start_with(findings_capacity: usize, base: ServeOptions) -> Result<Server> {
     let dir = TempDir::new()?;
     let socket = dir.0.join("tracer.sock");
     let (hub, writer) = hub::channel(info(), REFRESH, findings_capacity);
@@ -80,7 +78,7 @@ async fn start(findings_capacity: usize) -> Result<Server> {
         grpc_tcp: Some("127.0.0.1:0".parse()?),
         unix_socket: Some(socket.clone()),
         metrics: Some("127.0.0.1:0".parse()?),
-        ..Default::default()
+        ..base
     };
     let bound = tracer_user::api::bind(&opts).await?;
     let grpc = bound.grpc_addr().context("grpc addr")?;
@@ -543,6 +541,7 @@ async fn deep_map_trace_goes_through_the_agent_loop() -> Result<()> {
             duration,
             sites,
             reply,
+            ..
         }) = commands.recv().await
         else {
             return None;
@@ -578,37 +577,9 @@ async fn deep_map_trace_goes_through_the_agent_loop() -> Result<()> {
     srv.shutdown().await
 }
 
-/// A snapshot large enough (~1 MB encoded) to fill transport buffers fast.
+/// A snapshot large enough (~600 KB encoded) to fill transport buffers fast.
 fn big(generation: u64) -> NodeSnapshot {
-    let stack: Vec<_> = (0..12)
-        .map(|i| {
-            site(
-                &format!("example.com/svc/pkg.Function{i}"),
-                "/src/svc/pkg/file.go",
-                i,
-            )
-        })
-        .collect();
-    let locks = (0..1000u64)
-        .map(|i| {
-            let mut l = lock(
-                &format!("{:#x}", 0x10_0000 + i),
-                "mutex",
-                site("main.hot", "/src/main.go", i as u32),
-                &[ms(1) + i + generation],
-            );
-            l.stack = stack.clone();
-            l
-        })
-        .collect();
-    NodeSnapshot {
-        generation,
-        taken_unix_ns: generation,
-        node: "node-a".into(),
-        processes: vec![process(10, "svc", Labels::default())],
-        reports: vec![report(10, locks, vec![], vec![])],
-        ..Default::default()
-    }
+    tracer_user::api::synthetic::stack_heavy(generation)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -888,4 +859,390 @@ async fn tls_with_client_certificates() -> Result<()> {
     let _ = stop.send(());
     tokio::time::timeout(Duration::from_secs(10), task).await???;
     Ok(())
+}
+
+/// A client of the TCP endpoint at `addr` sending `authorization: VALUE`.
+async fn tcp_client_with(
+    addr: std::net::SocketAddr,
+    auth: Option<String>,
+) -> Result<
+    TracerClient<
+        tonic::service::interceptor::InterceptedService<
+            Channel,
+            impl FnMut(tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> + Clone,
+        >,
+    >,
+> {
+    let ch = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))?
+        .connect()
+        .await?;
+    let value: Option<tonic::metadata::AsciiMetadataValue> = auth.map(|a| a.parse()).transpose()?;
+    Ok(TracerClient::with_interceptor(
+        ch,
+        move |mut r: tonic::Request<()>| {
+            if let Some(v) = &value {
+                r.metadata_mut().insert("authorization", v.clone());
+            }
+            Ok(r)
+        },
+    ))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tcp_needs_the_token_and_read_only_refuses_deep_traces() -> Result<()> {
+    use tracer_user::api::auth::{Policy, Token};
+    let token = Token::parse("s3cret-token-0123456789")?;
+    let srv = start_with(
+        8,
+        ServeOptions {
+            tcp_policy: Policy {
+                token: Some(token.clone()),
+                read_only: true,
+            },
+            ..Default::default()
+        },
+    )
+    .await?;
+    srv.publish(node(1, 0));
+    for auth in [
+        None,
+        Some("Bearer wrong-token-0123456789".to_string()),
+        Some("Bearer s3cret-token-012345678".to_string()),
+        Some("s3cret-token-0123456789".to_string()),
+    ] {
+        let mut c = tcp_client_with(srv.grpc, auth.clone()).await?;
+        let e = c
+            .info(pb::InfoRequest {})
+            .await
+            .err()
+            .with_context(|| format!("{auth:?} must be refused"))?;
+        ensure!(e.code() == Code::Unauthenticated, "{auth:?}: {e:?}");
+        let e = c
+            .watch(pb::WatchRequest::default())
+            .await
+            .err()
+            .context("watch without the token")?;
+        ensure!(e.code() == Code::Unauthenticated, "{e:?}");
+    }
+    let mut c = tcp_client_with(srv.grpc, Some(token.header_value())).await?;
+    ensure!(c.info(pb::InfoRequest {}).await?.into_inner().node == "node-a");
+    let mut w = c.watch(pb::WatchRequest::default()).await?.into_inner();
+    ensure!(
+        w.message().await?.is_some(),
+        "a watch with the token streams"
+    );
+    for e in [
+        c.start_deep_map_trace(pb::StartDeepMapTraceRequest {
+            pid: 10,
+            duration_ms: 1000,
+            sites: vec![],
+        })
+        .await
+        .err(),
+        c.stop_deep_map_trace(pb::StopDeepMapTraceRequest { pid: 10 })
+            .await
+            .err(),
+    ] {
+        let e = e.context("a mutating RPC on a read-only endpoint")?;
+        ensure!(e.code() == Code::PermissionDenied, "{e:?}");
+    }
+    // The root-only Unix socket: no token, full access (the request reaches
+    // the agent loop, which this test does not run: it times out there or
+    // is refused by the handler, never PERMISSION_DENIED).
+    let mut u = srv.unix_client().await?;
+    ensure!(u.info(pb::InfoRequest {}).await.is_ok());
+    let e = u
+        .start_deep_map_trace(pb::StartDeepMapTraceRequest {
+            pid: 99999,
+            duration_ms: 1000,
+            sites: vec![],
+        })
+        .await
+        .err()
+        .context("unknown pid")?;
+    ensure!(e.code() == Code::NotFound, "{e:?}");
+    drop(w);
+    srv.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deep_trace_limit_and_stop_map_to_their_codes() -> Result<()> {
+    use tracer_user::agent::hub::Refused;
+    let mut srv = start_with(
+        8,
+        ServeOptions {
+            max_deep_traces: 1,
+            ..Default::default()
+        },
+    )
+    .await?;
+    srv.publish(node(1, 0));
+    let mut commands = std::mem::replace(&mut srv.writer.commands, tokio::sync::mpsc::channel(1).1);
+    // The agent loop's side: one deep trace may run; a second is over the limit.
+    let agent = tokio::spawn(async move {
+        let mut running: Option<u32> = None;
+        let mut seen_max = vec![];
+        while let Some(cmd) = commands.recv().await {
+            match cmd {
+                Command::DeepMaps {
+                    pid,
+                    max_running,
+                    reply,
+                    ..
+                } => {
+                    seen_max.push(max_running);
+                    let r = if running.is_some() {
+                        Err(Refused::Limit("1 deep map trace already runs".into()))
+                    } else {
+                        running = Some(pid);
+                        Ok(vec![])
+                    };
+                    let _ = reply.send(r);
+                }
+                Command::StopDeepMaps { pid, reply } => {
+                    let r = if running == Some(pid) {
+                        running = None;
+                        Ok(())
+                    } else {
+                        Err(Refused::NotFound(format!("pid {pid}: none running")))
+                    };
+                    let _ = reply.send(r);
+                }
+            }
+        }
+        seen_max
+    });
+    let mut c = srv.unix_client().await?;
+    let deep = |pid| pb::StartDeepMapTraceRequest {
+        pid,
+        duration_ms: 5000,
+        sites: vec![],
+    };
+    c.start_deep_map_trace(deep(10)).await?;
+    let e = c
+        .start_deep_map_trace(deep(11))
+        .await
+        .err()
+        .context("over the limit")?;
+    ensure!(e.code() == Code::ResourceExhausted, "{e:?}");
+    let e = c
+        .stop_deep_map_trace(pb::StopDeepMapTraceRequest { pid: 11 })
+        .await
+        .err()
+        .context("stop with none running")?;
+    ensure!(e.code() == Code::NotFound, "{e:?}");
+    let e = c
+        .stop_deep_map_trace(pb::StopDeepMapTraceRequest { pid: 0 })
+        .await
+        .err()
+        .context("pid 0")?;
+    ensure!(e.code() == Code::InvalidArgument, "{e:?}");
+    c.stop_deep_map_trace(pb::StopDeepMapTraceRequest { pid: 10 })
+        .await?;
+    c.start_deep_map_trace(deep(11)).await?;
+    drop(c);
+    srv.shutdown().await?;
+    let seen = agent.await?;
+    ensure!(
+        seen == vec![1, 1, 1],
+        "the limit reaches the agent loop: {seen:?}"
+    );
+    Ok(())
+}
+
+/// Sends raw bytes as the request of `method`, to see how the server
+/// answers what no generated client can send.
+async fn raw_call(ch: Channel, method: &'static str, body: Vec<u8>) -> tonic::Status {
+    use prost::bytes::{Buf, BufMut};
+    use tonic::codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder};
+    #[derive(Default)]
+    struct Raw;
+    impl Codec for Raw {
+        type Encode = Vec<u8>;
+        type Decode = Vec<u8>;
+        type Encoder = Raw;
+        type Decoder = Raw;
+        fn encoder(&mut self) -> Raw {
+            Raw
+        }
+        fn decoder(&mut self) -> Raw {
+            Raw
+        }
+    }
+    impl Encoder for Raw {
+        type Item = Vec<u8>;
+        type Error = tonic::Status;
+        fn encode(&mut self, item: Vec<u8>, dst: &mut EncodeBuf<'_>) -> Result<(), tonic::Status> {
+            dst.put_slice(&item);
+            Ok(())
+        }
+    }
+    impl Decoder for Raw {
+        type Item = Vec<u8>;
+        type Error = tonic::Status;
+        fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+            let v = src.chunk().to_vec();
+            src.advance(v.len());
+            Ok(Some(v))
+        }
+    }
+    let mut grpc = tonic::client::Grpc::new(ch).max_encoding_message_size(usize::MAX);
+    if let Err(e) = grpc.ready().await {
+        return tonic::Status::unavailable(e.to_string());
+    }
+    let path = http::uri::PathAndQuery::from_static(method);
+    match grpc.unary(tonic::Request::new(body), path, Raw).await {
+        Ok(_) => tonic::Status::ok("no error"),
+        Err(s) => s,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_and_oversized_requests_get_client_error_codes() -> Result<()> {
+    let srv = start(8).await?;
+    srv.publish(node(1, 0));
+    let tcp = tonic::transport::Endpoint::from_shared(format!("http://{}", srv.grpc))?
+        .connect()
+        .await?;
+    // Field 1 (Filter, a message) declared 255 bytes long with 1 present.
+    let truncated = vec![0x0a, 0xff, 0x01, 0x00];
+    // Field 1 with the varint wire type: not a Filter.
+    let wrong_type = vec![0x08, 0x01];
+    for method in [
+        "/tracer.v1.Tracer/ListProcesses",
+        "/tracer.v1.Tracer/Watch",
+        "/tracer.v1.Tracer/StartDeepMapTrace",
+    ] {
+        for body in [truncated.clone(), wrong_type.clone()] {
+            let s = raw_call(tcp.clone(), method, body.clone()).await;
+            ensure!(
+                s.code() == Code::InvalidArgument,
+                "{method} {body:x?}: {:?} {}",
+                s.code(),
+                s.message()
+            );
+        }
+        let s = raw_call(tcp.clone(), method, vec![0u8; 2 << 20]).await;
+        ensure!(
+            s.code() == Code::ResourceExhausted,
+            "{method} 2 MiB: {:?} {}",
+            s.code(),
+            s.message()
+        );
+    }
+    // A valid request still works on the same connection.
+    let mut c = TracerClient::new(tcp);
+    ensure!(c.info(pb::InfoRequest {}).await.is_ok());
+    srv.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_over_the_per_client_limit_are_closed_and_counted() -> Result<()> {
+    use tracer_user::api::limits;
+    let srv = start(8).await?;
+    srv.publish(node(1, 0));
+    let before = limits::connections_refused();
+    // An HTTP/2 server speaks first (SETTINGS): an admitted connection
+    // has bytes to read, a refused one reads end-of-file.
+    async fn first_read(s: &mut tokio::net::TcpStream) -> Result<usize> {
+        let mut buf = [0u8; 64];
+        Ok(
+            tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+                .await
+                .context("no answer within 5 s")?
+                .unwrap_or(0),
+        )
+    }
+    let mut held = vec![];
+    for i in 0..limits::MAX_CONNECTIONS_PER_PEER {
+        let mut s = tokio::net::TcpStream::connect(srv.grpc).await?;
+        ensure!(first_read(&mut s).await? > 0, "connection {i} was refused");
+        held.push(s);
+    }
+    for i in 0..3 {
+        let mut s = tokio::net::TcpStream::connect(srv.grpc).await?;
+        ensure!(
+            first_read(&mut s).await? == 0,
+            "extra connection {i} was served"
+        );
+    }
+    let refused = limits::connections_refused() - before;
+    ensure!(refused >= 3, "{refused} refusals counted");
+    // The Unix socket has its own budget: tracer top still gets in, and
+    // sees the counter.
+    let mut u = srv.unix_client().await?;
+    let h = u
+        .info(pb::InfoRequest {})
+        .await?
+        .into_inner()
+        .health
+        .context("health")?;
+    ensure!(h.connections_refused >= before + 3, "{h:?}");
+    let (_, body) = http_get(srv.metrics, "/metrics").await?;
+    let line = body
+        .lines()
+        .find(|l| l.starts_with("tracer_agent_connections_refused_total "))
+        .context("no tracer_agent_connections_refused_total")?;
+    let n: f64 = line.rsplit(' ').next().unwrap_or("").parse()?;
+    ensure!(n >= (before + 3) as f64, "{line}");
+    // Closing held connections gives their slots back.
+    held.truncate(limits::MAX_CONNECTIONS_PER_PEER - 1);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut s = tokio::net::TcpStream::connect(srv.grpc).await?;
+    ensure!(first_read(&mut s).await? > 0, "a freed slot is not reused");
+    drop((held, s));
+    srv.shutdown().await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_tcp_client_cannot_take_every_stream_and_drops_are_counted() -> Result<()> {
+    use tracer_user::api::{limits, server};
+    let srv = start(8).await?;
+    srv.publish(big(1));
+    let before = limits::stream_messages_dropped();
+    // One TCP client address, several connections: capped per address.
+    let mut clients = vec![];
+    for _ in 0..2 {
+        clients.push(srv.tcp_client().await?);
+    }
+    let req = pb::WatchRequest {
+        interval_ms: 100,
+        top_n: 1000,
+        ..Default::default()
+    };
+    let mut streams = vec![];
+    let mut refused = None;
+    for i in 0..server::MAX_STREAMS_PER_PEER + 1 {
+        let c = &mut clients[i % 2];
+        match c.watch(req.clone()).await {
+            Ok(s) => streams.push(s.into_inner()),
+            Err(e) => {
+                refused = Some((i, e));
+                break;
+            }
+        }
+    }
+    let (i, e) = refused.context("no stream refused")?;
+    ensure!(i == server::MAX_STREAMS_PER_PEER, "refused at {i}");
+    ensure!(e.code() == Code::ResourceExhausted, "{e:?}");
+    // The Unix socket (tracer top on the node) still streams.
+    let mut u = srv.unix_client().await?;
+    let mut w = u.watch(req).await?.into_inner();
+    ensure!(next(&mut w).await?.seq >= 1);
+    // Nobody reads the TCP streams: snapshots are dropped and counted.
+    let end = Instant::now() + Duration::from_secs(10);
+    while limits::stream_messages_dropped() == before {
+        ensure!(Instant::now() < end, "no dropped snapshot counted");
+        srv.publish(big(2));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let h = u
+        .info(pb::InfoRequest {})
+        .await?
+        .into_inner()
+        .health
+        .context("health")?;
+    ensure!(h.stream_messages_dropped > before, "{h:?}");
+    drop((streams, w));
+    srv.shutdown().await
 }

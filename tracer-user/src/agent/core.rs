@@ -20,7 +20,7 @@ use super::{
     discovery::{self, BinaryCache, FastIndex, FastTargets, Found, Kind, ProcEvents, Seen},
     hub::{
         AgentInfo, Command, Health, HookInfo, HubWriter, Labels, NodeSnapshot, ProcState,
-        ProcessInfo,
+        ProcessInfo, Refused,
     },
 };
 use crate::{
@@ -993,11 +993,23 @@ impl Agent {
                 pid,
                 duration,
                 sites,
+                max_running,
                 reply,
             } => {
-                let _ = reply.send(self.start_deep(pid, duration, &sites));
+                let _ = reply.send(self.start_deep(pid, duration, &sites, max_running));
+            }
+            Command::StopDeepMaps { pid, reply } => {
+                let _ = reply.send(self.stop_deep(pid));
             }
         }
+    }
+
+    /// Deep traces running now, node-wide.
+    fn deep_running(&self) -> usize {
+        self.traced
+            .values()
+            .filter(|t| t.deep.as_ref().is_some_and(|d| !d.done()))
+            .count()
     }
 
     fn start_deep(
@@ -1005,17 +1017,28 @@ impl Agent {
         pid: u32,
         duration: Duration,
         sites: &[String],
-    ) -> Result<Vec<ProbeStatus>, String> {
+        max_running: usize,
+    ) -> Result<Vec<ProbeStatus>, Refused> {
+        let running = self.deep_running();
         let Some(t) = self.traced.get_mut(&pid) else {
-            return Err(format!("pid {pid} is not a traced Go process"));
+            return Err(Refused::NotFound(format!(
+                "pid {pid} is not a traced Go process"
+            )));
         };
         if let Some(d) = &t.deep
             && !d.done()
         {
-            return Err(format!("pid {pid}: a deep map trace is already running"));
+            return Err(Refused::Failed(format!(
+                "pid {pid}: a deep map trace is already running"
+            )));
+        }
+        if running >= max_running {
+            return Err(Refused::Limit(format!(
+                "{running} deep map traces already run on this node (limit {max_running}); stop one with StopDeepMapTrace or wait for it to end"
+            )));
         }
         let Some(bs) = self.sessions.get(&t.key) else {
-            return Err(format!("pid {pid}: its probes are gone"));
+            return Err(Refused::Failed(format!("pid {pid}: its probes are gone")));
         };
         let bin = bs.session.bin.clone();
         let path = discovery::fd_path(&bs._file);
@@ -1031,8 +1054,27 @@ impl Agent {
                 t.deep = Some(deep);
                 Ok(statuses)
             }
-            Err(e) => Err(format!("pid {pid}: {e:#}")),
+            Err(e) => Err(Refused::Failed(format!("pid {pid}: {e:#}"))),
         }
+    }
+
+    /// Ends `pid`'s deep trace: its last results are read first, so they
+    /// stay with the process; the probes are detached off this thread.
+    fn stop_deep(&mut self, pid: u32) -> Result<(), Refused> {
+        let t = self
+            .traced
+            .get_mut(&pid)
+            .filter(|t| t.deep.as_ref().is_some_and(|d| !d.done()))
+            .ok_or_else(|| Refused::NotFound(format!("pid {pid}: no deep map trace is running")))?;
+        if let Some(mut d) = t.deep.take() {
+            match tokio::task::block_in_place(|| d.report()) {
+                Ok(r) => t.deep_result = Some(r),
+                Err(e) => tracing::warn!("pid {pid}: reading the deep map trace: {e:#}"),
+            }
+            tracing::info!("pid {pid}: deep map trace stopped on request");
+            std::thread::spawn(move || drop(d));
+        }
+        Ok(())
     }
 
     /// Processes traced now.

@@ -210,14 +210,41 @@ impl FindingsLog {
 /// Requests a front end can make of the agent loop.
 pub enum Command {
     /// Turn on the deep map tier for `pid` for `duration`, probing only map
-    /// calls from `sites` packages when not empty. Replies with the probe
-    /// statuses, or why it could not start (unknown pid, already running).
+    /// calls from `sites` packages when not empty, unless `max_running` deep
+    /// traces already run on the node. Replies with the probe statuses, or
+    /// why it could not start (unknown pid, already running, the limit).
     DeepMaps {
         pid: u32,
         duration: Duration,
         sites: Vec<String>,
-        reply: oneshot::Sender<Result<Vec<ProbeStatus>, String>>,
+        max_running: usize,
+        reply: oneshot::Sender<Result<Vec<ProbeStatus>, Refused>>,
     },
+    /// End `pid`'s deep map trace now; its results so far stay.
+    StopDeepMaps {
+        pid: u32,
+        reply: oneshot::Sender<Result<(), Refused>>,
+    },
+}
+
+/// Why the agent loop did not do what a [`Command`] asked; front ends map
+/// each to their own error code.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refused {
+    /// A node-wide limit is reached.
+    Limit(String),
+    /// Nothing to act on (no such process, no trace running).
+    NotFound(String),
+    /// Not possible in the current state.
+    Failed(String),
+}
+
+impl std::fmt::Display for Refused {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refused::Limit(m) | Refused::NotFound(m) | Refused::Failed(m) => f.write_str(m),
+        }
+    }
 }
 
 /// What front ends hold: read-only views plus a command channel.

@@ -59,6 +59,9 @@ pub fn health(h: &Health) -> pb::AgentHealth {
         rss_bytes: h.rss_bytes,
         processes_missed: h.processes_missed,
         processes_unreadable: h.processes_unreadable,
+        // The front ends' own counters, not the agent loop's.
+        connections_refused: super::limits::connections_refused(),
+        stream_messages_dropped: super::limits::stream_messages_dropped(),
     }
 }
 

@@ -395,6 +395,18 @@ impl Collector for SnapshotCollector {
         )?;
         counters(
             &mut enc,
+            "tracer_agent_connections_refused",
+            "gRPC connections closed at accept: over the connection limit of a listener or of one client address.",
+            &vec![(none(), super::limits::connections_refused())],
+        )?;
+        counters(
+            &mut enc,
+            "tracer_agent_stream_messages_dropped",
+            "Watch snapshots not sent because the client read too slowly.",
+            &vec![(none(), super::limits::stream_messages_dropped())],
+        )?;
+        counters(
+            &mut enc,
             "tracer_agent_map_evictions",
             "Entries evicted from the kernel's bounded LRU tables.",
             &vec![(none(), h.map_evictions)],
@@ -703,6 +715,8 @@ mod tests {
             "tracer_agent_map_evictions_total",
             "tracer_agent_processes_missed_total",
             "tracer_agent_processes_unreadable_total",
+            "tracer_agent_connections_refused_total",
+            "tracer_agent_stream_messages_dropped_total",
             "tracer_agent_bpf_run_time_seconds_total",
             "tracer_agent_processes",
             "tracer_agent_rss_bytes",

@@ -3,8 +3,9 @@
 //! `/metrics`, `/healthz`, `/readyz`.
 //!
 //! [`serve`] trusts its options: deciding whether a non-loopback address is
-//! acceptable (the user asked for it explicitly) is the CLI's job. It logs
-//! every address it binds.
+//! acceptable (the user asked for it explicitly) and what TCP clients must
+//! present is the CLI's job ([`tcp_policy`]). It logs every address it binds.
+//! Both gRPC listeners run under the bounds of [`limits`](super::limits).
 
 use std::{
     future::Future,
@@ -27,11 +28,16 @@ use tokio::{
     sync::watch,
     task::JoinSet,
 };
-use tokio_stream::wrappers::{TcpListenerStream, UnixListenerStream};
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 use tracer_api::v1::tracer_server::TracerServer;
 
-use super::{metrics, server::TracerService};
+use super::{
+    auth::{GuardLayer, Policy},
+    codes::CodesLayer,
+    limits::{self, Slots},
+    metrics,
+    server::TracerService,
+};
 use crate::agent::hub::Hub;
 
 /// Largest request accepted: a valid one (five lists of 256 × 256 bytes) is
@@ -55,8 +61,13 @@ pub struct ServeOptions {
     pub unix_socket: Option<PathBuf>,
     pub metrics: Option<SocketAddr>,
     pub tls: Option<TlsOptions>,
+    /// What TCP clients must present and may call (the Unix socket is
+    /// root-only and gets full access).
+    pub tcp_policy: Policy,
     /// Lock call sites that keep their own `site` label in `/metrics`.
     pub metrics_top_sites: usize,
+    /// Deep map traces running at once on the node (StartDeepMapTrace).
+    pub max_deep_traces: usize,
 }
 
 impl Default for ServeOptions {
@@ -66,7 +77,9 @@ impl Default for ServeOptions {
             unix_socket: None,
             metrics: None,
             tls: None,
+            tcp_policy: Policy::default(),
             metrics_top_sites: metrics::DEFAULT_TOP_SITES,
+            max_deep_traces: super::server::DEFAULT_MAX_DEEP_TRACES,
         }
     }
 }
@@ -77,7 +90,9 @@ pub struct Bound {
     unix: Option<(UnixListener, PathBuf)>,
     metrics: Option<TcpListener>,
     tls: Option<ServerTlsConfig>,
+    tcp_policy: Policy,
     top_sites: usize,
+    max_deep_traces: usize,
 }
 
 impl Bound {
@@ -153,6 +168,54 @@ pub fn check_exposure(what: &str, addr: SocketAddr, allow_remote: bool) -> Resul
     )
 }
 
+/// What TCP clients must present, from the CLI's flags: a listener without
+/// a token or client certificates is refused beyond loopback unless
+/// `insecure`, and is read-only on loopback unless `insecure` (any local
+/// user can reach it). `read_only` makes it read-only in any case.
+pub fn tcp_policy(
+    addr: SocketAddr,
+    token: Option<super::auth::Token>,
+    client_certs: bool,
+    read_only: bool,
+    insecure: bool,
+) -> Result<Policy> {
+    let authenticated = token.is_some() || client_certs;
+    if !authenticated && !insecure && !addr.ip().is_loopback() {
+        bail!(
+            "gRPC on {addr} would let anyone who can reach it list this node's processes and start deep traces; give --grpc-token-file or --tls-client-ca (or --grpc-insecure to accept that)"
+        );
+    }
+    let read_only = read_only || (!authenticated && !insecure);
+    if !authenticated {
+        tracing::warn!(
+            "gRPC on {addr} has no authentication: {} may use it{}",
+            if addr.ip().is_loopback() {
+                "every local user"
+            } else {
+                "anyone who can reach it"
+            },
+            if read_only {
+                " (read-only)"
+            } else {
+                ", including StartDeepMapTrace"
+            }
+        );
+    }
+    Ok(Policy { token, read_only })
+}
+
+/// HTTP/2 settings shared by both gRPC listeners; see [`limits`].
+fn grpc_builder() -> Server {
+    Server::builder()
+        .max_concurrent_streams(limits::MAX_STREAMS_PER_CONNECTION)
+        .initial_stream_window_size(limits::STREAM_WINDOW)
+        .initial_connection_window_size(limits::CONNECTION_WINDOW)
+        .max_frame_size(limits::MAX_FRAME)
+        .http2_keepalive_interval(Some(limits::KEEPALIVE_INTERVAL))
+        .http2_keepalive_timeout(Some(limits::KEEPALIVE_TIMEOUT))
+        .http2_max_header_list_size(16u32 << 10)
+}
+
 /// Binds every endpoint in `opts`; errors name the address that failed.
 pub async fn bind(opts: &ServeOptions) -> Result<Bound> {
     if opts.grpc_tcp.is_none() && opts.unix_socket.is_none() && opts.metrics.is_none() {
@@ -204,7 +267,9 @@ pub async fn bind(opts: &ServeOptions) -> Result<Bound> {
         unix,
         metrics,
         tls,
+        tcp_policy: opts.tcp_policy.clone(),
         top_sites: opts.metrics_top_sites,
+        max_deep_traces: opts.max_deep_traces,
     })
 }
 
@@ -256,29 +321,39 @@ impl Bound {
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<()> {
         let (stop_tx, stop_rx) = watch::channel(false);
-        let svc = TracerServer::new(TracerService::with_stop(hub.clone(), stop_rx.clone()))
-            .max_decoding_message_size(MAX_REQUEST_BYTES);
+        let svc = TracerServer::new(
+            TracerService::with_stop(hub.clone(), stop_rx.clone())
+                .max_deep_traces(self.max_deep_traces),
+        )
+        .max_decoding_message_size(MAX_REQUEST_BYTES);
+        limits::spawn_trimmer();
         let mut tasks: JoinSet<Result<()>> = JoinSet::new();
         if let Some(l) = self.grpc_tcp {
-            let mut b = Server::builder();
+            let mut b = grpc_builder();
             if let Some(tls) = self.tls {
                 b = b.tls_config(tls).context("TLS configuration")?;
             }
-            let router = b.add_service(svc.clone());
+            let router = b
+                .layer(CodesLayer)
+                .layer(GuardLayer::new(self.tcp_policy))
+                .add_service(svc.clone());
             let stop = stopped(stop_rx.clone());
+            let conns = Slots::new(limits::MAX_CONNECTIONS, limits::MAX_CONNECTIONS_PER_PEER);
             tasks.spawn(async move {
                 router
-                    .serve_with_incoming_shutdown(TcpListenerStream::new(l), stop)
+                    .serve_with_incoming_shutdown(limits::incoming(l, conns), stop)
                     .await
                     .context("gRPC over TCP")
             });
         }
         if let Some((l, path)) = self.unix {
-            let router = Server::builder().add_service(svc.clone());
+            let router = grpc_builder().layer(CodesLayer).add_service(svc.clone());
             let stop = stopped(stop_rx.clone());
+            // Its own budget: TCP clients cannot take the Unix socket's.
+            let conns = Slots::new(limits::MAX_CONNECTIONS, limits::MAX_CONNECTIONS);
             tasks.spawn(async move {
                 let r = router
-                    .serve_with_incoming_shutdown(UnixListenerStream::new(l), stop)
+                    .serve_with_incoming_shutdown(limits::incoming(l, conns), stop)
                     .await
                     .context("gRPC over the Unix socket");
                 let _ = std::fs::remove_file(&path);
@@ -360,5 +435,35 @@ mod tests {
         let e = check_exposure("gRPC", any, false).expect_err("remote");
         assert!(e.to_string().contains("0.0.0.0:7000"), "{e}");
         assert!(check_exposure("gRPC", any, true).is_ok());
+    }
+
+    #[test]
+    fn unauthenticated_tcp_is_read_only_or_refused() {
+        let local: SocketAddr = "127.0.0.1:7070".parse().expect("addr");
+        let any: SocketAddr = "0.0.0.0:7070".parse().expect("addr");
+        let token = || Some(super::super::auth::Token::parse(&"t".repeat(32)).expect("token"));
+        // (addr, token, client CA, --grpc-read-only, --grpc-insecure) -> read-only?
+        for (addr, tok, ca, ro, insecure, want) in [
+            (local, false, false, false, false, Some(true)),
+            (local, false, false, false, true, Some(false)),
+            (local, true, false, false, false, Some(false)),
+            (local, true, false, true, false, Some(true)),
+            (any, false, false, false, false, None),
+            (any, false, false, true, false, None),
+            (any, false, false, false, true, Some(false)),
+            (any, true, false, false, false, Some(false)),
+            (any, false, true, false, false, Some(false)),
+            (any, false, true, true, false, Some(true)),
+        ] {
+            let got = tcp_policy(addr, tok.then(token).flatten(), ca, ro, insecure)
+                .ok()
+                .map(|p| p.read_only);
+            assert_eq!(
+                got, want,
+                "{addr} token={tok} ca={ca} ro={ro} insecure={insecure}"
+            );
+        }
+        let e = tcp_policy(any, None, false, false, false).expect_err("refused");
+        assert!(e.to_string().contains("--grpc-token-file"), "{e}");
     }
 }

@@ -6,16 +6,12 @@
 //! buffered messages, never the agent's or other clients' progress. Findings
 //! are pulled from the hub's history at the client's pace, so a slow reader
 //! only loses what ages out of that history (reported in `dropped_before`).
+//!
+//! Stream slots are bounded node-wide, per client address, and with a
+//! reserve that only the root-only Unix socket may use, so that TCP clients
+//! cannot lock `tracer top` out.
 
-use std::{
-    collections::HashMap,
-    pin::Pin,
-    sync::{
-        Arc,
-        atomic::{AtomicUsize, Ordering},
-    },
-    time::Duration,
-};
+use std::{collections::HashMap, net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
 
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_stream::{Stream, wrappers::ReceiverStream};
@@ -25,17 +21,27 @@ use tracer_api::v1::{self as pb, tracer_server::Tracer};
 use super::{
     convert::{self, Owner},
     filter::{self, ProcFilter, WatchParams},
+    limits::{self, Slot, Slots},
 };
-use crate::agent::hub::{Command, Hub, NodeSnapshot, ProcState};
+use crate::agent::hub::{Command, Hub, NodeSnapshot, ProcState, Refused};
 
-/// Snapshots buffered per Watch stream before new ones are dropped.
-pub const WATCH_BUFFER: usize = 4;
+/// Snapshots buffered per Watch stream before new ones are dropped: one,
+/// built while the previous one is on the wire. Each costs as much memory
+/// as a snapshot (megabytes on a busy node), so a stuck client must not
+/// hold a queue of them (docs/grpc.md).
+pub const WATCH_BUFFER: usize = 1;
 /// Findings buffered per Findings stream.
 pub const FINDINGS_BUFFER: usize = 64;
 /// Findings read from the history per batch.
 const FINDINGS_BATCH: usize = 256;
 /// Open Watch + Findings streams, all clients together.
 pub const MAX_STREAMS: usize = 512;
+/// Of those, kept for the Unix socket (root: `tracer top` on the node).
+pub const UNIX_RESERVE: usize = 32;
+/// Open streams from one TCP client address.
+pub const MAX_STREAMS_PER_PEER: usize = 64;
+/// Deep map traces running at once on the node, unless `--max-deep-traces`.
+pub const DEFAULT_MAX_DEEP_TRACES: usize = 2;
 /// How long StartDeepMapTrace waits for the agent loop to take the command,
 /// and then to answer it.
 const COMMAND_SEND_TIMEOUT: Duration = Duration::from_secs(2);
@@ -43,19 +49,20 @@ const COMMAND_REPLY_TIMEOUT: Duration = Duration::from_secs(15);
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
-/// Counts open streams; the slot is given back when the stream's task ends.
-struct StreamSlot(Arc<AtomicUsize>);
-
-impl Drop for StreamSlot {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
+/// Held by a stream's task: its node-wide slot and, for TCP clients, its
+/// slot among TCP streams; given back when the task ends.
+struct StreamSlot {
+    _all: Slot,
+    _tcp: Option<Slot>,
 }
 
 pub struct TracerService {
     hub: Hub,
-    streams: Arc<AtomicUsize>,
-    max_streams: usize,
+    /// Every stream (Unix socket and TCP).
+    streams: Arc<Slots>,
+    /// TCP streams: fewer than `streams` by the Unix reserve, per peer too.
+    tcp_streams: Arc<Slots>,
+    max_deep_traces: usize,
     /// Becomes true when the server shuts down: open streams then end, so a
     /// graceful shutdown does not wait for clients to hang up.
     stop: watch::Receiver<bool>,
@@ -75,23 +82,46 @@ impl TracerService {
     pub fn with_stop(hub: Hub, stop: watch::Receiver<bool>) -> Self {
         Self {
             hub,
-            streams: Arc::new(AtomicUsize::new(0)),
-            max_streams: MAX_STREAMS,
+            streams: Slots::new(MAX_STREAMS, MAX_STREAMS),
+            tcp_streams: Slots::new(MAX_STREAMS - UNIX_RESERVE, MAX_STREAMS_PER_PEER),
+            max_deep_traces: DEFAULT_MAX_DEEP_TRACES,
             stop,
             _never: None,
         }
     }
 
-    fn slot(&self) -> Result<StreamSlot, Status> {
-        let n = self.streams.fetch_add(1, Ordering::AcqRel);
-        let slot = StreamSlot(self.streams.clone());
-        if n >= self.max_streams {
-            return Err(Status::resource_exhausted(format!(
-                "{} streams already open (limit {})",
-                n, self.max_streams
-            )));
-        }
-        Ok(slot)
+    /// At most `n` deep map traces at once on the node.
+    pub fn max_deep_traces(mut self, n: usize) -> Self {
+        self.max_deep_traces = n;
+        self
+    }
+
+    /// A stream slot for a client at `peer` (None: the Unix socket).
+    fn slot(&self, peer: Option<SocketAddr>) -> Result<StreamSlot, Status> {
+        let busy = |what: &str, s: &Slots| {
+            Status::resource_exhausted(format!(
+                "{} streams already open {what} (limit {}, {} per client address)",
+                s.open(),
+                s.max(),
+                s.per_peer()
+            ))
+        };
+        let tcp = match peer {
+            Some(a) => Some(
+                self.tcp_streams
+                    .admit(Some(a.ip()))
+                    .ok_or_else(|| busy("over TCP", &self.tcp_streams))?,
+            ),
+            None => None,
+        };
+        let all = self
+            .streams
+            .admit(None)
+            .ok_or_else(|| busy("on this agent", &self.streams))?;
+        Ok(StreamSlot {
+            _all: all,
+            _tcp: tcp,
+        })
     }
 }
 
@@ -335,6 +365,7 @@ async fn watch_loop(
         // of building it, so stuck clients cost no CPU either.
         if tx.capacity() == 0 {
             dropped += 1;
+            limits::count_dropped_message();
             continue;
         }
         let (mut msg, next) = build_snapshot(&snap, &p, baseline.as_ref());
@@ -345,7 +376,10 @@ async fn watch_loop(
                 dropped = 0;
                 baseline = Some(next);
             }
-            Err(mpsc::error::TrySendError::Full(_)) => dropped += 1,
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                dropped += 1;
+                limits::count_dropped_message();
+            }
             Err(mpsc::error::TrySendError::Closed(_)) => return,
         }
     }
@@ -433,7 +467,7 @@ impl Tracer for TracerService {
         request: Request<pb::WatchRequest>,
     ) -> Result<Response<Self::WatchStream>, Status> {
         let p = filter::watch(request.get_ref())?;
-        let slot = self.slot()?;
+        let slot = self.slot(request.remote_addr())?;
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
         tokio::spawn(watch_loop(self.hub.clone(), p, tx, self.stop.clone(), slot));
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -447,7 +481,7 @@ impl Tracer for TracerService {
     ) -> Result<Response<Self::FindingsStream>, Status> {
         let r = request.get_ref();
         let filter = ProcFilter::parse(r.filter.as_ref())?;
-        let slot = self.slot()?;
+        let slot = self.slot(request.remote_addr())?;
         let (tx, rx) = mpsc::channel(FINDINGS_BUFFER);
         tokio::spawn(findings_loop(
             self.hub.clone(),
@@ -490,8 +524,42 @@ impl Tracer for TracerService {
             pid: d.pid,
             duration: d.duration,
             sites: d.sites,
+            max_running: self.max_deep_traces,
             reply,
         };
+        let started = unix_now_ns();
+        let probes = self.ask(cmd, answer).await?;
+        let ends = started.saturating_add(u64::try_from(d.duration.as_nanos()).unwrap_or(u64::MAX));
+        Ok(Response::new(pb::StartDeepMapTraceResponse {
+            ends_unix_ns: ends,
+            probes: probes.iter().map(convert::probe).collect(),
+        }))
+    }
+
+    async fn stop_deep_map_trace(
+        &self,
+        request: Request<pb::StopDeepMapTraceRequest>,
+    ) -> Result<Response<pb::StopDeepMapTraceResponse>, Status> {
+        let pid = request.get_ref().pid;
+        if pid == 0 {
+            return Err(Status::invalid_argument(
+                "pid: required (0 is not a process)",
+            ));
+        }
+        let (reply, answer) = oneshot::channel();
+        self.ask(Command::StopDeepMaps { pid, reply }, answer)
+            .await?;
+        Ok(Response::new(pb::StopDeepMapTraceResponse {}))
+    }
+}
+
+impl TracerService {
+    /// Sends `cmd` to the agent loop and waits for its answer, both bounded.
+    async fn ask<T>(
+        &self,
+        cmd: Command,
+        answer: oneshot::Receiver<Result<T, Refused>>,
+    ) -> Result<T, Status> {
         self.hub
             .commands
             .send_timeout(cmd, COMMAND_SEND_TIMEOUT)
@@ -504,21 +572,15 @@ impl Tracer for TracerService {
                     Status::unavailable("the agent loop has stopped")
                 }
             })?;
-        let started = unix_now_ns();
-        let probes = match tokio::time::timeout(COMMAND_REPLY_TIMEOUT, answer).await {
-            Err(_) => {
-                return Err(Status::deadline_exceeded(
-                    "the agent loop did not answer within 15 s",
-                ));
-            }
-            Ok(Err(_)) => return Err(Status::unavailable("the agent loop dropped the request")),
-            Ok(Ok(Err(why))) => return Err(Status::failed_precondition(why)),
-            Ok(Ok(Ok(probes))) => probes,
-        };
-        let ends = started.saturating_add(u64::try_from(d.duration.as_nanos()).unwrap_or(u64::MAX));
-        Ok(Response::new(pb::StartDeepMapTraceResponse {
-            ends_unix_ns: ends,
-            probes: probes.iter().map(convert::probe).collect(),
-        }))
+        match tokio::time::timeout(COMMAND_REPLY_TIMEOUT, answer).await {
+            Err(_) => Err(Status::deadline_exceeded(
+                "the agent loop did not answer within 15 s",
+            )),
+            Ok(Err(_)) => Err(Status::unavailable("the agent loop dropped the request")),
+            Ok(Ok(Err(Refused::Limit(why)))) => Err(Status::resource_exhausted(why)),
+            Ok(Ok(Err(Refused::NotFound(why)))) => Err(Status::not_found(why)),
+            Ok(Ok(Err(Refused::Failed(why)))) => Err(Status::failed_precondition(why)),
+            Ok(Ok(Ok(v))) => Ok(v),
+        }
     }
 }

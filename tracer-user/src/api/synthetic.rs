@@ -6,7 +6,7 @@
 use tracer_common::hist_slot;
 
 use crate::{
-    agent::hub::{Labels, ProcState, ProcessInfo},
+    agent::hub::{AgentInfo, Labels, NodeSnapshot, ProcState, ProcessInfo},
     contention::Site,
     latency::Latency,
     maps::{MapReport, report::OpReport},
@@ -194,5 +194,46 @@ pub fn process(pid: u32, comm: &str, labels: Labels) -> ProcessInfo {
         probes: vec![],
         attach_latency_ns: 1,
         traced_since_unix_ns: 1,
+    }
+}
+
+/// A node snapshot of one process with 1000 contended locks, each with a
+/// 12-frame stack (about 600 KiB encoded at `top_n` 1000): what fills
+/// transport buffers and memory fastest. Totals grow with `generation`.
+pub fn stack_heavy(generation: u64) -> NodeSnapshot {
+    let stack: Vec<_> = (0..12)
+        .map(|i| site(&format!("example.com/svc/pkg.F{i}"), "/src/svc/f.go", i))
+        .collect();
+    let locks = (0..1000u64)
+        .map(|i| {
+            let mut l = lock(
+                &format!("{:#x}", 0x20_0000 + i),
+                "mutex",
+                site("main.hot", "/src/main.go", i as u32),
+                &[1_000_000 + i + generation],
+            );
+            l.stack = stack.clone();
+            l
+        })
+        .collect();
+    NodeSnapshot {
+        generation,
+        taken_unix_ns: generation,
+        node: "node-a".into(),
+        processes: vec![process(10, "svc", Labels::default())],
+        reports: vec![report(10, locks, vec![], vec![])],
+        ..Default::default()
+    }
+}
+
+/// The agent of node `node-a`, as the API tests describe it.
+pub fn agent_info() -> AgentInfo {
+    AgentInfo {
+        version: "test".into(),
+        node: "node-a".into(),
+        kernel: "6.18".into(),
+        btf: true,
+        started_unix_ns: 1,
+        hooks: vec![],
     }
 }

@@ -19,6 +19,13 @@ pub struct Frontends {
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
     pub tls_client_ca: Option<PathBuf>,
+    /// Bearer token TCP clients must send.
+    pub grpc_token_file: Option<PathBuf>,
+    /// TCP clients may only read.
+    pub grpc_read_only: bool,
+    /// TCP without authentication, full access, on any address.
+    pub grpc_insecure: bool,
+    pub max_deep_traces: usize,
     pub metrics_top_sites: usize,
     /// Write the last snapshot and every finding as JSON here on exit.
     pub json_report: Option<PathBuf>,
@@ -84,15 +91,41 @@ async fn bind_frontends(fe: &Frontends) -> Result<Option<crate::api::Bound>> {
         }),
         _ => None,
     };
+    anyhow::ensure!(
+        fe.grpc_tcp.is_some()
+            || (fe.grpc_token_file.is_none() && !fe.grpc_read_only && !fe.grpc_insecure),
+        "--grpc-token-file, --grpc-read-only and --grpc-insecure apply to --grpc-listen, which is off"
+    );
     if fe.grpc_tcp.is_none() && fe.unix_socket.is_none() && fe.metrics.is_none() {
         return Ok(None);
     }
+    let tcp_policy = match fe.grpc_tcp {
+        Some(addr) => {
+            let token = fe
+                .grpc_token_file
+                .as_deref()
+                .map(crate::api::auth::Token::from_file)
+                .transpose()
+                .context("--grpc-token-file")?;
+            let client_certs = tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+            crate::api::tcp_policy(
+                addr,
+                token,
+                client_certs,
+                fe.grpc_read_only,
+                fe.grpc_insecure,
+            )?
+        }
+        None => crate::api::auth::Policy::default(),
+    };
     let opts = crate::api::ServeOptions {
         grpc_tcp: fe.grpc_tcp,
         unix_socket: fe.unix_socket.clone(),
         metrics: fe.metrics,
         tls,
+        tcp_policy,
         metrics_top_sites: fe.metrics_top_sites,
+        max_deep_traces: fe.max_deep_traces,
     };
     crate::api::bind(&opts).await.map(Some)
 }
@@ -156,6 +189,10 @@ pub async fn spawn_embedded(opts: AgentOptions) -> Result<EmbeddedAgent> {
         tls_cert: None,
         tls_key: None,
         tls_client_ca: None,
+        grpc_token_file: None,
+        grpc_read_only: false,
+        grpc_insecure: false,
+        max_deep_traces: crate::api::server::DEFAULT_MAX_DEEP_TRACES,
         metrics_top_sites: 50,
         json_report: None,
     };

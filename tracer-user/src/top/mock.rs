@@ -147,6 +147,13 @@ impl Tracer for Mock {
             }],
         }))
     }
+
+    async fn stop_deep_map_trace(
+        &self,
+        _req: Request<api::StopDeepMapTraceRequest>,
+    ) -> Result<Response<api::StopDeepMapTraceResponse>, Status> {
+        Err(Status::unimplemented("mock: StopDeepMapTrace"))
+    }
 }
 
 /// Serves `script` on a socket in `dir`; returns the socket path.

@@ -31,6 +31,8 @@ use self::{filter::Filter, source::Addr};
 pub struct TopOptions {
     /// Agents to watch; empty: start an embedded agent.
     pub connect: Vec<String>,
+    /// Bearer token for TCP agents.
+    pub token_file: Option<PathBuf>,
     /// Watch interval (clamped to the API's 100 ms .. 1 h).
     pub interval: Duration,
     /// Print one round of tables and exit.
@@ -91,6 +93,9 @@ pub async fn run(opts: TopOptions) -> Result<()> {
         .unwrap_or(u32::MAX)
         .clamp(100, 3_600_000);
     let top = opts.top.clamp(1, 1000);
+    if let Some(path) = &opts.token_file {
+        source::set_token_file(path)?;
+    }
     let mut _embedded = None;
     let addrs: Vec<Addr> = if opts.connect.is_empty() {
         let (socket, guard) = embedded_socket(opts.interval).await?;

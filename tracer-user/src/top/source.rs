@@ -3,12 +3,20 @@
 //! resumes findings after the last sequence number it saw. Everything it
 //! learns goes to the UI as [`Tagged`] events over one channel.
 
-use std::{path::PathBuf, time::Duration};
+use std::{
+    path::{Path, PathBuf},
+    sync::OnceLock,
+    time::Duration,
+};
 
 use anyhow::{Context, Result, bail};
 use hyper_util::rt::TokioIo;
 use tokio::sync::{mpsc, watch};
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::{
+    metadata::AsciiMetadataValue,
+    service::{Interceptor, interceptor::InterceptedService},
+    transport::{Channel, Endpoint, Uri},
+};
 use tracer_api::v1::{self as api, tracer_client::TracerClient};
 
 use super::model::ConnState;
@@ -57,8 +65,43 @@ impl std::fmt::Display for Addr {
     }
 }
 
+/// The bearer token sent to TCP agents (`--token-file`), set once.
+static TOKEN: OnceLock<AsciiMetadataValue> = OnceLock::new();
+
+/// Reads `--token-file` and sends it to every TCP agent from now on.
+pub fn set_token_file(path: &Path) -> Result<()> {
+    let token = crate::api::auth::Token::from_file(path).context("--token-file")?;
+    let value = AsciiMetadataValue::try_from(token.header_value())
+        .context("--token-file: not a valid header value")?;
+    if TOKEN.set(value).is_err() {
+        bail!("--token-file given twice");
+    }
+    Ok(())
+}
+
+/// Adds `authorization: Bearer TOKEN` to requests over TCP; the Unix socket
+/// needs none (and never sees the token).
+#[derive(Clone)]
+pub struct BearerAuth(Option<AsciiMetadataValue>);
+
+impl Interceptor for BearerAuth {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A client of one agent.
+pub type Client = TracerClient<InterceptedService<Channel, BearerAuth>>;
+
 /// Opens a client to one agent.
-pub async fn connect(addr: &Addr) -> Result<TracerClient<Channel>> {
+pub async fn connect(addr: &Addr) -> Result<Client> {
+    let token = match addr {
+        Addr::Tcp(_) => TOKEN.get().cloned(),
+        Addr::Unix(_) => None,
+    };
     let channel = match addr {
         Addr::Tcp(uri) => Endpoint::from_shared(uri.clone())?
             .connect_timeout(Duration::from_secs(3))
@@ -82,7 +125,8 @@ pub async fn connect(addr: &Addr) -> Result<TracerClient<Channel>> {
         }
     };
     // Snapshots of a busy node can exceed tonic's 4 MiB default.
-    Ok(TracerClient::new(channel).max_decoding_message_size(64 << 20))
+    Ok(TracerClient::with_interceptor(channel, BearerAuth(token))
+        .max_decoding_message_size(64 << 20))
 }
 
 /// Turns on the deep map tier for `pid` on one agent; returns a one-line result.
