@@ -64,13 +64,28 @@ pub fn count_dropped_message() {
     STREAM_MESSAGES_DROPPED.fetch_add(1, Ordering::Relaxed);
 }
 
+/// Who is on the other end: a TCP peer's address, or a Unix-socket peer's
+/// process (from SO_PEERCRED), so one process flooding the socket cannot
+/// take every connection from the rest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Peer {
+    Ip(IpAddr),
+    Pid(i32),
+}
+
+impl From<IpAddr> for Peer {
+    fn from(ip: IpAddr) -> Self {
+        Peer::Ip(ip)
+    }
+}
+
 /// Slots (open connections of one listener, or open streams) in total and
-/// per peer address.
+/// per peer.
 #[derive(Debug)]
 pub struct Slots {
     max: usize,
     per_peer: usize,
-    open: Mutex<(usize, HashMap<IpAddr, usize>)>,
+    open: Mutex<(usize, HashMap<Peer, usize>)>,
 }
 
 impl Slots {
@@ -84,7 +99,7 @@ impl Slots {
 
     /// A slot for `peer` (None: a Unix socket peer, counted in the total
     /// only), or None when a limit is reached.
-    pub fn admit(self: &Arc<Self>, peer: Option<IpAddr>) -> Option<Slot> {
+    pub fn admit(self: &Arc<Self>, peer: Option<Peer>) -> Option<Slot> {
         let mut g = self.open.lock().unwrap_or_else(|p| p.into_inner());
         if g.0 >= self.max {
             return None;
@@ -121,7 +136,7 @@ impl Slots {
 #[derive(Debug)]
 pub struct Slot {
     limit: Arc<Slots>,
-    peer: Option<IpAddr>,
+    peer: Option<Peer>,
 }
 
 impl Drop for Slot {
@@ -198,27 +213,29 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Counted<T> {
 pub trait Listener: Send + 'static {
     type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
 
-    /// The next connection and its peer's IP address (None for Unix sockets).
-    fn accept(&self) -> impl Future<Output = std::io::Result<(Self::Io, Option<IpAddr>)>> + Send;
+    /// The next connection and its peer (its IP address, or for a Unix
+    /// socket its process when the kernel says).
+    fn accept(&self) -> impl Future<Output = std::io::Result<(Self::Io, Option<Peer>)>> + Send;
 }
 
 impl Listener for tokio::net::TcpListener {
     type Io = tokio::net::TcpStream;
 
-    async fn accept(&self) -> std::io::Result<(Self::Io, Option<IpAddr>)> {
+    async fn accept(&self) -> std::io::Result<(Self::Io, Option<Peer>)> {
         let (s, a) = tokio::net::TcpListener::accept(self).await?;
         // Latency over throughput, as tonic's own listener does.
         let _ = s.set_nodelay(true);
-        Ok((s, Some(a.ip())))
+        Ok((s, Some(Peer::Ip(a.ip()))))
     }
 }
 
 impl Listener for tokio::net::UnixListener {
     type Io = tokio::net::UnixStream;
 
-    async fn accept(&self) -> std::io::Result<(Self::Io, Option<IpAddr>)> {
+    async fn accept(&self) -> std::io::Result<(Self::Io, Option<Peer>)> {
         let (s, _) = tokio::net::UnixListener::accept(self).await?;
-        Ok((s, None))
+        let pid = s.peer_cred().ok().and_then(|c| c.pid());
+        Ok((s, pid.map(Peer::Pid)))
     }
 }
 
@@ -313,8 +330,8 @@ mod tests {
     #[test]
     fn limits_count_total_and_per_peer() {
         let l = Slots::new(3, 2);
-        let a: IpAddr = "10.0.0.1".parse().expect("ip");
-        let b: IpAddr = "10.0.0.2".parse().expect("ip");
+        let a = Peer::Ip("10.0.0.1".parse().expect("ip"));
+        let b = Peer::Pid(42);
         let s1 = l.admit(Some(a)).expect("1");
         let s2 = l.admit(Some(a)).expect("2");
         assert!(l.admit(Some(a)).is_none(), "per-peer limit");

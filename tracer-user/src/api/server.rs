@@ -109,7 +109,7 @@ impl TracerService {
         let tcp = match peer {
             Some(a) => Some(
                 self.tcp_streams
-                    .admit(Some(a.ip()))
+                    .admit(Some(a.ip().into()))
                     .ok_or_else(|| busy("over TCP", &self.tcp_streams))?,
             ),
             None => None,
