@@ -22,6 +22,8 @@ pub struct Frontends {
     pub metrics_top_sites: usize,
     /// Write the last snapshot and every finding as JSON here on exit.
     pub json_report: Option<PathBuf>,
+    /// Push the metrics to an OTLP collector.
+    pub otlp: Option<crate::api::otlp::OtlpOptions>,
 }
 
 /// Findings kept for clients that resume.
@@ -137,6 +139,7 @@ pub async fn spawn_embedded(opts: AgentOptions) -> Result<EmbeddedAgent> {
         tls_client_ca: None,
         metrics_top_sites: 50,
         json_report: None,
+        otlp: None,
     };
     spawn_frontends(hub, &fe, stop_rx.clone())?;
     let mut agent_stop = stop_rx;
@@ -169,6 +172,14 @@ struct FinalReport<'a> {
 pub async fn agent(opts: AgentOptions, fe: Frontends) -> Result<()> {
     let (hub, writer) = hub::channel(initial_info(&opts.node), opts.refresh, FINDINGS_HISTORY);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let otlp = match &fe.otlp {
+        Some(o) => {
+            crate::api::otlp::check_endpoint(o)?;
+            let (hub, o, stop) = (hub.clone(), o.clone(), stop_rx.clone());
+            Some(tokio::spawn(crate::api::otlp::run(hub, o, stop)))
+        }
+        None => None,
+    };
     let frontends = spawn_frontends(hub.clone(), &fe, stop_rx)?;
     let result = run(opts, writer, terminated()).await;
     let _ = stop_tx.send(true);
@@ -176,6 +187,11 @@ pub async fn agent(opts: AgentOptions, fe: Frontends) -> Result<()> {
         Ok(Ok(Err(e))) => tracing::warn!("serving stopped with an error: {e:#}"),
         Ok(Err(e)) => tracing::warn!("serving task failed: {e}"),
         _ => {}
+    }
+    if let Some(t) = otlp
+        && let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_secs(5), t).await
+    {
+        tracing::warn!("OTLP push stopped with an error: {e:#}");
     }
     if let Some(path) = &fe.json_report {
         let snap = hub.snapshot();
