@@ -14,6 +14,7 @@ use std::{
 };
 
 pub mod agent;
+pub mod net;
 
 /// `Tcp: RetransSegs` from the text of a `/proc/net/snmp` (the kernel's own
 /// count of retransmitted segments, for the namespace that read it).

@@ -501,7 +501,7 @@ fn prometheus_scrapes_the_agent_and_every_dashboard_and_alert_query_has_data() -
     let metrics = free_port()?;
     let node = "obs-node";
     let exe_filter = dir.display().to_string();
-    let mut agent = AgentProc::start(&[
+    let agent = AgentProc::start(&[
         "--grpc-listen",
         "off",
         "--unix-socket",

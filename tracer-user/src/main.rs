@@ -307,8 +307,12 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     // The full-screen view owns the terminal: its embedded agent's log lines
     // would scribble over it, so they are off unless TRACER_LOG asks.
+    // The agent is a daemon: its log is the only sign of life an operator
+    // has (what it listens on, that it is ready, what it traces), so it logs
+    // at info by default.
     let default_log = match &cli.command {
         Command::Top(_) => "off",
+        Command::Agent(_) => "info",
         _ => "warn",
     };
     tracing_subscriber::fmt()
@@ -317,6 +321,9 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| default_log.into()),
         )
         .with_writer(std::io::stderr)
+        // Colour codes only for a person at a terminal, never in a log file
+        // or `kubectl logs`.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
     let flags = apply_flag(
         &cli.tcp_hooks,

@@ -5,6 +5,7 @@ use std::fs;
 
 use anyhow::{Result, bail};
 
+const CAP_SYS_PTRACE: u32 = 19;
 const CAP_SYS_ADMIN: u32 = 21;
 const CAP_PERFMON: u32 = 38;
 const CAP_BPF: u32 = 39;
@@ -58,6 +59,20 @@ pub fn check() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// For the agent, which opens the binaries of every user's processes:
+/// without CAP_SYS_PTRACE the kernel lets it open `/proc/PID/exe` only for
+/// processes of its own user that hold no capability it lacks, so the rest
+/// would go untraced in silence.
+pub fn warn_without_ptrace() {
+    if let Ok(caps) = effective_caps()
+        && caps & (1u64 << CAP_SYS_PTRACE) == 0
+    {
+        tracing::warn!(
+            "running without CAP_SYS_PTRACE: processes of other users, or with capabilities the agent lacks, cannot be traced (their executables cannot be opened); they are counted as processes_unreadable"
+        );
+    }
 }
 
 #[cfg(test)]

@@ -137,6 +137,8 @@ pub struct AgentOptions {
 /// How often `/proc` is rescanned, in case the kernel dropped exec events.
 const RESCAN: Duration = Duration::from_secs(10);
 use crate::tcp::TCP_DRAIN;
+/// Bound of the set of live pids already counted as unreadable.
+const MAX_DENIED_PIDS: usize = 65_536;
 /// Processes remembered as failed (newest kept).
 const MAX_FAILED: usize = 256;
 /// Closed flows kept per process for display; older ones count only in totals.
@@ -207,6 +209,10 @@ pub struct Agent {
     started: Instant,
     /// Go processes gone before their probes were live.
     missed: u64,
+    /// Selected processes whose executable could not be opened (permission).
+    unreadable: u64,
+    /// Live pids counted in `unreadable`, so a rescan does not count them again.
+    denied_pids: HashSet<u32>,
     /// Binaries being analysed, with the processes waiting for them.
     jobs: HashMap<(u64, u64), Vec<Seen>>,
     /// Filter tables of binaries with live probes, shared with the
@@ -264,6 +270,7 @@ impl Agent {
     /// Loads the node-wide programs and publishes the agent's info.
     pub fn start(opts: AgentOptions, hub: HubWriter) -> Result<(Self, ProcEvents)> {
         privileges::check()?;
+        privileges::warn_without_ptrace();
         let (job_tx, job_rx) = tokio::sync::mpsc::unbounded_channel();
         kernelfs::ensure_tracefs()?;
         let mut shared = Tracer::load_sized(opts.session.tcp, SHARED_TABLES)
@@ -339,6 +346,8 @@ impl Agent {
                 generation: 0,
                 started: Instant::now(),
                 missed: 0,
+                unreadable: 0,
+                denied_pids: HashSet::new(),
                 jobs: HashMap::new(),
                 fast: FastIndex::default(),
                 job_tx,
@@ -387,7 +396,10 @@ impl Agent {
             return;
         }
         let Some((file, devino)) = w.binary.take() else {
-            // Gone before it could be opened, or not readable.
+            if w.denied {
+                self.denied(&w);
+            }
+            // Otherwise gone before it could be opened.
             return;
         };
         match self.binaries.get(devino) {
@@ -496,6 +508,28 @@ impl Agent {
             && let Some(bs) = self.sessions.get_mut(&(dev, ino, 0))
         {
             bs.session.remove_pid(w.pid);
+        }
+    }
+
+    /// A selected process whose binary the agent may not open: counted, and
+    /// said in the log (the first time, then every 1000th) instead of being
+    /// passed over in silence.
+    fn denied(&mut self, w: &Seen) {
+        // The periodic rescan sees a live process again: count it once.
+        if self.denied_pids.len() >= MAX_DENIED_PIDS {
+            self.denied_pids.clear();
+        }
+        if !self.denied_pids.insert(w.pid) {
+            return;
+        }
+        self.unreadable += 1;
+        if self.unreadable % 1000 == 1 {
+            tracing::warn!(
+                "pid {} ({}): cannot open its executable (permission denied); {} process(es) so far. The agent needs CAP_SYS_PTRACE to trace processes of other users or with capabilities it lacks",
+                w.pid,
+                w.comm,
+                self.unreadable
+            );
         }
     }
 
@@ -636,6 +670,7 @@ impl Agent {
     /// (at the next refresh), so a burst of exits never delays the handling
     /// of the execs queued behind them.
     pub fn exited(&mut self, pid: u32) {
+        self.denied_pids.remove(&pid);
         self.failed.retain(|f| f.pid != pid);
         if let Some(t) = self.traced.get_mut(&pid)
             && t.info.state != ProcState::Exited
@@ -869,6 +904,7 @@ impl Agent {
                 processes_traced: self.traced.len() as u32,
                 processes_failed: self.failed.len() as u32,
                 processes_missed: self.missed,
+                processes_unreadable: self.unreadable,
                 events_lost: lost + tcp_lost + discovery::lost(&self.shared),
                 map_evictions: evictions,
                 probe_hits,

@@ -182,6 +182,10 @@ pub struct Seen {
     pub ns_pid: u32,
     /// The binary, opened while the process lived, and its (device, inode).
     pub binary: Option<(std::fs::File, (u64, u64))>,
+    /// The binary could not be opened for lack of permission (the agent
+    /// lacks CAP_SYS_PTRACE and the process runs as another user), as
+    /// opposed to a process that was simply gone.
+    pub denied: bool,
     /// Already added to its binary's filter tables by the discovery thread.
     pub fast: bool,
 }
@@ -197,7 +201,9 @@ impl Seen {
         pods: Option<&crate::pods::PodIndex>,
         select: &dyn Fn(&Seen) -> bool,
     ) -> Self {
-        let binary = open_exe(pid).ok();
+        let opened = open_exe(pid);
+        let denied = matches!(&opened, Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied);
+        let binary = opened.ok();
         let exe = procfs::exe_display(pid);
         let comm = procfs::comm(pid).unwrap_or_else(|| {
             exe.rsplit('/')
@@ -220,6 +226,7 @@ impl Seen {
             labels,
             ns_pid,
             binary,
+            denied,
             fast: false,
         };
         if let Some((_, devino)) = &seen.binary

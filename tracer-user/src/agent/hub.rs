@@ -69,6 +69,9 @@ pub struct Health {
     /// Go processes that exited before their probes were live (a program
     /// shorter than the first attach of its binary, ~0.1 s).
     pub processes_missed: u64,
+    /// Selected processes whose executable the agent may not open (it lacks
+    /// CAP_SYS_PTRACE and they run as another user).
+    pub processes_unreadable: u64,
     /// Events the kernel side could not deliver or keep.
     pub events_lost: u64,
     /// Entries evicted from bounded kernel tables.

@@ -57,6 +57,8 @@ pub fn health(h: &Health) -> pb::AgentHealth {
         bpf_run_time_ns: h.bpf_run_time_ns,
         processes_failed: h.processes_failed,
         rss_bytes: h.rss_bytes,
+        processes_missed: h.processes_missed,
+        processes_unreadable: h.processes_unreadable,
     }
 }
 

@@ -499,6 +499,18 @@ pub fn all_families(snap: &NodeSnapshot, top_sites: usize) -> Vec<Family> {
             one(Value::Int(h.events_lost)),
         ),
         family(
+            "tracer_agent_processes_missed",
+            "Go processes that exited before their probes were live (nothing of them was recorded).",
+            Kind::Counter,
+            one(Value::Int(h.processes_missed)),
+        ),
+        family(
+            "tracer_agent_processes_unreadable",
+            "Selected processes whose executable the agent may not open (it lacks CAP_SYS_PTRACE).",
+            Kind::Counter,
+            one(Value::Int(h.processes_unreadable)),
+        ),
+        family(
             "tracer_agent_map_evictions",
             "Entries evicted from the kernel's bounded LRU tables.",
             Kind::Counter,
@@ -821,7 +833,9 @@ mod tests {
 
     #[test]
     fn tcp_and_agent_metrics() {
-        let text = render(Arc::new(snapshot()), 50).expect("render");
+        let mut snap = snapshot();
+        snap.health.processes_missed = 7;
+        let text = render(Arc::new(snap), 50).expect("render");
         let samples = parse(&text);
         let rtt = histograms(&samples, "tracer_tcp_rtt_seconds");
         check_structure(&rtt);
@@ -857,11 +871,17 @@ mod tests {
             "tracer_agent_probe_hits_total",
             "tracer_agent_events_lost_total",
             "tracer_agent_map_evictions_total",
+            "tracer_agent_processes_missed_total",
+            "tracer_agent_processes_unreadable_total",
             "tracer_agent_bpf_run_time_seconds_total",
             "tracer_agent_processes",
             "tracer_agent_rss_bytes",
         ] {
             assert!(value(n, None).is_some(), "{n} missing:\n{text}");
         }
+        assert_eq!(
+            value("tracer_agent_processes_missed_total", None),
+            Some(7.0)
+        );
     }
 }

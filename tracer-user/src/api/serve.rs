@@ -122,6 +122,25 @@ fn remove_stale_socket(path: &Path) -> Result<()> {
     }
 }
 
+/// Creates the socket's directory when it is missing (`/run/tracer` does not
+/// exist on a fresh node: `/run` is a tmpfs), owner-only so that the 0600
+/// socket inside is not the only guard. An existing directory is left as it
+/// is: it may be a volume the operator mounted with its own mode.
+fn ensure_socket_dir(path: &Path) -> Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) else {
+        return Ok(());
+    };
+    if dir.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating the socket directory {}", dir.display()))
+}
+
 /// For the CLI: a gRPC or metrics address that is not loopback exposes the
 /// node's process data, so it is refused unless the user asked for remote
 /// access explicitly (`allow_remote`).
@@ -159,6 +178,7 @@ pub async fn bind(opts: &ServeOptions) -> Result<Bound> {
     };
     let unix = match &opts.unix_socket {
         Some(p) => {
+            ensure_socket_dir(p)?;
             remove_stale_socket(p)?;
             let l = UnixListener::bind(p)
                 .with_context(|| format!("binding gRPC on Unix socket {}", p.display()))?;

@@ -73,12 +73,11 @@ async fn terminated() {
     }
 }
 
-/// Starts the front ends on `hub`; they stop when `stop` fires.
-fn spawn_frontends(
-    hub: Hub,
-    fe: &Frontends,
-    mut stop: tokio::sync::watch::Receiver<bool>,
-) -> Result<tokio::task::JoinHandle<Result<()>>> {
+/// Binds every front end in `fe` now, before any probe is loaded, so that a
+/// bad address or a missing socket directory fails start-up with its reason
+/// instead of leaving an agent that traces but serves nothing. `None` when
+/// every front end is off (a run that only writes --json-report).
+async fn bind_frontends(fe: &Frontends) -> Result<Option<crate::api::Bound>> {
     let tls = match (&fe.tls_cert, &fe.tls_key) {
         (Some(cert), Some(key)) => Some(crate::api::TlsOptions {
             cert: cert.clone(),
@@ -88,8 +87,7 @@ fn spawn_frontends(
         _ => None,
     };
     if fe.grpc_tcp.is_none() && fe.unix_socket.is_none() && fe.metrics.is_none() {
-        // Everything off (e.g. a run that only writes --json-report).
-        return Ok(tokio::spawn(async { Ok(()) }));
+        return Ok(None);
     }
     let opts = crate::api::ServeOptions {
         grpc_tcp: fe.grpc_tcp,
@@ -98,9 +96,32 @@ fn spawn_frontends(
         tls,
         metrics_top_sites: fe.metrics_top_sites,
     };
-    Ok(tokio::spawn(crate::api::serve(hub, opts, async move {
-        let _ = stop.wait_for(|s| *s).await;
-    })))
+    crate::api::bind(&opts).await.map(Some)
+}
+
+/// Serves `bound` on `hub` until `stop` fires. If an endpoint fails, `failed`
+/// fires, so the caller stops tracing instead of running on deaf.
+fn spawn_frontends(
+    hub: Hub,
+    bound: Option<crate::api::Bound>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    failed: tokio::sync::oneshot::Sender<()>,
+) -> tokio::task::JoinHandle<Result<()>> {
+    tokio::spawn(async move {
+        let Some(bound) = bound else {
+            return Ok(());
+        };
+        let r = bound
+            .serve(hub, async move {
+                let _ = stop.wait_for(|s| *s).await;
+            })
+            .await;
+        if let Err(e) = &r {
+            tracing::error!("serving failed, stopping the agent: {e:#}");
+            let _ = failed.send(());
+        }
+        r
+    })
 }
 
 /// An agent running inside this process (for `tracer top` without
@@ -141,7 +162,9 @@ pub async fn spawn_embedded(opts: AgentOptions) -> Result<EmbeddedAgent> {
         json_report: None,
         otlp: None,
     };
-    spawn_frontends(hub, &fe, stop_rx.clone())?;
+    let bound = bind_frontends(&fe).await?;
+    let (failed, _) = tokio::sync::oneshot::channel();
+    spawn_frontends(hub, bound, stop_rx.clone(), failed);
     let mut agent_stop = stop_rx;
     tokio::spawn(async move {
         let stopped = async move {
@@ -151,13 +174,6 @@ pub async fn spawn_embedded(opts: AgentOptions) -> Result<EmbeddedAgent> {
             tracing::error!("embedded agent stopped: {e:#}");
         }
     });
-    // The server binds in its task; wait until the socket exists.
-    for _ in 0..100 {
-        if socket.exists() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
     Ok(EmbeddedAgent { socket, stop })
 }
 
@@ -168,8 +184,11 @@ struct FinalReport<'a> {
     findings: Vec<&'a hub::FindingRecord>,
 }
 
-/// Runs the agent until SIGTERM/Ctrl-C.
+/// Runs the agent until SIGTERM/Ctrl-C (then Ok), or until a front end
+/// fails (then its error, so the process exits non-zero and its supervisor
+/// restarts it).
 pub async fn agent(opts: AgentOptions, fe: Frontends) -> Result<()> {
+    let bound = bind_frontends(&fe).await?;
     let (hub, writer) = hub::channel(initial_info(&opts.node), opts.refresh, FINDINGS_HISTORY);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let otlp = match &fe.otlp {
@@ -180,14 +199,24 @@ pub async fn agent(opts: AgentOptions, fe: Frontends) -> Result<()> {
         }
         None => None,
     };
-    let frontends = spawn_frontends(hub.clone(), &fe, stop_rx)?;
-    let result = run(opts, writer, terminated()).await;
+    let (failed_tx, failed_rx) = tokio::sync::oneshot::channel();
+    let frontends = spawn_frontends(hub.clone(), bound, stop_rx, failed_tx);
+    let shutdown = async move {
+        tokio::select! {
+            () = terminated() => {}
+            Ok(()) = failed_rx => {}
+        }
+    };
+    let result = run(opts, writer, shutdown).await;
     let _ = stop_tx.send(true);
-    match tokio::time::timeout(Duration::from_secs(5), frontends).await {
-        Ok(Ok(Err(e))) => tracing::warn!("serving stopped with an error: {e:#}"),
-        Ok(Err(e)) => tracing::warn!("serving task failed: {e}"),
-        _ => {}
-    }
+    let served = match tokio::time::timeout(Duration::from_secs(5), frontends).await {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => Err(anyhow::anyhow!("serving task failed: {e}")),
+        Err(_) => {
+            tracing::warn!("front ends did not stop within 5 s");
+            Ok(())
+        }
+    };
     if let Some(t) = otlp
         && let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_secs(5), t).await
     {
@@ -204,5 +233,5 @@ pub async fn agent(opts: AgentOptions, fe: Frontends) -> Result<()> {
         std::fs::write(path, json)
             .with_context(|| format!("writing JSON report to {}", path.display()))?;
     }
-    result
+    result.and(served)
 }

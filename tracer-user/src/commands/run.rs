@@ -57,9 +57,62 @@ fn pipe() -> Result<(std::fs::File, std::fs::File)> {
     })
 }
 
+/// The signals that end a `tracer run`. They are caught from the start, so
+/// none of them kills tracer with the program still held at its gate or
+/// running untraced; once the program runs they are passed on to it, and
+/// tracer reports after it has exited.
+struct Stops {
+    term: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Stops {
+    fn new() -> Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("catching SIGTERM")?,
+            hup: signal(SignalKind::hangup()).context("catching SIGHUP")?,
+            int: signal(SignalKind::interrupt()).context("catching SIGINT")?,
+        })
+    }
+
+    /// The next signal received.
+    async fn next(&mut self) -> i32 {
+        tokio::select! {
+            _ = self.term.recv() => libc::SIGTERM,
+            _ = self.hup.recv() => libc::SIGHUP,
+            _ = self.int.recv() => libc::SIGINT,
+        }
+    }
+
+    /// A signal already received, without waiting.
+    async fn pending(&mut self) -> Option<i32> {
+        tokio::select! {
+            biased;
+            sig = self.next() => Some(sig),
+            () = std::future::ready(()) => None,
+        }
+    }
+}
+
+/// Whether `sig`, received by tracer, must be sent on to the program. A
+/// Ctrl-C at the terminal already reaches the whole foreground process
+/// group, program included: sending it again could make a program that
+/// counts interrupts exit without its own clean-up.
+fn forward(sig: i32) -> bool {
+    if sig != libc::SIGINT {
+        return true;
+    }
+    // SAFETY: getpgrp and tcgetpgrp only read process state.
+    let foreground = unsafe { libc::tcgetpgrp(libc::STDIN_FILENO) == libc::getpgrp() };
+    !foreground
+}
+
 /// Runs the program under the tracer and returns the exit code tracer should exit
 /// with: the program's own (128 + signal when it was killed).
 pub async fn run(program: &Path, args: &[OsString], out: &OutputOptions) -> Result<i32> {
+    let mut stops = Stops::new()?;
     let path = resolve_program(program)?;
     let bin = GoBinary::open(&path).with_context(|| format!("{}", path.display()))?;
     privileges::check()?;
@@ -70,32 +123,66 @@ pub async fn run(program: &Path, args: &[OsString], out: &OutputOptions) -> Resu
     // reports its pid through a second pipe before it blocks on the gate.
     let (gate_rd, gate_wr) = pipe()?;
     let (mut pid_rd, pid_wr) = pipe()?;
-    let (rd, wr) = (gate_rd.as_raw_fd(), pid_wr.as_raw_fd());
+    let (rd, wr, gate_wr_fd) = (gate_rd.as_raw_fd(), pid_wr.as_raw_fd(), gate_wr.as_raw_fd());
+    let parent = std::process::id();
     let mut cmd = std::process::Command::new(&path);
     cmd.args(args);
-    // SAFETY: the closure only calls getpid(2), write(2) and read(2), which are
-    // async-signal-safe, on fds that stay open until exec.
+    // SAFETY: the closure only calls prctl(2), getppid(2), close(2),
+    // getpid(2), write(2) and read(2), which are async-signal-safe, on fds
+    // that stay open until exec.
     unsafe {
         cmd.pre_exec(move || {
+            // The program dies with tracer (with the thread that forked it,
+            // which lives until the program is reaped): never left held at
+            // the gate, nor running on untraced after tracer was killed.
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() as u32 != parent {
+                return Err(std::io::Error::other(
+                    "tracer exited before the program started",
+                ));
+            }
+            // Our copy of the gate's write end: closed, so tracer's exit is EOF.
+            libc::close(gate_wr_fd);
             let pid = libc::getpid().to_ne_bytes();
             if libc::write(wr, pid.as_ptr().cast(), pid.len()) != pid.len() as isize {
                 return Err(std::io::Error::last_os_error());
             }
             let mut b = 0u8;
             loop {
-                let n = libc::read(rd, (&raw mut b).cast(), 1);
-                if n >= 0 || *libc::__errno_location() != libc::EINTR {
-                    return Ok(());
+                match libc::read(rd, (&raw mut b).cast(), 1) {
+                    1 => return Ok(()),
+                    // EOF: tracer gave up (or died) without opening the gate.
+                    0 => return Err(std::io::Error::other("tracer did not release the program")),
+                    _ if *libc::__errno_location() == libc::EINTR => {}
+                    _ => return Err(std::io::Error::last_os_error()),
                 }
             }
         });
     }
-    let spawner = tokio::task::spawn_blocking(move || {
-        let child = cmd.spawn();
-        // Dropped only now, so the pid read below sees EOF if fork failed.
-        drop((gate_rd, pid_wr));
-        child
-    });
+    // The child is forked, and later reaped, by one dedicated thread: the
+    // death signal above follows the forking thread, and a pooled blocking
+    // thread may exit while the program still runs.
+    let (spawned_tx, spawned_rx) = tokio::sync::oneshot::channel();
+    let (exited_tx, exited_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("tracer-run-child".into())
+        .spawn(move || {
+            let child = cmd.spawn();
+            // Dropped only now, so the pid read below sees EOF if fork failed.
+            drop((gate_rd, pid_wr));
+            match child {
+                Err(e) => {
+                    let _ = spawned_tx.send(Err(e));
+                }
+                Ok(mut c) => {
+                    let _ = spawned_tx.send(Ok(()));
+                    let _ = exited_tx.send(c.wait());
+                }
+            }
+        })
+        .context("starting the program's thread")?;
     let pid = tokio::task::spawn_blocking(move || {
         let mut b = [0u8; 4];
         pid_rd.read_exact(&mut b).map(|()| u32::from_ne_bytes(b))
@@ -106,11 +193,17 @@ pub async fn run(program: &Path, args: &[OsString], out: &OutputOptions) -> Resu
         Ok(p) => p,
         Err(e) => {
             // spawn failed; its own error is the better message.
-            return Err(match spawner.await? {
-                Err(se) => anyhow::Error::new(se).context(format!("starting {}", path.display())),
-                Ok(_) => e,
+            return Err(match spawned_rx.await {
+                Ok(Err(se)) => {
+                    anyhow::Error::new(se).context(format!("starting {}", path.display()))
+                }
+                _ => e,
             });
         }
+    };
+    let kill = |sig: i32| {
+        // SAFETY: kill(2) on our own child, not yet reaped (its thread reaps it).
+        unsafe { libc::kill(pid as i32, sig) };
     };
 
     let exe = path
@@ -122,24 +215,29 @@ pub async fn run(program: &Path, args: &[OsString], out: &OutputOptions) -> Resu
     // this pid in the kernel: a pid-scoped uprobe taken before exec would be bound
     // to the pre-exec address space.
     let session = Session::start(tracer, bin, &path, pid, exe, Scope::AllProcesses, out);
-    // Open the gate: the child execs the Go program now. A byte, not EOF: the
-    // child holds its own copy of the write end until exec.
+    if let Some(sig) = stops.pending().await {
+        // Stopped while the probes were being placed: the program never ran.
+        drop(gate_wr);
+        kill(libc::SIGKILL);
+        let _ = exited_rx.await;
+        return Ok(128 + sig);
+    }
+    // Open the gate: the child execs the Go program now. A byte, not EOF: EOF
+    // tells the child to give up.
     let released = (&gate_wr).write_all(&[1]);
     drop(gate_wr);
-    let mut child = spawner
-        .await?
-        .with_context(|| format!("starting {}", path.display()))?;
+    let started = spawned_rx.await.context("the program's thread ended")?;
+    started.with_context(|| format!("starting {}", path.display()))?;
     let mut session =
         match session.and_then(|s| released.map(|()| s).context("releasing the program")) {
             Ok(s) => s,
             Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
+                kill(libc::SIGKILL);
+                let _ = exited_rx.await;
                 return Err(e);
             }
         };
-    let waiter = tokio::task::spawn_blocking(move || child.wait());
-    tokio::pin!(waiter);
+    tokio::pin!(exited_rx);
 
     let mut tick = tokio::time::interval(out.interval.max(Duration::from_millis(100)));
     tick.tick().await;
@@ -147,13 +245,15 @@ pub async fn run(program: &Path, args: &[OsString], out: &OutputOptions) -> Resu
     let mut drain = tokio::time::interval(crate::tcp::TCP_DRAIN);
     let status = loop {
         tokio::select! {
-            st = &mut waiter => break st?.context("waiting for the program")?,
+            st = &mut exited_rx => break st.context("the program's thread ended")?.context("waiting for the program")?,
             _ = tick.tick(), if out.live => session.print_live(out),
             _ = scan.tick() => session.scan_stuck(out.stuck_threshold),
             _ = drain.tick() => session.drain_tcp(),
-            // Ctrl-C reaches the program too (same process group); keep tracing
-            // until it has exited so its final waits are counted.
-            _ = tokio::signal::ctrl_c() => {}
+            // Passed on to the program; tracing goes on until it has exited,
+            // so its final waits are counted and the report is complete.
+            sig = stops.next() => if forward(sig) {
+                kill(sig);
+            },
         }
     };
     session.settle_stuck();

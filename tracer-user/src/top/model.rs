@@ -257,6 +257,7 @@ pub struct HookView {
 pub struct HealthView {
     pub processes_traced: u32,
     pub processes_failed: u32,
+    pub processes_missed: u64,
     pub events_lost: u64,
     pub map_evictions: u64,
     pub probe_hits: u64,
@@ -269,6 +270,7 @@ impl HealthView {
         Self {
             processes_traced: h.processes_traced,
             processes_failed: h.processes_failed,
+            processes_missed: h.processes_missed,
             events_lost: h.events_lost,
             map_evictions: h.map_evictions,
             probe_hits: h.probe_hits,

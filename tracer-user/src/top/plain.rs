@@ -16,12 +16,13 @@ pub fn tables(view: &MergedSnapshot, filter: &Filter, top: usize) -> String {
     for a in &view.agents {
         let _ = writeln!(
             out,
-            "AGENT {} ({}) {}: procs {} ({} failed), events lost {}, evicted {}, dropped {}",
+            "AGENT {} ({}) {}: procs {} ({} failed, {} missed), events lost {}, evicted {}, dropped {}",
             a.node,
             a.addr,
             a.connection,
             a.health.processes_traced,
             a.health.processes_failed,
+            a.health.processes_missed,
             a.health.events_lost,
             a.health.map_evictions,
             a.dropped

@@ -418,9 +418,10 @@ fn draw_status(f: &mut Frame, app: &App, area: Rect) {
             };
             let attached = a.hooks.iter().filter(|h| h.status == "attached").count();
             let health = format!(
-                " procs {} ({} failed)  lost {}  evicted {}  dropped {}  hooks {}/{}",
+                " procs {} ({} failed, {} missed)  lost {}  evicted {}  dropped {}  hooks {}/{}",
                 a.health.processes_traced,
                 a.health.processes_failed,
+                a.health.processes_missed,
                 a.health.events_lost,
                 a.health.map_evictions,
                 a.dropped,

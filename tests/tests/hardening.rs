@@ -1,0 +1,548 @@
+//! Regression tests for the agent's start-up and visibility defects (issue
+//! "Hardening"): each reproduces what an operator saw on a fresh node.
+//!
+//! - The default Unix socket lives in `/run/tracer`, which does not exist on
+//!   a fresh node: the agent must create it, serve, and say so at the
+//!   default log level, without terminal colour codes in a log file.
+//! - An endpoint that cannot bind must fail start-up, with its address,
+//!   before any probe is loaded (it used to trace on, serving nothing).
+//! - Without CAP_SYS_PTRACE, processes of other users cannot be opened: the
+//!   agent must warn and count them instead of passing them over in silence.
+
+use std::{
+    os::unix::fs::{FileTypeExt, PermissionsExt},
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail, ensure};
+use tracer_tests::{
+    Variant, build_fixture, go_toolchains,
+    net::{KillOnDrop, free_addr, http_get, metric_value},
+    privileged_tests_enabled, tracer_bin,
+};
+
+/// A fresh directory for one test, removed first if an earlier run left it.
+fn scratch(name: &str) -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("tracer-hardening-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+fn read(path: &Path) -> String {
+    std::fs::read_to_string(path).unwrap_or_default()
+}
+
+/// Waits until `/readyz` on `metrics` answers 200, failing early if the
+/// agent exits.
+fn wait_ready(agent: &mut KillOnDrop, metrics: std::net::SocketAddr, log: &Path) -> Result<()> {
+    let t0 = Instant::now();
+    loop {
+        if let Some(st) = agent.0.try_wait()? {
+            bail!("agent exited ({st}) before it was ready:\n{}", read(log));
+        }
+        if http_get(metrics, "/readyz").is_some_and(|(c, _)| c == 200) {
+            return Ok(());
+        }
+        ensure!(
+            t0.elapsed() < Duration::from_secs(30),
+            "agent not ready within 30 s:\n{}",
+            read(log)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// SIGTERM, then the exit status (within 30 s).
+fn terminate(mut agent: KillOnDrop, log: &Path) -> Result<std::process::ExitStatus> {
+    // SAFETY: plain kill(2) on our own child.
+    unsafe { libc::kill(agent.0.id() as i32, libc::SIGTERM) };
+    let t0 = Instant::now();
+    loop {
+        if let Some(st) = agent.0.try_wait()? {
+            return Ok(st);
+        }
+        ensure!(
+            t0.elapsed() < Duration::from_secs(30),
+            "agent still running 30 s after SIGTERM:\n{}",
+            read(log)
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn agent_on_a_fresh_node_creates_its_socket_directory_serves_and_says_so() -> Result<()> {
+    if !privileged_tests_enabled("agent_on_a_fresh_node") {
+        return Ok(());
+    }
+    let dir = scratch("fresh")?;
+    // As on a fresh node: neither run/ nor run/tracer/ exists.
+    let socket = dir.join("run/tracer/tracer.sock");
+    let metrics = free_addr()?;
+    let log = dir.join("agent.log");
+    let agent = Command::new(tracer_bin()?)
+        .args(["agent", "--grpc-listen", "off", "--unix-socket"])
+        .arg(&socket)
+        .args(["--metrics-listen", &metrics.to_string()])
+        // The default log level, as the DaemonSet runs it.
+        .env_remove("TRACER_LOG")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()
+        .context("starting tracer agent")?;
+    let mut agent = KillOnDrop(agent);
+    wait_ready(&mut agent, metrics, &log)?;
+
+    let meta = std::fs::symlink_metadata(&socket)
+        .with_context(|| format!("no socket at {}:\n{}", socket.display(), read(&log)))?;
+    ensure!(
+        meta.file_type().is_socket(),
+        "{} is not a socket",
+        socket.display()
+    );
+    let parent = socket.parent().context("socket dir")?;
+    let mode = std::fs::metadata(parent)?.permissions().mode() & 0o777;
+    ensure!(mode == 0o700, "socket directory mode {mode:o}, want 700");
+
+    // The socket really serves gRPC: a client gets the agent's snapshot.
+    let top = Command::new(tracer_bin()?)
+        .args([
+            "top",
+            "--once",
+            "--json",
+            "--interval",
+            "200ms",
+            "--connect",
+        ])
+        .arg(format!("unix:{}", socket.display()))
+        .output()
+        .context("running tracer top")?;
+    ensure!(
+        top.status.success(),
+        "tracer top over the socket failed: {}",
+        String::from_utf8_lossy(&top.stderr)
+    );
+    let round: serde_json::Value = serde_json::from_slice(
+        top.stdout
+            .split(|b| *b == b'\n')
+            .find(|l| !l.is_empty())
+            .context("tracer top printed nothing")?,
+    )
+    .context("parsing tracer top --json")?;
+    ensure!(
+        round["agents"][0]["connection"]["state"] == "connected",
+        "top did not connect over the socket: {round}"
+    );
+
+    let text = read(&log);
+    for needle in [
+        format!("gRPC listening on unix:{}", socket.display()),
+        format!("metrics on http://{metrics}/metrics"),
+        "agent ready".to_string(),
+    ] {
+        ensure!(
+            text.contains(&needle),
+            "default-level log lacks {needle:?}:\n{text}"
+        );
+    }
+    ensure!(
+        !text.contains('\u{1b}'),
+        "log written to a file carries ANSI escape codes:\n{text:?}"
+    );
+
+    let status = terminate(agent, &log)?;
+    ensure!(status.success(), "SIGTERM gave {status}:\n{}", read(&log));
+    ensure!(!socket.exists(), "socket left behind after a clean stop");
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// Runs `tracer agent ARGS` that must fail at start-up: its exit status and
+/// stderr. Needs no privilege: endpoints are bound before anything loads.
+fn failed_start(args: &[&str]) -> Result<(std::process::ExitStatus, String)> {
+    let t0 = Instant::now();
+    let mut child = KillOnDrop(
+        Command::new(tracer_bin()?)
+            .arg("agent")
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting tracer agent")?,
+    );
+    let status = loop {
+        if let Some(st) = child.0.try_wait()? {
+            break st;
+        }
+        ensure!(
+            t0.elapsed() < Duration::from_secs(10),
+            "agent {args:?} still running after 10 s: it must refuse to start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    if let Some(mut e) = child.0.stderr.take() {
+        use std::io::Read;
+        e.read_to_string(&mut err)?;
+    }
+    Ok((status, err))
+}
+
+#[test]
+fn agent_refuses_to_start_when_an_endpoint_cannot_bind() -> Result<()> {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = taken.local_addr()?.to_string();
+    for (args, names) in [
+        (
+            vec![
+                "--grpc-listen",
+                &addr,
+                "--unix-socket",
+                "off",
+                "--metrics-listen",
+                "off",
+            ],
+            format!("binding gRPC on {addr}"),
+        ),
+        (
+            vec![
+                "--grpc-listen",
+                "off",
+                "--unix-socket",
+                "off",
+                "--metrics-listen",
+                &addr,
+            ],
+            format!("binding metrics on {addr}"),
+        ),
+        (
+            // A directory that cannot be created (/proc refuses mkdir).
+            vec![
+                "--grpc-listen",
+                "off",
+                "--unix-socket",
+                "/proc/tracer-test/tracer.sock",
+                "--metrics-listen",
+                "off",
+            ],
+            "creating the socket directory /proc/tracer-test".to_string(),
+        ),
+    ] {
+        let (status, err) = failed_start(&args)?;
+        ensure!(
+            status.code() == Some(1),
+            "agent {args:?} exited with {status}, want 1:\n{err}"
+        );
+        ensure!(
+            err.contains(&names),
+            "error for {args:?} does not say {names:?}:\n{err}"
+        );
+        ensure!(
+            !err.contains("agent ready"),
+            "agent {args:?} got ready although it could not serve:\n{err}"
+        );
+    }
+    drop(taken);
+    Ok(())
+}
+
+#[test]
+fn agent_without_cap_sys_ptrace_counts_the_processes_it_may_not_open() -> Result<()> {
+    if !privileged_tests_enabled("agent_without_cap_sys_ptrace") {
+        return Ok(());
+    }
+    let tc = go_toolchains()?.pop().context("no Go")?;
+    let fixture = build_fixture(&tc, "contention", Variant::Plain)?;
+    let dir = scratch("ptrace")?;
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
+    // A name of its own, so the agent's --comm filter selects only it.
+    let bin = dir.join("hardnoptrace");
+    std::fs::copy(&fixture, &bin)?;
+    std::fs::set_permissions(&bin, std::fs::Permissions::from_mode(0o755))?;
+    let metrics = free_addr()?;
+    let log = dir.join("agent.log");
+    // The agent as root, but without CAP_SYS_PTRACE (dropped from the
+    // bounding set before exec, so root's exec does not regain it).
+    let agent = Command::new("setpriv")
+        .args(["--bounding-set=-sys_ptrace", "--inh-caps=-sys_ptrace", "--"])
+        .arg(tracer_bin()?)
+        .args(["agent", "--grpc-listen", "off", "--unix-socket", "off"])
+        .args(["--metrics-listen", &metrics.to_string()])
+        .args(["--comm", "hardnoptrace", "--refresh", "200ms"])
+        .env("TRACER_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()
+        .context("starting tracer agent under setpriv")?;
+    let mut agent = KillOnDrop(agent);
+    wait_ready(&mut agent, metrics, &log)?;
+    ensure!(
+        read(&log).contains("running without CAP_SYS_PTRACE"),
+        "no start-up warning about CAP_SYS_PTRACE:\n{}",
+        read(&log)
+    );
+
+    let unreadable = || -> f64 {
+        http_get(metrics, "/metrics")
+            .and_then(|(_, body)| metric_value(&body, "tracer_agent_processes_unreadable_total"))
+            .unwrap_or(-1.0)
+    };
+    ensure!(
+        unreadable() == 0.0,
+        "unreadable before any process ran: {}",
+        unreadable()
+    );
+
+    // The same binary as another user: the agent may not open it.
+    let nobody = KillOnDrop(
+        Command::new("setpriv")
+            .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+            .arg(&bin)
+            .args(["-g", "2", "-m", "2000", "-hold", "1ms"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting the fixture as uid 65534")?,
+    );
+    let pid = nobody.0.id();
+    let t0 = Instant::now();
+    while unreadable() < 1.0 {
+        ensure!(
+            t0.elapsed() < Duration::from_secs(15),
+            "the other user's process was not counted as unreadable (metric {}):\n{}",
+            unreadable(),
+            read(&log)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let text = read(&log);
+    ensure!(
+        text.contains(&format!(
+            "pid {pid} (hardnoptrace): cannot open its executable"
+        )),
+        "the log does not name pid {pid}:\n{text}"
+    );
+    ensure!(
+        !text.contains(&format!("tracing pid {pid} ")),
+        "pid {pid} reported as traced although it could not be opened:\n{text}"
+    );
+    drop(nobody);
+
+    // Control: the same binary run with the agent's own credentials (root,
+    // without CAP_SYS_PTRACE: a process holding a capability the agent lacks
+    // is refused too) is traced.
+    let root = KillOnDrop(
+        Command::new("setpriv")
+            .args(["--bounding-set=-sys_ptrace", "--inh-caps=-sys_ptrace", "--"])
+            .arg(&bin)
+            .args(["-g", "2", "-m", "2000", "-hold", "1ms"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?,
+    );
+    let pid = root.0.id();
+    let t0 = Instant::now();
+    while !read(&log).contains(&format!("tracing pid {pid} ")) {
+        ensure!(
+            t0.elapsed() < Duration::from_secs(15),
+            "root's process of the same binary was not traced:\n{}",
+            read(&log)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    ensure!(
+        unreadable() == 1.0,
+        "unreadable count {} after the control",
+        unreadable()
+    );
+    drop(root);
+    let status = terminate(agent, &log)?;
+    ensure!(status.success(), "SIGTERM gave {status}:\n{}", read(&log));
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// Pids of the live processes whose environment holds `TRACER_MARK=mark`:
+/// tracer and its child, which before exec is a copy of tracer.
+fn marked(mark: &str) -> Vec<(u32, String)> {
+    let needle = format!("TRACER_MARK={mark}");
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    dir.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|v| v == needle.as_bytes()))
+        })
+        .filter(|pid| {
+            // Zombies (exited, not yet reaped) hold nothing.
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                s.rsplit(')')
+                    .next()
+                    .is_some_and(|r| !r.trim_start().starts_with('Z'))
+            })
+        })
+        .map(|pid| {
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+            (pid, comm.trim().to_string())
+        })
+        .collect()
+}
+
+/// Starts `tracer run` of the contention fixture, marked with `mark`.
+fn marked_run(fixture: &Path, mark: &str, extra: &[&str]) -> Result<KillOnDrop> {
+    Ok(KillOnDrop(
+        Command::new(tracer_bin()?)
+            .arg("run")
+            .args(extra)
+            .arg("--")
+            .arg(fixture)
+            .args(["-g", "4", "-m", "100000", "-hold", "1ms"])
+            .env("TRACER_MARK", mark)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .context("starting tracer run")?,
+    ))
+}
+
+/// Polls until `cond` holds, up to `secs`.
+fn wait_until(secs: u64, what: &str, mut cond: impl FnMut() -> bool) -> Result<()> {
+    let t0 = Instant::now();
+    while !cond() {
+        ensure!(
+            t0.elapsed() < Duration::from_secs(secs),
+            "{what} within {secs} s"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
+}
+
+#[test]
+fn run_killed_while_placing_probes_leaves_no_program_behind() -> Result<()> {
+    if !privileged_tests_enabled("run_killed_while_placing_probes") {
+        return Ok(());
+    }
+    let tc = go_toolchains()?.pop().context("no Go")?;
+    let fixture = build_fixture(&tc, "contention", Variant::Plain)?;
+    let tracer_exe = tracer_bin()?.canonicalize()?;
+    // Killed the moment its child exists, held at the gate (still a copy of
+    // tracer: its executable is tracer's), while the probes are being attached: the child used to block
+    // on the gate pipe forever.
+    for (i, sig) in [libc::SIGKILL, libc::SIGTERM, libc::SIGKILL, libc::SIGHUP]
+        .into_iter()
+        .enumerate()
+    {
+        let mark = format!("gate-{}-{i}", std::process::id());
+        let mut run = marked_run(&fixture, &mark, &[])?;
+        let tracer = run.0.id();
+        wait_until(20, "the held child did not appear", || {
+            marked(&mark).iter().any(|(p, _)| {
+                *p != tracer
+                    && std::fs::read_link(format!("/proc/{p}/exe")).is_ok_and(|e| e == tracer_exe)
+            })
+        })?;
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(tracer as i32, sig) };
+        let status = run.0.wait()?;
+        ensure!(
+            !status.success(),
+            "tracer run exited 0 after signal {sig} during attach"
+        );
+        wait_until(
+            5,
+            &format!("processes left after signal {sig}: {:?}", marked(&mark)),
+            || marked(&mark).is_empty(),
+        )?;
+    }
+    Ok(())
+}
+
+#[test]
+fn run_passes_sigterm_and_sighup_on_and_still_reports() -> Result<()> {
+    if !privileged_tests_enabled("run_passes_sigterm_and_sighup_on") {
+        return Ok(());
+    }
+    let tc = go_toolchains()?.pop().context("no Go")?;
+    let fixture = build_fixture(&tc, "contention", Variant::Plain)?;
+    let dir = scratch("signals")?;
+    let comm: String = fixture
+        .file_name()
+        .and_then(|n| n.to_str())
+        .context("fixture name")?
+        .chars()
+        .take(15)
+        .collect();
+    for sig in [libc::SIGTERM, libc::SIGHUP] {
+        let mark = format!("sig-{}-{sig}", std::process::id());
+        let report = dir.join(format!("report-{sig}.json"));
+        let report_arg = report.to_string_lossy().into_owned();
+        let mut run = marked_run(&fixture, &mark, &["--json-report", &report_arg])?;
+        let tracer = run.0.id();
+        // The program runs (exec'd), and has waited on its lock for a while.
+        wait_until(20, "the program did not start", || {
+            marked(&mark)
+                .iter()
+                .any(|(p, c)| *p != tracer && *c == comm)
+        })?;
+        std::thread::sleep(Duration::from_millis(700));
+        // SAFETY: kill(2) on our own child.
+        unsafe { libc::kill(tracer as i32, sig) };
+        // tracer must wait for the program, which got the signal too: a
+        // program left running (tracer gone) fails here rather than hang.
+        let t0 = Instant::now();
+        let status = loop {
+            if let Some(st) = run.0.try_wait()? {
+                break st;
+            }
+            ensure!(
+                t0.elapsed() < Duration::from_secs(30),
+                "signal {sig}: tracer still running after 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let left = marked(&mark);
+        for (pid, _) in &left {
+            // SAFETY: kill(2) of a leftover of this test.
+            unsafe { libc::kill(*pid as i32, libc::SIGKILL) };
+        }
+        ensure!(
+            left.is_empty(),
+            "signal {sig}: tracer exited, the program still ran: {left:?}"
+        );
+        let (mut stdout, mut stderr) = (String::new(), String::new());
+        use std::io::Read;
+        if let Some(mut o) = run.0.stdout.take() {
+            o.read_to_string(&mut stdout)?;
+        }
+        if let Some(mut e) = run.0.stderr.take() {
+            e.read_to_string(&mut stderr)?;
+        }
+        ensure!(
+            status.code() == Some(128 + sig),
+            "signal {sig}: tracer exited {status:?}, want the program's {} (it got the signal):\n{stderr}",
+            128 + sig,
+        );
+        ensure!(
+            stdout.contains("main.holdLock"),
+            "signal {sig}: no contention table on stdout:\n{stdout}"
+        );
+        let json: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(&report).with_context(|| format!("signal {sig}: no JSON report"))?,
+        )?;
+        let waits: u64 = json["locks"]
+            .as_array()
+            .context("locks")?
+            .iter()
+            .filter_map(|l| l["contentions"].as_u64())
+            .sum();
+        ensure!(waits > 0, "signal {sig}: the report counts no lock waits");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
