@@ -770,9 +770,9 @@ fn otlp_round(protocol: &str) -> Result<()> {
         "--otlp-interval",
         "200ms",
     ])?;
-    // A fixed amount of contention, then the process idles in its sleep... it
+    // About 6 s of contention (probes go live ~1.5 s after exec), then it
     // exits; the agent keeps its last report for 60 s.
-    let mut fx = spawn(&contention, &["-g", "4", "-m", "300", "-hold", "200us"])?;
+    let mut fx = spawn(&contention, &["-g", "3", "-m", "2000", "-hold", "1ms"])?;
     let fx_pid = fx.0.id();
     let st = fx.0.wait()?;
     ensure!(st.success(), "contention fixture failed: {st}");
