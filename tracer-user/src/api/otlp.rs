@@ -297,13 +297,16 @@ fn push_point(
 /// One way of sending a request.
 enum Sender {
     Grpc(MetricsServiceClient<tonic::transport::Channel>),
-    Http {
-        client: hyper_util::client::legacy::Client<
-            hyper_util::client::legacy::connect::HttpConnector,
-            http_body_util::Full<bytes::Bytes>,
-        >,
-        uri: http::Uri,
-    },
+    /// Boxed: the client is much larger than the gRPC one.
+    Http(Box<HttpSender>),
+}
+
+struct HttpSender {
+    client: hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        http_body_util::Full<bytes::Bytes>,
+    >,
+    uri: http::Uri,
 }
 
 impl Sender {
@@ -321,13 +324,13 @@ impl Sender {
             Protocol::Http => {
                 let mut conn = hyper_util::client::legacy::connect::HttpConnector::new();
                 conn.set_connect_timeout(Some(opts.timeout));
-                Sender::Http {
+                Sender::Http(Box::new(HttpSender {
                     client: hyper_util::client::legacy::Client::builder(
                         hyper_util::rt::TokioExecutor::new(),
                     )
                     .build(conn),
                     uri,
-                }
+                }))
             }
         })
     }
@@ -337,7 +340,8 @@ impl Sender {
             Sender::Grpc(c) => {
                 c.export(req).await.context("OTLP/gRPC export")?;
             }
-            Sender::Http { client, uri } => {
+            Sender::Http(h) => {
+                let HttpSender { client, uri } = h.as_ref();
                 let body = http_body_util::Full::new(bytes::Bytes::from(req.encode_to_vec()));
                 let r = http::Request::post(uri.clone())
                     .header(http::header::CONTENT_TYPE, "application/x-protobuf")
