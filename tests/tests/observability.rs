@@ -12,17 +12,20 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     io::{BufRead, BufReader, Read, Write},
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpStream},
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 use tracer_tests::{
-    Variant, agent::AgentProc, build_fixture, cache_dir, go_toolchains, privileged_tests_enabled,
-    serial,
+    Variant,
+    agent::AgentProc,
+    build_fixture, cache_dir, go_toolchains,
+    net::{KillOnDrop, free_addr},
+    privileged_tests_enabled, serial,
 };
 
 fn repo() -> PathBuf {
@@ -224,18 +227,12 @@ fn dashboard_and_rules_use_only_exported_metrics() -> Result<()> {
     Ok(())
 }
 
-fn free_port() -> Result<SocketAddr> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
-}
-
-/// Kills a child on drop.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// A fresh, empty directory of this test run under the temp dir.
+fn scratch_dir(name: &str) -> Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("tracer-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
 }
 
 /// One HTTP/1.1 request to loopback: (status, body).
@@ -301,15 +298,14 @@ fn form_encode(s: &str) -> String {
 /// A Prometheus server of its own: temp dir, random port, 1 s scrapes of
 /// the agent at `target` (job `tracer-agent`, label node), our rules loaded.
 struct Prometheus {
-    child: Killed,
+    child: KillOnDrop,
     addr: SocketAddr,
     dir: PathBuf,
 }
 
 impl Prometheus {
     fn start(target: SocketAddr, node: &str) -> Result<Self> {
-        let dir = std::env::temp_dir().join(format!("tracer-prom-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
+        let dir = scratch_dir("prom")?;
         std::fs::create_dir_all(dir.join("data"))?;
         let config = format!(
             "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n\
@@ -319,9 +315,9 @@ impl Prometheus {
             rules = rules_file().display()
         );
         std::fs::write(dir.join("prometheus.yml"), config)?;
-        let addr = free_port()?;
+        let addr = free_addr()?;
         let log = std::fs::File::create(dir.join("prometheus.log"))?;
-        let child = Killed(
+        let child = KillOnDrop(
             Command::new("prometheus")
                 .arg(format!(
                     "--config.file={}",
@@ -425,8 +421,8 @@ fn copy_into(bin: &Path, dir: &Path, name: &str) -> Result<PathBuf> {
     Ok(to)
 }
 
-fn spawn(bin: &Path, args: &[&str]) -> Result<Killed> {
-    Ok(Killed(
+fn spawn(bin: &Path, args: &[&str]) -> Result<KillOnDrop> {
+    Ok(KillOnDrop(
         Command::new(bin)
             .args(args)
             .stdin(Stdio::piped())
@@ -468,6 +464,26 @@ fn sample(text: &str, name: &str, needles: &[&str]) -> Option<f64> {
         .and_then(|l| l.rsplit_once(' ')?.1.parse().ok())
 }
 
+/// `tracer agent` with /metrics on `metrics` only, named `node`, tracing only
+/// executables under `dir` (not the other Go programs on the machine), plus `extra`.
+fn start_agent(metrics: SocketAddr, node: &str, dir: &Path, extra: &[&str]) -> Result<AgentProc> {
+    let (metrics, exe) = (metrics.to_string(), dir.display().to_string());
+    let mut args = vec![
+        "--grpc-listen",
+        "off",
+        "--unix-socket",
+        "off",
+        "--metrics-listen",
+        &metrics,
+        "--node-name",
+        node,
+        "--exe",
+        &exe,
+    ];
+    args.extend_from_slice(extra);
+    AgentProc::start(&args)
+}
+
 #[test]
 fn prometheus_scrapes_the_agent_and_every_dashboard_and_alert_query_has_data() -> Result<()> {
     if !privileged_tests_enabled("observability") {
@@ -475,9 +491,7 @@ fn prometheus_scrapes_the_agent_and_every_dashboard_and_alert_query_has_data() -
     }
     let _serial = serial();
     let tc = go_toolchains()?.pop().context("no Go toolchain")?;
-    let dir = std::env::temp_dir().join(format!("tracer-obs-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
+    let dir = scratch_dir("obs")?;
     // Copies in a directory of our own: the agent traces only these (--exe),
     // not the other Go programs on the machine.
     let contention = copy_into(
@@ -498,28 +512,22 @@ fn prometheus_scrapes_the_agent_and_every_dashboard_and_alert_query_has_data() -
     )?;
     let quick_src = build_fixture(&tc, "nomutex", Variant::Plain)?;
 
-    let metrics = free_port()?;
+    let metrics = free_addr()?;
     let node = "obs-node";
-    let exe_filter = dir.display().to_string();
-    let agent = AgentProc::start(&[
-        "--grpc-listen",
-        "off",
-        "--unix-socket",
-        "off",
-        "--metrics-listen",
-        &metrics.to_string(),
-        "--node-name",
+    let agent = start_agent(
+        metrics,
         node,
-        "--refresh",
-        "500ms",
-        "--maps",
-        "deep",
-        // Accept-queue waits where neither kprobes nor fentry exist (here).
-        "--tcp-accept-wait",
-        "syscalls",
-        "--exe",
-        &exe_filter,
-    ])?;
+        &dir,
+        &[
+            "--refresh",
+            "500ms",
+            "--maps",
+            "deep",
+            // Accept-queue waits where neither kprobes nor fentry exist (here).
+            "--tcp-accept-wait",
+            "syscalls",
+        ],
+    )?;
     let prom = Prometheus::start(metrics, node)?;
     let started = unix_now();
 
@@ -651,7 +659,7 @@ fn prometheus_scrapes_the_agent_and_every_dashboard_and_alert_query_has_data() -
 
 /// The OTLP receiver: `tests/python/otlp_receiver.py` on the official protos.
 struct Receiver {
-    _child: Killed,
+    _child: KillOnDrop,
     out: PathBuf,
 }
 
@@ -668,7 +676,7 @@ impl Receiver {
         if let Some(p) = http {
             cmd.args(["--http-port", &p.to_string()]);
         }
-        let mut child = Killed(
+        let mut child = KillOnDrop(
             cmd.stdin(Stdio::piped())
                 .stdout(Stdio::piped())
                 .spawn()
@@ -739,39 +747,31 @@ fn process_metrics(req: &Value, pid: u32) -> Option<BTreeMap<String, Value>> {
 fn otlp_round(protocol: &str) -> Result<()> {
     let _serial = serial();
     let tc = go_toolchains()?.pop().context("no Go toolchain")?;
-    let dir = std::env::temp_dir().join(format!("tracer-otlp-{protocol}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir)?;
+    let dir = scratch_dir(&format!("otlp-{protocol}"))?;
     let contention = copy_into(
         &build_fixture(&tc, "contention", Variant::Plain)?,
         &dir,
         "locky",
     )?;
-    let port = free_port()?.port();
-    let metrics = free_port()?;
+    let port = free_addr()?.port();
+    let metrics = free_addr()?;
     let node = "otlp-node";
     let endpoint = format!("http://127.0.0.1:{port}");
-    let exe_filter = dir.display().to_string();
-    let agent = AgentProc::start(&[
-        "--grpc-listen",
-        "off",
-        "--unix-socket",
-        "off",
-        "--metrics-listen",
-        &metrics.to_string(),
-        "--node-name",
+    let agent = start_agent(
+        metrics,
         node,
-        "--refresh",
-        "300ms",
-        "--exe",
-        &exe_filter,
-        "--otlp-endpoint",
-        &endpoint,
-        "--otlp-protocol",
-        protocol,
-        "--otlp-interval",
-        "200ms",
-    ])?;
+        &dir,
+        &[
+            "--refresh",
+            "300ms",
+            "--otlp-endpoint",
+            &endpoint,
+            "--otlp-protocol",
+            protocol,
+            "--otlp-interval",
+            "200ms",
+        ],
+    )?;
     // About 6 s of contention (probes go live ~1.5 s after exec), then it
     // exits; the agent keeps its last report for 60 s.
     let mut fx = spawn(&contention, &["-g", "3", "-m", "2000", "-hold", "1ms"])?;

@@ -166,30 +166,35 @@ pub fn python_venv() -> PathBuf {
 }
 
 fn python_client() -> Result<()> {
-    let dir = python_venv();
+    marked_venv(
+        &python_venv(),
+        &PYTHON_PACKAGES,
+        "import grpc, grpc_tools.protoc, prometheus_client.parser",
+        "Python API client packages",
+    )
+}
+
+/// A venv at `dir` holding `packages`, reinstalled when the list changes
+/// (a marker file in it lists what was installed) or `imports` fail.
+fn marked_venv(dir: &Path, packages: &[&str], imports: &str, what: &str) -> Result<()> {
     let python = dir.join("bin/python");
-    // The marker lists what was installed; a changed list reinstalls.
     let marker = dir.join("tracer-packages.txt");
-    let wanted = PYTHON_PACKAGES.join("\n");
-    let imports = "import grpc, grpc_tools.protoc, prometheus_client.parser";
+    let wanted = packages.join("\n");
     if fs::read_to_string(&marker).is_ok_and(|m| m == wanted)
         && output(Command::new(&python).args(["-c", imports])).is_some()
     {
-        step(&format!(
-            "Python API client packages: present ({})",
-            dir.display()
-        ));
+        step(&format!("{what}: present ({})", dir.display()));
         return Ok(());
     }
     step(&format!(
-        "Python API client packages: installing {} into {}",
-        PYTHON_PACKAGES.join(", "),
+        "{what}: installing {} into {}",
+        packages.join(", "),
         dir.display()
     ));
-    pip_venv(&dir, &PYTHON_PACKAGES)?;
+    pip_venv(dir, packages)?;
     if output(Command::new(&python).args(["-c", imports])).is_none() {
         bail!(
-            "{} cannot import the API client packages after install",
+            "{} cannot import the {what} after install",
             python.display()
         );
     }
@@ -269,34 +274,12 @@ pub fn otlp_venv() -> PathBuf {
 }
 
 fn otlp_receiver() -> Result<()> {
-    let dir = otlp_venv();
-    let python = dir.join("bin/python");
-    let marker = dir.join("tracer-packages.txt");
-    let wanted = OTLP_PYTHON_PACKAGES.join("\n");
-    let imports = "import grpc, opentelemetry.proto.collector.metrics.v1.metrics_service_pb2_grpc";
-    if fs::read_to_string(&marker).is_ok_and(|m| m == wanted)
-        && output(Command::new(&python).args(["-c", imports])).is_some()
-    {
-        step(&format!(
-            "OTLP receiver packages: present ({})",
-            dir.display()
-        ));
-        return Ok(());
-    }
-    step(&format!(
-        "OTLP receiver packages: installing {} into {}",
-        OTLP_PYTHON_PACKAGES.join(", "),
-        dir.display()
-    ));
-    pip_venv(&dir, &OTLP_PYTHON_PACKAGES)?;
-    if output(Command::new(&python).args(["-c", imports])).is_none() {
-        bail!(
-            "{} cannot import the OTLP protos after install",
-            python.display()
-        );
-    }
-    fs::write(&marker, wanted).with_context(|| format!("writing {}", marker.display()))?;
-    Ok(())
+    marked_venv(
+        &otlp_venv(),
+        &OTLP_PYTHON_PACKAGES,
+        "import grpc, opentelemetry.proto.collector.metrics.v1.metrics_service_pb2_grpc",
+        "OTLP receiver packages",
+    )
 }
 
 /// Debian's `prometheus` (server and promtool) for the alert-rule unit tests
