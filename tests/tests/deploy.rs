@@ -440,6 +440,72 @@ fn service_and_servicemonitor_select_the_agents() -> Result<()> {
             .iter()
             .all(|e| e["port"] == "metrics" && e["path"] == "/metrics")
     );
+    // The traced process's pod/namespace labels must survive the scrape
+    // (the dashboard and alert rules filter on them).
+    assert!(endpoints.iter().all(|e| e["honorLabels"] == true));
+    Ok(())
+}
+
+/// The PrometheusRule is a CRD the validator has no schema for: its shape is
+/// checked by hand against the Operator's API (monitoring.coreos.com/v1), and
+/// its groups must equal the plain rules file's, which promtool checks
+/// (tests/tests/observability.rs).
+#[test]
+fn prometheusrule_matches_the_rules_file() -> Result<()> {
+    let docs = load(&deploy_dir().join("optional/prometheusrule.yaml"))?;
+    let pr = one(&docs, "PrometheusRule")?;
+    assert_eq!(pr["apiVersion"], "monitoring.coreos.com/v1");
+    let ns = all_docs()?;
+    let svc = one(&ns, "Service")?;
+    assert_eq!(pr["metadata"]["namespace"], svc["metadata"]["namespace"]);
+    assert!(
+        pr["metadata"]["name"]
+            .as_str()
+            .is_some_and(|n| !n.is_empty())
+    );
+    let spec = pr["spec"].as_object().context("spec")?;
+    assert_eq!(
+        spec.keys().collect::<Vec<_>>(),
+        ["groups"],
+        "PrometheusRule spec holds groups only"
+    );
+    let plain = load(&deploy_dir().join("prometheus/tracer-rules.yaml"))?;
+    let [plain] = plain.as_slice() else {
+        bail!("the rules file holds one document");
+    };
+    assert_eq!(
+        pr["spec"]["groups"], plain["groups"],
+        "deploy/optional/prometheusrule.yaml and deploy/prometheus/tracer-rules.yaml differ"
+    );
+    let rule_keys: BTreeSet<&str> = ["alert", "expr", "for", "labels", "annotations"].into();
+    let duration = |d: &str| {
+        !d.is_empty()
+            && d.trim_end_matches(['s', 'm', 'h', 'd', 'w', 'y'])
+                .chars()
+                .all(|c| c.is_ascii_digit())
+    };
+    for g in pr["spec"]["groups"].as_array().context("groups")? {
+        assert!(g["name"].as_str().is_some_and(|n| !n.is_empty()));
+        for r in g["rules"].as_array().context("rules")? {
+            let o = r.as_object().context("rule")?;
+            assert!(o.keys().all(|k| rule_keys.contains(k.as_str())), "{r}");
+            assert!(
+                r["alert"].as_str().is_some() && r["expr"].as_str().is_some(),
+                "{r}"
+            );
+            if let Some(f) = r.get("for") {
+                assert!(f.as_str().is_some_and(duration), "for: {f}");
+            }
+            assert!(
+                ["critical", "warning", "info"]
+                    .contains(&r["labels"]["severity"].as_str().unwrap_or("")),
+                "{r}"
+            );
+            for (_, v) in r["annotations"].as_object().into_iter().flatten() {
+                assert!(v.is_string(), "{r}");
+            }
+        }
+    }
     Ok(())
 }
 

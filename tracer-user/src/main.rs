@@ -180,6 +180,17 @@ struct AgentArgs {
     /// Sites kept as Prometheus label values; the rest are summed as `other`.
     #[arg(long, default_value_t = 50)]
     metrics_top_sites: usize,
+    /// Push the `/metrics` families to an OpenTelemetry collector, e.g.
+    /// `http://127.0.0.1:4317` (grpc) or `http://127.0.0.1:4318` (http; path
+    /// `/v1/metrics` by default). Plaintext only.
+    #[arg(long, value_name = "URL")]
+    otlp_endpoint: Option<String>,
+    /// OTLP transport: `grpc` or `http` (HTTP/protobuf).
+    #[arg(long, default_value = "grpc", value_parser = ["grpc", "http"])]
+    otlp_protocol: String,
+    /// How often to push; also the per-request timeout.
+    #[arg(long, default_value = "15s", value_parser = duration::parse)]
+    otlp_interval: Duration,
     /// Per-process tracing choices; `--json-report PATH` writes the last
     /// snapshot and every finding on exit.
     #[command(flatten)]
@@ -211,6 +222,16 @@ fn agent_command(a: AgentArgs) -> anyhow::Result<(AgentOptions, Frontends, Strin
         max_deep_traces: a.max_deep_traces,
         metrics_top_sites: a.metrics_top_sites,
         json_report: a.output.json_report.clone(),
+        otlp: match &a.otlp_endpoint {
+            Some(endpoint) => Some(tracer_user::api::otlp::OtlpOptions {
+                endpoint: endpoint.clone(),
+                protocol: a.otlp_protocol.parse()?,
+                interval: a.otlp_interval,
+                timeout: a.otlp_interval,
+                top_sites: a.metrics_top_sites,
+            }),
+            None => None,
+        },
     };
     let opts = AgentOptions {
         node,

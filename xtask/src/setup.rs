@@ -32,6 +32,8 @@ pub fn setup() -> Result<()> {
     }
     kubernetes_validate()?;
     python_client()?;
+    otlp_receiver()?;
+    prometheus()?;
     mounts();
     tmux()?;
     step("setup complete");
@@ -164,30 +166,35 @@ pub fn python_venv() -> PathBuf {
 }
 
 fn python_client() -> Result<()> {
-    let dir = python_venv();
+    marked_venv(
+        &python_venv(),
+        &PYTHON_PACKAGES,
+        "import grpc, grpc_tools.protoc, prometheus_client.parser",
+        "Python API client packages",
+    )
+}
+
+/// A venv at `dir` holding `packages`, reinstalled when the list changes
+/// (a marker file in it lists what was installed) or `imports` fail.
+fn marked_venv(dir: &Path, packages: &[&str], imports: &str, what: &str) -> Result<()> {
     let python = dir.join("bin/python");
-    // The marker lists what was installed; a changed list reinstalls.
     let marker = dir.join("tracer-packages.txt");
-    let wanted = PYTHON_PACKAGES.join("\n");
-    let imports = "import grpc, grpc_tools.protoc, prometheus_client.parser";
+    let wanted = packages.join("\n");
     if fs::read_to_string(&marker).is_ok_and(|m| m == wanted)
         && output(Command::new(&python).args(["-c", imports])).is_some()
     {
-        step(&format!(
-            "Python API client packages: present ({})",
-            dir.display()
-        ));
+        step(&format!("{what}: present ({})", dir.display()));
         return Ok(());
     }
     step(&format!(
-        "Python API client packages: installing {} into {}",
-        PYTHON_PACKAGES.join(", "),
+        "{what}: installing {} into {}",
+        packages.join(", "),
         dir.display()
     ));
-    pip_venv(&dir, &PYTHON_PACKAGES)?;
+    pip_venv(dir, packages)?;
     if output(Command::new(&python).args(["-c", imports])).is_none() {
         bail!(
-            "{} cannot import the API client packages after install",
+            "{} cannot import the {what} after install",
             python.display()
         );
     }
@@ -252,6 +259,55 @@ fn tmux() -> Result<()> {
         .env("DEBIAN_FRONTEND", "noninteractive"))?;
     if output(Command::new("tmux").arg("-V")).is_none() {
         bail!("tmux was installed but does not run");
+    }
+    Ok(())
+}
+
+/// Python packages of the OTLP receiver of tests/tests/observability.rs: the
+/// official OpenTelemetry protos and grpcio. A venv of its own, so the API
+/// client's venv is never rebuilt under a running test.
+pub const OTLP_PYTHON_PACKAGES: [&str; 2] = ["grpcio==1.85.1", "opentelemetry-proto==1.45.2"];
+
+/// The venv of [`OTLP_PYTHON_PACKAGES`]: `<cache>/otlp-python`.
+pub fn otlp_venv() -> PathBuf {
+    cache_dir().join("otlp-python")
+}
+
+fn otlp_receiver() -> Result<()> {
+    marked_venv(
+        &otlp_venv(),
+        &OTLP_PYTHON_PACKAGES,
+        "import grpc, opentelemetry.proto.collector.metrics.v1.metrics_service_pb2_grpc",
+        "OTLP receiver packages",
+    )
+}
+
+/// Debian's `prometheus` (server and promtool) for the alert-rule unit tests
+/// and the scrape test (tests/tests/observability.rs). Its service is not
+/// started: the tests run their own server on loopback.
+fn prometheus() -> Result<()> {
+    if let Some(v) = output(Command::new("promtool").arg("--version"))
+        && output(Command::new("prometheus").arg("--version")).is_some()
+    {
+        step(&format!(
+            "prometheus: present ({})",
+            v.lines().next().unwrap_or("").trim()
+        ));
+        return Ok(());
+    }
+    step("prometheus: installing with apt-get (server and promtool)");
+    run(Command::new("apt-get").arg("update").arg("-qq"))?;
+    run(Command::new("apt-get")
+        .args([
+            "install",
+            "-y",
+            "-qq",
+            "--no-install-recommends",
+            "prometheus",
+        ])
+        .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    if output(Command::new("promtool").arg("--version")).is_none() {
+        bail!("prometheus was installed but promtool does not run");
     }
     Ok(())
 }

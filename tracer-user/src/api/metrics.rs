@@ -69,10 +69,6 @@ impl Hist {
         }
         self.sum_seconds += o.sum_seconds;
     }
-
-    fn count(&self) -> u64 {
-        self.counts.iter().sum()
-    }
 }
 
 /// Labels of one process: pid, comm, and pod/namespace/container when known.
@@ -123,6 +119,10 @@ struct Families {
     tcp_accept_wait: Series<Hist>,
     tcp_bytes: Series<u64>,
     tcp_retransmits: Series<u64>,
+    lock_findings: Series<u64>,
+    syncmap_calls: Series<u64>,
+    syncmap_advice: Series<u64>,
+    tcp_remote_bytes: Series<u64>,
 }
 
 fn lock_families(snap: &NodeSnapshot, top_sites: usize) -> Series<Hist> {
@@ -222,6 +222,16 @@ fn families(snap: &NodeSnapshot, top_sites: usize) -> Families {
             f.map_findings
                 .push((with(base.clone(), &[("kind", kind)]), n));
         }
+        let stuck = report
+            .findings
+            .iter()
+            .filter(|x| matches!(x, AnyFinding::Lock(l) if l.kind == "stuck_lock_wait"))
+            .count() as u64;
+        if stuck > 0 {
+            f.lock_findings
+                .push((with(base.clone(), &[("kind", "stuck_lock_wait")]), stuck));
+        }
+        syncmap_families(&mut f, &base, report);
 
         if let Some(tcp) = &report.tcp {
             let mut rtt = Hist::new(rtt_bounds.len());
@@ -247,10 +257,311 @@ fn families(snap: &NodeSnapshot, top_sites: usize) -> Families {
                 .push((with(base.clone(), &[("direction", "sent")]), sent));
             f.tcp_bytes
                 .push((with(base.clone(), &[("direction", "received")]), received));
-            f.tcp_retransmits.push((base, retrans));
+            f.tcp_retransmits.push((base.clone(), retrans));
+            remote_families(&mut f, &base, &tcp.by_remote, top_sites);
         }
     }
     f
+}
+
+/// sync.Map calls by read/write/range, and the advice as an info-style gauge
+/// (value 1) so a dashboard can join it without the label churning a counter.
+fn syncmap_families(f: &mut Families, base: &[(String, String)], report: &crate::report::Report) {
+    for m in &report.sync_maps {
+        for (op, n) in [("read", m.reads), ("write", m.writes), ("range", m.ranges)] {
+            f.syncmap_calls
+                .push((with(base.to_vec(), &[("map", &m.address), ("op", op)]), n));
+        }
+        f.syncmap_advice.push((
+            with(
+                base.to_vec(),
+                &[("map", &m.address), ("advice", m.advice_kind)],
+            ),
+            1,
+        ));
+    }
+}
+
+/// Bytes per remote endpoint (client and mid-stream flows): the `top` heaviest
+/// remotes of the process keep their `remote` label, the rest are summed under
+/// `remote="other"`, so a process talking to many peers stays bounded.
+fn remote_families(
+    f: &mut Families,
+    base: &[(String, String)],
+    remotes: &[crate::tcp::RemoteRollup],
+    top: usize,
+) {
+    let mut ranked: Vec<(String, u64, u64)> = remotes
+        .iter()
+        .map(|r| {
+            let addr = match r.remote_addr {
+                Some(std::net::IpAddr::V6(a)) => format!("[{a}]:{}", r.remote_port),
+                Some(a) => format!("{a}:{}", r.remote_port),
+                None => format!("unknown:{}", r.remote_port),
+            };
+            (addr, r.totals.bytes_sent, r.totals.bytes_received)
+        })
+        .collect();
+    ranked.sort_by(|a, b| {
+        (b.1.saturating_add(b.2))
+            .cmp(&a.1.saturating_add(a.2))
+            .then_with(|| a.0.cmp(&b.0))
+    });
+    let mut other: Option<(u64, u64)> = None;
+    let mut push = |remote: &str, sent: u64, received: u64| {
+        for (dir, v) in [("sent", sent), ("received", received)] {
+            f.tcp_remote_bytes.push((
+                with(base.to_vec(), &[("remote", remote), ("direction", dir)]),
+                v,
+            ));
+        }
+    };
+    for (i, (remote, sent, received)) in ranked.into_iter().enumerate() {
+        if i < top {
+            push(&remote, sent, received);
+        } else {
+            let o = other.get_or_insert((0, 0));
+            o.0 = o.0.saturating_add(sent);
+            o.1 = o.1.saturating_add(received);
+        }
+    }
+    if let Some((sent, received)) = other {
+        push(OTHER_SITE, sent, received);
+    }
+}
+
+/// What kind of Prometheus/OTLP metric a family is.
+#[derive(Clone, Debug)]
+pub enum Kind {
+    Counter,
+    Gauge,
+    /// Upper bounds in seconds, `+Inf` implied.
+    Histogram(Vec<f64>),
+}
+
+/// One sample's value.
+#[derive(Clone, Debug)]
+pub enum Value {
+    Int(u64),
+    Float(f64),
+    /// Counts per bucket (not cumulative; last is `+Inf`) and the sum in seconds.
+    Hist {
+        counts: Vec<u64>,
+        sum: f64,
+    },
+}
+
+/// One metric family, independent of the wire format: `/metrics` and the
+/// OTLP push (api/otlp.rs) both encode this, so they carry the same data.
+#[derive(Clone, Debug)]
+pub struct Family {
+    /// Base name: Prometheus appends `_total` to counters.
+    pub name: &'static str,
+    pub help: &'static str,
+    pub kind: Kind,
+    pub series: Vec<(Vec<(String, String)>, Value)>,
+}
+
+fn ints(series: Series<u64>) -> Vec<(Vec<(String, String)>, Value)> {
+    series
+        .into_iter()
+        .map(|(l, v)| (l, Value::Int(v)))
+        .collect()
+}
+
+fn hists(series: Series<Hist>) -> Vec<(Vec<(String, String)>, Value)> {
+    series
+        .into_iter()
+        .map(|(l, h)| {
+            (
+                l,
+                Value::Hist {
+                    counts: h.counts,
+                    sum: h.sum_seconds,
+                },
+            )
+        })
+        .collect()
+}
+
+fn family(
+    name: &'static str,
+    help: &'static str,
+    kind: Kind,
+    series: Vec<(Vec<(String, String)>, Value)>,
+) -> Family {
+    Family {
+        name,
+        help,
+        kind,
+        series,
+    }
+}
+
+/// Every family of `snap`, in `/metrics` order.
+pub fn all_families(snap: &NodeSnapshot, top_sites: usize) -> Vec<Family> {
+    let f = families(snap, top_sites);
+    let lock_bounds: Vec<f64> = lock_bounds_ns()
+        .into_iter()
+        .map(|b| b as f64 / 1e9)
+        .collect();
+    let rtt_bounds: Vec<f64> = rtt_bounds_us()
+        .into_iter()
+        .map(|b| b as f64 / 1e6)
+        .collect();
+    let lock_h = || Kind::Histogram(lock_bounds.clone());
+    let h = &snap.health;
+    let one = |v: Value| vec![(Vec::new(), v)];
+    let otlp = super::otlp::stats();
+    let state = |s: &str, n: u32| {
+        (
+            vec![("state".to_string(), s.to_string())],
+            Value::Int(n.into()),
+        )
+    };
+    vec![
+        family(
+            "tracer_lock_wait_seconds",
+            "Contended lock waits (sync.Mutex, sync.RWMutex) by process, kind and call site.",
+            lock_h(),
+            hists(f.lock_wait),
+        ),
+        family(
+            "tracer_map_op_duration_seconds",
+            "Map operations timed by the deep map tier, by process and kind of operation.",
+            lock_h(),
+            hists(f.map_op),
+        ),
+        family(
+            "tracer_map_findings",
+            "Map misuse findings (overlapping operations count each occurrence).",
+            Kind::Counter,
+            ints(f.map_findings),
+        ),
+        family(
+            "tracer_tcp_rtt_seconds",
+            "Smoothed RTT samples of the process's TCP flows.",
+            Kind::Histogram(rtt_bounds),
+            hists(f.tcp_rtt),
+        ),
+        family(
+            "tracer_tcp_accept_wait_seconds",
+            "Accept-queue waits of the process's accepted TCP connections (ESTABLISHED to accept() returning).",
+            lock_h(),
+            hists(f.tcp_accept_wait),
+        ),
+        family(
+            "tracer_tcp_bytes",
+            "TCP payload bytes of the process's flows kept by the agent.",
+            Kind::Counter,
+            ints(f.tcp_bytes),
+        ),
+        family(
+            "tracer_tcp_retransmits",
+            "TCP retransmissions of the process's flows kept by the agent.",
+            Kind::Counter,
+            ints(f.tcp_retransmits),
+        ),
+        family(
+            "tracer_lock_findings",
+            "Lock findings (stuck_lock_wait: a wait in progress longer than the threshold).",
+            Kind::Counter,
+            ints(f.lock_findings),
+        ),
+        family(
+            "tracer_syncmap_calls",
+            "sync.Map calls by read/write/range, with the deep map tier.",
+            Kind::Counter,
+            ints(f.syncmap_calls),
+        ),
+        family(
+            "tracer_syncmap_advice",
+            "Always 1: the advice for a sync.Map (advice label), with the deep map tier.",
+            Kind::Gauge,
+            ints(f.syncmap_advice),
+        ),
+        family(
+            "tracer_tcp_remote_bytes",
+            "TCP payload bytes of the process's client flows by remote endpoint (the heaviest N; the rest as remote=\"other\").",
+            Kind::Counter,
+            ints(f.tcp_remote_bytes),
+        ),
+        family(
+            "tracer_agent_probe_hits",
+            "Probe program runs (with BPF statistics on).",
+            Kind::Counter,
+            one(Value::Int(h.probe_hits)),
+        ),
+        family(
+            "tracer_agent_events_lost",
+            "Events the kernel side could not deliver or keep.",
+            Kind::Counter,
+            one(Value::Int(h.events_lost)),
+        ),
+        family(
+            "tracer_agent_processes_missed",
+            "Go processes that exited before their probes were live (nothing of them was recorded).",
+            Kind::Counter,
+            one(Value::Int(h.processes_missed)),
+        ),
+        family(
+            "tracer_agent_processes_unreadable",
+            "Selected processes whose executable the agent may not open (it lacks CAP_SYS_PTRACE).",
+            Kind::Counter,
+            one(Value::Int(h.processes_unreadable)),
+        ),
+        family(
+            "tracer_agent_connections_refused",
+            "gRPC connections closed at accept: over the connection limit of a listener or of one client address.",
+            Kind::Counter,
+            one(Value::Int(super::limits::connections_refused())),
+        ),
+        family(
+            "tracer_agent_stream_messages_dropped",
+            "Watch snapshots not sent because the client read too slowly.",
+            Kind::Counter,
+            one(Value::Int(super::limits::stream_messages_dropped())),
+        ),
+        family(
+            "tracer_agent_map_evictions",
+            "Entries evicted from the kernel's bounded LRU tables.",
+            Kind::Counter,
+            one(Value::Int(h.map_evictions)),
+        ),
+        family(
+            "tracer_agent_bpf_run_time_seconds",
+            "Kernel run time of the probe programs (with BPF statistics on).",
+            Kind::Counter,
+            one(Value::Float(h.bpf_run_time_ns as f64 / 1e9)),
+        ),
+        family(
+            "tracer_agent_processes",
+            "Go processes known to the agent, by state.",
+            Kind::Gauge,
+            vec![
+                state("traced", h.processes_traced),
+                state("failed", h.processes_failed),
+            ],
+        ),
+        family(
+            "tracer_agent_rss_bytes",
+            "Resident memory of the agent.",
+            Kind::Gauge,
+            one(Value::Int(h.rss_bytes)),
+        ),
+        family(
+            "tracer_agent_otlp_exports",
+            "OTLP export requests the collector accepted.",
+            Kind::Counter,
+            one(Value::Int(otlp.exported)),
+        ),
+        family(
+            "tracer_agent_otlp_dropped",
+            "OTLP export requests dropped (collector down or refusing, queue full).",
+            Kind::Counter,
+            one(Value::Int(otlp.dropped)),
+        ),
+    ]
 }
 
 /// Encodes the newest snapshot on each scrape.
@@ -260,184 +571,43 @@ pub struct SnapshotCollector {
     top_sites: usize,
 }
 
-fn histograms(
-    enc: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    bounds_s: &[f64],
-    series: &Series<Hist>,
-) -> fmt::Result {
-    let mut d = enc.encode_descriptor(name, help, None, MetricType::Histogram)?;
-    for (labels, h) in series {
-        let buckets: Vec<(f64, u64)> = bounds_s
-            .iter()
-            .copied()
-            .chain(std::iter::once(f64::INFINITY))
-            .zip(h.counts.iter().copied())
-            .collect();
-        d.encode_family(labels)?.encode_histogram::<NoLabelSet>(
-            h.sum_seconds,
-            h.count(),
-            &buckets,
-            None,
-        )?;
-    }
-    Ok(())
-}
-
-fn counters<T: prometheus_client::encoding::EncodeCounterValue>(
-    enc: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    series: &Series<T>,
-) -> fmt::Result {
-    let mut d = enc.encode_descriptor(name, help, None, MetricType::Counter)?;
-    for (labels, v) in series {
-        d.encode_family(labels)?
-            .encode_counter::<NoLabelSet, T, u64>(v, None)?;
-    }
-    Ok(())
-}
-
-fn gauge<T: prometheus_client::encoding::EncodeGaugeValue>(
-    enc: &mut DescriptorEncoder,
-    name: &str,
-    help: &str,
-    series: &Series<T>,
-) -> fmt::Result {
-    let mut d = enc.encode_descriptor(name, help, None, MetricType::Gauge)?;
-    for (labels, v) in series {
-        d.encode_family(labels)?.encode_gauge(v)?;
+fn encode_family(enc: &mut DescriptorEncoder, fam: &Family) -> fmt::Result {
+    let ty = match fam.kind {
+        Kind::Counter => MetricType::Counter,
+        Kind::Gauge => MetricType::Gauge,
+        Kind::Histogram(_) => MetricType::Histogram,
+    };
+    let mut d = enc.encode_descriptor(fam.name, fam.help, None, ty)?;
+    for (labels, v) in &fam.series {
+        let mut e = d.encode_family(labels)?;
+        match (&fam.kind, v) {
+            (Kind::Counter, Value::Int(n)) => e.encode_counter::<NoLabelSet, u64, u64>(n, None)?,
+            (Kind::Counter, Value::Float(x)) => {
+                e.encode_counter::<NoLabelSet, f64, u64>(x, None)?
+            }
+            (Kind::Gauge, Value::Int(n)) => e.encode_gauge(n)?,
+            (Kind::Gauge, Value::Float(x)) => e.encode_gauge(x)?,
+            (Kind::Histogram(bounds), Value::Hist { counts, sum }) => {
+                let buckets: Vec<(f64, u64)> = bounds
+                    .iter()
+                    .copied()
+                    .chain(std::iter::once(f64::INFINITY))
+                    .zip(counts.iter().copied())
+                    .collect();
+                e.encode_histogram::<NoLabelSet>(*sum, counts.iter().sum(), &buckets, None)?
+            }
+            // Every family is built with values of its own kind above.
+            _ => return Err(fmt::Error),
+        }
     }
     Ok(())
 }
 
 impl Collector for SnapshotCollector {
     fn encode(&self, mut enc: DescriptorEncoder) -> fmt::Result {
-        let f = families(&self.snap, self.top_sites);
-        let ns_to_s = |v: Vec<u64>| v.into_iter().map(|b| b as f64 / 1e9).collect::<Vec<_>>();
-        let lock_bounds = ns_to_s(lock_bounds_ns());
-        let rtt_bounds: Vec<f64> = rtt_bounds_us()
-            .into_iter()
-            .map(|b| b as f64 / 1e6)
-            .collect();
-        histograms(
-            &mut enc,
-            "tracer_lock_wait_seconds",
-            "Contended lock waits (sync.Mutex, sync.RWMutex) by process, kind and call site.",
-            &lock_bounds,
-            &f.lock_wait,
-        )?;
-        histograms(
-            &mut enc,
-            "tracer_map_op_duration_seconds",
-            "Map operations timed by the deep map tier, by process and kind of operation.",
-            &lock_bounds,
-            &f.map_op,
-        )?;
-        counters(
-            &mut enc,
-            "tracer_map_findings",
-            "Map misuse findings (overlapping operations count each occurrence).",
-            &f.map_findings,
-        )?;
-        histograms(
-            &mut enc,
-            "tracer_tcp_rtt_seconds",
-            "Smoothed RTT samples of the process's TCP flows.",
-            &rtt_bounds,
-            &f.tcp_rtt,
-        )?;
-        histograms(
-            &mut enc,
-            "tracer_tcp_accept_wait_seconds",
-            "Accept-queue waits of the process's accepted TCP connections (ESTABLISHED to accept() returning).",
-            &lock_bounds,
-            &f.tcp_accept_wait,
-        )?;
-        counters(
-            &mut enc,
-            "tracer_tcp_bytes",
-            "TCP payload bytes of the process's flows kept by the agent.",
-            &f.tcp_bytes,
-        )?;
-        counters(
-            &mut enc,
-            "tracer_tcp_retransmits",
-            "TCP retransmissions of the process's flows kept by the agent.",
-            &f.tcp_retransmits,
-        )?;
-        let h = &self.snap.health;
-        let none = Vec::new;
-        counters(
-            &mut enc,
-            "tracer_agent_probe_hits",
-            "Probe program runs (with BPF statistics on).",
-            &vec![(none(), h.probe_hits)],
-        )?;
-        counters(
-            &mut enc,
-            "tracer_agent_events_lost",
-            "Events the kernel side could not deliver or keep.",
-            &vec![(none(), h.events_lost)],
-        )?;
-        counters(
-            &mut enc,
-            "tracer_agent_processes_missed",
-            "Go processes that exited before their probes were live (nothing of them was recorded).",
-            &vec![(none(), h.processes_missed)],
-        )?;
-        counters(
-            &mut enc,
-            "tracer_agent_processes_unreadable",
-            "Selected processes whose executable the agent may not open (it lacks CAP_SYS_PTRACE).",
-            &vec![(none(), h.processes_unreadable)],
-        )?;
-        counters(
-            &mut enc,
-            "tracer_agent_connections_refused",
-            "gRPC connections closed at accept: over the connection limit of a listener or of one client address.",
-            &vec![(none(), super::limits::connections_refused())],
-        )?;
-        counters(
-            &mut enc,
-            "tracer_agent_stream_messages_dropped",
-            "Watch snapshots not sent because the client read too slowly.",
-            &vec![(none(), super::limits::stream_messages_dropped())],
-        )?;
-        counters(
-            &mut enc,
-            "tracer_agent_map_evictions",
-            "Entries evicted from the kernel's bounded LRU tables.",
-            &vec![(none(), h.map_evictions)],
-        )?;
-        counters(
-            &mut enc,
-            "tracer_agent_bpf_run_time_seconds",
-            "Kernel run time of the probe programs (with BPF statistics on).",
-            &vec![(none(), h.bpf_run_time_ns as f64 / 1e9)],
-        )?;
-        gauge(
-            &mut enc,
-            "tracer_agent_processes",
-            "Go processes known to the agent, by state.",
-            &vec![
-                (
-                    vec![("state".to_string(), "traced".to_string())],
-                    u64::from(h.processes_traced),
-                ),
-                (
-                    vec![("state".to_string(), "failed".to_string())],
-                    u64::from(h.processes_failed),
-                ),
-            ],
-        )?;
-        gauge(
-            &mut enc,
-            "tracer_agent_rss_bytes",
-            "Resident memory of the agent.",
-            &vec![(none(), h.rss_bytes)],
-        )?;
+        for fam in all_families(&self.snap, self.top_sites) {
+            encode_family(&mut enc, &fam)?;
+        }
         Ok(())
     }
 }

@@ -29,6 +29,8 @@ pub struct Frontends {
     pub metrics_top_sites: usize,
     /// Write the last snapshot and every finding as JSON here on exit.
     pub json_report: Option<PathBuf>,
+    /// Push the metrics to an OTLP collector.
+    pub otlp: Option<crate::api::otlp::OtlpOptions>,
 }
 
 /// Findings kept for clients that resume.
@@ -195,6 +197,7 @@ pub async fn spawn_embedded(opts: AgentOptions) -> Result<EmbeddedAgent> {
         max_deep_traces: crate::api::server::DEFAULT_MAX_DEEP_TRACES,
         metrics_top_sites: 50,
         json_report: None,
+        otlp: None,
     };
     let bound = bind_frontends(&fe).await?;
     let (failed, _) = tokio::sync::oneshot::channel();
@@ -225,6 +228,14 @@ pub async fn agent(opts: AgentOptions, fe: Frontends) -> Result<()> {
     let bound = bind_frontends(&fe).await?;
     let (hub, writer) = hub::channel(initial_info(&opts.node), opts.refresh, FINDINGS_HISTORY);
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let otlp = match &fe.otlp {
+        Some(o) => {
+            crate::api::otlp::check_endpoint(o)?;
+            let (hub, o, stop) = (hub.clone(), o.clone(), stop_rx.clone());
+            Some(tokio::spawn(crate::api::otlp::run(hub, o, stop)))
+        }
+        None => None,
+    };
     let (failed_tx, failed_rx) = tokio::sync::oneshot::channel();
     let frontends = spawn_frontends(hub.clone(), bound, stop_rx, failed_tx);
     let shutdown = async move {
@@ -243,6 +254,11 @@ pub async fn agent(opts: AgentOptions, fe: Frontends) -> Result<()> {
             Ok(())
         }
     };
+    if let Some(t) = otlp
+        && let Ok(Ok(Err(e))) = tokio::time::timeout(Duration::from_secs(5), t).await
+    {
+        tracing::warn!("OTLP push stopped with an error: {e:#}");
+    }
     if let Some(path) = &fe.json_report {
         let snap = hub.snapshot();
         let findings = hub.findings.since(0, usize::MAX);
