@@ -5,6 +5,7 @@
 pub mod convert;
 pub mod filter;
 pub mod metrics;
+pub mod pprof_http;
 pub mod serve;
 pub mod server;
 pub mod synthetic;
