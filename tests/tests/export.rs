@@ -57,7 +57,10 @@ fn pprof(tc: &GoToolchain, args: &[&str]) -> Result<String> {
 
 /// Per sample type, the sum over all samples of `go tool pprof -raw`.
 fn raw_totals(raw: &str) -> Result<Vec<u64>> {
-    let mut lines = raw.lines().skip_while(|l| !l.starts_with("Samples:")).skip(1);
+    let mut lines = raw
+        .lines()
+        .skip_while(|l| !l.starts_with("Samples:"))
+        .skip(1);
     let types = lines.next().context("no sample types in -raw output")?;
     let mut totals = vec![0u64; types.split_whitespace().count()];
     for l in lines.take_while(|l| !l.starts_with("Locations")) {
@@ -196,7 +199,17 @@ fn lock_profiles_are_read_by_go_tool_pprof_and_match_the_report() -> Result<()> 
             let d = dir.to_str().context("path")?;
             let out = run_tracer(
                 &[
-                    "run", "--holders", "--pprof", d, "--", bin, "-g", "4", "-m", "50", "-hold",
+                    "run",
+                    "--holders",
+                    "--pprof",
+                    d,
+                    "--",
+                    bin,
+                    "-g",
+                    "4",
+                    "-m",
+                    "50",
+                    "-hold",
                     "2ms",
                 ],
                 true,
@@ -296,7 +309,10 @@ fn maps_profile_counts_every_operation() -> Result<()> {
                 .flat_map(|m| m["ops"].as_array().into_iter().flatten())
                 .collect();
             let count: u64 = ops.iter().map(|o| o["count"].as_u64().unwrap_or(0)).sum();
-            let ns: u64 = ops.iter().map(|o| o["ns_total"].as_u64().unwrap_or(0)).sum();
+            let ns: u64 = ops
+                .iter()
+                .map(|o| o["ns_total"].as_u64().unwrap_or(0))
+                .sum();
             let file = profile_file(&dir, pid, "maps")?;
             let totals = raw_totals(&pprof(&tc, &["-raw", &file])?)?;
             ensure!(
@@ -386,7 +402,10 @@ fn agent_serves_profiles_to_go_tool_pprof() -> Result<()> {
                 break;
             }
             if Instant::now() > deadline {
-                bail!("no block profile after 30 s: {code} {body}\n{}", agent.log());
+                bail!(
+                    "no block profile after 30 s: {code} {body}\n{}",
+                    agent.log()
+                );
             }
             std::thread::sleep(Duration::from_millis(300));
         }
@@ -414,13 +433,25 @@ fn agent_serves_profiles_to_go_tool_pprof() -> Result<()> {
         // Clear errors on bad requests.
         for (path, want, needle) in [
             ("/debug/pprof/block?pid=1".to_owned(), 404, "not traced"),
-            (format!("/debug/pprof/heap?pid={pid}"), 404, "unknown profile"),
+            (
+                format!("/debug/pprof/heap?pid={pid}"),
+                404,
+                "unknown profile",
+            ),
             (format!("/debug/pprof/mutex?pid={pid}"), 404, "--holders"),
             (format!("/debug/pprof/maps?pid={pid}"), 404, "--maps deep"),
             ("/debug/pprof/block".to_owned(), 400, "pid=P is required"),
             ("/debug/pprof/block?pid=abc".to_owned(), 400, "bad pid"),
-            (format!("/debug/pprof/block?pid={pid}&seconds=301"), 400, "bad seconds"),
-            (format!("/debug/pprof/block?pid={pid}&seconds=0"), 400, "bad seconds"),
+            (
+                format!("/debug/pprof/block?pid={pid}&seconds=301"),
+                400,
+                "bad seconds",
+            ),
+            (
+                format!("/debug/pprof/block?pid={pid}&seconds=0"),
+                400,
+                "bad seconds",
+            ),
         ] {
             let (code, body) = http_get(&addr, &path)?;
             ensure!(
@@ -511,9 +542,10 @@ fn sarif_validates_and_fail_on_findings_gates() -> Result<()> {
         validate_sarif(&racy).with_context(|| ctx.clone())?;
         let log: Value = serde_json::from_slice(&std::fs::read(&racy)?)?;
         let results = log["runs"][0]["results"].as_array().context("results")?;
-        let n_findings = out.report.as_ref().map_or(0, |r| {
-            r["findings"].as_array().map_or(0, Vec::len)
-        });
+        let n_findings = out
+            .report
+            .as_ref()
+            .map_or(0, |r| r["findings"].as_array().map_or(0, Vec::len));
         ensure!(
             !results.is_empty() && results.len() == n_findings,
             "{} results for {n_findings} findings: {ctx}",

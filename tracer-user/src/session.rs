@@ -491,16 +491,14 @@ impl Session {
             tcp_off: None,
             lock_probe_pauses: None,
             // Only once the load bias is known (always for non-PIE).
-            image: self
-                .bias
-                .get()
-                .zip(self.bin.exec_segment())
-                .map(|(bias, (vaddr, size, offset))| Image {
+            image: self.bias.get().zip(self.bin.exec_segment()).map(
+                |(bias, (vaddr, size, offset))| Image {
                     path: self.exe.clone(),
                     start: vaddr.wrapping_add(bias),
                     limit: vaddr.wrapping_add(bias).wrapping_add(size),
                     file_offset: offset,
-                }),
+                },
+            ),
             bpf_stats: if self._stats_fd.is_some() {
                 self.tracer.program_stats()
             } else {

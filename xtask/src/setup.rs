@@ -242,7 +242,10 @@ fn sarif_validator() -> Result<()> {
     if fs::read_to_string(&marker).is_ok_and(|m| m == wanted)
         && output(Command::new(&python).args(["-c", check])).is_some()
     {
-        step(&format!("SARIF schema validator: present ({})", dir.display()));
+        step(&format!(
+            "SARIF schema validator: present ({})",
+            dir.display()
+        ));
         return Ok(());
     }
     step(&format!(

@@ -141,7 +141,10 @@ impl Samples {
         };
         let lock_labels = |name: &Option<String>, address: &str, kind: &str| {
             vec![
-                ("lock".to_owned(), name.clone().unwrap_or(address.to_owned())),
+                (
+                    "lock".to_owned(),
+                    name.clone().unwrap_or(address.to_owned()),
+                ),
                 ("lock_kind".to_owned(), kind.to_owned()),
             ]
         };
@@ -163,11 +166,7 @@ impl Samples {
                 }
                 for h in &report.holders {
                     for st in &h.stacks {
-                        add(
-                            st,
-                            lock_labels(&h.name, &h.address, h.kind),
-                            vec![st.count],
-                        );
+                        add(st, lock_labels(&h.name, &h.address, h.kind), vec![st.count]);
                     }
                 }
             }

@@ -217,7 +217,8 @@ impl Builder {
             filename: f,
             start_line: 0,
         });
-        self.functions.insert((name.to_owned(), file.to_owned()), id);
+        self.functions
+            .insert((name.to_owned(), file.to_owned()), id);
         id
     }
 
@@ -346,10 +347,7 @@ mod tests {
             .iter()
             .map(|t| (s(t.r#type), s(t.unit)))
             .collect();
-        assert_eq!(
-            types,
-            [("contentions", "count"), ("delay", "nanoseconds")]
-        );
+        assert_eq!(types, [("contentions", "count"), ("delay", "nanoseconds")]);
         // The shared leaf is one location with two lines, inlined first.
         assert_eq!(d.location.len(), 3);
         assert_eq!(d.sample[0].location_id[0], d.sample[1].location_id[0]);

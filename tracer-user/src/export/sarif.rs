@@ -283,16 +283,23 @@ mod tests {
         let v = sarif(&[&r]);
         let res = &v["runs"][0]["results"][0];
         assert_eq!(res["ruleId"], "concurrent_map_write");
-        let rule = &v["runs"][0]["tool"]["driver"]["rules"][res["ruleIndex"].as_u64().expect("index") as usize];
+        let rule = &v["runs"][0]["tool"]["driver"]["rules"]
+            [res["ruleIndex"].as_u64().expect("index") as usize];
         assert_eq!(rule["id"], "concurrent_map_write");
         let loc = &res["locations"][0]["physicalLocation"];
-        assert_eq!(loc["artifactLocation"]["uri"], "file:///src/my%20app/main.go");
+        assert_eq!(
+            loc["artifactLocation"]["uri"],
+            "file:///src/my%20app/main.go"
+        );
         assert_eq!(loc["region"]["startLine"], 10);
         assert_eq!(
             res["relatedLocations"][0]["physicalLocation"]["region"]["startLine"],
             20
         );
-        assert_eq!(res["codeFlows"][0]["threadFlows"].as_array().map(Vec::len), Some(2));
+        assert_eq!(
+            res["codeFlows"][0]["threadFlows"].as_array().map(Vec::len),
+            Some(2)
+        );
         assert_eq!(res["stacks"].as_array().map(Vec::len), Some(2));
     }
 }
