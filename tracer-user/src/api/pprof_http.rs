@@ -79,17 +79,21 @@ fn report_of(snap: &NodeSnapshot, pid: u32) -> Option<&Report> {
     snap.reports.iter().find(|r| r.target.pid == pid)
 }
 
-/// Samples of `pid` in the newest snapshot, or the response saying why not.
-fn samples_now(hub: &Hub, pid: u32, kind: Kind) -> Result<(Samples, Report, u64), Response> {
+/// Samples of `pid` in the newest snapshot, or the status and text saying why not.
+fn samples_now(
+    hub: &Hub,
+    pid: u32,
+    kind: Kind,
+) -> Result<(Samples, Report, u64), (StatusCode, String)> {
     let snap = hub.snapshot();
     let Some(report) = report_of(&snap, pid) else {
-        return Err(text(
+        return Err((
             StatusCode::NOT_FOUND,
             format!("pid {pid} is not traced by this agent"),
         ));
     };
     let s = Samples::of(report, kind).map_err(|why| {
-        text(
+        (
             StatusCode::NOT_FOUND,
             format!("no {} profile for pid {pid}: {why}", kind.name()),
         )
@@ -114,7 +118,7 @@ pub async fn handler(
     };
     let (first, report, t0) = match samples_now(&hub, q.pid, kind) {
         Ok(v) => v,
-        Err(r) => return r,
+        Err((code, msg)) => return text(code, msg),
     };
     let (samples, report, time_ns, span_ns) = match q.seconds {
         None => {
@@ -125,7 +129,7 @@ pub async fn handler(
             tokio::time::sleep(Duration::from_secs(secs)).await;
             let (last, report, t1) = match samples_now(&hub, q.pid, kind) {
                 Ok(v) => v,
-                Err(r) => return r,
+                Err((code, msg)) => return text(code, msg),
             };
             (last.since(&first), report, t0, t1.saturating_sub(t0))
         }

@@ -106,12 +106,15 @@ impl Kind {
     }
 }
 
+/// A sample's identity: its stack and its (key, value) labels.
+pub type SampleKey = (Vec<PcFrame>, Vec<(String, String)>);
+
 /// Samples of one kind of one process: values per (stack, labels), summed.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Samples {
     pub kind: Kind,
     pub pid: u32,
-    pub rows: BTreeMap<(Vec<PcFrame>, Vec<(String, String)>), Vec<u64>>,
+    pub rows: BTreeMap<SampleKey, Vec<u64>>,
     pub comments: Vec<String>,
 }
 

@@ -229,16 +229,16 @@ fn top(sites: BTreeMap<Site, u64>) -> Vec<SiteCount> {
     v
 }
 
+/// One operation kind of one map: latency, counts per call site, stacks.
+type OpAcc = (
+    crate::latency::Latency,
+    BTreeMap<Site, u64>,
+    Vec<crate::contention::StackCount>,
+);
+
 #[derive(Default)]
 struct MapAcc {
-    ops: BTreeMap<
-        u32,
-        (
-            crate::latency::Latency,
-            BTreeMap<Site, u64>,
-            Vec<crate::contention::StackCount>,
-        ),
-    >,
+    ops: BTreeMap<u32, OpAcc>,
     goroutines: HashMap<u32, HashSet<u64>>,
     growth_events: u64,
     last: Option<(u64, u64)>,
