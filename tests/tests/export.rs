@@ -40,7 +40,8 @@ fn pprof(tc: &GoToolchain, args: &[&str]) -> Result<String> {
         .env("GOTOOLCHAIN", "local")
         // Where pprof keeps copies of fetched profiles.
         .env("PPROF_TMPDIR", &tmp)
-        .env("HOME", &tmp)
+        // Go 1.24+ builds `go tool pprof` through the build cache: keep it warm.
+        .env("GOCACHE", cache_dir().join("gocache"))
         .stdin(Stdio::null())
         .output()
         .context("running go tool pprof")?;
@@ -129,6 +130,20 @@ fn sum_at(rows: &Value, function: &str, field: &str) -> u64 {
         .sum()
 }
 
+/// `tracer run ARGS` with a JSON report that must succeed: the report, the
+/// traced pid and a context string for failures.
+fn traced_run(tc: &GoToolchain, variant: Variant, args: &[&str]) -> Result<(Value, u64, String)> {
+    let out = run_tracer(args, true)?;
+    let ctx = format!(
+        "go {} {variant:?}\nstdout:\n{}\nstderr:\n{}",
+        tc.version, out.stdout, out.stderr
+    );
+    ensure!(out.status.success(), "tracer run failed: {ctx}");
+    let report = out.report.context("no JSON report")?;
+    let pid = report["target"]["pid"].as_u64().context("pid")?;
+    Ok((report, pid, ctx))
+}
+
 /// The one `<pid>-<kind>.pb.gz` in `dir`.
 fn profile_file(dir: &Path, pid: u64, kind: &str) -> Result<String> {
     let p = dir.join(format!("{pid}-{kind}.pb.gz"));
@@ -197,7 +212,9 @@ fn lock_profiles_are_read_by_go_tool_pprof_and_match_the_report() -> Result<()> 
             let bin = bin.to_str().context("path")?;
             let dir = temp_dir("locks")?;
             let d = dir.to_str().context("path")?;
-            let out = run_tracer(
+            let (report, pid, ctx) = traced_run(
+                &tc,
+                variant,
                 &[
                     "run",
                     "--holders",
@@ -212,15 +229,8 @@ fn lock_profiles_are_read_by_go_tool_pprof_and_match_the_report() -> Result<()> 
                     "-hold",
                     "2ms",
                 ],
-                true,
             )?;
-            let ctx = format!(
-                "go {} {variant:?}\nstdout:\n{}\nstderr:\n{}",
-                tc.version, out.stdout, out.stderr
-            );
-            ensure!(out.status.success(), "tracer run failed: {ctx}");
-            let report = out.report.as_ref().context("no JSON report")?;
-            let pid = report["target"]["pid"].as_u64().context("pid")?;
+            let report = &report;
             let locks = &report["locks"];
             ensure!(sum(locks, "contentions") > 0, "no contention: {ctx}");
             ensure!(
@@ -289,19 +299,13 @@ fn maps_profile_counts_every_operation() -> Result<()> {
             let dir = temp_dir("maps")?;
             let d = dir.to_str().context("path")?;
             let n = N.to_string();
-            let out = run_tracer(
+            let (report, pid, ctx) = traced_run(
+                &tc,
+                variant,
                 &[
                     "run", "--maps", "deep", "--pprof", d, "--", bin, "-mode", "count", "-n", &n,
                 ],
-                true,
             )?;
-            let ctx = format!(
-                "go {} {variant:?}\nstdout:\n{}\nstderr:\n{}",
-                tc.version, out.stdout, out.stderr
-            );
-            ensure!(out.status.success(), "tracer run failed: {ctx}");
-            let report = out.report.as_ref().context("no JSON report")?;
-            let pid = report["target"]["pid"].as_u64().context("pid")?;
             let ops: Vec<&Value> = report["maps"]
                 .as_array()
                 .into_iter()

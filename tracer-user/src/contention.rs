@@ -26,6 +26,11 @@ impl Site {
     }
 }
 
+/// `" at SITE"`, or nothing without a site: the tail of finding messages.
+pub fn at_site(site: Option<&Site>) -> String {
+    site.map_or(String::new(), |s| format!(" at {s}"))
+}
+
 impl std::fmt::Display for Site {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if self.file.is_empty() {

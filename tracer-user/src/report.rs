@@ -403,9 +403,7 @@ impl Report {
                 f.lock.kind,
                 lock,
                 fmt_ns(f.age_ns),
-                f.site
-                    .as_ref()
-                    .map_or(String::new(), |s| format!(" at {s}"))
+                crate::contention::at_site(f.site.as_ref())
             );
         }
     }

@@ -6,7 +6,7 @@
 
 use serde_json::{Value, json};
 
-use crate::contention::Site;
+use crate::contention::{Site, at_site};
 use crate::latency::fmt_ns;
 use crate::maps::MapFinding;
 use crate::maps::report::OpSideReport;
@@ -116,9 +116,7 @@ fn side_text(s: &OpSideReport) -> String {
         "{} {}{}",
         s.op,
         goroutine(s.goroutine),
-        s.site
-            .as_ref()
-            .map_or(String::new(), |site| format!(" at {site}"))
+        at_site(s.site.as_ref())
     )
 }
 
@@ -137,9 +135,7 @@ fn map_result(f: &MapFinding) -> Value {
             f.kind,
             f.message.as_deref().unwrap_or("fatal error"),
             goroutine(f.goroutine),
-            f.site
-                .as_ref()
-                .map_or(String::new(), |s| format!(" at {s}"))
+            at_site(f.site.as_ref())
         ),
     };
     let mut r = json!({
@@ -183,9 +179,7 @@ fn lock_result(f: &Finding) -> Value {
         f.lock.kind,
         lock,
         fmt_ns(f.age_ns),
-        f.site
-            .as_ref()
-            .map_or(String::new(), |s| format!(" at {s}"))
+        at_site(f.site.as_ref())
     );
     let mut r = json!({
         "message": {"text": message},
