@@ -9,7 +9,7 @@ use tracer_common::{LockKey, WaiterKey};
 use crate::{gobin::GoBinary, latency::Latency};
 
 /// A source location.
-#[derive(Clone, Debug, Serialize, PartialEq, Eq, PartialOrd, Ord)]
+#[derive(Clone, Debug, Serialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Site {
     pub function: String,
     pub file: String,
@@ -26,6 +26,11 @@ impl Site {
     }
 }
 
+/// `" at SITE"`, or nothing without a site: the tail of finding messages.
+pub fn at_site(site: Option<&Site>) -> String {
+    site.map_or(String::new(), |s| format!(" at {s}"))
+}
+
 impl std::fmt::Display for Site {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if self.file.is_empty() {
@@ -35,6 +40,42 @@ impl std::fmt::Display for Site {
             write!(f, "{} {}:{}", self.function, file, self.line)
         }
     }
+}
+
+/// One return address of a stack with its source lines, innermost (inlined)
+/// first: a pprof Location with one Line per inlined frame.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PcFrame {
+    /// Runtime address inside the CALL (return address - 1).
+    pub address: u64,
+    pub lines: Vec<Site>,
+}
+
+/// One distinct stack and what was counted on it (kept for profiles; the
+/// JSON report shows rows merged per call site instead).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StackCount {
+    /// Innermost first, starting at the call site (machinery trimmed).
+    pub frames: Vec<PcFrame>,
+    pub count: u64,
+    /// Summed duration, ns (0 where nothing is timed, e.g. unlock wakeups).
+    pub total_ns: u64,
+}
+
+/// Drops the first `skip` lines of a grouped stack (the lock or map
+/// machinery), keeping the rest grouped by address.
+pub fn trim_lines(frames: Vec<PcFrame>, mut skip: usize) -> Vec<PcFrame> {
+    let mut out = Vec::with_capacity(frames.len());
+    for mut f in frames {
+        if skip >= f.lines.len() {
+            skip -= f.lines.len();
+            continue;
+        }
+        f.lines.drain(..skip);
+        skip = 0;
+        out.push(f);
+    }
+    out
 }
 
 /// Contention on one lock from one call site.
@@ -51,6 +92,8 @@ pub struct LockRow {
     pub latency: Latency,
     /// Distinct goroutines (by `g` pointer) that waited here.
     pub goroutines: HashSet<u64>,
+    /// The waits per distinct full stack (for pprof).
+    pub stacks: Vec<StackCount>,
 }
 
 /// Frames inside these packages are the lock's own machinery, not the call site.
@@ -68,28 +111,32 @@ pub struct Symbolizer<'a> {
 
 impl Symbolizer<'_> {
     /// Frames (innermost first, inlined ones included) for a return address.
-    fn frames_for_return(&self, ret_pc: u64) -> Vec<Site> {
+    fn frames_for_return(&self, ret_pc: u64) -> PcFrame {
         // A return address points after the CALL; step back into it.
         let pc = ret_pc.wrapping_sub(self.bias).wrapping_sub(1);
         let frames = self.bin.symbolize(pc);
-        if frames.is_empty() {
-            return vec![Site::unknown(ret_pc)];
+        let lines = if frames.is_empty() {
+            vec![Site::unknown(ret_pc)]
+        } else {
+            frames
+                .into_iter()
+                .map(|f| Site {
+                    function: f.function,
+                    file: f.file,
+                    line: f.line,
+                })
+                .collect()
+        };
+        PcFrame {
+            address: ret_pc.wrapping_sub(1),
+            lines,
         }
-        frames
-            .into_iter()
-            .map(|f| Site {
-                function: f.function,
-                file: f.file,
-                line: f.line,
-            })
-            .collect()
     }
 
-    /// The waiter's stack: the slow path's return address, then the unwound
-    /// frames past the caller (frame 0 of `stack` is the probed function itself).
-    /// Returns all frames and the index of the first one outside the lock's own
-    /// machinery (the call site).
-    pub fn wait_stack(&self, caller_pc: u64, stack: Option<&[u64]>) -> (Vec<Site>, usize) {
+    /// The recorded stack grouped by address: the slow path's return address,
+    /// then the unwound frames past the caller (frame 0 of `stack` is the
+    /// probed function itself).
+    pub fn pc_stack(&self, caller_pc: u64, stack: Option<&[u64]>) -> Vec<PcFrame> {
         let mut pcs = Vec::with_capacity(16);
         if caller_pc != 0 {
             pcs.push(caller_pc);
@@ -97,16 +144,28 @@ impl Symbolizer<'_> {
         if let Some(s) = stack {
             pcs.extend(s.iter().skip(1).copied().filter(|&p| p != 0));
         }
-        let all: Vec<Site> = pcs
-            .into_iter()
-            .flat_map(|pc| self.frames_for_return(pc))
-            .collect();
-        let first_user = all
-            .iter()
-            .position(|s| !is_lock_machinery(&s.function))
-            .unwrap_or(0);
+        pcs.into_iter()
+            .map(|pc| self.frames_for_return(pc))
+            .collect()
+    }
+
+    /// The waiter's stack: all frames and the index of the first one outside
+    /// the lock's own machinery (the call site).
+    pub fn wait_stack(&self, caller_pc: u64, stack: Option<&[u64]>) -> (Vec<Site>, usize) {
+        let (all, first_user) = flat_stack(&self.pc_stack(caller_pc, stack), is_lock_machinery);
         (all, first_user)
     }
+}
+
+/// Flattens a grouped stack; also returns the index of the first line not
+/// in `machinery` (0 when every line is).
+pub fn flat_stack(frames: &[PcFrame], machinery: fn(&str) -> bool) -> (Vec<Site>, usize) {
+    let all: Vec<Site> = frames.iter().flat_map(|f| f.lines.clone()).collect();
+    let first_user = all
+        .iter()
+        .position(|s| !machinery(&s.function))
+        .unwrap_or(0);
+    (all, first_user)
 }
 
 /// A lock event placed in the program: report kind, lock address, the stack
@@ -116,6 +175,8 @@ pub struct Located {
     pub address: u64,
     pub stack: Vec<Site>,
     pub site: Site,
+    /// The whole stack from the call site outward, grouped by address.
+    pub frames: Vec<PcFrame>,
 }
 
 impl Symbolizer<'_> {
@@ -127,7 +188,8 @@ impl Symbolizer<'_> {
         caller_pc: u64,
         stack: Option<&[u64]>,
     ) -> Located {
-        let (all, first_user) = self.wait_stack(caller_pc, stack);
+        let grouped = self.pc_stack(caller_pc, stack);
+        let (all, first_user) = flat_stack(&grouped, is_lock_machinery);
         let (kind, address) = classify(kind, lock_addr, &all[..first_user]);
         let stack: Vec<Site> = all.into_iter().skip(first_user).take(16).collect();
         let site = stack
@@ -139,6 +201,7 @@ impl Symbolizer<'_> {
             address,
             stack,
             site,
+            frames: trim_lines(grouped, first_user),
         }
     }
 }
@@ -176,6 +239,7 @@ pub fn build_rows(
             address,
             stack: frames,
             site,
+            frames: grouped,
         } = sym.locate(
             k.kind,
             k.lock_addr,
@@ -193,8 +257,14 @@ pub fn build_rows(
                 stack: frames,
                 latency: Latency::default(),
                 goroutines: HashSet::new(),
+                stacks: Vec::new(),
             });
         row.latency.merge(lat);
+        row.stacks.push(StackCount {
+            frames: grouped,
+            count: lat.count,
+            total_ns: lat.total_ns,
+        });
         if let Some(gs) = waiters.get(&(k.tgid, k.kind, k.lock_addr, k.caller_pc)) {
             row.goroutines.extend(gs);
         }
@@ -276,6 +346,37 @@ mod tests {
     }
 
     #[test]
+    fn trimming_skips_lines_across_and_within_addresses() {
+        let site = |f: &str| Site {
+            function: f.into(),
+            file: String::new(),
+            line: 0,
+        };
+        let frames = vec![
+            PcFrame {
+                address: 1,
+                lines: vec![site("runtime.semacquire1")],
+            },
+            PcFrame {
+                address: 2,
+                lines: vec![site("sync.(*Mutex).Lock"), site("main.inc")],
+            },
+            PcFrame {
+                address: 3,
+                lines: vec![site("main.main")],
+            },
+        ];
+        let (flat, first) = flat_stack(&frames, is_lock_machinery);
+        assert_eq!(flat.len(), 4);
+        assert_eq!(first, 2);
+        let t = trim_lines(frames, first);
+        assert_eq!(t.len(), 2);
+        assert_eq!(t[0].address, 2);
+        assert_eq!(t[0].lines, vec![site("main.inc")]);
+        assert_eq!(t[1].lines, vec![site("main.main")]);
+    }
+
+    #[test]
     fn bias_is_page_aligned() {
         assert_eq!(
             bias_from_entry_frame(0x5555_5500_1234, 0x1234),
@@ -297,6 +398,8 @@ pub struct HolderRow {
     pub site: Site,
     pub stack: Vec<Site>,
     pub wakeups: u64,
+    /// Wakeups per distinct full stack (for pprof; `total_ns` is 0).
+    pub stacks: Vec<StackCount>,
 }
 
 /// Builds holder rows from the kernel's unlock counts, most wakeups first.
@@ -312,13 +415,14 @@ pub fn build_holders(
             address,
             stack: frames,
             site,
+            frames: grouped,
         } = sym.locate(
             k.kind,
             k.lock_addr,
             k.caller_pc,
             stack_of(k.stack_id).as_deref(),
         );
-        merged
+        let row = merged
             .entry((k.tgid, address, kind, site.clone()))
             .or_insert_with(|| HolderRow {
                 pid: k.tgid,
@@ -328,8 +432,14 @@ pub fn build_holders(
                 site,
                 stack: frames,
                 wakeups: 0,
-            })
-            .wakeups += n;
+                stacks: Vec::new(),
+            });
+        row.wakeups += n;
+        row.stacks.push(StackCount {
+            frames: grouped,
+            count: *n,
+            total_ns: 0,
+        });
     }
     let mut rows: Vec<HolderRow> = merged.into_values().collect();
     rows.sort_by(|a, b| b.wakeups.cmp(&a.wakeups).then(a.address.cmp(&b.address)));

@@ -10,6 +10,7 @@ pub mod commands;
 pub mod contention;
 pub mod datasyms;
 pub mod duration;
+pub mod export;
 pub mod gobin;
 pub mod kernelfs;
 pub mod latency;

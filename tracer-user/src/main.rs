@@ -104,6 +104,34 @@ impl From<Output> for OutputOptions {
     }
 }
 
+/// Files written when `run`/`attach` ends (docs/export.md).
+#[derive(Args, Clone)]
+struct Export {
+    /// Write pprof profiles to DIR: `<pid>-block.pb.gz` (waiter stacks,
+    /// contentions and delay), `<pid>-mutex.pb.gz` (unlocker stacks, with
+    /// --holders) and `<pid>-maps.pb.gz` (map operations, with --maps deep).
+    #[arg(long, value_name = "DIR")]
+    pprof: Option<PathBuf>,
+    /// Write the findings as SARIF 2.1.0 to PATH.
+    #[arg(long, value_name = "PATH")]
+    sarif: Option<PathBuf>,
+    /// Exit with code 3 when anything was found (map races or fatals, stuck
+    /// lock waits) and the program itself exited 0; a failing program keeps
+    /// its own exit code.
+    #[arg(long)]
+    fail_on_findings: bool,
+}
+
+impl From<Export> for tracer_user::export::ExportOptions {
+    fn from(e: Export) -> Self {
+        Self {
+            pprof: e.pprof,
+            sarif: e.sarif,
+            fail_on_findings: e.fail_on_findings,
+        }
+    }
+}
+
 #[derive(Args, Clone)]
 struct AgentArgs {
     /// gRPC on TCP, off by default (the Unix socket is the local endpoint).
@@ -254,10 +282,13 @@ fn agent_command(a: AgentArgs) -> anyhow::Result<(AgentOptions, Frontends, Strin
 #[derive(Subcommand)]
 enum Command {
     /// Start PROGRAM with probes in place, trace it until it exits, then report.
-    /// Exits with the program's exit code.
+    /// Exits with the program's exit code (3 with --fail-on-findings when the
+    /// program exited 0 and something was found).
     Run {
         #[command(flatten)]
         output: Output,
+        #[command(flatten)]
+        export: Export,
         /// The Go program to run.
         program: PathBuf,
         /// Its arguments (after `--`).
@@ -273,6 +304,8 @@ enum Command {
         duration: Option<Duration>,
         #[command(flatten)]
         output: Output,
+        #[command(flatten)]
+        export: Export,
     },
     /// Trace every Go process on this node until SIGTERM, serving the
     /// tracer.v1 gRPC API and Prometheus metrics (docs/grpc.md).
@@ -400,16 +433,16 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Run {
                 output,
+                export,
                 program,
                 args,
-            } => commands::run::run(&program, &args, &output.into()).await,
+            } => commands::run::run(&program, &args, &output.into(), &export.into()).await,
             Command::Attach {
                 pid,
                 duration,
                 output,
-            } => commands::attach::attach(pid, duration, &output.into())
-                .await
-                .map(|()| 0),
+                export,
+            } => commands::attach::attach(pid, duration, &output.into(), &export.into()).await,
             Command::Agent(a) => match agent_command(*a) {
                 Ok((mut opts, fe, kube)) => {
                     match commands::agent::pod_index(&kube, &opts.node).await {

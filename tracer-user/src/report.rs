@@ -8,7 +8,7 @@ use serde::Serialize;
 use crate::tcp::TcpReport;
 
 use crate::{
-    contention::{HolderRow, LockRow, Site},
+    contention::{HolderRow, LockRow, Site, StackCount},
     latency::{Bucket, fmt_ns},
     maps::{MapFinding, MapReport, MapsLost},
     probes::{ProbeStatus, ProgramStats},
@@ -39,6 +39,9 @@ pub struct LockReport {
     pub wait_ns_p99: u64,
     pub wait_ns_max: u64,
     pub histogram: Vec<Bucket>,
+    /// The waits per full stack, for pprof profiles (not in the JSON).
+    #[serde(skip)]
+    pub stacks: Vec<StackCount>,
 }
 
 impl From<&LockRow> for LockReport {
@@ -56,6 +59,7 @@ impl From<&LockRow> for LockReport {
             wait_ns_p99: r.latency.quantile(0.99),
             wait_ns_max: r.latency.max_ns,
             histogram: r.latency.buckets(),
+            stacks: r.stacks.clone(),
         }
     }
 }
@@ -94,6 +98,19 @@ pub struct Report {
     /// Stuck waits past the threshold left out of `findings`: more than 256
     /// per process (the oldest ended ones make room first).
     pub stuck_waits_dropped: u64,
+    /// Where the executable is mapped, for pprof mappings (not in the JSON).
+    #[serde(skip)]
+    pub image: Option<Image>,
+}
+
+/// The executable's text mapping in the traced process.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Image {
+    pub path: String,
+    /// Runtime address range of the executable segment.
+    pub start: u64,
+    pub limit: u64,
+    pub file_offset: u64,
 }
 
 /// Times the rate guard detached the lock probes.
@@ -117,6 +134,9 @@ pub struct HolderReport {
     pub stack: Vec<Site>,
     /// Unlocks from here that had to wake a waiter.
     pub wakeups: u64,
+    /// Wakeups per full stack, for pprof profiles (not in the JSON).
+    #[serde(skip)]
+    pub stacks: Vec<StackCount>,
 }
 
 impl From<&HolderRow> for HolderReport {
@@ -128,6 +148,7 @@ impl From<&HolderRow> for HolderReport {
             site: h.site.clone(),
             stack: h.stack.clone(),
             wakeups: h.wakeups,
+            stacks: h.stacks.clone(),
         }
     }
 }
@@ -393,9 +414,7 @@ impl Report {
                 f.lock.kind,
                 lock,
                 fmt_ns(f.age_ns),
-                f.site
-                    .as_ref()
-                    .map_or(String::new(), |s| format!(" at {s}"))
+                crate::contention::at_site(f.site.as_ref())
             );
         }
     }

@@ -22,7 +22,9 @@ use crate::{
     maps::{MapsMode, MapsState},
     probes::{ProbeStatus, Scope, Tracer, enable_bpf_stats},
     rate_guard::{Action, RateGuard},
-    report::{AnyFinding, Finding, HolderReport, LockPauses, LockRef, LockReport, Report, Target},
+    report::{
+        AnyFinding, Finding, HolderReport, Image, LockPauses, LockRef, LockReport, Report, Target,
+    },
     stuck::{StuckWaits, monotonic_ns, read_goid},
     tcp::{TcpTracing, attach_tcp},
 };
@@ -489,6 +491,15 @@ impl Session {
             tcp_off: None,
             lock_probe_pauses: None,
             stuck_waits_dropped: self.stuck.dropped(pid),
+            // Only once the load bias is known (always for non-PIE).
+            image: self.bias.get().zip(self.bin.exec_segment()).map(
+                |(bias, (vaddr, size, offset))| Image {
+                    path: self.exe.clone(),
+                    start: vaddr.wrapping_add(bias),
+                    limit: vaddr.wrapping_add(bias).wrapping_add(size),
+                    file_offset: offset,
+                },
+            ),
             bpf_stats: if self._stats_fd.is_some() {
                 self.tracer.program_stats()
             } else {

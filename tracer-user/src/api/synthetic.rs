@@ -49,6 +49,7 @@ pub fn lock(address: &str, kind: &'static str, site: Site, samples_ns: &[u64]) -
         wait_ns_p99: l.quantile(0.99),
         wait_ns_max: l.max_ns,
         histogram: l.buckets(),
+        stacks: vec![],
     }
 }
 
@@ -71,6 +72,7 @@ pub fn map(pid: u32, address: &str, writes: u64, ns_each: u64, growth: u64) -> M
                 goroutines: 1,
                 top_sites: vec![],
                 histogram: l.buckets(),
+                stacks: vec![],
             }]
         },
         goroutines: 1,
@@ -177,6 +179,7 @@ pub fn report(
         tcp_off: None,
         lock_probe_pauses: None,
         stuck_waits_dropped: 0,
+        image: None,
     }
 }
 

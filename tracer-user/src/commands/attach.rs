@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use crate::{
+    export::ExportOptions,
     gobin::GoBinary,
     kernelfs, privileges,
     probes::{Scope, Tracer},
@@ -13,7 +14,13 @@ use crate::{
 };
 
 /// Attaches to `pid` until `duration` passes, the process exits, or Ctrl-C.
-pub async fn attach(pid: u32, duration: Option<Duration>, out: &OutputOptions) -> Result<()> {
+/// Returns the exit code: 0, or the findings code with `--fail-on-findings`.
+pub async fn attach(
+    pid: u32,
+    duration: Option<Duration>,
+    out: &OutputOptions,
+    export: &ExportOptions,
+) -> Result<i32> {
     procfs::check_pid(pid)?;
     // Through /proc/PID/exe, so a binary in another mount namespace, or one
     // deleted since it started, still opens.
@@ -53,6 +60,7 @@ pub async fn attach(pid: u32, duration: Option<Duration>, out: &OutputOptions) -
     } else {
         session.settle_stuck();
     }
-    session.finish(out)?;
-    Ok(())
+    let report = session.finish(out)?;
+    export.write(&report)?;
+    Ok(export.exit_code(0, &report))
 }

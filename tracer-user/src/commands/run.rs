@@ -16,6 +16,7 @@ use std::io::{Read as _, Write as _};
 use anyhow::{Context, Result, bail};
 
 use crate::{
+    export::ExportOptions,
     gobin::GoBinary,
     kernelfs, privileges,
     probes::{Scope, Tracer},
@@ -110,8 +111,15 @@ fn forward(sig: i32) -> bool {
 }
 
 /// Runs the program under the tracer and returns the exit code tracer should exit
-/// with: the program's own (128 + signal when it was killed).
-pub async fn run(program: &Path, args: &[OsString], out: &OutputOptions) -> Result<i32> {
+/// with: the program's own (128 + signal when it was killed), or
+/// [`FINDINGS_EXIT_CODE`](crate::export::FINDINGS_EXIT_CODE) when the program
+/// succeeded, something was found and `--fail-on-findings` was given.
+pub async fn run(
+    program: &Path,
+    args: &[OsString],
+    out: &OutputOptions,
+    export: &ExportOptions,
+) -> Result<i32> {
     let mut stops = Stops::new()?;
     let path = resolve_program(program)?;
     let bin = GoBinary::open(&path).with_context(|| format!("{}", path.display()))?;
@@ -257,9 +265,11 @@ pub async fn run(program: &Path, args: &[OsString], out: &OutputOptions) -> Resu
         }
     };
     session.settle_stuck();
-    session.finish(out)?;
+    let report = session.finish(out)?;
+    export.write(&report)?;
     use std::os::unix::process::ExitStatusExt as _;
-    Ok(status
+    let code = status
         .code()
-        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0));
+    Ok(export.exit_code(code, &report))
 }

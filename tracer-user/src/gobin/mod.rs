@@ -339,6 +339,16 @@ impl GoBinary {
         self.pcln_error.as_deref()
     }
 
+    /// The first executable PT_LOAD segment: link-time address, file size
+    /// and file offset (the mapping pprof profiles name).
+    pub fn exec_segment(&self) -> Option<(u64, u64, u64)> {
+        self.elf
+            .segments
+            .iter()
+            .find(|s| s.exec)
+            .map(|s| (s.vaddr, s.filesz, s.offset))
+    }
+
     /// The raw file.
     pub fn data(&self) -> &[u8] {
         &self.data

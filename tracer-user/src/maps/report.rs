@@ -70,6 +70,9 @@ pub struct OpReport {
     pub top_sites: Vec<SiteCount>,
     /// Operation time, log-linear buckets (empty buckets omitted).
     pub histogram: Vec<crate::latency::Bucket>,
+    /// Operations per full stack, for pprof profiles (not in the JSON).
+    #[serde(skip)]
+    pub stacks: Vec<crate::contention::StackCount>,
 }
 
 /// One map of the traced process.
@@ -182,6 +185,14 @@ impl Sym<'_> {
         all.into_iter().skip(first).take(16).collect()
     }
 
+    /// The whole stack from the call site outward, grouped by address (pprof).
+    fn grouped(&self, caller_pc: u64, stack_id: i64) -> Vec<crate::contention::PcFrame> {
+        let stack = self.stacks.get(stack_id);
+        let grouped = self.sym.pc_stack(caller_pc, stack.as_deref());
+        let (_, first) = crate::contention::flat_stack(&grouped, is_map_machinery);
+        crate::contention::trim_lines(grouped, first)
+    }
+
     fn site(&self, caller_pc: u64, stack_id: i64) -> Option<Site> {
         self.frames(caller_pc, stack_id).into_iter().next()
     }
@@ -218,9 +229,16 @@ fn top(sites: BTreeMap<Site, u64>) -> Vec<SiteCount> {
     v
 }
 
+/// One operation kind of one map: latency, counts per call site, stacks.
+type OpAcc = (
+    crate::latency::Latency,
+    BTreeMap<Site, u64>,
+    Vec<crate::contention::StackCount>,
+);
+
 #[derive(Default)]
 struct MapAcc {
-    ops: BTreeMap<u32, (crate::latency::Latency, BTreeMap<Site, u64>)>,
+    ops: BTreeMap<u32, OpAcc>,
     goroutines: HashMap<u32, HashSet<u64>>,
     growth_events: u64,
     last: Option<(u64, u64)>,
@@ -279,10 +297,17 @@ pub fn build(
         let acc = maps.entry((k.tgid, k.lock_addr)).or_default();
         let e = acc.ops.entry(k.kind & 0xff).or_default();
         e.0.merge(lat);
-        let site = sym
-            .site(k.caller_pc, k.stack_id)
+        let frames = sym.grouped(k.caller_pc, k.stack_id);
+        let site = frames
+            .first()
+            .and_then(|f| f.lines.first().cloned())
             .unwrap_or_else(|| unknown(k.caller_pc));
         *e.1.entry(site).or_default() += lat.count;
+        e.2.push(crate::contention::StackCount {
+            frames,
+            count: lat.count,
+            total_ns: lat.total_ns,
+        });
     }
     for w in &gs {
         if let Some(acc) = maps.get_mut(&(w.tgid, w.lock_addr)) {
@@ -299,7 +324,7 @@ pub fn build(
                 ops: acc
                     .ops
                     .into_iter()
-                    .map(|(kind, (lat, sites))| OpReport {
+                    .map(|(kind, (lat, sites, stacks))| OpReport {
                         kind: op_name(kind),
                         count: lat.count,
                         ns_total: lat.total_ns,
@@ -309,6 +334,7 @@ pub fn build(
                         goroutines: acc.goroutines.get(&kind).map_or(0, HashSet::len),
                         histogram: lat.buckets(),
                         top_sites: top(sites),
+                        stacks,
                     })
                     .collect(),
                 goroutines: all_gs.len(),
