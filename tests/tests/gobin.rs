@@ -10,9 +10,12 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use anyhow::{Context, Result, bail, ensure};
-use tracer_tests::{GoToolchain, Variant, build_fixture, cache_dir, go_toolchains};
+use tracer_tests::{
+    GoToolchain, Variant, build_fixture, cache_dir, classic_and_swiss, go_toolchains,
+};
 use tracer_user::gobin::{
-    Arch, GoBinary, GoVersion, OffsetSource, SymbolizerCache, inspect, probe_targets, table_offsets,
+    Arch, GoBinary, GoVersion, OffsetSource, SymbolizerCache, VersionSource, inspect,
+    probe_targets, table_offsets,
 };
 
 const FIXTURE: &str = "gobin";
@@ -798,5 +801,133 @@ fn stripped_and_headerless_cgo_and_pie_match_unstripped() -> Result<()> {
         }
     }
     assert!(checked >= 9);
+    Ok(())
+}
+
+/// Every occurrence of `needle` in `data` overwritten with `with` (same length).
+fn overwrite_all(data: &mut [u8], needle: &[u8], with: &[u8]) -> usize {
+    assert_eq!(needle.len(), with.len());
+    let mut n = 0;
+    let mut i = 0;
+    while i + needle.len() <= data.len() {
+        if data[i..].starts_with(needle) {
+            data[i..i + needle.len()].copy_from_slice(with);
+            n += 1;
+            i += needle.len();
+        } else {
+            i += 1;
+        }
+    }
+    n
+}
+
+/// Binaries without `.go.buildinfo` (as esbuild's npm release ships): with
+/// the build info magic destroyed, `go version` itself gives up, and the
+/// version must come from `runtime.buildVersion`; with the version string
+/// destroyed too, only a pclntab lower bound is left, offsets tables are off
+/// (no exact release to pick a row), and everything else still works.
+#[test]
+fn version_without_build_info() -> Result<()> {
+    let mut go_version_checked = 0;
+    // Oldest, newest classic-map and newest Go, kinds whose data layout
+    // differs (symbols, none, relocated PIE, arm64): parsing three copies of
+    // every build takes minutes on 2 cores.
+    let all = go_toolchains()?;
+    let mut tcs: Vec<String> = classic_and_swiss()?
+        .into_iter()
+        .map(|t| t.version)
+        .collect();
+    tcs.extend(all.first().map(|t| t.version.clone()));
+    let builds = all_builds()?
+        .into_iter()
+        .filter(|b| tcs.contains(&b.tc.version) && b.variant != Variant::Cgo);
+    for b in builds {
+        let l = b.label();
+        let orig = open(&b)?;
+        let mut data = std::fs::read(&b.path)?;
+        let n = overwrite_all(&mut data, b"\xff Go buildinf:", &[0; 14]);
+        ensure!(n >= 1, "{l}: no build info magic to remove");
+        if b.variant == Variant::Plain {
+            // Ground truth: Go's own tool no longer finds a version either.
+            let tmp = std::env::temp_dir().join(format!("gobin-nobi-{}", std::process::id()));
+            std::fs::write(&tmp, &data)?;
+            let out = Command::new(&b.tc.go)
+                .arg("version")
+                .arg(&tmp)
+                .env("GOTOOLCHAIN", "local")
+                .output()?;
+            std::fs::remove_file(&tmp)?;
+            let text = String::from_utf8_lossy(&out.stdout).into_owned()
+                + &String::from_utf8_lossy(&out.stderr);
+            ensure!(
+                !text.contains(&format!(": go{}", b.tc.version)),
+                "{l}: go version still reads the patched file: {text}"
+            );
+            go_version_checked += 1;
+        }
+        let bin =
+            GoBinary::parse(data.clone()).with_context(|| format!("{l} without buildinfo"))?;
+        assert_eq!(
+            bin.version_source(),
+            VersionSource::RuntimeBuildVersion,
+            "{l}"
+        );
+        assert!(bin.version_exact(), "{l}");
+        assert_eq!(
+            bin.build_info().go_version,
+            format!("go{}", b.tc.version),
+            "{l}"
+        );
+        assert_eq!(bin.go_version(), orig.go_version(), "{l}");
+        assert_eq!(bin.function_count(), orig.function_count(), "{l}");
+        assert_eq!(bin.map_impl(), orig.map_impl(), "{l}");
+        assert_eq!(bin.offsets().fields(), orig.offsets().fields(), "{l}");
+
+        let real = format!("go{}", b.tc.version);
+        let n = overwrite_all(&mut data, real.as_bytes(), &vec![b'x'; real.len()]);
+        ensure!(n >= 1, "{l}: version string not in the file");
+        let bin = GoBinary::parse(data).with_context(|| format!("{l} without any version"))?;
+        assert_eq!(bin.version_source(), VersionSource::PclntabMagic, "{l}");
+        assert!(!bin.version_exact(), "{l}");
+        let v = bin.go_version();
+        let truth = orig.go_version();
+        assert!(v <= truth, "{l}: lower bound {v} above the real {truth}");
+        let floor = if truth.at_least(1, 24) {
+            (1, 24)
+        } else if truth.at_least(1, 20) {
+            (1, 20)
+        } else {
+            (1, 18)
+        };
+        assert_eq!((v.major, v.minor), floor, "{l}");
+        assert_eq!(
+            bin.build_info().go_version,
+            format!("go{}.{}+ (exact version unknown)", floor.0, floor.1),
+            "{l}"
+        );
+        assert_eq!(bin.function_count(), orig.function_count(), "{l}");
+        let report = serde_json::to_value(inspect(&bin))?;
+        assert_eq!(report["go_version_source"], "pclntab_magic", "{l}");
+        for (field, value) in bin.offsets().fields() {
+            let dwarf = value.is_some_and(|o| o.source == OffsetSource::Dwarf);
+            ensure!(
+                value.is_none() || dwarf,
+                "{l}: {field} from the table without an exact version"
+            );
+            if value.is_none() && b.variant == Variant::Stripped {
+                let reason = bin
+                    .missing_offsets()
+                    .into_iter()
+                    .find(|(f, _)| f == field)
+                    .map(|(_, r)| r)
+                    .unwrap_or_default();
+                ensure!(
+                    reason.contains("exact Go version is unknown"),
+                    "{l}: {field}: {reason}"
+                );
+            }
+        }
+    }
+    ensure!(go_version_checked >= 2, "too few toolchains");
     Ok(())
 }

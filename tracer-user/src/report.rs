@@ -19,6 +19,9 @@ pub struct Target {
     pub pid: u32,
     pub exe: String,
     pub go_version: String,
+    /// Where `go_version` came from (`buildinfo`, `runtime_build_version`, or
+    /// `pclntab_magic`: a lower bound only).
+    pub go_version_source: crate::gobin::VersionSource,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -194,10 +197,15 @@ impl Report {
         let t = &self.target;
         let _ = writeln!(
             out,
-            "tracer: pid {} {} ({}), traced {}",
+            "tracer: pid {} {} ({}{}), traced {}",
             t.pid,
             t.exe,
             t.go_version,
+            match t.go_version_source {
+                crate::gobin::VersionSource::Buildinfo => "",
+                crate::gobin::VersionSource::RuntimeBuildVersion => ", from runtime.buildVersion",
+                crate::gobin::VersionSource::PclntabMagic => ", from the pclntab layout",
+            },
             fmt_ns(self.duration_ns)
         );
         for p in self.probes.iter().filter(|p| p.status == "failed") {

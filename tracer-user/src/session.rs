@@ -472,6 +472,7 @@ impl Session {
                 pid,
                 exe: self.exe.clone(),
                 go_version: self.bin.build_info().go_version.clone(),
+                go_version_source: self.bin.version_source(),
             },
             duration_ns: self.started.elapsed().as_nanos() as u64,
             probes: self.probes.clone(),

@@ -157,6 +157,7 @@ pub fn report(
             pid,
             exe: format!("/usr/bin/svc{pid}"),
             go_version: "go1.24.11".into(),
+            go_version_source: crate::gobin::VersionSource::Buildinfo,
         },
         duration_ns: 1,
         probes: vec![],

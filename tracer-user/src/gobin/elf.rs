@@ -61,6 +61,7 @@ const MARKERS: &[&str] = &[
     "runtime.firstmoduledata",
     "runtime.text",
     "runtime.etext",
+    "runtime.buildVersion",
     "go:func.*",
     "go.func.*",
 ];
@@ -201,6 +202,15 @@ impl ElfInfo {
             return Some(v);
         }
         super::reader::u64_le(self.read(data, vaddr, 8)?, 0)
+    }
+
+    /// Whether `vaddr` lies in a writable segment (or in none at all).
+    pub fn is_writable(&self, vaddr: u64) -> bool {
+        self.segments.is_empty()
+            || self
+                .segments
+                .iter()
+                .any(|s| s.writable && vaddr >= s.vaddr && vaddr - s.vaddr < s.filesz)
     }
 
     /// Whether `vaddr` lies in an executable segment.

@@ -6,7 +6,8 @@ use std::fmt;
 use serde::Serialize;
 
 use super::{
-    Arch, BuildInfo, GoBinary, MapImpl, OffsetSource, SymbolSource, TargetStatus, probe_targets,
+    Arch, BuildInfo, GoBinary, MapImpl, OffsetSource, SymbolSource, TargetStatus, VersionSource,
+    probe_targets,
 };
 
 /// One struct offset and where it came from (or why it is missing).
@@ -22,6 +23,8 @@ pub struct OffsetReport {
 #[derive(Debug, Clone, Serialize)]
 pub struct InspectReport {
     pub go_version: String,
+    /// Where `go_version` came from; `pclntab_magic` means a lower bound only.
+    pub go_version_source: VersionSource,
     pub arch: Arch,
     pub stripped: bool,
     pub pie: bool,
@@ -58,6 +61,7 @@ pub fn inspect(bin: &GoBinary) -> InspectReport {
     let ts = bin.text_start();
     InspectReport {
         go_version: bin.build_info().go_version.clone(),
+        go_version_source: bin.version_source(),
         arch: bin.arch(),
         stripped: bin.is_stripped(),
         pie: bin.is_pie(),
@@ -78,7 +82,12 @@ pub fn inspect(bin: &GoBinary) -> InspectReport {
 impl fmt::Display for InspectReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let yn = |b: bool| if b { "yes" } else { "no" };
-        writeln!(f, "Go version:   {}", self.go_version)?;
+        writeln!(
+            f,
+            "Go version:   {} (from {})",
+            self.go_version,
+            self.go_version_source.describe()
+        )?;
         if !self.build_info.experiments.is_empty() {
             writeln!(f, "Experiments:  {}", self.build_info.experiments.join(","))?;
         }

@@ -4,6 +4,7 @@
 //! bounds-checked reads, no panics, no allocation sized by header fields.
 
 mod buildinfo;
+mod buildversion;
 mod elf;
 mod inspect;
 mod load;
@@ -23,6 +24,7 @@ use std::sync::OnceLock;
 use serde::Serialize;
 
 pub use buildinfo::BuildInfo;
+pub use buildversion::VersionSource;
 pub use inspect::{InspectReport, OffsetReport, inspect};
 pub use offsets::{MapImpl, Offset, OffsetSource, StructOffsets, table_offsets};
 pub use returns::{return_offsets_amd64, return_offsets_arm64};
@@ -55,7 +57,7 @@ pub enum GoBinError {
     #[error("unsupported architecture: {0} (only amd64 and arm64 are supported)")]
     UnsupportedArch(String),
     #[error(
-        "no Go build info (no .go.buildinfo section or \"\\xff Go buildinf:\" magic); not a Go binary?"
+        "no Go build info (no .go.buildinfo section or \"\\xff Go buildinf:\" magic) and no usable .gopclntab; not a Go binary?"
     )]
     NoBuildInfo,
     #[error("malformed Go build info: {0}")]
@@ -126,6 +128,7 @@ pub struct GoBinary {
     elf: ElfInfo,
     build_info: BuildInfo,
     version: GoVersion,
+    version_source: VersionSource,
     pcln: Option<Pclntab>,
     pcln_error: Option<String>,
     /// Sorted by name, names unique.
@@ -144,8 +147,11 @@ impl GoBinary {
     /// Parses an in-memory ELF image.
     pub fn parse(data: Vec<u8>) -> Result<GoBinary, GoBinError> {
         let mut elf = ElfInfo::parse(&data)?;
-        let build_info = find_build_info(&data, &elf)?;
-        let version = GoVersion::parse(&build_info.go_version).unwrap_or(GoVersion::new(0, 0, 0));
+        let build_info = match find_build_info(&data, &elf) {
+            Ok(b) => Some(b),
+            Err(GoBinError::NoBuildInfo) => None,
+            Err(e) => return Err(e),
+        };
         let (pcln, pcln_error) = match pclntab::locate(&data, &elf) {
             Ok(mut t) => {
                 resolve_text_and_gofunc(&data, &elf, &mut t);
@@ -159,16 +165,33 @@ impl GoBinary {
         let syms = std::mem::take(&mut elf.funcs);
         let (funcs, symbol_source) = symbols::build_index(&data, &elf, syms, pcln.as_ref());
         if funcs.is_empty() {
-            return Err(match pcln_error {
-                Some(e) => GoBinError::BadPclntab(format!("no function symbols and {e}")),
-                None => GoBinError::NoPclntab,
+            return Err(match (pcln_error, &build_info) {
+                (_, None) => GoBinError::NoBuildInfo,
+                (Some(e), Some(_)) => {
+                    GoBinError::BadPclntab(format!("no function symbols and {e}"))
+                }
+                (None, Some(_)) => GoBinError::NoPclntab,
             });
         }
+        let (build_info, version, version_source) = match build_info {
+            Some(b) => {
+                let v = GoVersion::parse(&b.go_version).unwrap_or(GoVersion::new(0, 0, 0));
+                (b, v, VersionSource::Buildinfo)
+            }
+            // Without build info only a real pclntab makes this a Go binary.
+            None => {
+                let Some(t) = pcln.as_ref() else {
+                    return Err(GoBinError::NoBuildInfo);
+                };
+                version_without_build_info(&data, &elf, t, &funcs)
+            }
+        };
         Ok(GoBinary {
             data,
             elf,
             build_info,
             version,
+            version_source,
             pcln,
             pcln_error,
             funcs,
@@ -182,9 +205,22 @@ impl GoBinary {
         &self.build_info
     }
 
-    /// Go version from the build info (0.0.0 if unparsable).
+    /// Go version from the build info or `runtime.buildVersion` (0.0.0 if
+    /// unparsable); only a lower bound when [`version_exact`](Self::version_exact)
+    /// is false.
     pub fn go_version(&self) -> GoVersion {
         self.version
+    }
+
+    /// Where the Go version came from.
+    pub fn version_source(&self) -> VersionSource {
+        self.version_source
+    }
+
+    /// Whether [`go_version`](Self::go_version) is the exact release (false
+    /// when only the pclntab layout bounds it).
+    pub fn version_exact(&self) -> bool {
+        self.version_source != VersionSource::PclntabMagic
     }
 
     pub fn arch(&self) -> Arch {
@@ -406,6 +442,29 @@ fn find_build_info(data: &[u8], elf: &ElfInfo) -> Result<BuildInfo, GoBinError> 
         return r;
     }
     Err(GoBinError::NoBuildInfo)
+}
+
+/// Version of a Go binary without build info: `runtime.buildVersion` if it
+/// can be found, else a lower bound from the pclntab layout, shown as e.g.
+/// `go1.20+ (exact version unknown)`.
+fn version_without_build_info(
+    data: &[u8],
+    elf: &ElfInfo,
+    t: &Pclntab,
+    funcs: &[Function],
+) -> (BuildInfo, GoVersion, VersionSource) {
+    if let Some(s) = buildversion::find(data, elf) {
+        let bi = buildinfo::from_strings(&s, &[]);
+        let v = GoVersion::parse(&bi.go_version).unwrap_or(GoVersion::new(0, 0, 0));
+        return (bi, v, VersionSource::RuntimeBuildVersion);
+    }
+    let has = |n: &str| funcs.binary_search_by(|f| f.name.as_str().cmp(n)).is_ok();
+    let v = buildversion::lower_bound(t.layout == pclntab::Layout::Go120, &has);
+    let bi = BuildInfo {
+        go_version: format!("go{}.{}+ (exact version unknown)", v.major, v.minor),
+        ..BuildInfo::default()
+    };
+    (bi, v, VersionSource::PclntabMagic)
 }
 
 /// Fills in `text_start` (needed from Go 1.26 on, and for relocated PIEs)

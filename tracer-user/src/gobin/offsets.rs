@@ -226,7 +226,21 @@ fn fill_missing(o: &mut StructOffsets, v: GoVersion, experiments: &[String], def
 pub(crate) fn resolve(bin: &GoBinary) -> StructOffsets {
     let v = bin.go_version();
     let exps = &bin.build_info().experiments;
-    let table = table_offsets(v, exps);
+    let table = if bin.version_exact() {
+        table_offsets(v, exps)
+    } else {
+        // The table is keyed by release (g.goid moved in 1.23 and back in
+        // 1.25): a lower bound cannot pick a row.
+        let mut o = StructOffsets::default();
+        let why = format!(
+            "the exact Go version is unknown (only go{}.{}+ from the pclntab) and there is no DWARF",
+            v.major, v.minor
+        );
+        for (f, _) in o.fields() {
+            o.missing.push((f.to_string(), why.clone()));
+        }
+        o
+    };
     let dwarf = match from_dwarf(bin.data()) {
         Ok(d) => d,
         Err(e) => {
