@@ -9,7 +9,7 @@
 
 use std::{
     io::Read,
-    net::{SocketAddr, TcpListener, TcpStream},
+    net::{SocketAddr, TcpListener},
     path::PathBuf,
     process::{Child, Command, Stdio},
     sync::Arc,
@@ -19,8 +19,8 @@ use std::{
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 use tracer_tests::{
-    Variant, build_fixture, cache_dir, go_toolchains, marker_line, privileged_tests_enabled,
-    tracer_bin,
+    Variant, build_fixture, cache_dir, go_toolchains, marker_line, net::http_get as http_status,
+    privileged_tests_enabled, tracer_bin,
 };
 use tracer_user::{
     agent::hub::{self, AgentInfo, Labels, NodeSnapshot},
@@ -224,21 +224,6 @@ impl Drop for Killed {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
-}
-
-fn http_status(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    use std::io::Write;
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
-    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .ok()?;
-    let mut buf = String::new();
-    s.read_to_string(&mut buf).ok()?;
-    let code = buf.split_whitespace().nth(1)?.parse().ok()?;
-    Some((code, buf))
 }
 
 #[test]

@@ -31,6 +31,12 @@ fn scratch(name: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
+/// The contention fixture, built with the newest Go.
+fn contention() -> Result<PathBuf> {
+    let tc = go_toolchains()?.pop().context("no Go")?;
+    build_fixture(&tc, "contention", Variant::Plain)
+}
+
 fn read(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap_or_default()
 }
@@ -254,8 +260,7 @@ fn agent_without_cap_sys_ptrace_counts_the_processes_it_may_not_open() -> Result
     if !privileged_tests_enabled("agent_without_cap_sys_ptrace") {
         return Ok(());
     }
-    let tc = go_toolchains()?.pop().context("no Go")?;
-    let fixture = build_fixture(&tc, "contention", Variant::Plain)?;
+    let fixture = contention()?;
     let dir = scratch("ptrace")?;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
     // A name of its own, so the agent's --comm filter selects only it.
@@ -428,8 +433,7 @@ fn run_killed_while_placing_probes_leaves_no_program_behind() -> Result<()> {
     if !privileged_tests_enabled("run_killed_while_placing_probes") {
         return Ok(());
     }
-    let tc = go_toolchains()?.pop().context("no Go")?;
-    let fixture = build_fixture(&tc, "contention", Variant::Plain)?;
+    let fixture = contention()?;
     let tracer_exe = tracer_bin()?.canonicalize()?;
     // Killed the moment its child exists, held at the gate (still a copy of
     // tracer: its executable is tracer's), while the probes are being attached: the child used to block
@@ -468,8 +472,7 @@ fn run_passes_sigterm_and_sighup_on_and_still_reports() -> Result<()> {
     if !privileged_tests_enabled("run_passes_sigterm_and_sighup_on") {
         return Ok(());
     }
-    let tc = go_toolchains()?.pop().context("no Go")?;
-    let fixture = build_fixture(&tc, "contention", Variant::Plain)?;
+    let fixture = contention()?;
     let dir = scratch("signals")?;
     let comm: String = fixture
         .file_name()
@@ -594,8 +597,7 @@ fn peak_rss_of(args: &[&std::ffi::OsStr]) -> Result<(i32, String, u64)> {
 
 #[test]
 fn analysis_refuses_special_files_and_reads_padded_binaries_in_bounded_memory() -> Result<()> {
-    let tc = go_toolchains()?.pop().context("no Go")?;
-    let fixture = build_fixture(&tc, "contention", Variant::Plain)?;
+    let fixture = contention()?;
     let dir = scratch("padded")?;
     // A FIFO used to hang the analysis; /dev/zero was read until OOM.
     let fifo = dir.join("fifo");
@@ -728,8 +730,7 @@ fn agent_stopping_reports_live_processes_as_detached_not_exited() -> Result<()> 
         return Ok(());
     }
     use tracer_tests::agent::{AgentProc, process_info};
-    let tc = go_toolchains()?.pop().context("no Go")?;
-    let fixture = build_fixture(&tc, "contention", Variant::Plain)?;
+    let fixture = contention()?;
     let dir = scratch("detached")?;
     let prog = dir.join("detachme");
     std::fs::copy(&fixture, &prog)?;
