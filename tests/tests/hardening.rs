@@ -114,33 +114,9 @@ fn agent_on_a_fresh_node_creates_its_socket_directory_serves_and_says_so() -> Re
     ensure!(mode == 0o700, "socket directory mode {mode:o}, want 700");
 
     // The socket really serves gRPC: a client gets the agent's snapshot.
-    let top = Command::new(tracer_bin()?)
-        .args([
-            "top",
-            "--once",
-            "--json",
-            "--interval",
-            "200ms",
-            "--connect",
-        ])
-        .arg(format!("unix:{}", socket.display()))
-        .output()
-        .context("running tracer top")?;
     ensure!(
-        top.status.success(),
-        "tracer top over the socket failed: {}",
-        String::from_utf8_lossy(&top.stderr)
-    );
-    let round: serde_json::Value = serde_json::from_slice(
-        top.stdout
-            .split(|b| *b == b'\n')
-            .find(|l| !l.is_empty())
-            .context("tracer top printed nothing")?,
-    )
-    .context("parsing tracer top --json")?;
-    ensure!(
-        round["agents"][0]["connection"]["state"] == "connected",
-        "top did not connect over the socket: {round}"
+        top_connects(&format!("unix:{}", socket.display()), None)?,
+        "tracer top did not connect over the socket"
     );
 
     let text = read(&log);
