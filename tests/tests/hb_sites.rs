@@ -11,6 +11,7 @@ use tracer_tests::{
     GoToolchain, Variant, build_fixture, cache_dir, fixtures_src_dir, go_toolchains,
 };
 use tracer_user::gobin::GoBinary;
+use tracer_user::maps::hb::{SyncAction, SyncKind, sync_probes};
 
 const FUNCS: [(&str, &str); 4] = [
     ("sync.(*Mutex).Lock", "cmpxchg"),
@@ -103,6 +104,7 @@ fn every_inlined_lock_fast_path_is_found_with_its_atomic_operand() -> Result<()>
                     "{insn:?} outside {s:?}"
                 );
             }
+            check_probe_table(&bin, &tc, variant)?;
             eprintln!(
                 "go {} {variant:?}: {} inlined lock sites, {} source positions, all matching -gcflags=-m",
                 tc.version,
@@ -110,6 +112,69 @@ fn every_inlined_lock_fast_path_is_found_with_its_atomic_operand() -> Result<()>
                 got.len()
             );
         }
+    }
+    Ok(())
+}
+
+/// The probe table names each lock as the object itself: in the fixture the
+/// mutex and the RWMutex sit at offset 0 of their structs, so the register's
+/// displacement must be 0 for every probe in their methods (RLock/RUnlock
+/// add to `readerCount`, 16 bytes in: normalised away), and no inlined copy
+/// in main.go may be left without its atomic.
+fn check_probe_table(bin: &GoBinary, tc: &GoToolchain, variant: Variant) -> Result<()> {
+    let table = sync_probes(bin);
+    ensure!(
+        !table
+            .unresolved
+            .iter()
+            .any(|s| s.file.ends_with("/hbsync/main.go")),
+        "go {} {variant:?}: unresolved {:?}",
+        tc.version,
+        table.unresolved
+    );
+    let ours: Vec<_> = table
+        .probes
+        .iter()
+        .filter(|p| {
+            p.caller.starts_with("main.(*cache)") || p.caller.starts_with("main.(*registry)")
+        })
+        .collect();
+    ensure!(ours.len() >= 4, "go {} {variant:?}: {ours:#?}", tc.version);
+    for p in &ours {
+        ensure!(p.disp == 0, "go {} {variant:?}: {p:?}", tc.version);
+        let rw = p.caller.starts_with("main.(*registry)");
+        ensure!(
+            (p.kind == SyncKind::RwMutex) == rw,
+            "go {} {variant:?}: {p:?}",
+            tc.version
+        );
+    }
+    let actions = |m: &str| {
+        ours.iter()
+            .filter(|p| p.method == m)
+            .map(|p| p.action)
+            .collect::<Vec<_>>()
+    };
+    ensure!(
+        actions("sync.(*Mutex).Lock")
+            .iter()
+            .all(|a| *a == SyncAction::AcquireOnResume)
+            && actions("sync.(*RWMutex).RUnlock")
+                .iter()
+                .all(|a| *a == SyncAction::Release)
+            && !actions("sync.(*RWMutex).RLock").is_empty(),
+        "{ours:#?}"
+    );
+    for m in [
+        "sync.(*Mutex).Unlock",
+        "sync.(*RWMutex).Lock",
+        "sync.(*RWMutex).Unlock",
+    ] {
+        ensure!(
+            table.probes.iter().any(|p| p.method == m && p.caller == m),
+            "go {} {variant:?}: no entry probe on {m}",
+            tc.version
+        );
     }
     Ok(())
 }

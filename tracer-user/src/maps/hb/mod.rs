@@ -23,10 +23,12 @@ mod clock;
 mod engine;
 mod finding;
 mod shadow;
+mod sites;
 
 pub use clock::{Epoch, Goid, Tick, VectorClock};
 pub use engine::Engine;
 pub use finding::{AccessInfo, HbFinding};
+pub use sites::{SyncAction, SyncProbe, SyncProbes, sync_probes};
 
 /// What a synchronisation object is; it decides whether acquiring it means
 /// holding a lock (for the lock sets findings show).
