@@ -8,10 +8,11 @@ use serde::Serialize;
 use crate::tcp::TcpReport;
 
 use crate::{
-    contention::{HolderRow, LockRow, Site, StackCount},
+    contention::{HolderRow, LockRow},
+    ebpf::{ProbeStatus, ProgramStats},
     latency::{Bucket, fmt_ns},
     maps::{MapFinding, MapReport, MapsLost},
-    probes::{ProbeStatus, ProgramStats},
+    symbols::{Site, StackCount},
 };
 
 #[derive(Clone, Debug, Serialize)]
@@ -422,7 +423,7 @@ impl Report {
                 f.lock.kind,
                 lock,
                 fmt_ns(f.age_ns),
-                crate::contention::at_site(f.site.as_ref())
+                crate::symbols::at_site(f.site.as_ref())
             );
         }
     }

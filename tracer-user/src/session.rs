@@ -14,18 +14,18 @@ use std::{
 use anyhow::{Context, Result};
 
 use crate::{
-    contention::{
-        Located, Symbolizer, bias_from_entry_frame, build_holders, build_rows, waiters_by_site,
-    },
+    clock::monotonic_ns,
+    contention::{Located, build_holders, build_rows, waiters_by_site},
     datasyms::DataSymbols,
+    ebpf::{ProbeStatus, Scope, Tracer, enable_bpf_stats},
     gobin::GoBinary,
     maps::{MapsMode, MapsState},
-    probes::{ProbeStatus, Scope, Tracer, enable_bpf_stats},
     rate_guard::{Action, RateGuard},
     report::{
         AnyFinding, Finding, HolderReport, Image, LockPauses, LockRef, LockReport, Report, Target,
     },
-    stuck::{StuckWaits, monotonic_ns, read_goid},
+    stuck::{StuckWaits, read_goid},
+    symbols::{Symbolizer, bias_from_entry_frame},
     tcp::{TcpTracing, attach_tcp},
 };
 

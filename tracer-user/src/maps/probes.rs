@@ -18,8 +18,8 @@ use tracer_common::maps::{
 };
 
 use crate::{
+    ebpf::{ProbeStatus, Scope, Tracer},
     gobin::{Function, GoBinary},
-    probes::{ProbeStatus, Scope, Tracer},
 };
 
 /// The BPF programs of the map feature.

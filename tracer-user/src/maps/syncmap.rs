@@ -31,8 +31,8 @@ use tracer_common::maps::{
 };
 
 use crate::{
+    ebpf::{ProbeStatus, Scope, Tracer},
     gobin::{Function, GoBinary},
-    probes::{ProbeStatus, Scope, Tracer},
 };
 
 pub const PROGRAM: &str = "sync_map_call";
