@@ -124,8 +124,6 @@ impl Scope {
 pub struct Tracer {
     /// Crate-visible so feature modules (locks, maps, TCP) read their tables.
     pub(crate) ebpf: Ebpf,
-    /// Links of the lock probes, so the rate guard can detach them.
-    pub(crate) lock_links: Vec<(&'static str, UProbeLinkId)>,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
 }
 
@@ -166,11 +164,7 @@ impl Tracer {
         let ebpf = loader
             .load(EBPF_OBJECT)
             .context("loading tracer's eBPF object into the kernel")?;
-        let mut tracer = Self {
-            ebpf,
-            lock_links: Vec::new(),
-            logger: None,
-        };
+        let mut tracer = Self { ebpf, logger: None };
         // Debug logs from the probes; absent when no program logs.
         tracer.logger = aya_log::EbpfLogger::init(&mut tracer.ebpf).ok();
         tracer.load_uprobes(&LOADED_WITH_OBJECT)?;
@@ -234,6 +228,11 @@ impl Tracer {
             HashMap::try_from(map_mut(&mut self.ebpf, "TARGETS")?)?;
         targets.insert(pid, 1, 0).context("adding target pid")?;
         Ok(())
+    }
+
+    /// Stops recording `pid` (the other half of [`Tracer::add_target`]).
+    pub fn remove_target(&mut self, pid: u32) -> Result<()> {
+        purge_hash::<u32, u8>(&mut self.ebpf, "TARGETS", |k| *k == pid)
     }
 
     /// Run counts and run time of each probe program; non-zero only while the
