@@ -110,7 +110,7 @@ pub enum Scope {
 }
 
 impl Scope {
-    pub(crate) fn uprobe_scope(self) -> UProbeScope {
+    fn uprobe_scope(self) -> UProbeScope {
         match self {
             Scope::Pid(pid) => {
                 NonZeroU32::new(pid).map_or(UProbeScope::AllProcesses, UProbeScope::OneProcess)
