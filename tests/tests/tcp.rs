@@ -16,7 +16,7 @@ use std::{
 use anyhow::{Context, Result, bail, ensure};
 use tracer_tests::{Variant, build_fixture, go_toolchains, privileged_tests_enabled};
 use tracer_user::{
-    probes::Tracer,
+    ebpf::Tracer,
     tcp::{
         AcceptWait, FlowReport, Mechanism, RttMode, TcpReport, TcpTracing, attach_tcp,
         attach_tcp_leaving, hook_order, rtt_mode,

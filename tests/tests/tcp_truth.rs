@@ -23,7 +23,7 @@ use tracer_tests::{
     build_fixture, go_toolchains, privileged_tests_enabled, tracer_bin,
 };
 use tracer_user::{
-    probes::Tracer,
+    ebpf::Tracer,
     tcp::{FlowReport, RttMode, TcpReport, TcpTracing, attach_tcp, attach_tcp_opts, hook_order},
 };
 

@@ -8,11 +8,13 @@ use serde::Serialize;
 use crate::tcp::TcpReport;
 
 use crate::{
-    contention::{HolderRow, LockRow, Site, StackCount},
-    latency::{Bucket, fmt_ns},
+    ebpf::{ProbeStatus, ProgramStats},
+    latency::fmt_ns,
     maps::{MapFinding, MapReport, MapsLost},
-    probes::{ProbeStatus, ProgramStats},
 };
+
+/// The lock parts of the report, defined with the lock feature.
+pub use crate::locks::report::{Finding, HolderReport, LockPauses, LockRef, LockReport};
 
 #[derive(Clone, Debug, Serialize)]
 pub struct Target {
@@ -22,49 +24,6 @@ pub struct Target {
     /// Where `go_version` came from (`buildinfo`, `runtime_build_version`, or
     /// `pclntab_magic`: a lower bound only).
     pub go_version_source: crate::gobin::VersionSource,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct LockReport {
-    /// Lock address in the traced process, as hex.
-    pub address: String,
-    pub kind: &'static str,
-    /// The lock's global variable name (`main.mu`), when it is one and the binary has symbols.
-    pub name: Option<String>,
-    pub site: Site,
-    pub stack: Vec<Site>,
-    pub contentions: u64,
-    /// Distinct goroutines that waited (a lower bound once the kernel's
-    /// 65,536-entry waiter table is full).
-    pub goroutines: usize,
-    pub wait_ns_total: u64,
-    pub wait_ns_p50: u64,
-    pub wait_ns_p99: u64,
-    pub wait_ns_max: u64,
-    pub histogram: Vec<Bucket>,
-    /// The waits per full stack, for pprof profiles (not in the JSON).
-    #[serde(skip)]
-    pub stacks: Vec<StackCount>,
-}
-
-impl From<&LockRow> for LockReport {
-    fn from(r: &LockRow) -> Self {
-        LockReport {
-            address: format!("{:#x}", r.address),
-            kind: r.kind,
-            name: r.name.clone(),
-            site: r.site.clone(),
-            stack: r.stack.clone(),
-            contentions: r.latency.count,
-            goroutines: r.goroutines.len(),
-            wait_ns_total: r.latency.total_ns,
-            wait_ns_p50: r.latency.quantile(0.50),
-            wait_ns_p99: r.latency.quantile(0.99),
-            wait_ns_max: r.latency.max_ns,
-            histogram: r.latency.buckets(),
-            stacks: r.stacks.clone(),
-        }
-    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -116,54 +75,6 @@ pub struct Image {
     pub file_offset: u64,
 }
 
-/// Times the rate guard detached the lock probes.
-#[derive(Clone, Debug, Serialize)]
-pub struct LockPauses {
-    pub pauses: u32,
-    /// Total time the lock probes were detached, ns.
-    pub paused_ns: u64,
-    /// The `--max-lock-rate` that was exceeded (waits per second).
-    pub limit_per_sec: u64,
-}
-
-/// One unlocker call site of one lock.
-#[derive(Clone, Debug, Serialize)]
-pub struct HolderReport {
-    pub address: String,
-    pub kind: &'static str,
-    pub name: Option<String>,
-    /// The code that called Unlock/RUnlock while others waited.
-    pub site: Site,
-    pub stack: Vec<Site>,
-    /// Unlocks from here that had to wake a waiter.
-    pub wakeups: u64,
-    /// Wakeups per full stack, for pprof profiles (not in the JSON).
-    #[serde(skip)]
-    pub stacks: Vec<StackCount>,
-}
-
-impl From<&HolderRow> for HolderReport {
-    fn from(h: &HolderRow) -> Self {
-        HolderReport {
-            address: format!("{:#x}", h.address),
-            kind: h.kind,
-            name: h.name.clone(),
-            site: h.site.clone(),
-            stack: h.stack.clone(),
-            wakeups: h.wakeups,
-            stacks: h.stacks.clone(),
-        }
-    }
-}
-
-/// Which lock a finding is about.
-#[derive(Clone, Debug, Serialize)]
-pub struct LockRef {
-    pub address: String,
-    pub kind: &'static str,
-    pub name: Option<String>,
-}
-
 /// Any finding; serialized as the inner object (each has its own `kind`).
 #[derive(Clone, Debug, Serialize)]
 #[serde(untagged)]
@@ -171,23 +82,6 @@ pub enum AnyFinding {
     Lock(Finding),
     /// Boxed: a map finding carries two stacks.
     Map(Box<MapFinding>),
-}
-
-/// A problem found while tracing.
-#[derive(Clone, Debug, Serialize)]
-pub struct Finding {
-    /// `stuck_lock_wait`: a wait in progress longer than the threshold.
-    pub kind: &'static str,
-    pub pid: u32,
-    /// Goroutine id, when the binary's `runtime.g.goid` offset is known.
-    pub goroutine: Option<u64>,
-    pub lock: LockRef,
-    /// Longest age observed, ns.
-    pub age_ns: u64,
-    /// Still waiting when the report was made.
-    pub ongoing: bool,
-    pub site: Option<Site>,
-    pub stack: Vec<Site>,
 }
 
 impl Report {
@@ -230,89 +124,17 @@ impl Report {
             );
         }
         self.findings_table(&mut out);
-        if self.stuck_waits_dropped > 0 {
-            let _ = writeln!(
-                out,
-                "  {} more stuck lock wait(s) not listed (at most {} kept per process)",
-                self.stuck_waits_dropped,
-                crate::stuck::MAX_STUCK_PER_PROCESS
-            );
-        }
         crate::maps::table::table(&self.maps, limit, &mut out);
         crate::maps::syncmap::table(&self.sync_maps, limit, &mut out);
-        self.locks_table(limit, &mut out);
+        crate::locks::table::table(
+            &self.locks,
+            &self.holders,
+            self.lock_probe_pauses.as_ref(),
+            limit,
+            &mut out,
+        );
         self.tcp_table(limit, &mut out);
         out
-    }
-
-    fn locks_table(&self, limit: usize, out: &mut String) {
-        if let Some(p) = &self.lock_probe_pauses {
-            let _ = writeln!(
-                out,
-                "  lock probes paused {} time(s), {} in all: more than {} contended waits/s (--max-lock-rate); lock counts are lower bounds",
-                p.pauses,
-                fmt_ns(p.paused_ns),
-                p.limit_per_sec
-            );
-        }
-        if self.locks.is_empty() {
-            let _ = writeln!(out, "no lock contention recorded");
-            return;
-        }
-        // Wide enough for the longest lock name shown (global names can be long).
-        let w = self
-            .locks
-            .iter()
-            .take(limit)
-            .map(|l| l.name.as_deref().unwrap_or(&l.address).len())
-            .chain(
-                self.holders
-                    .iter()
-                    .take(limit)
-                    .map(|h| h.name.as_deref().unwrap_or(&h.address).len()),
-            )
-            .max()
-            .unwrap_or(0)
-            .clamp(16, 48);
-        let _ = writeln!(
-            out,
-            "{:<w$} {:<13} {:>11} {:>10} {:>9} {:>9} {:>9}  CALL SITE",
-            "LOCK", "KIND", "CONTENTIONS", "TOTAL", "P50", "P99", "MAX"
-        );
-        for l in self.locks.iter().take(limit) {
-            let _ = writeln!(
-                out,
-                "{:<w$} {:<13} {:>11} {:>10} {:>9} {:>9} {:>9}  {}",
-                l.name.as_deref().unwrap_or(&l.address),
-                l.kind,
-                l.contentions,
-                fmt_ns(l.wait_ns_total),
-                fmt_ns(l.wait_ns_p50),
-                fmt_ns(l.wait_ns_p99),
-                fmt_ns(l.wait_ns_max),
-                l.site
-            );
-        }
-        if !self.holders.is_empty() {
-            let _ = writeln!(out, "HOLDERS (unlocks that woke waiters)");
-            for h in self.holders.iter().take(limit) {
-                let _ = writeln!(
-                    out,
-                    "{:<w$} {:<13} {:>11}  {}",
-                    h.name.as_deref().unwrap_or(&h.address),
-                    h.kind,
-                    h.wakeups,
-                    h.site
-                );
-            }
-        }
-        if self.locks.len() > limit {
-            let _ = writeln!(
-                out,
-                "... {} more rows (see --json-report)",
-                self.locks.len() - limit
-            );
-        }
     }
 
     /// TCP flows rolled up per remote endpoint, most bytes first, then per
@@ -411,19 +233,6 @@ impl Report {
             AnyFinding::Lock(l) => Some(l),
             AnyFinding::Map(_) => None,
         });
-        for f in lock_findings {
-            let lock = f.lock.name.as_deref().unwrap_or(&f.lock.address);
-            let _ = writeln!(
-                out,
-                "FINDING {}: goroutine {} {} on {} {} for {}{}",
-                f.kind,
-                f.goroutine.map_or("?".into(), |g| g.to_string()),
-                if f.ongoing { "waiting" } else { "waited" },
-                f.lock.kind,
-                lock,
-                fmt_ns(f.age_ns),
-                crate::contention::at_site(f.site.as_ref())
-            );
-        }
+        crate::locks::table::findings(lock_findings, self.stuck_waits_dropped, out);
     }
 }

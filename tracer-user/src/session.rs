@@ -3,8 +3,6 @@
 //! `tracer attach` differ only in how the process starts and when it ends.
 
 use std::{
-    cell::{Cell, OnceCell},
-    collections::HashMap,
     io::{IsTerminal, Write},
     path::{Path, PathBuf},
     sync::Arc,
@@ -14,18 +12,11 @@ use std::{
 use anyhow::{Context, Result};
 
 use crate::{
-    contention::{
-        Located, Symbolizer, bias_from_entry_frame, build_holders, build_rows, waiters_by_site,
-    },
-    datasyms::DataSymbols,
+    ebpf::{ProbeStatus, Scope, Tracer, enable_bpf_stats},
     gobin::GoBinary,
+    locks::{LockParts, LockTracing, read::LockTables},
     maps::{MapsMode, MapsState},
-    probes::{ProbeStatus, Scope, Tracer, enable_bpf_stats},
-    rate_guard::{Action, RateGuard},
-    report::{
-        AnyFinding, Finding, HolderReport, Image, LockPauses, LockRef, LockReport, Report, Target,
-    },
-    stuck::{StuckWaits, monotonic_ns, read_goid},
+    report::{AnyFinding, Image, Report, Target},
     tcp::{TcpTracing, attach_tcp},
 };
 
@@ -57,14 +48,9 @@ pub struct OutputOptions {
 
 /// One read of the kernel tables a report is built from.
 struct Tables {
-    waits: Vec<(tracer_common::LockKey, crate::latency::Latency)>,
-    waiters: Vec<tracer_common::WaiterKey>,
-    wakes: Vec<(tracer_common::LockKey, u64)>,
+    locks: LockTables,
     maps: Option<crate::maps::MapsReport>,
 }
-
-/// How long the lock probes stay detached once the rate guard trips.
-pub const LOCK_PAUSE: Duration = Duration::from_secs(5);
 
 /// How often the in-flight waits are scanned for stuck waiters.
 pub const STUCK_SCAN: Duration = Duration::from_millis(250);
@@ -78,18 +64,10 @@ pub struct Session {
     pub exe: String,
     pub probes: Vec<ProbeStatus>,
     started: Instant,
-    /// Link-time entry of each probed function by wait kind: a recorded stack's
-    /// frame 0 is that entry, which gives a PIE's load bias.
-    entries: HashMap<u32, u64>,
-    bias: Cell<Option<u64>>,
-    data_syms: OnceCell<DataSymbols>,
-    stuck: StuckWaits,
+    /// Lock probes, stuck waits and the rate guard.
+    locks: LockTracing,
     /// Map probes and their fatal-event ring buffer; None with `--maps off`.
     maps: Option<MapsState>,
-    /// Decides when the lock probes must pause; with what to re-attach them.
-    guard: RateGuard,
-    reattach: (PathBuf, Scope, bool),
-    locks_paused: bool,
     /// TCP flow tracing; None when off or when the kernel lacks the hooks.
     tcp: Option<TcpTracing>,
     /// Why TCP flows are not traced, when they are not.
@@ -119,14 +97,14 @@ impl Session {
             None
         };
         tracer.add_target(pid)?;
-        let probes = tracer.attach_locks(&bin, attach_path, scope, opts.holders);
-        if let Some(failed) = probes.iter().find(|p| p.status == "failed") {
-            anyhow::bail!(
-                "could not attach {} probes: {}",
-                failed.feature,
-                failed.reason.as_deref().unwrap_or("unknown error")
-            );
-        }
+        let (locks, probes) = LockTracing::start(
+            &mut tracer,
+            &bin,
+            attach_path,
+            scope,
+            opts.holders,
+            opts.max_lock_rate,
+        )?;
         let maps = MapsState::start(
             &mut tracer,
             &bin,
@@ -153,11 +131,6 @@ impl Session {
         for p in probes.iter().filter(|p| p.status == "missing") {
             tracing::info!("{}", p.reason.as_deref().unwrap_or(""));
         }
-        let entries = probes
-            .iter()
-            .filter_map(|p| Some((p.kind, bin.function(p.function.as_deref()?)?.entry)))
-            .collect();
-        let bias = if bin.is_pie() { None } else { Some(0) };
         Ok(Self {
             tracer,
             bin,
@@ -165,14 +138,8 @@ impl Session {
             exe,
             probes,
             started: Instant::now(),
-            entries,
-            bias: Cell::new(bias),
-            data_syms: OnceCell::new(),
-            stuck: StuckWaits::default(),
+            locks,
             maps,
-            guard: RateGuard::new(opts.max_lock_rate, LOCK_PAUSE),
-            reattach: (attach_path.to_path_buf(), scope, opts.holders),
-            locks_paused: false,
             tcp,
             tcp_off_reason,
             tables: Default::default(),
@@ -181,87 +148,12 @@ impl Session {
         })
     }
 
-    /// Load bias of the process: 0 unless PIE, where it is learnt from the first
-    /// recorded stack (frame 0 is the probed function's entry).
-    fn bias(&self, keys: impl Iterator<Item = (u32, i64)>) -> u64 {
-        if let Some(b) = self.bias.get() {
-            return b;
-        }
-        for (kind, stack_id) in keys {
-            let Some(&entry) = self.entries.get(&kind) else {
-                continue;
-            };
-            if let Some(f0) = self
-                .tracer
-                .lock_stack(stack_id)
-                .and_then(|s| s.first().copied())
-            {
-                let b = bias_from_entry_frame(f0, entry);
-                self.bias.set(Some(b));
-                return b;
-            }
-        }
-        0
-    }
-
-    /// Name of the global variable at runtime address `addr`, if it is one.
-    fn lock_name(&self, addr: u64, bias: u64) -> Option<String> {
-        self.data_syms
-            .get_or_init(|| DataSymbols::parse(self.bin.data()))
-            .name_of(addr.wrapping_sub(bias))
-    }
-
-    /// Applies the rate guard: detaches the lock probes while contended waits
-    /// come faster than the limit, and re-attaches them after a pause.
-    fn guard_locks(&mut self) {
-        let Ok(count) = self.tracer.lock_wait_count() else {
-            return;
-        };
-        match self.guard.observe(Instant::now(), count) {
-            Action::Keep => {}
-            Action::Pause => {
-                tracing::warn!(
-                    "more than {} contended waits/s: pausing lock probes for {}s to protect the program",
-                    self.guard.limit(),
-                    LOCK_PAUSE.as_secs()
-                );
-                match self.tracer.detach_locks() {
-                    Ok(()) => self.locks_paused = true,
-                    Err(e) => tracing::warn!("could not pause lock probes: {e:#}"),
-                }
-            }
-            Action::Resume => {
-                let (path, scope, holders) = self.reattach.clone();
-                let statuses = self.tracer.attach_locks(&self.bin, &path, scope, holders);
-                if let Some(f) = statuses.iter().find(|p| p.status == "failed") {
-                    tracing::warn!(
-                        "re-attaching lock probes failed: {}",
-                        f.reason.as_deref().unwrap_or("")
-                    );
-                }
-                self.locks_paused = false;
-            }
-        }
-    }
-
     /// Scans the waits in progress for stuck waiters and applies the rate
     /// guard; call every [`STUCK_SCAN`].
     pub fn scan_stuck(&mut self, threshold: Duration) {
         self.poll_maps();
-        self.guard_locks();
-        if self.locks_paused {
-            return;
-        }
-        let Ok(inflight) = self.tracer.lock_inflight() else {
-            return;
-        };
-        let goid_off = self.bin.offsets().g_goid.map(|o| o.value);
-        self.stuck.update(
-            &inflight,
-            monotonic_ns(),
-            threshold.as_nanos() as u64,
-            |k| read_goid(k.tgid, k.g, goid_off?),
-        );
+        self.locks
+            .scan_stuck(&mut self.tracer, &self.bin, threshold);
     }
 
     /// Drains the map feature's fatal-event ring buffer.
@@ -274,9 +166,7 @@ impl Session {
     /// Marks which stuck waits had ended when the process exited.
     pub fn settle_stuck(&mut self) {
         self.poll_maps();
-        if let Ok(inflight) = self.tracer.lock_inflight() {
-            self.stuck.settle(&inflight);
-        }
+        self.locks.settle_stuck(&self.tracer);
     }
 
     /// Records `pid` too: another process running the same binary, whose
@@ -309,7 +199,11 @@ impl Session {
 
     /// Stops recording `pid` and frees its entries in the kernel tables.
     pub fn remove_pid(&mut self, pid: u32) {
-        if let Err(e) = self.tracer.forget_pid(pid) {
+        let forgot = self
+            .tracer
+            .remove_target(pid)
+            .and_then(|()| crate::locks::read::forget_pid(&mut self.tracer, pid));
+        if let Err(e) = forgot {
             tracing::debug!("pid {pid}: freeing its lock entries: {e:#}");
         }
         if let Some(m) = self.maps.as_mut()
@@ -317,7 +211,7 @@ impl Session {
         {
             tracing::debug!("pid {pid}: freeing its map entries: {e:#}");
         }
-        self.stuck.forget(pid);
+        self.locks.forget_pid(pid);
     }
 
     /// The report of `pid` alone, for sessions that record several
@@ -338,12 +232,7 @@ impl Session {
         self.begin_round();
         let mut report = self.build_report_for(self.pid)?;
         report.tcp = tcp;
-        let (pauses, paused) = self.guard.paused(Instant::now());
-        report.lock_probe_pauses = (pauses > 0).then(|| LockPauses {
-            pauses,
-            paused_ns: paused.as_nanos() as u64,
-            limit_per_sec: self.guard.limit(),
-        });
+        report.lock_probe_pauses = self.locks.pauses();
         report.tcp_off = self.tcp_off_reason.clone();
         Ok(report)
     }
@@ -358,9 +247,7 @@ impl Session {
             return Ok(t.clone());
         }
         let t = Arc::new(Tables {
-            waits: self.tracer.lock_waits()?,
-            waiters: self.tracer.lock_waiters()?,
-            wakes: self.tracer.unlock_wakes()?,
+            locks: LockTables::read(&self.tracer)?,
             maps: match &self.maps {
                 Some(m) => Some(m.report(&self.tracer, &self.bin)?),
                 None => None,
@@ -378,84 +265,15 @@ impl Session {
 
     fn build_report_for(&self, pid: u32) -> Result<Report> {
         let tables = self.tables()?;
-        let waits: Vec<_> = tables
-            .waits
-            .iter()
-            .filter(|(k, _)| k.tgid == pid)
-            .cloned()
-            .collect();
-        let stuck: Vec<_> = self
-            .stuck
-            .iter()
-            .filter(|w| w.key.tgid == pid)
-            .cloned()
-            .collect();
-        let bias = self.bias(
-            waits
-                .iter()
-                .map(|(k, _)| (k.kind, k.stack_id))
-                .chain(stuck.iter().map(|w| (w.rec.kind, w.rec.stack_id))),
-        );
-        let sym = Symbolizer {
-            bin: &self.bin,
-            bias,
-        };
-        let waiters: Vec<_> = tables
-            .waiters
-            .iter()
-            .filter(|w| w.tgid == pid)
-            .copied()
-            .collect();
-        let waiters = waiters_by_site(&waiters);
-        let mut rows = build_rows(&waits, &waiters, &sym, |id| self.tracer.lock_stack(id));
-        for r in &mut rows {
-            r.name = self.lock_name(r.address, bias);
-        }
-        let wakes: Vec<_> = tables
-            .wakes
-            .iter()
-            .filter(|(k, _)| k.tgid == pid)
-            .copied()
-            .collect();
-        let holders = build_holders(&wakes, &sym, |id| self.tracer.lock_stack(id))
-            .into_iter()
-            .map(|mut h| {
-                h.name = self.lock_name(h.address, bias);
-                HolderReport::from(&h)
-            })
-            .collect();
+        let LockParts {
+            locks,
+            holders,
+            findings,
+        } = self
+            .locks
+            .report_for(&self.tracer, &self.bin, &tables.locks, pid);
         let maps = tables.maps.clone().map(|m| m.only_pid(pid));
-        let mut findings: Vec<AnyFinding> = stuck
-            .iter()
-            .map(|w| {
-                let stack = self.tracer.lock_stack(w.rec.stack_id);
-                let Located {
-                    kind,
-                    address,
-                    stack: frames,
-                    ..
-                } = sym.locate(
-                    w.rec.kind,
-                    w.rec.lock_addr,
-                    w.rec.caller_pc,
-                    stack.as_deref(),
-                );
-                AnyFinding::Lock(Finding {
-                    kind: "stuck_lock_wait",
-                    pid: w.key.tgid,
-                    goroutine: w.goid,
-                    lock: LockRef {
-                        address: format!("{address:#x}"),
-                        kind,
-                        name: self.lock_name(address, bias),
-                    },
-                    age_ns: w.age_ns,
-                    ongoing: w.ongoing,
-                    site: frames.first().cloned(),
-                    stack: frames,
-                })
-            })
-            .collect();
+        let mut findings: Vec<AnyFinding> = findings.into_iter().map(AnyFinding::Lock).collect();
         // Map findings first: a crash or a data race matters more than a slow lock.
         let (map_rows, maps_lost, map_hits, sync_maps) = match maps {
             Some(m) => {
@@ -476,7 +294,7 @@ impl Session {
             },
             duration_ns: self.started.elapsed().as_nanos() as u64,
             probes: self.probes.clone(),
-            locks: rows.iter().map(LockReport::from).collect(),
+            locks,
             holders,
             findings,
             maps: map_rows,
@@ -491,9 +309,9 @@ impl Session {
             tcp: None,
             tcp_off: None,
             lock_probe_pauses: None,
-            stuck_waits_dropped: self.stuck.dropped(pid),
+            stuck_waits_dropped: self.locks.stuck_dropped(pid),
             // Only once the load bias is known (always for non-PIE).
-            image: self.bias.get().zip(self.bin.exec_segment()).map(
+            image: self.locks.known_bias().zip(self.bin.exec_segment()).map(
                 |(bias, (vaddr, size, offset))| Image {
                     path: self.exe.clone(),
                     start: vaddr.wrapping_add(bias),

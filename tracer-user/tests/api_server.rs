@@ -23,7 +23,7 @@ use tracer_user::{
         ServeOptions,
         synthetic::{flow, lock, map, process, report, site},
     },
-    probes::ProbeStatus,
+    ebpf::ProbeStatus,
     report::{AnyFinding, Finding, LockRef},
 };
 

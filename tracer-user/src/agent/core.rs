@@ -24,15 +24,14 @@ use super::{
     },
 };
 use crate::{
+    clock::monotonic_ns,
+    ebpf::{ProbeStatus, Scope, Tracer},
     gobin::GoBinary,
     kernelfs,
     maps::MapsReport,
-    privileges,
-    probes::{ProbeStatus, Scope, Tracer},
-    procfs,
+    privileges, procfs,
     report::{AnyFinding, Report},
     session::{OutputOptions, STUCK_SCAN, Session},
-    stuck::monotonic_ns,
     tcp::{
         TcpReport, TcpTracing, add_tcp_pid, attach_tcp,
         flows::{FlowReport, FlowTotals, RemoteRollup, rollup_by_listen_port, rollup_by_remote},

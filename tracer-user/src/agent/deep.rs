@@ -10,9 +10,9 @@ use std::{
 use anyhow::{Context, Result, bail};
 
 use crate::{
+    ebpf::{ProbeStatus, Scope, Tracer},
     gobin::GoBinary,
     maps::{MapsMode, MapsReport, MapsState},
-    probes::{ProbeStatus, Scope, Tracer},
     report::{AnyFinding, Report},
 };
 

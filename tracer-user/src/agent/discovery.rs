@@ -26,7 +26,7 @@ use tracer_common::{
 };
 
 use super::hub::Labels;
-use crate::{gobin::GoBinary, probes::Tracer, procfs};
+use crate::{ebpf::Tracer, gobin::GoBinary, procfs};
 
 /// A process lifecycle event as decoded from the kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

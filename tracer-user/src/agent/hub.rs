@@ -16,7 +16,7 @@ use serde::Serialize;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::{
-    probes::ProbeStatus,
+    ebpf::ProbeStatus,
     report::{AnyFinding, Report},
 };
 

@@ -11,11 +11,11 @@ use tracer_api::v1 as pb;
 
 use crate::{
     agent::hub::{AgentInfo, FindingRecord, Health, Labels, NodeSnapshot, ProcState, ProcessInfo},
-    contention::Site,
+    ebpf::ProbeStatus,
     latency::Bucket,
     maps::{MapFinding, MapReport, report::OpSideReport, syncmap::SyncMapReport},
-    probes::ProbeStatus,
     report::{AnyFinding, LockReport, Report},
+    symbols::Site,
     tcp::FlowReport,
 };
 

@@ -7,10 +7,10 @@ use tracer_common::hist_slot;
 
 use crate::{
     agent::hub::{AgentInfo, Labels, NodeSnapshot, ProcState, ProcessInfo},
-    contention::Site,
     latency::Latency,
     maps::{MapReport, report::OpReport},
     report::{LockReport, Report, Target},
+    symbols::Site,
     tcp::{FlowReport, TcpReport, TcpStats, flows::RttBucket},
 };
 

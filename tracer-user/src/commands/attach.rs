@@ -5,11 +5,10 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 
 use crate::{
+    ebpf::{Scope, Tracer},
     export::ExportOptions,
     gobin::GoBinary,
-    kernelfs, privileges,
-    probes::{Scope, Tracer},
-    procfs,
+    kernelfs, privileges, procfs,
     session::{OutputOptions, STUCK_SCAN, Session},
 };
 

@@ -34,7 +34,7 @@ pub fn inspect(binary: Option<&Path>, pid: Option<u32>, json: bool) -> Result<()
 /// Loads the eBPF object and tries the TCP hooks in the configured order,
 /// exactly as `run`/`attach` would, then reports the outcome of each.
 pub fn inspect_kernel(json: bool) -> Result<()> {
-    let mut tracer = crate::probes::Tracer::load_with(true)?;
+    let mut tracer = crate::ebpf::Tracer::load_with(true)?;
     let order = crate::tcp::hook_order()?;
     let report = crate::tcp::inspect_kernel(&mut tracer, &order)?;
     if json {

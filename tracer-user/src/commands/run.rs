@@ -16,10 +16,10 @@ use std::io::{Read as _, Write as _};
 use anyhow::{Context, Result, bail};
 
 use crate::{
+    ebpf::{Scope, Tracer},
     export::ExportOptions,
     gobin::GoBinary,
     kernelfs, privileges,
-    probes::{Scope, Tracer},
     session::{OutputOptions, STUCK_SCAN, Session},
 };
 

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 
-use crate::contention::{PcFrame, StackCount};
 use crate::report::Report;
+use crate::symbols::{PcFrame, StackCount};
 
 /// Exit code of `tracer run`/`attach` with `--fail-on-findings` when the
 /// program itself succeeded but something was found.
@@ -118,7 +118,7 @@ pub struct Samples {
     pub comments: Vec<String>,
 }
 
-fn attached(probes: &[crate::probes::ProbeStatus], feature: &str) -> bool {
+fn attached(probes: &[crate::ebpf::ProbeStatus], feature: &str) -> bool {
     probes
         .iter()
         .any(|p| p.feature == feature && p.status == "attached")

@@ -9,8 +9,8 @@ use std::io::Write as _;
 use anyhow::{Context, Result};
 use prost::Message;
 
-use crate::contention::PcFrame;
 use crate::report::Image;
+use crate::symbols::PcFrame;
 
 #[derive(Clone, PartialEq, Message)]
 pub struct Profile {
@@ -295,7 +295,7 @@ pub fn encode_gz(p: &Profile) -> Result<Vec<u8>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::contention::Site;
+    use crate::symbols::Site;
     use std::io::Read as _;
 
     fn site(f: &str, line: u32) -> Site {

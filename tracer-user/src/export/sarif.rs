@@ -6,11 +6,11 @@
 
 use serde_json::{Value, json};
 
-use crate::contention::{Site, at_site};
 use crate::latency::fmt_ns;
 use crate::maps::MapFinding;
 use crate::maps::report::OpSideReport;
 use crate::report::{AnyFinding, Finding, Report};
+use crate::symbols::{Site, at_site};
 
 /// One rule per finding kind: (id, name, level, short text, help text).
 const RULES: [(&str, &str, &str, &str, &str); 6] = [

@@ -25,9 +25,9 @@ use aya::maps::{MapData, RingBuf};
 use tracer_common::maps::{FLAG_DEEP_ARMED, MapsConfig};
 
 use crate::{
+    clock::monotonic_ns,
+    ebpf::{ProbeStatus, Scope, Tracer},
     gobin::GoBinary,
-    probes::{ProbeStatus, Scope, Tracer},
-    stuck::monotonic_ns,
 };
 
 pub use report::{MapFinding, MapReport, MapsLost, MapsReport};
@@ -144,7 +144,7 @@ impl MapsState {
 
     /// Stops recording `pid` and frees its entries in the kernel tables.
     pub fn forget_pid(&mut self, tracer: &mut Tracer, pid: u32) -> Result<()> {
-        use crate::probes::{purge_hash, purge_per_cpu};
+        use crate::ebpf::{purge_hash, purge_per_cpu};
         use tracer_common::{
             LockKey, WaitStats, WaiterKey,
             maps::{ConflictKey, ConflictStats, GrowthKey, GrowthStats, SyncMapKey},

@@ -7,19 +7,15 @@
 
 use std::path::Path;
 
-use anyhow::{Context, Result, anyhow, bail};
-use aya::programs::{
-    UProbe,
-    uprobe::{UProbeAttachLocation, UProbeAttachPoint},
-};
+use anyhow::{Context, Result, bail};
 use tracer_common::maps::{
     CALL_INSN_LEN, GROW_ARG0, GROW_ARG1, GROW_ARG2, OP_AT_CALL_SITE, OP_CLEAR, OP_DELETE,
     OP_ITERATE, OP_ITERATE_NEXT, OP_READ, OP_WRITE,
 };
 
 use crate::{
+    ebpf::{ProbeStatus, Scope, Tracer},
     gobin::{Function, GoBinary},
-    probes::{ProbeStatus, Scope, Tracer},
 };
 
 /// The BPF programs of the map feature.
@@ -90,18 +86,10 @@ impl MapProbes {
 
 /// Loads the map programs into the kernel.
 pub fn load(tracer: &mut Tracer) -> Result<()> {
-    for name in PROGRAMS {
-        let prog: &mut UProbe = tracer
-            .ebpf
-            .program_mut(name)
-            .ok_or_else(|| anyhow!("eBPF object lacks program {name}"))?
-            .try_into()?;
-        prog.load()
-            .with_context(|| format!("verifying eBPF program {name}"))?;
-    }
-    Ok(())
+    tracer.load_uprobes(&PROGRAMS)
 }
 
+/// One map probe, through the shared attach path.
 fn attach_at(
     tracer: &mut Tracer,
     prog: &str,
@@ -110,25 +98,14 @@ fn attach_at(
     scope: Scope,
     cookie: u32,
 ) -> Result<()> {
-    let p: &mut UProbe = tracer
-        .ebpf
-        .program_mut(prog)
-        .ok_or_else(|| anyhow!("{prog} missing"))?
-        .try_into()?;
-    p.attach(
-        UProbeAttachPoint {
-            location: UProbeAttachLocation::AbsoluteOffset(offset),
-            cookie: Some(cookie as u64),
-        },
-        path,
-        scope.uprobe_scope(),
-    )
-    .with_context(|| {
-        format!(
-            "attaching {prog} at file offset {offset:#x} of {}",
-            path.display()
-        )
-    })?;
+    tracer
+        .attach_uprobe(prog, offset, cookie, path, scope)
+        .with_context(|| {
+            format!(
+                "attaching {prog} at file offset {offset:#x} of {}",
+                path.display()
+            )
+        })?;
     Ok(())
 }
 

@@ -14,7 +14,7 @@ use tracer_common::{
     },
 };
 
-use crate::{latency::Latency, probes::Tracer};
+use crate::{ebpf::Tracer, latency::Latency};
 
 /// Registers `pid` with its binary's offsets: from now on the map probes
 /// record its hits.

@@ -15,9 +15,9 @@ use super::{
     read::{self, Fatal, Stacks},
 };
 use crate::{
-    contention::{Site, Symbolizer, bias_from_entry_frame},
+    ebpf::Tracer,
     gobin::GoBinary,
-    probes::Tracer,
+    symbols::{Site, Symbolizer, bias_from_entry_frame},
 };
 
 /// Rows kept in the JSON report, most active maps first.
@@ -72,7 +72,7 @@ pub struct OpReport {
     pub histogram: Vec<crate::latency::Bucket>,
     /// Operations per full stack, for pprof profiles (not in the JSON).
     #[serde(skip)]
-    pub stacks: Vec<crate::contention::StackCount>,
+    pub stacks: Vec<crate::symbols::StackCount>,
 }
 
 /// One map of the traced process.
@@ -177,7 +177,7 @@ impl Sym<'_> {
     /// Stack from the call site outward (map machinery skipped), at most 16 frames.
     fn frames(&self, caller_pc: u64, stack_id: i64) -> Vec<Site> {
         let stack = self.stacks.get(stack_id);
-        let (all, _) = self.sym.wait_stack(caller_pc, stack.as_deref());
+        let all = self.sym.sites(caller_pc, stack.as_deref());
         let first = all
             .iter()
             .position(|s| !is_map_machinery(&s.function))
@@ -186,11 +186,11 @@ impl Sym<'_> {
     }
 
     /// The whole stack from the call site outward, grouped by address (pprof).
-    fn grouped(&self, caller_pc: u64, stack_id: i64) -> Vec<crate::contention::PcFrame> {
+    fn grouped(&self, caller_pc: u64, stack_id: i64) -> Vec<crate::symbols::PcFrame> {
         let stack = self.stacks.get(stack_id);
         let grouped = self.sym.pc_stack(caller_pc, stack.as_deref());
-        let (_, first) = crate::contention::flat_stack(&grouped, is_map_machinery);
-        crate::contention::trim_lines(grouped, first)
+        let (_, first) = crate::symbols::flat_stack(&grouped, is_map_machinery);
+        crate::symbols::trim_lines(grouped, first)
     }
 
     fn site(&self, caller_pc: u64, stack_id: i64) -> Option<Site> {
@@ -233,7 +233,7 @@ fn top(sites: BTreeMap<Site, u64>) -> Vec<SiteCount> {
 type OpAcc = (
     crate::latency::Latency,
     BTreeMap<Site, u64>,
-    Vec<crate::contention::StackCount>,
+    Vec<crate::symbols::StackCount>,
 );
 
 #[derive(Default)]
@@ -303,7 +303,7 @@ pub fn build(
             .and_then(|f| f.lines.first().cloned())
             .unwrap_or_else(|| unknown(k.caller_pc));
         *e.1.entry(site).or_default() += lat.count;
-        e.2.push(crate::contention::StackCount {
+        e.2.push(crate::symbols::StackCount {
             frames,
             count: lat.count,
             total_ns: lat.total_ns,

@@ -15,14 +15,8 @@
 
 use std::{collections::BTreeMap, path::Path};
 
-use anyhow::{Context, Result, anyhow};
-use aya::{
-    maps::{MapData, PerCpuHashMap},
-    programs::{
-        UProbe,
-        uprobe::{UProbeAttachLocation, UProbeAttachPoint},
-    },
-};
+use anyhow::{Context, Result};
+use aya::maps::{MapData, PerCpuHashMap};
 use serde::Serialize;
 use tracer_common::maps::{
     SM_CLEAR, SM_COMPARE_AND_DELETE, SM_COMPARE_AND_SWAP, SM_DELETE_LOAD_AND_DELETE,
@@ -31,8 +25,8 @@ use tracer_common::maps::{
 };
 
 use crate::{
+    ebpf::{ProbeStatus, Scope, Tracer},
     gobin::{Function, GoBinary},
-    probes::{ProbeStatus, Scope, Tracer},
 };
 
 pub const PROGRAM: &str = "sync_map_call";
@@ -103,13 +97,7 @@ pub fn attach(tracer: &mut Tracer, bin: &GoBinary, path: &Path, scope: Scope) ->
         if funcs.is_empty() {
             return Ok(());
         }
-        let p: &mut UProbe = tracer
-            .ebpf
-            .program_mut(PROGRAM)
-            .ok_or_else(|| anyhow!("eBPF object lacks program {PROGRAM}"))?
-            .try_into()?;
-        p.load()
-            .with_context(|| format!("verifying eBPF program {PROGRAM}"))?;
+        tracer.load_uprobes(&[PROGRAM])?;
         let file = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
         for (f, m) in &funcs {
             let skip = if bin.arch() != crate::gobin::Arch::Amd64 {
@@ -120,15 +108,9 @@ pub fn attach(tracer: &mut Tracer, bin: &GoBinary, path: &Path, scope: Scope) ->
                     .and_then(|o| file.get(o..o.checked_add(PROLOGUE_BYTES)?))
                     .map_or(0, |code| past_stack_check_amd64(code, f.entry))
             };
-            p.attach(
-                UProbeAttachPoint {
-                    location: UProbeAttachLocation::AbsoluteOffset(f.file_offset + skip),
-                    cookie: Some(*m as u64),
-                },
-                path,
-                scope.uprobe_scope(),
-            )
-            .with_context(|| format!("attaching {PROGRAM} to {}", f.name))?;
+            tracer
+                .attach_uprobe(PROGRAM, f.file_offset + skip, *m, path, scope)
+                .with_context(|| format!("attaching {PROGRAM} to {}", f.name))?;
         }
         Ok(())
     })();

@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use super::report::{MapFinding, MapReport};
-use crate::{contention::Site, latency::fmt_ns};
+use crate::{latency::fmt_ns, symbols::Site};
 
 /// The warning block for map findings, printed before everything else.
 pub fn findings_table(findings: &[&MapFinding], out: &mut String) {

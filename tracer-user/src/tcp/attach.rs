@@ -14,7 +14,7 @@ use serde::Serialize;
 use super::hooks::{
     self, DEFAULT_ORDER, FnHook, HookStatus, Mechanism, Plan, ROLES, RawHook, Role,
 };
-use crate::{kernelfs, probes::Tracer};
+use crate::{ebpf::Tracer, kernelfs};
 use tracer_common::tcp::OFF_NONE;
 
 /// Environment override of the preference order, e.g. `kprobe,tracepoint`.

@@ -3,7 +3,7 @@
 //! connect latency, accept-queue wait, smoothed RTT, retransmits, resets and lifetime, attributed
 //! to the traced processes.
 //!
-//! Use: [`attach_tcp`] after [`Tracer::load`](crate::probes::Tracer::load),
+//! Use: [`attach_tcp`] after [`Tracer::load`](crate::ebpf::Tracer::load),
 //! then [`TcpTracing::report`] whenever a view is wanted (open flows are read
 //! live from the kernel map). See `docs/tcp.md`.
 
@@ -23,7 +23,7 @@ use tracer_common::tcp::{
     STAT_FLOWS_CREATED, STAT_INSERT_FAILED, STAT_MIDSTREAM, STAT_READ_FAILED, TcpConfig, TcpFlow,
 };
 
-use crate::{kernelfs, probes::Tracer};
+use crate::{ebpf::Tracer, kernelfs};
 pub use attach::{
     ACCEPT_WAIT_ENV, AcceptWait, HOOK_ORDER_ENV, KernelReport, RTT_EVERY, RTT_MODE_ENV, RoleChoice,
     RttMode, accept_wait, hook_order, inspect_kernel, plan_rtt, rtt_mode, set_accept_wait,

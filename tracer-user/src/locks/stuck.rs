@@ -35,8 +35,6 @@ pub struct StuckWaits {
     dropped: HashMap<u32, u64>,
 }
 
-pub use crate::clock::monotonic_ns;
-
 /// Reads the goroutine id at `g + goid_offset` in `pid`'s memory.
 pub fn read_goid(pid: u32, g: u64, goid_offset: u64) -> Option<u64> {
     if g & (1 << 63) != 0 {

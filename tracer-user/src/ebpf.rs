@@ -1,0 +1,253 @@
+//! The eBPF object and what every feature shares to use it: loading it,
+//! where probes fire ([`Scope`]), the one attach path for uprobes, probe
+//! status for the report, and purging a dead process from the kernel tables.
+//!
+//! Entry probes go on a function's first instruction and exit probes on each
+//! of its RET instructions (found by decoding the function body); never a
+//! uretprobe, which rewrites return addresses on goroutine stacks that the Go
+//! runtime later copies, and crashes the program.
+
+use std::{num::NonZeroU32, path::Path};
+
+use anyhow::{Context, Result, anyhow, bail};
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{HashMap, MapData, PerCpuHashMap},
+    programs::{
+        UProbe,
+        uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
+    },
+};
+use serde::Serialize;
+
+/// The eBPF object built by `build.rs`; empty when built with `AYA_BUILD_SKIP=1`.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracer"));
+
+/// Programs verified as the object loads, so a kernel that refuses the lock
+/// probes fails the load rather than the first attach. Other features load
+/// theirs when they start.
+const LOADED_WITH_OBJECT: [&str; 3] = ["lock_enter", "lock_exit", "unlock_slow"];
+
+/// Whether one feature's probes are live, and if not, why.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProbeStatus {
+    /// Feature, e.g. `mutex`.
+    pub feature: String,
+    /// Function probed, when one was found.
+    pub function: Option<String>,
+    /// `attached`, `missing` or `failed`.
+    pub status: &'static str,
+    /// Number of RET sites probed for exits.
+    pub ret_sites: usize,
+    pub reason: Option<String>,
+    /// Wait kind the probes record (`tracer_common::lock::KIND_*`).
+    #[serde(skip)]
+    pub kind: u32,
+}
+
+/// Kernel-measured cost of one probe program.
+#[derive(Clone, Debug, Serialize)]
+pub struct ProgramStats {
+    pub program: String,
+    /// Times the program ran (probe hits that passed to BPF).
+    pub run_count: u64,
+    /// Total time spent in the program, ns (excludes the uprobe trap itself).
+    pub run_time_ns: u64,
+}
+
+/// Turns on the kernel's BPF run-time statistics until the returned fd is dropped.
+pub fn enable_bpf_stats() -> Result<std::os::fd::OwnedFd> {
+    aya::sys::enable_stats(aya::sys::Stats::RunTime)
+        .context("enabling BPF run-time statistics (BPF_ENABLE_STATS)")
+}
+
+/// Keys of a hash table (plain or per-CPU) matching `dead`, for [`purge_hash`].
+fn dead_keys<K: aya::Pod>(
+    keys: impl Iterator<Item = Result<K, aya::maps::MapError>>,
+    dead: impl Fn(&K) -> bool,
+) -> Vec<K> {
+    keys.filter_map(|k| k.ok()).filter(|k| dead(k)).collect()
+}
+
+/// Deletes the entries of a (LRU) hash table whose key matches `dead`.
+pub(crate) fn purge_hash<K: aya::Pod, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &str,
+    dead: impl Fn(&K) -> bool,
+) -> Result<()> {
+    let mut m: HashMap<&mut MapData, K, V> = HashMap::try_from(map_mut(ebpf, name)?)?;
+    for k in dead_keys(m.keys(), dead) {
+        // Already gone (evicted, or removed by the kernel side) is fine.
+        let _ = m.remove(&k);
+    }
+    Ok(())
+}
+
+/// [`purge_hash`] for per-CPU hash tables.
+pub(crate) fn purge_per_cpu<K: aya::Pod, V: aya::Pod>(
+    ebpf: &mut Ebpf,
+    name: &str,
+    dead: impl Fn(&K) -> bool,
+) -> Result<()> {
+    let mut m: PerCpuHashMap<&mut MapData, K, V> = PerCpuHashMap::try_from(map_mut(ebpf, name)?)?;
+    for k in dead_keys(m.keys(), dead) {
+        let _ = m.remove(&k);
+    }
+    Ok(())
+}
+
+/// The named kernel table, or an error naming it.
+fn map_mut<'a>(ebpf: &'a mut Ebpf, name: &str) -> Result<&'a mut aya::maps::Map> {
+    ebpf.map_mut(name)
+        .ok_or_else(|| anyhow!("{name} map missing"))
+}
+
+/// Where probes on a binary fire: one process, or every process running it.
+#[derive(Clone, Copy, Debug)]
+pub enum Scope {
+    Pid(u32),
+    AllProcesses,
+}
+
+impl Scope {
+    fn uprobe_scope(self) -> UProbeScope {
+        match self {
+            Scope::Pid(pid) => {
+                NonZeroU32::new(pid).map_or(UProbeScope::AllProcesses, UProbeScope::OneProcess)
+            }
+            Scope::AllProcesses => UProbeScope::AllProcesses,
+        }
+    }
+}
+
+/// Loaded eBPF programs and maps.
+pub struct Tracer {
+    /// Crate-visible so feature modules (locks, maps, TCP) read their tables.
+    pub(crate) ebpf: Ebpf,
+    logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+}
+
+impl Tracer {
+    /// Loads the eBPF object into the kernel. Fails, rather than continuing with
+    /// nothing traced, when the kernel refuses it.
+    pub fn load() -> Result<Self> {
+        Self::load_with(true)
+    }
+
+    /// Loads the object; without `tcp`, the TCP flow tables are created at a
+    /// token size, so a session that does not trace TCP does not pin ~25 MB of
+    /// kernel memory for them.
+    pub fn load_with(tcp: bool) -> Result<Self> {
+        Self::load_sized(tcp, &[])
+    }
+
+    /// Like [`Tracer::load_with`], with the named kernel tables created at the
+    /// given sizes: the agent loads one object per traced process and one for
+    /// discovery, and each must not pin tens of MB of kernel memory.
+    pub fn load_sized(tcp: bool, sizes: &[(&str, u32)]) -> Result<Self> {
+        if EBPF_OBJECT.is_empty() {
+            bail!(
+                "this tracer was built without its eBPF object (AYA_BUILD_SKIP was set); rebuild after `cargo xtask setup`"
+            );
+        }
+        let mut loader = EbpfLoader::new();
+        if !tcp {
+            for map in ["TCP_FLOWS", "TCP_SOCKS"] {
+                loader.map_max_entries(map, 64);
+            }
+            // A ring buffer's size is in bytes, a power-of-two number of pages.
+            loader.map_max_entries("TCP_CLOSED_RB", 4096);
+        }
+        for (map, size) in sizes {
+            loader.map_max_entries(map, *size);
+        }
+        let ebpf = loader
+            .load(EBPF_OBJECT)
+            .context("loading tracer's eBPF object into the kernel")?;
+        let mut tracer = Self { ebpf, logger: None };
+        // Debug logs from the probes; absent when no program logs.
+        tracer.logger = aya_log::EbpfLogger::init(&mut tracer.ebpf).ok();
+        tracer.load_uprobes(&LOADED_WITH_OBJECT)?;
+        Ok(tracer)
+    }
+
+    /// Verifies the named uprobe programs, so they can be attached.
+    pub(crate) fn load_uprobes(&mut self, names: &[&str]) -> Result<()> {
+        for name in names {
+            let prog: &mut UProbe = self
+                .ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("eBPF object lacks program {name}"))?
+                .try_into()?;
+            prog.load()
+                .with_context(|| format!("verifying eBPF program {name}"))?;
+        }
+        Ok(())
+    }
+
+    /// A loaded uprobe program, by name.
+    pub(crate) fn uprobe(&mut self, prog: &str) -> Result<&mut UProbe> {
+        Ok(self
+            .ebpf
+            .program_mut(prog)
+            .ok_or_else(|| anyhow!("{prog} missing"))?
+            .try_into()?)
+    }
+
+    /// Attaches the loaded program `prog` at `file_offset` of the binary at
+    /// `path`, passing `cookie` to the program. The one attach path of every
+    /// uprobe; callers add what the probe was for to the error.
+    pub(crate) fn attach_uprobe(
+        &mut self,
+        prog: &str,
+        file_offset: u64,
+        cookie: u32,
+        path: &Path,
+        scope: Scope,
+    ) -> Result<UProbeLinkId> {
+        Ok(self.uprobe(prog)?.attach(
+            UProbeAttachPoint {
+                location: UProbeAttachLocation::AbsoluteOffset(file_offset),
+                cookie: Some(cookie as u64),
+            },
+            path,
+            scope.uprobe_scope(),
+        )?)
+    }
+
+    /// Forwards debug logs written by the probes (aya-log) to `tracing`.
+    pub fn flush_logs(&mut self) {
+        if let Some(l) = self.logger.as_mut() {
+            l.flush();
+        }
+    }
+
+    /// Adds `pid` to the processes whose probe hits are recorded.
+    pub fn add_target(&mut self, pid: u32) -> Result<()> {
+        let mut targets: HashMap<_, u32, u8> =
+            HashMap::try_from(map_mut(&mut self.ebpf, "TARGETS")?)?;
+        targets.insert(pid, 1, 0).context("adding target pid")?;
+        Ok(())
+    }
+
+    /// Stops recording `pid` (the other half of [`Tracer::add_target`]).
+    pub fn remove_target(&mut self, pid: u32) -> Result<()> {
+        purge_hash::<u32, u8>(&mut self.ebpf, "TARGETS", |k| *k == pid)
+    }
+
+    /// Run counts and run time of each probe program; non-zero only while the
+    /// kernel's BPF statistics are enabled (see [`enable_bpf_stats`]).
+    pub fn program_stats(&self) -> Vec<ProgramStats> {
+        self.ebpf
+            .programs()
+            .filter_map(|(name, prog)| {
+                let info = prog.info().ok()?;
+                Some(ProgramStats {
+                    program: name.to_owned(),
+                    run_count: info.run_count(),
+                    run_time_ns: info.run_time().as_nanos() as u64,
+                })
+            })
+            .collect()
+    }
+}
