@@ -20,7 +20,7 @@ use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 use tracer_tests::{
     Variant, build_fixture, cache_dir, go_toolchains, marker_line, net::http_get as http_status,
-    privileged_tests_enabled, tracer_bin,
+    privileged_test, tracer_bin,
 };
 use tracer_user::{
     agent::hub::{self, AgentInfo, Labels, NodeSnapshot},
@@ -228,9 +228,7 @@ impl Drop for Killed {
 
 #[test]
 fn python_client_sees_the_real_agent_trace_the_fixtures() -> Result<()> {
-    if !privileged_tests_enabled("agent_api") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     let tc = go_toolchains()?.pop().context("no Go")?;
     let contention = build_fixture(&tc, "contention", Variant::Plain)?;

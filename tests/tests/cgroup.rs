@@ -16,7 +16,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail, ensure};
-use tracer_tests::{privileged_tests_enabled, serial};
+use tracer_tests::{privileged_test, serial};
 use tracer_user::cgroup;
 
 /// A UUID from the kernel's generator: a fresh, realistic pod UID per run.
@@ -170,9 +170,7 @@ fn child_of(pid: u32) -> Result<u32> {
 
 #[test]
 fn cgroup_v2_systemd_driver_containerd() -> Result<()> {
-    if !privileged_tests_enabled("cgroup_v2_systemd_driver_containerd") {
-        return Ok(());
-    }
+    privileged_test!();
     let _guard = serial();
     // Unified hosts mount v2 at /sys/fs/cgroup, hybrid ones at
     // /sys/fs/cgroup/unified; a host with v1 only gets a private v2 mount of the
@@ -247,9 +245,7 @@ fn cgroup_v2_systemd_driver_containerd() -> Result<()> {
 /// `0::` line, as on a hybrid host.
 #[test]
 fn cgroup_v1_cgroupfs_driver() -> Result<()> {
-    if !privileged_tests_enabled("cgroup_v1_cgroupfs_driver") {
-        return Ok(());
-    }
+    privileged_test!();
     let _guard = serial();
     let name = format!("tracertest{}", std::process::id());
     let m = std::env::temp_dir().join(format!("tracer-cg1-{}", std::process::id()));

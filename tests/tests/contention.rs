@@ -8,7 +8,7 @@ use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 use tracer_tests::{
     Variant, build_fixture, classic_and_swiss, fixture_value, go_toolchains, marker_line,
-    privileged_tests_enabled, run_tracer,
+    privileged_test, run_tracer,
 };
 
 const GOROUTINES: u64 = 4;
@@ -25,9 +25,7 @@ fn sum(locks: &[Value], field: &str) -> u64 {
 
 #[test]
 fn contended_mutex_waits_match_the_programs_own_measurement() -> Result<()> {
-    if !privileged_tests_enabled("contended_mutex") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     let site_line = marker_line("contention", "mu.Lock() // LOCKSITE")?;
     // Every installed Go (1.21–1.27) × every runnable kind of binary.
@@ -160,9 +158,7 @@ fn contended_mutex_waits_match_the_programs_own_measurement() -> Result<()> {
 
 #[test]
 fn uncontended_mutex_reports_zero_contentions() -> Result<()> {
-    if !privileged_tests_enabled("uncontended_mutex") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     for tc in classic_and_swiss()? {
         let bin = build_fixture(&tc, "contention", Variant::Plain)?;
@@ -201,9 +197,7 @@ fn uncontended_mutex_reports_zero_contentions() -> Result<()> {
 
 #[test]
 fn stack_growth_under_probes_never_harms_the_program() -> Result<()> {
-    if !privileged_tests_enabled("stack_growth") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     for tc in classic_and_swiss()? {
         let bin = build_fixture(&tc, "contention", Variant::Plain)?;
@@ -244,9 +238,7 @@ fn stack_growth_under_probes_never_harms_the_program() -> Result<()> {
 
 #[test]
 fn attach_to_running_process() -> Result<()> {
-    if !privileged_tests_enabled("attach") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     let tc = classic_and_swiss()?.pop().context("toolchain")?;
     let bin = build_fixture(&tc, "contention", Variant::Plain)?;
@@ -274,9 +266,7 @@ fn attach_to_running_process() -> Result<()> {
 
 #[test]
 fn binary_without_mutex_slow_path_is_reported_and_still_runs() -> Result<()> {
-    if !privileged_tests_enabled("nomutex") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     let tc = classic_and_swiss()?.pop().context("toolchain")?;
     let bin = build_fixture(&tc, "nomutex", Variant::Plain)?;
@@ -331,9 +321,7 @@ fn bad_input_gets_a_clear_error() -> Result<()> {
 
 #[test]
 fn missing_capabilities_are_named() -> Result<()> {
-    if !privileged_tests_enabled("capabilities") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     // Drop to an unprivileged user with no capabilities; tracer must name what it lacks.
     let tc = classic_and_swiss()?.pop().context("toolchain")?;
@@ -374,9 +362,7 @@ fn missing_capabilities_are_named() -> Result<()> {
 
 #[test]
 fn holders_name_the_code_that_held_the_lock() -> Result<()> {
-    if !privileged_tests_enabled("holders") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     let unlock_line = marker_line("contention", "mu.Unlock() // UNLOCKSITE")?;
     let runlock_line = marker_line("locks", "rw.RUnlock() // RUNLOCKSITE")?;
@@ -442,9 +428,7 @@ fn holders_name_the_code_that_held_the_lock() -> Result<()> {
 
 #[test]
 fn rate_guard_pauses_probes_under_extreme_contention() -> Result<()> {
-    if !privileged_tests_enabled("rate_guard") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     let tc = classic_and_swiss()?.pop().context("toolchain")?;
     let bin = build_fixture(&tc, "bench", Variant::Plain)?;

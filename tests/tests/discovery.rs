@@ -12,7 +12,7 @@ use serde_json::Value;
 use tracer_tests::{
     Variant,
     agent::{AgentProc, process_info, process_report},
-    build_fixture, go_toolchains, privileged_tests_enabled, serial,
+    build_fixture, go_toolchains, privileged_test, serial,
 };
 
 /// An agent with no servers and a fast refresh, tracing only `exe_filter`
@@ -52,9 +52,7 @@ fn run(cmd: &mut Command) -> Result<(u32, String)> {
 
 #[test]
 fn process_started_after_the_agent_is_traced_with_its_attach_latency() -> Result<()> {
-    if !privileged_tests_enabled("agent_discovers_new_process") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = serial();
     let bin = newest_fixture("contention")?;
     let agent = start_agent(&bin.to_string_lossy())?;
@@ -80,9 +78,7 @@ fn process_started_after_the_agent_is_traced_with_its_attach_latency() -> Result
 
 #[test]
 fn short_lived_programs_are_traced_with_lock_and_map_events() -> Result<()> {
-    if !privileged_tests_enabled("agent_short_lived") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = serial();
     let locks = newest_fixture("contention")?;
     let maps = newest_fixture("maps")?;
@@ -150,9 +146,7 @@ fn short_lived_programs_are_traced_with_lock_and_map_events() -> Result<()> {
 
 #[test]
 fn process_in_private_mount_and_pid_namespace_is_found_with_both_pids() -> Result<()> {
-    if !privileged_tests_enabled("agent_namespaces") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = serial();
     let bin = newest_fixture("contention")?;
     let agent = start_agent("/private-")?;
@@ -220,9 +214,7 @@ fn fd_count(pid: u32) -> Result<usize> {
 
 #[test]
 fn thousands_of_short_lived_non_go_processes_leave_memory_and_fds_bounded() -> Result<()> {
-    if !privileged_tests_enabled("agent_churn") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = serial();
     let agent = start_agent("/no-such-binary-")?;
     let pid = agent.pid();
@@ -274,9 +266,7 @@ fn our_programs() -> Vec<(u32, String)> {
 
 #[test]
 fn sigterm_detaches_every_probe_and_unloads_every_program() -> Result<()> {
-    if !privileged_tests_enabled("agent_sigterm") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = serial();
     let bin = newest_fixture("contention")?;
     // Programs of earlier agents may still be on their way out (the kernel
@@ -335,9 +325,7 @@ fn kernel_uuid() -> Result<String> {
 
 #[test]
 fn process_in_a_kubepods_cgroup_is_selected_and_labelled_by_container_and_pod() -> Result<()> {
-    if !privileged_tests_enabled("agent_container_labels") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = serial();
     let bin = newest_fixture("contention")?;
     let uid = kernel_uuid()?;

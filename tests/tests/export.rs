@@ -15,7 +15,7 @@ use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 use tracer_tests::{
     GoToolchain, Variant, agent::AgentProc, build_fixture, cache_dir, classic_and_swiss,
-    marker_line, privileged_tests_enabled, run_tracer,
+    marker_line, privileged_test, run_tracer,
 };
 
 /// A fresh empty directory under the system temp dir.
@@ -201,9 +201,7 @@ fn check_profile(
 
 #[test]
 fn lock_profiles_are_read_by_go_tool_pprof_and_match_the_report() -> Result<()> {
-    if !privileged_tests_enabled("export_lock_profiles") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     let unlock_line = marker_line("contention", "mu.Unlock() // UNLOCKSITE")?;
     for tc in classic_and_swiss()? {
@@ -287,9 +285,7 @@ fn lock_profiles_are_read_by_go_tool_pprof_and_match_the_report() -> Result<()> 
 
 #[test]
 fn maps_profile_counts_every_operation() -> Result<()> {
-    if !privileged_tests_enabled("export_maps_profile") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     const N: u64 = 10_000;
     for tc in classic_and_swiss()? {
@@ -372,9 +368,7 @@ fn free_port() -> Result<u16> {
 
 #[test]
 fn agent_serves_profiles_to_go_tool_pprof() -> Result<()> {
-    if !privileged_tests_enabled("export_agent_pprof") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     let tc = classic_and_swiss()?.pop().context("toolchain")?;
     let bin = build_fixture(&tc, "contention", Variant::Plain)?;
@@ -494,9 +488,7 @@ fn validate_sarif(doc: &Path) -> Result<()> {
 
 #[test]
 fn sarif_validates_and_fail_on_findings_gates() -> Result<()> {
-    if !privileged_tests_enabled("export_sarif") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     let write_line = marker_line("maps", "// WRITESITE")?;
     let dir = temp_dir("sarif")?;

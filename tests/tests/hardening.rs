@@ -20,7 +20,7 @@ use anyhow::{Context, Result, bail, ensure};
 use tracer_tests::{
     Variant, build_fixture, go_toolchains,
     net::{KillOnDrop, free_addr, http_get, metric_value},
-    privileged_tests_enabled, tracer_bin,
+    privileged_test, tracer_bin,
 };
 
 /// A fresh directory for one test, removed first if an earlier run left it.
@@ -81,9 +81,7 @@ fn terminate(mut agent: KillOnDrop, log: &Path) -> Result<std::process::ExitStat
 
 #[test]
 fn agent_on_a_fresh_node_creates_its_socket_directory_serves_and_says_so() -> Result<()> {
-    if !privileged_tests_enabled("agent_on_a_fresh_node") {
-        return Ok(());
-    }
+    privileged_test!();
     let dir = scratch("fresh")?;
     // As on a fresh node: neither run/ nor run/tracer/ exists.
     let socket = dir.join("run/tracer/tracer.sock");
@@ -233,9 +231,7 @@ fn agent_refuses_to_start_when_an_endpoint_cannot_bind() -> Result<()> {
 
 #[test]
 fn agent_without_cap_sys_ptrace_counts_the_processes_it_may_not_open() -> Result<()> {
-    if !privileged_tests_enabled("agent_without_cap_sys_ptrace") {
-        return Ok(());
-    }
+    privileged_test!();
     let fixture = contention()?;
     let dir = scratch("ptrace")?;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
@@ -406,9 +402,7 @@ fn wait_until(secs: u64, what: &str, mut cond: impl FnMut() -> bool) -> Result<(
 
 #[test]
 fn run_killed_while_placing_probes_leaves_no_program_behind() -> Result<()> {
-    if !privileged_tests_enabled("run_killed_while_placing_probes") {
-        return Ok(());
-    }
+    privileged_test!();
     let fixture = contention()?;
     let tracer_exe = tracer_bin()?.canonicalize()?;
     // Killed the moment its child exists, held at the gate (still a copy of
@@ -445,9 +439,7 @@ fn run_killed_while_placing_probes_leaves_no_program_behind() -> Result<()> {
 
 #[test]
 fn run_passes_sigterm_and_sighup_on_and_still_reports() -> Result<()> {
-    if !privileged_tests_enabled("run_passes_sigterm_and_sighup_on") {
-        return Ok(());
-    }
+    privileged_test!();
     let fixture = contention()?;
     let dir = scratch("signals")?;
     let comm: String = fixture
@@ -628,9 +620,7 @@ fn analysis_refuses_special_files_and_reads_padded_binaries_in_bounded_memory() 
 
 #[test]
 fn a_binary_rewritten_in_place_is_analysed_again_and_its_old_probes_go() -> Result<()> {
-    if !privileged_tests_enabled("a_binary_rewritten_in_place") {
-        return Ok(());
-    }
+    privileged_test!();
     let tcs = go_toolchains()?;
     let (old_tc, new_tc) = (tcs.first().context("no Go")?, tcs.last().context("no Go")?);
     ensure!(old_tc.version != new_tc.version, "needs two Go versions");
@@ -702,9 +692,7 @@ fn a_binary_rewritten_in_place_is_analysed_again_and_its_old_probes_go() -> Resu
 
 #[test]
 fn agent_stopping_reports_live_processes_as_detached_not_exited() -> Result<()> {
-    if !privileged_tests_enabled("agent_stopping_reports_live_processes") {
-        return Ok(());
-    }
+    privileged_test!();
     use tracer_tests::agent::{AgentProc, process_info};
     let fixture = contention()?;
     let dir = scratch("detached")?;
@@ -786,9 +774,7 @@ fn top_connects(addr: &str, token: Option<&Path>) -> Result<bool> {
 
 #[test]
 fn grpc_tcp_is_off_by_default_and_needs_its_token() -> Result<()> {
-    if !privileged_tests_enabled("hardening") {
-        return Ok(());
-    }
+    privileged_test!();
     let dir = scratch("grpc-auth")?;
     let socket = dir.join("tracer.sock");
     let metrics = free_addr()?;

@@ -4,8 +4,8 @@
 use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 use tracer_tests::{
-    Variant, build_fixture, classic_and_swiss, fixture_value, marker_line,
-    privileged_tests_enabled, run_tracer,
+    Variant, build_fixture, classic_and_swiss, fixture_value, marker_line, privileged_test,
+    run_tracer,
 };
 
 fn run_locks(version_bin: &str, mode: &str, extra: &[&str]) -> Result<(Value, String)> {
@@ -52,9 +52,7 @@ fn stuck(report: &Value) -> Vec<&Value> {
 
 #[test]
 fn rwmutex_reader_and_writer_waits_are_kept_apart() -> Result<()> {
-    if !privileged_tests_enabled("rwmutex") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     let (read_line, write_line) = (
         marker_line("locks", "// READSITE")?,
@@ -108,9 +106,7 @@ fn rwmutex_reader_and_writer_waits_are_kept_apart() -> Result<()> {
 
 #[test]
 fn deadlock_is_reported_as_two_stuck_waits_within_threshold() -> Result<()> {
-    if !privileged_tests_enabled("deadlock") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     for tc in classic_and_swiss()? {
         let bin = build_fixture(&tc, "locks", Variant::Plain)?;
@@ -169,9 +165,7 @@ fn deadlock_is_reported_as_two_stuck_waits_within_threshold() -> Result<()> {
 
 #[test]
 fn lock_held_across_sleep_gives_stuck_waits_that_end() -> Result<()> {
-    if !privileged_tests_enabled("sleephold") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     for tc in classic_and_swiss()? {
         let bin = build_fixture(&tc, "locks", Variant::Plain)?;
@@ -207,9 +201,7 @@ fn lock_held_across_sleep_gives_stuck_waits_that_end() -> Result<()> {
 
 #[test]
 fn totals_agree_with_gos_own_block_profile() -> Result<()> {
-    if !privileged_tests_enabled("blockprofile") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     for tc in classic_and_swiss()? {
         let bin = build_fixture(&tc, "blockprof", Variant::Plain)?;

@@ -12,7 +12,7 @@ use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 use tracer_tests::{
     GoToolchain, TracerRun, Variant, build_fixture, classic_and_swiss, go_toolchains, marker_line,
-    newest_noswissmap, privileged_tests_enabled, run_tracer,
+    newest_noswissmap, privileged_test, run_tracer,
 };
 
 /// The classic/Swiss pair as plain builds, plus the newest Go that accepts
@@ -134,9 +134,7 @@ fn expect_overlap(
 
 #[test]
 fn concurrent_writers_are_found_in_deep_mode() -> Result<()> {
-    if !privileged_tests_enabled("maps_writers") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     let line = marker_line("maps", "// WRITESITE")?;
     for (tc, variant) in builds_with_noswiss()? {
@@ -155,9 +153,7 @@ fn concurrent_writers_are_found_in_deep_mode() -> Result<()> {
 
 #[test]
 fn runtime_crash_is_reported_with_message_and_call_site() -> Result<()> {
-    if !privileged_tests_enabled("maps_crash") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     let line = marker_line("maps", "// WRITESITE")?;
     for (tc, variant) in builds_with_noswiss()? {
@@ -200,9 +196,7 @@ fn runtime_crash_is_reported_with_message_and_call_site() -> Result<()> {
 
 #[test]
 fn iteration_during_write_is_found() -> Result<()> {
-    if !privileged_tests_enabled("maps_iterwrite") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     let (iter_line, write_line) = (
         marker_line("maps", "// ITERSITE")?,
@@ -224,9 +218,7 @@ fn iteration_during_write_is_found() -> Result<()> {
 
 #[test]
 fn unlocked_read_during_write_is_found() -> Result<()> {
-    if !privileged_tests_enabled("maps_readwrite") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     let (read_line, write_line) = (
         marker_line("maps", "// READSITE")?,
@@ -266,9 +258,7 @@ fn op_count(report: &Value, func: &str, kind: &str) -> u64 {
 
 #[test]
 fn rwmutex_protected_map_has_no_findings() -> Result<()> {
-    if !privileged_tests_enabled("maps_rwlocked") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     const N: u64 = 300;
     for tc in classic_and_swiss()? {
@@ -305,9 +295,7 @@ fn rwmutex_protected_map_has_no_findings() -> Result<()> {
 
 #[test]
 fn writes_are_counted_exactly() -> Result<()> {
-    if !privileged_tests_enabled("maps_count") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     const N: u64 = 10_000;
     let line = marker_line("maps", "// COUNTSITE")?;
@@ -347,9 +335,7 @@ fn writes_are_counted_exactly() -> Result<()> {
 
 #[test]
 fn growth_to_a_million_entries_is_counted() -> Result<()> {
-    if !privileged_tests_enabled("maps_grow") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     const N: u64 = 1_000_000;
     let line = marker_line("maps", "// GROWSITE")?;
@@ -469,9 +455,7 @@ fn noswissmap_builds_are_analysed_as_classic_maps() -> Result<()> {
 /// reliably: without probes slowing it the runtime kills it within ms.)
 #[test]
 fn attach_deep_to_running_process_has_no_false_findings() -> Result<()> {
-    if !privileged_tests_enabled("maps_attach") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     for tc in classic_and_swiss()? {
         let bin = build_fixture(&tc, "maps", Variant::Plain)?;
@@ -521,9 +505,7 @@ fn attach_deep_to_running_process_has_no_false_findings() -> Result<()> {
 /// runtime's and standard library's own map operations are not probed.
 #[test]
 fn call_site_probes_cover_only_the_chosen_package() -> Result<()> {
-    if !privileged_tests_enabled("maps_sites") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     const N: u64 = 10_000;
     let (count_line, write_line) = (

@@ -20,7 +20,7 @@ use serde_json::Value;
 use tracer_tests::{
     GoToolchain, Variant,
     agent::{AgentProc, process_report},
-    build_fixture, classic_and_swiss, privileged_tests_enabled, serial,
+    build_fixture, classic_and_swiss, privileged_test, serial,
 };
 
 const RUNS: usize = 20;
@@ -265,9 +265,7 @@ fn zero_findings_over_runs(tc: &GoToolchain) -> Result<()> {
 
 #[test]
 fn synchronised_maps_have_zero_findings_over_20_agent_runs() -> Result<()> {
-    if !privileged_tests_enabled("maps_agent_zero_findings") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = serial();
     for tc in classic_and_swiss()? {
         zero_findings_over_runs(&tc)?;

@@ -10,7 +10,7 @@ use std::process::Command;
 use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 use tracer_tests::{
-    GoToolchain, Variant, build_fixture, classic_and_swiss, privileged_tests_enabled, run_tracer,
+    GoToolchain, Variant, build_fixture, classic_and_swiss, privileged_test, run_tracer,
 };
 
 /// Runs the fixture under `tracer run --maps deep` and returns the
@@ -78,9 +78,7 @@ fn calls(row: &Value, method: &str) -> u64 {
 
 #[test]
 fn balanced_use_gets_rwmutex_advice() -> Result<()> {
-    if !privileged_tests_enabled("syncmap_balanced") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     for tc in classic_and_swiss()? {
         let (row, ctx) = run_mode(&tc, "balanced", 2000)?;
@@ -102,9 +100,7 @@ fn balanced_use_gets_rwmutex_advice() -> Result<()> {
 
 #[test]
 fn read_mostly_use_gets_sync_map_advice() -> Result<()> {
-    if !privileged_tests_enabled("syncmap_read_mostly") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     for tc in classic_and_swiss()? {
         let (row, ctx) = run_mode(&tc, "readmostly", 2000)?;
@@ -129,9 +125,7 @@ fn read_mostly_use_gets_sync_map_advice() -> Result<()> {
 
 #[test]
 fn every_method_is_counted_once() -> Result<()> {
-    if !privileged_tests_enabled("syncmap_every") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     for tc in classic_and_swiss()? {
         let (row, ctx) = run_mode(&tc, "every", 0)?;
@@ -153,9 +147,7 @@ fn every_method_is_counted_once() -> Result<()> {
 
 #[test]
 fn range_heavy_use_is_flagged() -> Result<()> {
-    if !privileged_tests_enabled("syncmap_range") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     for tc in classic_and_swiss()? {
         let (row, ctx) = run_mode(&tc, "range", 500)?;

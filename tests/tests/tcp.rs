@@ -14,7 +14,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail, ensure};
-use tracer_tests::{Variant, build_fixture, go_toolchains, privileged_tests_enabled};
+use tracer_tests::{Variant, build_fixture, go_toolchains, privileged_test};
 use tracer_user::{
     probes::Tracer,
     tcp::{
@@ -78,9 +78,7 @@ fn accept_statuses(args: &[&str]) -> Result<Vec<(String, String, String)>> {
 /// every accept hook off.
 #[test]
 fn accept_syscall_tracepoints_are_opt_in() -> Result<()> {
-    if !privileged_tests_enabled("tcp_accept_opt_in") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     let tp = |v: &[(String, String, String)]| {
         v.iter()
@@ -296,9 +294,7 @@ fn exchange(
 
 #[test]
 fn loopback_flows_match_known_byte_counts() -> Result<()> {
-    if !privileged_tests_enabled("tcp_loopback") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     let pid = std::process::id();
     let mut tracer = Tracer::load()?;
@@ -381,9 +377,7 @@ fn loopback_flows_match_known_byte_counts() -> Result<()> {
 /// it arrive, and the client's MSG_PEEK read is not counted as received bytes.
 #[test]
 fn resets_and_peeks() -> Result<()> {
-    if !privileged_tests_enabled("tcp_resets") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     let pid = std::process::id();
     let mut tracer = Tracer::load()?;
@@ -502,9 +496,7 @@ fn resets_and_peeks() -> Result<()> {
 /// (the closed flow of a live socket is held in the kernel, not collected).
 #[test]
 fn half_closed_client_reads_the_reply_after_close() -> Result<()> {
-    if !privileged_tests_enabled("tcp_half_close") {
-        return Ok(());
-    }
+    privileged_test!();
     const REPLY: usize = 70_000;
     let _serial = tracer_tests::serial();
     let pid = std::process::id();
@@ -584,9 +576,7 @@ fn half_closed_client_reads_the_reply_after_close() -> Result<()> {
 /// buffer, both counted, and every flow that is reported must be exact.
 #[test]
 fn full_tables_count_evictions_and_lost_flows() -> Result<()> {
-    if !privileged_tests_enabled("tcp_full_tables") {
-        return Ok(());
-    }
+    privileged_test!();
     const N: usize = 300;
     const MSG: usize = 10;
     const RING: u32 = 16 * 1024;
@@ -681,9 +671,7 @@ impl Drop for Netns {
 /// from the client side, with that namespace's addresses.
 #[test]
 fn flows_across_network_namespaces() -> Result<()> {
-    if !privileged_tests_enabled("tcp_netns") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     let pid = std::process::id();
     let (a, b) = ("tracer-tcp-a", "tracer-tcp-b");
@@ -882,9 +870,7 @@ fn parse_truth(out: &str) -> Result<GoTruth> {
 /// have served state changes, bytes, RTT, received resets and accepts).
 #[test]
 fn go_fixture_flows_match_ground_truth() -> Result<()> {
-    if !privileged_tests_enabled("tcp_go_fixture") {
-        return Ok(());
-    }
+    privileged_test!();
     let want = std::env::var("TRACER_TCP_EXPECT").ok();
     go_fixture_check(None, want.as_deref(), rtt_mode(), &[])
 }
@@ -895,9 +881,8 @@ fn go_fixture_flows_match_ground_truth() -> Result<()> {
 /// its hold, byte-exact, none marked `destroyed`.
 #[test]
 fn go_fixture_flows_are_collected_without_a_destroy_hook() -> Result<()> {
-    if !privileged_tests_enabled("tcp_go_fixture_no_destroy")
-        || std::env::var_os("TRACER_TCP_EXPECT").is_some()
-    {
+    privileged_test!();
+    if std::env::var_os("TRACER_TCP_EXPECT").is_some() {
         return Ok(());
     }
     let order = [Mechanism::RawTracepoint, Mechanism::Tracepoint];
@@ -914,7 +899,8 @@ fn go_fixture_flows_are_collected_without_a_destroy_hook() -> Result<()> {
 /// accept role is the only one to use the syscall tracepoints either way).
 #[test]
 fn go_fixture_flows_match_ground_truth_over_format_tracepoints() -> Result<()> {
-    go_fixture_on_host("tcp_go_fixture_tracepoints", &[Mechanism::Tracepoint])
+    privileged_test!();
+    go_fixture_on_host(&[Mechanism::Tracepoint])
 }
 
 /// The same over raw tracepoints (what this host uses by default), accept
@@ -922,18 +908,16 @@ fn go_fixture_flows_match_ground_truth_over_format_tracepoints() -> Result<()> {
 /// `--tcp-accept-wait`).
 #[test]
 fn go_fixture_flows_match_ground_truth_over_raw_tracepoints() -> Result<()> {
-    go_fixture_on_host(
-        "tcp_go_fixture_raw",
-        &[Mechanism::RawTracepoint, Mechanism::Tracepoint],
-    )
+    privileged_test!();
+    go_fixture_on_host(&[Mechanism::RawTracepoint, Mechanism::Tracepoint])
 }
 
 /// [`go_fixture_check`] forced to `order`, whose first mechanism must serve
 /// every role, with RTT sampled at calls and then per segment. Not in
 /// vm-test (`$TRACER_TCP_EXPECT` set), which runs the kprobe/fentry
 /// variants: 6.1 lacks the send/recv events.
-fn go_fixture_on_host(test: &str, order: &[Mechanism]) -> Result<()> {
-    if !privileged_tests_enabled(test) || std::env::var_os("TRACER_TCP_EXPECT").is_some() {
+fn go_fixture_on_host(order: &[Mechanism]) -> Result<()> {
+    if std::env::var_os("TRACER_TCP_EXPECT").is_some() {
         return Ok(());
     }
     for rtt in [RttMode::Calls, RttMode::Segments] {

@@ -20,7 +20,7 @@ use anyhow::{Context, Result, bail, ensure};
 use tracer_tests::{
     Variant,
     agent::{AgentProc, process_report},
-    build_fixture, go_toolchains, privileged_tests_enabled, tracer_bin,
+    build_fixture, go_toolchains, privileged_test, tracer_bin,
 };
 use tracer_user::{
     probes::Tracer,
@@ -238,9 +238,7 @@ fn ss_field<'a>(info: &'a str, key: &str) -> Option<&'a str> {
 /// byte counts must still be exact.
 #[test]
 fn retransmits_provoked_by_loss_match_the_kernel() -> Result<()> {
-    if !privileged_tests_enabled("tcp_retransmits") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     let pid = std::process::id();
     let net = VethPair::create("tracer-rtx-a", "tracer-rtx-b", "trrtx0", "trrtx1", 214)?;
@@ -384,9 +382,7 @@ fn slot(us: u64) -> u32 {
 /// sends here, so the latest is up to ~1 s old) and per received segment.
 #[test]
 fn rtt_matches_ss_for_the_same_socket() -> Result<()> {
-    if !privileged_tests_enabled("tcp_rtt") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     for mode in [RttMode::Calls, RttMode::Segments] {
         rtt_vs_ss(mode).with_context(|| format!("RTT mode {mode:?}"))?;
@@ -517,9 +513,7 @@ fn link_fds(pid: u32) -> usize {
 /// the fixture says it sent so far, on both sides.
 #[test]
 fn long_lived_flow_is_reported_open_with_bytes_so_far() -> Result<()> {
-    if !privileged_tests_enabled("tcp_live") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     let bin = tcpload()?;
     let mut child = Command::new(&bin)
@@ -629,9 +623,7 @@ fn status_kb(pid: u32, key: &str) -> Option<u64> {
 /// must survive with bounded memory and report every flow, byte-exact.
 #[test]
 fn connection_flood_is_accounted_with_bounded_memory() -> Result<()> {
-    if !privileged_tests_enabled("tcp_flood") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     const CONNS: u64 = 20_000;
     const REQ: u64 = 100;
@@ -736,9 +728,7 @@ fn connection_flood_is_accounted_with_bounded_memory() -> Result<()> {
 /// the process's roll-ups, evicted or dropped.
 #[test]
 fn agent_survives_a_connection_flood_and_counts_evictions() -> Result<()> {
-    if !privileged_tests_enabled("tcp_agent_flood") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     const CONNS: u64 = 20_000;
     const REQ: u64 = 100;

@@ -18,7 +18,7 @@ use std::{
 use anyhow::{Context, Result, bail, ensure};
 use tracer_api::v1::{self as api, tracer_client::TracerClient};
 use tracer_tests::{
-    Variant, build_fixture, go_toolchains, marker_line, privileged_tests_enabled, tracer_bin,
+    Variant, build_fixture, go_toolchains, marker_line, privileged_test, tracer_bin,
 };
 
 /// Kills and reaps a child on drop, so a failed assertion leaves nothing behind.
@@ -229,9 +229,7 @@ async fn deep_trace(grpc: &str, pid: u32, timeout: Duration) -> Result<()> {
 
 #[test]
 fn top_shows_tabs_sorts_filters_and_a_race_finding() -> Result<()> {
-    if !privileged_tests_enabled("top") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     let tc = go_toolchains()?
         .into_iter()
