@@ -156,6 +156,19 @@ pub fn classic_and_swiss() -> Result<Vec<GoToolchain>> {
     }
 }
 
+/// The newest installed Go toolchain.
+pub fn newest_go() -> Result<GoToolchain> {
+    go_toolchains()?
+        .pop()
+        .context("no Go toolchain installed (run `cargo xtask setup`)")
+}
+
+/// `tests/fixtures/<name>` built plain with the newest Go: for tests whose
+/// subject is not the Go version.
+pub fn build_newest(name: &str) -> Result<PathBuf> {
+    build_fixture(&newest_go()?, name, Variant::Plain)
+}
+
 /// The newest installed toolchain that builds [`Variant::NoSwiss`] (Go 1.24
 /// or 1.25 with the classic maps). Fails when none is installed, so a test
 /// cannot pass by testing nothing.

@@ -19,8 +19,8 @@ pub mod procfs;
 pub mod tracer;
 
 pub use fixtures::{
-    GoToolchain, Variant, build_fixture, build_go_dir, cache_dir, classic_and_swiss, fixture_value,
-    fixtures_src_dir, go_toolchains, marker_line, newest_noswissmap,
+    GoToolchain, Variant, build_fixture, build_go_dir, build_newest, cache_dir, classic_and_swiss,
+    fixture_value, fixtures_src_dir, go_toolchains, marker_line, newest_go, newest_noswissmap,
 };
 pub use privileged::{privileged_tests_enabled, serial};
 pub use procfs::retrans_segs_of;

@@ -16,31 +16,12 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail, ensure};
-use tracer_tests::{privileged_test, serial};
+use tracer_tests::{
+    privileged_test,
+    procfs::{cgroup2_mount, container_id, kernel_uuid},
+    serial,
+};
 use tracer_user::cgroup;
-
-/// A UUID from the kernel's generator: a fresh, realistic pod UID per run.
-fn kernel_uuid() -> Result<String> {
-    Ok(fs::read_to_string("/proc/sys/kernel/random/uuid")?
-        .trim()
-        .to_string())
-}
-
-/// A 64-hex container id made of two kernel UUIDs.
-fn container_id() -> Result<String> {
-    Ok(format!("{}{}", kernel_uuid()?, kernel_uuid()?).replace('-', ""))
-}
-
-/// Mount point of the cgroup v2 hierarchy: `/sys/fs/cgroup` on unified hosts,
-/// `/sys/fs/cgroup/unified` on hybrid ones. Taken from the mount table rather
-/// than assumed.
-fn cgroup2_mount() -> Result<Option<PathBuf>> {
-    let mounts = fs::read_to_string("/proc/self/mounts")?;
-    Ok(mounts.lines().find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
-    }))
-}
 
 fn mount(args: &[&str], target: &Path) -> Result<()> {
     let out = Command::new("mount").args(args).arg(target).output()?;

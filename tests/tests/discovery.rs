@@ -10,22 +10,16 @@ use std::{
 use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 use tracer_tests::{
-    Variant,
     agent::{AgentProc, process_info, process_report},
-    build_fixture, go_toolchains, privileged_test, serial,
+    build_newest, privileged_test,
+    procfs::{cgroup2_mount, container_id, fd_count, kernel_uuid, rss_kb},
+    serial,
 };
 
 /// An agent with no servers and a fast refresh, tracing only `exe_filter`
 /// (the machine may run other Go programs).
 fn start_agent(exe_filter: &str) -> Result<AgentProc> {
     AgentProc::start_offline(&["--refresh", "200ms", "--exe", exe_filter])
-}
-
-fn newest_fixture(name: &str) -> Result<std::path::PathBuf> {
-    let tc = go_toolchains()?
-        .pop()
-        .context("no Go toolchain installed")?;
-    build_fixture(&tc, name, Variant::Plain)
 }
 
 fn contentions(report: &Value) -> u64 {
@@ -54,7 +48,7 @@ fn run(cmd: &mut Command) -> Result<(u32, String)> {
 fn process_started_after_the_agent_is_traced_with_its_attach_latency() -> Result<()> {
     privileged_test!();
     let _serial = serial();
-    let bin = newest_fixture("contention")?;
+    let bin = build_newest("contention")?;
     let agent = start_agent(&bin.to_string_lossy())?;
     let (pid, out) = run(Command::new(&bin).args(["-g", "4", "-m", "50", "-hold", "2ms"]))?;
     let report = agent.stop()?;
@@ -80,8 +74,8 @@ fn process_started_after_the_agent_is_traced_with_its_attach_latency() -> Result
 fn short_lived_programs_are_traced_with_lock_and_map_events() -> Result<()> {
     privileged_test!();
     let _serial = serial();
-    let locks = newest_fixture("contention")?;
-    let maps = newest_fixture("maps")?;
+    let locks = build_newest("contention")?;
+    let maps = build_newest("maps")?;
     let filter = locks
         .parent()
         .context("fixture dir")?
@@ -148,7 +142,7 @@ fn short_lived_programs_are_traced_with_lock_and_map_events() -> Result<()> {
 fn process_in_private_mount_and_pid_namespace_is_found_with_both_pids() -> Result<()> {
     privileged_test!();
     let _serial = serial();
-    let bin = newest_fixture("contention")?;
+    let bin = build_newest("contention")?;
     let agent = start_agent("/private-")?;
     // The binary exists only inside the child's own mount namespace (a
     // tmpfs nobody else sees), and runs as pid 1 of a new pid namespace.
@@ -198,18 +192,6 @@ fn process_in_private_mount_and_pid_namespace_is_found_with_both_pids() -> Resul
         "no contention traced in the namespaced process"
     );
     Ok(())
-}
-
-fn rss_kb(pid: u32) -> Result<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("VmRSS")
-}
-
-fn fd_count(pid: u32) -> Result<usize> {
-    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())
 }
 
 #[test]
@@ -268,7 +250,7 @@ fn our_programs() -> Vec<(u32, String)> {
 fn sigterm_detaches_every_probe_and_unloads_every_program() -> Result<()> {
     privileged_test!();
     let _serial = serial();
-    let bin = newest_fixture("contention")?;
+    let bin = build_newest("contention")?;
     // Programs of earlier agents may still be on their way out (the kernel
     // frees them asynchronously): judge only the ones this agent loads.
     let before: Vec<u32> = our_programs().into_iter().map(|(id, _)| id).collect();
@@ -304,32 +286,13 @@ fn sigterm_detaches_every_probe_and_unloads_every_program() -> Result<()> {
     Ok(())
 }
 
-/// Mount point of the cgroup v2 hierarchy (`/sys/fs/cgroup`, or
-/// `/sys/fs/cgroup/unified` on hybrid hosts).
-fn cgroup2_root() -> Result<std::path::PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts")?;
-    mounts
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.get(2) == Some(&"cgroup2")).then(|| std::path::PathBuf::from(f[1]))
-        })
-        .context("no cgroup v2 hierarchy mounted")
-}
-
-fn kernel_uuid() -> Result<String> {
-    Ok(std::fs::read_to_string("/proc/sys/kernel/random/uuid")?
-        .trim()
-        .to_owned())
-}
-
 #[test]
 fn process_in_a_kubepods_cgroup_is_selected_and_labelled_by_container_and_pod() -> Result<()> {
     privileged_test!();
     let _serial = serial();
-    let bin = newest_fixture("contention")?;
+    let bin = build_newest("contention")?;
     let uid = kernel_uuid()?;
-    let id = format!("{}{}", kernel_uuid()?, kernel_uuid()?).replace('-', "");
+    let id = container_id()?;
     // A kubelet/containerd-style tree below a test-specific top directory.
     let levels = [
         format!("tracer-agent-test-{}.slice", std::process::id()),
@@ -338,7 +301,7 @@ fn process_in_a_kubepods_cgroup_is_selected_and_labelled_by_container_and_pod() 
         format!("kubepods-burstable-pod{}.slice", uid.replace('-', "_")),
         format!("cri-containerd-{id}.scope"),
     ];
-    let mut dir = cgroup2_root()?;
+    let mut dir = cgroup2_mount()?.context("no cgroup v2 hierarchy mounted")?;
     let mut made = vec![];
     for l in &levels {
         dir.push(l);

@@ -4,9 +4,7 @@
 //! official SARIF 2.1.0 schema, and the `--fail-on-findings` exit code.
 
 use std::{
-    io::{Read as _, Write as _},
-    net::TcpStream,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -14,26 +12,18 @@ use std::{
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 use tracer_tests::{
-    GoToolchain, Variant, agent::AgentProc, build_fixture, cache_dir, classic_and_swiss,
-    marker_line, privileged_test, run_tracer,
+    GoToolchain, Variant,
+    agent::AgentProc,
+    build_fixture, cache_dir, classic_and_swiss, marker_line,
+    net::{free_addr, http},
+    privileged_test,
+    process::scratch_dir,
+    run_tracer,
 };
-
-/// A fresh empty directory under the system temp dir.
-fn temp_dir(tag: &str) -> Result<PathBuf> {
-    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let d = std::env::temp_dir().join(format!(
-        "tracer-export-{tag}-{}-{}",
-        std::process::id(),
-        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d)?;
-    Ok(d)
-}
 
 /// `go tool pprof ARGS` from toolchain `tc`; fails on a non-zero exit.
 fn pprof(tc: &GoToolchain, args: &[&str]) -> Result<String> {
-    let tmp = temp_dir("pprof-home")?;
+    let tmp = scratch_dir("export-pprof-home")?;
     let out = Command::new(&tc.go)
         .args(["tool", "pprof"])
         .args(args)
@@ -208,7 +198,7 @@ fn lock_profiles_are_read_by_go_tool_pprof_and_match_the_report() -> Result<()> 
         for variant in [Variant::Plain, Variant::Stripped] {
             let bin = build_fixture(&tc, "contention", variant)?;
             let bin = bin.to_str().context("path")?;
-            let dir = temp_dir("locks")?;
+            let dir = scratch_dir("export-locks")?;
             let d = dir.to_str().context("path")?;
             let (report, pid, ctx) = traced_run(
                 &tc,
@@ -292,7 +282,7 @@ fn maps_profile_counts_every_operation() -> Result<()> {
         for variant in [Variant::Plain, Variant::Stripped] {
             let bin = build_fixture(&tc, "maps", variant)?;
             let bin = bin.to_str().context("path")?;
-            let dir = temp_dir("maps")?;
+            let dir = scratch_dir("export-maps")?;
             let d = dir.to_str().context("path")?;
             let n = N.to_string();
             let (report, pid, ctx) = traced_run(
@@ -339,33 +329,6 @@ fn maps_profile_counts_every_operation() -> Result<()> {
     Ok(())
 }
 
-/// Status code and body of `GET path` on `addr` (HTTP/1.1, one request).
-fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
-    let mut s = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf)?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let code = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .with_context(|| format!("bad HTTP response {text:?}"))?;
-    let body = text.split_once("\r\n\r\n").map_or("", |b| b.1).to_owned();
-    Ok((code, body))
-}
-
-/// A loopback port that was free a moment ago.
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 #[test]
 fn agent_serves_profiles_to_go_tool_pprof() -> Result<()> {
     privileged_test!();
@@ -380,7 +343,8 @@ fn agent_serves_profiles_to_go_tool_pprof() -> Result<()> {
         .context("starting fixture")?;
     let pid = fixture.id();
     let result = (|| -> Result<()> {
-        let addr = format!("127.0.0.1:{}", free_port()?);
+        let addr = free_addr()?;
+        let addr_s = addr.to_string();
         let pid_s = pid.to_string();
         let agent = AgentProc::start(&[
             "--grpc-listen",
@@ -388,14 +352,14 @@ fn agent_serves_profiles_to_go_tool_pprof() -> Result<()> {
             "--unix-socket",
             "off",
             "--metrics-listen",
-            &addr,
+            &addr_s,
             "--pid",
             &pid_s,
         ])?;
         let block = format!("/debug/pprof/block?pid={pid}");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let (code, body) = http_get(&addr, &block)?;
+            let (code, body) = http(addr, "GET", &block, "")?;
             if code == 200 {
                 break;
             }
@@ -451,7 +415,7 @@ fn agent_serves_profiles_to_go_tool_pprof() -> Result<()> {
                 "bad seconds",
             ),
         ] {
-            let (code, body) = http_get(&addr, &path)?;
+            let (code, body) = http(addr, "GET", &path, "")?;
             ensure!(
                 code == want && body.contains(needle),
                 "{path}: {code} {body:?}, want {want} with {needle:?}"
@@ -491,7 +455,7 @@ fn sarif_validates_and_fail_on_findings_gates() -> Result<()> {
     privileged_test!();
     let _serial = tracer_tests::serial();
     let write_line = marker_line("maps", "// WRITESITE")?;
-    let dir = temp_dir("sarif")?;
+    let dir = scratch_dir("export-sarif")?;
     // The validator itself rejects a log that breaks the schema.
     let bad = dir.join("bad.sarif");
     std::fs::write(&bad, r#"{"version": "2.0.0", "runs": []}"#)?;

@@ -11,78 +11,26 @@
 
 use std::{
     os::unix::fs::{FileTypeExt, PermissionsExt},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use tracer_tests::{
-    Variant, build_fixture, go_toolchains,
-    net::{KillOnDrop, free_addr, http_get, metric_value},
-    privileged_test, tracer_bin,
+    Variant,
+    agent::wait_ready,
+    build_fixture, build_newest, go_toolchains,
+    net::{free_addr, http_get, metric_value},
+    privileged_test,
+    process::{KillOnDrop, read_log, scratch_dir, terminate},
+    tracer_bin,
 };
-
-/// A fresh directory for one test, removed first if an earlier run left it.
-fn scratch(name: &str) -> Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("tracer-hardening-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    Ok(dir)
-}
-
-/// The contention fixture, built with the newest Go.
-fn contention() -> Result<PathBuf> {
-    let tc = go_toolchains()?.pop().context("no Go")?;
-    build_fixture(&tc, "contention", Variant::Plain)
-}
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
-}
-
-/// Waits until `/readyz` on `metrics` answers 200, failing early if the
-/// agent exits.
-fn wait_ready(agent: &mut KillOnDrop, metrics: std::net::SocketAddr, log: &Path) -> Result<()> {
-    let t0 = Instant::now();
-    loop {
-        if let Some(st) = agent.0.try_wait()? {
-            bail!("agent exited ({st}) before it was ready:\n{}", read(log));
-        }
-        if http_get(metrics, "/readyz").is_some_and(|(c, _)| c == 200) {
-            return Ok(());
-        }
-        ensure!(
-            t0.elapsed() < Duration::from_secs(30),
-            "agent not ready within 30 s:\n{}",
-            read(log)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// SIGTERM, then the exit status (within 30 s).
-fn terminate(mut agent: KillOnDrop, log: &Path) -> Result<std::process::ExitStatus> {
-    // SAFETY: plain kill(2) on our own child.
-    unsafe { libc::kill(agent.0.id() as i32, libc::SIGTERM) };
-    let t0 = Instant::now();
-    loop {
-        if let Some(st) = agent.0.try_wait()? {
-            return Ok(st);
-        }
-        ensure!(
-            t0.elapsed() < Duration::from_secs(30),
-            "agent still running 30 s after SIGTERM:\n{}",
-            read(log)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 #[test]
 fn agent_on_a_fresh_node_creates_its_socket_directory_serves_and_says_so() -> Result<()> {
     privileged_test!();
-    let dir = scratch("fresh")?;
+    let dir = scratch_dir("hardening-fresh")?;
     // As on a fresh node: neither run/ nor run/tracer/ exists.
     let socket = dir.join("run/tracer/tracer.sock");
     let metrics = free_addr()?;
@@ -98,10 +46,10 @@ fn agent_on_a_fresh_node_creates_its_socket_directory_serves_and_says_so() -> Re
         .spawn()
         .context("starting tracer agent")?;
     let mut agent = KillOnDrop(agent);
-    wait_ready(&mut agent, metrics, &log)?;
+    wait_ready(&mut agent.0, metrics, || read_log(&log))?;
 
     let meta = std::fs::symlink_metadata(&socket)
-        .with_context(|| format!("no socket at {}:\n{}", socket.display(), read(&log)))?;
+        .with_context(|| format!("no socket at {}:\n{}", socket.display(), read_log(&log)))?;
     ensure!(
         meta.file_type().is_socket(),
         "{} is not a socket",
@@ -117,7 +65,7 @@ fn agent_on_a_fresh_node_creates_its_socket_directory_serves_and_says_so() -> Re
         "tracer top did not connect over the socket"
     );
 
-    let text = read(&log);
+    let text = read_log(&log);
     for needle in [
         format!("gRPC listening on unix:{}", socket.display()),
         format!("metrics on http://{metrics}/metrics"),
@@ -133,8 +81,12 @@ fn agent_on_a_fresh_node_creates_its_socket_directory_serves_and_says_so() -> Re
         "log written to a file carries ANSI escape codes:\n{text:?}"
     );
 
-    let status = terminate(agent, &log)?;
-    ensure!(status.success(), "SIGTERM gave {status}:\n{}", read(&log));
+    let status = terminate(&mut agent.0, Duration::from_secs(30), || read_log(&log))?;
+    ensure!(
+        status.success(),
+        "SIGTERM gave {status}:\n{}",
+        read_log(&log)
+    );
     ensure!(!socket.exists(), "socket left behind after a clean stop");
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
@@ -232,8 +184,8 @@ fn agent_refuses_to_start_when_an_endpoint_cannot_bind() -> Result<()> {
 #[test]
 fn agent_without_cap_sys_ptrace_counts_the_processes_it_may_not_open() -> Result<()> {
     privileged_test!();
-    let fixture = contention()?;
-    let dir = scratch("ptrace")?;
+    let fixture = build_newest("contention")?;
+    let dir = scratch_dir("hardening-ptrace")?;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
     // A name of its own, so the agent's --comm filter selects only it.
     let bin = dir.join("hardnoptrace");
@@ -255,11 +207,11 @@ fn agent_without_cap_sys_ptrace_counts_the_processes_it_may_not_open() -> Result
         .spawn()
         .context("starting tracer agent under setpriv")?;
     let mut agent = KillOnDrop(agent);
-    wait_ready(&mut agent, metrics, &log)?;
+    wait_ready(&mut agent.0, metrics, || read_log(&log))?;
     ensure!(
-        read(&log).contains("running without CAP_SYS_PTRACE"),
+        read_log(&log).contains("running without CAP_SYS_PTRACE"),
         "no start-up warning about CAP_SYS_PTRACE:\n{}",
-        read(&log)
+        read_log(&log)
     );
 
     let unreadable = || -> f64 {
@@ -291,11 +243,11 @@ fn agent_without_cap_sys_ptrace_counts_the_processes_it_may_not_open() -> Result
             t0.elapsed() < Duration::from_secs(15),
             "the other user's process was not counted as unreadable (metric {}):\n{}",
             unreadable(),
-            read(&log)
+            read_log(&log)
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let text = read(&log);
+    let text = read_log(&log);
     ensure!(
         text.contains(&format!(
             "pid {pid} (hardnoptrace): cannot open its executable"
@@ -322,11 +274,11 @@ fn agent_without_cap_sys_ptrace_counts_the_processes_it_may_not_open() -> Result
     );
     let pid = root.0.id();
     let t0 = Instant::now();
-    while !read(&log).contains(&format!("tracing pid {pid} ")) {
+    while !read_log(&log).contains(&format!("tracing pid {pid} ")) {
         ensure!(
             t0.elapsed() < Duration::from_secs(15),
             "root's process of the same binary was not traced:\n{}",
-            read(&log)
+            read_log(&log)
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -336,8 +288,12 @@ fn agent_without_cap_sys_ptrace_counts_the_processes_it_may_not_open() -> Result
         unreadable()
     );
     drop(root);
-    let status = terminate(agent, &log)?;
-    ensure!(status.success(), "SIGTERM gave {status}:\n{}", read(&log));
+    let status = terminate(&mut agent.0, Duration::from_secs(30), || read_log(&log))?;
+    ensure!(
+        status.success(),
+        "SIGTERM gave {status}:\n{}",
+        read_log(&log)
+    );
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
@@ -403,7 +359,7 @@ fn wait_until(secs: u64, what: &str, mut cond: impl FnMut() -> bool) -> Result<(
 #[test]
 fn run_killed_while_placing_probes_leaves_no_program_behind() -> Result<()> {
     privileged_test!();
-    let fixture = contention()?;
+    let fixture = build_newest("contention")?;
     let tracer_exe = tracer_bin()?.canonicalize()?;
     // Killed the moment its child exists, held at the gate (still a copy of
     // tracer: its executable is tracer's), while the probes are being attached: the child used to block
@@ -440,8 +396,8 @@ fn run_killed_while_placing_probes_leaves_no_program_behind() -> Result<()> {
 #[test]
 fn run_passes_sigterm_and_sighup_on_and_still_reports() -> Result<()> {
     privileged_test!();
-    let fixture = contention()?;
-    let dir = scratch("signals")?;
+    let fixture = build_newest("contention")?;
+    let dir = scratch_dir("hardening-signals")?;
     let comm: String = fixture
         .file_name()
         .and_then(|n| n.to_str())
@@ -565,8 +521,8 @@ fn peak_rss_of(args: &[&std::ffi::OsStr]) -> Result<(i32, String, u64)> {
 
 #[test]
 fn analysis_refuses_special_files_and_reads_padded_binaries_in_bounded_memory() -> Result<()> {
-    let fixture = contention()?;
-    let dir = scratch("padded")?;
+    let fixture = build_newest("contention")?;
+    let dir = scratch_dir("hardening-padded")?;
     // A FIFO used to hang the analysis; /dev/zero was read until OOM.
     let fifo = dir.join("fifo");
     let c = std::ffi::CString::new(fifo.to_string_lossy().as_bytes())?;
@@ -626,7 +582,7 @@ fn a_binary_rewritten_in_place_is_analysed_again_and_its_old_probes_go() -> Resu
     ensure!(old_tc.version != new_tc.version, "needs two Go versions");
     let old_bin = build_fixture(old_tc, "contention", Variant::Plain)?;
     let new_bin = build_fixture(new_tc, "contention", Variant::Plain)?;
-    let dir = scratch("rewrite")?;
+    let dir = scratch_dir("hardening-rewrite")?;
     let prog = dir.join("rewriteme");
     std::fs::copy(&old_bin, &prog)?;
     std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755))?;
@@ -643,7 +599,7 @@ fn a_binary_rewritten_in_place_is_analysed_again_and_its_old_probes_go() -> Resu
             .stderr(std::fs::File::create(&log)?)
             .spawn()?,
     );
-    wait_ready(&mut agent, metrics, &log)?;
+    wait_ready(&mut agent.0, metrics, || read_log(&log))?;
     let run = |want: &str| -> Result<()> {
         let out = Command::new(&prog)
             .args(["-g", "2", "-m", "200", "-hold", "1ms"])
@@ -658,7 +614,7 @@ fn a_binary_rewritten_in_place_is_analysed_again_and_its_old_probes_go() -> Resu
     };
     run("first binary")?;
     wait_until(15, "first binary not traced", || {
-        read(&log).contains(&format!("Go go{})", old_tc.version))
+        read_log(&log).contains(&format!("Go go{})", old_tc.version))
     })?;
     // Same path, same inode, new contents, within the agent's 30 s keep
     // window for the old binary's probes.
@@ -676,15 +632,15 @@ fn a_binary_rewritten_in_place_is_analysed_again_and_its_old_probes_go() -> Resu
     wait_until(
         15,
         "rewritten binary not traced as the new Go version",
-        || read(&log).contains(&format!("Go go{})", new_tc.version)),
+        || read_log(&log).contains(&format!("Go go{})", new_tc.version)),
     )?;
-    let analysed = read(&log).matches("analysed ").count();
+    let analysed = read_log(&log).matches("analysed ").count();
     ensure!(
         analysed == 2,
         "analysed {analysed} times, want 2:\n{}",
-        read(&log)
+        read_log(&log)
     );
-    let status = terminate(agent, &log)?;
+    let status = terminate(&mut agent.0, Duration::from_secs(30), || read_log(&log))?;
     ensure!(status.success(), "SIGTERM gave {status}");
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
@@ -694,8 +650,8 @@ fn a_binary_rewritten_in_place_is_analysed_again_and_its_old_probes_go() -> Resu
 fn agent_stopping_reports_live_processes_as_detached_not_exited() -> Result<()> {
     privileged_test!();
     use tracer_tests::agent::{AgentProc, process_info};
-    let fixture = contention()?;
-    let dir = scratch("detached")?;
+    let fixture = build_newest("contention")?;
+    let dir = scratch_dir("hardening-detached")?;
     let prog = dir.join("detachme");
     std::fs::copy(&fixture, &prog)?;
     let mut agent = AgentProc::start_offline(&["--comm", "detachme"])?;
@@ -721,7 +677,7 @@ fn agent_stopping_reports_live_processes_as_detached_not_exited() -> Result<()> 
 
 #[test]
 fn agent_refuses_unauthenticated_grpc_beyond_loopback() -> Result<()> {
-    let dir = scratch("grpc-auth-cli")?;
+    let dir = scratch_dir("hardening-grpc-auth-cli")?;
     let short = dir.join("short");
     std::fs::write(&short, "abc\n")?;
     let short = short.to_str().context("path")?;
@@ -775,7 +731,7 @@ fn top_connects(addr: &str, token: Option<&Path>) -> Result<bool> {
 #[test]
 fn grpc_tcp_is_off_by_default_and_needs_its_token() -> Result<()> {
     privileged_test!();
-    let dir = scratch("grpc-auth")?;
+    let dir = scratch_dir("hardening-grpc-auth")?;
     let socket = dir.join("tracer.sock");
     let metrics = free_addr()?;
     let log = dir.join("agent.log");
@@ -792,8 +748,8 @@ fn grpc_tcp_is_off_by_default_and_needs_its_token() -> Result<()> {
             .spawn()
             .context("starting tracer agent")?,
     );
-    wait_ready(&mut agent, metrics, &log)?;
-    let text = read(&log);
+    wait_ready(&mut agent.0, metrics, || read_log(&log))?;
+    let text = read_log(&log);
     let grpc: Vec<&str> = text
         .lines()
         .filter(|l| l.contains("gRPC listening on"))
@@ -827,7 +783,7 @@ fn grpc_tcp_is_off_by_default_and_needs_its_token() -> Result<()> {
             .spawn()
             .context("starting tracer agent")?,
     );
-    wait_ready(&mut agent, metrics, &log)?;
+    wait_ready(&mut agent.0, metrics, || read_log(&log))?;
     ensure!(
         !top_connects(&grpc, None)?,
         "top connected without the token"
@@ -839,7 +795,7 @@ fn grpc_tcp_is_off_by_default_and_needs_its_token() -> Result<()> {
     ensure!(
         top_connects(&grpc, Some(&token))?,
         "top with the token did not connect:\n{}",
-        read(&log)
+        read_log(&log)
     );
     drop(agent);
     let _ = std::fs::remove_dir_all(&dir);

@@ -14,7 +14,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail, ensure};
-use tracer_tests::{Variant, build_fixture, go_toolchains, privileged_test};
+use tracer_tests::{build_newest, privileged_test, procfs::retrans_segs};
 use tracer_user::{
     probes::Tracer,
     tcp::{
@@ -159,14 +159,6 @@ fn find<'a>(
                 r.flows
             )
         })
-}
-
-/// The kernel's own count of retransmitted segments in this network
-/// namespace (`Tcp: RetransSegs` in /proc/net/snmp): the ground truth that
-/// bounds the retransmits tracer may report (a loaded machine can retransmit
-/// even on loopback, e.g. tail-loss probes).
-fn retrans_segs() -> Result<u64> {
-    tracer_tests::retrans_segs_of(&std::fs::read_to_string("/proc/net/snmp")?)
 }
 
 fn check_exchange(
@@ -774,10 +766,7 @@ fn tcpflows_fixture() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("TRACER_TCP_FIXTURE") {
         return Ok(PathBuf::from(p));
     }
-    let tc = go_toolchains()?
-        .pop()
-        .context("no Go toolchain installed")?;
-    build_fixture(&tc, "tcpflows", Variant::Plain)
+    build_newest("tcpflows")
 }
 
 /// Ground truth the fixture printed.

@@ -9,7 +9,6 @@ use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     os::fd::AsRawFd,
-    path::PathBuf,
     process::{Command, Stdio},
     sync::mpsc,
     thread,
@@ -18,9 +17,10 @@ use std::{
 
 use anyhow::{Context, Result, bail, ensure};
 use tracer_tests::{
-    Variant,
     agent::{AgentProc, process_report},
-    build_fixture, go_toolchains, privileged_test, tracer_bin,
+    build_newest, privileged_test,
+    procfs::{retrans_segs_of, status_kb},
+    tracer_bin,
 };
 use tracer_user::{
     probes::Tracer,
@@ -131,7 +131,7 @@ impl VethPair {
     /// `Tcp: RetransSegs` of namespace `a` (/proc/net follows the reader's netns).
     fn retrans_segs(&self) -> Result<u64> {
         let snmp = sh("ip", &["netns", "exec", self.a, "cat", "/proc/net/snmp"])?;
-        tracer_tests::retrans_segs_of(&snmp)
+        retrans_segs_of(&snmp)
     }
 }
 
@@ -487,13 +487,6 @@ fn rtt_vs_ss(mode: RttMode) -> Result<()> {
     Ok(())
 }
 
-fn tcpload() -> Result<PathBuf> {
-    let tc = go_toolchains()?
-        .pop()
-        .context("no Go toolchain installed")?;
-    build_fixture(&tc, "tcpload", Variant::Plain)
-}
-
 /// BPF link fds of `pid` (each attached probe or tracepoint holds one).
 fn link_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -515,7 +508,7 @@ fn link_fds(pid: u32) -> usize {
 fn long_lived_flow_is_reported_open_with_bytes_so_far() -> Result<()> {
     privileged_test!();
     let _serial = tracer_tests::serial();
-    let bin = tcpload()?;
+    let bin = build_newest("tcpload")?;
     let mut child = Command::new(&bin)
         .args(["-mode", "hold", "-chunk", "10000", "-chunks", "15"])
         .args(["-every", "20ms"])
@@ -604,19 +597,6 @@ fn long_lived_flow_is_reported_open_with_bytes_so_far() -> Result<()> {
     result
 }
 
-/// kB value of `key` in /proc/PID/status.
-fn status_kb(pid: u32, key: &str) -> Option<u64> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix(key))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()
-}
-
 /// 20 000 short connections (client and server in the traced Go process, so
 /// 40 000 flows) under `tracer run`: more than the kernel's closed-flow ring
 /// buffer holds, so only draining it during the run keeps them all. tracer
@@ -627,7 +607,7 @@ fn connection_flood_is_accounted_with_bounded_memory() -> Result<()> {
     let _serial = tracer_tests::serial();
     const CONNS: u64 = 20_000;
     const REQ: u64 = 100;
-    let bin = tcpload()?;
+    let bin = build_newest("tcpload")?;
     let report = std::env::temp_dir().join(format!("tracer-tcp-flood-{}.json", std::process::id()));
     let t0 = Instant::now();
     let mut tracer = Command::new(tracer_bin()?)
@@ -651,7 +631,7 @@ fn connection_flood_is_accounted_with_bounded_memory() -> Result<()> {
     });
     let mut peak_kb = 0;
     while tracer.try_wait()?.is_none() {
-        if let Some(kb) = status_kb(tpid, "VmHWM:") {
+        if let Some(kb) = status_kb(tpid, "VmHWM").ok() {
             peak_kb = kb;
         }
         if t0.elapsed() > Duration::from_secs(60) {
@@ -732,7 +712,7 @@ fn agent_survives_a_connection_flood_and_counts_evictions() -> Result<()> {
     let _serial = tracer_tests::serial();
     const CONNS: u64 = 20_000;
     const REQ: u64 = 100;
-    let bin = tcpload()?;
+    let bin = build_newest("tcpload")?;
     let agent = AgentProc::start_offline(&["--refresh", "3s", "--exe", &bin.to_string_lossy()])?;
     let apid = agent.pid();
     let mut child = Command::new(&bin)
@@ -761,7 +741,7 @@ fn agent_survives_a_connection_flood_and_counts_evictions() -> Result<()> {
     let t0 = Instant::now();
     let mut peak_kb = 0;
     while child.try_wait()?.is_none() {
-        peak_kb = peak_kb.max(status_kb(apid, "VmHWM:").unwrap_or(0));
+        peak_kb = peak_kb.max(status_kb(apid, "VmHWM").unwrap_or(0));
         ensure!(
             t0.elapsed() < Duration::from_secs(60),
             "flood did not finish in 60 s"
@@ -775,7 +755,7 @@ fn agent_survives_a_connection_flood_and_counts_evictions() -> Result<()> {
     // Two refreshes after the exit: the last flows are collected and the
     // process's final report is built.
     thread::sleep(Duration::from_secs(7));
-    peak_kb = peak_kb.max(status_kb(apid, "VmHWM:").unwrap_or(0));
+    peak_kb = peak_kb.max(status_kb(apid, "VmHWM").unwrap_or(0));
     let report = agent.stop()?;
     let health = &report["snapshot"]["health"];
     let r = process_report(&report, pid).with_context(|| format!("pid {pid} not reported"))?;
