@@ -6,6 +6,7 @@
 //! - [`agent`]: a `tracer agent` in the background;
 //! - [`privileged`]: the [`privileged_test!`] opt-out and the [`serial`] lock;
 //! - [`process`], [`net`], [`procfs`]: child guards, loopback HTTP, /proc readers;
+//! - [`netns`]: network namespaces joined by a veth pair;
 //! - [`report`]: typed queries on the JSON reports.
 //!
 //! The items most tests use are re-exported here.
@@ -13,6 +14,7 @@
 pub mod agent;
 pub mod fixtures;
 pub mod net;
+pub mod netns;
 pub mod privileged;
 pub mod process;
 pub mod procfs;

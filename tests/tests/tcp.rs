@@ -14,7 +14,12 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail, ensure};
-use tracer_tests::{build_newest, privileged_test, procfs::retrans_segs};
+use tracer_tests::{
+    build_newest,
+    netns::{VethPair, enter_netns},
+    privileged_test,
+    procfs::retrans_segs,
+};
 use tracer_user::{
     probes::Tracer,
     tcp::{
@@ -631,33 +636,6 @@ fn full_tables_count_evictions_and_lost_flows() -> Result<()> {
     Ok(())
 }
 
-/// Runs `ip ARGS`, failing with its stderr.
-fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .context("running ip")?;
-    if !out.status.success() {
-        bail!(
-            "ip {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(())
-}
-
-/// Deletes the test namespaces however the test ends.
-struct Netns(&'static [&'static str]);
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        for ns in self.0 {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-        }
-    }
-}
-
 /// A server in another network namespace (reached over a veth pair from a
 /// second namespace the test process enters for its client thread) is seen
 /// from the client side, with that namespace's addresses.
@@ -666,21 +644,8 @@ fn flows_across_network_namespaces() -> Result<()> {
     privileged_test!();
     let _serial = tracer_tests::serial();
     let pid = std::process::id();
-    let (a, b) = ("tracer-tcp-a", "tracer-tcp-b");
-    let _cleanup = Netns(&["tracer-tcp-a", "tracer-tcp-b"]);
-    for ns in [a, b] {
-        let _ = Command::new("ip").args(["netns", "del", ns]).output();
-        ip(&["netns", "add", ns])?;
-    }
-    ip(&[
-        "link", "add", "trtcp0", "netns", a, "type", "veth", "peer", "name", "trtcp1", "netns", b,
-    ])?;
-    ip(&["-n", a, "addr", "add", "10.213.0.1/24", "dev", "trtcp0"])?;
-    ip(&["-n", b, "addr", "add", "10.213.0.2/24", "dev", "trtcp1"])?;
-    for (ns, dev) in [(a, "trtcp0"), (b, "trtcp1")] {
-        ip(&["-n", ns, "link", "set", dev, "up"])?;
-        ip(&["-n", ns, "link", "set", "lo", "up"])?;
-    }
+    let net = VethPair::create("tracer-tcp-a", "tracer-tcp-b", "trtcp0", "trtcp1", 213)?;
+    let (a, b) = (net.a, net.b);
     // Server: python in namespace b, untraced; it sends RESPONSE bytes after
     // reading REQUEST bytes.
     let script = format!(
@@ -705,12 +670,7 @@ fn flows_across_network_namespaces() -> Result<()> {
     let mut tcp = attach(&mut tracer, &[pid])?;
     // The client thread enters namespace a; the test's other threads stay put.
     let locals = thread::spawn(move || -> Result<Vec<SocketAddr>> {
-        let f = std::fs::File::open(format!("/run/netns/{a}")).context("opening netns")?;
-        use std::os::fd::AsRawFd;
-        // SAFETY: valid fd of a network namespace; affects only this thread.
-        if unsafe { libc_setns(f.as_raw_fd()) } != 0 {
-            bail!("setns: {}", std::io::Error::last_os_error());
-        }
+        enter_netns(a)?;
         clients("10.213.0.2:7070".parse()?, CONNS)
     })
     .join()
@@ -748,16 +708,6 @@ fn flows_across_network_namespaces() -> Result<()> {
         r.flows
     );
     Ok(())
-}
-
-/// setns(fd, CLONE_NEWNET) without a libc dependency in this crate.
-unsafe fn libc_setns(fd: i32) -> i32 {
-    const CLONE_NEWNET: i32 = 0x4000_0000;
-    unsafe extern "C" {
-        fn setns(fd: i32, nstype: i32) -> i32;
-    }
-    // SAFETY: forwarded to the C library.
-    unsafe { setns(fd, CLONE_NEWNET) }
 }
 
 /// The Go ground-truth fixture: `$TRACER_TCP_FIXTURE` (prebuilt, in the VM),
