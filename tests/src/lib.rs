@@ -18,6 +18,7 @@ pub mod netns;
 pub mod privileged;
 pub mod process;
 pub mod procfs;
+pub mod report;
 pub mod tracer;
 
 pub use fixtures::{

@@ -5,23 +5,14 @@
 //! (`internal/sync.(*Mutex).lockSlow`) build.
 
 use anyhow::{Context, Result, ensure};
-use serde_json::Value;
 use tracer_tests::{
     Variant, build_fixture, classic_and_swiss, fixture_value, go_toolchains, marker_line,
-    privileged_test, run_tracer,
+    privileged_test, report::Report, run_tracer,
 };
 
 const GOROUTINES: u64 = 4;
 const ITERATIONS: u64 = 50;
 const HOLD_MS: u64 = 2;
-
-fn locks(report: &Value) -> Vec<Value> {
-    report["locks"].as_array().cloned().unwrap_or_default()
-}
-
-fn sum(locks: &[Value], field: &str) -> u64 {
-    locks.iter().map(|l| l[field].as_u64().unwrap_or(0)).sum()
-}
 
 #[test]
 fn contended_mutex_waits_match_the_programs_own_measurement() -> Result<()> {
@@ -56,9 +47,10 @@ fn contended_mutex_waits_match_the_programs_own_measurement() -> Result<()> {
                 .report
                 .as_ref()
                 .with_context(|| format!("no JSON report: {ctx}"))?;
-            let rows = locks(report);
-            let contentions = sum(&rows, "contentions");
-            let total = sum(&rows, "wait_ns_total");
+            let typed = Report::parse(report)?;
+            let rows = &typed.locks;
+            let contentions = typed.contentions();
+            let total = typed.wait_ns_total();
             let own_wait = fixture_value::<u64>(&out.stdout, "wait_ns")?;
             let counter = fixture_value::<u64>(&out.stdout, "counter")?;
             ensure!(
@@ -105,46 +97,42 @@ fn contended_mutex_waits_match_the_programs_own_measurement() -> Result<()> {
 
             // The heaviest row is the fixture's lock, attributed to its call site.
             let top = &rows[0];
-            ensure!(top["kind"] == "mutex", "kind: {ctx}");
+            ensure!(top.kind == "mutex", "kind: {ctx}");
             ensure!(
-                top["goroutines"] == GOROUTINES,
+                top.goroutines == GOROUTINES,
                 "distinct waiting goroutines {}: {ctx}",
-                top["goroutines"]
+                top.goroutines
             );
             ensure!(
-                top["site"]["function"] == "main.holdLock",
-                "site function {}: {ctx}",
-                top["site"]
+                top.site.function == "main.holdLock",
+                "site function {:?}: {ctx}",
+                top.site
             );
             ensure!(
-                top["site"]["line"] == site_line,
-                "site line {} != {site_line}: {ctx}",
-                top["site"]
+                top.site.line == site_line,
+                "site line {:?} != {site_line}: {ctx}",
+                top.site
             );
             ensure!(
-                top["site"]["file"]
-                    .as_str()
-                    .is_some_and(|f| f.ends_with("contention/main.go")),
+                top.site.file.ends_with("contention/main.go"),
                 "site file: {ctx}"
             );
-            let (p50, p99, max) = (
-                top["wait_ns_p50"].as_u64().unwrap_or(0),
-                top["wait_ns_p99"].as_u64().unwrap_or(0),
-                top["wait_ns_max"].as_u64().unwrap_or(0),
-            );
+            let (p50, p99, max) = (top.wait_ns_p50, top.wait_ns_p99, top.wait_ns_max);
             ensure!(
                 0 < p50 && p50 <= p99 && p99 <= max,
                 "percentiles out of order: {ctx}"
             );
             ensure!(
-                report["target"]["go_version"]
-                    .as_str()
-                    .is_some_and(|v| v.contains(&tc.version)),
+                typed.target.go_version.contains(&tc.version),
                 "go_version: {ctx}"
             );
             // A global lock is named from the symbol table, which stripped binaries lack.
             if variant != Variant::Stripped {
-                ensure!(top["name"] == "main.mu", "lock name {}: {ctx}", top["name"]);
+                ensure!(
+                    top.name.as_deref() == Some("main.mu"),
+                    "lock name {:?}: {ctx}",
+                    top.name
+                );
             }
             // The table shows the same site.
             ensure!(
@@ -187,7 +175,7 @@ fn uncontended_mutex_reports_zero_contentions() -> Result<()> {
             "probes not attached: {ctx}"
         );
         ensure!(
-            sum(&locks(&report), "contentions") == 0,
+            Report::parse(&report)?.contentions() == 0,
             "contention reported on an uncontended lock: {ctx}"
         );
         ensure!(out.stdout.contains("no lock contention recorded"), "{ctx}");
@@ -229,7 +217,7 @@ fn stack_growth_under_probes_never_harms_the_program() -> Result<()> {
         let report = out.report.context("no report")?;
         // The probes fired while stacks were growing and moving.
         ensure!(
-            sum(&locks(&report), "contentions") > 0,
+            Report::parse(&report)?.contentions() > 0,
             "probes never fired: {ctx}"
         );
     }
@@ -254,13 +242,10 @@ fn attach_to_running_process() -> Result<()> {
     let ctx = format!("{}\n{}", out.stdout, out.stderr);
     ensure!(out.status.success(), "{ctx}");
     let report = out.report.context("no report")?;
-    ensure!(
-        report["target"]["pid"].as_u64() == Some(child.id() as u64),
-        "{ctx}"
-    );
-    let rows = locks(&report);
-    ensure!(sum(&rows, "contentions") > 0, "{ctx}");
-    ensure!(rows[0]["site"]["function"] == "main.holdLock", "{ctx}");
+    let typed = Report::parse(&report)?;
+    ensure!(typed.target.pid == child.id(), "{ctx}");
+    ensure!(typed.contentions() > 0, "{ctx}");
+    ensure!(typed.locks[0].site.function == "main.holdLock", "{ctx}");
     Ok(())
 }
 
@@ -466,7 +451,7 @@ fn rate_guard_pauses_probes_under_extreme_contention() -> Result<()> {
         "table does not say counts are partial: {ctx}"
     );
     // Waits recorded before the pause are still reported.
-    ensure!(sum(&locks(&report), "contentions") > 0, "{ctx}");
+    ensure!(Report::parse(&report)?.contentions() > 0, "{ctx}");
     // No stuck-wait findings from waits cut off by the detach.
     let stuck = report["findings"]
         .as_array()

@@ -8,11 +8,11 @@ use std::{
 };
 
 use anyhow::{Context, Result, ensure};
-use serde_json::Value;
 use tracer_tests::{
     agent::{AgentProc, process_info, process_report},
     build_newest, privileged_test,
     procfs::{cgroup2_mount, container_id, fd_count, kernel_uuid, rss_kb},
+    report::Report,
     serial,
 };
 
@@ -20,17 +20,6 @@ use tracer_tests::{
 /// (the machine may run other Go programs).
 fn start_agent(exe_filter: &str) -> Result<AgentProc> {
     AgentProc::start_offline(&["--refresh", "200ms", "--exe", exe_filter])
-}
-
-fn contentions(report: &Value) -> u64 {
-    report["locks"]
-        .as_array()
-        .map(|l| {
-            l.iter()
-                .map(|r| r["contentions"].as_u64().unwrap_or(0))
-                .sum()
-        })
-        .unwrap_or(0)
 }
 
 fn run(cmd: &mut Command) -> Result<(u32, String)> {
@@ -61,12 +50,18 @@ fn process_started_after_the_agent_is_traced_with_its_attach_latency() -> Result
     );
     ensure!(info["state"] == "exited", "state: {}", info["state"]);
     let r = process_report(&report, pid).context("no report for the process")?;
-    let n = contentions(r);
+    let n = Report::parse(r)?.contentions();
     // 4 goroutines × 50 iterations: at most 200 contended acquisitions; the
     // first ~100 ms (first attach of this binary) may be missed.
     ensure!(n > 0 && n <= 200, "contentions {n}; fixture said {out}");
-    let site = &r["locks"][0]["site"]["function"];
-    ensure!(site == "main.holdLock", "lock site {site}");
+    let site = Report::parse(r)?
+        .locks
+        .first()
+        .map(|l| l.site.function.clone());
+    ensure!(
+        site.as_deref() == Some("main.holdLock"),
+        "lock site {site:?}"
+    );
     Ok(())
 }
 
@@ -110,7 +105,7 @@ fn short_lived_programs_are_traced_with_lock_and_map_events() -> Result<()> {
             format!("{lock_ms} ms lock program {lp} not traced; agent log:\n{log}")
         })?;
         ensure!(
-            contentions(r) > 0,
+            Report::parse(r)?.contentions() > 0,
             "{lock_ms} ms program {lp}: no lock events: {r:#}"
         );
         let latency = process_info(&report, lp).context("info")?["attach_latency_ns"]
@@ -188,7 +183,7 @@ fn process_in_private_mount_and_pid_namespace_is_found_with_both_pids() -> Resul
     ensure!(host > 1 && host != ns, "host pid {host}");
     let r = process_report(&report, host as u32).context("no report")?;
     ensure!(
-        contentions(r) > 0,
+        Report::parse(r)?.contentions() > 0,
         "no contention traced in the namespaced process"
     );
     Ok(())
@@ -350,6 +345,9 @@ fn process_in_a_kubepods_cgroup_is_selected_and_labelled_by_container_and_pod() 
     );
     let pid = p["pid"].as_u64().context("pid")? as u32;
     let r = process_report(&report, pid).context("no report")?;
-    ensure!(contentions(r) > 0, "no contention traced in the container");
+    ensure!(
+        Report::parse(r)?.contentions() > 0,
+        "no contention traced in the container"
+    );
     Ok(())
 }

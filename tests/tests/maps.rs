@@ -12,7 +12,7 @@ use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 use tracer_tests::{
     GoToolchain, TracerRun, Variant, build_fixture, classic_and_swiss, go_toolchains, marker_line,
-    newest_noswissmap, privileged_test, run_tracer,
+    newest_noswissmap, privileged_test, report::Report, run_tracer,
 };
 
 /// The classic/Swiss pair as plain builds, plus the newest Go that accepts
@@ -238,24 +238,6 @@ fn unlocked_read_during_write_is_found() -> Result<()> {
     Ok(())
 }
 
-/// Operations of `kind` made from a call site in `func`, over all maps.
-fn op_count(report: &Value, func: &str, kind: &str) -> u64 {
-    let mut n = 0;
-    for m in report["maps"].as_array().into_iter().flatten() {
-        for o in m["ops"].as_array().into_iter().flatten() {
-            if o["kind"] != kind {
-                continue;
-            }
-            for s in o["top_sites"].as_array().into_iter().flatten() {
-                if s["site"]["function"] == func {
-                    n += s["count"].as_u64().unwrap_or(0);
-                }
-            }
-        }
-    }
-    n
-}
-
 #[test]
 fn rwmutex_protected_map_has_no_findings() -> Result<()> {
     privileged_test!();
@@ -280,14 +262,14 @@ fn rwmutex_protected_map_has_no_findings() -> Result<()> {
         );
         // The probes did see every operation: two readers and two writers, N each.
         ensure!(
-            op_count(&report, "main.lockedReader", "read") == 2 * N,
+            Report::parse(&report)?.op_count("main.lockedReader", "read") == 2 * N,
             "reads {}: {ctx}",
-            op_count(&report, "main.lockedReader", "read")
+            Report::parse(&report)?.op_count("main.lockedReader", "read")
         );
         ensure!(
-            op_count(&report, "main.lockedWriter", "write") == 2 * N,
+            Report::parse(&report)?.op_count("main.lockedWriter", "write") == 2 * N,
             "writes {}: {ctx}",
-            op_count(&report, "main.lockedWriter", "write")
+            Report::parse(&report)?.op_count("main.lockedWriter", "write")
         );
     }
     Ok(())
@@ -494,8 +476,14 @@ fn attach_deep_to_running_process_has_no_false_findings() -> Result<()> {
             .filter(|f| f["kind"].as_str().is_some_and(|k| k.contains("map")))
             .collect();
         ensure!(map_findings.is_empty(), "false findings: {ctx}");
-        ensure!(op_count(&report, "main.lockedReader", "read") > 0, "{ctx}");
-        ensure!(op_count(&report, "main.lockedWriter", "write") > 0, "{ctx}");
+        ensure!(
+            Report::parse(&report)?.op_count("main.lockedReader", "read") > 0,
+            "{ctx}"
+        );
+        ensure!(
+            Report::parse(&report)?.op_count("main.lockedWriter", "write") > 0,
+            "{ctx}"
+        );
     }
     Ok(())
 }
@@ -552,7 +540,10 @@ fn call_site_probes_cover_only_the_chosen_package() -> Result<()> {
                 .is_some_and(|f| f.split(", ").all(|s| s.starts_with("main."))),
             "{ctx}"
         );
-        ensure!(op_count(&report, "main.countWrites", "write") == N, "{ctx}");
+        ensure!(
+            Report::parse(&report)?.op_count("main.countWrites", "write") == N,
+            "{ctx}"
+        );
         ensure!(
             report["map_op_hits"].as_u64() == Some(N),
             "only main's calls: {ctx}"

@@ -20,7 +20,9 @@ use serde_json::Value;
 use tracer_tests::{
     GoToolchain, Variant,
     agent::{AgentProc, process_report},
-    build_fixture, classic_and_swiss, privileged_test, serial,
+    build_fixture, classic_and_swiss, privileged_test,
+    report::Report,
+    serial,
 };
 
 const RUNS: usize = 20;
@@ -96,24 +98,6 @@ fn findings_by_pid(report: &Value) -> Vec<(u64, String)> {
 
 fn is_map_finding(kind: &str) -> bool {
     kind.contains("map") || kind == "runtime_fatal"
-}
-
-/// Deep-tier operations of `kind` made from a call site in `func`.
-fn op_count(report: &Value, func: &str, kind: &str) -> u64 {
-    let mut n = 0;
-    for m in report["maps"].as_array().into_iter().flatten() {
-        for o in m["ops"].as_array().into_iter().flatten() {
-            if o["kind"] != kind {
-                continue;
-            }
-            for s in o["top_sites"].as_array().into_iter().flatten() {
-                if s["site"]["function"] == func {
-                    n += s["count"].as_u64().unwrap_or(0);
-                }
-            }
-        }
-    }
-    n
 }
 
 /// Calls of `method` on the sync.Map at `addr`.
@@ -238,8 +222,8 @@ fn zero_findings_over_runs(tc: &GoToolchain) -> Result<()> {
         ensure!(probes["status"] == "attached", "{ctx}: {probes}");
         match *mode {
             "rwlocked" => {
-                let reads = op_count(r, "main.lockedReader", "read");
-                let writes = op_count(r, "main.lockedWriter", "write");
+                let reads = Report::parse(r)?.op_count("main.lockedReader", "read");
+                let writes = Report::parse(r)?.op_count("main.lockedWriter", "write");
                 ensure!(
                     reads == 2 * N && writes == 2 * N,
                     "{ctx}: {reads} reads, {writes} writes traced (fixture: {} each)",

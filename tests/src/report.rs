@@ -1,0 +1,155 @@
+//! Typed queries on tracer's JSON report (docs/json-report.md), for the
+//! parts the tests read: the target, lock rows, stuck-wait findings and map
+//! operations. The same shape serves a `tracer run`/`attach` report and each
+//! process report inside an agent's final snapshot.
+//!
+//! Every field declared here is required: a report that lacks one fails to
+//! parse, so a renamed or dropped field fails the test loudly instead of
+//! reading as 0 or empty. Fields the tests do not read are ignored, and
+//! parts not modelled yet are still read as `serde_json::Value`.
+//!
+//! These structs are the tests' own, not tracer-user's: they pin the JSON
+//! format from outside, whatever the Rust types behind it are called.
+
+use anyhow::{Context, Result};
+use serde::Deserialize;
+use serde_json::Value;
+
+/// A source location.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct Site {
+    pub function: String,
+    pub file: String,
+    pub line: u32,
+}
+
+/// The traced process.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Target {
+    pub pid: u32,
+    pub exe: String,
+    pub go_version: String,
+}
+
+/// One row of `locks`: the waits for one lock at one call site.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LockRow {
+    pub address: String,
+    /// `mutex`, `rwmutex_read`, `rwmutex_write`, ...
+    pub kind: String,
+    /// The lock's global variable name, when it has one.
+    pub name: Option<String>,
+    pub site: Site,
+    pub stack: Vec<Site>,
+    pub contentions: u64,
+    pub goroutines: u64,
+    pub wait_ns_total: u64,
+    pub wait_ns_p50: u64,
+    pub wait_ns_p99: u64,
+    pub wait_ns_max: u64,
+}
+
+/// Which lock a finding is about.
+#[derive(Debug, Clone, Deserialize)]
+pub struct LockRef {
+    pub address: String,
+    pub kind: String,
+    pub name: Option<String>,
+}
+
+/// A `stuck_lock_wait` finding: a wait longer than the threshold.
+#[derive(Debug, Clone, Deserialize)]
+pub struct StuckWait {
+    pub pid: u32,
+    pub goroutine: Option<u64>,
+    pub lock: LockRef,
+    /// Longest age observed, ns.
+    pub age_ns: u64,
+    /// Still waiting when the report was made.
+    pub ongoing: bool,
+    pub site: Option<Site>,
+    pub stack: Vec<Site>,
+}
+
+/// A call site and how often it did something.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SiteCount {
+    pub site: Site,
+    pub count: u64,
+}
+
+/// One kind of operation on one map (`--maps deep`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct MapOps {
+    /// `read`, `write`, `delete`, `iterate`, ...
+    pub kind: String,
+    pub count: u64,
+    pub top_sites: Vec<SiteCount>,
+}
+
+/// One map seen by the map probes.
+#[derive(Debug, Clone, Deserialize)]
+pub struct MapRow {
+    pub pid: u32,
+    pub address: String,
+    pub ops: Vec<MapOps>,
+    pub growth_events: u64,
+}
+
+/// The parts of one process's report that the tests read.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Report {
+    pub target: Target,
+    pub locks: Vec<LockRow>,
+    /// Lock and map findings; each has its own shape, told by `kind`.
+    pub findings: Vec<Value>,
+    pub maps: Vec<MapRow>,
+}
+
+impl Report {
+    /// Parses a report (a `tracer run`/`attach` JSON report, or one entry
+    /// of an agent snapshot's `reports`).
+    pub fn parse(json: &Value) -> Result<Self> {
+        Report::deserialize(json).context("report does not have the shape the tests expect")
+    }
+
+    /// Lock rows of `kind`.
+    pub fn locks_of_kind(&self, kind: &str) -> Vec<&LockRow> {
+        self.locks.iter().filter(|l| l.kind == kind).collect()
+    }
+
+    /// Contentions over every lock row.
+    pub fn contentions(&self) -> u64 {
+        self.locks.iter().map(|l| l.contentions).sum()
+    }
+
+    /// Total wait over every lock row, ns.
+    pub fn wait_ns_total(&self) -> u64 {
+        self.locks.iter().map(|l| l.wait_ns_total).sum()
+    }
+
+    /// Findings whose `kind` is `kind`, untyped.
+    pub fn findings_of_kind(&self, kind: &str) -> Vec<&Value> {
+        self.findings.iter().filter(|f| f["kind"] == kind).collect()
+    }
+
+    /// The `stuck_lock_wait` findings; fails if one lacks a field.
+    pub fn stuck_waits(&self) -> Result<Vec<StuckWait>> {
+        self.findings_of_kind("stuck_lock_wait")
+            .into_iter()
+            .map(|f| StuckWait::deserialize(f).with_context(|| format!("stuck_lock_wait {f}")))
+            .collect()
+    }
+
+    /// Operations of `kind` made from a call site in `func`, over all maps.
+    pub fn op_count(&self, func: &str, kind: &str) -> u64 {
+        self.maps
+            .iter()
+            .flat_map(|m| &m.ops)
+            .filter(|o| o.kind == kind)
+            .flat_map(|o| &o.top_sites)
+            .filter(|s| s.site.function == func)
+            .map(|s| s.count)
+            .sum()
+    }
+}
