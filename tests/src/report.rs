@@ -1,6 +1,6 @@
 //! Typed queries on tracer's JSON report (docs/json-report.md), for the
-//! parts the tests read: the target, lock rows, stuck-wait findings and map
-//! operations. The same shape serves a `tracer run`/`attach` report and each
+//! parts the tests read: the target, lock and holder rows, stuck-wait findings
+//! and map operations. The same shape serves a `tracer run`/`attach` report and each
 //! process report inside an agent's final snapshot.
 //!
 //! Every field declared here is required: a report that lacks one fails to
@@ -49,6 +49,18 @@ pub struct LockRow {
     pub wait_ns_max: u64,
 }
 
+/// One row of `holders` (`--holders`): the code that unlocked a contended
+/// lock and had to wake a waiter.
+#[derive(Debug, Clone, Deserialize)]
+pub struct HolderRow {
+    pub address: String,
+    pub kind: String,
+    pub name: Option<String>,
+    pub site: Site,
+    pub stack: Vec<Site>,
+    pub wakeups: u64,
+}
+
 /// Which lock a finding is about.
 #[derive(Debug, Clone, Deserialize)]
 pub struct LockRef {
@@ -84,6 +96,8 @@ pub struct MapOps {
     /// `read`, `write`, `delete`, `iterate`, ...
     pub kind: String,
     pub count: u64,
+    /// Time spent in these operations, ns.
+    pub ns_total: u64,
     pub top_sites: Vec<SiteCount>,
 }
 
@@ -101,6 +115,8 @@ pub struct MapRow {
 pub struct Report {
     pub target: Target,
     pub locks: Vec<LockRow>,
+    /// Empty without `--holders`.
+    pub holders: Vec<HolderRow>,
     /// Lock and map findings; each has its own shape, told by `kind`.
     pub findings: Vec<Value>,
     pub maps: Vec<MapRow>,
@@ -141,11 +157,14 @@ impl Report {
             .collect()
     }
 
+    /// Every map's operations, map by map.
+    pub fn map_ops(&self) -> impl Iterator<Item = &MapOps> {
+        self.maps.iter().flat_map(|m| &m.ops)
+    }
+
     /// Operations of `kind` made from a call site in `func`, over all maps.
     pub fn op_count(&self, func: &str, kind: &str) -> u64 {
-        self.maps
-            .iter()
-            .flat_map(|m| &m.ops)
+        self.map_ops()
             .filter(|o| o.kind == kind)
             .flat_map(|o| &o.top_sites)
             .filter(|s| s.site.function == func)

@@ -18,6 +18,7 @@ use tracer_tests::{
     net::{free_addr, http},
     privileged_test,
     process::scratch_dir,
+    report::{Report, Site},
     run_tracer,
 };
 
@@ -102,40 +103,26 @@ fn traces(out: &str) -> Vec<Vec<String>> {
         .collect()
 }
 
-fn sum(rows: &Value, field: &str) -> u64 {
-    rows.as_array()
-        .into_iter()
-        .flatten()
-        .map(|r| r[field].as_u64().unwrap_or(0))
-        .sum()
-}
-
-/// Sum of `field` over the rows whose call site is `function`.
-fn sum_at(rows: &Value, function: &str, field: &str) -> u64 {
-    rows.as_array()
-        .into_iter()
-        .flatten()
-        .filter(|r| r["site"]["function"] == function)
-        .map(|r| r[field].as_u64().unwrap_or(0))
-        .sum()
-}
+/// What a profile sample is made of, from one report row: its call site,
+/// its stack (call site outward) and its count.
+type ProfileRow<'a> = (&'a Site, &'a [Site], u64);
 
 /// `tracer run ARGS` with a JSON report that must succeed: the report, the
 /// traced pid and a context string for failures.
-fn traced_run(tc: &GoToolchain, variant: Variant, args: &[&str]) -> Result<(Value, u64, String)> {
+fn traced_run(tc: &GoToolchain, variant: Variant, args: &[&str]) -> Result<(Report, u32, String)> {
     let out = run_tracer(args, true)?;
     let ctx = format!(
         "go {} {variant:?}\nstdout:\n{}\nstderr:\n{}",
         tc.version, out.stdout, out.stderr
     );
     ensure!(out.status.success(), "tracer run failed: {ctx}");
-    let report = out.report.context("no JSON report")?;
-    let pid = report["target"]["pid"].as_u64().context("pid")?;
+    let report = Report::parse(&out.report.context("no JSON report")?)?;
+    let pid = report.target.pid;
     Ok((report, pid, ctx))
 }
 
 /// The one `<pid>-<kind>.pb.gz` in `dir`.
-fn profile_file(dir: &Path, pid: u64, kind: &str) -> Result<String> {
+fn profile_file(dir: &Path, pid: u32, kind: &str) -> Result<String> {
     let p = dir.join(format!("{pid}-{kind}.pb.gz"));
     ensure!(p.is_file(), "{} not written", p.display());
     Ok(p.to_string_lossy().into_owned())
@@ -148,8 +135,7 @@ fn check_profile(
     file: &str,
     index: &str,
     want_totals: &[u64],
-    rows: &Value,
-    count_field: &str,
+    rows: &[ProfileRow],
     ctx: &str,
 ) -> Result<()> {
     let totals = raw_totals(&pprof(tc, &["-raw", file])?)?;
@@ -162,25 +148,26 @@ fn check_profile(
         .into_iter()
         .next()
         .with_context(|| format!("{file}: empty -top:\n{top}"))?;
-    let heaviest = &rows[0];
-    let func = heaviest["site"]["function"].as_str().context("site")?;
+    let &(site, stack, _) = rows
+        .first()
+        .with_context(|| format!("{file}: no report rows"))?;
+    let func = site.function.as_str();
     ensure!(
         first.1 == func,
         "{file}: top entry {first:?}, report's top site {func}:\n{top}\n{ctx}"
     );
-    let flat = sum_at(rows, func, count_field);
+    let flat: u64 = rows
+        .iter()
+        .filter(|(s, _, _)| s.function == func)
+        .map(|(_, _, n)| n)
+        .sum();
     ensure!(
         first.0 == flat.to_string(),
         "{file}: top flat {} vs report {flat} at {func}:\n{top}\n{ctx}",
         first.0
     );
     // The report's stack (call site outward) is how pprof saw the sample.
-    let want: Vec<String> = heaviest["stack"]
-        .as_array()
-        .context("stack")?
-        .iter()
-        .filter_map(|s| s["function"].as_str().map(str::to_owned))
-        .collect();
+    let want: Vec<String> = stack.iter().map(|s| s.function.clone()).collect();
     let tr = pprof(tc, &["-traces", file])?;
     ensure!(
         traces(&tr).iter().any(|t| t.starts_with(&want)),
@@ -218,48 +205,54 @@ fn lock_profiles_are_read_by_go_tool_pprof_and_match_the_report() -> Result<()> 
                     "2ms",
                 ],
             )?;
-            let report = &report;
-            let locks = &report["locks"];
-            ensure!(sum(locks, "contentions") > 0, "no contention: {ctx}");
+            let (contentions, wait_ns) = (report.contentions(), report.wait_ns_total());
+            ensure!(contentions > 0, "no contention: {ctx}");
             ensure!(
-                locks[0]["site"]["function"] == "main.holdLock",
+                report.locks[0].site.function == "main.holdLock",
                 "report's top site: {ctx}"
             );
+            let lock_rows: Vec<ProfileRow> = report
+                .locks
+                .iter()
+                .map(|l| (&l.site, &l.stack[..], l.contentions))
+                .collect();
             let block = profile_file(&dir, pid, "block")?;
             check_profile(
                 &tc,
                 &block,
                 "contentions",
-                &[sum(locks, "contentions"), sum(locks, "wait_ns_total")],
-                locks,
-                "contentions",
+                &[contentions, wait_ns],
+                &lock_rows,
                 &ctx,
             )?;
             // Delay as the default index: the top entry carries the report's total.
             let top = pprof(&tc, &["-top", "-unit=ns", &block])?;
             ensure!(
-                top.contains(&format!("of {}ns total", sum(locks, "wait_ns_total"))),
+                top.contains(&format!("of {wait_ns}ns total")),
                 "delay total in -top:\n{top}\n{ctx}"
             );
             // The mutex profile is the unlockers' (--holders).
-            let holders = &report["holders"];
+            let holders = &report.holders;
             ensure!(
-                holders[0]["site"]["line"] == unlock_line,
+                holders.first().map(|h| h.site.line) == Some(unlock_line),
                 "holder site: {ctx}"
             );
+            let holder_rows: Vec<ProfileRow> = holders
+                .iter()
+                .map(|h| (&h.site, &h.stack[..], h.wakeups))
+                .collect();
             let mutex = profile_file(&dir, pid, "mutex")?;
             check_profile(
                 &tc,
                 &mutex,
                 "contentions",
-                &[sum(holders, "wakeups")],
-                holders,
-                "wakeups",
+                &[holders.iter().map(|h| h.wakeups).sum()],
+                &holder_rows,
                 &ctx,
             )?;
             // The executable's mapping, marked as already symbolized.
             let raw = pprof(&tc, &["-raw", &block])?;
-            let exe = report["target"]["exe"].as_str().context("exe")?;
+            let exe = report.target.exe.as_str();
             ensure!(
                 raw.lines()
                     .any(|l| l.contains(exe) && l.contains("[FN][FL][LN][IN]")),
@@ -292,17 +285,8 @@ fn maps_profile_counts_every_operation() -> Result<()> {
                     "run", "--maps", "deep", "--pprof", d, "--", bin, "-mode", "count", "-n", &n,
                 ],
             )?;
-            let ops: Vec<&Value> = report["maps"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .flat_map(|m| m["ops"].as_array().into_iter().flatten())
-                .collect();
-            let count: u64 = ops.iter().map(|o| o["count"].as_u64().unwrap_or(0)).sum();
-            let ns: u64 = ops
-                .iter()
-                .map(|o| o["ns_total"].as_u64().unwrap_or(0))
-                .sum();
+            let count: u64 = report.map_ops().map(|o| o.count).sum();
+            let ns: u64 = report.map_ops().map(|o| o.ns_total).sum();
             let file = profile_file(&dir, pid, "maps")?;
             let totals = raw_totals(&pprof(&tc, &["-raw", &file])?)?;
             ensure!(
