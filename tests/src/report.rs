@@ -1,6 +1,6 @@
 //! Typed queries on tracer's JSON report (docs/json-report.md), for the
-//! parts the tests read: the target, lock and holder rows, stuck-wait findings
-//! and map operations. The same shape serves a `tracer run`/`attach` report and each
+//! parts the tests read: the target, lock and holder rows, stuck-wait and map
+//! overlap findings, and map operations. The same shape serves a `tracer run`/`attach` report and each
 //! process report inside an agent's final snapshot.
 //!
 //! Every field declared here is required: a report that lacks one fails to
@@ -83,6 +83,53 @@ pub struct StuckWait {
     pub stack: Vec<Site>,
 }
 
+/// One side of a map overlap: an operation and where it was made.
+#[derive(Debug, Clone, Deserialize)]
+pub struct OpSide {
+    /// `read`, `write`, `iterate`, ...
+    pub op: String,
+    pub goroutine: Option<u64>,
+    pub site: Option<Site>,
+    pub stack: Vec<Site>,
+}
+
+impl OpSide {
+    /// Whether this side was made at `function`:`line`.
+    pub fn at(&self, function: &str, line: u32) -> bool {
+        self.site
+            .as_ref()
+            .is_some_and(|s| s.function == function && s.line == line)
+    }
+}
+
+/// An overlap finding (`concurrent_map_write`, `concurrent_map_read_write`,
+/// `concurrent_map_iteration_write`): two operations on one map at once.
+#[derive(Debug, Clone, Deserialize)]
+pub struct MapOverlap {
+    pub pid: u32,
+    /// The map's address, as hex.
+    pub map: String,
+    /// The operation that started second.
+    pub op: OpSide,
+    /// The operation already in flight.
+    pub other: OpSide,
+    pub count: u64,
+    pub first_seen_ns: u64,
+    pub last_seen_ns: u64,
+}
+
+/// A `map_fatal` finding: the runtime's own fatal error about a map.
+#[derive(Debug, Clone, Deserialize)]
+pub struct MapFatal {
+    pub pid: u32,
+    /// The runtime's message, e.g. `concurrent map writes`.
+    pub message: String,
+    /// The crashing goroutine.
+    pub goroutine: Option<u64>,
+    pub site: Option<Site>,
+    pub stack: Vec<Site>,
+}
+
 /// A call site and how often it did something.
 #[derive(Debug, Clone, Deserialize)]
 pub struct SiteCount {
@@ -154,6 +201,22 @@ impl Report {
         self.findings_of_kind("stuck_lock_wait")
             .into_iter()
             .map(|f| StuckWait::deserialize(f).with_context(|| format!("stuck_lock_wait {f}")))
+            .collect()
+    }
+
+    /// The overlap findings of `kind`; fails if one lacks a field.
+    pub fn overlaps(&self, kind: &str) -> Result<Vec<MapOverlap>> {
+        self.findings_of_kind(kind)
+            .into_iter()
+            .map(|f| MapOverlap::deserialize(f).with_context(|| format!("{kind} {f}")))
+            .collect()
+    }
+
+    /// The `map_fatal` findings; fails if one lacks a field.
+    pub fn map_fatals(&self) -> Result<Vec<MapFatal>> {
+        self.findings_of_kind("map_fatal")
+            .into_iter()
+            .map(|f| MapFatal::deserialize(f).with_context(|| format!("map_fatal {f}")))
             .collect()
     }
 

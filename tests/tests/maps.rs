@@ -74,17 +74,6 @@ fn run_maps_variant(
     Ok((out, report, ctx))
 }
 
-fn findings<'a>(report: &'a Value, kind: &str) -> Vec<&'a Value> {
-    report["findings"]
-        .as_array()
-        .map(|a| a.iter().filter(|f| f["kind"] == kind).collect())
-        .unwrap_or_default()
-}
-
-fn site_is(side: &Value, func: &str, line: u32) -> bool {
-    side["site"]["function"] == func && side["site"]["line"] == line
-}
-
 /// The program either finished or was stopped by the runtime's own check
 /// (exit 2, "fatal error: concurrent map ..."): both are legitimate outcomes
 /// of a racy program; anything else is a failure.
@@ -104,31 +93,21 @@ fn expect_overlap(
     (f2, l2): (&str, u32),
     ctx: &str,
 ) -> Result<()> {
-    let all = findings(report, kind);
+    let all = Report::parse(report)?.overlaps(kind)?;
     let f = all
         .iter()
         .find(|f| {
-            (site_is(&f["op"], f1, l1) && site_is(&f["other"], f2, l2))
-                || (site_is(&f["op"], f2, l2) && site_is(&f["other"], f1, l1))
+            (f.op.at(f1, l1) && f.other.at(f2, l2)) || (f.op.at(f2, l2) && f.other.at(f1, l1))
         })
         .with_context(|| format!("no {kind} between {f1}:{l1} and {f2}:{l2}: {ctx}"))?;
-    ensure!(f["count"].as_u64().unwrap_or(0) >= 1, "{kind} count: {ctx}");
-    ensure!(
-        f["map"].as_str().is_some_and(|m| m.starts_with("0x")),
-        "{ctx}"
-    );
-    let (ga, gb) = (
-        f["op"]["goroutine"].as_u64(),
-        f["other"]["goroutine"].as_u64(),
-    );
+    ensure!(f.count >= 1, "{kind} count: {ctx}");
+    ensure!(f.map.starts_with("0x"), "{ctx}");
+    let (ga, gb) = (f.op.goroutine, f.other.goroutine);
     ensure!(
         ga.is_some() && gb.is_some() && ga != gb,
         "goroutines {ga:?} / {gb:?}: {ctx}"
     );
-    ensure!(
-        f["first_seen_ns"].as_u64() <= f["last_seen_ns"].as_u64(),
-        "{ctx}"
-    );
+    ensure!(f.first_seen_ns <= f.last_seen_ns, "{ctx}");
     Ok(())
 }
 
@@ -167,7 +146,8 @@ fn runtime_crash_is_reported_with_message_and_call_site() -> Result<()> {
         // Usually one goroutine dies; two writers can both see the flag and
         // enter the fatal path before the process is gone. Each is reported
         // once (one finding per goroutine), never duplicated.
-        let fatal = findings(&report, "map_fatal");
+        let typed = Report::parse(&report)?;
+        let fatal = typed.map_fatals()?;
         ensure!(
             (1..=2).contains(&fatal.len()),
             "{} map_fatal findings: {ctx}",
@@ -175,15 +155,21 @@ fn runtime_crash_is_reported_with_message_and_call_site() -> Result<()> {
         );
         let mut goroutines = std::collections::HashSet::new();
         for f in &fatal {
-            ensure!(f["message"] == "concurrent map writes", "message: {ctx}");
-            ensure!(site_is(f, "main.writer", line), "site {}: {ctx}", f["site"]);
-            let g = f["goroutine"].as_u64().unwrap_or(0);
+            ensure!(f.message == "concurrent map writes", "message: {ctx}");
+            ensure!(
+                f.site
+                    .as_ref()
+                    .is_some_and(|s| s.function == "main.writer" && s.line == line),
+                "site {:?}: {ctx}",
+                f.site
+            );
+            let g = f.goroutine.with_context(|| format!("goroutine: {ctx}"))?;
             ensure!(g > 1, "goroutine: {ctx}");
             ensure!(goroutines.insert(g), "goroutine {g} reported twice: {ctx}");
         }
         // Always-on tier: no per-operation probes, so no overlap findings.
         ensure!(
-            findings(&report, "concurrent_map_write").is_empty(),
+            typed.findings_of_kind("concurrent_map_write").is_empty(),
             "overlaps without --maps deep: {ctx}"
         );
         ensure!(
@@ -308,7 +294,9 @@ fn writes_are_counted_exactly() -> Result<()> {
         );
         ensure!(report["map_op_hits"].as_u64() >= Some(N), "{ctx}");
         ensure!(
-            findings(&report, "concurrent_map_write").is_empty(),
+            Report::parse(&report)?
+                .findings_of_kind("concurrent_map_write")
+                .is_empty(),
             "{ctx}"
         );
     }
