@@ -1,6 +1,10 @@
 //! The Kubernetes manifests in `deploy/`: valid against the real API schemas
 //! (PyPI `kubernetes-validate`, installed by `cargo xtask setup`, offline), and
 //! least privilege as documented in deploy/README.md.
+//!
+//! Longer than ~600 lines: one manifest per test, each checked field by
+//! field against deploy/README.md; they share the YAML loading and the
+//! validator venv.
 
 use std::{
     collections::BTreeSet,

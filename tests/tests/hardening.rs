@@ -8,6 +8,11 @@
 //!   before any probe is loaded (it used to trace on, serving nothing).
 //! - Without CAP_SYS_PTRACE, processes of other users cannot be opened: the
 //!   agent must warn and count them instead of passing them over in silence.
+//!
+//! Longer than ~600 lines: one regression test per operator-visible defect,
+//! each with its own set-up (other users, signals, rewritten binaries); the
+//! shared parts (agent start, readiness, SIGTERM, scratch dirs) are in
+//! tests/src.
 
 use std::{
     os::unix::fs::{FileTypeExt, PermissionsExt},

@@ -4,6 +4,10 @@
 //! exchanges (checked against `ss -tin`), a connection still open when `tracer attach`
 //! reports, and a flood of short connections under `tracer run` (evictions
 //! accounted for, tracer's memory bounded).
+//!
+//! Longer than ~600 lines: each test sets up its own kernel-side truth (veth
+//! loss, delayed ACKs, a flood); the namespace plumbing is in
+//! `tracer_tests::netns`.
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
