@@ -1,6 +1,6 @@
 //! Typed queries on tracer's JSON report (docs/json-report.md), for the
 //! parts the tests read: the target, lock and holder rows, stuck-wait and map
-//! overlap findings, and map operations. The same shape serves a `tracer run`/`attach` report and each
+//! overlap findings, map operations and sync.Map rows. The same shape serves a `tracer run`/`attach` report and each
 //! process report inside an agent's final snapshot.
 //!
 //! Every field declared here is required: a report that lacks one fails to
@@ -10,6 +10,8 @@
 //!
 //! These structs are the tests' own, not tracer-user's: they pin the JSON
 //! format from outside, whatever the Rust types behind it are called.
+
+use std::collections::BTreeMap;
 
 use anyhow::{Context, Result};
 use serde::Deserialize;
@@ -157,6 +159,33 @@ pub struct MapRow {
     pub growth_events: u64,
 }
 
+/// One row of `sync_maps` (`--maps deep`): a sync.Map's call mix and advice.
+#[derive(Debug, Clone, Deserialize)]
+pub struct SyncMapRow {
+    pub pid: u32,
+    /// The sync.Map's address, as hex.
+    pub address: String,
+    /// Calls by method; a method never called is not listed.
+    pub calls: BTreeMap<String, u64>,
+    pub total: u64,
+    pub reads: u64,
+    pub writes: u64,
+    pub ranges: u64,
+    /// reads / (reads + writes); null without either.
+    pub read_share: Option<f64>,
+    /// `read_mostly`, `balanced`, `write_heavy`, `range_heavy` or `too_few_calls`.
+    pub advice_kind: String,
+    pub advice: String,
+}
+
+impl SyncMapRow {
+    /// Calls of `method`: 0 when it is not listed, which is how the report
+    /// says a method was never called.
+    pub fn calls_of(&self, method: &str) -> u64 {
+        self.calls.get(method).copied().unwrap_or(0)
+    }
+}
+
 /// The parts of one process's report that the tests read.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Report {
@@ -167,6 +196,7 @@ pub struct Report {
     /// Lock and map findings; each has its own shape, told by `kind`.
     pub findings: Vec<Value>,
     pub maps: Vec<MapRow>,
+    pub sync_maps: Vec<SyncMapRow>,
 }
 
 impl Report {

@@ -101,13 +101,12 @@ fn is_map_finding(kind: &str) -> bool {
 }
 
 /// Calls of `method` on the sync.Map at `addr`.
-fn sync_calls(report: &Value, addr: &str, method: &str) -> u64 {
-    report["sync_maps"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|r| r["address"] == addr)
-        .map(|r| r["calls"][method].as_u64().unwrap_or(0))
+fn sync_calls(report: &Report, addr: &str, method: &str) -> u64 {
+    report
+        .sync_maps
+        .iter()
+        .filter(|r| r.address == addr)
+        .map(|r| r.calls_of(method))
         .sum()
 }
 
@@ -220,10 +219,11 @@ fn zero_findings_over_runs(tc: &GoToolchain) -> Result<()> {
             .and_then(|a| a.iter().find(|p| p["feature"] == "map_ops"))
             .with_context(|| format!("{ctx}: no deep map probes: {r:#}"))?;
         ensure!(probes["status"] == "attached", "{ctx}: {probes}");
+        let typed = Report::parse(r)?;
         match *mode {
             "rwlocked" => {
-                let reads = Report::parse(r)?.op_count("main.lockedReader", "read");
-                let writes = Report::parse(r)?.op_count("main.lockedWriter", "write");
+                let reads = typed.op_count("main.lockedReader", "read");
+                let writes = typed.op_count("main.lockedWriter", "write");
                 ensure!(
                     reads == 2 * N && writes == 2 * N,
                     "{ctx}: {reads} reads, {writes} writes traced (fixture: {} each)",
@@ -232,14 +232,14 @@ fn zero_findings_over_runs(tc: &GoToolchain) -> Result<()> {
             }
             _ => {
                 // Stores: the writers' 2N and main's 64 prefill stores.
-                let loads = sync_calls(r, &sm, "Load");
-                let stores = sync_calls(r, &sm, "Store/Swap");
+                let loads = sync_calls(&typed, &sm, "Load");
+                let stores = sync_calls(&typed, &sm, "Store/Swap");
                 ensure!(
                     loads == 2 * N && stores == 2 * N + 64,
-                    "{ctx}: {loads} Loads, {stores} Stores on main.sm at {sm} traced (fixture: {} and {}): {}",
+                    "{ctx}: {loads} Loads, {stores} Stores on main.sm at {sm} traced (fixture: {} and {}): {:?}",
                     2 * N,
                     2 * N + 64,
-                    r["sync_maps"]
+                    typed.sync_maps
                 );
             }
         }
