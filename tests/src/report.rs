@@ -186,6 +186,32 @@ impl SyncMapRow {
     }
 }
 
+/// One entry of an agent snapshot's `processes`: what the agent knows of a
+/// process it selected.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ProcessEntry {
+    /// Host pid.
+    pub pid: u32,
+    /// Pid in the process's innermost pid namespace.
+    pub ns_pid: u32,
+    pub comm: String,
+    pub exe: String,
+    /// `traced`, `failed`, `exited`, `detached`, ...
+    pub state: String,
+    pub reason: Option<String>,
+    /// From exec (or discovery) to probes live, ns.
+    pub attach_latency_ns: u64,
+    /// Container and pod labels, as the agent publishes them.
+    pub labels: Value,
+}
+
+impl ProcessEntry {
+    /// Parses one `processes` entry (see [`crate::agent::process_info`]).
+    pub fn parse(json: &Value) -> Result<Self> {
+        ProcessEntry::deserialize(json).with_context(|| format!("process entry {json}"))
+    }
+}
+
 /// The parts of one process's report that the tests read.
 #[derive(Debug, Clone, Deserialize)]
 pub struct Report {

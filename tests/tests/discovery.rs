@@ -12,7 +12,7 @@ use tracer_tests::{
     agent::{AgentProc, process_info, process_report},
     build_newest, privileged_test,
     procfs::{cgroup2_mount, container_id, fd_count, kernel_uuid, rss_kb},
-    report::Report,
+    report::{ProcessEntry, Report},
     serial,
 };
 
@@ -41,14 +41,16 @@ fn process_started_after_the_agent_is_traced_with_its_attach_latency() -> Result
     let agent = start_agent(&bin.to_string_lossy())?;
     let (pid, out) = run(Command::new(&bin).args(["-g", "4", "-m", "50", "-hold", "2ms"]))?;
     let report = agent.stop()?;
-    let info = process_info(&report, pid)
-        .with_context(|| format!("pid {pid} not in the agent's report: {report:#}"))?;
-    let latency = info["attach_latency_ns"].as_u64().unwrap_or(0);
+    let info = ProcessEntry::parse(
+        process_info(&report, pid)
+            .with_context(|| format!("pid {pid} not in the agent's report: {report:#}"))?,
+    )?;
+    let latency = info.attach_latency_ns;
     ensure!(
         latency > 0 && latency < 5_000_000_000,
         "attach latency not recorded sensibly: {latency} ns"
     );
-    ensure!(info["state"] == "exited", "state: {}", info["state"]);
+    ensure!(info.state == "exited", "state: {}", info.state);
     let r = process_report(&report, pid).context("no report for the process")?;
     let n = Report::parse(r)?.contentions();
     // 4 goroutines × 50 iterations: at most 200 contended acquisitions; the
@@ -108,9 +110,8 @@ fn short_lived_programs_are_traced_with_lock_and_map_events() -> Result<()> {
             Report::parse(r)?.contentions() > 0,
             "{lock_ms} ms program {lp}: no lock events: {r:#}"
         );
-        let latency = process_info(&report, lp).context("info")?["attach_latency_ns"]
-            .as_u64()
-            .unwrap_or(u64::MAX);
+        let latency =
+            ProcessEntry::parse(process_info(&report, lp).context("info")?)?.attach_latency_ns;
         ensure!(
             latency < 200_000_000,
             "known binary took {latency} ns to trace (goal 200 ms)"

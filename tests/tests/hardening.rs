@@ -654,7 +654,10 @@ fn a_binary_rewritten_in_place_is_analysed_again_and_its_old_probes_go() -> Resu
 #[test]
 fn agent_stopping_reports_live_processes_as_detached_not_exited() -> Result<()> {
     privileged_test!();
-    use tracer_tests::agent::{AgentProc, process_info};
+    use tracer_tests::{
+        agent::{AgentProc, process_info},
+        report::ProcessEntry,
+    };
     let fixture = build_newest("contention")?;
     let dir = scratch_dir("hardening-detached")?;
     let prog = dir.join("detachme");
@@ -669,11 +672,13 @@ fn agent_stopping_reports_live_processes_as_detached_not_exited() -> Result<()> 
     let pid = live.0.id();
     agent.wait_for_log(&format!("tracing pid {pid} "), Duration::from_secs(20))?;
     let report = agent.stop()?;
-    let info = process_info(&report, pid).context("the live process is not in the final report")?;
+    let info = ProcessEntry::parse(
+        process_info(&report, pid).context("the live process is not in the final report")?,
+    )?;
     ensure!(
-        info["state"] == "detached",
+        info.state == "detached",
         "a process still running at shutdown is reported as {}",
-        info["state"]
+        info.state
     );
     drop(live);
     let _ = std::fs::remove_dir_all(&dir);
