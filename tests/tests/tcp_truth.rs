@@ -507,7 +507,7 @@ fn connection_flood_is_accounted_with_bounded_memory() -> Result<()> {
     });
     let mut peak_kb = 0;
     while tracer.try_wait()?.is_none() {
-        if let Some(kb) = status_kb(tpid, "VmHWM").ok() {
+        if let Ok(kb) = status_kb(tpid, "VmHWM") {
             peak_kb = kb;
         }
         if t0.elapsed() > Duration::from_secs(60) {
