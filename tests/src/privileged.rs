@@ -17,7 +17,7 @@ use std::sync::{Mutex, MutexGuard};
 /// The test's name is taken from the function it stands in; pass one
 /// (`privileged_test!("name")`) only where that would not name the test.
 ///
-/// ```ignore
+/// ```text
 /// #[test]
 /// fn deadlock_is_reported() -> anyhow::Result<()> {
 ///     tracer_tests::privileged_test!();
