@@ -63,6 +63,9 @@ pub enum Variant {
     Cgo,
     /// `GOARCH=arm64`, for analysis only (it cannot run here).
     Arm64,
+    /// Cgo and `-buildmode=pie`, externally linked: the layout where older Go
+    /// puts the pclntab inside `.data.rel.ro`; not in [`Variant::ALL`].
+    CgoPie,
     /// `GOEXPERIMENT=noswissmap`: Go 1.24/1.25 with the classic `hmap` maps
     /// (see [`GoToolchain::supports_noswissmap`]); not in [`Variant::ALL`].
     NoSwiss,
@@ -84,6 +87,7 @@ impl Variant {
             Variant::Pie => "pie",
             Variant::Cgo => "cgo",
             Variant::Arm64 => "arm64",
+            Variant::CgoPie => "cgopie",
             Variant::NoSwiss => "noswiss",
         }
     }
@@ -219,7 +223,10 @@ pub fn build_go_dir(tc: &GoToolchain, src: &Path, name: &str, variant: Variant) 
         return Ok(out);
     }
     fs::create_dir_all(&out_dir)?;
-    let tmp = out.with_extension("tmp");
+    // The cache is shared by every test process on the machine (BUILD_LOCK
+    // only serializes this one): each builds into a name of its own, and the
+    // rename replaces atomically, so two concurrent builds both succeed.
+    let tmp = out.with_extension(format!("tmp-{}", std::process::id()));
     let mut cmd = Command::new(&tc.go);
     cmd.current_dir(src)
         .env("GOTOOLCHAIN", "local")
@@ -247,6 +254,10 @@ pub fn build_go_dir(tc: &GoToolchain, src: &Path, name: &str, variant: Variant) 
         Variant::Arm64 => {
             cmd.env("GOARCH", "arm64");
         }
+        Variant::CgoPie => {
+            cmd.env("CGO_ENABLED", "1")
+                .args(["-buildmode=pie", "-ldflags=-linkmode=external"]);
+        }
         Variant::NoSwiss => {
             cmd.env("GOEXPERIMENT", "noswissmap");
         }
@@ -264,7 +275,8 @@ pub fn build_go_dir(tc: &GoToolchain, src: &Path, name: &str, variant: Variant) 
             String::from_utf8_lossy(&output.stderr)
         );
     }
-    fs::rename(&tmp, &out)?;
+    fs::rename(&tmp, &out)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), out.display()))?;
     Ok(out)
 }
 
