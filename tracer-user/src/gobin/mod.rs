@@ -6,6 +6,7 @@
 mod buildinfo;
 mod buildversion;
 mod elf;
+mod inlined;
 mod inspect;
 mod load;
 mod moduledata;
@@ -25,6 +26,7 @@ use serde::Serialize;
 
 pub use buildinfo::BuildInfo;
 pub use buildversion::VersionSource;
+pub use inlined::{AtomicInsn, InlinedSite};
 pub use inspect::{InspectReport, OffsetReport, inspect};
 pub use offsets::{MapImpl, Offset, OffsetSource, StructOffsets, table_offsets};
 pub use returns::{return_offsets_amd64, return_offsets_arm64};
@@ -298,6 +300,18 @@ impl GoBinary {
     /// address order: what a stripped build of the same code would give.
     pub fn pclntab_functions(&self) -> Vec<Function> {
         symbols::pclntab_functions(&self.data, &self.elf, self.pcln.as_ref())
+    }
+
+    /// Every inlined copy of the functions `want` accepts (by name), from the
+    /// pclntab inline tree; works on stripped binaries.
+    pub fn inlined_sites(&self, want: impl Fn(&str) -> bool) -> Vec<InlinedSite> {
+        inlined::inlined_sites(self, want)
+    }
+
+    /// The locked instruction an inlined copy performs, with its memory
+    /// operand (amd64).
+    pub fn atomic_insn(&self, site: &InlinedSite) -> Option<AtomicInsn> {
+        inlined::atomic_insn(self, site)
     }
 
     /// Number of functions known.

@@ -256,7 +256,13 @@ impl Pclntab {
 
     /// Walks the PC-value table at `off`, calling `visit(pc_end, value)` for
     /// each run [previous pc_end, pc_end) until it returns false.
-    fn walk(&self, tab: &[u8], off: u32, entry: u64, mut visit: impl FnMut(u64, i32) -> bool) {
+    pub(crate) fn walk(
+        &self,
+        tab: &[u8],
+        off: u32,
+        entry: u64,
+        mut visit: impl FnMut(u64, i32) -> bool,
+    ) {
         let t = self.region(tab, self.pctab);
         let mut pos = off as usize;
         let mut val: i32 = -1;

@@ -10,6 +10,7 @@
 //!   then costs two uprobe traps (~40 µs here), so this is for one process,
 //!   for a short while.
 
+pub mod hb;
 pub mod probes;
 pub mod read;
 pub mod report;

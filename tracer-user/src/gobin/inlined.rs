@@ -1,0 +1,211 @@
+//! Where chosen functions were inlined, from the pclntab inline tree, and
+//! the atomic instruction each inlined copy performs.
+//!
+//! `sync.(*Mutex).Lock`'s fast path is a CAS the compiler inlines into every
+//! caller, so no probe on `Lock` itself sees an uncontended lock. The
+//! happens-before detector (issue #19) still needs every acquire and release:
+//! it probes the inlined copies' own atomic instruction, whose memory operand
+//! names the lock. This module finds those copies and decodes the operand.
+
+use std::collections::{BTreeMap, HashMap};
+
+use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
+
+use super::pclntab::{FUNCDATA_INL_TREE, PCDATA_INL_TREE_INDEX, decode_inlined_call};
+use super::{Arch, GoBinary};
+
+/// Deepest inline nesting followed (guards against cyclic corrupt trees).
+const MAX_DEPTH: usize = 64;
+/// Largest caller decoded to find a site's atomic instruction.
+const MAX_CALLER: u64 = 1 << 20;
+/// Go 1.21 and 1.22 give an intrinsic atomic the caller's position, so the
+/// CAS of an inlined Lock sits just before one of the copy's ranges (then a
+/// SETE): accept a locked instruction ending this close before a range, with
+/// no branch between.
+const MAX_GAP: u64 = 16;
+
+/// One inlined copy of a chosen function inside a caller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InlinedSite {
+    /// The (outermost, real) function the copy was inlined into.
+    pub caller: String,
+    /// Its code: link-time [entry, end).
+    pub caller_code: (u64, u64),
+    /// The chosen function inlined here.
+    pub callee: String,
+    /// Where the call appears in the source: file and line of the parent
+    /// frame at the call (what `go build -gcflags=-m` prints).
+    pub file: String,
+    pub line: u32,
+    /// The copy's code, as link-time [start, end) ranges; the compiler may
+    /// split it (a slow-path call moved to the function's end).
+    pub ranges: Vec<(u64, u64)>,
+}
+
+/// A locked read-modify-write (or exchange) and its memory operand, whose
+/// address a probe on the instruction computes from the registers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AtomicInsn {
+    /// Link-time address of the instruction.
+    pub vaddr: u64,
+    pub mnemonic: String,
+    pub base: Option<Register>,
+    pub index: Option<Register>,
+    pub scale: u32,
+    pub displacement: i64,
+}
+
+/// Every inlined copy of a function `want` accepts (called with the inlined
+/// function's name), in every function of the binary.
+pub fn inlined_sites(bin: &GoBinary, want: impl Fn(&str) -> bool) -> Vec<InlinedSite> {
+    let Some(t) = bin.pcln.as_ref() else {
+        return Vec::new();
+    };
+    let Some(gofunc) = t.gofunc else {
+        return Vec::new();
+    };
+    let tab = t.bytes(&bin.data);
+    let esize = t.layout.inlined_call_len();
+    let mut wanted: HashMap<u32, Option<String>> = HashMap::new();
+    let mut out = Vec::new();
+    for i in 0..t.nfunc {
+        let Some(f) = t.func(tab, i) else { continue };
+        let (Some(fd), Some(pd)) = (
+            t.funcdata(tab, &f, FUNCDATA_INL_TREE),
+            t.pcdata(tab, &f, PCDATA_INL_TREE_INDEX),
+        ) else {
+            continue;
+        };
+        let Some(tree) = gofunc.checked_add(u64::from(fd)) else {
+            continue;
+        };
+        let call_at = |ix: i32| {
+            let ix = u64::try_from(ix).ok()?;
+            let a = tree.checked_add(ix.checked_mul(esize as u64)?)?;
+            decode_inlined_call(t.layout, bin.elf.read(&bin.data, a, esize)?)
+        };
+        // Tree index of the chosen call -> its ranges.
+        let mut copies: BTreeMap<i32, Vec<(u64, u64)>> = BTreeMap::new();
+        let mut start = f.entry;
+        t.walk(tab, pd, f.entry, |end, ix| {
+            let mut cur = ix;
+            for _ in 0..MAX_DEPTH {
+                if cur < 0 {
+                    break;
+                }
+                let Some(call) = call_at(cur) else { break };
+                let name = wanted
+                    .entry(call.name_off)
+                    .or_insert_with(|| t.name_at(tab, call.name_off).filter(|n| want(n)));
+                if name.is_some() {
+                    copies.entry(cur).or_default().push((start, end));
+                    break;
+                }
+                let Ok(parent) = u64::try_from(call.parent_pc) else {
+                    break;
+                };
+                if parent >= f.span {
+                    break;
+                }
+                cur = t.pcvalue(tab, pd, f.entry, f.entry + parent).unwrap_or(-1);
+            }
+            start = end;
+            true
+        });
+        if copies.is_empty() {
+            continue;
+        }
+        let Some(caller) = t.name(tab, &f) else {
+            continue;
+        };
+        for (ix, ranges) in copies {
+            let Some(call) = call_at(ix) else { continue };
+            let Some(Some(callee)) = wanted.get(&call.name_off).cloned() else {
+                continue;
+            };
+            let Ok(parent) = u64::try_from(call.parent_pc) else {
+                continue;
+            };
+            let at = f.entry + parent;
+            let file = t
+                .pcvalue(tab, f.pcfile, f.entry, at)
+                .and_then(|n| t.file_name(tab, &f, n))
+                .unwrap_or_else(|| "?".into());
+            let line = t
+                .pcvalue(tab, f.pcln, f.entry, at)
+                .and_then(|l| u32::try_from(l).ok())
+                .unwrap_or(0);
+            out.push(InlinedSite {
+                caller: caller.clone(),
+                caller_code: (f.entry, f.entry + t.func_size(tab, &f)),
+                callee,
+                file,
+                line,
+                ranges,
+            });
+        }
+    }
+    out
+}
+
+/// The locked read-modify-write or exchange with a memory operand that an
+/// inlined copy performs: the first one inside its ranges or ending at most
+/// [`MAX_GAP`] bytes before one of them with no branch in between
+/// (amd64; None elsewhere or when there is none).
+pub fn atomic_insn(bin: &GoBinary, site: &InlinedSite) -> Option<AtomicInsn> {
+    if bin.arch() != Arch::Amd64 {
+        return None;
+    }
+    let (entry, end) = site.caller_code;
+    let len = end.checked_sub(entry)?.min(MAX_CALLER);
+    let code = bin.read_vaddr(entry, usize::try_from(len).ok()?)?;
+    let mut dec = Decoder::with_ip(64, code, entry, DecoderOptions::NONE);
+    let mut insn = Instruction::default();
+    // The last locked instruction seen, cleared at each branch.
+    let mut last: Option<Instruction> = None;
+    while dec.can_decode() {
+        dec.decode_out(&mut insn);
+        let ip = insn.ip();
+        if site.ranges.iter().any(|&(a, _)| a == ip)
+            && let Some(b) = last.filter(|b| ip.saturating_sub(b.next_ip()) <= MAX_GAP)
+        {
+            return Some(operand(&b));
+        }
+        if is_atomic(&insn) {
+            if site.ranges.iter().any(|&(a, b)| (a..b).contains(&ip)) {
+                return Some(operand(&insn));
+            }
+            last = Some(insn);
+        } else if is_branch(&insn) {
+            last = None;
+        }
+    }
+    None
+}
+
+fn is_branch(insn: &Instruction) -> bool {
+    matches!(
+        insn.op0_kind(),
+        OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64
+    ) || matches!(
+        insn.mnemonic(),
+        Mnemonic::Jmp | Mnemonic::Call | Mnemonic::Ret | Mnemonic::Int3 | Mnemonic::Ud2
+    )
+}
+
+fn is_atomic(insn: &Instruction) -> bool {
+    let rmw = insn.has_lock_prefix() || insn.mnemonic() == Mnemonic::Xchg;
+    rmw && (0..insn.op_count()).any(|i| insn.op_kind(i) == OpKind::Memory)
+}
+
+fn operand(insn: &Instruction) -> AtomicInsn {
+    let reg = |r: Register| (r != Register::None).then_some(r);
+    AtomicInsn {
+        vaddr: insn.ip(),
+        mnemonic: format!("{:?}", insn.mnemonic()).to_lowercase(),
+        base: reg(insn.memory_base()),
+        index: reg(insn.memory_index()),
+        scale: insn.memory_index_scale(),
+        displacement: insn.memory_displacement64() as i64,
+    }
+}
