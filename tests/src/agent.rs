@@ -1,9 +1,13 @@
-//! Runs `tracer agent` for a test: started in the background, ready once it
-//! logs so, stopped with SIGTERM, its final JSON report parsed.
+//! Runs `tracer agent` for a test. [`AgentProc`] is the usual way: started in
+//! the background, ready once it logs so, stopped with SIGTERM, its final JSON
+//! report parsed. Tests that need their own command line (another user, a
+//! log file kept for the assertions) build it with [`agent_command`] and wait
+//! with [`wait_ready`] and [`terminate`](crate::process::terminate).
 
 use std::{
     io::{BufRead, BufReader},
-    path::PathBuf,
+    net::SocketAddr,
+    path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     sync::{Arc, Mutex},
     time::{Duration, Instant},
@@ -11,7 +15,7 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
-use crate::tracer_bin;
+use crate::{net::http_get, process::terminate, tracer_bin};
 
 /// Flags that turn off every server: for tests that read the agent's final
 /// JSON report only.
@@ -107,19 +111,11 @@ impl AgentProc {
 
     /// SIGTERM, wait for exit (up to 60 s), and return the final report.
     pub fn stop(mut self) -> Result<serde_json::Value> {
-        // SAFETY: plain kill(2) on our own child.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let status = loop {
-            if let Some(st) = self.child.try_wait()? {
-                break st;
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                bail!("agent did not exit within 60 s of SIGTERM:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
+        let log = self.log.clone();
+        let status = terminate(&mut self.child, Duration::from_secs(60), || {
+            log.lock().unwrap_or_else(|e| e.into_inner()).join("\n")
+        })
+        .context("stopping the agent")?;
         if !status.success() {
             bail!("agent exited with {status}:\n{}", self.log());
         }
@@ -136,6 +132,34 @@ impl Drop for AgentProc {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+    }
+}
+
+/// `tracer agent` with stdout discarded and stderr written to `log`; the
+/// caller adds the flags and environment and spawns it.
+pub fn agent_command(log: &Path) -> Result<Command> {
+    let mut cmd = Command::new(tracer_bin()?);
+    cmd.arg("agent")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?);
+    Ok(cmd)
+}
+
+/// Waits (up to 30 s) until `/readyz` on `metrics` answers 200; fails at
+/// once, with `log()`, if `agent` exits first.
+pub fn wait_ready(agent: &mut Child, metrics: SocketAddr, log: impl Fn() -> String) -> Result<()> {
+    let t0 = Instant::now();
+    loop {
+        if let Some(st) = agent.try_wait()? {
+            bail!("agent exited ({st}) before it was ready:\n{}", log());
+        }
+        if http_get(metrics, "/readyz").is_some_and(|(c, _)| c == 200) {
+            return Ok(());
+        }
+        if t0.elapsed() > Duration::from_secs(30) {
+            bail!("agent not ready within 30 s:\n{}", log());
+        }
+        std::thread::sleep(Duration::from_millis(100));
     }
 }
 

@@ -9,9 +9,8 @@
 
 use std::{
     io::Read,
-    net::{SocketAddr, TcpListener},
     path::PathBuf,
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     sync::Arc,
     time::{Duration, Instant},
 };
@@ -19,8 +18,12 @@ use std::{
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 use tracer_tests::{
-    Variant, build_fixture, cache_dir, go_toolchains, marker_line, net::http_get as http_status,
-    privileged_tests_enabled, tracer_bin,
+    Variant,
+    agent::{agent_command, wait_ready},
+    build_fixture, cache_dir, go_toolchains, marker_line,
+    net::{free_addr, http_get as http_status},
+    privileged_test,
+    process::{KillOnDrop, read_log, terminate},
 };
 use tracer_user::{
     agent::hub::{self, AgentInfo, Labels, NodeSnapshot},
@@ -212,25 +215,9 @@ fn python_client_reads_a_synthetic_agent() -> Result<()> {
     Ok(())
 }
 
-fn free_port() -> Result<SocketAddr> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?)
-}
-
-/// Kills a child process on drop, so a failed assertion leaves nothing running.
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 #[test]
 fn python_client_sees_the_real_agent_trace_the_fixtures() -> Result<()> {
-    if !privileged_tests_enabled("agent_api") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     let tc = go_toolchains()?.pop().context("no Go")?;
     let contention = build_fixture(&tc, "contention", Variant::Plain)?;
@@ -243,46 +230,27 @@ fn python_client_sees_the_real_agent_trace_the_fixtures() -> Result<()> {
     let dir = std::env::temp_dir().join(format!("tracer-agent-api-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
     let socket = dir.join("tracer.sock");
-    let (grpc, metrics) = (free_port()?, free_port()?);
+    let (grpc, metrics) = (free_addr()?, free_addr()?);
     let log = dir.join("agent.log");
-    let mut agent = Killed(
-        Command::new(tracer_bin()?)
-            .args(["agent", "--grpc-listen", &grpc.to_string()])
+    let mut agent = KillOnDrop(
+        agent_command(&log)?
+            .args(["--grpc-listen", &grpc.to_string()])
             .arg("--unix-socket")
             .arg(&socket)
             .args(["--metrics-listen", &metrics.to_string()])
             .args(["--refresh", "500ms"])
             .env("TRACER_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log)?)
             .spawn()
             .context("starting tracer agent")?,
     );
-    let agent_log = || std::fs::read_to_string(&log).unwrap_or_default();
-    let t0 = Instant::now();
-    loop {
-        if let Some(s) = agent.0.try_wait()? {
-            bail!(
-                "tracer agent exited ({s}) before it was ready:\n{}",
-                agent_log()
-            );
-        }
-        if http_status(metrics, "/readyz").is_some_and(|(c, _)| c == 200) {
-            break;
-        }
-        ensure!(
-            t0.elapsed() < Duration::from_secs(30),
-            "agent not ready within 30 s:\n{}",
-            agent_log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let agent_log = || read_log(&log);
+    wait_ready(&mut agent.0, metrics, agent_log)?;
     ensure!(socket.exists(), "no Unix socket at {}", socket.display());
 
     // A long contended run (the lock row), and one whose holds outlast the
     // stuck threshold (a stuck_lock_wait finding).
-    let spawn = |bin: &PathBuf, args: &[&str]| -> Result<Killed> {
-        Ok(Killed(
+    let spawn = |bin: &PathBuf, args: &[&str]| -> Result<KillOnDrop> {
+        Ok(KillOnDrop(
             Command::new(bin).args(args).stdout(Stdio::null()).spawn()?,
         ))
     };
@@ -376,28 +344,20 @@ fn python_client_sees_the_real_agent_trace_the_fixtures() -> Result<()> {
         Duration::from_secs(60),
     )?;
     ensure!(tcp["snapshots"].as_u64() >= Some(2), "{tcp}");
-    let pid = libc::pid_t::try_from(agent.0.id())?;
-    // SAFETY: kill(2) on our own child, which has not been reaped yet.
-    unsafe { libc::kill(pid, libc::SIGTERM) };
-    let t = Instant::now();
-    while agent.0.try_wait()?.is_none() {
-        if t.elapsed() > Duration::from_secs(15) {
-            let threads: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
-                .into_iter()
-                .flatten()
-                .filter_map(|e| e.ok())
-                .map(|e| {
-                    let f = |n: &str| std::fs::read_to_string(e.path().join(n)).unwrap_or_default();
-                    format!("{} ({})", f("comm").trim(), f("wchan").trim())
-                })
-                .collect();
-            bail!(
-                "agent did not exit within 15 s of SIGTERM; threads: {threads:?}\nagent log:\n{}",
-                agent_log()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let pid = agent.0.id();
+    terminate(&mut agent.0, Duration::from_secs(15), || {
+        let threads: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .map(|e| {
+                let f = |n: &str| std::fs::read_to_string(e.path().join(n)).unwrap_or_default();
+                format!("{} ({})", f("comm").trim(), f("wchan").trim())
+            })
+            .collect();
+        format!("threads: {threads:?}\nagent log:\n{}", agent_log())
+    })
+    .context("stopping the agent")?;
     ensure!(!socket.exists(), "agent left its socket behind");
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())

@@ -16,31 +16,12 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail, ensure};
-use tracer_tests::{privileged_tests_enabled, serial};
+use tracer_tests::{
+    privileged_test,
+    procfs::{cgroup2_mount, container_id, kernel_uuid},
+    serial,
+};
 use tracer_user::cgroup;
-
-/// A UUID from the kernel's generator: a fresh, realistic pod UID per run.
-fn kernel_uuid() -> Result<String> {
-    Ok(fs::read_to_string("/proc/sys/kernel/random/uuid")?
-        .trim()
-        .to_string())
-}
-
-/// A 64-hex container id made of two kernel UUIDs.
-fn container_id() -> Result<String> {
-    Ok(format!("{}{}", kernel_uuid()?, kernel_uuid()?).replace('-', ""))
-}
-
-/// Mount point of the cgroup v2 hierarchy: `/sys/fs/cgroup` on unified hosts,
-/// `/sys/fs/cgroup/unified` on hybrid ones. Taken from the mount table rather
-/// than assumed.
-fn cgroup2_mount() -> Result<Option<PathBuf>> {
-    let mounts = fs::read_to_string("/proc/self/mounts")?;
-    Ok(mounts.lines().find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        (f.get(2) == Some(&"cgroup2")).then(|| PathBuf::from(f[1]))
-    }))
-}
 
 fn mount(args: &[&str], target: &Path) -> Result<()> {
     let out = Command::new("mount").args(args).arg(target).output()?;
@@ -170,9 +151,7 @@ fn child_of(pid: u32) -> Result<u32> {
 
 #[test]
 fn cgroup_v2_systemd_driver_containerd() -> Result<()> {
-    if !privileged_tests_enabled("cgroup_v2_systemd_driver_containerd") {
-        return Ok(());
-    }
+    privileged_test!();
     let _guard = serial();
     // Unified hosts mount v2 at /sys/fs/cgroup, hybrid ones at
     // /sys/fs/cgroup/unified; a host with v1 only gets a private v2 mount of the
@@ -247,9 +226,7 @@ fn cgroup_v2_systemd_driver_containerd() -> Result<()> {
 /// `0::` line, as on a hybrid host.
 #[test]
 fn cgroup_v1_cgroupfs_driver() -> Result<()> {
-    if !privileged_tests_enabled("cgroup_v1_cgroupfs_driver") {
-        return Ok(());
-    }
+    privileged_test!();
     let _guard = serial();
     let name = format!("tracertest{}", std::process::id());
     let m = std::env::temp_dir().join(format!("tracer-cg1-{}", std::process::id()));

@@ -5,29 +5,18 @@
 //! (`internal/sync.(*Mutex).lockSlow`) build.
 
 use anyhow::{Context, Result, ensure};
-use serde_json::Value;
 use tracer_tests::{
     Variant, build_fixture, classic_and_swiss, fixture_value, go_toolchains, marker_line,
-    privileged_tests_enabled, run_tracer,
+    privileged_test, report::Report, run_tracer,
 };
 
 const GOROUTINES: u64 = 4;
 const ITERATIONS: u64 = 50;
 const HOLD_MS: u64 = 2;
 
-fn locks(report: &Value) -> Vec<Value> {
-    report["locks"].as_array().cloned().unwrap_or_default()
-}
-
-fn sum(locks: &[Value], field: &str) -> u64 {
-    locks.iter().map(|l| l[field].as_u64().unwrap_or(0)).sum()
-}
-
 #[test]
 fn contended_mutex_waits_match_the_programs_own_measurement() -> Result<()> {
-    if !privileged_tests_enabled("contended_mutex") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     let site_line = marker_line("contention", "mu.Lock() // LOCKSITE")?;
     // Every installed Go (1.21–1.27) × every runnable kind of binary.
@@ -58,9 +47,10 @@ fn contended_mutex_waits_match_the_programs_own_measurement() -> Result<()> {
                 .report
                 .as_ref()
                 .with_context(|| format!("no JSON report: {ctx}"))?;
-            let rows = locks(report);
-            let contentions = sum(&rows, "contentions");
-            let total = sum(&rows, "wait_ns_total");
+            let typed = Report::parse(report)?;
+            let rows = &typed.locks;
+            let contentions = typed.contentions();
+            let total = typed.wait_ns_total();
             let own_wait = fixture_value::<u64>(&out.stdout, "wait_ns")?;
             let counter = fixture_value::<u64>(&out.stdout, "counter")?;
             ensure!(
@@ -107,46 +97,42 @@ fn contended_mutex_waits_match_the_programs_own_measurement() -> Result<()> {
 
             // The heaviest row is the fixture's lock, attributed to its call site.
             let top = &rows[0];
-            ensure!(top["kind"] == "mutex", "kind: {ctx}");
+            ensure!(top.kind == "mutex", "kind: {ctx}");
             ensure!(
-                top["goroutines"] == GOROUTINES,
+                top.goroutines == GOROUTINES,
                 "distinct waiting goroutines {}: {ctx}",
-                top["goroutines"]
+                top.goroutines
             );
             ensure!(
-                top["site"]["function"] == "main.holdLock",
-                "site function {}: {ctx}",
-                top["site"]
+                top.site.function == "main.holdLock",
+                "site function {:?}: {ctx}",
+                top.site
             );
             ensure!(
-                top["site"]["line"] == site_line,
-                "site line {} != {site_line}: {ctx}",
-                top["site"]
+                top.site.line == site_line,
+                "site line {:?} != {site_line}: {ctx}",
+                top.site
             );
             ensure!(
-                top["site"]["file"]
-                    .as_str()
-                    .is_some_and(|f| f.ends_with("contention/main.go")),
+                top.site.file.ends_with("contention/main.go"),
                 "site file: {ctx}"
             );
-            let (p50, p99, max) = (
-                top["wait_ns_p50"].as_u64().unwrap_or(0),
-                top["wait_ns_p99"].as_u64().unwrap_or(0),
-                top["wait_ns_max"].as_u64().unwrap_or(0),
-            );
+            let (p50, p99, max) = (top.wait_ns_p50, top.wait_ns_p99, top.wait_ns_max);
             ensure!(
                 0 < p50 && p50 <= p99 && p99 <= max,
                 "percentiles out of order: {ctx}"
             );
             ensure!(
-                report["target"]["go_version"]
-                    .as_str()
-                    .is_some_and(|v| v.contains(&tc.version)),
+                typed.target.go_version.contains(&tc.version),
                 "go_version: {ctx}"
             );
             // A global lock is named from the symbol table, which stripped binaries lack.
             if variant != Variant::Stripped {
-                ensure!(top["name"] == "main.mu", "lock name {}: {ctx}", top["name"]);
+                ensure!(
+                    top.name.as_deref() == Some("main.mu"),
+                    "lock name {:?}: {ctx}",
+                    top.name
+                );
             }
             // The table shows the same site.
             ensure!(
@@ -160,9 +146,7 @@ fn contended_mutex_waits_match_the_programs_own_measurement() -> Result<()> {
 
 #[test]
 fn uncontended_mutex_reports_zero_contentions() -> Result<()> {
-    if !privileged_tests_enabled("uncontended_mutex") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     for tc in classic_and_swiss()? {
         let bin = build_fixture(&tc, "contention", Variant::Plain)?;
@@ -191,7 +175,7 @@ fn uncontended_mutex_reports_zero_contentions() -> Result<()> {
             "probes not attached: {ctx}"
         );
         ensure!(
-            sum(&locks(&report), "contentions") == 0,
+            Report::parse(&report)?.contentions() == 0,
             "contention reported on an uncontended lock: {ctx}"
         );
         ensure!(out.stdout.contains("no lock contention recorded"), "{ctx}");
@@ -201,9 +185,7 @@ fn uncontended_mutex_reports_zero_contentions() -> Result<()> {
 
 #[test]
 fn stack_growth_under_probes_never_harms_the_program() -> Result<()> {
-    if !privileged_tests_enabled("stack_growth") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     for tc in classic_and_swiss()? {
         let bin = build_fixture(&tc, "contention", Variant::Plain)?;
@@ -235,7 +217,7 @@ fn stack_growth_under_probes_never_harms_the_program() -> Result<()> {
         let report = out.report.context("no report")?;
         // The probes fired while stacks were growing and moving.
         ensure!(
-            sum(&locks(&report), "contentions") > 0,
+            Report::parse(&report)?.contentions() > 0,
             "probes never fired: {ctx}"
         );
     }
@@ -244,9 +226,7 @@ fn stack_growth_under_probes_never_harms_the_program() -> Result<()> {
 
 #[test]
 fn attach_to_running_process() -> Result<()> {
-    if !privileged_tests_enabled("attach") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     let tc = classic_and_swiss()?.pop().context("toolchain")?;
     let bin = build_fixture(&tc, "contention", Variant::Plain)?;
@@ -262,21 +242,16 @@ fn attach_to_running_process() -> Result<()> {
     let ctx = format!("{}\n{}", out.stdout, out.stderr);
     ensure!(out.status.success(), "{ctx}");
     let report = out.report.context("no report")?;
-    ensure!(
-        report["target"]["pid"].as_u64() == Some(child.id() as u64),
-        "{ctx}"
-    );
-    let rows = locks(&report);
-    ensure!(sum(&rows, "contentions") > 0, "{ctx}");
-    ensure!(rows[0]["site"]["function"] == "main.holdLock", "{ctx}");
+    let typed = Report::parse(&report)?;
+    ensure!(typed.target.pid == child.id(), "{ctx}");
+    ensure!(typed.contentions() > 0, "{ctx}");
+    ensure!(typed.locks[0].site.function == "main.holdLock", "{ctx}");
     Ok(())
 }
 
 #[test]
 fn binary_without_mutex_slow_path_is_reported_and_still_runs() -> Result<()> {
-    if !privileged_tests_enabled("nomutex") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     let tc = classic_and_swiss()?.pop().context("toolchain")?;
     let bin = build_fixture(&tc, "nomutex", Variant::Plain)?;
@@ -331,9 +306,7 @@ fn bad_input_gets_a_clear_error() -> Result<()> {
 
 #[test]
 fn missing_capabilities_are_named() -> Result<()> {
-    if !privileged_tests_enabled("capabilities") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     // Drop to an unprivileged user with no capabilities; tracer must name what it lacks.
     let tc = classic_and_swiss()?.pop().context("toolchain")?;
@@ -374,9 +347,7 @@ fn missing_capabilities_are_named() -> Result<()> {
 
 #[test]
 fn holders_name_the_code_that_held_the_lock() -> Result<()> {
-    if !privileged_tests_enabled("holders") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     let unlock_line = marker_line("contention", "mu.Unlock() // UNLOCKSITE")?;
     let runlock_line = marker_line("locks", "rw.RUnlock() // RUNLOCKSITE")?;
@@ -442,9 +413,7 @@ fn holders_name_the_code_that_held_the_lock() -> Result<()> {
 
 #[test]
 fn rate_guard_pauses_probes_under_extreme_contention() -> Result<()> {
-    if !privileged_tests_enabled("rate_guard") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     let tc = classic_and_swiss()?.pop().context("toolchain")?;
     let bin = build_fixture(&tc, "bench", Variant::Plain)?;
@@ -482,7 +451,7 @@ fn rate_guard_pauses_probes_under_extreme_contention() -> Result<()> {
         "table does not say counts are partial: {ctx}"
     );
     // Waits recorded before the pause are still reported.
-    ensure!(sum(&locks(&report), "contentions") > 0, "{ctx}");
+    ensure!(Report::parse(&report)?.contentions() > 0, "{ctx}");
     // No stuck-wait findings from waits cut off by the detach.
     let stuck = report["findings"]
         .as_array()

@@ -1,6 +1,10 @@
 //! The Kubernetes manifests in `deploy/`: valid against the real API schemas
 //! (PyPI `kubernetes-validate`, installed by `cargo xtask setup`, offline), and
 //! least privilege as documented in deploy/README.md.
+//!
+//! Longer than ~600 lines: one manifest per test, each checked field by
+//! field against deploy/README.md; they share the YAML loading and the
+//! validator venv.
 
 use std::{
     collections::BTreeSet,
@@ -12,8 +16,7 @@ use std::{
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 use tracer_tests::{
-    Variant, build_fixture, cache_dir, classic_and_swiss, privileged_tests_enabled, serial,
-    tracer_bin,
+    Variant, build_fixture, cache_dir, classic_and_swiss, privileged_test, serial, tracer_bin,
 };
 
 /// Must equal `KUBERNETES_VALIDATE_VERSION` in xtask/src/setup.rs (checked below).
@@ -610,9 +613,7 @@ fn attach_with_caps(
 /// binary, and without CAP_SYS_ADMIN a patched kernel refuses the uprobes.
 #[test]
 fn manifest_capabilities_trace_another_users_process() -> Result<()> {
-    if !privileged_tests_enabled("manifest_capabilities") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = serial();
     let (caps, no_new_privs) = daemonset_caps()?;
     let tc = classic_and_swiss()?.pop().context("toolchain")?;

@@ -8,35 +8,18 @@ use std::{
 };
 
 use anyhow::{Context, Result, ensure};
-use serde_json::Value;
 use tracer_tests::{
-    Variant,
     agent::{AgentProc, process_info, process_report},
-    build_fixture, go_toolchains, privileged_tests_enabled, serial,
+    build_newest, privileged_test,
+    procfs::{cgroup2_mount, container_id, fd_count, kernel_uuid, rss_kb},
+    report::{ProcessEntry, Report},
+    serial,
 };
 
 /// An agent with no servers and a fast refresh, tracing only `exe_filter`
 /// (the machine may run other Go programs).
 fn start_agent(exe_filter: &str) -> Result<AgentProc> {
     AgentProc::start_offline(&["--refresh", "200ms", "--exe", exe_filter])
-}
-
-fn newest_fixture(name: &str) -> Result<std::path::PathBuf> {
-    let tc = go_toolchains()?
-        .pop()
-        .context("no Go toolchain installed")?;
-    build_fixture(&tc, name, Variant::Plain)
-}
-
-fn contentions(report: &Value) -> u64 {
-    report["locks"]
-        .as_array()
-        .map(|l| {
-            l.iter()
-                .map(|r| r["contentions"].as_u64().unwrap_or(0))
-                .sum()
-        })
-        .unwrap_or(0)
 }
 
 fn run(cmd: &mut Command) -> Result<(u32, String)> {
@@ -52,40 +35,44 @@ fn run(cmd: &mut Command) -> Result<(u32, String)> {
 
 #[test]
 fn process_started_after_the_agent_is_traced_with_its_attach_latency() -> Result<()> {
-    if !privileged_tests_enabled("agent_discovers_new_process") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = serial();
-    let bin = newest_fixture("contention")?;
+    let bin = build_newest("contention")?;
     let agent = start_agent(&bin.to_string_lossy())?;
     let (pid, out) = run(Command::new(&bin).args(["-g", "4", "-m", "50", "-hold", "2ms"]))?;
     let report = agent.stop()?;
-    let info = process_info(&report, pid)
-        .with_context(|| format!("pid {pid} not in the agent's report: {report:#}"))?;
-    let latency = info["attach_latency_ns"].as_u64().unwrap_or(0);
+    let info = ProcessEntry::parse(
+        process_info(&report, pid)
+            .with_context(|| format!("pid {pid} not in the agent's report: {report:#}"))?,
+    )?;
+    let latency = info.attach_latency_ns;
     ensure!(
         latency > 0 && latency < 5_000_000_000,
         "attach latency not recorded sensibly: {latency} ns"
     );
-    ensure!(info["state"] == "exited", "state: {}", info["state"]);
+    ensure!(info.state == "exited", "state: {}", info.state);
     let r = process_report(&report, pid).context("no report for the process")?;
-    let n = contentions(r);
+    let n = Report::parse(r)?.contentions();
     // 4 goroutines × 50 iterations: at most 200 contended acquisitions; the
     // first ~100 ms (first attach of this binary) may be missed.
     ensure!(n > 0 && n <= 200, "contentions {n}; fixture said {out}");
-    let site = &r["locks"][0]["site"]["function"];
-    ensure!(site == "main.holdLock", "lock site {site}");
+    let site = Report::parse(r)?
+        .locks
+        .first()
+        .map(|l| l.site.function.clone());
+    ensure!(
+        site.as_deref() == Some("main.holdLock"),
+        "lock site {site:?}"
+    );
     Ok(())
 }
 
 #[test]
 fn short_lived_programs_are_traced_with_lock_and_map_events() -> Result<()> {
-    if !privileged_tests_enabled("agent_short_lived") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = serial();
-    let locks = newest_fixture("contention")?;
-    let maps = newest_fixture("maps")?;
+    let locks = build_newest("contention")?;
+    let maps = build_newest("maps")?;
     let filter = locks
         .parent()
         .context("fixture dir")?
@@ -120,12 +107,11 @@ fn short_lived_programs_are_traced_with_lock_and_map_events() -> Result<()> {
             format!("{lock_ms} ms lock program {lp} not traced; agent log:\n{log}")
         })?;
         ensure!(
-            contentions(r) > 0,
+            Report::parse(r)?.contentions() > 0,
             "{lock_ms} ms program {lp}: no lock events: {r:#}"
         );
-        let latency = process_info(&report, lp).context("info")?["attach_latency_ns"]
-            .as_u64()
-            .unwrap_or(u64::MAX);
+        let latency =
+            ProcessEntry::parse(process_info(&report, lp).context("info")?)?.attach_latency_ns;
         ensure!(
             latency < 200_000_000,
             "known binary took {latency} ns to trace (goal 200 ms)"
@@ -150,11 +136,9 @@ fn short_lived_programs_are_traced_with_lock_and_map_events() -> Result<()> {
 
 #[test]
 fn process_in_private_mount_and_pid_namespace_is_found_with_both_pids() -> Result<()> {
-    if !privileged_tests_enabled("agent_namespaces") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = serial();
-    let bin = newest_fixture("contention")?;
+    let bin = build_newest("contention")?;
     let agent = start_agent("/private-")?;
     // The binary exists only inside the child's own mount namespace (a
     // tmpfs nobody else sees), and runs as pid 1 of a new pid namespace.
@@ -200,29 +184,15 @@ fn process_in_private_mount_and_pid_namespace_is_found_with_both_pids() -> Resul
     ensure!(host > 1 && host != ns, "host pid {host}");
     let r = process_report(&report, host as u32).context("no report")?;
     ensure!(
-        contentions(r) > 0,
+        Report::parse(r)?.contentions() > 0,
         "no contention traced in the namespaced process"
     );
     Ok(())
 }
 
-fn rss_kb(pid: u32) -> Result<u64> {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    s.lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("VmRSS")
-}
-
-fn fd_count(pid: u32) -> Result<usize> {
-    Ok(std::fs::read_dir(format!("/proc/{pid}/fd"))?.count())
-}
-
 #[test]
 fn thousands_of_short_lived_non_go_processes_leave_memory_and_fds_bounded() -> Result<()> {
-    if !privileged_tests_enabled("agent_churn") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = serial();
     let agent = start_agent("/no-such-binary-")?;
     let pid = agent.pid();
@@ -274,11 +244,9 @@ fn our_programs() -> Vec<(u32, String)> {
 
 #[test]
 fn sigterm_detaches_every_probe_and_unloads_every_program() -> Result<()> {
-    if !privileged_tests_enabled("agent_sigterm") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = serial();
-    let bin = newest_fixture("contention")?;
+    let bin = build_newest("contention")?;
     // Programs of earlier agents may still be on their way out (the kernel
     // frees them asynchronously): judge only the ones this agent loads.
     let before: Vec<u32> = our_programs().into_iter().map(|(id, _)| id).collect();
@@ -314,34 +282,13 @@ fn sigterm_detaches_every_probe_and_unloads_every_program() -> Result<()> {
     Ok(())
 }
 
-/// Mount point of the cgroup v2 hierarchy (`/sys/fs/cgroup`, or
-/// `/sys/fs/cgroup/unified` on hybrid hosts).
-fn cgroup2_root() -> Result<std::path::PathBuf> {
-    let mounts = std::fs::read_to_string("/proc/self/mounts")?;
-    mounts
-        .lines()
-        .find_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            (f.get(2) == Some(&"cgroup2")).then(|| std::path::PathBuf::from(f[1]))
-        })
-        .context("no cgroup v2 hierarchy mounted")
-}
-
-fn kernel_uuid() -> Result<String> {
-    Ok(std::fs::read_to_string("/proc/sys/kernel/random/uuid")?
-        .trim()
-        .to_owned())
-}
-
 #[test]
 fn process_in_a_kubepods_cgroup_is_selected_and_labelled_by_container_and_pod() -> Result<()> {
-    if !privileged_tests_enabled("agent_container_labels") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = serial();
-    let bin = newest_fixture("contention")?;
+    let bin = build_newest("contention")?;
     let uid = kernel_uuid()?;
-    let id = format!("{}{}", kernel_uuid()?, kernel_uuid()?).replace('-', "");
+    let id = container_id()?;
     // A kubelet/containerd-style tree below a test-specific top directory.
     let levels = [
         format!("tracer-agent-test-{}.slice", std::process::id()),
@@ -350,7 +297,7 @@ fn process_in_a_kubepods_cgroup_is_selected_and_labelled_by_container_and_pod() 
         format!("kubepods-burstable-pod{}.slice", uid.replace('-', "_")),
         format!("cri-containerd-{id}.scope"),
     ];
-    let mut dir = cgroup2_root()?;
+    let mut dir = cgroup2_mount()?.context("no cgroup v2 hierarchy mounted")?;
     let mut made = vec![];
     for l in &levels {
         dir.push(l);
@@ -399,6 +346,9 @@ fn process_in_a_kubepods_cgroup_is_selected_and_labelled_by_container_and_pod() 
     );
     let pid = p["pid"].as_u64().context("pid")? as u32;
     let r = process_report(&report, pid).context("no report")?;
-    ensure!(contentions(r) > 0, "no contention traced in the container");
+    ensure!(
+        Report::parse(r)?.contentions() > 0,
+        "no contention traced in the container"
+    );
     Ok(())
 }

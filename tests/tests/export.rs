@@ -4,9 +4,7 @@
 //! official SARIF 2.1.0 schema, and the `--fail-on-findings` exit code.
 
 use std::{
-    io::{Read as _, Write as _},
-    net::TcpStream,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
@@ -14,26 +12,19 @@ use std::{
 use anyhow::{Context, Result, bail, ensure};
 use serde_json::Value;
 use tracer_tests::{
-    GoToolchain, Variant, agent::AgentProc, build_fixture, cache_dir, classic_and_swiss,
-    marker_line, privileged_tests_enabled, run_tracer,
+    GoToolchain, Variant,
+    agent::AgentProc,
+    build_fixture, cache_dir, classic_and_swiss, marker_line,
+    net::{free_addr, http},
+    privileged_test,
+    process::scratch_dir,
+    report::{Report, Site},
+    run_tracer,
 };
-
-/// A fresh empty directory under the system temp dir.
-fn temp_dir(tag: &str) -> Result<PathBuf> {
-    static SEQ: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-    let d = std::env::temp_dir().join(format!(
-        "tracer-export-{tag}-{}-{}",
-        std::process::id(),
-        SEQ.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    ));
-    let _ = std::fs::remove_dir_all(&d);
-    std::fs::create_dir_all(&d)?;
-    Ok(d)
-}
 
 /// `go tool pprof ARGS` from toolchain `tc`; fails on a non-zero exit.
 fn pprof(tc: &GoToolchain, args: &[&str]) -> Result<String> {
-    let tmp = temp_dir("pprof-home")?;
+    let tmp = scratch_dir("export-pprof-home")?;
     let out = Command::new(&tc.go)
         .args(["tool", "pprof"])
         .args(args)
@@ -112,40 +103,26 @@ fn traces(out: &str) -> Vec<Vec<String>> {
         .collect()
 }
 
-fn sum(rows: &Value, field: &str) -> u64 {
-    rows.as_array()
-        .into_iter()
-        .flatten()
-        .map(|r| r[field].as_u64().unwrap_or(0))
-        .sum()
-}
-
-/// Sum of `field` over the rows whose call site is `function`.
-fn sum_at(rows: &Value, function: &str, field: &str) -> u64 {
-    rows.as_array()
-        .into_iter()
-        .flatten()
-        .filter(|r| r["site"]["function"] == function)
-        .map(|r| r[field].as_u64().unwrap_or(0))
-        .sum()
-}
+/// What a profile sample is made of, from one report row: its call site,
+/// its stack (call site outward) and its count.
+type ProfileRow<'a> = (&'a Site, &'a [Site], u64);
 
 /// `tracer run ARGS` with a JSON report that must succeed: the report, the
 /// traced pid and a context string for failures.
-fn traced_run(tc: &GoToolchain, variant: Variant, args: &[&str]) -> Result<(Value, u64, String)> {
+fn traced_run(tc: &GoToolchain, variant: Variant, args: &[&str]) -> Result<(Report, u32, String)> {
     let out = run_tracer(args, true)?;
     let ctx = format!(
         "go {} {variant:?}\nstdout:\n{}\nstderr:\n{}",
         tc.version, out.stdout, out.stderr
     );
     ensure!(out.status.success(), "tracer run failed: {ctx}");
-    let report = out.report.context("no JSON report")?;
-    let pid = report["target"]["pid"].as_u64().context("pid")?;
+    let report = Report::parse(&out.report.context("no JSON report")?)?;
+    let pid = report.target.pid;
     Ok((report, pid, ctx))
 }
 
 /// The one `<pid>-<kind>.pb.gz` in `dir`.
-fn profile_file(dir: &Path, pid: u64, kind: &str) -> Result<String> {
+fn profile_file(dir: &Path, pid: u32, kind: &str) -> Result<String> {
     let p = dir.join(format!("{pid}-{kind}.pb.gz"));
     ensure!(p.is_file(), "{} not written", p.display());
     Ok(p.to_string_lossy().into_owned())
@@ -158,8 +135,7 @@ fn check_profile(
     file: &str,
     index: &str,
     want_totals: &[u64],
-    rows: &Value,
-    count_field: &str,
+    rows: &[ProfileRow],
     ctx: &str,
 ) -> Result<()> {
     let totals = raw_totals(&pprof(tc, &["-raw", file])?)?;
@@ -172,25 +148,26 @@ fn check_profile(
         .into_iter()
         .next()
         .with_context(|| format!("{file}: empty -top:\n{top}"))?;
-    let heaviest = &rows[0];
-    let func = heaviest["site"]["function"].as_str().context("site")?;
+    let &(site, stack, _) = rows
+        .first()
+        .with_context(|| format!("{file}: no report rows"))?;
+    let func = site.function.as_str();
     ensure!(
         first.1 == func,
         "{file}: top entry {first:?}, report's top site {func}:\n{top}\n{ctx}"
     );
-    let flat = sum_at(rows, func, count_field);
+    let flat: u64 = rows
+        .iter()
+        .filter(|(s, _, _)| s.function == func)
+        .map(|(_, _, n)| n)
+        .sum();
     ensure!(
         first.0 == flat.to_string(),
         "{file}: top flat {} vs report {flat} at {func}:\n{top}\n{ctx}",
         first.0
     );
     // The report's stack (call site outward) is how pprof saw the sample.
-    let want: Vec<String> = heaviest["stack"]
-        .as_array()
-        .context("stack")?
-        .iter()
-        .filter_map(|s| s["function"].as_str().map(str::to_owned))
-        .collect();
+    let want: Vec<String> = stack.iter().map(|s| s.function.clone()).collect();
     let tr = pprof(tc, &["-traces", file])?;
     ensure!(
         traces(&tr).iter().any(|t| t.starts_with(&want)),
@@ -201,16 +178,14 @@ fn check_profile(
 
 #[test]
 fn lock_profiles_are_read_by_go_tool_pprof_and_match_the_report() -> Result<()> {
-    if !privileged_tests_enabled("export_lock_profiles") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     let unlock_line = marker_line("contention", "mu.Unlock() // UNLOCKSITE")?;
     for tc in classic_and_swiss()? {
         for variant in [Variant::Plain, Variant::Stripped] {
             let bin = build_fixture(&tc, "contention", variant)?;
             let bin = bin.to_str().context("path")?;
-            let dir = temp_dir("locks")?;
+            let dir = scratch_dir("export-locks")?;
             let d = dir.to_str().context("path")?;
             let (report, pid, ctx) = traced_run(
                 &tc,
@@ -230,48 +205,54 @@ fn lock_profiles_are_read_by_go_tool_pprof_and_match_the_report() -> Result<()> 
                     "2ms",
                 ],
             )?;
-            let report = &report;
-            let locks = &report["locks"];
-            ensure!(sum(locks, "contentions") > 0, "no contention: {ctx}");
+            let (contentions, wait_ns) = (report.contentions(), report.wait_ns_total());
+            ensure!(contentions > 0, "no contention: {ctx}");
             ensure!(
-                locks[0]["site"]["function"] == "main.holdLock",
+                report.locks[0].site.function == "main.holdLock",
                 "report's top site: {ctx}"
             );
+            let lock_rows: Vec<ProfileRow> = report
+                .locks
+                .iter()
+                .map(|l| (&l.site, &l.stack[..], l.contentions))
+                .collect();
             let block = profile_file(&dir, pid, "block")?;
             check_profile(
                 &tc,
                 &block,
                 "contentions",
-                &[sum(locks, "contentions"), sum(locks, "wait_ns_total")],
-                locks,
-                "contentions",
+                &[contentions, wait_ns],
+                &lock_rows,
                 &ctx,
             )?;
             // Delay as the default index: the top entry carries the report's total.
             let top = pprof(&tc, &["-top", "-unit=ns", &block])?;
             ensure!(
-                top.contains(&format!("of {}ns total", sum(locks, "wait_ns_total"))),
+                top.contains(&format!("of {wait_ns}ns total")),
                 "delay total in -top:\n{top}\n{ctx}"
             );
             // The mutex profile is the unlockers' (--holders).
-            let holders = &report["holders"];
+            let holders = &report.holders;
             ensure!(
-                holders[0]["site"]["line"] == unlock_line,
+                holders.first().map(|h| h.site.line) == Some(unlock_line),
                 "holder site: {ctx}"
             );
+            let holder_rows: Vec<ProfileRow> = holders
+                .iter()
+                .map(|h| (&h.site, &h.stack[..], h.wakeups))
+                .collect();
             let mutex = profile_file(&dir, pid, "mutex")?;
             check_profile(
                 &tc,
                 &mutex,
                 "contentions",
-                &[sum(holders, "wakeups")],
-                holders,
-                "wakeups",
+                &[holders.iter().map(|h| h.wakeups).sum()],
+                &holder_rows,
                 &ctx,
             )?;
             // The executable's mapping, marked as already symbolized.
             let raw = pprof(&tc, &["-raw", &block])?;
-            let exe = report["target"]["exe"].as_str().context("exe")?;
+            let exe = report.target.exe.as_str();
             ensure!(
                 raw.lines()
                     .any(|l| l.contains(exe) && l.contains("[FN][FL][LN][IN]")),
@@ -287,16 +268,14 @@ fn lock_profiles_are_read_by_go_tool_pprof_and_match_the_report() -> Result<()> 
 
 #[test]
 fn maps_profile_counts_every_operation() -> Result<()> {
-    if !privileged_tests_enabled("export_maps_profile") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     const N: u64 = 10_000;
     for tc in classic_and_swiss()? {
         for variant in [Variant::Plain, Variant::Stripped] {
             let bin = build_fixture(&tc, "maps", variant)?;
             let bin = bin.to_str().context("path")?;
-            let dir = temp_dir("maps")?;
+            let dir = scratch_dir("export-maps")?;
             let d = dir.to_str().context("path")?;
             let n = N.to_string();
             let (report, pid, ctx) = traced_run(
@@ -306,17 +285,8 @@ fn maps_profile_counts_every_operation() -> Result<()> {
                     "run", "--maps", "deep", "--pprof", d, "--", bin, "-mode", "count", "-n", &n,
                 ],
             )?;
-            let ops: Vec<&Value> = report["maps"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .flat_map(|m| m["ops"].as_array().into_iter().flatten())
-                .collect();
-            let count: u64 = ops.iter().map(|o| o["count"].as_u64().unwrap_or(0)).sum();
-            let ns: u64 = ops
-                .iter()
-                .map(|o| o["ns_total"].as_u64().unwrap_or(0))
-                .sum();
+            let count: u64 = report.map_ops().map(|o| o.count).sum();
+            let ns: u64 = report.map_ops().map(|o| o.ns_total).sum();
             let file = profile_file(&dir, pid, "maps")?;
             let totals = raw_totals(&pprof(&tc, &["-raw", &file])?)?;
             ensure!(
@@ -343,38 +313,9 @@ fn maps_profile_counts_every_operation() -> Result<()> {
     Ok(())
 }
 
-/// Status code and body of `GET path` on `addr` (HTTP/1.1, one request).
-fn http_get(addr: &str, path: &str) -> Result<(u16, String)> {
-    let mut s = TcpStream::connect(addr).with_context(|| format!("connecting to {addr}"))?;
-    s.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
-    let mut buf = Vec::new();
-    s.read_to_end(&mut buf)?;
-    let text = String::from_utf8_lossy(&buf).into_owned();
-    let code = text
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .with_context(|| format!("bad HTTP response {text:?}"))?;
-    let body = text.split_once("\r\n\r\n").map_or("", |b| b.1).to_owned();
-    Ok((code, body))
-}
-
-/// A loopback port that was free a moment ago.
-fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
 #[test]
 fn agent_serves_profiles_to_go_tool_pprof() -> Result<()> {
-    if !privileged_tests_enabled("export_agent_pprof") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     let tc = classic_and_swiss()?.pop().context("toolchain")?;
     let bin = build_fixture(&tc, "contention", Variant::Plain)?;
@@ -386,7 +327,8 @@ fn agent_serves_profiles_to_go_tool_pprof() -> Result<()> {
         .context("starting fixture")?;
     let pid = fixture.id();
     let result = (|| -> Result<()> {
-        let addr = format!("127.0.0.1:{}", free_port()?);
+        let addr = free_addr()?;
+        let addr_s = addr.to_string();
         let pid_s = pid.to_string();
         let agent = AgentProc::start(&[
             "--grpc-listen",
@@ -394,14 +336,14 @@ fn agent_serves_profiles_to_go_tool_pprof() -> Result<()> {
             "--unix-socket",
             "off",
             "--metrics-listen",
-            &addr,
+            &addr_s,
             "--pid",
             &pid_s,
         ])?;
         let block = format!("/debug/pprof/block?pid={pid}");
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            let (code, body) = http_get(&addr, &block)?;
+            let (code, body) = http(addr, "GET", &block, "")?;
             if code == 200 {
                 break;
             }
@@ -457,7 +399,7 @@ fn agent_serves_profiles_to_go_tool_pprof() -> Result<()> {
                 "bad seconds",
             ),
         ] {
-            let (code, body) = http_get(&addr, &path)?;
+            let (code, body) = http(addr, "GET", &path, "")?;
             ensure!(
                 code == want && body.contains(needle),
                 "{path}: {code} {body:?}, want {want} with {needle:?}"
@@ -494,12 +436,10 @@ fn validate_sarif(doc: &Path) -> Result<()> {
 
 #[test]
 fn sarif_validates_and_fail_on_findings_gates() -> Result<()> {
-    if !privileged_tests_enabled("export_sarif") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     let write_line = marker_line("maps", "// WRITESITE")?;
-    let dir = temp_dir("sarif")?;
+    let dir = scratch_dir("export-sarif")?;
     // The validator itself rejects a log that breaks the schema.
     let bad = dir.join("bad.sarif");
     std::fs::write(&bad, r#"{"version": "2.0.0", "runs": []}"#)?;

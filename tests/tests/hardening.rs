@@ -8,83 +8,34 @@
 //!   before any probe is loaded (it used to trace on, serving nothing).
 //! - Without CAP_SYS_PTRACE, processes of other users cannot be opened: the
 //!   agent must warn and count them instead of passing them over in silence.
+//!
+//! Longer than ~600 lines: one regression test per operator-visible defect,
+//! each with its own set-up (other users, signals, rewritten binaries); the
+//! shared parts (agent start, readiness, SIGTERM, scratch dirs) are in
+//! tests/src.
 
 use std::{
     os::unix::fs::{FileTypeExt, PermissionsExt},
-    path::{Path, PathBuf},
+    path::Path,
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use tracer_tests::{
-    Variant, build_fixture, go_toolchains,
-    net::{KillOnDrop, free_addr, http_get, metric_value},
-    privileged_tests_enabled, tracer_bin,
+    Variant,
+    agent::wait_ready,
+    build_fixture, build_newest, go_toolchains,
+    net::{free_addr, http_get, metric_value},
+    privileged_test,
+    process::{KillOnDrop, read_log, scratch_dir, terminate},
+    tracer_bin,
 };
-
-/// A fresh directory for one test, removed first if an earlier run left it.
-fn scratch(name: &str) -> Result<PathBuf> {
-    let dir = std::env::temp_dir().join(format!("tracer-hardening-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    Ok(dir)
-}
-
-/// The contention fixture, built with the newest Go.
-fn contention() -> Result<PathBuf> {
-    let tc = go_toolchains()?.pop().context("no Go")?;
-    build_fixture(&tc, "contention", Variant::Plain)
-}
-
-fn read(path: &Path) -> String {
-    std::fs::read_to_string(path).unwrap_or_default()
-}
-
-/// Waits until `/readyz` on `metrics` answers 200, failing early if the
-/// agent exits.
-fn wait_ready(agent: &mut KillOnDrop, metrics: std::net::SocketAddr, log: &Path) -> Result<()> {
-    let t0 = Instant::now();
-    loop {
-        if let Some(st) = agent.0.try_wait()? {
-            bail!("agent exited ({st}) before it was ready:\n{}", read(log));
-        }
-        if http_get(metrics, "/readyz").is_some_and(|(c, _)| c == 200) {
-            return Ok(());
-        }
-        ensure!(
-            t0.elapsed() < Duration::from_secs(30),
-            "agent not ready within 30 s:\n{}",
-            read(log)
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-/// SIGTERM, then the exit status (within 30 s).
-fn terminate(mut agent: KillOnDrop, log: &Path) -> Result<std::process::ExitStatus> {
-    // SAFETY: plain kill(2) on our own child.
-    unsafe { libc::kill(agent.0.id() as i32, libc::SIGTERM) };
-    let t0 = Instant::now();
-    loop {
-        if let Some(st) = agent.0.try_wait()? {
-            return Ok(st);
-        }
-        ensure!(
-            t0.elapsed() < Duration::from_secs(30),
-            "agent still running 30 s after SIGTERM:\n{}",
-            read(log)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
 
 #[test]
 fn agent_on_a_fresh_node_creates_its_socket_directory_serves_and_says_so() -> Result<()> {
-    if !privileged_tests_enabled("agent_on_a_fresh_node") {
-        return Ok(());
-    }
-    let dir = scratch("fresh")?;
+    privileged_test!();
+    let dir = scratch_dir("hardening-fresh")?;
     // As on a fresh node: neither run/ nor run/tracer/ exists.
     let socket = dir.join("run/tracer/tracer.sock");
     let metrics = free_addr()?;
@@ -100,10 +51,10 @@ fn agent_on_a_fresh_node_creates_its_socket_directory_serves_and_says_so() -> Re
         .spawn()
         .context("starting tracer agent")?;
     let mut agent = KillOnDrop(agent);
-    wait_ready(&mut agent, metrics, &log)?;
+    wait_ready(&mut agent.0, metrics, || read_log(&log))?;
 
     let meta = std::fs::symlink_metadata(&socket)
-        .with_context(|| format!("no socket at {}:\n{}", socket.display(), read(&log)))?;
+        .with_context(|| format!("no socket at {}:\n{}", socket.display(), read_log(&log)))?;
     ensure!(
         meta.file_type().is_socket(),
         "{} is not a socket",
@@ -119,7 +70,7 @@ fn agent_on_a_fresh_node_creates_its_socket_directory_serves_and_says_so() -> Re
         "tracer top did not connect over the socket"
     );
 
-    let text = read(&log);
+    let text = read_log(&log);
     for needle in [
         format!("gRPC listening on unix:{}", socket.display()),
         format!("metrics on http://{metrics}/metrics"),
@@ -135,8 +86,12 @@ fn agent_on_a_fresh_node_creates_its_socket_directory_serves_and_says_so() -> Re
         "log written to a file carries ANSI escape codes:\n{text:?}"
     );
 
-    let status = terminate(agent, &log)?;
-    ensure!(status.success(), "SIGTERM gave {status}:\n{}", read(&log));
+    let status = terminate(&mut agent.0, Duration::from_secs(30), || read_log(&log))?;
+    ensure!(
+        status.success(),
+        "SIGTERM gave {status}:\n{}",
+        read_log(&log)
+    );
     ensure!(!socket.exists(), "socket left behind after a clean stop");
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
@@ -233,11 +188,9 @@ fn agent_refuses_to_start_when_an_endpoint_cannot_bind() -> Result<()> {
 
 #[test]
 fn agent_without_cap_sys_ptrace_counts_the_processes_it_may_not_open() -> Result<()> {
-    if !privileged_tests_enabled("agent_without_cap_sys_ptrace") {
-        return Ok(());
-    }
-    let fixture = contention()?;
-    let dir = scratch("ptrace")?;
+    privileged_test!();
+    let fixture = build_newest("contention")?;
+    let dir = scratch_dir("hardening-ptrace")?;
     std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
     // A name of its own, so the agent's --comm filter selects only it.
     let bin = dir.join("hardnoptrace");
@@ -259,11 +212,11 @@ fn agent_without_cap_sys_ptrace_counts_the_processes_it_may_not_open() -> Result
         .spawn()
         .context("starting tracer agent under setpriv")?;
     let mut agent = KillOnDrop(agent);
-    wait_ready(&mut agent, metrics, &log)?;
+    wait_ready(&mut agent.0, metrics, || read_log(&log))?;
     ensure!(
-        read(&log).contains("running without CAP_SYS_PTRACE"),
+        read_log(&log).contains("running without CAP_SYS_PTRACE"),
         "no start-up warning about CAP_SYS_PTRACE:\n{}",
-        read(&log)
+        read_log(&log)
     );
 
     let unreadable = || -> f64 {
@@ -295,11 +248,11 @@ fn agent_without_cap_sys_ptrace_counts_the_processes_it_may_not_open() -> Result
             t0.elapsed() < Duration::from_secs(15),
             "the other user's process was not counted as unreadable (metric {}):\n{}",
             unreadable(),
-            read(&log)
+            read_log(&log)
         );
         std::thread::sleep(Duration::from_millis(100));
     }
-    let text = read(&log);
+    let text = read_log(&log);
     ensure!(
         text.contains(&format!(
             "pid {pid} (hardnoptrace): cannot open its executable"
@@ -326,11 +279,11 @@ fn agent_without_cap_sys_ptrace_counts_the_processes_it_may_not_open() -> Result
     );
     let pid = root.0.id();
     let t0 = Instant::now();
-    while !read(&log).contains(&format!("tracing pid {pid} ")) {
+    while !read_log(&log).contains(&format!("tracing pid {pid} ")) {
         ensure!(
             t0.elapsed() < Duration::from_secs(15),
             "root's process of the same binary was not traced:\n{}",
-            read(&log)
+            read_log(&log)
         );
         std::thread::sleep(Duration::from_millis(100));
     }
@@ -340,8 +293,12 @@ fn agent_without_cap_sys_ptrace_counts_the_processes_it_may_not_open() -> Result
         unreadable()
     );
     drop(root);
-    let status = terminate(agent, &log)?;
-    ensure!(status.success(), "SIGTERM gave {status}:\n{}", read(&log));
+    let status = terminate(&mut agent.0, Duration::from_secs(30), || read_log(&log))?;
+    ensure!(
+        status.success(),
+        "SIGTERM gave {status}:\n{}",
+        read_log(&log)
+    );
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
@@ -406,10 +363,8 @@ fn wait_until(secs: u64, what: &str, mut cond: impl FnMut() -> bool) -> Result<(
 
 #[test]
 fn run_killed_while_placing_probes_leaves_no_program_behind() -> Result<()> {
-    if !privileged_tests_enabled("run_killed_while_placing_probes") {
-        return Ok(());
-    }
-    let fixture = contention()?;
+    privileged_test!();
+    let fixture = build_newest("contention")?;
     let tracer_exe = tracer_bin()?.canonicalize()?;
     // Killed the moment its child exists, held at the gate (still a copy of
     // tracer: its executable is tracer's), while the probes are being attached: the child used to block
@@ -445,11 +400,9 @@ fn run_killed_while_placing_probes_leaves_no_program_behind() -> Result<()> {
 
 #[test]
 fn run_passes_sigterm_and_sighup_on_and_still_reports() -> Result<()> {
-    if !privileged_tests_enabled("run_passes_sigterm_and_sighup_on") {
-        return Ok(());
-    }
-    let fixture = contention()?;
-    let dir = scratch("signals")?;
+    privileged_test!();
+    let fixture = build_newest("contention")?;
+    let dir = scratch_dir("hardening-signals")?;
     let comm: String = fixture
         .file_name()
         .and_then(|n| n.to_str())
@@ -573,8 +526,8 @@ fn peak_rss_of(args: &[&std::ffi::OsStr]) -> Result<(i32, String, u64)> {
 
 #[test]
 fn analysis_refuses_special_files_and_reads_padded_binaries_in_bounded_memory() -> Result<()> {
-    let fixture = contention()?;
-    let dir = scratch("padded")?;
+    let fixture = build_newest("contention")?;
+    let dir = scratch_dir("hardening-padded")?;
     // A FIFO used to hang the analysis; /dev/zero was read until OOM.
     let fifo = dir.join("fifo");
     let c = std::ffi::CString::new(fifo.to_string_lossy().as_bytes())?;
@@ -628,15 +581,13 @@ fn analysis_refuses_special_files_and_reads_padded_binaries_in_bounded_memory() 
 
 #[test]
 fn a_binary_rewritten_in_place_is_analysed_again_and_its_old_probes_go() -> Result<()> {
-    if !privileged_tests_enabled("a_binary_rewritten_in_place") {
-        return Ok(());
-    }
+    privileged_test!();
     let tcs = go_toolchains()?;
     let (old_tc, new_tc) = (tcs.first().context("no Go")?, tcs.last().context("no Go")?);
     ensure!(old_tc.version != new_tc.version, "needs two Go versions");
     let old_bin = build_fixture(old_tc, "contention", Variant::Plain)?;
     let new_bin = build_fixture(new_tc, "contention", Variant::Plain)?;
-    let dir = scratch("rewrite")?;
+    let dir = scratch_dir("hardening-rewrite")?;
     let prog = dir.join("rewriteme");
     std::fs::copy(&old_bin, &prog)?;
     std::fs::set_permissions(&prog, std::fs::Permissions::from_mode(0o755))?;
@@ -653,7 +604,7 @@ fn a_binary_rewritten_in_place_is_analysed_again_and_its_old_probes_go() -> Resu
             .stderr(std::fs::File::create(&log)?)
             .spawn()?,
     );
-    wait_ready(&mut agent, metrics, &log)?;
+    wait_ready(&mut agent.0, metrics, || read_log(&log))?;
     let run = |want: &str| -> Result<()> {
         let out = Command::new(&prog)
             .args(["-g", "2", "-m", "200", "-hold", "1ms"])
@@ -668,7 +619,7 @@ fn a_binary_rewritten_in_place_is_analysed_again_and_its_old_probes_go() -> Resu
     };
     run("first binary")?;
     wait_until(15, "first binary not traced", || {
-        read(&log).contains(&format!("Go go{})", old_tc.version))
+        read_log(&log).contains(&format!("Go go{})", old_tc.version))
     })?;
     // Same path, same inode, new contents, within the agent's 30 s keep
     // window for the old binary's probes.
@@ -686,15 +637,15 @@ fn a_binary_rewritten_in_place_is_analysed_again_and_its_old_probes_go() -> Resu
     wait_until(
         15,
         "rewritten binary not traced as the new Go version",
-        || read(&log).contains(&format!("Go go{})", new_tc.version)),
+        || read_log(&log).contains(&format!("Go go{})", new_tc.version)),
     )?;
-    let analysed = read(&log).matches("analysed ").count();
+    let analysed = read_log(&log).matches("analysed ").count();
     ensure!(
         analysed == 2,
         "analysed {analysed} times, want 2:\n{}",
-        read(&log)
+        read_log(&log)
     );
-    let status = terminate(agent, &log)?;
+    let status = terminate(&mut agent.0, Duration::from_secs(30), || read_log(&log))?;
     ensure!(status.success(), "SIGTERM gave {status}");
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
@@ -702,12 +653,13 @@ fn a_binary_rewritten_in_place_is_analysed_again_and_its_old_probes_go() -> Resu
 
 #[test]
 fn agent_stopping_reports_live_processes_as_detached_not_exited() -> Result<()> {
-    if !privileged_tests_enabled("agent_stopping_reports_live_processes") {
-        return Ok(());
-    }
-    use tracer_tests::agent::{AgentProc, process_info};
-    let fixture = contention()?;
-    let dir = scratch("detached")?;
+    privileged_test!();
+    use tracer_tests::{
+        agent::{AgentProc, process_info},
+        report::ProcessEntry,
+    };
+    let fixture = build_newest("contention")?;
+    let dir = scratch_dir("hardening-detached")?;
     let prog = dir.join("detachme");
     std::fs::copy(&fixture, &prog)?;
     let mut agent = AgentProc::start_offline(&["--comm", "detachme"])?;
@@ -720,11 +672,13 @@ fn agent_stopping_reports_live_processes_as_detached_not_exited() -> Result<()> 
     let pid = live.0.id();
     agent.wait_for_log(&format!("tracing pid {pid} "), Duration::from_secs(20))?;
     let report = agent.stop()?;
-    let info = process_info(&report, pid).context("the live process is not in the final report")?;
+    let info = ProcessEntry::parse(
+        process_info(&report, pid).context("the live process is not in the final report")?,
+    )?;
     ensure!(
-        info["state"] == "detached",
+        info.state == "detached",
         "a process still running at shutdown is reported as {}",
-        info["state"]
+        info.state
     );
     drop(live);
     let _ = std::fs::remove_dir_all(&dir);
@@ -733,7 +687,7 @@ fn agent_stopping_reports_live_processes_as_detached_not_exited() -> Result<()> 
 
 #[test]
 fn agent_refuses_unauthenticated_grpc_beyond_loopback() -> Result<()> {
-    let dir = scratch("grpc-auth-cli")?;
+    let dir = scratch_dir("hardening-grpc-auth-cli")?;
     let short = dir.join("short");
     std::fs::write(&short, "abc\n")?;
     let short = short.to_str().context("path")?;
@@ -786,10 +740,8 @@ fn top_connects(addr: &str, token: Option<&Path>) -> Result<bool> {
 
 #[test]
 fn grpc_tcp_is_off_by_default_and_needs_its_token() -> Result<()> {
-    if !privileged_tests_enabled("hardening") {
-        return Ok(());
-    }
-    let dir = scratch("grpc-auth")?;
+    privileged_test!();
+    let dir = scratch_dir("hardening-grpc-auth")?;
     let socket = dir.join("tracer.sock");
     let metrics = free_addr()?;
     let log = dir.join("agent.log");
@@ -806,8 +758,8 @@ fn grpc_tcp_is_off_by_default_and_needs_its_token() -> Result<()> {
             .spawn()
             .context("starting tracer agent")?,
     );
-    wait_ready(&mut agent, metrics, &log)?;
-    let text = read(&log);
+    wait_ready(&mut agent.0, metrics, || read_log(&log))?;
+    let text = read_log(&log);
     let grpc: Vec<&str> = text
         .lines()
         .filter(|l| l.contains("gRPC listening on"))
@@ -841,7 +793,7 @@ fn grpc_tcp_is_off_by_default_and_needs_its_token() -> Result<()> {
             .spawn()
             .context("starting tracer agent")?,
     );
-    wait_ready(&mut agent, metrics, &log)?;
+    wait_ready(&mut agent.0, metrics, || read_log(&log))?;
     ensure!(
         !top_connects(&grpc, None)?,
         "top connected without the token"
@@ -853,7 +805,7 @@ fn grpc_tcp_is_off_by_default_and_needs_its_token() -> Result<()> {
     ensure!(
         top_connects(&grpc, Some(&token))?,
         "top with the token did not connect:\n{}",
-        read(&log)
+        read_log(&log)
     );
     drop(agent);
     let _ = std::fs::remove_dir_all(&dir);

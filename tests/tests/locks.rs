@@ -2,13 +2,12 @@
 //! for a Go ≤ 1.23 and a Go ≥ 1.24 build.
 
 use anyhow::{Context, Result, ensure};
-use serde_json::Value;
 use tracer_tests::{
-    Variant, build_fixture, classic_and_swiss, fixture_value, marker_line,
-    privileged_tests_enabled, run_tracer,
+    Variant, build_fixture, classic_and_swiss, fixture_value, marker_line, privileged_test,
+    report::Report, run_tracer,
 };
 
-fn run_locks(version_bin: &str, mode: &str, extra: &[&str]) -> Result<(Value, String)> {
+fn run_locks(version_bin: &str, mode: &str, extra: &[&str]) -> Result<(Report, String)> {
     let mut args = vec![
         "run",
         "--stuck-threshold",
@@ -26,35 +25,13 @@ fn run_locks(version_bin: &str, mode: &str, extra: &[&str]) -> Result<(Value, St
         out.stdout.contains(&format!("done mode={mode}")),
         "fixture did not finish: {ctx}"
     );
-    Ok((
-        out.report.with_context(|| format!("no report: {ctx}"))?,
-        ctx,
-    ))
-}
-
-fn rows_of_kind<'a>(report: &'a Value, kind: &str) -> Vec<&'a Value> {
-    report["locks"]
-        .as_array()
-        .map(|a| a.iter().filter(|l| l["kind"] == kind).collect())
-        .unwrap_or_default()
-}
-
-fn stuck(report: &Value) -> Vec<&Value> {
-    report["findings"]
-        .as_array()
-        .map(|a| {
-            a.iter()
-                .filter(|f| f["kind"] == "stuck_lock_wait")
-                .collect()
-        })
-        .unwrap_or_default()
+    let report = out.report.with_context(|| format!("no report: {ctx}"))?;
+    Ok((Report::parse(&report)?, ctx))
 }
 
 #[test]
 fn rwmutex_reader_and_writer_waits_are_kept_apart() -> Result<()> {
-    if !privileged_tests_enabled("rwmutex") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     let (read_line, write_line) = (
         marker_line("locks", "// READSITE")?,
@@ -68,38 +45,37 @@ fn rwmutex_reader_and_writer_waits_are_kept_apart() -> Result<()> {
             ("rwmutex_read", "main.reader", read_line),
             ("rwmutex_write", "main.writer", write_line),
         ] {
-            let rows = rows_of_kind(&report, kind);
+            let rows = report.locks_of_kind(kind);
             let row = rows
                 .iter()
-                .find(|r| r["site"]["function"] == func)
+                .find(|r| r.site.function == func)
                 .with_context(|| format!("no {kind} row at {func}: {ctx}"))?;
+            ensure!(row.contentions > 0, "{kind}: {ctx}");
             ensure!(
-                row["contentions"].as_u64().unwrap_or(0) > 0,
-                "{kind}: {ctx}"
-            );
-            ensure!(
-                row["site"]["line"] == line,
-                "{kind} line {} != {line}: {ctx}",
-                row["site"]
+                row.site.line == line,
+                "{kind} line {:?} != {line}: {ctx}",
+                row.site
             );
             // The semaphore address was mapped back to the RWMutex itself.
             ensure!(
-                row["name"] == "main.rw",
-                "{kind} lock named {}: {ctx}",
-                row["name"]
+                row.name.as_deref() == Some("main.rw"),
+                "{kind} lock named {:?}: {ctx}",
+                row.name
             );
         }
         // Readers never wait as writers and vice versa.
         ensure!(
-            rows_of_kind(&report, "rwmutex_read")
+            report
+                .locks_of_kind("rwmutex_read")
                 .iter()
-                .all(|r| r["site"]["function"] != "main.writer"),
+                .all(|r| r.site.function != "main.writer"),
             "{ctx}"
         );
         ensure!(
-            rows_of_kind(&report, "rwmutex_write")
+            report
+                .locks_of_kind("rwmutex_write")
                 .iter()
-                .all(|r| r["site"]["function"] != "main.reader"),
+                .all(|r| r.site.function != "main.reader"),
             "{ctx}"
         );
     }
@@ -108,9 +84,7 @@ fn rwmutex_reader_and_writer_waits_are_kept_apart() -> Result<()> {
 
 #[test]
 fn deadlock_is_reported_as_two_stuck_waits_within_threshold() -> Result<()> {
-    if !privileged_tests_enabled("deadlock") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     for tc in classic_and_swiss()? {
         let bin = build_fixture(&tc, "locks", Variant::Plain)?;
@@ -122,7 +96,7 @@ fn deadlock_is_reported_as_two_stuck_waits_within_threshold() -> Result<()> {
             &["-wait", "1.9s"],
         )?;
         let ctx = format!("go {}: {ctx}", tc.version);
-        let found = stuck(&report);
+        let found = report.stuck_waits()?;
         ensure!(
             found.len() == 2,
             "want 2 stuck waits, got {}: {ctx}",
@@ -130,38 +104,32 @@ fn deadlock_is_reported_as_two_stuck_waits_within_threshold() -> Result<()> {
         );
         let mut locks: Vec<&str> = found
             .iter()
-            .filter_map(|f| f["lock"]["name"].as_str())
+            .filter_map(|f| f.lock.name.as_deref())
             .collect();
         locks.sort();
         ensure!(locks == ["main.a", "main.b"], "locks {locks:?}: {ctx}");
         let mut sites: Vec<&str> = found
             .iter()
-            .filter_map(|f| f["site"]["function"].as_str())
+            .filter_map(|f| f.site.as_ref().map(|s| s.function.as_str()))
             .collect();
         sites.sort();
         ensure!(
             sites == ["main.deadlockAB", "main.deadlockBA"],
             "sites {sites:?}: {ctx}"
         );
-        let goroutines: Vec<u64> = found
-            .iter()
-            .filter_map(|f| f["goroutine"].as_u64())
-            .collect();
+        let goroutines: Vec<u64> = found.iter().filter_map(|f| f.goroutine).collect();
         ensure!(
             goroutines.len() == 2 && goroutines[0] != goroutines[1],
             "goroutine ids {goroutines:?}: {ctx}"
         );
         for f in &found {
-            let age = f["age_ns"].as_u64().unwrap_or(0);
+            let age = f.age_ns;
             ensure!(
                 (1_000_000_000..=1_900_000_000).contains(&age),
                 "age {age}: {ctx}"
             );
-            ensure!(f["ongoing"] == true, "a deadlocked wait ended: {ctx}");
-            ensure!(
-                !f["stack"].as_array().is_none_or(|s| s.is_empty()),
-                "no stack: {ctx}"
-            );
+            ensure!(f.ongoing, "a deadlocked wait ended: {ctx}");
+            ensure!(!f.stack.is_empty(), "no stack: {ctx}");
         }
     }
     Ok(())
@@ -169,34 +137,38 @@ fn deadlock_is_reported_as_two_stuck_waits_within_threshold() -> Result<()> {
 
 #[test]
 fn lock_held_across_sleep_gives_stuck_waits_that_end() -> Result<()> {
-    if !privileged_tests_enabled("sleephold") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     for tc in classic_and_swiss()? {
         let bin = build_fixture(&tc, "locks", Variant::Plain)?;
         let (report, ctx) = run_locks(bin.to_str().context("path")?, "sleephold", &[])?;
         let ctx = format!("go {}: {ctx}", tc.version);
-        let found = stuck(&report);
+        let found = report.stuck_waits()?;
         ensure!(
             found.len() == 3,
             "want 3 stuck waiters, got {}: {ctx}",
             found.len()
         );
         for f in &found {
-            ensure!(f["lock"]["name"] == "main.held", "{ctx}");
-            ensure!(f["site"]["function"] == "main.waitForHeld", "{ctx}");
-            ensure!(f["age_ns"].as_u64().unwrap_or(0) >= 1_000_000_000, "{ctx}");
+            ensure!(f.lock.name.as_deref() == Some("main.held"), "{ctx}");
+            ensure!(
+                f.site
+                    .as_ref()
+                    .is_some_and(|s| s.function == "main.waitForHeld"),
+                "{ctx}"
+            );
+            ensure!(f.age_ns >= 1_000_000_000, "{ctx}");
             // The holder woke up and released it before the program ended.
-            ensure!(f["ongoing"] == false, "wait never ended: {ctx}");
+            ensure!(!f.ongoing, "wait never ended: {ctx}");
         }
         // The finished waits are in the contention table too, each ~1.95 s.
-        let row = rows_of_kind(&report, "mutex")
+        let row = report
+            .locks_of_kind("mutex")
             .into_iter()
-            .find(|r| r["name"] == "main.held")
+            .find(|r| r.name.as_deref() == Some("main.held"))
             .with_context(|| format!("no main.held row: {ctx}"))?;
-        ensure!(row["contentions"] == 3, "{ctx}");
-        let max = row["wait_ns_max"].as_u64().unwrap_or(0);
+        ensure!(row.contentions == 3, "{ctx}");
+        let max = row.wait_ns_max;
         ensure!(
             (1_500_000_000..=2_500_000_000).contains(&max),
             "max wait {max}: {ctx}"
@@ -207,9 +179,7 @@ fn lock_held_across_sleep_gives_stuck_waits_that_end() -> Result<()> {
 
 #[test]
 fn totals_agree_with_gos_own_block_profile() -> Result<()> {
-    if !privileged_tests_enabled("blockprofile") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     for tc in classic_and_swiss()? {
         let bin = build_fixture(&tc, "blockprof", Variant::Plain)?;
@@ -219,17 +189,14 @@ fn totals_agree_with_gos_own_block_profile() -> Result<()> {
             tc.version, out.stdout, out.stderr
         );
         ensure!(out.status.success(), "{ctx}");
-        let report = out.report.as_ref().context("no report")?;
+        let report = Report::parse(out.report.as_ref().context("no report")?)?;
         let total = |kinds: &[&str]| -> f64 {
-            report["locks"]
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter(|l| kinds.iter().any(|k| l["kind"] == *k))
-                        .map(|l| l["wait_ns_total"].as_f64().unwrap_or(0.0))
-                        .sum()
-                })
-                .unwrap_or(0.0)
+            report
+                .locks
+                .iter()
+                .filter(|l| kinds.contains(&l.kind.as_str()))
+                .map(|l| l.wait_ns_total as f64)
+                .sum()
         };
         let checks = [
             (

@@ -12,7 +12,7 @@ use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 use tracer_tests::{
     GoToolchain, TracerRun, Variant, build_fixture, classic_and_swiss, go_toolchains, marker_line,
-    newest_noswissmap, privileged_tests_enabled, run_tracer,
+    newest_noswissmap, privileged_test, report::Report, run_tracer,
 };
 
 /// The classic/Swiss pair as plain builds, plus the newest Go that accepts
@@ -74,17 +74,6 @@ fn run_maps_variant(
     Ok((out, report, ctx))
 }
 
-fn findings<'a>(report: &'a Value, kind: &str) -> Vec<&'a Value> {
-    report["findings"]
-        .as_array()
-        .map(|a| a.iter().filter(|f| f["kind"] == kind).collect())
-        .unwrap_or_default()
-}
-
-fn site_is(side: &Value, func: &str, line: u32) -> bool {
-    side["site"]["function"] == func && side["site"]["line"] == line
-}
-
 /// The program either finished or was stopped by the runtime's own check
 /// (exit 2, "fatal error: concurrent map ..."): both are legitimate outcomes
 /// of a racy program; anything else is a failure.
@@ -104,39 +93,27 @@ fn expect_overlap(
     (f2, l2): (&str, u32),
     ctx: &str,
 ) -> Result<()> {
-    let all = findings(report, kind);
+    let all = Report::parse(report)?.overlaps(kind)?;
     let f = all
         .iter()
         .find(|f| {
-            (site_is(&f["op"], f1, l1) && site_is(&f["other"], f2, l2))
-                || (site_is(&f["op"], f2, l2) && site_is(&f["other"], f1, l1))
+            (f.op.at(f1, l1) && f.other.at(f2, l2)) || (f.op.at(f2, l2) && f.other.at(f1, l1))
         })
         .with_context(|| format!("no {kind} between {f1}:{l1} and {f2}:{l2}: {ctx}"))?;
-    ensure!(f["count"].as_u64().unwrap_or(0) >= 1, "{kind} count: {ctx}");
-    ensure!(
-        f["map"].as_str().is_some_and(|m| m.starts_with("0x")),
-        "{ctx}"
-    );
-    let (ga, gb) = (
-        f["op"]["goroutine"].as_u64(),
-        f["other"]["goroutine"].as_u64(),
-    );
+    ensure!(f.count >= 1, "{kind} count: {ctx}");
+    ensure!(f.map.starts_with("0x"), "{ctx}");
+    let (ga, gb) = (f.op.goroutine, f.other.goroutine);
     ensure!(
         ga.is_some() && gb.is_some() && ga != gb,
         "goroutines {ga:?} / {gb:?}: {ctx}"
     );
-    ensure!(
-        f["first_seen_ns"].as_u64() <= f["last_seen_ns"].as_u64(),
-        "{ctx}"
-    );
+    ensure!(f.first_seen_ns <= f.last_seen_ns, "{ctx}");
     Ok(())
 }
 
 #[test]
 fn concurrent_writers_are_found_in_deep_mode() -> Result<()> {
-    if !privileged_tests_enabled("maps_writers") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     let line = marker_line("maps", "// WRITESITE")?;
     for (tc, variant) in builds_with_noswiss()? {
@@ -155,9 +132,7 @@ fn concurrent_writers_are_found_in_deep_mode() -> Result<()> {
 
 #[test]
 fn runtime_crash_is_reported_with_message_and_call_site() -> Result<()> {
-    if !privileged_tests_enabled("maps_crash") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     let line = marker_line("maps", "// WRITESITE")?;
     for (tc, variant) in builds_with_noswiss()? {
@@ -171,7 +146,8 @@ fn runtime_crash_is_reported_with_message_and_call_site() -> Result<()> {
         // Usually one goroutine dies; two writers can both see the flag and
         // enter the fatal path before the process is gone. Each is reported
         // once (one finding per goroutine), never duplicated.
-        let fatal = findings(&report, "map_fatal");
+        let typed = Report::parse(&report)?;
+        let fatal = typed.map_fatals()?;
         ensure!(
             (1..=2).contains(&fatal.len()),
             "{} map_fatal findings: {ctx}",
@@ -179,15 +155,21 @@ fn runtime_crash_is_reported_with_message_and_call_site() -> Result<()> {
         );
         let mut goroutines = std::collections::HashSet::new();
         for f in &fatal {
-            ensure!(f["message"] == "concurrent map writes", "message: {ctx}");
-            ensure!(site_is(f, "main.writer", line), "site {}: {ctx}", f["site"]);
-            let g = f["goroutine"].as_u64().unwrap_or(0);
+            ensure!(f.message == "concurrent map writes", "message: {ctx}");
+            ensure!(
+                f.site
+                    .as_ref()
+                    .is_some_and(|s| s.function == "main.writer" && s.line == line),
+                "site {:?}: {ctx}",
+                f.site
+            );
+            let g = f.goroutine.with_context(|| format!("goroutine: {ctx}"))?;
             ensure!(g > 1, "goroutine: {ctx}");
             ensure!(goroutines.insert(g), "goroutine {g} reported twice: {ctx}");
         }
         // Always-on tier: no per-operation probes, so no overlap findings.
         ensure!(
-            findings(&report, "concurrent_map_write").is_empty(),
+            typed.findings_of_kind("concurrent_map_write").is_empty(),
             "overlaps without --maps deep: {ctx}"
         );
         ensure!(
@@ -200,9 +182,7 @@ fn runtime_crash_is_reported_with_message_and_call_site() -> Result<()> {
 
 #[test]
 fn iteration_during_write_is_found() -> Result<()> {
-    if !privileged_tests_enabled("maps_iterwrite") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     let (iter_line, write_line) = (
         marker_line("maps", "// ITERSITE")?,
@@ -224,9 +204,7 @@ fn iteration_during_write_is_found() -> Result<()> {
 
 #[test]
 fn unlocked_read_during_write_is_found() -> Result<()> {
-    if !privileged_tests_enabled("maps_readwrite") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     let (read_line, write_line) = (
         marker_line("maps", "// READSITE")?,
@@ -246,29 +224,9 @@ fn unlocked_read_during_write_is_found() -> Result<()> {
     Ok(())
 }
 
-/// Operations of `kind` made from a call site in `func`, over all maps.
-fn op_count(report: &Value, func: &str, kind: &str) -> u64 {
-    let mut n = 0;
-    for m in report["maps"].as_array().into_iter().flatten() {
-        for o in m["ops"].as_array().into_iter().flatten() {
-            if o["kind"] != kind {
-                continue;
-            }
-            for s in o["top_sites"].as_array().into_iter().flatten() {
-                if s["site"]["function"] == func {
-                    n += s["count"].as_u64().unwrap_or(0);
-                }
-            }
-        }
-    }
-    n
-}
-
 #[test]
 fn rwmutex_protected_map_has_no_findings() -> Result<()> {
-    if !privileged_tests_enabled("maps_rwlocked") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     const N: u64 = 300;
     for tc in classic_and_swiss()? {
@@ -290,14 +248,14 @@ fn rwmutex_protected_map_has_no_findings() -> Result<()> {
         );
         // The probes did see every operation: two readers and two writers, N each.
         ensure!(
-            op_count(&report, "main.lockedReader", "read") == 2 * N,
+            Report::parse(&report)?.op_count("main.lockedReader", "read") == 2 * N,
             "reads {}: {ctx}",
-            op_count(&report, "main.lockedReader", "read")
+            Report::parse(&report)?.op_count("main.lockedReader", "read")
         );
         ensure!(
-            op_count(&report, "main.lockedWriter", "write") == 2 * N,
+            Report::parse(&report)?.op_count("main.lockedWriter", "write") == 2 * N,
             "writes {}: {ctx}",
-            op_count(&report, "main.lockedWriter", "write")
+            Report::parse(&report)?.op_count("main.lockedWriter", "write")
         );
     }
     Ok(())
@@ -305,9 +263,7 @@ fn rwmutex_protected_map_has_no_findings() -> Result<()> {
 
 #[test]
 fn writes_are_counted_exactly() -> Result<()> {
-    if !privileged_tests_enabled("maps_count") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     const N: u64 = 10_000;
     let line = marker_line("maps", "// COUNTSITE")?;
@@ -338,7 +294,9 @@ fn writes_are_counted_exactly() -> Result<()> {
         );
         ensure!(report["map_op_hits"].as_u64() >= Some(N), "{ctx}");
         ensure!(
-            findings(&report, "concurrent_map_write").is_empty(),
+            Report::parse(&report)?
+                .findings_of_kind("concurrent_map_write")
+                .is_empty(),
             "{ctx}"
         );
     }
@@ -347,9 +305,7 @@ fn writes_are_counted_exactly() -> Result<()> {
 
 #[test]
 fn growth_to_a_million_entries_is_counted() -> Result<()> {
-    if !privileged_tests_enabled("maps_grow") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     const N: u64 = 1_000_000;
     let line = marker_line("maps", "// GROWSITE")?;
@@ -469,9 +425,7 @@ fn noswissmap_builds_are_analysed_as_classic_maps() -> Result<()> {
 /// reliably: without probes slowing it the runtime kills it within ms.)
 #[test]
 fn attach_deep_to_running_process_has_no_false_findings() -> Result<()> {
-    if !privileged_tests_enabled("maps_attach") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     for tc in classic_and_swiss()? {
         let bin = build_fixture(&tc, "maps", Variant::Plain)?;
@@ -510,8 +464,14 @@ fn attach_deep_to_running_process_has_no_false_findings() -> Result<()> {
             .filter(|f| f["kind"].as_str().is_some_and(|k| k.contains("map")))
             .collect();
         ensure!(map_findings.is_empty(), "false findings: {ctx}");
-        ensure!(op_count(&report, "main.lockedReader", "read") > 0, "{ctx}");
-        ensure!(op_count(&report, "main.lockedWriter", "write") > 0, "{ctx}");
+        ensure!(
+            Report::parse(&report)?.op_count("main.lockedReader", "read") > 0,
+            "{ctx}"
+        );
+        ensure!(
+            Report::parse(&report)?.op_count("main.lockedWriter", "write") > 0,
+            "{ctx}"
+        );
     }
     Ok(())
 }
@@ -521,9 +481,7 @@ fn attach_deep_to_running_process_has_no_false_findings() -> Result<()> {
 /// runtime's and standard library's own map operations are not probed.
 #[test]
 fn call_site_probes_cover_only_the_chosen_package() -> Result<()> {
-    if !privileged_tests_enabled("maps_sites") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     const N: u64 = 10_000;
     let (count_line, write_line) = (
@@ -570,7 +528,10 @@ fn call_site_probes_cover_only_the_chosen_package() -> Result<()> {
                 .is_some_and(|f| f.split(", ").all(|s| s.starts_with("main."))),
             "{ctx}"
         );
-        ensure!(op_count(&report, "main.countWrites", "write") == N, "{ctx}");
+        ensure!(
+            Report::parse(&report)?.op_count("main.countWrites", "write") == N,
+            "{ctx}"
+        );
         ensure!(
             report["map_op_hits"].as_u64() == Some(N),
             "only main's calls: {ctx}"

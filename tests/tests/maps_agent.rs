@@ -20,7 +20,9 @@ use serde_json::Value;
 use tracer_tests::{
     GoToolchain, Variant,
     agent::{AgentProc, process_report},
-    build_fixture, classic_and_swiss, privileged_tests_enabled, serial,
+    build_fixture, classic_and_swiss, privileged_test,
+    report::Report,
+    serial,
 };
 
 const RUNS: usize = 20;
@@ -98,32 +100,13 @@ fn is_map_finding(kind: &str) -> bool {
     kind.contains("map") || kind == "runtime_fatal"
 }
 
-/// Deep-tier operations of `kind` made from a call site in `func`.
-fn op_count(report: &Value, func: &str, kind: &str) -> u64 {
-    let mut n = 0;
-    for m in report["maps"].as_array().into_iter().flatten() {
-        for o in m["ops"].as_array().into_iter().flatten() {
-            if o["kind"] != kind {
-                continue;
-            }
-            for s in o["top_sites"].as_array().into_iter().flatten() {
-                if s["site"]["function"] == func {
-                    n += s["count"].as_u64().unwrap_or(0);
-                }
-            }
-        }
-    }
-    n
-}
-
 /// Calls of `method` on the sync.Map at `addr`.
-fn sync_calls(report: &Value, addr: &str, method: &str) -> u64 {
-    report["sync_maps"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|r| r["address"] == addr)
-        .map(|r| r["calls"][method].as_u64().unwrap_or(0))
+fn sync_calls(report: &Report, addr: &str, method: &str) -> u64 {
+    report
+        .sync_maps
+        .iter()
+        .filter(|r| r.address == addr)
+        .map(|r| r.calls_of(method))
         .sum()
 }
 
@@ -236,10 +219,11 @@ fn zero_findings_over_runs(tc: &GoToolchain) -> Result<()> {
             .and_then(|a| a.iter().find(|p| p["feature"] == "map_ops"))
             .with_context(|| format!("{ctx}: no deep map probes: {r:#}"))?;
         ensure!(probes["status"] == "attached", "{ctx}: {probes}");
+        let typed = Report::parse(r)?;
         match *mode {
             "rwlocked" => {
-                let reads = op_count(r, "main.lockedReader", "read");
-                let writes = op_count(r, "main.lockedWriter", "write");
+                let reads = typed.op_count("main.lockedReader", "read");
+                let writes = typed.op_count("main.lockedWriter", "write");
                 ensure!(
                     reads == 2 * N && writes == 2 * N,
                     "{ctx}: {reads} reads, {writes} writes traced (fixture: {} each)",
@@ -248,14 +232,14 @@ fn zero_findings_over_runs(tc: &GoToolchain) -> Result<()> {
             }
             _ => {
                 // Stores: the writers' 2N and main's 64 prefill stores.
-                let loads = sync_calls(r, &sm, "Load");
-                let stores = sync_calls(r, &sm, "Store/Swap");
+                let loads = sync_calls(&typed, &sm, "Load");
+                let stores = sync_calls(&typed, &sm, "Store/Swap");
                 ensure!(
                     loads == 2 * N && stores == 2 * N + 64,
-                    "{ctx}: {loads} Loads, {stores} Stores on main.sm at {sm} traced (fixture: {} and {}): {}",
+                    "{ctx}: {loads} Loads, {stores} Stores on main.sm at {sm} traced (fixture: {} and {}): {:?}",
                     2 * N,
                     2 * N + 64,
-                    r["sync_maps"]
+                    typed.sync_maps
                 );
             }
         }
@@ -265,9 +249,7 @@ fn zero_findings_over_runs(tc: &GoToolchain) -> Result<()> {
 
 #[test]
 fn synchronised_maps_have_zero_findings_over_20_agent_runs() -> Result<()> {
-    if !privileged_tests_enabled("maps_agent_zero_findings") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = serial();
     for tc in classic_and_swiss()? {
         zero_findings_over_runs(&tc)?;

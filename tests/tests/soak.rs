@@ -31,9 +31,13 @@ use std::{
 
 use anyhow::{Context, Result, bail, ensure};
 use tracer_tests::{
-    Variant, build_fixture, go_toolchains,
-    net::{KillOnDrop, free_addr, http_get},
-    privileged_tests_enabled, tracer_bin,
+    Variant,
+    agent::{agent_command, wait_ready},
+    build_fixture, go_toolchains,
+    net::{free_addr, http_get},
+    privileged_test,
+    process::{KillOnDrop, read_log, terminate},
+    procfs::rss_kb,
 };
 use tracer_user::top::source::{Addr, connect};
 
@@ -41,15 +45,6 @@ const BINARIES: usize = 50;
 const RSS_LIMIT: u64 = 128 << 20;
 const ANSWER_LIMIT: Duration = Duration::from_secs(1);
 const WATCHERS: usize = 100;
-
-fn rss_of(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map_or(0, |kb| kb * 1024)
-}
 
 /// Raises this process's open-file limit to its hard limit, for the
 /// connection flood.
@@ -247,9 +242,7 @@ fn copies(fixture: &Path, dir: &Path) -> Result<Vec<PathBuf>> {
 #[test]
 #[ignore = "run by `cargo xtask soak`; fails today (RSS and Info under the flood), see the header"]
 fn agent_soak_keeps_memory_bounded_and_answers_promptly() -> Result<()> {
-    if !privileged_tests_enabled("agent_soak") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     let secs: u64 = std::env::var("TRACER_SOAK_SECS")
         .ok()
@@ -276,27 +269,19 @@ fn agent_soak_keeps_memory_bounded_and_answers_promptly() -> Result<()> {
     let log = dir.join("agent.log");
     let dir_arg = format!("{}/", dir.display());
     let mut agent = KillOnDrop(
-        Command::new(tracer_bin()?)
-            .args(["agent", "--unix-socket"])
+        agent_command(&log)?
+            .arg("--unix-socket")
             .arg(&socket)
             .args(["--metrics-listen", &metrics.to_string()])
             .args(["--exe", &dir_arg])
             .env("TRACER_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log)?)
             .spawn()
             .context("starting tracer agent")?,
     );
     let agent_pid = agent.0.id();
-    let read_log = || std::fs::read_to_string(&log).unwrap_or_default();
+    let read_log = || read_log(&log);
     let t0 = Instant::now();
-    while http_get(metrics, "/readyz").is_none_or(|(c, _)| c != 200) {
-        if let Some(st) = agent.0.try_wait()? {
-            bail!("agent exited ({st}):\n{}", read_log());
-        }
-        ensure!(t0.elapsed() < Duration::from_secs(30), "agent not ready");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_ready(&mut agent.0, metrics, read_log)?;
 
     let stop = Arc::new(AtomicBool::new(false));
     let seen = Arc::new(Seen::default());
@@ -327,7 +312,7 @@ fn agent_soak_keeps_memory_bounded_and_answers_promptly() -> Result<()> {
         if let Some(st) = agent.0.try_wait()? {
             bail!("agent died ({st}) during the soak:\n{}", read_log());
         }
-        let rss = rss_of(agent_pid);
+        let rss = rss_kb(agent_pid).map_or(0, |kb| kb * 1024);
         max_rss = max_rss.max(rss);
         if rss > RSS_LIMIT {
             failures.push(format!("RSS {rss} at {:?}", t0.elapsed()));
@@ -350,18 +335,8 @@ fn agent_soak_keeps_memory_bounded_and_answers_promptly() -> Result<()> {
     let _ = rt.block_on(watch);
 
     let stop_t = Instant::now();
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(agent_pid as i32, libc::SIGTERM) };
-    let status = loop {
-        if let Some(st) = agent.0.try_wait()? {
-            break st;
-        }
-        ensure!(
-            stop_t.elapsed() < Duration::from_secs(240),
-            "agent still stopping after 240 s"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = terminate(&mut agent.0, Duration::from_secs(240), read_log)
+        .context("stopping the agent")?;
     let g = |a: &AtomicU64| a.load(Ordering::Relaxed);
     println!(
         "soak {secs}s: {} processes started, {} crashed; watch messages {}, watch errors {}; max agent RSS {:.1} MiB; max /metrics {:?}, max Info {:?}; stop took {:.1}s",

@@ -8,14 +8,15 @@
 use std::process::Command;
 
 use anyhow::{Context, Result, ensure};
-use serde_json::Value;
 use tracer_tests::{
-    GoToolchain, Variant, build_fixture, classic_and_swiss, privileged_tests_enabled, run_tracer,
+    GoToolchain, Variant, build_fixture, classic_and_swiss, privileged_test,
+    report::{Report, SyncMapRow},
+    run_tracer,
 };
 
 /// Runs the fixture under `tracer run --maps deep` and returns the
 /// `sync_maps` row of `main.m`, and a context string for failures.
-fn run_mode(tc: &GoToolchain, mode: &str, n: u64) -> Result<(Value, String)> {
+fn run_mode(tc: &GoToolchain, mode: &str, n: u64) -> Result<(SyncMapRow, String)> {
     let bin = build_fixture(tc, "syncmap", Variant::Plain)?;
     let nm = Command::new(&tc.go)
         .args(["tool", "nm"])
@@ -63,65 +64,47 @@ fn run_mode(tc: &GoToolchain, mode: &str, n: u64) -> Result<(Value, String)> {
         probe["status"] == "attached",
         "sync_map probes: {probe}: {ctx}"
     );
-    let row = report["sync_maps"]
-        .as_array()
-        .and_then(|a| a.iter().find(|r| r["address"] == addr.as_str()))
-        .cloned()
+    let row = Report::parse(&report)?
+        .sync_maps
+        .into_iter()
+        .find(|r| r.address == addr)
         .with_context(|| format!("no sync_maps row for main.m at {addr}: {ctx}"))?;
-    let ctx = format!("{ctx}\nrow: {row}");
+    let ctx = format!("{ctx}\nrow: {row:?}");
     Ok((row, ctx))
-}
-
-fn calls(row: &Value, method: &str) -> u64 {
-    row["calls"][method].as_u64().unwrap_or(0)
 }
 
 #[test]
 fn balanced_use_gets_rwmutex_advice() -> Result<()> {
-    if !privileged_tests_enabled("syncmap_balanced") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     for tc in classic_and_swiss()? {
         let (row, ctx) = run_mode(&tc, "balanced", 2000)?;
         // Two goroutines, 1,000 calls each, every other one a Store.
-        ensure!(calls(&row, "Load") == 1000, "{ctx}");
-        ensure!(calls(&row, "Store/Swap") == 1000, "{ctx}");
-        ensure!(row["reads"] == 1000 && row["writes"] == 1000, "{ctx}");
-        ensure!(row["read_share"].as_f64() == Some(0.5), "{ctx}");
-        ensure!(row["advice_kind"] == "balanced", "{ctx}");
-        ensure!(
-            row["advice"]
-                .as_str()
-                .is_some_and(|a| a.contains("RWMutex")),
-            "{ctx}"
-        );
+        ensure!(row.calls_of("Load") == 1000, "{ctx}");
+        ensure!(row.calls_of("Store/Swap") == 1000, "{ctx}");
+        ensure!(row.reads == 1000 && row.writes == 1000, "{ctx}");
+        ensure!(row.read_share == Some(0.5), "{ctx}");
+        ensure!(row.advice_kind == "balanced", "{ctx}");
+        ensure!(row.advice.contains("RWMutex"), "{ctx}");
     }
     Ok(())
 }
 
 #[test]
 fn read_mostly_use_gets_sync_map_advice() -> Result<()> {
-    if !privileged_tests_enabled("syncmap_read_mostly") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     for tc in classic_and_swiss()? {
         let (row, ctx) = run_mode(&tc, "readmostly", 2000)?;
         // 64 prefill Stores, then 99 Loads and 1 Store per 100 calls.
-        ensure!(calls(&row, "Load") == 1980, "{ctx}");
-        ensure!(calls(&row, "Store/Swap") == 64 + 20, "{ctx}");
-        ensure!(row["advice_kind"] == "read_mostly", "{ctx}");
-        ensure!(
-            row["advice"]
-                .as_str()
-                .is_some_and(|a| a.contains("sync.Map fits")),
-            "{ctx}"
-        );
+        ensure!(row.calls_of("Load") == 1980, "{ctx}");
+        ensure!(row.calls_of("Store/Swap") == 64 + 20, "{ctx}");
+        ensure!(row.advice_kind == "read_mostly", "{ctx}");
+        ensure!(row.advice.contains("sync.Map fits"), "{ctx}");
         // The classic implementation's slow path is visible: the first loads
         // miss the read-only part until the dirty map is promoted.
         if !tc.swiss_maps() {
-            ensure!(calls(&row, "missLocked") >= 1, "{ctx}");
+            ensure!(row.calls_of("missLocked") >= 1, "{ctx}");
         }
     }
     Ok(())
@@ -129,9 +112,7 @@ fn read_mostly_use_gets_sync_map_advice() -> Result<()> {
 
 #[test]
 fn every_method_is_counted_once() -> Result<()> {
-    if !privileged_tests_enabled("syncmap_every") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     for tc in classic_and_swiss()? {
         let (row, ctx) = run_mode(&tc, "every", 0)?;
@@ -144,24 +125,22 @@ fn every_method_is_counted_once() -> Result<()> {
             ("CompareAndDelete", 1),
             ("Range", 1),
         ] {
-            ensure!(calls(&row, method) == n, "{method} != {n}: {ctx}");
+            ensure!(row.calls_of(method) == n, "{method} != {n}: {ctx}");
         }
-        ensure!(row["advice_kind"] == "too_few_calls", "{ctx}");
+        ensure!(row.advice_kind == "too_few_calls", "{ctx}");
     }
     Ok(())
 }
 
 #[test]
 fn range_heavy_use_is_flagged() -> Result<()> {
-    if !privileged_tests_enabled("syncmap_range") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     for tc in classic_and_swiss()? {
         let (row, ctx) = run_mode(&tc, "range", 500)?;
-        ensure!(calls(&row, "Range") == 500, "{ctx}");
-        ensure!(calls(&row, "Load") == 500, "{ctx}");
-        ensure!(row["advice_kind"] == "range_heavy", "{ctx}");
+        ensure!(row.calls_of("Range") == 500, "{ctx}");
+        ensure!(row.calls_of("Load") == 500, "{ctx}");
+        ensure!(row.advice_kind == "range_heavy", "{ctx}");
     }
     Ok(())
 }

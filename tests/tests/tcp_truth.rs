@@ -4,12 +4,15 @@
 //! exchanges (checked against `ss -tin`), a connection still open when `tracer attach`
 //! reports, and a flood of short connections under `tracer run` (evictions
 //! accounted for, tracer's memory bounded).
+//!
+//! Longer than ~600 lines: each test sets up its own kernel-side truth (veth
+//! loss, delayed ACKs, a flood); the namespace plumbing is in
+//! `tracer_tests::netns`.
 
 use std::{
     io::{BufRead, BufReader, Read, Write},
     net::{SocketAddr, TcpListener, TcpStream},
     os::fd::AsRawFd,
-    path::PathBuf,
     process::{Command, Stdio},
     sync::mpsc,
     thread,
@@ -18,144 +21,17 @@ use std::{
 
 use anyhow::{Context, Result, bail, ensure};
 use tracer_tests::{
-    Variant,
     agent::{AgentProc, process_report},
-    build_fixture, go_toolchains, privileged_tests_enabled, tracer_bin,
+    build_newest,
+    netns::{VethPair, enter_netns},
+    privileged_test,
+    procfs::status_kb,
+    tracer_bin,
 };
 use tracer_user::{
     ebpf::Tracer,
     tcp::{FlowReport, RttMode, TcpReport, TcpTracing, attach_tcp, attach_tcp_opts, hook_order},
 };
-
-/// Runs `cmd ARGS`, failing with its stderr; returns stdout.
-fn sh(cmd: &str, args: &[&str]) -> Result<String> {
-    let out = Command::new(cmd)
-        .args(args)
-        .output()
-        .with_context(|| format!("running {cmd}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd} {} failed: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-/// Two namespaces joined by a veth pair, deleted however the test ends.
-struct VethPair {
-    a: &'static str,
-    b: &'static str,
-    dev_b: &'static str,
-    addr_b: String,
-}
-
-impl VethPair {
-    /// `a` (10.N.0.1 on `dev_a`) and `b` (10.N.0.2).
-    fn create(
-        a: &'static str,
-        b: &'static str,
-        dev_a: &'static str,
-        dev_b: &'static str,
-        subnet: u8,
-    ) -> Result<Self> {
-        for ns in [a, b] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-            sh("ip", &["netns", "add", ns])?;
-        }
-        let pair = VethPair {
-            a,
-            b,
-            dev_b,
-            addr_b: format!("10.{subnet}.0.2"),
-        };
-        sh(
-            "ip",
-            &[
-                "link", "add", dev_a, "netns", a, "type", "veth", "peer", "name", dev_b, "netns", b,
-            ],
-        )?;
-        let (ca, cb) = (format!("10.{subnet}.0.1/24"), format!("10.{subnet}.0.2/24"));
-        sh("ip", &["-n", a, "addr", "add", &ca, "dev", dev_a])?;
-        sh("ip", &["-n", b, "addr", "add", &cb, "dev", dev_b])?;
-        for (ns, dev) in [(a, dev_a), (b, dev_b)] {
-            sh("ip", &["-n", ns, "link", "set", dev, "up"])?;
-            sh("ip", &["-n", ns, "link", "set", "lo", "up"])?;
-        }
-        Ok(pair)
-    }
-
-    /// Drops about 30% of what namespace `b` receives on its veth (this kernel
-    /// has no netem, nor gact/police actions): a classic-BPF classifier on
-    /// the `clsact` ingress hook matches when `ld rand` is ≥ 0.7·2³², and the
-    /// match is redirected to a veth that is down, which drops it. Dropping at
-    /// the receiver matters: a drop in the sender's own egress path is
-    /// reported to TCP, which sends the segment again as new data, not as a
-    /// retransmit.
-    fn start_loss(&self) -> Result<()> {
-        let _ = Command::new("ip")
-            .args(["-n", self.b, "link", "add", "trdrop0", "type", "veth"])
-            .args(["peer", "name", "trdrop1"])
-            .output();
-        sh(
-            "tc",
-            &["-n", self.b, "qdisc", "add", "dev", self.dev_b, "clsact"],
-        )?;
-        // ld [SKF_AD_OFF + SKF_AD_RANDOM]; jge #0.7*2^32; ret -1 (match); ret 0.
-        let prog = "4,32 0 0 4294963256,53 0 1 3006477107,6 0 0 4294967295,6 0 0 0";
-        sh(
-            "tc",
-            &[
-                "-n", self.b, "filter", "add", "dev", self.dev_b, "ingress", "bpf", "bytecode",
-                prog, "action", "mirred", "egress", "redirect", "dev", "trdrop0",
-            ],
-        )
-        .map(|_| ())
-    }
-
-    fn stop_loss(&self) -> Result<()> {
-        sh(
-            "tc",
-            &["-n", self.b, "qdisc", "del", "dev", self.dev_b, "clsact"],
-        )
-        .map(|_| ())
-    }
-
-    /// `ss -tin` in namespace `a` for the connection from local port `port`.
-    fn ss_info(&self, port: u16) -> Result<String> {
-        let filter = format!("sport = :{port}");
-        sh("ip", &["netns", "exec", self.a, "ss", "-tinH", &filter])
-    }
-
-    /// `Tcp: RetransSegs` of namespace `a` (/proc/net follows the reader's netns).
-    fn retrans_segs(&self) -> Result<u64> {
-        let snmp = sh("ip", &["netns", "exec", self.a, "cat", "/proc/net/snmp"])?;
-        tracer_tests::retrans_segs_of(&snmp)
-    }
-}
-
-impl Drop for VethPair {
-    fn drop(&mut self) {
-        for ns in [self.a, self.b] {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-        }
-    }
-}
-
-/// Moves the calling thread into network namespace `ns`.
-fn enter_netns(ns: &str) -> Result<()> {
-    let f = std::fs::File::open(format!("/run/netns/{ns}")).context("opening netns")?;
-    const CLONE_NEWNET: i32 = 0x4000_0000;
-    unsafe extern "C" {
-        fn setns(fd: i32, nstype: i32) -> i32;
-    }
-    // SAFETY: valid fd of a network namespace; affects only this thread.
-    if unsafe { setns(f.as_raw_fd(), CLONE_NEWNET) } != 0 {
-        bail!("setns {ns}: {}", std::io::Error::last_os_error());
-    }
-    Ok(())
-}
 
 /// A server thread in namespace `ns` on `addr`: accepts one connection and
 /// runs `serve` on it. Returns once it listens.
@@ -238,9 +114,7 @@ fn ss_field<'a>(info: &'a str, key: &str) -> Option<&'a str> {
 /// byte counts must still be exact.
 #[test]
 fn retransmits_provoked_by_loss_match_the_kernel() -> Result<()> {
-    if !privileged_tests_enabled("tcp_retransmits") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     let pid = std::process::id();
     let net = VethPair::create("tracer-rtx-a", "tracer-rtx-b", "trrtx0", "trrtx1", 214)?;
@@ -384,9 +258,7 @@ fn slot(us: u64) -> u32 {
 /// sends here, so the latest is up to ~1 s old) and per received segment.
 #[test]
 fn rtt_matches_ss_for_the_same_socket() -> Result<()> {
-    if !privileged_tests_enabled("tcp_rtt") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     for mode in [RttMode::Calls, RttMode::Segments] {
         rtt_vs_ss(mode).with_context(|| format!("RTT mode {mode:?}"))?;
@@ -491,13 +363,6 @@ fn rtt_vs_ss(mode: RttMode) -> Result<()> {
     Ok(())
 }
 
-fn tcpload() -> Result<PathBuf> {
-    let tc = go_toolchains()?
-        .pop()
-        .context("no Go toolchain installed")?;
-    build_fixture(&tc, "tcpload", Variant::Plain)
-}
-
 /// BPF link fds of `pid` (each attached probe or tracepoint holds one).
 fn link_fds(pid: u32) -> usize {
     std::fs::read_dir(format!("/proc/{pid}/fd"))
@@ -517,11 +382,9 @@ fn link_fds(pid: u32) -> usize {
 /// the fixture says it sent so far, on both sides.
 #[test]
 fn long_lived_flow_is_reported_open_with_bytes_so_far() -> Result<()> {
-    if !privileged_tests_enabled("tcp_live") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
-    let bin = tcpload()?;
+    let bin = build_newest("tcpload")?;
     let mut child = Command::new(&bin)
         .args(["-mode", "hold", "-chunk", "10000", "-chunks", "15"])
         .args(["-every", "20ms"])
@@ -610,32 +473,17 @@ fn long_lived_flow_is_reported_open_with_bytes_so_far() -> Result<()> {
     result
 }
 
-/// kB value of `key` in /proc/PID/status.
-fn status_kb(pid: u32, key: &str) -> Option<u64> {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()?
-        .lines()
-        .find_map(|l| l.strip_prefix(key))?
-        .trim()
-        .trim_end_matches("kB")
-        .trim()
-        .parse()
-        .ok()
-}
-
 /// 20 000 short connections (client and server in the traced Go process, so
 /// 40 000 flows) under `tracer run`: more than the kernel's closed-flow ring
 /// buffer holds, so only draining it during the run keeps them all. tracer
 /// must survive with bounded memory and report every flow, byte-exact.
 #[test]
 fn connection_flood_is_accounted_with_bounded_memory() -> Result<()> {
-    if !privileged_tests_enabled("tcp_flood") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     const CONNS: u64 = 20_000;
     const REQ: u64 = 100;
-    let bin = tcpload()?;
+    let bin = build_newest("tcpload")?;
     let report = std::env::temp_dir().join(format!("tracer-tcp-flood-{}.json", std::process::id()));
     let t0 = Instant::now();
     let mut tracer = Command::new(tracer_bin()?)
@@ -659,7 +507,7 @@ fn connection_flood_is_accounted_with_bounded_memory() -> Result<()> {
     });
     let mut peak_kb = 0;
     while tracer.try_wait()?.is_none() {
-        if let Some(kb) = status_kb(tpid, "VmHWM:") {
+        if let Ok(kb) = status_kb(tpid, "VmHWM") {
             peak_kb = kb;
         }
         if t0.elapsed() > Duration::from_secs(60) {
@@ -736,13 +584,11 @@ fn connection_flood_is_accounted_with_bounded_memory() -> Result<()> {
 /// the process's roll-ups, evicted or dropped.
 #[test]
 fn agent_survives_a_connection_flood_and_counts_evictions() -> Result<()> {
-    if !privileged_tests_enabled("tcp_agent_flood") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     const CONNS: u64 = 20_000;
     const REQ: u64 = 100;
-    let bin = tcpload()?;
+    let bin = build_newest("tcpload")?;
     let agent = AgentProc::start_offline(&["--refresh", "3s", "--exe", &bin.to_string_lossy()])?;
     let apid = agent.pid();
     let mut child = Command::new(&bin)
@@ -771,7 +617,7 @@ fn agent_survives_a_connection_flood_and_counts_evictions() -> Result<()> {
     let t0 = Instant::now();
     let mut peak_kb = 0;
     while child.try_wait()?.is_none() {
-        peak_kb = peak_kb.max(status_kb(apid, "VmHWM:").unwrap_or(0));
+        peak_kb = peak_kb.max(status_kb(apid, "VmHWM").unwrap_or(0));
         ensure!(
             t0.elapsed() < Duration::from_secs(60),
             "flood did not finish in 60 s"
@@ -785,7 +631,7 @@ fn agent_survives_a_connection_flood_and_counts_evictions() -> Result<()> {
     // Two refreshes after the exit: the last flows are collected and the
     // process's final report is built.
     thread::sleep(Duration::from_secs(7));
-    peak_kb = peak_kb.max(status_kb(apid, "VmHWM:").unwrap_or(0));
+    peak_kb = peak_kb.max(status_kb(apid, "VmHWM").unwrap_or(0));
     let report = agent.stop()?;
     let health = &report["snapshot"]["health"];
     let r = process_report(&report, pid).with_context(|| format!("pid {pid} not reported"))?;

@@ -9,27 +9,18 @@
 
 use std::{
     fs,
-    net::{TcpListener, TcpStream},
+    net::TcpStream,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
+    process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result, bail, ensure};
 use tracer_api::v1::{self as api, tracer_client::TracerClient};
 use tracer_tests::{
-    Variant, build_fixture, go_toolchains, marker_line, privileged_tests_enabled, tracer_bin,
+    Variant, build_fixture, go_toolchains, marker_line, net::free_port, privileged_test,
+    process::KillOnDrop, tracer_bin,
 };
-
-/// Kills and reaps a child on drop, so a failed assertion leaves nothing behind.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// A tmux server of our own (`-L`), so the test never touches the user's.
 struct Tmux {
@@ -147,10 +138,6 @@ impl Drop for Tmux {
     }
 }
 
-fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
-
 /// The screen line (index) of the table row whose PID column is `pid` and
 /// that mentions `needle`.
 fn row_line(screen: &str, pid: u32, needle: &str) -> Option<usize> {
@@ -169,7 +156,7 @@ fn is_race_row(line: &str, pid: u32) -> bool {
             || (line.contains("map_fatal") && line.contains("concurrent map writes")))
 }
 
-fn spawn(bin: &Path, args: &[&str], log: &Path) -> Result<Proc> {
+fn spawn(bin: &Path, args: &[&str], log: &Path) -> Result<KillOnDrop> {
     let out = fs::File::create(log)?;
     let err = out.try_clone()?;
     let child = Command::new(bin)
@@ -179,7 +166,7 @@ fn spawn(bin: &Path, args: &[&str], log: &Path) -> Result<Proc> {
         .stderr(err)
         .spawn()
         .with_context(|| format!("starting {}", bin.display()))?;
-    Ok(Proc(child))
+    Ok(KillOnDrop(child))
 }
 
 fn agent_log(dir: &Path) -> String {
@@ -229,9 +216,7 @@ async fn deep_trace(grpc: &str, pid: u32, timeout: Duration) -> Result<()> {
 
 #[test]
 fn top_shows_tabs_sorts_filters_and_a_race_finding() -> Result<()> {
-    if !privileged_tests_enabled("top") {
-        return Ok(());
-    }
+    privileged_test!();
     let _serial = tracer_tests::serial();
     let tc = go_toolchains()?
         .into_iter()
