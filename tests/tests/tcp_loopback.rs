@@ -26,7 +26,7 @@ use tracer_tests::{
     procfs::retrans_segs,
 };
 use tracer_user::{
-    probes::Tracer,
+    ebpf::Tracer,
     tcp::{AcceptWait, FlowReport, TcpReport, TcpTracing, attach_tcp},
 };
 

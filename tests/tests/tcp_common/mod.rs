@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::{Context, Result};
 use tracer_user::{
-    probes::Tracer,
+    ebpf::Tracer,
     tcp::{FlowReport, TcpReport, TcpTracing},
 };
 
