@@ -18,8 +18,7 @@ use tracer_tests::{Variant, build_fixture, go_toolchains, privileged_tests_enabl
 use tracer_user::{
     probes::Tracer,
     tcp::{
-        AcceptWait, FlowReport, Mechanism, RttMode, TcpReport, TcpTracing, attach_tcp,
-        attach_tcp_leaving, hook_order, rtt_mode,
+        AcceptWait, FlowReport, Mechanism, RttMode, TcpOptions, TcpReport, TcpTracing, attach_tcp,
     },
 };
 
@@ -48,8 +47,11 @@ fn serve(listener: TcpListener, n: usize) -> thread::JoinHandle<Result<()>> {
 /// (`--tcp-accept-wait syscalls`): this host has neither kprobes nor fentry,
 /// and the tests check the accept waits.
 fn attach(tracer: &mut Tracer, pids: &[u32]) -> Result<TcpTracing> {
-    tracer_user::tcp::set_accept_wait(AcceptWait::Syscalls);
-    attach_tcp(tracer, pids)
+    let opts = TcpOptions {
+        accept_wait: Some(AcceptWait::Syscalls),
+        ..TcpOptions::default()
+    };
+    attach_tcp(tracer, pids, &opts)
 }
 
 /// `tracer inspect --kernel --json [ARGS]`: the accept role's statuses.
@@ -886,7 +888,7 @@ fn go_fixture_flows_match_ground_truth() -> Result<()> {
         return Ok(());
     }
     let want = std::env::var("TRACER_TCP_EXPECT").ok();
-    go_fixture_check(None, want.as_deref(), rtt_mode(), &[])
+    go_fixture_check(None, want.as_deref(), TcpOptions::default().rtt(), &[])
 }
 
 /// The same ground truth with no hook on sockets being freed, as on a
@@ -972,13 +974,13 @@ fn go_fixture_check(
         .with_context(|| format!("starting {}", fixture.display()))?;
     let pid = child.id();
     let mut tracer = Tracer::load()?;
-    tracer_user::tcp::set_accept_wait(AcceptWait::Syscalls);
-    let attached = match order {
-        Some(o) => attach_tcp_leaving(&mut tracer, &[pid], o, rtt, unhooked),
-        None => {
-            hook_order().and_then(|o| attach_tcp_leaving(&mut tracer, &[pid], &o, rtt, unhooked))
-        }
+    let opts = TcpOptions {
+        hook_order: order.map(<[Mechanism]>::to_vec),
+        accept_wait: Some(AcceptWait::Syscalls),
+        rtt: Some(rtt),
+        unhooked: unhooked.iter().map(|r| r.to_string()).collect(),
     };
+    let attached = attach_tcp(&mut tracer, &[pid], &opts);
     let mut stdin = child.stdin.take().context("fixture stdin")?;
     let mut tcp = match attached {
         Ok(t) => t,

@@ -5,6 +5,7 @@
 pub mod agent;
 pub mod api;
 pub mod cgroup;
+pub mod cli;
 pub mod clock;
 pub mod commands;
 pub mod contention;
@@ -15,6 +16,7 @@ pub mod gobin;
 pub mod kernelfs;
 pub mod latency;
 pub mod maps;
+pub mod options;
 pub mod pods;
 pub mod privileges;
 pub mod probes;

@@ -31,7 +31,7 @@ use crate::{
     probes::{ProbeStatus, Scope, Tracer},
     procfs,
     report::{AnyFinding, Report},
-    session::{OutputOptions, STUCK_SCAN, Session},
+    session::{STUCK_SCAN, Session, TraceOptions},
     stuck::monotonic_ns,
     tcp::{
         TcpReport, TcpTracing, add_tcp_pid, attach_tcp,
@@ -126,8 +126,8 @@ pub struct AgentOptions {
     pub refresh: Duration,
     pub select: Selector,
     /// Per-process tracing choices (maps tier, holders, stuck threshold, TCP,
-    /// rate guard); the output fields are unused.
-    pub session: OutputOptions,
+    /// rate guard).
+    pub session: TraceOptions,
     /// Most processes traced at once; more are listed as failed.
     pub max_processes: usize,
     /// Pod names from the Kubernetes API, when running in a cluster.
@@ -329,7 +329,7 @@ impl Agent {
         privileges::warn_without_ptrace();
         let (job_tx, job_rx) = tokio::sync::mpsc::unbounded_channel();
         kernelfs::ensure_tracefs()?;
-        let mut shared = Tracer::load_sized(opts.session.tcp, SHARED_TABLES)
+        let mut shared = Tracer::load_sized(opts.session.tcp.is_some(), SHARED_TABLES)
             .context("loading the agent's node-wide eBPF programs")?;
         let events = ProcEvents::attach(&mut shared).context("process discovery")?;
         let mut hooks = vec![HookInfo {
@@ -338,8 +338,8 @@ impl Agent {
             status: "attached".into(),
             reason: Some("sched:sched_process_exec and sched:sched_process_exit".into()),
         }];
-        let tcp = if opts.session.tcp {
-            match attach_tcp(&mut shared, &[]) {
+        let tcp = if let Some(tcp_opts) = &opts.session.tcp {
+            match attach_tcp(&mut shared, &[], tcp_opts) {
                 Ok(t) => Some(t),
                 Err(e) => {
                     tracing::warn!("TCP flows not traced: {e:#}");
@@ -1173,7 +1173,7 @@ fn report_of(
 /// for every process (filtered to the traced pids in the kernel), or for
 /// `pid` alone when `per_process`.
 fn start_session(
-    opts: &OutputOptions,
+    opts: &TraceOptions,
     pid: u32,
     bin: Arc<GoBinary>,
     file: &std::fs::File,
@@ -1183,7 +1183,7 @@ fn start_session(
     let tracer = Tracer::load_sized(false, SESSION_TABLES)?;
     let mut opts = opts.clone();
     // Flows are traced node-wide by the shared object.
-    opts.tcp = false;
+    opts.tcp = None;
     Session::start(
         tracer,
         bin,
