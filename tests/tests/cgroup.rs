@@ -1,4 +1,4 @@
-//! `tracer_user::cgroup` against real kernel objects: real cgroups named the way
+//! `tracer_user::process::cgroup` against real kernel objects: real cgroups named the way
 //! the kubelet and containerd name them, a real process moved into them, and
 //! the kernel's own `/proc/PID/cgroup` and `/proc/PID/status` read back.
 //!
@@ -17,7 +17,7 @@ use std::{
 
 use anyhow::{Context, Result, bail, ensure};
 use tracer_tests::{privileged_tests_enabled, serial};
-use tracer_user::cgroup;
+use tracer_user::process::cgroup;
 
 /// A UUID from the kernel's generator: a fresh, realistic pod UID per run.
 fn kernel_uuid() -> Result<String> {

@@ -4,7 +4,6 @@
 //! later front ends (agent, top view) drive the same code.
 pub mod agent;
 pub mod api;
-pub mod cgroup;
 pub mod cli;
 pub mod clock;
 pub mod commands;
@@ -17,10 +16,9 @@ pub mod kernelfs;
 pub mod latency;
 pub mod maps;
 pub mod options;
-pub mod pods;
 pub mod privileges;
 pub mod probes;
-pub mod procfs;
+pub mod process;
 pub mod rate_guard;
 pub mod report;
 pub mod session;

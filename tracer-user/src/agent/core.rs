@@ -19,8 +19,8 @@ use super::{
     deep::{self, DeepTrace},
     discovery::{self, BinaryCache, FastIndex, FastTargets, Found, Kind, ProcEvents, Seen},
     hub::{
-        AgentInfo, Command, Health, HookInfo, HubWriter, Labels, NodeSnapshot, ProcState,
-        ProcessInfo, Refused,
+        AgentInfo, Command, Health, HookInfo, HubWriter, NodeSnapshot, ProcState, ProcessInfo,
+        Refused,
     },
 };
 use crate::{
@@ -29,7 +29,7 @@ use crate::{
     maps::MapsReport,
     privileges,
     probes::{ProbeStatus, Scope, Tracer},
-    procfs,
+    process::{Selector, procfs},
     report::{AnyFinding, Report},
     session::{STUCK_SCAN, Session, TraceOptions},
     stuck::monotonic_ns,
@@ -82,42 +82,6 @@ const SHARED_TABLES: &[(&str, u32)] = &[
     ("MAP_EVENTS", 4096),
 ];
 
-/// Which processes the agent traces; empty lists match everything, lists
-/// are ANDed.
-#[derive(Clone, Debug, Default)]
-pub struct Selector {
-    pub pids: Vec<u32>,
-    pub comms: Vec<String>,
-    /// Substrings of the executable path.
-    pub exes: Vec<String>,
-    pub containers: Vec<String>,
-    pub pods: Vec<String>,
-    pub namespaces: Vec<String>,
-}
-
-impl Selector {
-    pub fn matches(&self, pid: u32, comm: &str, exe: &str, labels: &Labels) -> bool {
-        let any = |list: &[String], f: &dyn Fn(&str) -> bool| {
-            list.is_empty() || list.iter().any(|s| f(s))
-        };
-        (self.pids.is_empty() || self.pids.contains(&pid))
-            && any(&self.comms, &|c| c == comm)
-            && any(&self.exes, &|e| exe.contains(e))
-            && any(&self.containers, &|c| {
-                labels
-                    .container_id
-                    .as_deref()
-                    .is_some_and(|id| id.starts_with(c))
-            })
-            && any(&self.pods, &|p| {
-                labels.pod_name.as_deref() == Some(p) || labels.pod_uid.as_deref() == Some(p)
-            })
-            && any(&self.namespaces, &|n| {
-                labels.namespace.as_deref() == Some(n)
-            })
-    }
-}
-
 /// Agent configuration.
 #[derive(Clone, Debug)]
 pub struct AgentOptions {
@@ -131,7 +95,7 @@ pub struct AgentOptions {
     /// Most processes traced at once; more are listed as failed.
     pub max_processes: usize,
     /// Pod names from the Kubernetes API, when running in a cluster.
-    pub pods: Option<crate::pods::PodIndex>,
+    pub pods: Option<crate::process::pods::PodIndex>,
 }
 
 /// How often `/proc` is rescanned, in case the kernel dropped exec events.
@@ -1352,35 +1316,5 @@ pub fn initial_info(node: &str) -> AgentInfo {
         btf: std::path::Path::new("/sys/kernel/btf/vmlinux").exists(),
         started_unix_ns: unix_now_ns(),
         hooks: vec![],
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn selector_ands_lists_and_ors_within() {
-        let labels = Labels {
-            container_id: Some("abcdef0123456789".into()),
-            pod_name: Some("web-1".into()),
-            namespace: Some("prod".into()),
-            ..Labels::default()
-        };
-        let all = Selector::default();
-        assert!(all.matches(1, "svc", "/bin/svc", &labels));
-        let s = Selector {
-            comms: vec!["svc".into(), "other".into()],
-            containers: vec!["abcdef012345".into()],
-            ..Selector::default()
-        };
-        assert!(s.matches(1, "svc", "/bin/svc", &labels));
-        assert!(!s.matches(1, "nope", "/bin/svc", &labels));
-        let ns = Selector {
-            namespaces: vec!["dev".into()],
-            ..Selector::default()
-        };
-        assert!(!ns.matches(1, "svc", "/bin/svc", &labels));
-        assert!(!ns.matches(1, "svc", "/bin/svc", &Labels::default()));
     }
 }

@@ -8,13 +8,14 @@ use anyhow::Result;
 
 use super::args::{AgentArgs, Cli, Export, Output, TopArgs};
 use crate::{
-    agent::core::{AgentOptions, Selector},
+    agent::core::AgentOptions,
     commands::{
         agent::{Frontends, default_node_name},
         top::TopOptions,
     },
     export::ExportOptions,
     options::{OutputOptions, TraceOptions},
+    process::Selector,
     tcp::{AcceptWait, RttMode, TcpOptions, hooks::parse_order},
 };
 

@@ -9,7 +9,7 @@ use crate::{
     gobin::GoBinary,
     kernelfs, privileges,
     probes::{Scope, Tracer},
-    procfs,
+    process::procfs,
     session::{OutputOptions, STUCK_SCAN, Session, TraceOptions},
 };
 

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
-use crate::{gobin::GoBinary, procfs};
+use crate::{gobin::GoBinary, process::procfs};
 
 pub fn inspect(binary: Option<&Path>, pid: Option<u32>, json: bool) -> Result<()> {
     let (bin, name) = match (binary, pid) {

@@ -8,10 +8,11 @@ use anyhow::{Context, Result};
 
 pub use crate::top::TopOptions;
 use crate::{
-    agent::core::{AgentOptions, Selector},
+    agent::core::AgentOptions,
     commands::agent::{default_node_name, spawn_embedded},
     maps::MapsMode,
     options::TraceOptions,
+    process::Selector,
     tcp::TcpOptions,
     top::{Addr, View},
 };
