@@ -10,6 +10,10 @@
 //!
 //! The watcher retries with backoff forever and only logs: losing the API
 //! server costs labels, never tracing.
+//!
+//! Over 600 lines with its tests: about half the file is the watch-protocol
+//! and relist cases (adds, deletions, deletes during a relist), partly against
+//! a fake API server.
 
 use std::{
     collections::HashMap,
