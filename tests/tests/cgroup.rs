@@ -1,4 +1,4 @@
-//! `tracer_user::cgroup` against real kernel objects: real cgroups named the way
+//! `tracer_user::process::cgroup` against real kernel objects: real cgroups named the way
 //! the kubelet and containerd name them, a real process moved into them, and
 //! the kernel's own `/proc/PID/cgroup` and `/proc/PID/status` read back.
 //!
@@ -21,7 +21,7 @@ use tracer_tests::{
     procfs::{cgroup2_mount, container_id, kernel_uuid},
     serial,
 };
-use tracer_user::cgroup;
+use tracer_user::process::cgroup;
 
 fn mount(args: &[&str], target: &Path) -> Result<()> {
     let out = Command::new("mount").args(args).arg(target).output()?;

@@ -26,8 +26,7 @@ use tracer_tests::{build_newest, privileged_test, procfs::retrans_segs};
 use tracer_user::{
     ebpf::Tracer,
     tcp::{
-        AcceptWait, FlowReport, Mechanism, RttMode, TcpReport, TcpTracing, attach_tcp_leaving,
-        hook_order, rtt_mode,
+        AcceptWait, FlowReport, Mechanism, RttMode, TcpOptions, TcpReport, TcpTracing, attach_tcp,
     },
 };
 
@@ -196,7 +195,7 @@ fn parse_truth(out: &str) -> Result<GoTruth> {
 fn go_fixture_flows_match_ground_truth() -> Result<()> {
     privileged_test!();
     let want = std::env::var("TRACER_TCP_EXPECT").ok();
-    go_fixture_check(None, want.as_deref(), rtt_mode(), &[])
+    go_fixture_check(None, want.as_deref(), TcpOptions::default().rtt(), &[])
 }
 
 /// The same ground truth with no hook on sockets being freed, as on a
@@ -280,13 +279,13 @@ fn go_fixture_check(
         .with_context(|| format!("starting {}", fixture.display()))?;
     let pid = child.id();
     let mut tracer = Tracer::load()?;
-    tracer_user::tcp::set_accept_wait(AcceptWait::Syscalls);
-    let attached = match order {
-        Some(o) => attach_tcp_leaving(&mut tracer, &[pid], o, rtt, unhooked),
-        None => {
-            hook_order().and_then(|o| attach_tcp_leaving(&mut tracer, &[pid], &o, rtt, unhooked))
-        }
+    let opts = TcpOptions {
+        hook_order: order.map(<[Mechanism]>::to_vec),
+        accept_wait: Some(AcceptWait::Syscalls),
+        rtt: Some(rtt),
+        unhooked: unhooked.iter().map(|r| r.to_string()).collect(),
     };
+    let attached = attach_tcp(&mut tracer, &[pid], &opts);
     let mut stdin = child.stdin.take().context("fixture stdin")?;
     let mut tcp = match attached {
         Ok(t) => t,

@@ -27,7 +27,7 @@ use tracer_tests::{
 };
 use tracer_user::{
     ebpf::Tracer,
-    tcp::{AcceptWait, FlowReport, TcpReport, TcpTracing, attach_tcp},
+    tcp::{AcceptWait, FlowReport, TcpOptions, TcpReport, TcpTracing, attach_tcp},
 };
 
 const CONNS: usize = 5;
@@ -55,8 +55,11 @@ fn serve(listener: TcpListener, n: usize) -> thread::JoinHandle<Result<()>> {
 /// (`--tcp-accept-wait syscalls`): this host has neither kprobes nor fentry,
 /// and the tests check the accept waits.
 fn attach(tracer: &mut Tracer, pids: &[u32]) -> Result<TcpTracing> {
-    tracer_user::tcp::set_accept_wait(AcceptWait::Syscalls);
-    attach_tcp(tracer, pids)
+    let opts = TcpOptions {
+        accept_wait: Some(AcceptWait::Syscalls),
+        ..TcpOptions::default()
+    };
+    attach_tcp(tracer, pids, &opts)
 }
 
 /// Runs `n` client exchanges to `addr`; returns each client's local address.

@@ -30,7 +30,7 @@ use tracer_tests::{
 };
 use tracer_user::{
     ebpf::Tracer,
-    tcp::{FlowReport, RttMode, TcpReport, TcpTracing, attach_tcp, attach_tcp_opts, hook_order},
+    tcp::{FlowReport, RttMode, TcpOptions, TcpReport, TcpTracing, attach_tcp},
 };
 
 /// A server thread in namespace `ns` on `addr`: accepts one connection and
@@ -132,7 +132,7 @@ fn retransmits_provoked_by_loss_match_the_kernel() -> Result<()> {
         Ok(n)
     })?;
     let mut tracer = Tracer::load()?;
-    let mut tcp = attach_tcp(&mut tracer, &[pid])?;
+    let mut tcp = attach_tcp(&mut tracer, &[pid], &TcpOptions::default())?;
     let segs_before = net.retrans_segs()?;
 
     let (tx, rx) = mpsc::channel::<u16>();
@@ -284,7 +284,11 @@ fn rtt_vs_ss(mode: RttMode) -> Result<()> {
         }
     })?;
     let mut tracer = Tracer::load()?;
-    let mut tcp = attach_tcp_opts(&mut tracer, &[pid], &hook_order()?, mode)?;
+    let opts = TcpOptions {
+        rtt: Some(mode),
+        ..TcpOptions::default()
+    };
+    let mut tcp = attach_tcp(&mut tracer, &[pid], &opts)?;
     let (tx, rx) = mpsc::channel::<u16>();
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
     let client = thread::spawn(move || -> Result<u64> {

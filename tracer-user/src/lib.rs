@@ -4,7 +4,7 @@
 //! later front ends (agent, top view) drive the same code.
 pub mod agent;
 pub mod api;
-pub mod cgroup;
+pub mod cli;
 pub mod clock;
 pub mod commands;
 pub mod datasyms;
@@ -16,9 +16,9 @@ pub mod kernelfs;
 pub mod latency;
 pub mod locks;
 pub mod maps;
-pub mod pods;
+pub mod options;
 pub mod privileges;
-pub mod procfs;
+pub mod process;
 pub mod report;
 pub mod session;
 pub mod symbols;

@@ -4,47 +4,22 @@
 
 use std::{
     io::{IsTerminal, Write},
-    path::{Path, PathBuf},
+    path::Path,
     sync::Arc,
     time::{Duration, Instant},
 };
 
 use anyhow::{Context, Result};
 
+pub use crate::options::{OutputOptions, TraceOptions};
 use crate::{
     ebpf::{ProbeStatus, Scope, Tracer, enable_bpf_stats},
     gobin::GoBinary,
     locks::{LockParts, LockTracing, read::LockTables},
-    maps::{MapsMode, MapsState},
+    maps::MapsState,
     report::{AnyFinding, Image, Report, Target},
     tcp::{TcpTracing, attach_tcp},
 };
-
-/// Output choices shared by `run` and `attach`.
-#[derive(Clone, Debug)]
-pub struct OutputOptions {
-    /// Refresh the contention table every `interval` while tracing.
-    pub live: bool,
-    pub interval: Duration,
-    /// Rows shown in tables.
-    pub top: usize,
-    pub json_report: Option<PathBuf>,
-    /// A wait in progress for longer than this is a `stuck_lock_wait` finding.
-    pub stuck_threshold: Duration,
-    /// Also probe the unlock slow paths to report which code held contended locks.
-    pub holders: bool,
-    /// Measure each probe program's run count and run time in the kernel.
-    pub bpf_stats: bool,
-    /// Map concurrency tier: off, always (fatal errors, growth) or deep (every op).
-    pub maps: MapsMode,
-    /// With `--maps deep`: probe only the map calls inside these packages.
-    pub maps_sites: Vec<String>,
-    /// Trace the process's TCP flows (kernel tracepoints).
-    pub tcp: bool,
-    /// Pause the lock probes when contended waits exceed this many per second
-    /// (0: never), to bound the probes' cost to the traced program.
-    pub max_lock_rate: u64,
-}
 
 /// One read of the kernel tables a report is built from.
 struct Tables {
@@ -88,7 +63,7 @@ impl Session {
         pid: u32,
         exe: String,
         scope: Scope,
-        opts: &OutputOptions,
+        opts: &TraceOptions,
     ) -> Result<Self> {
         let bin: Arc<GoBinary> = bin.into();
         let stats_fd = if opts.bpf_stats {
@@ -116,8 +91,8 @@ impl Session {
         )?;
         // TCP hooks are kernel-wide tracepoints filtered to this pid; a kernel
         // without them loses only the flow view, not the session.
-        let (tcp, tcp_off_reason) = if opts.tcp {
-            match attach_tcp(&mut tracer, &[pid]) {
+        let (tcp, tcp_off_reason) = if let Some(tcp_opts) = &opts.tcp {
+            match attach_tcp(&mut tracer, &[pid], tcp_opts) {
                 Ok(t) => (Some(t), None),
                 Err(e) => {
                     let why = format!("TCP flows not traced: {e:#}");

@@ -9,6 +9,12 @@ use std::{
 
 use anyhow::{Context, Result, bail};
 
+use super::{
+    core::Agent,
+    discovery,
+    hub::{Command, Refused},
+    tables::SESSION_TABLES,
+};
 use crate::{
     ebpf::{ProbeStatus, Scope, Tracer},
     gobin::GoBinary,
@@ -103,5 +109,97 @@ pub fn merge(report: &mut Report, deep: &MapsReport) {
         report
             .findings
             .insert(0, AnyFinding::Map(Box::new(f.clone())));
+    }
+}
+
+impl Agent {
+    pub(super) fn command(&mut self, cmd: Command) {
+        match cmd {
+            Command::DeepMaps {
+                pid,
+                duration,
+                sites,
+                max_running,
+                reply,
+            } => {
+                let _ = reply.send(self.start_deep(pid, duration, &sites, max_running));
+            }
+            Command::StopDeepMaps { pid, reply } => {
+                let _ = reply.send(self.stop_deep(pid));
+            }
+        }
+    }
+
+    /// Deep traces running now, node-wide.
+    pub(super) fn deep_running(&self) -> usize {
+        self.traced
+            .values()
+            .filter(|t| t.deep.as_ref().is_some_and(|d| !d.done()))
+            .count()
+    }
+
+    pub(super) fn start_deep(
+        &mut self,
+        pid: u32,
+        duration: Duration,
+        sites: &[String],
+        max_running: usize,
+    ) -> Result<Vec<ProbeStatus>, Refused> {
+        let running = self.deep_running();
+        let Some(t) = self.traced.get_mut(&pid) else {
+            return Err(Refused::NotFound(format!(
+                "pid {pid} is not a traced Go process"
+            )));
+        };
+        if let Some(d) = &t.deep
+            && !d.done()
+        {
+            return Err(Refused::Failed(format!(
+                "pid {pid}: a deep map trace is already running"
+            )));
+        }
+        if running >= max_running {
+            return Err(Refused::Limit(format!(
+                "{running} deep map traces already run on this node (limit {max_running}); stop one with StopDeepMapTrace or wait for it to end"
+            )));
+        }
+        let Some(bs) = self.sessions.get(&t.key) else {
+            return Err(Refused::Failed(format!("pid {pid}: its probes are gone")));
+        };
+        let bin = bs.session.bin.clone();
+        let path = discovery::fd_path(&bs._file);
+        let started = tokio::task::block_in_place(|| {
+            DeepTrace::start(bin, &path, pid, duration, sites, SESSION_TABLES)
+        });
+        match started {
+            Ok((deep, statuses)) => {
+                tracing::info!(
+                    "pid {pid}: deep map trace for {:.1}s",
+                    duration.as_secs_f64()
+                );
+                t.deep = Some(deep);
+                Ok(statuses)
+            }
+            Err(e) => Err(Refused::Failed(format!("pid {pid}: {e:#}"))),
+        }
+    }
+
+    /// Ends `pid`'s deep trace: its last results are read first, so they
+    /// stay with the process; the probes are detached off this thread.
+    pub(super) fn stop_deep(&mut self, pid: u32) -> Result<(), Refused> {
+        let t = self
+            .traced
+            .get_mut(&pid)
+            .filter(|t| t.deep.as_ref().is_some_and(|d| !d.done()))
+            .ok_or_else(|| Refused::NotFound(format!("pid {pid}: no deep map trace is running")))?;
+        if let Some(mut d) = t.deep.take() {
+            match tokio::task::block_in_place(|| d.report()) {
+                Ok(r) => t.deep_result = Some(r),
+                Err(e) => tracing::warn!("pid {pid}: reading the deep map trace: {e:#}"),
+            }
+            tracing::info!("pid {pid}: deep map trace stopped on request");
+            std::thread::spawn(move || drop(d));
+        }
+        Ok(())
     }
 }

@@ -25,8 +25,11 @@ use tracer_common::{
     maps::MapsConfig,
 };
 
-use super::hub::Labels;
-use crate::{ebpf::Tracer, gobin::GoBinary, procfs};
+use crate::{
+    ebpf::Tracer,
+    gobin::GoBinary,
+    process::{Labels, labels_of, procfs},
+};
 
 /// A process lifecycle event as decoded from the kernel.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -90,7 +93,7 @@ impl ProcEvents {
     pub fn spawn(
         mut self,
         index: FastIndex,
-        pods: Option<crate::pods::PodIndex>,
+        pods: Option<crate::process::pods::PodIndex>,
         select: Box<dyn Fn(&Seen) -> bool + Send>,
         tx: tokio::sync::mpsc::Sender<Found>,
         stop: Arc<AtomicBool>,
@@ -198,7 +201,7 @@ impl Seen {
         seen_ns: u64,
         exec: bool,
         index: &FastIndex,
-        pods: Option<&crate::pods::PodIndex>,
+        pods: Option<&crate::process::pods::PodIndex>,
         select: &dyn Fn(&Seen) -> bool,
     ) -> Self {
         let opened = open_exe(pid);
@@ -239,24 +242,6 @@ impl Seen {
         }
         seen
     }
-}
-
-/// Container labels and the innermost-namespace pid of `pid`, from its
-/// cgroup path and `NSpid`. Pod name, namespace and container name need the
-/// Kubernetes API and stay absent here.
-pub fn labels_of(pid: u32) -> (Labels, u32) {
-    let labels = crate::cgroup::for_pid(pid)
-        .map(|c| Labels {
-            container_id: c.container_id,
-            pod_uid: c.pod_uid,
-            ..Labels::default()
-        })
-        .unwrap_or_default();
-    let ns_pid = crate::cgroup::ns_pids_for_pid(pid)
-        .ok()
-        .and_then(|v| v.last().copied())
-        .unwrap_or(pid);
-    (labels, ns_pid)
 }
 
 /// How long the discovery thread waits on the ring between stop checks.

@@ -20,15 +20,8 @@ use crate::{
     report::{AnyFinding, Report},
 };
 
-/// Container and Kubernetes labels of a process; each absent when unknown.
-#[derive(Clone, Debug, Default, Serialize, PartialEq, Eq)]
-pub struct Labels {
-    pub container_id: Option<String>,
-    pub pod_uid: Option<String>,
-    pub pod_name: Option<String>,
-    pub namespace: Option<String>,
-    pub container_name: Option<String>,
-}
+/// A process's labels travel in every snapshot.
+pub use crate::process::Labels;
 
 /// Where a process stands with the agent.
 #[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]

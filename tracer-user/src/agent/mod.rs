@@ -3,4 +3,9 @@
 pub mod core;
 pub mod deep;
 pub mod discovery;
+mod flows;
 pub mod hub;
+mod lifecycle;
+mod publish;
+mod sessions;
+mod tables;

@@ -2,12 +2,12 @@
 //! every field is bounded and a bad one is rejected with `InvalidArgument`
 //! naming the field, never clamped silently or allowed to cost unbounded work.
 
-use std::{collections::HashSet, time::Duration};
+use std::time::Duration;
 
 use tonic::Status;
 use tracer_api::v1 as pb;
 
-use crate::agent::hub::Labels;
+use crate::process::{Labels, Selector};
 
 /// Entries per filter list.
 pub const MAX_LIST: usize = 256;
@@ -27,15 +27,10 @@ fn invalid(msg: String) -> Status {
     Status::invalid_argument(msg)
 }
 
-/// Which processes a request is about; see `Filter` in the proto.
+/// Which processes a request is about; see `Filter` in the proto. The
+/// matching is the agent's own [`Selector`]; a request has no exe list.
 #[derive(Clone, Debug, Default)]
-pub struct ProcFilter {
-    pids: HashSet<u32>,
-    comms: HashSet<String>,
-    containers: Vec<String>,
-    pods: HashSet<String>,
-    namespaces: HashSet<String>,
-}
+pub struct ProcFilter(Selector);
 
 impl ProcFilter {
     /// Everything matches.
@@ -65,34 +60,19 @@ impl ProcFilter {
                 "filter.containers: {c:?} is shorter than {MIN_CONTAINER_PREFIX} characters; give the container id or a prefix of at least {MIN_CONTAINER_PREFIX}"
             )));
         }
-        Ok(Self {
-            pids: f.pids.iter().copied().collect(),
-            comms: comms.into_iter().collect(),
+        Ok(Self(Selector {
+            pids: f.pids.clone(),
+            comms,
+            exes: Vec::new(),
             containers,
-            pods: strings("filter.pods", &f.pods)?.into_iter().collect(),
-            namespaces: strings("filter.namespaces", &f.namespaces)?
-                .into_iter()
-                .collect(),
-        })
+            pods: strings("filter.pods", &f.pods)?,
+            namespaces: strings("filter.namespaces", &f.namespaces)?,
+        }))
     }
 
     /// Whether a process (by pid, comm and labels) passes every non-empty list.
     pub fn matches(&self, pid: u32, comm: &str, labels: &Labels) -> bool {
-        let opt_in = |set: &HashSet<String>, v: &Option<String>| {
-            set.is_empty() || v.as_ref().is_some_and(|v| set.contains(v))
-        };
-        (self.pids.is_empty() || self.pids.contains(&pid))
-            && (self.comms.is_empty() || self.comms.contains(comm))
-            && (self.containers.is_empty()
-                || labels
-                    .container_id
-                    .as_ref()
-                    .is_some_and(|id| self.containers.iter().any(|c| id.starts_with(c.as_str()))))
-            && (self.pods.is_empty()
-                || [&labels.pod_name, &labels.pod_uid]
-                    .iter()
-                    .any(|v| v.as_ref().is_some_and(|v| self.pods.contains(v))))
-            && opt_in(&self.namespaces, &labels.namespace)
+        self.0.matches(pid, comm, "", labels)
     }
 }
 

@@ -51,13 +51,13 @@ pub fn default_node_name() -> String {
 
 /// The pod index for `--kube auto|on|off`: absent outside a cluster (auto),
 /// an error there with `on`.
-pub async fn pod_index(mode: &str, node: &str) -> Result<Option<crate::pods::PodIndex>> {
+pub async fn pod_index(mode: &str, node: &str) -> Result<Option<crate::process::pods::PodIndex>> {
     match mode {
         "off" => Ok(None),
-        "on" => Ok(Some(crate::pods::start(node).await?.context(
+        "on" => Ok(Some(crate::process::pods::start(node).await?.context(
             "--kube on: neither KUBERNETES_SERVICE_HOST nor KUBECONFIG is set",
         )?)),
-        _ => Ok(crate::pods::start(node).await.unwrap_or_else(|e| {
+        _ => Ok(crate::process::pods::start(node).await.unwrap_or_else(|e| {
             tracing::warn!("pod names unavailable: {e:#}");
             None
         })),

@@ -8,8 +8,9 @@ use crate::{
     ebpf::{Scope, Tracer},
     export::ExportOptions,
     gobin::GoBinary,
-    kernelfs, privileges, procfs,
-    session::{OutputOptions, STUCK_SCAN, Session},
+    kernelfs, privileges,
+    process::procfs,
+    session::{OutputOptions, STUCK_SCAN, Session, TraceOptions},
 };
 
 /// Attaches to `pid` until `duration` passes, the process exits, or Ctrl-C.
@@ -17,6 +18,7 @@ use crate::{
 pub async fn attach(
     pid: u32,
     duration: Option<Duration>,
+    trace: &TraceOptions,
     out: &OutputOptions,
     export: &ExportOptions,
 ) -> Result<i32> {
@@ -28,8 +30,8 @@ pub async fn attach(
     let bin = GoBinary::open(&exe_link).with_context(|| format!("pid {pid} ({exe})"))?;
     privileges::check()?;
     kernelfs::ensure_tracefs()?;
-    let tracer = Tracer::load_with(out.tcp)?;
-    let mut session = Session::start(tracer, bin, &exe_link, pid, exe, Scope::Pid(pid), out)?;
+    let tracer = Tracer::load_with(trace.tcp.is_some())?;
+    let mut session = Session::start(tracer, bin, &exe_link, pid, exe, Scope::Pid(pid), trace)?;
 
     let deadline = duration.map(|d| Instant::now() + d);
     let mut live_tick = tokio::time::interval(out.interval.max(Duration::from_millis(100)));
@@ -50,12 +52,12 @@ pub async fn attach(
                     tracing::info!("pid {pid} exited");
                     break;
                 }
-                session.scan_stuck(out.stuck_threshold);
+                session.scan_stuck(trace.stuck_threshold);
             }
         }
     }
     if procfs::is_alive(pid) {
-        session.scan_stuck(out.stuck_threshold);
+        session.scan_stuck(trace.stuck_threshold);
     } else {
         session.settle_stuck();
     }

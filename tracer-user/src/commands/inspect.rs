@@ -5,7 +5,7 @@ use std::path::Path;
 
 use anyhow::{Context, Result};
 
-use crate::{gobin::GoBinary, procfs};
+use crate::{gobin::GoBinary, process::procfs};
 
 pub fn inspect(binary: Option<&Path>, pid: Option<u32>, json: bool) -> Result<()> {
     let (bin, name) = match (binary, pid) {
@@ -33,10 +33,9 @@ pub fn inspect(binary: Option<&Path>, pid: Option<u32>, json: bool) -> Result<()
 
 /// Loads the eBPF object and tries the TCP hooks in the configured order,
 /// exactly as `run`/`attach` would, then reports the outcome of each.
-pub fn inspect_kernel(json: bool) -> Result<()> {
+pub fn inspect_kernel(json: bool, tcp: &crate::tcp::TcpOptions) -> Result<()> {
     let mut tracer = crate::ebpf::Tracer::load_with(true)?;
-    let order = crate::tcp::hook_order()?;
-    let report = crate::tcp::inspect_kernel(&mut tracer, &order)?;
+    let report = crate::tcp::inspect_kernel(&mut tracer, tcp)?;
     if json {
         super::print_out(&format!("{}\n", serde_json::to_string_pretty(&report)?))?;
     } else {

@@ -20,7 +20,7 @@ use crate::{
     export::ExportOptions,
     gobin::GoBinary,
     kernelfs, privileges,
-    session::{OutputOptions, STUCK_SCAN, Session},
+    session::{OutputOptions, STUCK_SCAN, Session, TraceOptions},
 };
 
 /// Finds PROGRAM like a shell does: as given when it has a slash, else on PATH.
@@ -117,6 +117,7 @@ fn forward(sig: i32) -> bool {
 pub async fn run(
     program: &Path,
     args: &[OsString],
+    trace: &TraceOptions,
     out: &OutputOptions,
     export: &ExportOptions,
 ) -> Result<i32> {
@@ -125,7 +126,7 @@ pub async fn run(
     let bin = GoBinary::open(&path).with_context(|| format!("{}", path.display()))?;
     privileges::check()?;
     kernelfs::ensure_tracefs()?;
-    let tracer = Tracer::load_with(out.tcp)?;
+    let tracer = Tracer::load_with(trace.tcp.is_some())?;
 
     // `Command::spawn` returns only once the child has exec'd, so the child
     // reports its pid through a second pipe before it blocks on the gate.
@@ -222,7 +223,7 @@ pub async fn run(
     // Probes are placed on the binary's inode for every process and filtered to
     // this pid in the kernel: a pid-scoped uprobe taken before exec would be bound
     // to the pre-exec address space.
-    let session = Session::start(tracer, bin, &path, pid, exe, Scope::AllProcesses, out);
+    let session = Session::start(tracer, bin, &path, pid, exe, Scope::AllProcesses, trace);
     if let Some(sig) = stops.pending().await {
         // Stopped while the probes were being placed: the program never ran.
         drop(gate_wr);
@@ -255,7 +256,7 @@ pub async fn run(
         tokio::select! {
             st = &mut exited_rx => break st.context("the program's thread ended")?.context("waiting for the program")?,
             _ = tick.tick(), if out.live => session.print_live(out),
-            _ = scan.tick() => session.scan_stuck(out.stuck_threshold),
+            _ = scan.tick() => session.scan_stuck(trace.stuck_threshold),
             _ = drain.tick() => session.drain_tcp(),
             // Passed on to the program; tracing goes on until it has exited,
             // so its final waits are counted and the report is complete.

@@ -5,158 +5,32 @@
 //! Programs of mechanisms not chosen are never loaded, so a kernel that
 //! refuses fentry (EPERM) or lacks kprobes costs nothing but a report line.
 
-use std::{path::Path, sync::OnceLock};
+use std::path::Path;
 
 use anyhow::{Context, Result, anyhow};
 use aya::programs::{FEntry, FExit, KProbe, RawTracePoint, TracePoint};
 use serde::Serialize;
 
-use super::hooks::{
-    self, DEFAULT_ORDER, FnHook, HookStatus, Mechanism, Plan, ROLES, RawHook, Role,
+use super::{
+    hooks::{self, DEFAULT_ORDER, FnHook, HookStatus, Mechanism, Plan, ROLES, RawHook, Role},
+    options::{AcceptWait, TcpOptions, plan_rtt},
 };
 use crate::{ebpf::Tracer, kernelfs};
-use tracer_common::tcp::OFF_NONE;
 
-/// Environment override of the preference order, e.g. `kprobe,tracepoint`.
-pub const HOOK_ORDER_ENV: &str = "TRACER_TCP_HOOKS";
-
-static ORDER: OnceLock<Vec<Mechanism>> = OnceLock::new();
-
-/// Environment override of [`AcceptWait`].
-pub const ACCEPT_WAIT_ENV: &str = "TRACER_TCP_ACCEPT_WAIT";
-
-/// Which hooks may measure accept-queue waits.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum AcceptWait {
-    /// kprobe/fentry on `inet_csk_accept` only: they cost one program run per
-    /// accept.
-    Auto,
-    /// Also `syscalls:sys_exit_accept{4,}`. Enabling any syscall tracepoint
-    /// sends every syscall of every process on the node through the
-    /// kernel's syscall-tracing slow path (measured here: short connections
-    /// 0.88 of untraced with it, 0.98 without), so it is never the default.
-    Syscalls,
-    Off,
-}
-
-impl AcceptWait {
-    pub fn parse(s: &str) -> std::result::Result<Self, String> {
-        match s.trim() {
-            "auto" => Ok(Self::Auto),
-            "syscalls" => Ok(Self::Syscalls),
-            "off" => Ok(Self::Off),
-            other => Err(format!("{other:?}: expected auto, syscalls or off")),
-        }
-    }
-}
-
-static ACCEPT_WAIT: OnceLock<AcceptWait> = OnceLock::new();
-
-/// Environment override of [`RttMode`].
-pub const RTT_MODE_ENV: &str = "TRACER_TCP_RTT";
-
-/// Where smoothed-RTT samples come from.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum RttMode {
-    /// Read from the socket by the send/recv programs on a flow's 1st,
-    /// 17th, 33rd... call ([`RTT_EVERY`]) and at its close: no program runs
-    /// per received segment. Needs the kernel's BTF (`tcp_sock.srtt_us`);
-    /// without it, `segments`.
-    Calls,
-    /// The `rtt` role's hook (`tcp_rcv_established` / `tcp:tcp_probe`) on
-    /// every segment received on the node: a sample per segment of a traced
-    /// flow, at one more program run per segment (about a fifth of the
-    /// events of a bulk transfer).
-    Segments,
-}
-
-/// In [`RttMode::Calls`], one sample every this many send/recv calls.
-pub const RTT_EVERY: u16 = 16;
-
-impl RttMode {
-    pub fn parse(s: &str) -> std::result::Result<Self, String> {
-        match s.trim() {
-            "calls" => Ok(Self::Calls),
-            "segments" => Ok(Self::Segments),
-            other => Err(format!("{other:?}: expected calls or segments")),
-        }
-    }
-}
-
-static RTT_MODE: OnceLock<RttMode> = OnceLock::new();
-
-/// Sets the process-wide RTT mode (`--tcp-rtt`); first call wins.
-pub fn set_rtt_mode(mode: RttMode) {
-    let _ = RTT_MODE.set(mode);
-}
-
-/// The mode in force: `--tcp-rtt`, else `$TRACER_TCP_RTT`, else `calls`.
-pub fn rtt_mode() -> RttMode {
-    mode_in_force(&RTT_MODE, RTT_MODE_ENV, RttMode::parse, RttMode::Calls)
-}
-
-/// Configures `plan` for `mode`: sampling at calls needs the socket's
-/// `srtt_us` offset, else the `rtt` role's hook is used.
-pub fn plan_rtt(plan: &mut Plan, mode: RttMode) {
-    plan.config.rtt_every = match mode {
-        RttMode::Calls if plan.config.tp_srtt_us != OFF_NONE => RTT_EVERY,
-        _ => 0,
-    };
-}
-
-/// Sets the process-wide accept-wait mode (`--tcp-accept-wait`); first call wins.
-pub fn set_accept_wait(mode: AcceptWait) {
-    let _ = ACCEPT_WAIT.set(mode);
-}
-
-/// The mode in force: `--tcp-accept-wait`, else `$TRACER_TCP_ACCEPT_WAIT`,
-/// else `auto` (an unparsable variable is reported and ignored).
-pub fn accept_wait() -> AcceptWait {
-    mode_in_force(
-        &ACCEPT_WAIT,
-        ACCEPT_WAIT_ENV,
-        AcceptWait::parse,
-        AcceptWait::Auto,
-    )
-}
-
-/// The mode a flag set in `cell`, else the one `$env` names, else
-/// `default`; an unparsable variable is reported and ignored.
-fn mode_in_force<T: Copy + std::fmt::Debug>(
-    cell: &OnceLock<T>,
-    env: &str,
-    parse: fn(&str) -> std::result::Result<T, String>,
-    default: T,
-) -> T {
-    if let Some(m) = cell.get() {
-        return *m;
-    }
-    match std::env::var(env) {
-        Ok(v) => parse(&v).unwrap_or_else(|e| {
-            tracing::warn!("${env}: {e}; using {default:?}");
-            default
-        }),
-        Err(_) => default,
-    }
-}
-
-/// Sets the process-wide order (the `--tcp-hooks` flag); first call wins.
-pub fn set_hook_order(order: Vec<Mechanism>) {
-    let _ = ORDER.set(order);
-}
-
-/// The order in force: `--tcp-hooks`, else `$TRACER_TCP_HOOKS`, else
-/// kprobe, fentry, tracepoint.
-pub fn hook_order() -> Result<Vec<Mechanism>> {
-    if let Some(o) = ORDER.get() {
-        return Ok(o.clone());
-    }
-    match std::env::var(HOOK_ORDER_ENV) {
-        Ok(v) => hooks::parse_order(&v)
-            .map_err(|e| anyhow!(e))
-            .with_context(|| format!("${HOOK_ORDER_ENV}")),
-        Err(_) => Ok(DEFAULT_ORDER.to_vec()),
-    }
+/// Plans the hooks for this kernel (socket offsets, RTT mode) and writes the
+/// plan's configuration into `TCP_CONFIG`, which every TCP program reads.
+pub(super) fn plan_and_configure(tracer: &mut Tracer, opts: &TcpOptions) -> Result<Plan> {
+    kernelfs::ensure_tracefs()?;
+    let mut plan = hooks::plan(Path::new(kernelfs::TRACEFS));
+    plan_rtt(&mut plan, opts.rtt());
+    let mut cfg: aya::maps::Array<_, tracer_common::tcp::TcpConfig> = aya::maps::Array::try_from(
+        tracer
+            .ebpf
+            .map_mut("TCP_CONFIG")
+            .ok_or_else(|| anyhow!("TCP_CONFIG map missing from the eBPF object"))?,
+    )?;
+    cfg.set(0, plan.config, 0).context("writing TCP_CONFIG")?;
+    Ok(plan)
 }
 
 /// Why kprobes cannot work here, if they cannot.
@@ -412,12 +286,12 @@ fn raw_names(hooks: &[RawHook]) -> String {
 
 /// Attaches each role with the first mechanism of `order` that works and
 /// returns one status per (role, mechanism), in role order. Roles named in
-/// `unhooked` are left out (reported `not_tried`).
+/// `opts.unhooked` are left out (reported `not_tried`).
 pub fn try_attach_hooks(
     tracer: &mut Tracer,
     plan: &Plan,
     order: &[Mechanism],
-    unhooked: &[&str],
+    opts: &TcpOptions,
 ) -> Vec<HookStatus> {
     let mut env = Env {
         btf_error: plan.btf_error.clone(),
@@ -426,14 +300,7 @@ pub fn try_attach_hooks(
     };
     let mut out = Vec::new();
     for role in &ROLES {
-        out.extend(attach_role(
-            tracer,
-            &mut env,
-            plan,
-            role,
-            order,
-            unhooked.contains(&role.name),
-        ));
+        out.extend(attach_role(tracer, &mut env, plan, role, order, opts));
     }
     out
 }
@@ -444,8 +311,9 @@ fn attach_role(
     plan: &Plan,
     role: &Role,
     order: &[Mechanism],
-    left_out: bool,
+    opts: &TcpOptions,
 ) -> Vec<HookStatus> {
+    let left_out = opts.unhooked.iter().any(|u| u == role.name);
     let tp = plan.hooks.get(role.tracepoint).cloned();
     let measures = tp.as_ref().map_or(role.measures, |t| t.measures);
     let mut chosen: Option<Mechanism> = None;
@@ -494,10 +362,10 @@ fn attach_role(
                 "RTT read from the socket every {} send/recv calls and at close (--tcp-rtt calls); --tcp-rtt segments hooks every received segment",
                 plan.config.rtt_every
             ));
-        } else if accept && accept_wait() == AcceptWait::Off {
+        } else if accept && opts.accept_wait() == AcceptWait::Off {
             st.status = "not_tried";
             st.reason = Some("accept waits off (--tcp-accept-wait off)".into());
-        } else if accept && m == Mechanism::Tracepoint && accept_wait() == AcceptWait::Auto {
+        } else if accept && m == Mechanism::Tracepoint && opts.accept_wait() == AcceptWait::Auto {
             st.status = "not_tried";
             st.reason = Some(
                 "syscall tracepoints slow every syscall on the node; allow with --tcp-accept-wait syscalls"
@@ -620,21 +488,21 @@ pub struct KernelReport {
     pub tcp_error: Option<String>,
 }
 
-pub fn inspect_kernel(tracer: &mut Tracer, order: &[Mechanism]) -> Result<KernelReport> {
-    kernelfs::ensure_tracefs()?;
-    let mut plan = hooks::plan(Path::new(kernelfs::TRACEFS));
-    plan_rtt(&mut plan, rtt_mode());
-    {
-        let mut cfg: aya::maps::Array<_, tracer_common::tcp::TcpConfig> =
-            aya::maps::Array::try_from(
-                tracer
-                    .ebpf
-                    .map_mut("TCP_CONFIG")
-                    .ok_or_else(|| anyhow!("TCP_CONFIG map missing from the eBPF object"))?,
-            )?;
-        cfg.set(0, plan.config, 0).context("writing TCP_CONFIG")?;
-    }
-    let hooks = try_attach_hooks(tracer, &plan, order, &[]);
+/// Tries the TCP hooks as [`attach_tcp`](super::attach_tcp) would, for
+/// `tracer inspect --kernel`.
+pub fn inspect_kernel(tracer: &mut Tracer, opts: &TcpOptions) -> Result<KernelReport> {
+    let order = opts.hook_order()?;
+    let order = &order[..];
+    let plan = plan_and_configure(tracer, opts)?;
+    let hooks = try_attach_hooks(
+        tracer,
+        &plan,
+        order,
+        &TcpOptions {
+            unhooked: Vec::new(),
+            ..opts.clone()
+        },
+    );
     let broken = essential_failures(&hooks);
     let chosen = ROLES
         .iter()

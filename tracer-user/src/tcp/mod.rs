@@ -3,7 +3,7 @@
 //! connect latency, accept-queue wait, smoothed RTT, retransmits, resets and lifetime, attributed
 //! to the traced processes.
 //!
-//! Use: [`attach_tcp`] after [`Tracer::load`](crate::ebpf::Tracer::load),
+//! Use: [`attach_tcp`] with a [`TcpOptions`] after [`Tracer::load`](crate::ebpf::Tracer::load),
 //! then [`TcpTracing::report`] whenever a view is wanted (open flows are read
 //! live from the kernel map). See `docs/tcp.md`.
 
@@ -12,25 +12,24 @@ pub mod btf;
 pub mod flows;
 pub mod format;
 pub mod hooks;
-
-use std::path::Path;
+mod options;
 
 use anyhow::{Context, Result, anyhow, bail};
-use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
+use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
 use serde::Serialize;
 use tracer_common::tcp::{
     FLAG_CLOSED, FLAG_DESTROYED, STAT_ACCEPT_WALK_FAILED, STAT_CLOSED_LOST, STAT_FLOWS_CLOSED,
-    STAT_FLOWS_CREATED, STAT_INSERT_FAILED, STAT_MIDSTREAM, STAT_READ_FAILED, TcpConfig, TcpFlow,
+    STAT_FLOWS_CREATED, STAT_INSERT_FAILED, STAT_MIDSTREAM, STAT_READ_FAILED, TcpFlow,
 };
 
-use crate::{ebpf::Tracer, kernelfs};
-pub use attach::{
-    ACCEPT_WAIT_ENV, AcceptWait, HOOK_ORDER_ENV, KernelReport, RTT_EVERY, RTT_MODE_ENV, RoleChoice,
-    RttMode, accept_wait, hook_order, inspect_kernel, plan_rtt, rtt_mode, set_accept_wait,
-    set_hook_order, set_rtt_mode, try_attach_hooks,
-};
+use crate::ebpf::Tracer;
+pub use attach::{KernelReport, RoleChoice, inspect_kernel, try_attach_hooks};
 pub use flows::{AcceptWaits, FlowReport, FlowTotals, ListenRollup, RemoteRollup, WaitBucket};
 pub use hooks::{HookStatus, Mechanism};
+pub use options::{
+    ACCEPT_WAIT_ENV, AcceptWait, HOOK_ORDER_ENV, RTT_EVERY, RTT_MODE_ENV, RttMode, TcpOptions,
+    plan_rtt,
+};
 
 /// How often user space empties the kernel's closed-flow ring buffer
 /// (4 MiB, about 12 500 flows), independent of any refresh: at 10 drains a
@@ -127,63 +126,21 @@ pub fn add_tcp_pid(tracer: &mut Tracer, pid: u32) -> Result<()> {
         .with_context(|| format!("adding pid {pid} to TCP_TARGETS"))
 }
 
-/// Attaches TCP hooks (per measurement, the first mechanism of
-/// [`hook_order`] that works) and records flows of `pids` (more can be added
-/// with [`add_tcp_pid`]). Every hook's outcome is in [`TcpTracing::hooks`];
-/// it is an error only when state changes or byte counts cannot be hooked.
-pub fn attach_tcp(tracer: &mut Tracer, pids: &[u32]) -> Result<TcpTracing> {
-    let order = hook_order()?;
-    attach_tcp_with(tracer, pids, &order)
-}
-
-/// [`attach_tcp`] with an explicit mechanism preference order.
-pub fn attach_tcp_with(
-    tracer: &mut Tracer,
-    pids: &[u32],
-    order: &[Mechanism],
-) -> Result<TcpTracing> {
-    attach_tcp_opts(tracer, pids, order, rtt_mode())
-}
-
-/// [`attach_tcp_with`] with an explicit RTT mode.
-pub fn attach_tcp_opts(
-    tracer: &mut Tracer,
-    pids: &[u32],
-    order: &[Mechanism],
-    rtt: RttMode,
-) -> Result<TcpTracing> {
-    attach_tcp_leaving(tracer, pids, order, rtt, &[])
-}
-
-/// [`attach_tcp_opts`], leaving the optional roles named in `unhooked`
-/// (`destroy`, `rtt`, ...) without a hook, as on a kernel that lacks them:
-/// how the fallbacks for such kernels are tested.
-pub fn attach_tcp_leaving(
-    tracer: &mut Tracer,
-    pids: &[u32],
-    order: &[Mechanism],
-    rtt: RttMode,
-    unhooked: &[&str],
-) -> Result<TcpTracing> {
-    for r in unhooked {
+/// Attaches TCP hooks (per measurement, the first mechanism of the hook
+/// order in `opts` that works) and records flows of `pids` (more can be
+/// added with [`add_tcp_pid`]). Every hook's outcome is in
+/// [`TcpTracing::hooks`]; it is an error only when state changes or byte
+/// counts cannot be hooked.
+pub fn attach_tcp(tracer: &mut Tracer, pids: &[u32], opts: &TcpOptions) -> Result<TcpTracing> {
+    let order = opts.hook_order()?;
+    for r in &opts.unhooked {
         match hooks::role_is_essential(r) {
             None => bail!("no TCP hook role named {r:?}"),
             Some(true) => bail!("the {r} role cannot be left unhooked: flows need it"),
             Some(false) => {}
         }
     }
-    kernelfs::ensure_tracefs()?;
-    let mut plan = hooks::plan(Path::new(kernelfs::TRACEFS));
-    plan_rtt(&mut plan, rtt);
-    {
-        let mut cfg: Array<_, TcpConfig> = Array::try_from(
-            tracer
-                .ebpf
-                .map_mut("TCP_CONFIG")
-                .ok_or_else(|| anyhow!("TCP_CONFIG map missing from the eBPF object"))?,
-        )?;
-        cfg.set(0, plan.config, 0).context("writing TCP_CONFIG")?;
-    }
+    let plan = attach::plan_and_configure(tracer, opts)?;
     for &pid in pids {
         add_tcp_pid(tracer, pid)?;
     }
@@ -194,7 +151,7 @@ pub fn attach_tcp_leaving(
             .ok_or_else(|| anyhow!("TCP_CLOSED_RB ring buffer missing from the eBPF object"))?,
     )
     .context("opening the TCP_CLOSED_RB ring buffer")?;
-    let hooks = try_attach_hooks(tracer, &plan, order, unhooked);
+    let hooks = try_attach_hooks(tracer, &plan, &order, opts);
     let broken = attach::essential_failures(&hooks);
     if !broken.is_empty() {
         bail!(

@@ -7,6 +7,9 @@
 //! - [`app`]: interactive state and key handling (pure);
 //! - [`ui`]: ratatui rendering; [`tui`]: terminal and event loop;
 //! - [`plain`], [`oneshot`]: non-interactive tables and JSON.
+//!
+//! A pure gRPC client: without `--connect`, the `top` command
+//! (`commands/top.rs`) starts an embedded agent and hands over its socket.
 
 pub mod app;
 pub mod filter;
@@ -22,14 +25,15 @@ pub mod ui;
 
 use std::{io::IsTerminal, path::PathBuf, time::Duration};
 
-use anyhow::{Context, Result, anyhow};
+use anyhow::{Result, anyhow};
 
-use self::{filter::Filter, source::Addr};
+use self::filter::Filter;
+pub use self::source::Addr;
 
 /// What `tracer top` was asked to do.
 #[derive(Clone, Debug)]
 pub struct TopOptions {
-    /// Agents to watch; empty: start an embedded agent.
+    /// Agents to watch; empty: the `top` command starts an embedded agent.
     pub connect: Vec<String>,
     /// Bearer token for TCP agents.
     pub token_file: Option<PathBuf>,
@@ -47,72 +51,54 @@ pub struct TopOptions {
     pub filter: String,
 }
 
-/// The embedded agent's socket and whatever keeps the agent alive: an
-/// agent in this process tracing every Go process of the machine.
-pub async fn embedded_socket(
-    interval: Duration,
-) -> Result<(PathBuf, Box<dyn std::any::Any + Send>)> {
-    use crate::{
-        agent::core::{AgentOptions, Selector},
-        commands::agent::{default_node_name, spawn_embedded},
-        maps::MapsMode,
-        session::OutputOptions,
-    };
-    let opts = AgentOptions {
-        node: default_node_name(),
-        // Fresher than the view, so a round never shows a snapshot a whole
-        // interval old.
-        refresh: (interval / 2).clamp(Duration::from_millis(200), Duration::from_secs(1)),
-        select: Selector::default(),
-        session: OutputOptions {
-            live: false,
-            interval,
-            top: 20,
-            json_report: None,
-            stuck_threshold: Duration::from_secs(1),
-            holders: false,
-            bpf_stats: false,
-            maps: MapsMode::Always,
-            maps_sites: vec![],
-            tcp: true,
-            max_lock_rate: 5000,
-        },
-        max_processes: 256,
-        pods: None,
-    };
-    let a = spawn_embedded(opts)
-        .await
-        .context("starting the embedded agent (or use --connect ADDR)")?;
-    Ok((a.socket.clone(), Box::new(a)))
+/// A view ready to run: the checked filter and clamped request sizes.
+pub struct View {
+    filter: Filter,
+    interval_ms: u32,
+    top: u32,
+    interactive: bool,
+    rounds: u32,
+    json: bool,
 }
 
-/// Runs `tracer top`.
-pub async fn run(opts: TopOptions) -> Result<()> {
-    let filter = Filter::parse(&opts.filter).map_err(|e| anyhow!("--filter: {e}"))?;
-    let interval_ms = u32::try_from(opts.interval.as_millis())
-        .unwrap_or(u32::MAX)
-        .clamp(100, 3_600_000);
-    let top = opts.top.clamp(1, 1000);
-    if let Some(path) = &opts.token_file {
-        source::set_token_file(path)?;
+impl View {
+    /// Checks `opts` (filter syntax, token file) before any agent is
+    /// contacted or started.
+    pub fn new(opts: &TopOptions) -> Result<Self> {
+        let filter = Filter::parse(&opts.filter).map_err(|e| anyhow!("--filter: {e}"))?;
+        let interval_ms = u32::try_from(opts.interval.as_millis())
+            .unwrap_or(u32::MAX)
+            .clamp(100, 3_600_000);
+        let top = opts.top.clamp(1, 1000);
+        if let Some(path) = &opts.token_file {
+            source::set_token_file(path)?;
+        }
+        Ok(Self {
+            filter,
+            interval_ms,
+            top,
+            interactive: !(opts.once || opts.json || opts.count.is_some())
+                && std::io::stdout().is_terminal(),
+            rounds: opts.count.unwrap_or(1).max(1),
+            json: opts.json,
+        })
     }
-    let mut _embedded = None;
-    let addrs: Vec<Addr> = if opts.connect.is_empty() {
-        let (socket, guard) = embedded_socket(opts.interval).await?;
-        _embedded = Some(guard);
-        vec![Addr::Unix(socket)]
-    } else {
-        opts.connect
-            .iter()
-            .map(|a| Addr::parse(a))
-            .collect::<Result<_>>()?
-    };
-    let interactive =
-        !(opts.once || opts.json || opts.count.is_some()) && std::io::stdout().is_terminal();
-    if interactive {
-        tui::run(addrs, filter, interval_ms, top).await
-    } else {
-        let rounds = opts.count.unwrap_or(1).max(1);
-        oneshot::run(addrs, &filter, interval_ms, top, rounds, opts.json).await
+
+    /// Watches `addrs` (see [`Addr::parse`]) until the user quits or the
+    /// non-interactive rounds are printed.
+    pub async fn run(self, addrs: Vec<Addr>) -> Result<()> {
+        if self.interactive {
+            tui::run(addrs, self.filter, self.interval_ms, self.top).await
+        } else {
+            oneshot::run(
+                addrs,
+                &self.filter,
+                self.interval_ms,
+                self.top,
+                self.rounds,
+                self.json,
+            )
+            .await
+        }
     }
 }

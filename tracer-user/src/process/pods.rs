@@ -1,5 +1,5 @@
 //! Pod name, namespace and container name for the pod UIDs and container ids
-//! that [`crate::cgroup`] reads from `/proc/PID/cgroup`.
+//! that [`super::cgroup`] reads from `/proc/PID/cgroup`.
 //!
 //! cgroup names carry only ids; the names people search by live in the API
 //! server. In a cluster the agent watches the pods of its own node (field
@@ -10,13 +10,17 @@
 //!
 //! The watcher retries with backoff forever and only logs: losing the API
 //! server costs labels, never tracing.
+//!
+//! Over 600 lines with its tests: about half the file is the watch-protocol
+//! and relist cases (adds, deletions, deletes during a relist), partly against
+//! a fake API server.
 
 use std::{
     collections::HashMap,
     sync::{Arc, PoisonError, RwLock},
 };
 
-use crate::agent::hub::Labels;
+use super::Labels;
 use anyhow::{Context, Result, bail};
 use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::{ContainerStatus, Pod};
