@@ -12,9 +12,6 @@ mod lock;
 mod maps;
 mod regs;
 mod tcp;
-mod tcp_accept;
-mod tcp_kernel;
-mod tcp_raw;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -1,5 +1,5 @@
 //! Raw tracepoint entry points for TCP flows (BPF_PROG_TYPE_RAW_TRACEPOINT):
-//! the same kernel events as the tracepoints in `tcp.rs`, but the program
+//! the same kernel events as the tracepoints in `tracepoint.rs`, but the program
 //! gets the tracepoint's `TP_PROTO` arguments directly instead of a record
 //! the kernel first assembles in the perf trace buffer. That assembly (and
 //! the helper call per field read) is most of a classic tracepoint's cost on
@@ -20,12 +20,12 @@ use aya_ebpf::{
 };
 use tracer_common::tcp::{IPPROTO_TCP, MSG_PEEK};
 
-use crate::{
-    tcp::{
-        BUMP_RETRANS, BUMP_RST_RECV, BUMP_RST_SENT, NewFlowGate, TCP_CONFIG, bump, on_destroy,
-        on_length_gated, traced,
-    },
-    tcp_kernel::{sk_read, srtt, state_change},
+use super::{
+    flow::{BUMP_RETRANS, BUMP_RST_RECV, BUMP_RST_SENT, bump, on_destroy, on_length_gated},
+    kernel_args::{srtt, state_change},
+    maps::{TCP_CONFIG, traced},
+    sock::sk_read,
+    sources::NewFlowGate,
 };
 
 /// `inet_sock_set_state(sk, oldstate, newstate)`.

@@ -13,7 +13,10 @@ use aya_ebpf::{
 };
 use tracer_common::tcp::{OFF_NONE, STAT_ACCEPT_WALK_FAILED, TcpConfig};
 
-use crate::tcp::{TCP_CONFIG, on_accept, stat, traced};
+use super::{
+    flow::on_accept,
+    maps::{TCP_CONFIG, stat, traced},
+};
 
 /// Reads the `u64` (a pointer here) at `base + off`; `None` for a NULL base,
 /// an unknown offset or a fault.
