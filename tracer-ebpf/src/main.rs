@@ -10,6 +10,7 @@
 mod discovery;
 mod lock;
 mod maps;
+mod names;
 mod regs;
 mod tcp;
 

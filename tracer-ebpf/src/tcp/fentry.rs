@@ -9,7 +9,7 @@ use aya_ebpf::{
     macros::{fentry, fexit},
     programs::{FEntryContext, FExitContext},
 };
-use tracer_common::tcp::MSG_PEEK;
+use tracer_common::{names, tcp::MSG_PEEK};
 
 use super::{
     flow::{BUMP_RETRANS, BUMP_RST_RECV, bump, on_accept, on_connect_ret, on_destroy, on_length},
@@ -168,4 +168,22 @@ pub fn tcp_fx_connect4(ctx: FExitContext) -> u32 {
 pub fn tcp_fx_connect6(ctx: FExitContext) -> u32 {
     connect_exit(&ctx);
     0
+}
+
+crate::names::check_names! {
+    tcp_fe_state => names::program::TCP_FE_STATE,
+    tcp_fe_inet_state => names::program::TCP_FE_INET_STATE,
+    tcp_fx_sendmsg => names::program::TCP_FX_SENDMSG,
+    tcp_fx_sendpage => names::program::TCP_FX_SENDPAGE,
+    tcp_fx_splice_read => names::program::TCP_FX_SPLICE_READ,
+    tcp_fx_recvmsg => names::program::TCP_FX_RECVMSG,
+    tcp_fe_rtt => names::program::TCP_FE_RTT,
+    tcp_fe_retrans => names::program::TCP_FE_RETRANS,
+    tcp_fx_retrans => names::program::TCP_FX_RETRANS,
+    tcp_fx_retrans_inner => names::program::TCP_FX_RETRANS_INNER,
+    tcp_fe_reset => names::program::TCP_FE_RESET,
+    tcp_fe_destroy => names::program::TCP_FE_DESTROY,
+    tcp_fx_accept => names::program::TCP_FX_ACCEPT,
+    tcp_fx_connect4 => names::program::TCP_FX_CONNECT4,
+    tcp_fx_connect6 => names::program::TCP_FX_CONNECT6,
 }

@@ -9,7 +9,7 @@ use aya_ebpf::{
     maps::LruHashMap,
     programs::{ProbeContext, RetProbeContext},
 };
-use tracer_common::tcp::MSG_PEEK;
+use tracer_common::{names, tcp::MSG_PEEK};
 
 use super::{
     flow::{
@@ -314,4 +314,29 @@ pub fn tcp_kp_connect6(ctx: ProbeContext) -> u32 {
 pub fn tcp_krp_connect6(ctx: RetProbeContext) -> u32 {
     connect_return(&ctx);
     0
+}
+
+crate::names::check_names! {
+    tcp_kp_state => names::program::TCP_KP_STATE,
+    tcp_kp_inet_state => names::program::TCP_KP_INET_STATE,
+    tcp_kp_sendmsg => names::program::TCP_KP_SENDMSG,
+    tcp_krp_sendmsg => names::program::TCP_KRP_SENDMSG,
+    tcp_kp_sendpage => names::program::TCP_KP_SENDPAGE,
+    tcp_krp_sendpage => names::program::TCP_KRP_SENDPAGE,
+    tcp_kp_recvmsg => names::program::TCP_KP_RECVMSG,
+    tcp_krp_recvmsg => names::program::TCP_KRP_RECVMSG,
+    tcp_kp_splice_read => names::program::TCP_KP_SPLICE_READ,
+    tcp_krp_splice_read => names::program::TCP_KRP_SPLICE_READ,
+    tcp_kp_rtt => names::program::TCP_KP_RTT,
+    tcp_kp_retrans => names::program::TCP_KP_RETRANS,
+    tcp_krp_retrans => names::program::TCP_KRP_RETRANS,
+    tcp_kp_retrans_inner => names::program::TCP_KP_RETRANS_INNER,
+    tcp_krp_retrans_inner => names::program::TCP_KRP_RETRANS_INNER,
+    tcp_kp_reset => names::program::TCP_KP_RESET,
+    tcp_kp_destroy => names::program::TCP_KP_DESTROY,
+    tcp_krp_accept => names::program::TCP_KRP_ACCEPT,
+    tcp_kp_connect4 => names::program::TCP_KP_CONNECT4,
+    tcp_krp_connect4 => names::program::TCP_KRP_CONNECT4,
+    tcp_kp_connect6 => names::program::TCP_KP_CONNECT6,
+    tcp_krp_connect6 => names::program::TCP_KRP_CONNECT6,
 }

@@ -7,7 +7,10 @@ use aya_ebpf::{
     macros::map,
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
-use tracer_common::tcp::{STAT_COUNT, SockInfo, TcpConfig, TcpFlow};
+use tracer_common::{
+    names,
+    tcp::{STAT_COUNT, SockInfo, TcpConfig, TcpFlow},
+};
 
 /// Tracepoint field offsets, written once by user space before attaching.
 #[map]
@@ -67,4 +70,13 @@ pub(super) fn traced(tgid: u32) -> bool {
 #[inline(always)]
 pub(super) fn has_flow(sk: u64) -> bool {
     TCP_FLOWS.get_ptr(sk).is_some()
+}
+
+crate::names::check_names! {
+    TCP_CONFIG => names::map::TCP_CONFIG,
+    TCP_TARGETS => names::map::TCP_TARGETS,
+    TCP_FLOWS => names::map::TCP_FLOWS,
+    TCP_CLOSED_RB => names::map::TCP_CLOSED_RB,
+    TCP_SOCKS => names::map::TCP_SOCKS,
+    TCP_STATS => names::map::TCP_STATS,
 }

@@ -3,8 +3,9 @@
 //! (`TCP_CONFIG`) and calls the accounting in `flow.rs`.
 
 use aya_ebpf::{macros::tracepoint, programs::TracePointContext};
-use tracer_common::tcp::{
-    AF_INET, AF_INET6, IPPROTO_TCP, MSG_PEEK, OFF_NONE, STAT_READ_FAILED, TcpConfig,
+use tracer_common::{
+    names,
+    tcp::{AF_INET, AF_INET6, IPPROTO_TCP, MSG_PEEK, OFF_NONE, STAT_READ_FAILED, TcpConfig},
 };
 
 use super::{
@@ -212,4 +213,15 @@ fn on_destroy_tp(ctx: &TracePointContext) -> Option<()> {
     let c = TCP_CONFIG.get(0)?;
     let sk: u64 = read(ctx, c.destroy_skaddr)?;
     on_destroy(sk)
+}
+
+crate::names::check_names! {
+    tcp_state => names::program::TCP_STATE,
+    tcp_send_len => names::program::TCP_SEND_LEN,
+    tcp_recv_len => names::program::TCP_RECV_LEN,
+    tcp_rtt => names::program::TCP_RTT,
+    tcp_retrans => names::program::TCP_RETRANS,
+    tcp_rst_sent => names::program::TCP_RST_SENT,
+    tcp_rst_recv => names::program::TCP_RST_RECV,
+    tcp_destroy => names::program::TCP_DESTROY,
 }
