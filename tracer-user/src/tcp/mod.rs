@@ -119,7 +119,7 @@ pub fn add_tcp_pid(tracer: &mut Tracer, pid: u32) -> Result<()> {
     let mut targets: HashMap<_, u32, u8> = HashMap::try_from(
         tracer
             .ebpf
-            .map_mut("TCP_TARGETS")
+            .map_mut(tracer_common::names::map::TCP_TARGETS)
             .ok_or_else(|| anyhow!("TCP_TARGETS map missing from the eBPF object"))?,
     )?;
     targets
@@ -179,7 +179,7 @@ pub fn attach_tcp_leaving(
         let mut cfg: Array<_, TcpConfig> = Array::try_from(
             tracer
                 .ebpf
-                .map_mut("TCP_CONFIG")
+                .map_mut(tracer_common::names::map::TCP_CONFIG)
                 .ok_or_else(|| anyhow!("TCP_CONFIG map missing from the eBPF object"))?,
         )?;
         cfg.set(0, plan.config, 0).context("writing TCP_CONFIG")?;
@@ -190,7 +190,7 @@ pub fn attach_tcp_leaving(
     let ring = RingBuf::try_from(
         tracer
             .ebpf
-            .take_map("TCP_CLOSED_RB")
+            .take_map(tracer_common::names::map::TCP_CLOSED_RB)
             .ok_or_else(|| anyhow!("TCP_CLOSED_RB ring buffer missing from the eBPF object"))?,
     )
     .context("opening the TCP_CLOSED_RB ring buffer")?;
@@ -270,7 +270,7 @@ impl TcpTracing {
         let map: HashMap<&MapData, u64, TcpFlow> = HashMap::try_from(
             tracer
                 .ebpf
-                .map("TCP_FLOWS")
+                .map(tracer_common::names::map::TCP_FLOWS)
                 .ok_or_else(|| anyhow!("TCP_FLOWS map missing"))?,
         )?;
         // Entries may be removed while iterating; skip those errors.
@@ -284,7 +284,7 @@ impl TcpTracing {
         let mut map: HashMap<_, u64, TcpFlow> = HashMap::try_from(
             tracer
                 .ebpf
-                .map_mut("TCP_FLOWS")
+                .map_mut(tracer_common::names::map::TCP_FLOWS)
                 .ok_or_else(|| anyhow!("TCP_FLOWS map missing"))?,
         )?;
         let entries: Vec<(u64, TcpFlow)> = map.iter().filter_map(|r| r.ok()).collect();
@@ -340,7 +340,7 @@ impl TcpTracing {
         let counters: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
             tracer
                 .ebpf
-                .map("TCP_STATS")
+                .map(tracer_common::names::map::TCP_STATS)
                 .ok_or_else(|| anyhow!("TCP_STATS map missing"))?,
         )?;
         let get = |i: u32| -> Result<u64> {
