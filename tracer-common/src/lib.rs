@@ -9,6 +9,7 @@ pub mod discovery;
 pub mod hist;
 pub mod lock;
 pub mod maps;
+pub mod names;
 pub mod tcp;
 
 pub use hist::{HIST_SLOTS, hist_slot, slot_bounds};

@@ -8,7 +8,10 @@ use aya_ebpf::{
     maps::{PerCpuArray, RingBuf},
     programs::TracePointContext,
 };
-use tracer_common::discovery::{EVENT_EXEC, EVENT_EXIT, ProcEvent};
+use tracer_common::{
+    discovery::{EVENT_EXEC, EVENT_EXIT, ProcEvent},
+    names,
+};
 
 /// Exec and exit events. 1 MiB holds ~43k events: a burst of short-lived
 /// processes between two polls; a failed reserve is counted in `PROC_LOST`.
@@ -58,4 +61,11 @@ pub fn proc_exit(_ctx: TracePointContext) -> u32 {
         emit(EVENT_EXIT, tgid);
     }
     0
+}
+
+crate::names::check_names! {
+    PROC_EVENTS => names::map::PROC_EVENTS,
+    PROC_LOST => names::map::PROC_LOST,
+    proc_exec => names::program::PROC_EXEC,
+    proc_exit => names::program::PROC_EXIT,
 }

@@ -11,7 +11,7 @@ use aya_ebpf::{
     programs::ProbeContext,
 };
 use aya_log_ebpf::warn;
-use tracer_common::{Inflight, InflightKey, LockKey, WaitStats, WaiterKey, hist_slot};
+use tracer_common::{Inflight, InflightKey, LockKey, WaitStats, WaiterKey, hist_slot, names};
 
 use crate::regs;
 
@@ -203,4 +203,17 @@ pub fn unlock_slow(ctx: ProbeContext) -> u32 {
         }
     }
     0
+}
+
+crate::names::check_names! {
+    TARGETS => names::map::TARGETS,
+    LOCK_INFLIGHT => names::map::LOCK_INFLIGHT,
+    LOCK_WAITS => names::map::LOCK_WAITS,
+    LOCK_STACKS => names::map::LOCK_STACKS,
+    LOCK_WAITERS => names::map::LOCK_WAITERS,
+    UNLOCK_WAKES => names::map::UNLOCK_WAKES,
+    LOCK_WAIT_TOTAL => names::map::LOCK_WAIT_TOTAL,
+    lock_enter => names::program::LOCK_ENTER,
+    lock_exit => names::program::LOCK_EXIT,
+    unlock_slow => names::program::UNLOCK_SLOW,
 }

@@ -10,11 +10,9 @@
 mod discovery;
 mod lock;
 mod maps;
+mod names;
 mod regs;
 mod tcp;
-mod tcp_accept;
-mod tcp_kernel;
-mod tcp_raw;
 
 #[cfg(not(test))]
 #[panic_handler]

@@ -31,6 +31,7 @@ use tracer_common::{
         MapKey, MapsConfig, OP_AT_CALL_SITE, OP_ITERATE, OP_ITERATE_NEXT, OpInflight, OpSide,
         SyncMapKey, is_write,
     },
+    names,
 };
 
 use crate::regs;
@@ -547,4 +548,23 @@ pub fn sync_map_call(ctx: ProbeContext) -> u32 {
         lost(LOST_SYNC_MAP);
     }
     0
+}
+
+crate::names::check_names! {
+    MAP_CONFIG => names::map::MAP_CONFIG,
+    MAP_EVENTS => names::map::MAP_EVENTS,
+    MAP_LOST => names::map::MAP_LOST,
+    MAP_STACKS => names::map::MAP_STACKS,
+    MAP_GROWTH => names::map::MAP_GROWTH,
+    MAP_OP_INFLIGHT => names::map::MAP_OP_INFLIGHT,
+    MAP_ACTIVE => names::map::MAP_ACTIVE,
+    MAP_OPS => names::map::MAP_OPS,
+    MAP_OP_GS => names::map::MAP_OP_GS,
+    MAP_CONFLICTS => names::map::MAP_CONFLICTS,
+    SYNC_MAP_CALLS => names::map::SYNC_MAP_CALLS,
+    map_fatal => names::program::MAP_FATAL,
+    map_grow => names::program::MAP_GROW,
+    map_op_enter => names::program::MAP_OP_ENTER,
+    map_op_exit => names::program::MAP_OP_EXIT,
+    sync_map_call => names::program::SYNC_MAP_CALL,
 }

@@ -8,17 +8,16 @@ use std::{io::IsTerminal, process::Command};
 use anyhow::{Context, Result, bail};
 
 use crate::{
-    setup::GO_VERSIONS,
+    go::{build_go, newest_go},
     shell::{build_tracer, cache_dir, step, tracer_bin},
 };
 
 pub fn demo() -> Result<()> {
     build_tracer()?;
-    let newest = GO_VERSIONS.last().context("no Go version configured")?;
-    let go = cache_dir().join("go").join(newest).join("bin/go");
+    let (newest, go) = newest_go()?;
     let out = cache_dir().join("demo").join(format!("demo-go{newest}"));
     step(&format!("building the demo service with Go {newest}"));
-    crate::bench::build_go(&go, "demo", &out, false)?;
+    build_go(&go, "demo", &out, false)?;
 
     let interactive = std::io::stdout().is_terminal() && std::io::stderr().is_terminal();
     // The demo service runs until killed; `tracer top` embeds an agent that

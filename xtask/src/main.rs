@@ -4,10 +4,8 @@
 //! commands work on a fresh machine and cost seconds on a prepared one.
 
 mod bench;
-mod bench_agent;
-mod bench_analysis;
-mod bench_tcp;
 mod demo;
+mod go;
 mod setup;
 mod shell;
 mod test;

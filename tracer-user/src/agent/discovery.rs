@@ -79,7 +79,7 @@ impl ProcEvents {
         }
         let map = tracer
             .ebpf
-            .take_map("PROC_EVENTS")
+            .take_map(tracer_common::names::map::PROC_EVENTS)
             .ok_or_else(|| anyhow!("PROC_EVENTS ring buffer missing"))?;
         let ring = RingBuf::try_from(map).context("opening the PROC_EVENTS ring buffer")?;
         Ok(Self { ring })
@@ -249,7 +249,7 @@ pub const POLL: Duration = Duration::from_millis(200);
 
 /// Events lost because the ring buffer was full (summed over CPUs).
 pub fn lost(tracer: &Tracer) -> u64 {
-    let Some(map) = tracer.ebpf.map("PROC_LOST") else {
+    let Some(map) = tracer.ebpf.map(tracer_common::names::map::PROC_LOST) else {
         return 0;
     };
     let Ok(arr) = PerCpuArray::<_, u64>::try_from(map) else {

@@ -12,6 +12,7 @@ use tracer_common::maps::{
     CALL_INSN_LEN, GROW_ARG0, GROW_ARG1, GROW_ARG2, OP_AT_CALL_SITE, OP_CLEAR, OP_DELETE,
     OP_ITERATE, OP_ITERATE_NEXT, OP_READ, OP_WRITE,
 };
+use tracer_common::names::program;
 
 use crate::{
     ebpf::{ProbeStatus, Scope, Tracer},
@@ -19,7 +20,12 @@ use crate::{
 };
 
 /// The BPF programs of the map feature.
-pub const PROGRAMS: [&str; 4] = ["map_fatal", "map_grow", "map_op_enter", "map_op_exit"];
+pub const PROGRAMS: [&str; 4] = [
+    program::MAP_FATAL,
+    program::MAP_GROW,
+    program::MAP_OP_ENTER,
+    program::MAP_OP_EXIT,
+];
 
 /// Fatal-error entry points. Go ≥ 1.19 reports map misuse through `fatal`
 /// (Swiss maps through `internal/runtime/maps.fatal`, which calls it);
@@ -151,7 +157,7 @@ pub fn attach_always(
     let mut err = None;
     for f in &fatal {
         let c = probes.cookie(f, 0);
-        if let Err(e) = attach_at(tracer, "map_fatal", f.file_offset, path, scope, c) {
+        if let Err(e) = attach_at(tracer, program::MAP_FATAL, f.file_offset, path, scope, c) {
             err = Some(format!("{e:#}"));
             break;
         }
@@ -170,7 +176,7 @@ pub fn attach_always(
     let mut err = None;
     for (f, arg) in &growth {
         let c = probes.cookie(f, *arg);
-        if let Err(e) = attach_at(tracer, "map_grow", f.file_offset, path, scope, c) {
+        if let Err(e) = attach_at(tracer, program::MAP_GROW, f.file_offset, path, scope, c) {
             err = Some(format!("{e:#}"));
             break;
         }
@@ -224,9 +230,16 @@ pub fn attach_deep(
             // Exits first: in a running process an entry without its exits
             // would leave operations that never end.
             for off in &rets {
-                attach_at(tracer, "map_op_exit", f.file_offset + off, path, scope, c)?;
+                attach_at(
+                    tracer,
+                    program::MAP_OP_EXIT,
+                    f.file_offset + off,
+                    path,
+                    scope,
+                    c,
+                )?;
             }
-            attach_at(tracer, "map_op_enter", f.file_offset, path, scope, c)?;
+            attach_at(tracer, program::MAP_OP_ENTER, f.file_offset, path, scope, c)?;
             rets_total += rets.len();
         }
         Ok(())
@@ -272,13 +285,13 @@ pub fn attach_sites(
             let c = probes.cookie(&site_fn, s.kind | OP_AT_CALL_SITE);
             attach_at(
                 tracer,
-                "map_op_exit",
+                program::MAP_OP_EXIT,
                 call_off + CALL_INSN_LEN,
                 path,
                 scope,
                 c,
             )?;
-            attach_at(tracer, "map_op_enter", call_off, path, scope, c)?;
+            attach_at(tracer, program::MAP_OP_ENTER, call_off, path, scope, c)?;
         }
         Ok(())
     })();

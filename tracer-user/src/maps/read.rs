@@ -22,7 +22,7 @@ pub fn add_target(tracer: &mut Tracer, pid: u32, cfg: MapsConfig) -> Result<()> 
     let mut m: BpfHashMap<_, u32, MapsConfig> = BpfHashMap::try_from(
         tracer
             .ebpf
-            .map_mut("MAP_CONFIG")
+            .map_mut(tracer_common::names::map::MAP_CONFIG)
             .ok_or_else(|| anyhow!("MAP_CONFIG map missing"))?,
     )?;
     m.insert(pid, cfg, 0)
@@ -34,7 +34,7 @@ pub fn add_target(tracer: &mut Tracer, pid: u32, cfg: MapsConfig) -> Result<()> 
 pub fn take_ring(tracer: &mut Tracer) -> Result<RingBuf<aya::maps::MapData>> {
     let map = tracer
         .ebpf
-        .take_map("MAP_EVENTS")
+        .take_map(tracer_common::names::map::MAP_EVENTS)
         .ok_or_else(|| anyhow!("MAP_EVENTS ring buffer missing"))?;
     RingBuf::try_from(map).context("opening the MAP_EVENTS ring buffer")
 }
@@ -85,7 +85,7 @@ pub fn lost(tracer: &Tracer) -> Result<[u64; LOST_SLOTS as usize]> {
     let arr: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
         tracer
             .ebpf
-            .map("MAP_LOST")
+            .map(tracer_common::names::map::MAP_LOST)
             .ok_or_else(|| anyhow!("MAP_LOST map missing"))?,
     )?;
     let mut out = [0u64; LOST_SLOTS as usize];
@@ -102,7 +102,7 @@ pub fn growth(tracer: &Tracer) -> Result<Vec<(GrowthKey, GrowthStats)>> {
     let map: PerCpuHashMap<&MapData, GrowthKey, GrowthStats> = PerCpuHashMap::try_from(
         tracer
             .ebpf
-            .map("MAP_GROWTH")
+            .map(tracer_common::names::map::MAP_GROWTH)
             .ok_or_else(|| anyhow!("MAP_GROWTH map missing"))?,
     )?;
     let mut out = Vec::new();
@@ -127,7 +127,7 @@ pub fn ops(tracer: &Tracer) -> Result<Vec<(LockKey, Latency)>> {
     let map: PerCpuHashMap<&MapData, LockKey, WaitStats> = PerCpuHashMap::try_from(
         tracer
             .ebpf
-            .map("MAP_OPS")
+            .map(tracer_common::names::map::MAP_OPS)
             .ok_or_else(|| anyhow!("MAP_OPS map missing"))?,
     )?;
     let mut out = Vec::new();
@@ -147,7 +147,7 @@ pub fn goroutines(tracer: &Tracer) -> Result<Vec<WaiterKey>> {
     let map: BpfHashMap<&MapData, WaiterKey, u8> = BpfHashMap::try_from(
         tracer
             .ebpf
-            .map("MAP_OP_GS")
+            .map(tracer_common::names::map::MAP_OP_GS)
             .ok_or_else(|| anyhow!("MAP_OP_GS map missing"))?,
     )?;
     Ok(map.keys().filter_map(|r| r.ok()).collect())
@@ -159,7 +159,7 @@ pub fn conflicts(tracer: &Tracer) -> Result<Vec<(ConflictKey, ConflictStats)>> {
     let map: PerCpuHashMap<&MapData, ConflictKey, ConflictStats> = PerCpuHashMap::try_from(
         tracer
             .ebpf
-            .map("MAP_CONFLICTS")
+            .map(tracer_common::names::map::MAP_CONFLICTS)
             .ok_or_else(|| anyhow!("MAP_CONFLICTS map missing"))?,
     )?;
     let mut out = Vec::new();
@@ -195,7 +195,7 @@ impl<'a> Stacks<'a> {
     pub fn new(tracer: &'a Tracer) -> Self {
         let map = tracer
             .ebpf
-            .map("MAP_STACKS")
+            .map(tracer_common::names::map::MAP_STACKS)
             .and_then(|m| StackTraceMap::try_from(m).ok());
         Stacks {
             map,

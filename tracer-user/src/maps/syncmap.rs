@@ -29,7 +29,7 @@ use crate::{
     gobin::{Function, GoBinary},
 };
 
-pub const PROGRAM: &str = "sync_map_call";
+pub const PROGRAM: &str = tracer_common::names::program::SYNC_MAP_CALL;
 
 /// Methods, by their name after the receiver, and the `SM_*` counted.
 const METHODS: [(&str, u32); 10] = [
@@ -182,7 +182,7 @@ pub fn past_stack_check_amd64(code: &[u8], entry: u64) -> u64 {
 
 /// Call counts per (process, method, map), summed over CPUs.
 pub fn read_calls(tracer: &Tracer) -> Result<Vec<(SyncMapKey, u64)>> {
-    let Some(m) = tracer.ebpf.map("SYNC_MAP_CALLS") else {
+    let Some(m) = tracer.ebpf.map(tracer_common::names::map::SYNC_MAP_CALLS) else {
         return Ok(vec![]);
     };
     let map: PerCpuHashMap<&MapData, SyncMapKey, u64> = PerCpuHashMap::try_from(m)?;

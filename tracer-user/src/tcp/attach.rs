@@ -26,7 +26,7 @@ pub(super) fn plan_and_configure(tracer: &mut Tracer, opts: &TcpOptions) -> Resu
     let mut cfg: aya::maps::Array<_, tracer_common::tcp::TcpConfig> = aya::maps::Array::try_from(
         tracer
             .ebpf
-            .map_mut("TCP_CONFIG")
+            .map_mut(tracer_common::names::map::TCP_CONFIG)
             .ok_or_else(|| anyhow!("TCP_CONFIG map missing from the eBPF object"))?,
     )?;
     cfg.set(0, plan.config, 0).context("writing TCP_CONFIG")?;

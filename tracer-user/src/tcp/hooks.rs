@@ -9,7 +9,10 @@
 use std::path::Path;
 
 use serde::Serialize;
-use tracer_common::tcp::{OFF_NONE, TcpConfig};
+use tracer_common::{
+    names::program,
+    tcp::{OFF_NONE, TcpConfig},
+};
 
 use super::{
     btf::Btf,
@@ -135,7 +138,7 @@ pub(crate) const TRACEPOINTS: [TracepointHook; 9] = [
         group: "sock",
         name: "inet_sock_set_state",
         also: &[],
-        program: "tcp_state",
+        program: program::TCP_STATE,
         measures: "5-tuple, side, connect latency, start/end, final state",
         fill: fill_set_state,
     },
@@ -143,7 +146,7 @@ pub(crate) const TRACEPOINTS: [TracepointHook; 9] = [
         group: "sock",
         name: "sock_send_length",
         also: &[],
-        program: "tcp_send_len",
+        program: program::TCP_SEND_LEN,
         measures: "bytes sent, send calls, pid attribution (Linux 6.3+)",
         fill: fill_send,
     },
@@ -151,7 +154,7 @@ pub(crate) const TRACEPOINTS: [TracepointHook; 9] = [
         group: "sock",
         name: "sock_recv_length",
         also: &[],
-        program: "tcp_recv_len",
+        program: program::TCP_RECV_LEN,
         measures: "bytes received, receive calls, pid attribution (Linux 6.3+)",
         fill: fill_recv,
     },
@@ -159,7 +162,7 @@ pub(crate) const TRACEPOINTS: [TracepointHook; 9] = [
         group: "tcp",
         name: "tcp_probe",
         also: &[],
-        program: "tcp_rtt",
+        program: program::TCP_RTT,
         measures: "smoothed RTT (µs)",
         fill: fill_probe,
     },
@@ -167,7 +170,7 @@ pub(crate) const TRACEPOINTS: [TracepointHook; 9] = [
         group: "tcp",
         name: "tcp_retransmit_skb",
         also: &[],
-        program: "tcp_retrans",
+        program: program::TCP_RETRANS,
         measures: "retransmits",
         fill: fill_retrans,
     },
@@ -175,7 +178,7 @@ pub(crate) const TRACEPOINTS: [TracepointHook; 9] = [
         group: "tcp",
         name: "tcp_send_reset",
         also: &[],
-        program: "tcp_rst_sent",
+        program: program::TCP_RST_SENT,
         measures: "resets sent",
         fill: fill_send_reset,
     },
@@ -183,7 +186,7 @@ pub(crate) const TRACEPOINTS: [TracepointHook; 9] = [
         group: "tcp",
         name: "tcp_receive_reset",
         also: &[],
-        program: "tcp_rst_recv",
+        program: program::TCP_RST_RECV,
         measures: "resets received",
         fill: fill_recv_reset,
     },
@@ -191,7 +194,7 @@ pub(crate) const TRACEPOINTS: [TracepointHook; 9] = [
         group: "tcp",
         name: "tcp_destroy_sock",
         also: &[],
-        program: "tcp_destroy",
+        program: program::TCP_DESTROY,
         measures: "socket freed (close fallback)",
         fill: fill_destroy,
     },
@@ -199,7 +202,7 @@ pub(crate) const TRACEPOINTS: [TracepointHook; 9] = [
         group: "syscalls",
         name: "sys_exit_accept4",
         also: &["sys_exit_accept"],
-        program: "tcp_accept_tp",
+        program: program::TCP_ACCEPT_TP,
         measures: "accept-queue wait of server flows",
         fill: fill_accept,
     },
@@ -337,13 +340,13 @@ const fn raw(event: &'static str, program: &'static [&'static str]) -> RawHook {
 /// `tcp_set_state` never sees; without it server flows start at first data.
 const INET_STATE_KP: FnHook = FnHook {
     function: "inet_sk_set_state",
-    program: "tcp_kp_inet_state",
+    program: program::TCP_KP_INET_STATE,
     ret: false,
     optional: true,
 };
 const INET_STATE_FE: FnHook = FnHook {
     function: "inet_sk_set_state",
-    program: "tcp_fe_inet_state",
+    program: program::TCP_FE_INET_STATE,
     ret: false,
     optional: true,
 };
@@ -352,9 +355,15 @@ pub(crate) const ROLES: [Role; 10] = [
     Role {
         name: "state",
         tracepoint: 0,
-        kprobe: &[f("tcp_set_state", "tcp_kp_state", false), INET_STATE_KP],
-        fentry: &[f("tcp_set_state", "tcp_fe_state", false), INET_STATE_FE],
-        raw: &[raw("inet_sock_set_state", &["tcp_raw_state"])],
+        kprobe: &[
+            f("tcp_set_state", program::TCP_KP_STATE, false),
+            INET_STATE_KP,
+        ],
+        fentry: &[
+            f("tcp_set_state", program::TCP_FE_STATE, false),
+            INET_STATE_FE,
+        ],
+        raw: &[raw("inet_sock_set_state", &[program::TCP_RAW_STATE])],
         essential: true,
         measures: "",
     },
@@ -364,16 +373,16 @@ pub(crate) const ROLES: [Role; 10] = [
         // `tcp_sendpage` (before 6.5): sendfile() and splice() to a socket
         // (since 6.5 they go through `tcp_sendmsg`).
         kprobe: &[
-            f("tcp_sendmsg", "tcp_kp_sendmsg", false),
-            f("tcp_sendmsg", "tcp_krp_sendmsg", true),
-            optional(f("tcp_sendpage", "tcp_kp_sendpage", false)),
-            optional(f("tcp_sendpage", "tcp_krp_sendpage", true)),
+            f("tcp_sendmsg", program::TCP_KP_SENDMSG, false),
+            f("tcp_sendmsg", program::TCP_KRP_SENDMSG, true),
+            optional(f("tcp_sendpage", program::TCP_KP_SENDPAGE, false)),
+            optional(f("tcp_sendpage", program::TCP_KRP_SENDPAGE, true)),
         ],
         fentry: &[
-            f("tcp_sendmsg", "tcp_fx_sendmsg", true),
-            optional(f("tcp_sendpage", "tcp_fx_sendpage", true)),
+            f("tcp_sendmsg", program::TCP_FX_SENDMSG, true),
+            optional(f("tcp_sendpage", program::TCP_FX_SENDPAGE, true)),
         ],
-        raw: &[raw("sock_send_length", &["tcp_raw_send"])],
+        raw: &[raw("sock_send_length", &[program::TCP_RAW_SEND])],
         essential: true,
         measures: "",
     },
@@ -383,25 +392,25 @@ pub(crate) const ROLES: [Role; 10] = [
         // `tcp_splice_read`: splice() from a socket reads without
         // `tcp_recvmsg`; no tracepoint sees it.
         kprobe: &[
-            f("tcp_recvmsg", "tcp_kp_recvmsg", false),
-            f("tcp_recvmsg", "tcp_krp_recvmsg", true),
-            optional(f("tcp_splice_read", "tcp_kp_splice_read", false)),
-            optional(f("tcp_splice_read", "tcp_krp_splice_read", true)),
+            f("tcp_recvmsg", program::TCP_KP_RECVMSG, false),
+            f("tcp_recvmsg", program::TCP_KRP_RECVMSG, true),
+            optional(f("tcp_splice_read", program::TCP_KP_SPLICE_READ, false)),
+            optional(f("tcp_splice_read", program::TCP_KRP_SPLICE_READ, true)),
         ],
         fentry: &[
-            f("tcp_recvmsg", "tcp_fx_recvmsg", true),
-            optional(f("tcp_splice_read", "tcp_fx_splice_read", true)),
+            f("tcp_recvmsg", program::TCP_FX_RECVMSG, true),
+            optional(f("tcp_splice_read", program::TCP_FX_SPLICE_READ, true)),
         ],
-        raw: &[raw("sock_recv_length", &["tcp_raw_recv"])],
+        raw: &[raw("sock_recv_length", &[program::TCP_RAW_RECV])],
         essential: true,
         measures: "",
     },
     Role {
         name: "rtt",
         tracepoint: 3,
-        kprobe: &[f("tcp_rcv_established", "tcp_kp_rtt", false)],
-        fentry: &[f("tcp_rcv_established", "tcp_fe_rtt", false)],
-        raw: &[raw("tcp_probe", &["tcp_raw_rtt"])],
+        kprobe: &[f("tcp_rcv_established", program::TCP_KP_RTT, false)],
+        fentry: &[f("tcp_rcv_established", program::TCP_FE_RTT, false)],
+        raw: &[raw("tcp_probe", &[program::TCP_RAW_RTT])],
         essential: false,
         measures: "",
     },
@@ -412,19 +421,31 @@ pub(crate) const ROLES: [Role; 10] = [
         // `tcp_retransmit_skb` on some kernels and called directly by tail
         // loss probes, so both are hooked (nested calls count once).
         kprobe: &[
-            f("tcp_retransmit_skb", "tcp_kp_retrans", false),
-            f("tcp_retransmit_skb", "tcp_krp_retrans", true),
-            optional(f("__tcp_retransmit_skb", "tcp_kp_retrans_inner", false)),
-            optional(f("__tcp_retransmit_skb", "tcp_krp_retrans_inner", true)),
+            f("tcp_retransmit_skb", program::TCP_KP_RETRANS, false),
+            f("tcp_retransmit_skb", program::TCP_KRP_RETRANS, true),
+            optional(f(
+                "__tcp_retransmit_skb",
+                program::TCP_KP_RETRANS_INNER,
+                false,
+            )),
+            optional(f(
+                "__tcp_retransmit_skb",
+                program::TCP_KRP_RETRANS_INNER,
+                true,
+            )),
         ],
         fentry: &[
-            f("tcp_retransmit_skb", "tcp_fe_retrans", false),
-            f("tcp_retransmit_skb", "tcp_fx_retrans", true),
-            optional(f("__tcp_retransmit_skb", "tcp_fx_retrans_inner", true)),
+            f("tcp_retransmit_skb", program::TCP_FE_RETRANS, false),
+            f("tcp_retransmit_skb", program::TCP_FX_RETRANS, true),
+            optional(f(
+                "__tcp_retransmit_skb",
+                program::TCP_FX_RETRANS_INNER,
+                true,
+            )),
         ],
         raw: &[raw(
             "tcp_retransmit_skb",
-            &["tcp_raw_retrans_err", "tcp_raw_retrans"],
+            &[program::TCP_RAW_RETRANS_ERR, program::TCP_RAW_RETRANS],
         )],
         essential: false,
         measures: "",
@@ -435,16 +456,16 @@ pub(crate) const ROLES: [Role; 10] = [
         // tcp_v4_send_reset/tcp_v6_send_reset are static and often inlined.
         kprobe: &[],
         fentry: &[],
-        raw: &[raw("tcp_send_reset", &["tcp_raw_rst_sent"])],
+        raw: &[raw("tcp_send_reset", &[program::TCP_RAW_RST_SENT])],
         essential: false,
         measures: "",
     },
     Role {
         name: "reset_received",
         tracepoint: 6,
-        kprobe: &[f("tcp_reset", "tcp_kp_reset", false)],
-        fentry: &[f("tcp_reset", "tcp_fe_reset", false)],
-        raw: &[raw("tcp_receive_reset", &["tcp_raw_rst_recv"])],
+        kprobe: &[f("tcp_reset", program::TCP_KP_RESET, false)],
+        fentry: &[f("tcp_reset", program::TCP_FE_RESET, false)],
+        raw: &[raw("tcp_receive_reset", &[program::TCP_RAW_RST_RECV])],
         essential: false,
         measures: "",
     },
@@ -452,9 +473,9 @@ pub(crate) const ROLES: [Role; 10] = [
         name: "destroy",
         tracepoint: 7,
         // Also the IPv6 destructor (it calls this one; it is this one since 6.3).
-        kprobe: &[f("tcp_v4_destroy_sock", "tcp_kp_destroy", false)],
-        fentry: &[f("tcp_v4_destroy_sock", "tcp_fe_destroy", false)],
-        raw: &[raw("tcp_destroy_sock", &["tcp_raw_destroy"])],
+        kprobe: &[f("tcp_v4_destroy_sock", program::TCP_KP_DESTROY, false)],
+        fentry: &[f("tcp_v4_destroy_sock", program::TCP_FE_DESTROY, false)],
+        raw: &[raw("tcp_destroy_sock", &[program::TCP_RAW_DESTROY])],
         essential: false,
         measures: "",
     },
@@ -463,8 +484,8 @@ pub(crate) const ROLES: [Role; 10] = [
         tracepoint: ACCEPT_TP,
         // Only the return value (the child socket) is read: the arguments
         // changed in Linux 6.10.
-        kprobe: &[f("inet_csk_accept", "tcp_krp_accept", true)],
-        fentry: &[f("inet_csk_accept", "tcp_fx_accept", true)],
+        kprobe: &[f("inet_csk_accept", program::TCP_KRP_ACCEPT, true)],
+        fentry: &[f("inet_csk_accept", program::TCP_FX_ACCEPT, true)],
         raw: &[],
         essential: false,
         measures: "",
@@ -473,14 +494,14 @@ pub(crate) const ROLES: [Role; 10] = [
         name: "connect",
         tracepoint: NO_TRACEPOINT,
         kprobe: &[
-            f("tcp_v4_connect", "tcp_kp_connect4", false),
-            f("tcp_v4_connect", "tcp_krp_connect4", true),
-            optional(f("tcp_v6_connect", "tcp_kp_connect6", false)),
-            optional(f("tcp_v6_connect", "tcp_krp_connect6", true)),
+            f("tcp_v4_connect", program::TCP_KP_CONNECT4, false),
+            f("tcp_v4_connect", program::TCP_KRP_CONNECT4, true),
+            optional(f("tcp_v6_connect", program::TCP_KP_CONNECT6, false)),
+            optional(f("tcp_v6_connect", program::TCP_KRP_CONNECT6, true)),
         ],
         fentry: &[
-            f("tcp_v4_connect", "tcp_fx_connect4", true),
-            optional(f("tcp_v6_connect", "tcp_fx_connect6", true)),
+            f("tcp_v4_connect", program::TCP_FX_CONNECT4, true),
+            optional(f("tcp_v6_connect", program::TCP_FX_CONNECT6, true)),
         ],
         raw: &[],
         essential: false,

@@ -118,7 +118,7 @@ pub fn add_tcp_pid(tracer: &mut Tracer, pid: u32) -> Result<()> {
     let mut targets: HashMap<_, u32, u8> = HashMap::try_from(
         tracer
             .ebpf
-            .map_mut("TCP_TARGETS")
+            .map_mut(tracer_common::names::map::TCP_TARGETS)
             .ok_or_else(|| anyhow!("TCP_TARGETS map missing from the eBPF object"))?,
     )?;
     targets
@@ -147,7 +147,7 @@ pub fn attach_tcp(tracer: &mut Tracer, pids: &[u32], opts: &TcpOptions) -> Resul
     let ring = RingBuf::try_from(
         tracer
             .ebpf
-            .take_map("TCP_CLOSED_RB")
+            .take_map(tracer_common::names::map::TCP_CLOSED_RB)
             .ok_or_else(|| anyhow!("TCP_CLOSED_RB ring buffer missing from the eBPF object"))?,
     )
     .context("opening the TCP_CLOSED_RB ring buffer")?;
@@ -227,7 +227,7 @@ impl TcpTracing {
         let map: HashMap<&MapData, u64, TcpFlow> = HashMap::try_from(
             tracer
                 .ebpf
-                .map("TCP_FLOWS")
+                .map(tracer_common::names::map::TCP_FLOWS)
                 .ok_or_else(|| anyhow!("TCP_FLOWS map missing"))?,
         )?;
         // Entries may be removed while iterating; skip those errors.
@@ -241,7 +241,7 @@ impl TcpTracing {
         let mut map: HashMap<_, u64, TcpFlow> = HashMap::try_from(
             tracer
                 .ebpf
-                .map_mut("TCP_FLOWS")
+                .map_mut(tracer_common::names::map::TCP_FLOWS)
                 .ok_or_else(|| anyhow!("TCP_FLOWS map missing"))?,
         )?;
         let entries: Vec<(u64, TcpFlow)> = map.iter().filter_map(|r| r.ok()).collect();
@@ -297,7 +297,7 @@ impl TcpTracing {
         let counters: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
             tracer
                 .ebpf
-                .map("TCP_STATS")
+                .map(tracer_common::names::map::TCP_STATS)
                 .ok_or_else(|| anyhow!("TCP_STATS map missing"))?,
         )?;
         let get = |i: u32| -> Result<u64> {

@@ -1,5 +1,5 @@
 //! Raw tracepoint entry points for TCP flows (BPF_PROG_TYPE_RAW_TRACEPOINT):
-//! the same kernel events as the tracepoints in `tcp.rs`, but the program
+//! the same kernel events as the tracepoints in `tracepoint.rs`, but the program
 //! gets the tracepoint's `TP_PROTO` arguments directly instead of a record
 //! the kernel first assembles in the perf trace buffer. That assembly (and
 //! the helper call per field read) is most of a classic tracepoint's cost on
@@ -18,14 +18,17 @@
 use aya_ebpf::{
     helpers::bpf_get_current_pid_tgid, macros::raw_tracepoint, programs::RawTracePointContext,
 };
-use tracer_common::tcp::{IPPROTO_TCP, MSG_PEEK};
+use tracer_common::{
+    names,
+    tcp::{IPPROTO_TCP, MSG_PEEK},
+};
 
-use crate::{
-    tcp::{
-        BUMP_RETRANS, BUMP_RST_RECV, BUMP_RST_SENT, NewFlowGate, TCP_CONFIG, bump, on_destroy,
-        on_length_gated, traced,
-    },
-    tcp_kernel::{sk_read, srtt, state_change},
+use super::{
+    flow::{BUMP_RETRANS, BUMP_RST_RECV, BUMP_RST_SENT, bump, on_destroy, on_length_gated},
+    kernel_args::{srtt, state_change},
+    maps::{TCP_CONFIG, traced},
+    sock::sk_read,
+    sources::NewFlowGate,
 };
 
 /// `inet_sock_set_state(sk, oldstate, newstate)`.
@@ -121,4 +124,16 @@ pub fn tcp_raw_rst_recv(ctx: RawTracePointContext) -> i32 {
 pub fn tcp_raw_destroy(ctx: RawTracePointContext) -> i32 {
     let _ = on_destroy(ctx.arg(0));
     0
+}
+
+crate::names::check_names! {
+    tcp_raw_state => names::program::TCP_RAW_STATE,
+    tcp_raw_send => names::program::TCP_RAW_SEND,
+    tcp_raw_recv => names::program::TCP_RAW_RECV,
+    tcp_raw_rtt => names::program::TCP_RAW_RTT,
+    tcp_raw_retrans => names::program::TCP_RAW_RETRANS,
+    tcp_raw_retrans_err => names::program::TCP_RAW_RETRANS_ERR,
+    tcp_raw_rst_sent => names::program::TCP_RAW_RST_SENT,
+    tcp_raw_rst_recv => names::program::TCP_RAW_RST_RECV,
+    tcp_raw_destroy => names::program::TCP_RAW_DESTROY,
 }

@@ -20,10 +20,13 @@ use std::{path::Path, process::Command};
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
+use super::{
+    stats::{median, quantile},
+    workload::{bench_dir, elapsed_ns, workload_cmd},
+};
 use crate::{
-    bench::{elapsed_ns, median},
-    setup::GO_VERSIONS,
-    shell::{build_tracer, cache_dir, step, tracer_bin},
+    go::{build_go, newest_go},
+    shell::{build_tracer, step, tracer_bin},
 };
 
 const ROUNDS: usize = 11;
@@ -69,19 +72,6 @@ fn workloads() -> [(&'static str, Vec<String>, f64); 2] {
             CONNS as f64,
         ),
     ]
-}
-
-fn workload_cmd(bin: &Path, tracer_args: Option<&[&str]>, args: &[String]) -> Command {
-    let mut cmd = match tracer_args {
-        Some(a) => {
-            let mut c = Command::new(tracer_bin());
-            c.arg("run").args(a).arg("--").arg(bin);
-            c
-        }
-        None => Command::new(bin),
-    };
-    cmd.args(args);
-    cmd
 }
 
 /// How a workload is run: one process, or a traced-alone server.
@@ -148,15 +138,13 @@ fn all_workloads() -> Vec<Workload> {
     one.chain(alone).chain([grpc_reads]).collect()
 }
 
-pub fn bench_tcp() -> Result<()> {
+pub(super) fn bench_tcp() -> Result<()> {
     build_tracer()?;
-    let newest = GO_VERSIONS.last().context("no Go version")?;
-    let go = cache_dir().join("go").join(newest).join("bin/go");
-    let dir = cache_dir().join("bench");
-    std::fs::create_dir_all(&dir)?;
+    let (newest, go) = newest_go()?;
+    let dir = bench_dir()?;
     let bin = dir.join(format!("tcpload-go{newest}"));
     step(&format!("building the TCP workload with Go {newest}"));
-    crate::bench::build_go(&go, "tcpload", &bin, false)?;
+    build_go(&go, "tcpload", &bin, false)?;
 
     step("TCP tracing overhead: throughput relative to untraced (higher is better)");
     println!(
@@ -180,7 +168,7 @@ pub fn bench_tcp() -> Result<()> {
 }
 
 fn one_process(bin: &Path, tracer_args: Option<&[&str]>, w: &Workload) -> Result<f64> {
-    let out = workload_cmd(bin, tracer_args, &w.args).output()?;
+    let out = workload_cmd(bin, tracer_args).args(&w.args).output()?;
     if !out.status.success() {
         bail!(
             "{} failed: {}",
@@ -198,19 +186,12 @@ fn rotated(round: usize) -> impl Iterator<Item = usize> {
     (0..CONFIGS.len()).map(move |i| (i + round) % CONFIGS.len())
 }
 
-/// `v` sorted, its value at quantile `q`.
-fn quantile(v: &[f64], q: f64) -> f64 {
-    let mut v = v.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    v[((v.len() - 1) as f64 * q).round() as usize]
-}
-
 /// Rows of one workload: the median rate of each configuration, and the
 /// median and quartiles of its per-round ratio to that round's untraced run
 /// (pairing cancels the slow drift of this VM's speed).
 fn print_rows(w: &Workload, times: Vec<Vec<f64>>) {
     for (i, (label, _)) in CONFIGS.iter().enumerate() {
-        let rate = w.units / (median(times[i].clone()) / 1e9);
+        let rate = w.units / (median(&times[i]) / 1e9);
         let cell = if w.units == BULK_BYTES as f64 {
             format!("{:.2} GB/s", rate / 1e9)
         } else {
@@ -292,7 +273,9 @@ fn bpf_stats(bin: &Path) -> Result<()> {
     for (name, args, _) in workloads() {
         let _ = std::fs::remove_file(&report);
         let r = report.to_str().context("report path")?;
-        let out = workload_cmd(bin, Some(&["--bpf-stats", "--json-report", r]), &args).output()?;
+        let out = workload_cmd(bin, Some(&["--bpf-stats", "--json-report", r]))
+            .args(&args)
+            .output()?;
         if !out.status.success() {
             bail!("{name} failed: {}", String::from_utf8_lossy(&out.stderr));
         }

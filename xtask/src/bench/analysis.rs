@@ -1,4 +1,4 @@
-//! `cargo xtask bench`, part 2: Go binary analysis speed and memory.
+//! `cargo xtask bench analysis`: Go binary analysis speed and memory.
 //!
 //! Runs `tracer-user/examples/gobin_bench` (release) on the Go toolchain's own
 //! `go` binary, on a generated ~100 MB Go program, and on a stripped copy of
@@ -22,7 +22,7 @@ const FUNCS_PER_PACKAGE: usize = 1000;
 /// Bump when the generated program changes, so the cached build is redone.
 const GENERATOR_VERSION: u32 = 1;
 
-pub fn bench_analysis() -> Result<()> {
+pub(super) fn bench_analysis() -> Result<()> {
     step("building the Go binary analysis benchmark (release example gobin_bench)");
     run(cargo().args([
         "build",

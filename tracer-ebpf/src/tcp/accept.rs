@@ -11,9 +11,15 @@ use aya_ebpf::{
     macros::tracepoint,
     programs::TracePointContext,
 };
-use tracer_common::tcp::{OFF_NONE, STAT_ACCEPT_WALK_FAILED, TcpConfig};
+use tracer_common::{
+    names,
+    tcp::{OFF_NONE, STAT_ACCEPT_WALK_FAILED, TcpConfig},
+};
 
-use crate::tcp::{TCP_CONFIG, on_accept, stat, traced};
+use super::{
+    flow::on_accept,
+    maps::{TCP_CONFIG, stat, traced},
+};
 
 /// Reads the `u64` (a pointer here) at `base + off`; `None` for a NULL base,
 /// an unknown offset or a fault.
@@ -79,4 +85,8 @@ fn on_accept_tp(ctx: &TracePointContext) -> Option<()> {
 pub fn tcp_accept_tp(ctx: TracePointContext) -> u32 {
     let _ = on_accept_tp(&ctx);
     0
+}
+
+crate::names::check_names! {
+    tcp_accept_tp => names::program::TCP_ACCEPT_TP,
 }

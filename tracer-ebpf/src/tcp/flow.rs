@@ -1,135 +1,25 @@
-//! TCP flows: the per-event flow accounting, shared by every hook mechanism,
-//! and its tracepoint entry points (`tcp_kernel.rs` has the kprobe and fentry
-//! ones). Each entry point only extracts (socket, values) from its context
-//! and calls the same `on_*` function, so all paths count identically.
-//!
-//! Flows are keyed by the kernel socket address. A flow is attributed to a
-//! process only where the current task is the socket's owner: `connect`
-//! (CLOSE→SYN_SENT runs in the caller) and send/recv. State changes, RTT
-//! probes, retransmits and resets often run in softirq context, where the
-//! current pid is whoever was interrupted, so they only update flows found by
-//! socket address. Every field offset comes from user space (`TCP_CONFIG`),
-//! parsed from the tracefs format files (tracepoints) or the kernel's BTF
-//! (kprobe/fentry) of the running kernel.
+//! The per-event flow accounting, shared by every hook kind. Each entry
+//! point (`tracepoint.rs`, `kprobe.rs`, `fentry.rs`, `raw_tracepoint.rs`,
+//! `accept.rs`) only extracts (socket, values) from its context and calls
+//! the same `on_*` function here, so all paths count identically.
 
-use crate::tcp_kernel::SockSrtt;
-use aya_ebpf::{
-    helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
-    macros::{map, tracepoint},
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::TracePointContext,
-};
+use aya_ebpf::helpers::{bpf_get_current_comm, bpf_get_current_pid_tgid, bpf_ktime_get_ns};
 use tracer_common::tcp::{
-    AF_INET, AF_INET6, FLAG_CLOSED, FLAG_DESTROYED, FLAG_MIDSTREAM, FLAG_TUPLE, IPPROTO_TCP,
-    MSG_PEEK, OFF_NONE, SIDE_CLIENT, SIDE_SERVER, STAT_CLOSED_LOST, STAT_COUNT, STAT_FLOWS_CLOSED,
-    STAT_FLOWS_CREATED, STAT_INSERT_FAILED, STAT_MIDSTREAM, STAT_READ_FAILED, SockInfo, TCP_CLOSE,
-    TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_LAST_ACK, TCP_SYN_RECV, TCP_SYN_SENT, TcpConfig, TcpFlow,
-    rtt_slot,
+    FLAG_CLOSED, FLAG_DESTROYED, FLAG_MIDSTREAM, FLAG_TUPLE, SIDE_CLIENT, SIDE_SERVER,
+    STAT_CLOSED_LOST, STAT_FLOWS_CLOSED, STAT_FLOWS_CREATED, STAT_INSERT_FAILED, STAT_MIDSTREAM,
+    SockInfo, TCP_CLOSE, TCP_ESTABLISHED, TCP_FIN_WAIT1, TCP_LAST_ACK, TCP_SYN_RECV, TCP_SYN_SENT,
+    TcpFlow, rtt_slot,
 };
 
-/// Tracepoint field offsets, written once by user space before attaching.
-#[map]
-pub(crate) static TCP_CONFIG: Array<TcpConfig> = Array::with_max_entries(1, 0);
-
-/// Processes whose connections are recorded (tgid → 1).
-#[map]
-static TCP_TARGETS: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
-
-/// Flows by socket address: open ones, and closed ones until their socket
-/// is freed (`tcp_destroy_sock`), because a reset is sent and data can still
-/// be read after TCP_CLOSE. LRU so that the kernel state stays bounded;
-/// user space derives evictions from `STAT_FLOWS_CREATED`. A socket address
-/// is reused only after the socket is freed, which moves its flow out.
-#[map]
-static TCP_FLOWS: LruHashMap<u64, TcpFlow> = LruHashMap::with_max_entries(65536, 0);
-
-/// Finished flows, for user space to drain: a ring buffer rather than a
-/// hash map because a flow here is final, and an output costs a copy where
-/// a hash insert (plus the index a closed socket needed to find it) cost
-/// four LRU operations per flow. A full buffer drops the flow and counts it
-/// (`STAT_CLOSED_LOST`). 4 MiB holds about 12 500 flows; user space maps
-/// the data area twice, so it shows as 8 MiB of the agent's RSS.
-#[map]
-static TCP_CLOSED_RB: RingBuf = RingBuf::with_byte_size(4 << 20, 0);
-
-/// Server sockets seen in the handshake but not yet claimed by a traced
-/// process's send/recv. Sockets of untraced processes land here too; LRU
-/// keeps that bounded.
-#[map]
-static TCP_SOCKS: LruHashMap<u64, SockInfo> = LruHashMap::with_max_entries(16384, 0);
+use super::{
+    maps::{TCP_CLOSED_RB, TCP_CONFIG, TCP_FLOWS, TCP_SOCKS, TCP_ZERO, has_flow, stat, traced},
+    sock::SockSrtt,
+    sources::{NewFlowGate, SrttSource, Tuple, TupleSource},
+};
 
 /// `bpf_ringbuf_output` flag: user space drains on a timer, so no wake-up
 /// (an irq_work per flow) is needed.
 const BPF_RB_NO_WAKEUP: u64 = aya_ebpf::bindings::BPF_RB_NO_WAKEUP as u64;
-
-/// One zeroed flow: a `TcpFlow` by value would crowd the 512-byte stack.
-#[map]
-static TCP_ZERO: Array<TcpFlow> = Array::with_max_entries(1, 0);
-
-/// Counters, indexed by `tracer_common::tcp::STAT_*`.
-#[map]
-static TCP_STATS: PerCpuArray<u64> = PerCpuArray::with_max_entries(STAT_COUNT, 0);
-
-/// Addresses and ports of a socket as one tracepoint record shows them.
-#[derive(Clone, Copy, Default)]
-pub(crate) struct Tuple {
-    pub sport: u16,
-    pub dport: u16,
-    pub family: u16,
-    pub saddr: [u8; 16],
-    pub daddr: [u8; 16],
-}
-
-/// Where a state change's addresses can be read from: the tracepoint
-/// record, or the socket itself (kprobe, fentry, raw tracepoint). Read only
-/// when a flow needs them (once per flow, at ESTABLISHED), not per event: a
-/// generic rather than a closure, because a closure here would be outlined
-/// into a BPF subprogram returning a stack pointer, which the verifier refuses.
-/// The protocol is checked the same way, only where a socket would start
-/// being recorded: a socket with a flow or pending handshake is TCP already.
-pub(crate) trait TupleSource {
-    fn tuple(&self) -> Option<Tuple>;
-    fn is_tcp(&self) -> bool;
-}
-
-/// The addresses in a `sock:inet_sock_set_state` record.
-struct RecordTuple<'a>(&'a TracePointContext, &'a TcpConfig);
-
-impl TupleSource for RecordTuple<'_> {
-    #[inline(always)]
-    fn tuple(&self) -> Option<Tuple> {
-        read_tuple(self.0, self.1)
-    }
-
-    #[inline(always)]
-    fn is_tcp(&self) -> bool {
-        read::<u16>(self.0, self.1.ss_protocol) == Some(IPPROTO_TCP)
-    }
-}
-
-#[inline(always)]
-pub(crate) fn stat(i: u32) {
-    if let Some(p) = TCP_STATS.get_ptr_mut(i) {
-        // SAFETY: per-CPU slot, only this CPU writes it.
-        unsafe { *p += 1 };
-    }
-}
-
-/// Reads a field at a run-time offset; `None` when the field is absent here.
-#[inline(always)]
-fn read<T>(ctx: &TracePointContext, off: u16) -> Option<T> {
-    if off == OFF_NONE {
-        return None;
-    }
-    // SAFETY: bpf_probe_read_kernel checks the address; a bad offset fails cleanly.
-    match unsafe { ctx.read_at::<T>(off as usize) } {
-        Ok(v) => Some(v),
-        Err(_) => {
-            stat(STAT_READ_FAILED);
-            None
-        }
-    }
-}
 
 #[inline(always)]
 fn add(field: *mut u64, v: u64) {
@@ -138,34 +28,6 @@ fn add(field: *mut u64, v: u64) {
     // update different fields, so only two sends (or two recvs) on one socket
     // finishing at the same instant on two CPUs could lose an update.
     unsafe { *field += v };
-}
-
-#[inline(always)]
-pub(crate) fn traced(tgid: u32) -> bool {
-    // SAFETY: read-only lookup of a plain value.
-    unsafe { TCP_TARGETS.get(tgid) }.is_some()
-}
-
-#[inline(always)]
-fn read_tuple(ctx: &TracePointContext, c: &TcpConfig) -> Option<Tuple> {
-    let mut t = Tuple {
-        sport: read(ctx, c.ss_sport)?,
-        dport: read(ctx, c.ss_dport)?,
-        family: read(ctx, c.ss_family)?,
-        ..Default::default()
-    };
-    if t.family == AF_INET {
-        let s: [u8; 4] = read(ctx, c.ss_saddr)?;
-        let d: [u8; 4] = read(ctx, c.ss_daddr)?;
-        t.saddr[..4].copy_from_slice(&s);
-        t.daddr[..4].copy_from_slice(&d);
-    } else if t.family == AF_INET6 {
-        t.saddr = read(ctx, c.ss_saddr_v6)?;
-        t.daddr = read(ctx, c.ss_daddr_v6)?;
-    } else {
-        return None;
-    }
-    Some(t)
 }
 
 #[inline(always)]
@@ -228,32 +90,10 @@ fn any_flow(sk: u64) -> Option<*mut TcpFlow> {
     TCP_FLOWS.get_ptr_mut(sk)
 }
 
-/// Whether `sk` has a flow (retransmits, resets and reads can follow the
-/// close, until the socket is freed).
-#[inline(always)]
-pub(crate) fn has_flow(sk: u64) -> bool {
-    TCP_FLOWS.get_ptr(sk).is_some()
-}
-
-/// `sock:inet_sock_set_state`: handshake, connect latency, close.
-#[tracepoint]
-pub fn tcp_state(ctx: TracePointContext) -> u32 {
-    let _ = on_set_state_tp(&ctx);
-    0
-}
-
-fn on_set_state_tp(ctx: &TracePointContext) -> Option<()> {
-    let c = TCP_CONFIG.get(0)?;
-    let sk: u64 = read(ctx, c.ss_skaddr)?;
-    let old = read::<i32>(ctx, c.ss_oldstate)? as u8;
-    let new = read::<i32>(ctx, c.ss_newstate)? as u8;
-    on_set_state(sk, old, new, &RecordTuple(ctx, c))
-}
-
 /// The TCP state of `sk` goes from `old` to `new`; `src` gives its addresses
 /// when a flow first needs them.
 #[inline(always)]
-pub(crate) fn on_set_state<S: TupleSource>(sk: u64, old: u8, new: u8, src: &S) -> Option<()> {
+pub(super) fn on_set_state<S: TupleSource>(sk: u64, old: u8, new: u8, src: &S) -> Option<()> {
     let mut flow = TCP_FLOWS.get_ptr_mut(sk);
     if let Some(p) = flow
         && is_closed(p)
@@ -417,7 +257,7 @@ fn claim_flow(sk: u64, now: u64) -> Option<*mut TcpFlow> {
 /// a refused address) gets a closed client flow of its own here, for a
 /// traced process: no other hook sees it.
 #[inline(always)]
-pub(crate) fn on_connect_ret(sk: u64, ret: i32, dest: Option<Tuple>) -> Option<()> {
+pub(super) fn on_connect_ret(sk: u64, ret: i32, dest: Option<Tuple>) -> Option<()> {
     if ret >= 0 || sk == 0 {
         return None;
     }
@@ -459,7 +299,7 @@ pub(crate) fn on_connect_ret(sk: u64, ret: i32, dest: Option<Tuple>) -> Option<(
 /// (or a wrong pointer from the tracepoint's fd walk) is left to send/recv,
 /// which records it mid-stream as before.
 #[inline(always)]
-pub(crate) fn on_accept(sk: u64) -> Option<()> {
+pub(super) fn on_accept(sk: u64) -> Option<()> {
     if sk == 0 || TCP_SOCKS.get_ptr(sk).is_none() || TCP_FLOWS.get_ptr(sk).is_some() {
         return None;
     }
@@ -471,49 +311,18 @@ pub(crate) fn on_accept(sk: u64) -> Option<()> {
     Some(())
 }
 
-/// Filters a `sock_{send,recv}_length` record down to (socket, bytes).
-#[inline(always)]
-fn on_length_tp(
-    ctx: &TracePointContext,
-    sk_off: u16,
-    proto_off: u16,
-    ret_off: u16,
-    flags_off: u16,
-    recv: bool,
-) -> Option<()> {
-    let proto: u16 = read(ctx, proto_off)?;
-    if proto != IPPROTO_TCP {
-        return None;
-    }
-    let ret: i32 = read(ctx, ret_off)?;
-    if recv && flags_off != OFF_NONE {
-        let flags: i32 = read(ctx, flags_off)?;
-        if flags & MSG_PEEK != 0 {
-            return None;
-        }
-    }
-    let sk: u64 = read(ctx, sk_off)?;
-    on_length(sk, ret as i64, recv)
-}
-
 /// Whether a send/recv on `sk` by the current task would be recorded: the
 /// socket has a flow, or the task is traced. kprobe entries use it to avoid
 /// stashing arguments for every socket call on the machine.
 #[inline(always)]
-pub(crate) fn wanted(sk: u64) -> bool {
+pub(super) fn wanted(sk: u64) -> bool {
     has_flow(sk) || traced((bpf_get_current_pid_tgid() >> 32) as u32)
 }
 
 /// A send (or non-peek receive) on `sk` returned `ret`.
 #[inline(always)]
-pub(crate) fn on_length(sk: u64, ret: i64, recv: bool) -> Option<()> {
+pub(super) fn on_length(sk: u64, ret: i64, recv: bool) -> Option<()> {
     on_length_gated(sk, ret, recv, &AnySocket)
-}
-
-/// Decides whether a socket with no open flow may get one at send/recv:
-/// events that fire for every socket type must check it is TCP first.
-pub(crate) trait NewFlowGate {
-    fn allows(&self, sk: u64) -> bool;
 }
 
 /// For hooks that only see TCP sockets.
@@ -529,7 +338,7 @@ impl NewFlowGate for AnySocket {
 /// [`on_length`], with `gate` consulted only when `sk` has no open flow, so
 /// the common case is one hash lookup.
 #[inline(always)]
-pub(crate) fn on_length_gated<G: NewFlowGate>(
+pub(super) fn on_length_gated<G: NewFlowGate>(
     sk: u64,
     ret: i64,
     recv: bool,
@@ -575,72 +384,10 @@ fn sample_rtt(sk: u64, f: &mut TcpFlow) {
     }
 }
 
-/// `sock:sock_send_length`: bytes sent per successful send call.
-#[tracepoint]
-pub fn tcp_send_len(ctx: TracePointContext) -> u32 {
-    if let Some(c) = TCP_CONFIG.get(0) {
-        let _ = on_length_tp(
-            &ctx,
-            c.send_sk,
-            c.send_protocol,
-            c.send_ret,
-            OFF_NONE,
-            false,
-        );
-    }
-    0
-}
-
-/// `sock:sock_recv_length`: bytes received per successful, non-peek recv call.
-#[tracepoint]
-pub fn tcp_recv_len(ctx: TracePointContext) -> u32 {
-    if let Some(c) = TCP_CONFIG.get(0) {
-        let _ = on_length_tp(
-            &ctx,
-            c.recv_sk,
-            c.recv_protocol,
-            c.recv_ret,
-            c.recv_flags,
-            true,
-        );
-    }
-    0
-}
-
-/// `tcp:tcp_probe`: smoothed RTT (`srtt_us >> 3`, so µs) on each received segment.
-#[tracepoint]
-pub fn tcp_rtt(ctx: TracePointContext) -> u32 {
-    let _ = on_probe(&ctx);
-    0
-}
-
-fn on_probe(ctx: &TracePointContext) -> Option<()> {
-    let c = TCP_CONFIG.get(0)?;
-    let sk: u64 = read(ctx, c.probe_skaddr)?;
-    on_rtt_lazy(sk, &RecordSrtt(ctx, c.probe_srtt))
-}
-
-/// The `srtt` of a `tcp:tcp_probe` record, read only for sockets with a flow
-/// (the event fires for every segment received on the machine).
-struct RecordSrtt<'a>(&'a TracePointContext, u16);
-
-impl SrttSource for RecordSrtt<'_> {
-    #[inline(always)]
-    fn srtt_us(&self) -> Option<u64> {
-        read::<u32>(self.0, self.1).map(u64::from)
-    }
-}
-
-/// Where a smoothed RTT (µs) is read from, once the socket is known to have
-/// a flow.
-pub(crate) trait SrttSource {
-    fn srtt_us(&self) -> Option<u64>;
-}
-
 /// A segment arrived on an established `sk`: records its smoothed RTT
 /// (µs), read from `src` only when the socket has an open flow.
 #[inline(always)]
-pub(crate) fn on_rtt_lazy<S: SrttSource>(sk: u64, src: &S) -> Option<()> {
+pub(super) fn on_rtt_lazy<S: SrttSource>(sk: u64, src: &S) -> Option<()> {
     let p = TCP_FLOWS.get_ptr_mut(sk)?;
     let srtt = src.srtt_us()?;
     // SAFETY: map value valid for this run. Only softirq on the socket's CPU
@@ -665,19 +412,15 @@ fn record_rtt(f: &mut TcpFlow, srtt: u64) {
 }
 
 /// Which per-flow counter [`bump`] increments.
-pub(crate) const BUMP_RETRANS: u8 = 0;
-pub(crate) const BUMP_RST_SENT: u8 = 1;
-pub(crate) const BUMP_RST_RECV: u8 = 2;
+pub(super) const BUMP_RETRANS: u8 = 0;
 
-#[inline(always)]
-fn bump_tp(ctx: &TracePointContext, off: u16, which: u8) -> Option<()> {
-    let sk: u64 = read(ctx, off)?;
-    bump(sk, which)
-}
+pub(super) const BUMP_RST_SENT: u8 = 1;
+
+pub(super) const BUMP_RST_RECV: u8 = 2;
 
 /// Counts a retransmit or reset on `sk`'s open or latest closed flow.
 #[inline(always)]
-pub(crate) fn bump(sk: u64, which: u8) -> Option<()> {
+pub(super) fn bump(sk: u64, which: u8) -> Option<()> {
     if sk == 0 {
         return None;
     }
@@ -693,52 +436,9 @@ pub(crate) fn bump(sk: u64, which: u8) -> Option<()> {
     Some(())
 }
 
-/// `tcp:tcp_retransmit_skb`: successful retransmits only (since 6.13 it
-/// also fires for failed ones, with their `err`).
-#[tracepoint]
-pub fn tcp_retrans(ctx: TracePointContext) -> u32 {
-    if let Some(c) = TCP_CONFIG.get(0)
-        && (c.retrans_err == OFF_NONE || read::<i32>(&ctx, c.retrans_err) == Some(0))
-    {
-        let _ = bump_tp(&ctx, c.retrans_skaddr, BUMP_RETRANS);
-    }
-    0
-}
-
-/// `tcp:tcp_send_reset` (skaddr is NULL for resets to packets with no socket).
-#[tracepoint]
-pub fn tcp_rst_sent(ctx: TracePointContext) -> u32 {
-    if let Some(c) = TCP_CONFIG.get(0) {
-        let _ = bump_tp(&ctx, c.send_reset_skaddr, BUMP_RST_SENT);
-    }
-    0
-}
-
-/// `tcp:tcp_receive_reset`.
-#[tracepoint]
-pub fn tcp_rst_recv(ctx: TracePointContext) -> u32 {
-    if let Some(c) = TCP_CONFIG.get(0) {
-        let _ = bump_tp(&ctx, c.recv_reset_skaddr, BUMP_RST_RECV);
-    }
-    0
-}
-
-/// `tcp:tcp_destroy_sock`: the socket is freed; its address may be reused next.
-#[tracepoint]
-pub fn tcp_destroy(ctx: TracePointContext) -> u32 {
-    let _ = on_destroy_tp(&ctx);
-    0
-}
-
-fn on_destroy_tp(ctx: &TracePointContext) -> Option<()> {
-    let c = TCP_CONFIG.get(0)?;
-    let sk: u64 = read(ctx, c.destroy_skaddr)?;
-    on_destroy(sk)
-}
-
 /// `sk` is being freed; its address may be reused next. Its flow is final.
 #[inline(always)]
-pub(crate) fn on_destroy(sk: u64) -> Option<()> {
+pub(super) fn on_destroy(sk: u64) -> Option<()> {
     let Some(p) = TCP_FLOWS.get_ptr_mut(sk) else {
         // A handshake no traced process claimed (a claimed one left TCP_SOCKS).
         let _ = TCP_SOCKS.remove(sk);

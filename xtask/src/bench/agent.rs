@@ -19,9 +19,10 @@ use std::{
 use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
+use super::{stats::quantile, workload::bench_dir};
 use crate::{
-    setup::GO_VERSIONS,
-    shell::{build_tracer, cache_dir, run, step, tracer_bin},
+    go::{build_go, newest_go},
+    shell::{build_tracer, run, step, tracer_bin},
 };
 
 /// A `tracer agent` under measurement.
@@ -131,22 +132,14 @@ unsafe extern "C" {
     fn libc_kill(pid: i32, sig: i32) -> i32;
 }
 
-fn percentile(v: &mut [f64], p: f64) -> f64 {
-    v.sort_by(|a, b| a.total_cmp(b));
-    let i = ((v.len() as f64 - 1.0) * p).round() as usize;
-    v.get(i).copied().unwrap_or(f64::NAN)
-}
-
-pub fn bench_agent() -> Result<()> {
+pub(super) fn bench_agent() -> Result<()> {
     build_tracer()?;
-    let newest = GO_VERSIONS.last().context("no Go version")?;
-    let go = cache_dir().join("go").join(newest).join("bin/go");
-    let dir = cache_dir().join("bench");
-    std::fs::create_dir_all(&dir)?;
+    let (newest, go) = newest_go()?;
+    let dir = bench_dir()?;
     let contention = dir.join(format!("agent-contention-go{newest}"));
     let demo = dir.join(format!("agent-demo-go{newest}"));
-    crate::bench::build_go(&go, "contention", &contention, false)?;
-    crate::bench::build_go(&go, "demo", &demo, false)?;
+    build_go(&go, "contention", &contention, false)?;
+    build_go(&go, "demo", &demo, false)?;
 
     step("attach latency: 40 short runs of a known binary, then first sight of new binaries");
     let filter = dir.to_string_lossy().into_owned();
@@ -186,23 +179,23 @@ pub fn bench_agent() -> Result<()> {
             .as_f64()
             .map(|ns| ns / 1e6)
     };
-    let mut known: Vec<f64> = pids.iter().filter_map(|&p| latency(p)).collect();
-    let mut fresh: Vec<f64> = first.iter().filter_map(|&p| latency(p)).collect();
+    let known: Vec<f64> = pids.iter().filter_map(|&p| latency(p)).collect();
+    let fresh: Vec<f64> = first.iter().filter_map(|&p| latency(p)).collect();
     println!(
         "known binary: {} of {} runs traced; exec -> probes live p50 {:.2} ms, p90 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         known.len(),
         pids.len(),
-        percentile(&mut known, 0.5),
-        percentile(&mut known, 0.9),
-        percentile(&mut known, 0.99),
-        percentile(&mut known, 1.0),
+        quantile(&known, 0.5),
+        quantile(&known, 0.9),
+        quantile(&known, 0.99),
+        quantile(&known, 1.0),
     );
     println!(
         "first sight of a binary (analysis + probe placement): {} of {} traced; p50 {:.1} ms, max {:.1} ms",
         fresh.len(),
         first.len(),
-        percentile(&mut fresh, 0.5),
-        percentile(&mut fresh, 1.0),
+        quantile(&fresh, 0.5),
+        quantile(&fresh, 1.0),
     );
 
     step("agent RSS and CPU: idle, then tracing 20 Go processes (contention + TCP), 1 s refresh");
@@ -233,7 +226,7 @@ pub fn bench_agent() -> Result<()> {
     let traced = report["snapshot"]["processes"]
         .as_array()
         .map_or(0, |p| p.len());
-    let mut snap_ms: Vec<f64> = lines
+    let snap_ms: Vec<f64> = lines
         .iter()
         .filter_map(|l| {
             let rest = l.split(" processes built in ").nth(1)?;
@@ -248,8 +241,8 @@ pub fn bench_agent() -> Result<()> {
     println!(
         "snapshot build time over {} refreshes: p50 {:.1} ms, max {:.1} ms",
         snap_ms.len(),
-        percentile(&mut snap_ms, 0.5),
-        percentile(&mut snap_ms, 1.0)
+        quantile(&snap_ms, 0.5),
+        quantile(&snap_ms, 1.0)
     );
     Ok(())
 }

@@ -1,0 +1,43 @@
+//! `cargo xtask bench`: traced against untraced, side by side in one run.
+//!
+//! Runs are interleaved (untraced, traced, untraced, ...) so machine noise hits
+//! both alike; the workload times itself, so tracer's start-up is not counted.
+//! One file per benchmark; `workload.rs` builds and runs the Go fixtures and
+//! `stats.rs` summarises the times. Only this file dispatches: the benchmarks
+//! import the two shared modules and never each other.
+
+mod agent;
+mod analysis;
+mod locks;
+mod maps;
+mod stats;
+mod tcp;
+mod workload;
+
+use anyhow::{Result, bail};
+
+/// `what`: `locks`, `analysis`, `maps`, `agent`, `tcp` or `all`.
+pub fn bench(what: &str) -> Result<()> {
+    if !matches!(
+        what,
+        "locks" | "analysis" | "maps" | "agent" | "tcp" | "all"
+    ) {
+        bail!("unknown benchmark {what:?}: use locks, analysis, maps, agent, tcp or all");
+    }
+    if matches!(what, "locks" | "all") {
+        locks::bench_locks()?;
+    }
+    if matches!(what, "analysis" | "all") {
+        analysis::bench_analysis()?;
+    }
+    if matches!(what, "maps" | "all") {
+        maps::bench_maps()?;
+    }
+    if matches!(what, "agent" | "all") {
+        agent::bench_agent()?;
+    }
+    if matches!(what, "tcp" | "all") {
+        tcp::bench_tcp()?;
+    }
+    Ok(())
+}
