@@ -2,6 +2,8 @@
 //! tables behind file:line, stack-pointer deltas and the inline tree. It
 //! survives `-ldflags="-s -w"`, so it is the source of truth for stripped
 //! binaries. Layouts of Go 1.18–1.27 (magic 0xfffffff0 and 0xfffffff1).
+//!
+//! Over 600 lines with its unit tests (the code is about 470).
 
 use super::GoBinError;
 use super::elf::ElfInfo;

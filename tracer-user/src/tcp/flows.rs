@@ -1,5 +1,7 @@
 //! Flow rows from the kernel's records, and the roll-ups per remote endpoint
 //! (clients) and per local listening port (servers).
+//!
+//! Over 600 lines with its unit tests (the code is about 430).
 
 use std::{
     collections::{BTreeMap, BTreeSet},

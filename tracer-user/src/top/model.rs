@@ -2,6 +2,9 @@
 //! agent converted into plain rows (with the node each came from) and merged
 //! into one [`MergedSnapshot`]. `--json` prints exactly this struct, so the
 //! TUI, the plain tables and the JSON agree on every number.
+//!
+//! Over 600 lines with its unit tests (the code is about 530): they stay next
+//! to the conversions they check.
 
 use std::collections::BTreeMap;
 

@@ -1,6 +1,8 @@
 //! Columns of each tab and the pure functions behind the tables: which rows
 //! pass the filter, in which order, and how each cell reads. The TUI and the
 //! plain `--once` tables both go through here.
+//!
+//! Over 600 lines with its unit tests (the code is about 510).
 
 use std::cmp::Ordering;
 
