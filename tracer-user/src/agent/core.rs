@@ -13,6 +13,8 @@
 //! [`super::deep`] (deep-trace commands) and [`super::tables`] (kernel table
 //! sizes). This file holds the options, the state and the event loop.
 
+use super::sessions::{BinKey, BinSession, JobDone, Retired, Traced};
+use super::tables::SHARED_TABLES;
 use std::{
     collections::{BTreeSet, HashMap, HashSet, VecDeque},
     future::Future,
@@ -25,8 +27,6 @@ use anyhow::{Context, Result};
 use super::{
     discovery::{self, BinaryCache, FastIndex, Found, ProcEvents, Seen},
     hub::{AgentInfo, HookInfo, HubWriter, ProcessInfo},
-    sessions::*,
-    tables::*,
 };
 use crate::{
     clock::unix_now_ns,

@@ -1,7 +1,7 @@
 //! TCP attribution: the node-wide flows, read from the shared object, handed
 //! to the processes they belong to; closed flows kept per process, bounded.
 
-use super::core::*;
+use super::core::Agent;
 use super::sessions::Traced;
 use crate::tcp::{
     TcpReport,

@@ -2,6 +2,12 @@
 //! its binary analysed and probed, traced, scanned for stuck waits, and
 //! retired at exit with its last report.
 
+use super::core::Agent;
+use super::publish::report_of;
+use super::sessions::{
+    AnalysisSlot, BinKey, BinSession, IDLE_KEEP, JobDone, MAX_RETIRED, Retired, Traced,
+    drop_off_loop, info_of, rewritten, start_session,
+};
 use std::{
     collections::{BTreeSet, HashSet, VecDeque},
     sync::Arc,
@@ -9,11 +15,8 @@ use std::{
 };
 
 use super::{
-    core::*,
     discovery::{self, BinaryCache, FastTargets, Found, Kind, Seen},
     hub::{ProcState, ProcessInfo},
-    publish::*,
-    sessions::*,
 };
 use crate::{
     clock::monotonic_ns,

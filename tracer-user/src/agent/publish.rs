@@ -1,15 +1,15 @@
 //! Publishing: each refresh, every traced process's report, merged into one
 //! node snapshot for the hub; each new finding published once.
 
+use super::core::Agent;
+use super::sessions::{RETIRED_FOR, Traced};
 use std::{sync::Arc, time::Instant};
 
 use super::{
-    core::*,
     deep,
     discovery::{self, Found},
     flows::process_flows,
     hub::{Health, HubWriter, NodeSnapshot},
-    sessions::*,
 };
 use crate::{
     clock::unix_now_ns,

@@ -2,6 +2,7 @@
 //! a PIE), how they are placed (off the event loop, a few analyses at a
 //! time) and dropped, and what the agent remembers of each traced process.
 
+use super::tables::SESSION_TABLES;
 use std::{
     collections::{BTreeSet, HashSet, VecDeque},
     sync::Arc,
@@ -14,7 +15,6 @@ use super::{
     deep::DeepTrace,
     discovery::{self, Kind, Seen},
     hub::{ProcState, ProcessInfo},
-    tables::*,
 };
 use crate::{
     clock::unix_now_ns,
