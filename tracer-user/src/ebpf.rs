@@ -8,6 +8,7 @@
 //! runtime later copies, and crashes the program.
 
 use std::{num::NonZeroU32, path::Path};
+use tracer_common::names;
 
 use anyhow::{Context, Result, anyhow, bail};
 use aya::{
@@ -152,11 +153,11 @@ impl Tracer {
         }
         let mut loader = EbpfLoader::new();
         if !tcp {
-            for map in ["TCP_FLOWS", "TCP_SOCKS"] {
+            for map in [names::map::TCP_FLOWS, names::map::TCP_SOCKS] {
                 loader.map_max_entries(map, 64);
             }
             // A ring buffer's size is in bytes, a power-of-two number of pages.
-            loader.map_max_entries("TCP_CLOSED_RB", 4096);
+            loader.map_max_entries(names::map::TCP_CLOSED_RB, 4096);
         }
         for (map, size) in sizes {
             loader.map_max_entries(map, *size);
@@ -225,14 +226,14 @@ impl Tracer {
     /// Adds `pid` to the processes whose probe hits are recorded.
     pub fn add_target(&mut self, pid: u32) -> Result<()> {
         let mut targets: HashMap<_, u32, u8> =
-            HashMap::try_from(map_mut(&mut self.ebpf, "TARGETS")?)?;
+            HashMap::try_from(map_mut(&mut self.ebpf, names::map::TARGETS)?)?;
         targets.insert(pid, 1, 0).context("adding target pid")?;
         Ok(())
     }
 
     /// Stops recording `pid` (the other half of [`Tracer::add_target`]).
     pub fn remove_target(&mut self, pid: u32) -> Result<()> {
-        purge_hash::<u32, u8>(&mut self.ebpf, "TARGETS", |k| *k == pid)
+        purge_hash::<u32, u8>(&mut self.ebpf, names::map::TARGETS, |k| *k == pid)
     }
 
     /// Run counts and run time of each probe program; non-zero only while the

@@ -8,6 +8,7 @@ use std::{
     sync::Arc,
     time::{Duration, Instant},
 };
+use tracer_common::names;
 
 use anyhow::{Context, Result};
 
@@ -166,10 +167,10 @@ impl Session {
             }
         };
         let maps = match &self.maps {
-            Some(m) => Some((id("MAP_CONFIG")?, m.cfg())),
+            Some(m) => Some((id(names::map::MAP_CONFIG)?, m.cfg())),
             None => None,
         };
-        Ok((id("TARGETS")?, maps))
+        Ok((id(names::map::TARGETS)?, maps))
     }
 
     /// Stops recording `pid` and frees its entries in the kernel tables.

@@ -3,6 +3,7 @@
 
 use anyhow::{Context, Result, anyhow};
 use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, StackTraceMap};
+use tracer_common::names;
 use tracer_common::{Inflight, InflightKey, LockKey, WaitStats, WaiterKey};
 
 use crate::{
@@ -14,16 +15,16 @@ use crate::{
 /// object does not fill with the dead.
 pub fn forget_pid(tracer: &mut Tracer, pid: u32) -> Result<()> {
     let e = &mut tracer.ebpf;
-    purge_per_cpu::<LockKey, WaitStats>(e, "LOCK_WAITS", |k| k.tgid == pid)?;
-    purge_per_cpu::<LockKey, u64>(e, "UNLOCK_WAKES", |k| k.tgid == pid)?;
-    purge_hash::<WaiterKey, u8>(e, "LOCK_WAITERS", |k| k.tgid == pid)?;
-    purge_hash::<InflightKey, Inflight>(e, "LOCK_INFLIGHT", |k| k.tgid == pid)?;
+    purge_per_cpu::<LockKey, WaitStats>(e, names::map::LOCK_WAITS, |k| k.tgid == pid)?;
+    purge_per_cpu::<LockKey, u64>(e, names::map::UNLOCK_WAKES, |k| k.tgid == pid)?;
+    purge_hash::<WaiterKey, u8>(e, names::map::LOCK_WAITERS, |k| k.tgid == pid)?;
+    purge_hash::<InflightKey, Inflight>(e, names::map::LOCK_INFLIGHT, |k| k.tgid == pid)?;
     Ok(())
 }
 
 /// Forgets every wait in flight (their exits will never be seen).
 pub(super) fn clear_inflight(tracer: &mut Tracer) -> Result<()> {
-    purge_hash::<InflightKey, Inflight>(&mut tracer.ebpf, "LOCK_INFLIGHT", |_| true)
+    purge_hash::<InflightKey, Inflight>(&mut tracer.ebpf, names::map::LOCK_INFLIGHT, |_| true)
 }
 
 /// Waits completed so far, all locks and sites together (one per-CPU
@@ -32,7 +33,7 @@ pub fn wait_count(tracer: &Tracer) -> Result<u64> {
     let map: PerCpuArray<&MapData, u64> = PerCpuArray::try_from(
         tracer
             .ebpf
-            .map("LOCK_WAIT_TOTAL")
+            .map(names::map::LOCK_WAIT_TOTAL)
             .ok_or_else(|| anyhow!("LOCK_WAIT_TOTAL map missing"))?,
     )?;
     Ok(map
@@ -64,7 +65,7 @@ fn per_cpu_entries<V: aya::Pod, T>(
 
 /// Current per-(process, lock, site, stack) waits, summed over CPUs.
 pub fn waits(tracer: &Tracer) -> Result<Vec<(LockKey, Latency)>> {
-    per_cpu_entries(tracer, "LOCK_WAITS", |per_cpu: &[WaitStats]| {
+    per_cpu_entries(tracer, names::map::LOCK_WAITS, |per_cpu: &[WaitStats]| {
         let mut l = Latency::default();
         for v in per_cpu {
             l.add(v);
@@ -75,7 +76,7 @@ pub fn waits(tracer: &Tracer) -> Result<Vec<(LockKey, Latency)>> {
 
 /// Unlocks that woke waiters, per (process, lock, unlocker site, stack).
 pub fn unlock_wakes(tracer: &Tracer) -> Result<Vec<(LockKey, u64)>> {
-    per_cpu_entries(tracer, "UNLOCK_WAKES", |per_cpu: &[u64]| {
+    per_cpu_entries(tracer, names::map::UNLOCK_WAKES, |per_cpu: &[u64]| {
         per_cpu.iter().sum()
     })
 }
@@ -85,7 +86,7 @@ pub fn waiters(tracer: &Tracer) -> Result<Vec<WaiterKey>> {
     let map: HashMap<&MapData, WaiterKey, u8> = HashMap::try_from(
         tracer
             .ebpf
-            .map("LOCK_WAITERS")
+            .map(names::map::LOCK_WAITERS)
             .ok_or_else(|| anyhow!("LOCK_WAITERS map missing"))?,
     )?;
     Ok(map.keys().filter_map(|r| r.ok()).collect())
@@ -96,7 +97,7 @@ pub fn inflight(tracer: &Tracer) -> Result<Vec<(InflightKey, Inflight)>> {
     let map: HashMap<&MapData, InflightKey, Inflight> = HashMap::try_from(
         tracer
             .ebpf
-            .map("LOCK_INFLIGHT")
+            .map(names::map::LOCK_INFLIGHT)
             .ok_or_else(|| anyhow!("LOCK_INFLIGHT map missing"))?,
     )?;
     // Entries can vanish while we iterate (a wait ends); skip those errors.
@@ -107,7 +108,7 @@ pub fn inflight(tracer: &Tracer) -> Result<Vec<(InflightKey, Inflight)>> {
 pub fn stack(tracer: &Tracer, stack_id: i64) -> Option<Vec<u64>> {
     let id = u32::try_from(stack_id).ok()?;
     let map: StackTraceMap<&MapData> =
-        StackTraceMap::try_from(tracer.ebpf.map("LOCK_STACKS")?).ok()?;
+        StackTraceMap::try_from(tracer.ebpf.map(names::map::LOCK_STACKS)?).ok()?;
     let st = map.get(&id, 0).ok()?;
     Some(st.frames().iter().map(|f| f.ip).collect())
 }

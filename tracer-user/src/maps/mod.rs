@@ -19,6 +19,7 @@ pub mod syncmap;
 pub mod table;
 
 use std::path::Path;
+use tracer_common::names;
 
 use anyhow::{Context, Result, bail};
 use aya::maps::{MapData, RingBuf};
@@ -150,12 +151,14 @@ impl MapsState {
             maps::{ConflictKey, ConflictStats, GrowthKey, GrowthStats, SyncMapKey},
         };
         let e = &mut tracer.ebpf;
-        purge_hash::<u32, MapsConfig>(e, "MAP_CONFIG", |k| *k == pid)?;
-        purge_per_cpu::<GrowthKey, GrowthStats>(e, "MAP_GROWTH", |k| k.tgid == pid)?;
-        purge_per_cpu::<LockKey, WaitStats>(e, "MAP_OPS", |k| k.tgid == pid)?;
-        purge_hash::<WaiterKey, u8>(e, "MAP_OP_GS", |k| k.tgid == pid)?;
-        purge_per_cpu::<ConflictKey, ConflictStats>(e, "MAP_CONFLICTS", |k| k.tgid == pid)?;
-        purge_per_cpu::<SyncMapKey, u64>(e, "SYNC_MAP_CALLS", |k| k.tgid == pid)?;
+        purge_hash::<u32, MapsConfig>(e, names::map::MAP_CONFIG, |k| *k == pid)?;
+        purge_per_cpu::<GrowthKey, GrowthStats>(e, names::map::MAP_GROWTH, |k| k.tgid == pid)?;
+        purge_per_cpu::<LockKey, WaitStats>(e, names::map::MAP_OPS, |k| k.tgid == pid)?;
+        purge_hash::<WaiterKey, u8>(e, names::map::MAP_OP_GS, |k| k.tgid == pid)?;
+        purge_per_cpu::<ConflictKey, ConflictStats>(e, names::map::MAP_CONFLICTS, |k| {
+            k.tgid == pid
+        })?;
+        purge_per_cpu::<SyncMapKey, u64>(e, names::map::SYNC_MAP_CALLS, |k| k.tgid == pid)?;
         self.fatals.retain(|f| f.tgid != pid);
         Ok(())
     }
