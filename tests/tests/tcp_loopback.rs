@@ -518,9 +518,23 @@ fn full_tables_count_evictions_and_lost_flows() -> Result<()> {
     tcp.finishing();
     let r = tcp.report(&mut tracer)?;
     let st = &r.stats;
-    let ours: Vec<&FlowReport> = r.flows.iter().filter(|f| f.pid == pid).collect();
+    // A socket an earlier test of this process left closing can still send
+    // after attach: it is counted as a midstream flow, never as one of ours
+    // (ours were all opened after attach), so it is told apart by that and
+    // by the server port.
+    let ours: Vec<&FlowReport> = r
+        .flows
+        .iter()
+        .filter(|f| {
+            f.pid == pid && (f.local_port == server.port() || f.remote_port == server.port())
+        })
+        .collect();
     eprintln!("full tables: {} flows reported, stats {st:?}", ours.len());
-    ensure!(st.flows_created == 2 * N as u64, "flows_created: {st:?}");
+    ensure!(
+        st.flows_created.checked_sub(st.flows_midstream) == Some(2 * N as u64)
+            && st.flows_midstream <= 2,
+        "flows_created: {st:?}"
+    );
     ensure!(st.open_now == 0 && st.closed_pending == 0, "{st:?}");
     ensure!(st.evicted > 0, "no eviction counted: {st:?}");
     ensure!(st.closed_lost > 0, "no lost flow counted: {st:?}");
