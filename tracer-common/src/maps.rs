@@ -55,7 +55,9 @@ pub const LOST_GROWTH: u32 = 2;
 pub const LOST_OPS: u32 = 3;
 /// sync.Map calls not counted because `SYNC_MAP_CALLS` was full.
 pub const LOST_SYNC_MAP: u32 = 4;
-pub const LOST_SLOTS: u32 = 5;
+/// Happens-before events the `HB_EVENTS` ring had no room for.
+pub const LOST_HB: u32 = 5;
+pub const LOST_SLOTS: u32 = 6;
 
 /// sync.Map method probed (deep tier), in the low byte of the
 /// `sync_map_call` attach cookie. `Store` and `Delete` are not functions of
@@ -234,3 +236,112 @@ mod pod {
     unsafe impl aya::Pod for super::ConflictStats {}
     unsafe impl aya::Pod for super::SyncMapKey {}
 }
+
+/// Happens-before stream (issue #19, docs/maps.md): set in
+/// [`MapsConfig::flags`] once every synchronisation probe is attached. Until
+/// then no event is sent: an access recorded while a lock probe was still
+/// missing could look unordered when it was not.
+pub const FLAG_HB_ARMED: u64 = 2;
+
+/// `HB_EVENTS` record kinds.
+/// A synchronisation operation: [`HbEvent::cookie`] is the probe's cookie
+/// (`HB_ACT_*` and the probe's index), [`HbEvent::addr`] the object.
+pub const EVENT_HB_SYNC: u32 = 2;
+/// A map operation's entry: the cookie is the map probe's, `addr` the map.
+pub const EVENT_HB_ACCESS: u32 = 3;
+/// A `go` statement: `goid` is the parent, `addr` the child's goroutine id.
+pub const EVENT_HB_GO: u32 = 4;
+
+/// What a synchronisation probe means, in the low 4 bits of its cookie.
+/// Publish what the goroutine knows on the object (Unlock, Done, Store).
+pub const HB_ACT_RELEASE: u64 = 1;
+/// May block until another goroutine releases the object; the goroutine
+/// has acquired it by its next event (Lock, Wait, Load).
+pub const HB_ACT_ACQUIRE: u64 = 2;
+/// Both (channel operations, sync.Map calls, read-modify-write atomics).
+pub const HB_ACT_BOTH: u64 = 3;
+/// `runtime.selectgo`'s entry: every channel of its cases, both ways.
+pub const HB_ACT_SELECT: u64 = 4;
+/// `runtime.newproc1`'s entry: remembers the parent for the RET probes.
+pub const HB_ACT_GO_ENTER: u64 = 5;
+/// A RET of `runtime.newproc1`: the new goroutine is in the result register.
+pub const HB_ACT_GO_EXIT: u64 = 6;
+/// The goroutine may have synchronised with anything (a select with more
+/// cases than the probe reads): it acquires every object at its next event.
+pub const HB_ACT_ACQUIRE_ALL: u64 = 7;
+
+/// Cookie of a synchronisation probe: the action (bits 0–3), the register
+/// holding the object's address (bits 8–11, the arch's register number, see
+/// `tracer-ebpf/src/hb.rs`), whether that register holds a pointer to load
+/// first (bit 12: the object is then `*(reg + load_disp) + disp`), the
+/// displacements (bits 16–31 and 32–47) and the probe's index in user
+/// space's table (bits 48–63).
+pub const fn hb_cookie(action: u64, reg: u8, disp: i16, load: Option<i16>, index: u16) -> u64 {
+    let (deref, load_disp) = match load {
+        Some(d) => (1u64 << 12, d),
+        None => (0, 0),
+    };
+    action
+        | (((reg & 0xf) as u64) << 8)
+        | deref
+        | (((disp as u16) as u64) << 16)
+        | (((load_disp as u16) as u64) << 32)
+        | ((index as u64) << 48)
+}
+
+pub const fn hb_action(cookie: u64) -> u64 {
+    cookie & 0xf
+}
+
+pub const fn hb_reg(cookie: u64) -> u8 {
+    ((cookie >> 8) & 0xf) as u8
+}
+
+pub const fn hb_deref(cookie: u64) -> bool {
+    cookie & (1 << 12) != 0
+}
+
+pub const fn hb_disp(cookie: u64) -> i64 {
+    ((cookie >> 16) as u16) as i16 as i64
+}
+
+pub const fn hb_load_disp(cookie: u64) -> i64 {
+    ((cookie >> 32) as u16) as i16 as i64
+}
+
+pub const fn hb_index(cookie: u64) -> u16 {
+    (cookie >> 48) as u16
+}
+
+/// Cases of a `select` whose channels the probe reads; beyond this the
+/// goroutine acquires everything ([`HB_ACT_ACQUIRE_ALL`]).
+pub const HB_SELECT_CASES: u64 = 8;
+/// `runtime.scase`: `{c *hchan; elem unsafe.Pointer}`.
+pub const HB_SCASE_SIZE: u64 = 16;
+
+/// One event of the happens-before stream. A single ring buffer for every
+/// CPU gives the events in one order consistent with what each goroutine
+/// observed: a probe's record is reserved before its instruction runs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct HbEvent {
+    /// `EVENT_HB_*`.
+    pub kind: u32,
+    pub tgid: u32,
+    pub cookie: u64,
+    /// Goroutine id, or `u64::MAX` when unreadable.
+    pub goid: u64,
+    /// The sync object, the map, or the child goroutine's id.
+    pub addr: u64,
+    pub ktime_ns: u64,
+    /// Call site (accesses).
+    pub pc: u64,
+    pub stack_id: i64,
+    /// `HB_LOST` as the probe saw it: when it grows, events went missing
+    /// before this one and user space restarts the detector.
+    pub lost: u64,
+}
+
+/// Bytes of `HB_EVENTS` when the happens-before detector runs (the default
+/// size is one page, so sessions without it pin no memory for it).
+pub const HB_RING_BYTES: u32 = 16 << 20;

@@ -30,6 +30,9 @@ pub mod map {
     pub const MAP_OP_GS: &str = "MAP_OP_GS";
     pub const MAP_CONFLICTS: &str = "MAP_CONFLICTS";
     pub const SYNC_MAP_CALLS: &str = "SYNC_MAP_CALLS";
+    pub const HB_EVENTS: &str = "HB_EVENTS";
+    pub const HB_LOST: &str = "HB_LOST";
+    pub const HB_PARENTS: &str = "HB_PARENTS";
 
     // Process discovery (`tracer-ebpf/src/discovery.rs`).
     pub const PROC_EVENTS: &str = "PROC_EVENTS";
@@ -57,6 +60,7 @@ pub mod program {
     pub const MAP_OP_ENTER: &str = "map_op_enter";
     pub const MAP_OP_EXIT: &str = "map_op_exit";
     pub const SYNC_MAP_CALL: &str = "sync_map_call";
+    pub const HB_SYNC: &str = "hb_sync";
 
     // Process discovery: tracepoints.
     pub const PROC_EXEC: &str = "proc_exec";

@@ -8,6 +8,7 @@
 #![no_main]
 
 mod discovery;
+mod hb;
 mod lock;
 mod maps;
 mod names;

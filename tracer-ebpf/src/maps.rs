@@ -25,7 +25,7 @@ use aya_ebpf::{
 use tracer_common::{
     InflightKey, LockKey, WaitStats, WaiterKey, hist_slot,
     maps::{
-        CALL_INSN_LEN, ConflictKey, ConflictStats, EVENT_FATAL, FATAL_MSG_LEN, FLAG_DEEP_ARMED,
+        CALL_INSN_LEN, ConflictKey, ConflictStats, EVENT_FATAL, FATAL_MSG_LEN, FLAG_DEEP_ARMED, FLAG_HB_ARMED,
         FatalEvent, GROW_ARG0, GROW_ARG1, GROW_ARG2, GrowthKey, GrowthStats, ITER_MAP_OFFSET,
         LOST_CONFLICT, LOST_FATAL, LOST_GROWTH, LOST_OPS, LOST_SLOTS, LOST_SYNC_MAP, MapActive,
         MapKey, MapsConfig, OP_AT_CALL_SITE, OP_ITERATE, OP_ITERATE_NEXT, OpInflight, OpSide,
@@ -100,7 +100,7 @@ const REENTRY_WINDOW_NS: u64 = 1_000_000;
 /// Integer argument `n` (0-based) of Go's register ABI.
 #[cfg(bpf_target_arch = "x86_64")]
 #[inline(always)]
-fn arg(ctx: &ProbeContext, n: u32) -> u64 {
+pub(crate) fn arg(ctx: &ProbeContext, n: u32) -> u64 {
     // SAFETY: for uprobe programs the context is the trapped task's pt_regs.
     // All three are loaded at fixed offsets first: the verifier refuses a
     // context access at an offset computed from `n`.
@@ -121,7 +121,7 @@ fn arg(ctx: &ProbeContext, n: u32) -> u64 {
 
 #[cfg(bpf_target_arch = "aarch64")]
 #[inline(always)]
-fn arg(ctx: &ProbeContext, n: u32) -> u64 {
+pub(crate) fn arg(ctx: &ProbeContext, n: u32) -> u64 {
     // SAFETY: for uprobe programs the context is the trapped task's registers.
     let r = ctx.regs as *const aya_ebpf::bindings::user_pt_regs;
     let (a, b, c) = unsafe {
@@ -160,7 +160,7 @@ fn cookie(ctx: &ProbeContext) -> u32 {
 }
 
 #[inline(always)]
-fn lost(slot: u32) {
+pub(crate) fn lost(slot: u32) {
     if let Some(c) = MAP_LOST.get_ptr_mut(slot) {
         // SAFETY: per-CPU value, only this CPU writes it.
         unsafe { *c += 1 };
@@ -168,7 +168,7 @@ fn lost(slot: u32) {
 }
 
 #[inline(always)]
-fn stack_id(ctx: &ProbeContext) -> i64 {
+pub(crate) fn stack_id(ctx: &ProbeContext) -> i64 {
     // SAFETY: the helper only reads the context and writes the stack map.
     let id = unsafe {
         aya_ebpf::helpers::bpf_get_stackid(
@@ -183,7 +183,7 @@ fn stack_id(ctx: &ProbeContext) -> i64 {
 /// Reads the u64 at `base + off`, or `u64::MAX` when the offset is unknown or
 /// the memory unreadable.
 #[inline(always)]
-fn read_at(base: u64, off: u64) -> u64 {
+pub(crate) fn read_at(base: u64, off: u64) -> u64 {
     if off == u64::MAX || base == 0 {
         return u64::MAX;
     }
@@ -193,7 +193,7 @@ fn read_at(base: u64, off: u64) -> u64 {
 
 /// The traced process's config, or None when the process is not traced.
 #[inline(always)]
-fn config(tgid: u32) -> Option<MapsConfig> {
+pub(crate) fn config(tgid: u32) -> Option<MapsConfig> {
     // SAFETY: read-only lookup of a plain value.
     unsafe { MAP_CONFIG.get(tgid) }.copied()
 }
@@ -250,7 +250,7 @@ pub fn map_fatal(ctx: ProbeContext) -> u32 {
 
 /// The raw `g` register (0 outside Go code).
 #[inline(always)]
-fn arch_g(ctx: &ProbeContext) -> u64 {
+pub(crate) fn arch_g(ctx: &ProbeContext) -> u64 {
     let g = regs::goroutine(ctx, 0);
     if g >> 63 != 0 { 0 } else { g }
 }
@@ -405,6 +405,9 @@ pub fn map_op_enter(ctx: ProbeContext) -> u32 {
         kind,
         _pad: 0,
     };
+    if cfg.flags & FLAG_HB_ARMED != 0 {
+        crate::hb::access(tgid, cookie as u64, &me, map);
+    }
     let rec = OpInflight {
         start_ns: now,
         map,
@@ -529,9 +532,15 @@ pub fn map_op_exit(ctx: ProbeContext) -> u32 {
 /// dictionary comes second).
 #[uprobe]
 pub fn sync_map_call(ctx: ProbeContext) -> u32 {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if config(tgid).is_none() {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    let Some(cfg) = config(tgid) else {
         return 0;
+    };
+    if cfg.flags & FLAG_HB_ARMED != 0 {
+        // As `-race` does, every call synchronises with the map's earlier calls.
+        let goid = read_at(arch_g(&ctx), cfg.goid_off);
+        crate::hb::sync_event(tgid, goid, crate::hb::SYNC_MAP_COOKIE, arg(&ctx, 0));
     }
     let key = SyncMapKey {
         tgid,

@@ -29,6 +29,9 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 /// theirs when they start.
 const LOADED_WITH_OBJECT: [&str; 3] = ["lock_enter", "lock_exit", "unlock_slow"];
 
+/// The happens-before ring's size when deep mode runs (one page otherwise).
+pub const HB_RING: (&str, u32) = (names::map::HB_EVENTS, tracer_common::maps::HB_RING_BYTES);
+
 /// Whether one feature's probes are live, and if not, why.
 #[derive(Clone, Debug, Serialize)]
 pub struct ProbeStatus {
@@ -142,6 +145,16 @@ impl Tracer {
         Self::load_sized(tcp, &[])
     }
 
+    /// [`Tracer::load_with`] for a session whose map mode is `maps`: deep
+    /// mode gets a happens-before ring large enough for its event rate.
+    pub fn load_for_maps(tcp: bool, maps: crate::maps::MapsMode) -> Result<Self> {
+        if maps == crate::maps::MapsMode::Deep {
+            Self::load_sized(tcp, &[HB_RING])
+        } else {
+            Self::load_sized(tcp, &[])
+        }
+    }
+
     /// Like [`Tracer::load_with`], with the named kernel tables created at the
     /// given sizes: the agent loads one object per traced process and one for
     /// discovery, and each must not pin tens of MB of kernel memory.
@@ -202,14 +215,14 @@ impl Tracer {
         &mut self,
         prog: &str,
         file_offset: u64,
-        cookie: u32,
+        cookie: u64,
         path: &Path,
         scope: Scope,
     ) -> Result<UProbeLinkId> {
         Ok(self.uprobe(prog)?.attach(
             UProbeAttachPoint {
                 location: UProbeAttachLocation::AbsoluteOffset(file_offset),
-                cookie: Some(cookie as u64),
+                cookie: Some(cookie),
             },
             path,
             scope.uprobe_scope(),

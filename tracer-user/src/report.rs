@@ -49,6 +49,9 @@ pub struct Report {
     pub maps_lost: Option<MapsLost>,
     /// Map operations counted with `--maps deep` (two probe hits each).
     pub map_op_hits: Option<u64>,
+    /// The happens-before detector's probes and counters; `--maps deep` only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub happens_before: Option<crate::maps::report::HappensBefore>,
     /// Per probe program run count and run time; only with `--bpf-stats`.
     pub bpf_stats: Vec<ProgramStats>,
     /// TCP flows of the process (per connection and rolled up); absent when off.

@@ -251,15 +251,21 @@ impl Session {
         let maps = tables.maps.clone().map(|m| m.only_pid(pid));
         let mut findings: Vec<AnyFinding> = findings.into_iter().map(AnyFinding::Lock).collect();
         // Map findings first: a crash or a data race matters more than a slow lock.
-        let (map_rows, maps_lost, map_hits, sync_maps) = match maps {
+        let (map_rows, maps_lost, map_hits, sync_maps, hb) = match maps {
             Some(m) => {
                 findings.splice(
                     0..0,
                     m.findings.into_iter().map(|f| AnyFinding::Map(Box::new(f))),
                 );
-                (m.maps, Some(m.lost), Some(m.op_hits), m.sync_maps)
+                (
+                    m.maps,
+                    Some(m.lost),
+                    Some(m.op_hits),
+                    m.sync_maps,
+                    m.happens_before,
+                )
             }
-            None => (vec![], None, None, vec![]),
+            None => (vec![], None, None, vec![], None),
         };
         Ok(Report {
             target: Target {
@@ -282,6 +288,7 @@ impl Session {
                 .unwrap_or_default(),
             maps_lost,
             map_op_hits: map_hits,
+            happens_before: hb,
             tcp: None,
             tcp_off: None,
             lock_probe_pauses: None,

@@ -52,7 +52,9 @@ impl DeepTrace {
                 MAX_DEEP.as_secs()
             );
         }
-        let mut tracer = Tracer::load_sized(false, tables)?;
+        let mut sized = tables.to_vec();
+        sized.push(crate::ebpf::HB_RING);
+        let mut tracer = Tracer::load_sized(false, &sized)?;
         let maps = MapsState::start(
             &mut tracer,
             &bin,
@@ -105,6 +107,7 @@ pub fn merge(report: &mut Report, deep: &MapsReport) {
     }
     report.sync_maps = deep.sync_maps.clone();
     report.map_op_hits = Some(deep.op_hits);
+    report.happens_before = deep.happens_before.clone();
     for f in deep.findings.iter().filter(|f| f.kind != "map_fatal") {
         report
             .findings

@@ -169,6 +169,7 @@ pub fn report(
         sync_maps: vec![],
         maps_lost: None,
         map_op_hits: None,
+        happens_before: None,
         bpf_stats: vec![],
         tcp: (!flows.is_empty()).then(|| TcpReport {
             hooks: vec![],

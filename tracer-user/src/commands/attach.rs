@@ -30,7 +30,7 @@ pub async fn attach(
     let bin = GoBinary::open(&exe_link).with_context(|| format!("pid {pid} ({exe})"))?;
     privileges::check()?;
     kernelfs::ensure_tracefs()?;
-    let tracer = Tracer::load_with(trace.tcp.is_some())?;
+    let tracer = Tracer::load_for_maps(trace.tcp.is_some(), trace.maps)?;
     let mut session = Session::start(tracer, bin, &exe_link, pid, exe, Scope::Pid(pid), trace)?;
 
     let deadline = duration.map(|d| Instant::now() + d);

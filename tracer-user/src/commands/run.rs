@@ -126,7 +126,7 @@ pub async fn run(
     let bin = GoBinary::open(&path).with_context(|| format!("{}", path.display()))?;
     privileges::check()?;
     kernelfs::ensure_tracefs()?;
-    let tracer = Tracer::load_with(trace.tcp.is_some())?;
+    let tracer = Tracer::load_for_maps(trace.tcp.is_some(), trace.maps)?;
 
     // `Command::spawn` returns only once the child has exec'd, so the child
     // reports its pid through a second pipe before it blocks on the gate.

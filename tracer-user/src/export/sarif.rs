@@ -122,6 +122,15 @@ fn side_text(s: &OpSideReport) -> String {
 
 fn map_result(f: &MapFinding) -> Value {
     let message = match (&f.op, &f.other) {
+        (Some(a), Some(b)) if f.explanation.is_some() => format!(
+            "{} on map {}: {} and {}, unordered by any synchronisation ({}; {} time(s))",
+            f.kind,
+            f.map.as_deref().unwrap_or("?"),
+            side_text(a),
+            side_text(b),
+            f.explanation.as_deref().unwrap_or(""),
+            f.count
+        ),
         (Some(a), Some(b)) => format!(
             "{} on map {}: {} overlapped {} ({} time(s))",
             f.kind,
@@ -270,6 +279,9 @@ mod tests {
             stack: a.stack.clone(),
             op: Some(a),
             other: Some(side("write", "main.other", 20, 8)),
+            detection: "overlap",
+            overlapped: Some(true),
+            explanation: None,
             count: 2,
             first_seen_ns: 0,
             last_seen_ns: 0,

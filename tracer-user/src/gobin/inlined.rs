@@ -9,7 +9,12 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
+use std::collections::HashSet;
+
+use iced_x86::{
+    Decoder, DecoderOptions, Instruction, InstructionInfoFactory, Mnemonic, OpAccess, OpKind,
+    Register,
+};
 
 use super::pclntab::{FUNCDATA_INL_TREE, PCDATA_INL_TREE_INDEX, decode_inlined_call};
 use super::{Arch, GoBinary};
@@ -53,6 +58,21 @@ pub struct AtomicInsn {
     pub index: Option<Register>,
     pub scale: u32,
     pub displacement: i64,
+    /// Where a uprobe can observe the operand's registers before the
+    /// instruction runs. Linux refuses uprobes on LOCK-prefixed
+    /// instructions (it cannot single-step them), so for those this is the
+    /// instruction just before, when it falls through to the atomic and
+    /// writes none of the operand's registers; None when there is no such
+    /// instruction.
+    pub probe_before: Option<u64>,
+    /// Set when the instruction just before loads the base register from
+    /// memory (`MOV base, [reg + disp]`, a spilled pointer): `probe_before`
+    /// is that load, and at it the base is the u64 at `reg + disp`.
+    pub base_loaded_from: Option<(Register, i64)>,
+    /// The instruction after: a uprobe there sees the operand's registers
+    /// as they were, when `keeps_operand` (the atomic wrote none of them).
+    pub next_vaddr: u64,
+    pub keeps_operand: bool,
 }
 
 /// Every inlined copy of a function `want` accepts (called with the inlined
@@ -153,34 +173,110 @@ pub fn inlined_sites(bin: &GoBinary, want: impl Fn(&str) -> bool) -> Vec<Inlined
 /// [`MAX_GAP`] bytes before one of them with no branch in between
 /// (amd64; None elsewhere or when there is none).
 pub fn atomic_insn(bin: &GoBinary, site: &InlinedSite) -> Option<AtomicInsn> {
+    find_insn(bin, site, is_atomic)
+}
+
+/// Every XCHG with a memory operand in `f` (an atomic store on amd64, such
+/// as `Once`'s deferred `done` store, which older Go emits as an intrinsic
+/// that no inline tree records).
+pub fn xchg_insns(bin: &GoBinary, f: &super::Function) -> Vec<AtomicInsn> {
+    if bin.arch() != Arch::Amd64 {
+        return Vec::new();
+    }
+    let Some(code) = usize::try_from(f.size.min(MAX_CALLER))
+        .ok()
+        .and_then(|n| bin.read_vaddr(f.entry, n))
+    else {
+        return Vec::new();
+    };
+    let insns: Vec<Instruction> = Decoder::with_ip(64, code, f.entry, DecoderOptions::NONE)
+        .into_iter()
+        .collect();
+    let none = HashSet::new();
+    (0..insns.len())
+        .filter(|&i| insns[i].mnemonic() == Mnemonic::Xchg && is_atomic(&insns[i]))
+        .map(|i| operand(&insns, i, &none))
+        .collect()
+}
+
+/// The first instruction `pick` accepts inside the site's ranges, or the
+/// last one ending at most [`MAX_GAP`] bytes before a range with no branch
+/// between (amd64 only).
+fn find_insn(
+    bin: &GoBinary,
+    site: &InlinedSite,
+    pick: fn(&Instruction) -> bool,
+) -> Option<AtomicInsn> {
     if bin.arch() != Arch::Amd64 {
         return None;
     }
     let (entry, end) = site.caller_code;
     let len = end.checked_sub(entry)?.min(MAX_CALLER);
     let code = bin.read_vaddr(entry, usize::try_from(len).ok()?)?;
-    let mut dec = Decoder::with_ip(64, code, entry, DecoderOptions::NONE);
-    let mut insn = Instruction::default();
-    // The last locked instruction seen, cleared at each branch.
-    let mut last: Option<Instruction> = None;
-    while dec.can_decode() {
-        dec.decode_out(&mut insn);
+    let insns: Vec<Instruction> = Decoder::with_ip(64, code, entry, DecoderOptions::NONE)
+        .into_iter()
+        .collect();
+    // Jump targets inside the function: an instruction one of them lands on
+    // is not necessarily reached from the one before it.
+    let targets: HashSet<u64> = insns
+        .iter()
+        .filter(|i| {
+            matches!(
+                i.op0_kind(),
+                OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64
+            )
+        })
+        .map(|i| i.near_branch_target())
+        .collect();
+    let found = |i: usize| Some(operand(&insns, i, &targets));
+    // The last picked instruction seen, cleared at each branch.
+    let mut last: Option<usize> = None;
+    for (i, insn) in insns.iter().enumerate() {
         let ip = insn.ip();
         if site.ranges.iter().any(|&(a, _)| a == ip)
-            && let Some(b) = last.filter(|b| ip.saturating_sub(b.next_ip()) <= MAX_GAP)
+            && let Some(b) = last.filter(|&b| ip.saturating_sub(insns[b].next_ip()) <= MAX_GAP)
         {
-            return Some(operand(&b));
+            return found(b);
         }
-        if is_atomic(&insn) {
+        if pick(insn) {
             if site.ranges.iter().any(|&(a, b)| (a..b).contains(&ip)) {
-                return Some(operand(&insn));
+                return found(i);
             }
-            last = Some(insn);
-        } else if is_branch(&insn) {
+            last = Some(i);
+        } else if is_branch(insn) {
             last = None;
         }
     }
     None
+}
+
+/// The first plain load through a register (not the stack or RIP) inside an
+/// inlined copy's ranges, or ending at most [`MAX_GAP`] bytes before one
+/// with no branch between: the atomic load of `Once.Do`'s fast path or a
+/// typed atomic's `Load` (an ordinary MOV on amd64). None elsewhere.
+pub fn load_insn(bin: &GoBinary, site: &InlinedSite) -> Option<AtomicInsn> {
+    find_insn(bin, site, is_register_load)
+}
+
+/// MOV/MOVZX/CMP/TEST reading memory at a general register plus a
+/// displacement (no index): how Go loads an atomic or a struct field.
+fn is_register_load(insn: &Instruction) -> bool {
+    let reads = match insn.mnemonic() {
+        Mnemonic::Mov | Mnemonic::Movzx | Mnemonic::Movsx | Mnemonic::Movsxd => {
+            insn.op_count() == 2 && insn.op1_kind() == OpKind::Memory
+        }
+        Mnemonic::Cmp | Mnemonic::Test => {
+            (0..insn.op_count()).any(|i| insn.op_kind(i) == OpKind::Memory)
+        }
+        _ => false,
+    };
+    let base = insn.memory_base();
+    reads
+        && insn.memory_index() == Register::None
+        && !matches!(
+            base,
+            Register::None | Register::RSP | Register::RBP | Register::RIP
+        )
 }
 
 fn is_branch(insn: &Instruction) -> bool {
@@ -198,14 +294,70 @@ fn is_atomic(insn: &Instruction) -> bool {
     rmw && (0..insn.op_count()).any(|i| insn.op_kind(i) == OpKind::Memory)
 }
 
-fn operand(insn: &Instruction) -> AtomicInsn {
+fn operand(insns: &[Instruction], i: usize, targets: &HashSet<u64>) -> AtomicInsn {
+    let insn = &insns[i];
     let reg = |r: Register| (r != Register::None).then_some(r);
+    let base = insn.memory_base();
+    let index = insn.memory_index();
+    let mut base_loaded_from = None;
+    let probe_before = if insn.has_lock_prefix() {
+        i.checked_sub(1)
+            .map(|p| &insns[p])
+            .filter(|p| {
+                p.next_ip() == insn.ip()
+                    && !is_branch(p)
+                    && !p.has_lock_prefix()
+                    && !targets.contains(&insn.ip())
+                    && !writes(p, index)
+            })
+            .and_then(|p| {
+                if !writes(p, base) {
+                    return Some(p.ip());
+                }
+                // `MOVQ 0x48(SP), AX; LOCK XADDL BX, 0(AX)`: probe the load
+                // and let the probe read the pointer it loads.
+                let spill = p.mnemonic() == Mnemonic::Mov
+                    && p.op_count() == 2
+                    && p.op0_kind() == OpKind::Register
+                    && p.op0_register() == base
+                    && p.op1_kind() == OpKind::Memory
+                    && p.memory_index() == Register::None
+                    && p.memory_size().size() == 8
+                    && !matches!(p.memory_base(), Register::None | Register::RIP)
+                    && p.memory_base() != base;
+                spill.then(|| {
+                    base_loaded_from = Some((p.memory_base(), p.memory_displacement64() as i64));
+                    p.ip()
+                })
+            })
+    } else {
+        Some(insn.ip())
+    };
     AtomicInsn {
         vaddr: insn.ip(),
         mnemonic: format!("{:?}", insn.mnemonic()).to_lowercase(),
-        base: reg(insn.memory_base()),
-        index: reg(insn.memory_index()),
+        base: reg(base),
+        index: reg(index),
         scale: insn.memory_index_scale(),
         displacement: insn.memory_displacement64() as i64,
+        probe_before,
+        base_loaded_from,
+        next_vaddr: insn.next_ip(),
+        keeps_operand: !writes(insn, base) && !writes(insn, index),
     }
+}
+
+/// Whether `insn` may change `r` (or any part of it).
+fn writes(insn: &Instruction, r: Register) -> bool {
+    if r == Register::None {
+        return false;
+    }
+    let mut f = InstructionInfoFactory::new();
+    f.info(insn).used_registers().iter().any(|u| {
+        u.register().full_register() == r.full_register()
+            && matches!(
+                u.access(),
+                OpAccess::Write | OpAccess::CondWrite | OpAccess::ReadWrite | OpAccess::ReadCondWrite
+            )
+    })
 }

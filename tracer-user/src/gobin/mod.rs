@@ -314,6 +314,17 @@ impl GoBinary {
         inlined::atomic_insn(self, site)
     }
 
+    /// Every XCHG with a memory operand in `f` (amd64 atomic stores).
+    pub fn xchg_insns(&self, f: &Function) -> Vec<AtomicInsn> {
+        inlined::xchg_insns(self, f)
+    }
+
+    /// The plain load an inlined copy performs first (an atomic load on
+    /// amd64 is a MOV), with its memory operand.
+    pub fn load_insn(&self, site: &InlinedSite) -> Option<AtomicInsn> {
+        inlined::load_insn(self, site)
+    }
+
     /// Number of functions known.
     pub fn function_count(&self) -> usize {
         self.funcs.len()

@@ -96,7 +96,7 @@ impl LockProbes {
         cookie: u32,
     ) -> Result<()> {
         let link = tracer
-            .attach_uprobe(prog, func.file_offset, cookie, path, scope)
+            .attach_uprobe(prog, func.file_offset, cookie.into(), path, scope)
             .with_context(|| format!("attaching uprobe to {} in {}", func.name, path.display()))?;
         self.links.push((prog, link));
         Ok(())
@@ -125,7 +125,7 @@ impl LockProbes {
         // whose end is never seen, and report them as stuck.
         for off in &rets {
             let link = tracer
-                .attach_uprobe(EXIT, func.file_offset + off, cookie, path, scope)
+                .attach_uprobe(EXIT, func.file_offset + off, cookie.into(), path, scope)
                 .with_context(|| format!("attaching uprobe to RET at {}+{off:#x}", func.name))?;
             self.links.push((EXIT, link));
         }

@@ -8,7 +8,9 @@
 //!   its RETs; the kernel tracks the operations in flight per map and records
 //!   any operation that overlaps a write by another goroutine. Each operation
 //!   then costs two uprobe traps (~40 µs here), so this is for one process,
-//!   for a short while.
+//!   for a short while. Deep mode also streams every synchronisation and
+//!   access to the happens-before detector ([`hb`]), which finds accesses
+//!   that no synchronisation ordered even when they did not overlap.
 
 pub mod hb;
 pub mod probes;
@@ -23,7 +25,7 @@ use tracer_common::names;
 
 use anyhow::{Context, Result, bail};
 use aya::maps::{MapData, RingBuf};
-use tracer_common::maps::{FLAG_DEEP_ARMED, MapsConfig};
+use tracer_common::maps::{FLAG_DEEP_ARMED, FLAG_HB_ARMED, MapsConfig};
 
 use crate::{
     clock::monotonic_ns,
@@ -68,6 +70,8 @@ pub struct MapsState {
     pub statuses: Vec<ProbeStatus>,
     /// Offsets and flags every recorded pid is registered with.
     cfg: MapsConfig,
+    /// The happens-before detector (deep mode).
+    hb: Option<hb::HbStream>,
 }
 
 impl MapsState {
@@ -102,6 +106,7 @@ impl MapsState {
         let ring = read::take_ring(tracer)?;
         let mut mp = probes::MapProbes::default();
         let mut statuses = probes::attach_always(tracer, &mut mp, bin, path, scope);
+        let mut hb_stream = None;
         if mode == MapsMode::Deep {
             statuses.push(if sites.is_empty() {
                 probes::attach_deep(tracer, &mut mp, bin, path, scope)
@@ -109,6 +114,26 @@ impl MapsState {
                 probes::attach_sites(tracer, &mut mp, bin, path, scope, sites)
             });
             statuses.push(syncmap::attach(tracer, bin, path, scope));
+            if cfg.goid_off == u64::MAX {
+                statuses.push(ProbeStatus {
+                    feature: "map_happens_before".into(),
+                    function: None,
+                    status: "missing",
+                    ret_sites: 0,
+                    reason: Some(
+                        "goroutine ids are unreadable in this binary: happens-before detection is off"
+                            .into(),
+                    ),
+                    kind: 0,
+                });
+            } else {
+                let (probes, st) = hb::probes::attach(tracer, bin, path, scope);
+                if st.status == "attached" {
+                    let ring = read::take_named_ring(tracer, names::map::HB_EVENTS)?;
+                    hb_stream = Some(hb::HbStream::new(ring, probes));
+                }
+                statuses.push(st);
+            }
         }
         if let Some(failed) = statuses.iter().find(|p| p.status == "failed") {
             bail!(
@@ -120,6 +145,9 @@ impl MapsState {
         if mode == MapsMode::Deep {
             // Every exit is in place: operations may now be recorded.
             cfg.flags |= FLAG_DEEP_ARMED;
+            if hb_stream.is_some() {
+                cfg.flags |= FLAG_HB_ARMED;
+            }
             read::add_target(tracer, pid, cfg)?;
         }
         Ok(Some(MapsState {
@@ -130,6 +158,7 @@ impl MapsState {
             start_mono: monotonic_ns(),
             statuses,
             cfg,
+            hb: hb_stream,
         }))
     }
 
@@ -160,12 +189,18 @@ impl MapsState {
         })?;
         purge_per_cpu::<SyncMapKey, u64>(e, names::map::SYNC_MAP_CALLS, |k| k.tgid == pid)?;
         self.fatals.retain(|f| f.tgid != pid);
+        if let Some(h) = self.hb.as_mut() {
+            h.forget_pid(pid);
+        }
         Ok(())
     }
 
     /// Drains the fatal-event ring buffer. Call regularly and once more after
     /// the process has exited: its last event arrives as it dies.
     pub fn poll(&mut self) {
+        if let Some(h) = self.hb.as_mut() {
+            h.poll();
+        }
         while let Some(item) = self.ring.next() {
             match read::decode_fatal(&item) {
                 Some(f) => {
@@ -198,6 +233,7 @@ impl MapsState {
             &self.fatals,
             self.start_mono,
             self.mode,
+            self.hb.as_ref(),
         )
         .context("building the map report")
     }

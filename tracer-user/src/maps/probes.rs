@@ -105,7 +105,7 @@ fn attach_at(
     cookie: u32,
 ) -> Result<()> {
     tracer
-        .attach_uprobe(prog, offset, cookie, path, scope)
+        .attach_uprobe(prog, offset, cookie.into(), path, scope)
         .with_context(|| {
             format!(
                 "attaching {prog} at file offset {offset:#x} of {}",

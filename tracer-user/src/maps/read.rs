@@ -32,11 +32,16 @@ pub fn add_target(tracer: &mut Tracer, pid: u32, cfg: MapsConfig) -> Result<()> 
 
 /// Takes the fatal-event ring buffer out of the object so it can be polled.
 pub fn take_ring(tracer: &mut Tracer) -> Result<RingBuf<aya::maps::MapData>> {
+    take_named_ring(tracer, tracer_common::names::map::MAP_EVENTS)
+}
+
+/// Takes the ring buffer `name` out of the object, to drain it.
+pub fn take_named_ring(tracer: &mut Tracer, name: &str) -> Result<RingBuf<aya::maps::MapData>> {
     let map = tracer
         .ebpf
-        .take_map(tracer_common::names::map::MAP_EVENTS)
-        .ok_or_else(|| anyhow!("MAP_EVENTS ring buffer missing"))?;
-    RingBuf::try_from(map).context("opening the MAP_EVENTS ring buffer")
+        .take_map(name)
+        .ok_or_else(|| anyhow!("{name} ring buffer missing"))?;
+    RingBuf::try_from(map).with_context(|| format!("opening the {name} ring buffer"))
 }
 
 /// A fatal runtime error as decoded from the ring buffer.

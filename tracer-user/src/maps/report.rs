@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use anyhow::Result;
 use serde::Serialize;
 use tracer_common::maps::{
-    LOST_CONFLICT, LOST_FATAL, LOST_GROWTH, LOST_OPS, LOST_SYNC_MAP, OP_CLEAR, OP_DELETE,
+    LOST_CONFLICT, LOST_FATAL, LOST_GROWTH, LOST_HB, LOST_OPS, LOST_SYNC_MAP, OP_CLEAR, OP_DELETE,
     OP_ITERATE, OP_READ, OP_WRITE, is_write,
 };
 
@@ -124,9 +124,21 @@ pub struct MapFinding {
     /// The operation that started second (overlaps only).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub op: Option<OpSideReport>,
-    /// The operation already in flight (overlaps only).
+    /// The operation already in flight (overlaps), or the earlier of two
+    /// unordered accesses (happens-before).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub other: Option<OpSideReport>,
+    /// How it was found: `runtime` (a fatal error), `overlap` (deep mode's
+    /// in-flight check) or `happens_before` (no synchronisation the probes
+    /// saw ordered the two accesses).
+    pub detection: &'static str,
+    /// Happens-before findings: whether the in-flight check also saw the
+    /// two call sites overlap (otherwise they were only unordered).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overlapped: Option<bool>,
+    /// Happens-before findings: the synchronisation gap, in words.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub explanation: Option<String>,
     pub count: u64,
     /// ns since tracing started.
     pub first_seen_ns: u64,
@@ -142,6 +154,19 @@ pub struct MapsLost {
     pub ops: u64,
     /// sync.Map calls not counted (`--maps deep`).
     pub sync_map_calls: u64,
+    /// Happens-before events the kernel ring had no room for; each loss
+    /// restarts the detector (`happens_before.restarts`).
+    pub happens_before_events: u64,
+}
+
+/// What the happens-before detector saw and what its bounds cost (deep mode).
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct HappensBefore {
+    /// Synchronisation probes placed, and inlined copies left without one.
+    pub sync_probes: usize,
+    pub unresolved_inlined: usize,
+    pub stream: super::hb::stream::StreamStats,
+    pub detector: super::hb::Stats,
 }
 
 #[derive(Clone, Debug, Default, Serialize)]
@@ -154,6 +179,9 @@ pub struct MapsReport {
     pub op_hits: u64,
     /// sync.Map instances and their call mix (deep tier).
     pub sync_maps: Vec<super::syncmap::SyncMapReport>,
+    /// The happens-before detector's counters; absent outside deep mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub happens_before: Option<HappensBefore>,
 }
 
 impl MapsReport {
@@ -253,6 +281,7 @@ pub fn build(
     fatals: &[Fatal],
     start_mono: u64,
     mode: MapsMode,
+    hb: Option<&super::hb::HbStream>,
 ) -> Result<MapsReport> {
     let stacks = Stacks::new(tracer);
     let growth = read::growth(tracer)?;
@@ -373,6 +402,9 @@ pub fn build(
                 stack,
                 op: None,
                 other: None,
+                detection: "runtime",
+                overlapped: None,
+                explanation: None,
                 count: 1,
                 first_seen_ns: rel(f.ktime_ns),
                 last_seen_ns: rel(f.ktime_ns),
@@ -410,6 +442,9 @@ pub fn build(
                 stack: a.stack.clone(),
                 op: Some(a.clone()),
                 other: Some(bside.clone()),
+                detection: "overlap",
+                overlapped: Some(true),
+                explanation: None,
                 count: 0,
                 first_seen_ns: rel(s.first_ns),
                 last_seen_ns: rel(s.last_ns),
@@ -418,8 +453,44 @@ pub fn build(
         f.first_seen_ns = f.first_seen_ns.min(rel(s.first_ns));
         f.last_seen_ns = f.last_seen_ns.max(rel(s.last_ns));
     }
+    let mut unordered = Vec::new();
+    for (pid, f) in hb.map(|h| h.findings()).unwrap_or_default() {
+        let side = |a: &super::hb::AccessInfo| {
+            let stack = sym.frames(a.site, a.stack.map_or(-1, i64::from));
+            OpSideReport {
+                op: a.op,
+                goroutine: Some(a.goid),
+                site: stack.first().cloned(),
+                stack,
+            }
+        };
+        let later = side(&f.later);
+        let earlier = side(&f.earlier);
+        let sl = later.site.clone().unwrap_or_else(|| unknown(f.later.site));
+        let se = earlier.site.clone().unwrap_or_else(|| unknown(f.earlier.site));
+        let (lo, hi) = if sl <= se { (sl, se) } else { (se, sl) };
+        let overlapped = merged.contains_key(&(pid, f.map, f.kind, lo, hi));
+        unordered.push(MapFinding {
+            kind: f.kind,
+            pid,
+            map: Some(format!("{:#x}", f.map)),
+            message: None,
+            goroutine: later.goroutine,
+            site: later.site.clone(),
+            stack: later.stack.clone(),
+            op: Some(later),
+            other: Some(earlier),
+            detection: "happens_before",
+            overlapped: Some(overlapped),
+            explanation: Some(f.explain()),
+            count: f.count,
+            first_seen_ns: rel(f.later.t_ns),
+            last_seen_ns: rel(f.later.t_ns),
+        });
+    }
     let mut overlaps: Vec<MapFinding> = merged.into_values().collect();
     overlaps.sort_by_key(|f| std::cmp::Reverse(f.count));
+    findings.extend(unordered);
     findings.extend(overlaps);
 
     Ok(MapsReport {
@@ -436,9 +507,16 @@ pub fn build(
             growth_events: lost[LOST_GROWTH as usize],
             ops: lost[LOST_OPS as usize],
             sync_map_calls: lost[LOST_SYNC_MAP as usize],
+            happens_before_events: lost[LOST_HB as usize],
         },
         op_hits,
         sync_maps: super::syncmap::build(&super::syncmap::read_calls(tracer)?),
+        happens_before: hb.map(|h| HappensBefore {
+            sync_probes: h.probes.probes.len(),
+            unresolved_inlined: h.probes.unresolved,
+            stream: h.stats,
+            detector: h.engine_stats(),
+        }),
     })
 }
 

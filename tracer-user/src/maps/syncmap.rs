@@ -109,7 +109,7 @@ pub fn attach(tracer: &mut Tracer, bin: &GoBinary, path: &Path, scope: Scope) ->
                     .map_or(0, |code| past_stack_check_amd64(code, f.entry))
             };
             tracer
-                .attach_uprobe(PROGRAM, f.file_offset + skip, *m, path, scope)
+                .attach_uprobe(PROGRAM, f.file_offset + skip, (*m).into(), path, scope)
                 .with_context(|| format!("attaching {PROGRAM} to {}", f.name))?;
         }
         Ok(())

@@ -34,6 +34,28 @@ pub fn findings_table(findings: &[&MapFinding], out: &mut String) {
         let (Some(a), Some(b)) = (&f.op, &f.other) else {
             continue;
         };
+        if let Some(why) = &f.explanation {
+            let _ = writeln!(
+                out,
+                "FINDING {} on map {} ({}x, {}): {} by goroutine {} at {} and {} by goroutine {} at {}\n  {}",
+                f.kind,
+                f.map.as_deref().unwrap_or("?"),
+                f.count,
+                if f.overlapped == Some(true) {
+                    "overlapped"
+                } else {
+                    "unordered, not overlapping"
+                },
+                b.op,
+                gid(b.goroutine),
+                site(&b.site),
+                a.op,
+                gid(a.goroutine),
+                site(&a.site),
+                why
+            );
+            continue;
+        }
         let _ = writeln!(
             out,
             "FINDING {} on map {} ({}x): {} by goroutine {} at {} overlapped {} by goroutine {} at {}",

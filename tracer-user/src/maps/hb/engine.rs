@@ -45,6 +45,10 @@ pub struct Engine {
     floor_s: VectorClock,
     goroutine_evicted: bool,
     sync_evicted: bool,
+    /// The stream began while the program ran: a goroutine first seen
+    /// without its `go` event may have been blocked on anything, so it
+    /// acquires every object at its first event.
+    late_start: bool,
     seq: u64,
     /// Keyed by kind and the unordered pair of sites.
     findings: HashMap<(&'static str, u64, u64), HbFinding>,
@@ -62,9 +66,19 @@ impl Engine {
             floor_s: VectorClock::default(),
             goroutine_evicted: false,
             sync_evicted: false,
+            late_start: false,
             seq: 0,
             findings: HashMap::new(),
             stats: Stats::default(),
+        }
+    }
+
+    /// A detector for a stream that starts in a running program (or
+    /// restarts after lost events): see `late_start`.
+    pub fn started_late(limits: Limits) -> Self {
+        Engine {
+            late_start: true,
+            ..Engine::new(limits)
         }
     }
 
@@ -106,6 +120,11 @@ impl Engine {
                     }
                 }
             }
+            Op::AcquireAllOnResume => {
+                if let Some(st) = self.gs.get_mut(&g) {
+                    st.resync_all = true;
+                }
+            }
             Op::Access(a) => self.access(g, ev.t_ns, a),
         }
         self.enforce_limits(g);
@@ -126,7 +145,7 @@ impl Engine {
             GState {
                 vc,
                 pending: Vec::new(),
-                resync_all: self.goroutine_evicted,
+                resync_all: self.goroutine_evicted || self.late_start,
                 held: Vec::new(),
                 last_seen: self.seq,
             },

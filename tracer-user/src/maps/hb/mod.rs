@@ -22,13 +22,17 @@
 mod clock;
 mod engine;
 mod finding;
+pub mod probes;
 mod shadow;
 mod sites;
+pub mod stream;
 
 pub use clock::{Epoch, Goid, Tick, VectorClock};
 pub use engine::Engine;
 pub use finding::{AccessInfo, HbFinding};
-pub use sites::{SyncAction, SyncProbe, SyncProbes, sync_probes};
+pub use probes::HbProbes;
+pub use sites::{SyncAction, SyncProbe, SyncProbes, is_user_code, sync_probes};
+pub use stream::HbStream;
 
 /// What a synchronisation object is; it decides whether acquiring it means
 /// holding a lock (for the lock sets findings show).
@@ -44,6 +48,8 @@ pub enum SyncKind {
     Atomic,
     /// A function the user listed with `--sync-funcs`.
     UserFunc,
+    /// `go` statements (the object is the new goroutine).
+    Goroutine,
 }
 
 impl SyncKind {
@@ -62,6 +68,7 @@ impl SyncKind {
             SyncKind::SyncMap => "sync.Map",
             SyncKind::Atomic => "atomic",
             SyncKind::UserFunc => "sync function",
+            SyncKind::Goroutine => "go statement",
         }
     }
 }
@@ -104,6 +111,9 @@ pub enum Op {
     /// The goroutine is entering an operation that may block until another
     /// releases the object; it acquires at its next event.
     AcquireOnResume(SyncObj),
+    /// The goroutine may have synchronised with any object (a select with
+    /// more cases than the probe reads): it acquires all at its next event.
+    AcquireAllOnResume,
     Access(Access),
 }
 
