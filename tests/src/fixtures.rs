@@ -69,6 +69,9 @@ pub enum Variant {
     /// `GOEXPERIMENT=noswissmap`: Go 1.24/1.25 with the classic `hmap` maps
     /// (see [`GoToolchain::supports_noswissmap`]); not in [`Variant::ALL`].
     NoSwiss,
+    /// `-race` (with cgo, which it needs): the reference detector; not in
+    /// [`Variant::ALL`].
+    Race,
 }
 
 impl Variant {
@@ -89,6 +92,7 @@ impl Variant {
             Variant::Arm64 => "arm64",
             Variant::CgoPie => "cgopie",
             Variant::NoSwiss => "noswiss",
+            Variant::Race => "race",
         }
     }
 }
@@ -260,6 +264,9 @@ pub fn build_go_dir(tc: &GoToolchain, src: &Path, name: &str, variant: Variant) 
         }
         Variant::NoSwiss => {
             cmd.env("GOEXPERIMENT", "noswissmap");
+        }
+        Variant::Race => {
+            cmd.env("CGO_ENABLED", "1").arg("-race");
         }
     }
     cmd.arg(".");

@@ -118,7 +118,20 @@ pub struct MapOverlap {
     pub count: u64,
     pub first_seen_ns: u64,
     pub last_seen_ns: u64,
+    /// `overlap` or `happens_before`.
+    pub detection: String,
+    /// Happens-before findings: whether the in-flight check saw them overlap.
+    pub overlapped: Option<bool>,
+    /// Happens-before findings: the synchronisation gap, in words.
+    pub explanation: Option<String>,
 }
+
+/// The finding kinds of two racing map accesses.
+pub const RACE_KINDS: [&str; 3] = [
+    "concurrent_map_write",
+    "concurrent_map_read_write",
+    "concurrent_map_iteration_write",
+];
 
 /// A `map_fatal` finding: the runtime's own fatal error about a map.
 #[derive(Debug, Clone, Deserialize)]
@@ -262,10 +275,38 @@ impl Report {
 
     /// The overlap findings of `kind`; fails if one lacks a field.
     pub fn overlaps(&self, kind: &str) -> Result<Vec<MapOverlap>> {
+        Ok(self
+            .map_races(kind)?
+            .into_iter()
+            .filter(|f| f.detection == "overlap")
+            .collect())
+    }
+
+    /// The happens-before findings of `kind`: two accesses no
+    /// synchronisation ordered.
+    pub fn unordered(&self, kind: &str) -> Result<Vec<MapOverlap>> {
+        Ok(self
+            .map_races(kind)?
+            .into_iter()
+            .filter(|f| f.detection == "happens_before")
+            .collect())
+    }
+
+    /// Every finding of a race `kind`, however it was detected.
+    pub fn map_races(&self, kind: &str) -> Result<Vec<MapOverlap>> {
         self.findings_of_kind(kind)
             .into_iter()
             .map(|f| MapOverlap::deserialize(f).with_context(|| format!("{kind} {f}")))
             .collect()
+    }
+
+    /// Every race finding (the three kinds), however detected.
+    pub fn all_map_races(&self) -> Result<Vec<MapOverlap>> {
+        let mut v = Vec::new();
+        for k in RACE_KINDS {
+            v.extend(self.map_races(k)?);
+        }
+        Ok(v)
     }
 
     /// The `map_fatal` findings; fails if one lacks a field.

@@ -9,17 +9,18 @@
 //! the traced program.
 
 use aya_ebpf::{
+    EbpfContext,
     helpers::{bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{map, uprobe},
     maps::{Array, LruHashMap, RingBuf},
     programs::ProbeContext,
-    EbpfContext,
 };
 use tracer_common::{
     maps::{
-        hb_action, hb_deref, hb_disp, hb_load_disp, hb_reg, EVENT_HB_ACCESS, EVENT_HB_GO, EVENT_HB_SYNC, FLAG_HB_ARMED,
-        HB_ACT_ACQUIRE_ALL, HB_ACT_BOTH, HB_ACT_GO_ENTER, HB_ACT_GO_EXIT, HB_ACT_SELECT,
-        HB_SCASE_SIZE, HB_SELECT_CASES, HbEvent, LOST_HB, OpSide,
+        EVENT_HB_ACCESS, EVENT_HB_GO, EVENT_HB_SYNC, FLAG_HB_ARMED, HB_ACT_ACQUIRE_ALL,
+        HB_ACT_BOTH, HB_ACT_GO_ENTER, HB_ACT_GO_EXIT, HB_ACT_SELECT, HB_SCASE_SIZE,
+        HB_SELECT_CASES, HbEvent, LOST_HB, OpSide, hb_action, hb_deref, hb_disp, hb_load_disp,
+        hb_reg,
     },
     names,
 };
@@ -61,24 +62,15 @@ fn count_lost() {
     }
 }
 
+/// Sends `ev`, stamped with the loss count so far.
 #[inline(always)]
-fn emit(kind: u32, tgid: u32, cookie: u64, goid: u64, addr: u64, pc: u64, stack_id: i64, t: u64) {
-    let lost = lost_so_far();
+fn emit(mut ev: HbEvent) {
+    ev.lost = lost_so_far();
     let Some(mut entry) = HB_EVENTS.reserve::<HbEvent>(0) else {
         count_lost();
         return;
     };
-    entry.write(HbEvent {
-        kind,
-        tgid,
-        cookie,
-        goid,
-        addr,
-        ktime_ns: t,
-        pc,
-        stack_id,
-        lost,
-    });
+    entry.write(ev);
     entry.submit(0);
 }
 
@@ -87,22 +79,33 @@ fn emit(kind: u32, tgid: u32, cookie: u64, goid: u64, addr: u64, pc: u64, stack_
 pub fn sync_event(tgid: u32, goid: u64, cookie: u64, addr: u64) {
     // SAFETY: helper without arguments.
     let now = unsafe { bpf_ktime_get_ns() };
-    emit(EVENT_HB_SYNC, tgid, cookie, goid, addr, 0, -1, now);
+    emit(HbEvent {
+        kind: EVENT_HB_SYNC,
+        tgid,
+        cookie,
+        goid,
+        addr,
+        ktime_ns: now,
+        pc: 0,
+        stack_id: -1,
+        lost: 0,
+    });
 }
 
 /// A map operation's entry (called by `map_op_enter` once the stream is armed).
 #[inline(always)]
 pub fn access(tgid: u32, cookie: u64, me: &OpSide, map: u64) {
-    emit(
-        EVENT_HB_ACCESS,
+    emit(HbEvent {
+        kind: EVENT_HB_ACCESS,
         tgid,
         cookie,
-        me.goid,
-        map,
-        me.caller_pc,
-        me.stack_id,
-        me.start_ns,
-    );
+        goid: me.goid,
+        addr: map,
+        ktime_ns: me.start_ns,
+        pc: me.caller_pc,
+        stack_id: me.stack_id,
+        lost: 0,
+    });
 }
 
 /// Register number `n` of the trapped task (the numbering of
@@ -196,7 +199,17 @@ pub fn hb_sync(ctx: ProbeContext) -> u32 {
             let child = read_at(reg(&ctx, ARG_REGS[0]), cfg.goid_off);
             // SAFETY: helper without arguments.
             let now = unsafe { bpf_ktime_get_ns() };
-            emit(EVENT_HB_GO, tgid, cookie, parent, child, 0, -1, now);
+            emit(HbEvent {
+                kind: EVENT_HB_GO,
+                tgid,
+                cookie,
+                goid: parent,
+                addr: child,
+                ktime_ns: now,
+                pc: 0,
+                stack_id: -1,
+                lost: 0,
+            });
         }
         HB_ACT_SELECT => {
             // selectgo(cas0, order0, pc0, nsends, nrecvs, block).
@@ -226,7 +239,12 @@ pub fn hb_sync(ctx: ProbeContext) -> u32 {
                 return 0;
             }
             let goid = read_at(arch_g(&ctx), cfg.goid_off);
-            sync_event(tgid, goid, cookie, base.wrapping_add(hb_disp(cookie) as u64));
+            sync_event(
+                tgid,
+                goid,
+                cookie,
+                base.wrapping_add(hb_disp(cookie) as u64),
+            );
         }
     }
     0

@@ -25,11 +25,11 @@ use aya_ebpf::{
 use tracer_common::{
     InflightKey, LockKey, WaitStats, WaiterKey, hist_slot,
     maps::{
-        CALL_INSN_LEN, ConflictKey, ConflictStats, EVENT_FATAL, FATAL_MSG_LEN, FLAG_DEEP_ARMED, FLAG_HB_ARMED,
-        FatalEvent, GROW_ARG0, GROW_ARG1, GROW_ARG2, GrowthKey, GrowthStats, ITER_MAP_OFFSET,
-        LOST_CONFLICT, LOST_FATAL, LOST_GROWTH, LOST_OPS, LOST_SLOTS, LOST_SYNC_MAP, MapActive,
-        MapKey, MapsConfig, OP_AT_CALL_SITE, OP_ITERATE, OP_ITERATE_NEXT, OpInflight, OpSide,
-        SyncMapKey, is_write,
+        CALL_INSN_LEN, ConflictKey, ConflictStats, EVENT_FATAL, FATAL_MSG_LEN, FLAG_DEEP_ARMED,
+        FLAG_HB_ARMED, FatalEvent, GROW_ARG0, GROW_ARG1, GROW_ARG2, GrowthKey, GrowthStats,
+        ITER_MAP_OFFSET, LOST_CONFLICT, LOST_FATAL, LOST_GROWTH, LOST_OPS, LOST_SLOTS,
+        LOST_SYNC_MAP, MapActive, MapKey, MapsConfig, OP_AT_CALL_SITE, OP_ITERATE, OP_ITERATE_NEXT,
+        OpInflight, OpSide, SyncMapKey, is_write,
     },
     names,
 };

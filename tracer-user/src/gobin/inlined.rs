@@ -357,7 +357,10 @@ fn writes(insn: &Instruction, r: Register) -> bool {
         u.register().full_register() == r.full_register()
             && matches!(
                 u.access(),
-                OpAccess::Write | OpAccess::CondWrite | OpAccess::ReadWrite | OpAccess::ReadCondWrite
+                OpAccess::Write
+                    | OpAccess::CondWrite
+                    | OpAccess::ReadWrite
+                    | OpAccess::ReadCondWrite
             )
     })
 }

@@ -130,7 +130,11 @@ impl MapsState {
                 let (probes, st) = hb::probes::attach(tracer, bin, path, scope);
                 if st.status == "attached" {
                     let ring = read::take_named_ring(tracer, names::map::HB_EVENTS)?;
-                    hb_stream = Some(hb::HbStream::new(ring, probes));
+                    hb_stream = Some(hb::HbStream::new(
+                        ring,
+                        probes,
+                        hb::stream::UserCode::new(bin),
+                    ));
                 }
                 statuses.push(st);
             }

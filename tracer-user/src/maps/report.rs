@@ -467,7 +467,10 @@ pub fn build(
         let later = side(&f.later);
         let earlier = side(&f.earlier);
         let sl = later.site.clone().unwrap_or_else(|| unknown(f.later.site));
-        let se = earlier.site.clone().unwrap_or_else(|| unknown(f.earlier.site));
+        let se = earlier
+            .site
+            .clone()
+            .unwrap_or_else(|| unknown(f.earlier.site));
         let (lo, hi) = if sl <= se { (sl, se) } else { (se, sl) };
         let overlapped = merged.contains_key(&(pid, f.map, f.kind, lo, hi));
         unordered.push(MapFinding {

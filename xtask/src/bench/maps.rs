@@ -71,7 +71,8 @@ pub(super) fn bench_maps() -> Result<()> {
         println!("| {label} | {:.1} | {:.4} |", med[i] / ops, med[0] / med[i]);
     }
 
-    race_detection(&go, &dir)
+    race_detection(&go, &dir)?;
+    happens_before(&go, &dir)
 }
 
 /// Racy modes of `tests/fixtures/maps`, and the control.
@@ -145,6 +146,88 @@ fn race_detection(go: &std::path::Path, dir: &std::path::Path) -> Result<()> {
             format!("caught: {}", kinds.join(", "))
         };
         println!("| {mode} | {race_cell} | {race_secs:.2} s | {deep_cell} | {deep_secs:.2} s |");
+    }
+    let _ = std::fs::remove_file(&report);
+    Ok(())
+}
+
+/// The happens-before fixture's cases (tests/fixtures/hbrace), racy first.
+const HB_CASES: [&str; 14] = [
+    "race-field",
+    "race-callback",
+    "race-cache",
+    "race-waitgroup",
+    "race-closure",
+    "mutex",
+    "rwmutex",
+    "channels",
+    "waitgroup",
+    "once",
+    "cond",
+    "atomic-pointer",
+    "errgroup",
+    "syncmap",
+];
+/// Repetitions of a case in one process.
+const HB_REPEAT: &str = "10";
+
+/// Happens-before detection against `-race` on the same patterns, side by
+/// side: the program's run time untraced, with `-race` and under
+/// `tracer run --maps deep` (the traced time the report gives, so attaching
+/// and detaching the probes is shown apart), and what each found.
+fn happens_before(go: &std::path::Path, dir: &std::path::Path) -> Result<()> {
+    step(
+        "happens-before patterns: go build -race against tracer run --maps deep (10 repetitions per process)",
+    );
+    let plain = dir.join("hbrace-plain");
+    let race = dir.join("hbrace-race");
+    build_go(go, "hbrace", &plain, false)?;
+    build_go(go, "hbrace", &race, true)?;
+    let report = std::env::temp_dir().join(format!("tracer-bench-hb-{}.json", std::process::id()));
+    println!(
+        "| case | untraced | -race | -race found | deep (traced time) | deep slowdown vs -race | deep found | deep wall incl. attach/detach |"
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    let args = |case: &'static str| ["-case", case, "-repeat", HB_REPEAT];
+    for case in HB_CASES {
+        let t = std::time::Instant::now();
+        Command::new(&plain).args(args(case)).output()?;
+        let untraced = t.elapsed().as_secs_f64();
+        let t = std::time::Instant::now();
+        let out = Command::new(&race).args(args(case)).output()?;
+        let race_secs = t.elapsed().as_secs_f64();
+        let race_reports = String::from_utf8_lossy(&out.stderr)
+            .matches("WARNING: DATA RACE")
+            .count();
+        let t = std::time::Instant::now();
+        Command::new(tracer_bin())
+            .args(["run", "--maps", "deep", "--tcp", "off", "--json-report"])
+            .arg(&report)
+            .arg("--")
+            .arg(&plain)
+            .args(args(case))
+            .output()?;
+        let wall = t.elapsed().as_secs_f64();
+        let json: serde_json::Value = std::fs::read(&report)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let traced = json["duration_ns"].as_f64().unwrap_or(0.0) / 1e9;
+        let found: u64 = json["findings"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .filter(|f| f["detection"] == "happens_before")
+            .map(|f| f["count"].as_u64().unwrap_or(0))
+            .sum();
+        println!(
+            "| {case} | {:.1} ms | {:.1} ms | {race_reports} report(s) | {:.1} ms | {:.1}x | {found} race(s) | {wall:.1} s |",
+            untraced * 1e3,
+            race_secs * 1e3,
+            traced * 1e3,
+            traced / race_secs.max(1e-9)
+        );
     }
     let _ = std::fs::remove_file(&report);
     Ok(())

@@ -30,7 +30,9 @@ pub struct HbProbes {
 impl HbProbes {
     /// The kind of object the probe with cookie index `i` names.
     pub fn kind_of(&self, i: u16) -> SyncKind {
-        self.probes.get(usize::from(i)).map_or(SyncKind::SyncMap, |p| p.kind)
+        self.probes
+            .get(usize::from(i))
+            .map_or(SyncKind::SyncMap, |p| p.kind)
     }
 }
 

@@ -105,17 +105,24 @@ use Locate::{Atomic, Call, Load};
 use SyncAction::{AcquireOnResume as Acq, Both, Release as Rel};
 use SyncKind::{Atomic as At, Mutex as Mu, Once as On, RwMutex as Rw};
 
-const INLINED: [Inlined; 22] = [
+const INLINED: [Inlined; 24] = [
     inl("sync.(*Mutex).Lock", Mu, Acq, Atomic, 0),
     inl("sync.(*Mutex).Unlock", Mu, Rel, Atomic, 0),
     inl("sync.(*RWMutex).RLock", Rw, Acq, Atomic, -RW_READER_COUNT),
     inl("sync.(*RWMutex).RUnlock", Rw, Rel, Atomic, -RW_READER_COUNT),
     inl("sync.(*Once).Do", On, Acq, Load, 0),
+    inl("sync/atomic.(*Pointer[*]).Load", At, Acq, Load, 0),
     // Pointer stores need the GC's write barrier: calls of StorePointer and
     // friends, probed at their entries.
     inl("sync/atomic.(*Pointer[*]).Store", At, Rel, Call, 0),
     inl("sync/atomic.(*Pointer[*]).Swap", At, Both, Call, 0),
-    inl("sync/atomic.(*Pointer[*]).CompareAndSwap", At, Both, Call, 0),
+    inl(
+        "sync/atomic.(*Pointer[*]).CompareAndSwap",
+        At,
+        Both,
+        Call,
+        0,
+    ),
     inl("sync/atomic.(*Value).Load", At, Acq, Load, 0),
     inl("sync/atomic.(*Bool).Load", At, Acq, Load, 0),
     inl("sync/atomic.(*Bool).Store", At, Rel, Atomic, 0),
@@ -126,6 +133,7 @@ const INLINED: [Inlined; 22] = [
     inl("sync/atomic.(*Int64).Store", At, Rel, Atomic, 0),
     inl("sync/atomic.(*Int64).Add", At, Both, Atomic, 0),
     inl("sync/atomic.(*Uint32).Load", At, Acq, Load, 0),
+    inl("sync/atomic.(*Uint32).Store", At, Rel, Atomic, 0),
     inl("sync/atomic.(*Uint64).Load", At, Acq, Load, 0),
     inl("sync/atomic.(*Uint64).Store", At, Rel, Atomic, 0),
     inl("sync/atomic.(*Uint64).Add", At, Both, Atomic, 0),
@@ -175,7 +183,11 @@ pub fn is_user_code(function: &str) -> bool {
     let slash = name.rfind('/').map_or(0, |i| i + 1);
     let dot = name[slash..].find('.').map_or(name.len(), |i| slash + i);
     let pkg = &name[..dot];
-    pkg == "main" || pkg.split('/').next().is_some_and(|first| first.contains('.'))
+    pkg == "main"
+        || pkg
+            .split('/')
+            .next()
+            .is_some_and(|first| first.contains('.'))
 }
 
 /// Whether `name` matches a table entry (`[*]` matches any type argument).
@@ -307,7 +319,8 @@ pub fn sync_probes(bin: &GoBinary) -> SyncProbes {
             vaddr: f.entry,
             ..entry(NEWPROC1, SyncKind::Goroutine, SyncAction::GoEnter)
         });
-        out.ret_probes.push(entry(NEWPROC1, SyncKind::Goroutine, SyncAction::GoExit));
+        out.ret_probes
+            .push(entry(NEWPROC1, SyncKind::Goroutine, SyncAction::GoExit));
     }
     out
 }
@@ -331,7 +344,10 @@ mod tests {
     #[test]
     fn generic_patterns_match_any_type_argument() {
         let p = "sync/atomic.(*Pointer[*]).Load";
-        assert!(matches(p, "sync/atomic.(*Pointer[go.shape.map[int]int]).Load"));
+        assert!(matches(
+            p,
+            "sync/atomic.(*Pointer[go.shape.map[int]int]).Load"
+        ));
         assert!(!matches(p, "sync/atomic.(*Pointer[go.shape.int]).Store"));
         assert!(!matches(p, "sync/atomic.(*Pointer).Load"));
         assert!(matches("sync.(*Mutex).Lock", "sync.(*Mutex).Lock"));

@@ -5,8 +5,8 @@ use std::collections::HashMap;
 
 use aya::maps::{MapData, RingBuf};
 use tracer_common::maps::{
-    EVENT_HB_ACCESS, EVENT_HB_GO, EVENT_HB_SYNC, HB_ACT_ACQUIRE, HB_ACT_ACQUIRE_ALL,
-    HB_ACT_BOTH, HB_ACT_RELEASE, HbEvent, OP_ITERATE, OP_ITERATE_NEXT, hb_action, hb_index,
+    EVENT_HB_ACCESS, EVENT_HB_GO, EVENT_HB_SYNC, HB_ACT_ACQUIRE, HB_ACT_ACQUIRE_ALL, HB_ACT_BOTH,
+    HB_ACT_RELEASE, HbEvent, OP_ITERATE, OP_ITERATE_NEXT, hb_action, hb_index,
 };
 
 use super::{Access, Engine, Event, HbFinding, HbProbes, Limits, Op, Stats, SyncObj};
@@ -21,12 +21,87 @@ pub struct StreamStats {
     pub restarts: u64,
     /// Records that were not a known event (wrong size or kind).
     pub malformed: u64,
+    /// Map accesses made by standard-library code, left out: its maps sit
+    /// behind the library's own locks, whose inlined fast paths are not
+    /// probed, and Go's own `-race` runs keep it race-free.
+    pub library_accesses: u64,
+}
+
+/// Which code is the user's: link-time ranges of its functions, and each
+/// process's load bias (PIE).
+pub struct UserCode {
+    ranges: Vec<(u64, u64)>,
+    pie: bool,
+    bias: HashMap<u32, u64>,
+}
+
+impl UserCode {
+    pub fn new(bin: &crate::gobin::GoBinary) -> Self {
+        let mut ranges: Vec<(u64, u64)> = bin
+            .functions_with_prefix("")
+            .into_iter()
+            .filter(|f| super::is_user_code(&f.name))
+            .map(|f| (f.entry, f.entry.saturating_add(f.size.max(1))))
+            .collect();
+        ranges.sort_unstable();
+        UserCode {
+            ranges,
+            pie: bin.is_pie(),
+            bias: HashMap::new(),
+        }
+    }
+
+    /// Whether the return address `pc` (a runtime address in `pid`) is in
+    /// user code. Unknown (a PIE whose mapping cannot be read): yes, so
+    /// nothing is hidden.
+    fn contains(&mut self, pid: u32, pc: u64) -> bool {
+        let bias = if self.pie {
+            match *self
+                .bias
+                .entry(pid)
+                .or_insert_with(|| pie_bias(pid).unwrap_or(u64::MAX))
+            {
+                u64::MAX => return true,
+                b => b,
+            }
+        } else {
+            0
+        };
+        let pc = pc.wrapping_sub(bias).wrapping_sub(1);
+        let i = self.ranges.partition_point(|r| r.0 <= pc);
+        i > 0 && self.ranges.get(i - 1).is_some_and(|r| pc < r.1)
+    }
+}
+
+/// Where a PIE is loaded in `pid`: the start of the executable's mapping at
+/// file offset 0 (Go links PIEs at address 0).
+fn pie_bias(pid: u32) -> Option<u64> {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
+    parse_bias(&maps, exe.to_str()?)
+}
+
+/// The first mapping of `exe` at offset 0 in a `/proc/<pid>/maps` text.
+pub fn parse_bias(maps: &str, exe: &str) -> Option<u64> {
+    maps.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let range = f.next()?;
+        let _perms = f.next()?;
+        let offset = u64::from_str_radix(f.next()?, 16).ok()?;
+        let _dev = f.next()?;
+        let _inode = f.next()?;
+        let path = f.next()?;
+        (offset == 0 && path == exe)
+            .then(|| u64::from_str_radix(range.split('-').next()?, 16).ok())
+            .flatten()
+    })
 }
 
 /// One session's stream and detectors.
 pub struct HbStream {
     ring: RingBuf<MapData>,
     pub probes: HbProbes,
+    user: UserCode,
     engines: HashMap<u32, Engine>,
     /// Findings of detectors that were restarted, kept for the report.
     earlier: Vec<(u32, HbFinding)>,
@@ -88,10 +163,11 @@ pub fn events(ev: &HbEvent, probes: &HbProbes) -> Vec<Event> {
 }
 
 impl HbStream {
-    pub fn new(ring: RingBuf<MapData>, probes: HbProbes) -> Self {
+    pub fn new(ring: RingBuf<MapData>, probes: HbProbes, user: UserCode) -> Self {
         HbStream {
             ring,
             probes,
+            user,
             engines: HashMap::new(),
             earlier: Vec::new(),
             earlier_stats: Stats::default(),
@@ -106,7 +182,8 @@ impl HbStream {
     fn restart(&mut self) {
         self.stats.restarts += 1;
         for (pid, e) in self.engines.drain() {
-            self.earlier.extend(e.findings().into_iter().map(|f| (pid, f)));
+            self.earlier
+                .extend(e.findings().into_iter().map(|f| (pid, f)));
             add_stats(&mut self.earlier_stats, &e.stats());
         }
     }
@@ -129,6 +206,12 @@ impl HbStream {
                 self.lost_seen = ev.lost;
                 self.restart();
             }
+            if ev.kind == EVENT_HB_ACCESS && !self.user.contains(ev.tgid, ev.pc) {
+                // Also keeps a goroutine inside sync.Map.Load (which reads
+                // its own maps before it may block) from "resuming" there.
+                self.stats.library_accesses += 1;
+                continue;
+            }
             if ev.goid == u64::MAX {
                 // A release of an unknown goroutine may order anything.
                 self.restart();
@@ -140,6 +223,7 @@ impl HbStream {
                 .entry(ev.tgid)
                 .or_insert_with(|| Engine::started_late(limits));
             for e in events(&ev, &self.probes) {
+                tracing::trace!("happens-before event of pid {}: {e:?}", ev.tgid);
                 engine.process(&e);
             }
         }
@@ -157,7 +241,7 @@ impl HbStream {
         for (pid, e) in &self.engines {
             v.extend(e.findings().into_iter().map(|f| (*pid, f)));
         }
-        v.sort_by(|a, b| b.1.count.cmp(&a.1.count));
+        v.sort_by_key(|f| std::cmp::Reverse(f.1.count));
         v
     }
 
@@ -206,15 +290,45 @@ mod tests {
         let p = HbProbes::default();
         let go = events(&ev(EVENT_HB_GO, 0, 1, 7), &p);
         assert_eq!(go[0].op, Op::Go { child: 7 });
-        let acc = events(&ev(EVENT_HB_ACCESS, (3 << 8) | u64::from(OP_ITERATE_NEXT), 1, 0xa0), &p);
+        let acc = events(
+            &ev(
+                EVENT_HB_ACCESS,
+                (3 << 8) | u64::from(OP_ITERATE_NEXT),
+                1,
+                0xa0,
+            ),
+            &p,
+        );
         let Op::Access(a) = acc[0].op else {
             panic!("{acc:?}")
         };
-        assert_eq!((a.map, a.op, a.site, a.stack), (0xa0, OP_ITERATE, 0x1000, Some(3)));
-        let both = events(&ev(EVENT_HB_SYNC, hb_cookie(HB_ACT_BOTH, 0, 0, None, 0), 2, 0x50), &p);
+        assert_eq!(
+            (a.map, a.op, a.site, a.stack),
+            (0xa0, OP_ITERATE, 0x1000, Some(3))
+        );
+        let both = events(
+            &ev(
+                EVENT_HB_SYNC,
+                hb_cookie(HB_ACT_BOTH, 0, 0, None, 0),
+                2,
+                0x50,
+            ),
+            &p,
+        );
         assert!(matches!(both[0].op, Op::Release(o) if o.addr == 0x50));
         assert!(matches!(both[1].op, Op::AcquireOnResume(o) if o.addr == 0x50));
         assert!(events(&ev(99, 0, 1, 0), &p).is_empty());
+    }
+
+    #[test]
+    fn the_bias_is_the_executable_mapping_at_offset_zero() {
+        let maps = "55d0c0000000-55d0c0100000 r--p 00000000 fd:01 42 /usr/bin/other\n\
+                    7f0000000000-7f0000200000 r--p 00000000 fd:01 7 /srv/app\n\
+                    7f0000200000-7f0000400000 r-xp 00200000 fd:01 7 /srv/app\n\
+                    garbage line\n";
+        assert_eq!(parse_bias(maps, "/srv/app"), Some(0x7f00_0000_0000));
+        assert_eq!(parse_bias(maps, "/srv/none"), None);
+        assert_eq!(parse_bias("zz-yy r 0 0 0 /srv/app", "/srv/app"), None);
     }
 
     #[test]
@@ -223,10 +337,7 @@ mod tests {
         let e = ev(EVENT_HB_GO, 0, 1, 2);
         // SAFETY: viewing a plain struct as bytes.
         let bytes = unsafe {
-            std::slice::from_raw_parts(
-                (&raw const e).cast::<u8>(),
-                std::mem::size_of::<HbEvent>(),
-            )
+            std::slice::from_raw_parts((&raw const e).cast::<u8>(), std::mem::size_of::<HbEvent>())
         };
         assert_eq!(decode(bytes).map(|d| d.addr), Some(2));
     }

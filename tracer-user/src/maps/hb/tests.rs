@@ -330,7 +330,8 @@ fn oracle_racy_maps(evs: &[Event]) -> BTreeSet<u64> {
             }
             Op::Acquire(o) => acquire(o.addr, &mut preds),
             Op::AcquireOnResume(o) => pending.entry(e.g).or_default().push(o.addr),
-            Op::Release(_) | Op::Access(_) => {}
+            // The random traces have none (the oracle models objects).
+            Op::Release(_) | Op::Access(_) | Op::AcquireAllOnResume => {}
         }
         if let Op::Release(o) = e.op {
             releases.push((j, o.addr));
