@@ -297,6 +297,23 @@ pub const fn hb_reg(cookie: u64) -> u8 {
     ((cookie >> 8) & 0xf) as u8
 }
 
+/// Cookie of a probe whose object is a global: at the probe, the object is
+/// the probed instruction's address (RIP) plus `rel` (bit 13 set; bits
+/// 16–47 hold `rel`).
+pub const fn hb_cookie_rip(action: u64, rel: i32, index: u16) -> u64 {
+    action | HB_RIP | (((rel as u32) as u64) << 16) | ((index as u64) << 48)
+}
+
+const HB_RIP: u64 = 1 << 13;
+
+pub const fn hb_rip(cookie: u64) -> bool {
+    cookie & HB_RIP != 0
+}
+
+pub const fn hb_rip_rel(cookie: u64) -> i64 {
+    ((cookie >> 16) as u32) as i32 as i64
+}
+
 pub const fn hb_deref(cookie: u64) -> bool {
     cookie & (1 << 12) != 0
 }

@@ -20,7 +20,7 @@ use tracer_common::{
         EVENT_HB_ACCESS, EVENT_HB_GO, EVENT_HB_SYNC, FLAG_HB_ARMED, HB_ACT_ACQUIRE_ALL,
         HB_ACT_BOTH, HB_ACT_GO_ENTER, HB_ACT_GO_EXIT, HB_ACT_SELECT, HB_SCASE_SIZE,
         HB_SELECT_CASES, HbEvent, LOST_HB, OpSide, hb_action, hb_deref, hb_disp, hb_load_disp,
-        hb_reg,
+        hb_reg, hb_rip, hb_rip_rel,
     },
     names,
 };
@@ -231,6 +231,12 @@ pub fn hb_sync(ctx: ProbeContext) -> u32 {
             }
         }
         _ => {
+            if hb_rip(cookie) {
+                let goid = read_at(arch_g(&ctx), cfg.goid_off);
+                let addr = crate::maps::ip(&ctx).wrapping_add(hb_rip_rel(cookie) as u64);
+                sync_event(tgid, goid, cookie, addr);
+                return 0;
+            }
             let mut base = reg(&ctx, hb_reg(cookie));
             if hb_deref(cookie) {
                 base = read_at(base, hb_load_disp(cookie) as u64);

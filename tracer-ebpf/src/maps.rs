@@ -141,14 +141,14 @@ pub(crate) fn arg(ctx: &ProbeContext, n: u32) -> u64 {
 /// Address of the probed instruction.
 #[cfg(bpf_target_arch = "x86_64")]
 #[inline(always)]
-fn ip(ctx: &ProbeContext) -> u64 {
+pub(crate) fn ip(ctx: &ProbeContext) -> u64 {
     // SAFETY: for uprobe programs the context is the trapped task's pt_regs.
     unsafe { (*ctx.regs).rip }
 }
 
 #[cfg(bpf_target_arch = "aarch64")]
 #[inline(always)]
-fn ip(ctx: &ProbeContext) -> u64 {
+pub(crate) fn ip(ctx: &ProbeContext) -> u64 {
     // SAFETY: for uprobe programs the context is the trapped task's registers.
     unsafe { (*(ctx.regs as *const aya_ebpf::bindings::user_pt_regs)).pc }
 }

@@ -69,6 +69,10 @@ pub struct AtomicInsn {
     /// memory (`MOV base, [reg + disp]`, a spilled pointer): `probe_before`
     /// is that load, and at it the base is the u64 at `reg + disp`.
     pub base_loaded_from: Option<(Register, i64)>,
+    /// Set when the instruction just before computes the base from RIP
+    /// (`LEAQ main.mu(SB), DX`: a global): `probe_before` is that LEA, and
+    /// the base is this link-time address.
+    pub base_static: Option<u64>,
     /// The instruction after: a uprobe there sees the operand's registers
     /// as they were, when `keeps_operand` (the atomic wrote none of them).
     pub next_vaddr: u64,
@@ -300,6 +304,7 @@ fn operand(insns: &[Instruction], i: usize, targets: &HashSet<u64>) -> AtomicIns
     let base = insn.memory_base();
     let index = insn.memory_index();
     let mut base_loaded_from = None;
+    let mut base_static = None;
     let probe_before = if insn.has_lock_prefix() {
         i.checked_sub(1)
             .map(|p| &insns[p])
@@ -325,8 +330,20 @@ fn operand(insns: &[Instruction], i: usize, targets: &HashSet<u64>) -> AtomicIns
                     && p.memory_size().size() == 8
                     && !matches!(p.memory_base(), Register::None | Register::RIP)
                     && p.memory_base() != base;
-                spill.then(|| {
+                if spill {
                     base_loaded_from = Some((p.memory_base(), p.memory_displacement64() as i64));
+                    return Some(p.ip());
+                }
+                // `LEAQ main.rw+16(SB), DX; LOCK XADDL BX, 0(DX)`: a global,
+                // at an address known from the instruction itself.
+                let global = p.mnemonic() == Mnemonic::Lea
+                    && p.op0_kind() == OpKind::Register
+                    && p.op0_register() == base
+                    && p.memory_base() == Register::RIP
+                    && p.memory_index() == Register::None;
+                global.then(|| {
+                    // iced resolves RIP-relative operands to the target.
+                    base_static = Some(p.memory_displacement64());
                     p.ip()
                 })
             })
@@ -342,6 +359,7 @@ fn operand(insns: &[Instruction], i: usize, targets: &HashSet<u64>) -> AtomicIns
         displacement: insn.memory_displacement64() as i64,
         probe_before,
         base_loaded_from,
+        base_static,
         next_vaddr: insn.next_ip(),
         keeps_operand: !writes(insn, base) && !writes(insn, index),
     }

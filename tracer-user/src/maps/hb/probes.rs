@@ -8,7 +8,7 @@ use anyhow::{Context, Result, bail};
 use iced_x86::Register;
 use tracer_common::maps::{
     HB_ACT_ACQUIRE, HB_ACT_BOTH, HB_ACT_GO_ENTER, HB_ACT_GO_EXIT, HB_ACT_RELEASE, HB_ACT_SELECT,
-    hb_cookie,
+    hb_cookie, hb_cookie_rip,
 };
 use tracer_common::names::program;
 
@@ -98,16 +98,22 @@ pub fn attach(
         }
         let mut place = |p: SyncProbe, vaddr: u64| -> Result<()> {
             let index = u16::try_from(out.probes.len()).context("more than 65535 sync probes")?;
-            let reg = reg_number(p.reg).with_context(|| format!("register {:?}", p.reg))?;
-            let disp = i16::try_from(p.disp).with_context(|| format!("displacement {}", p.disp))?;
-            let load = p
-                .deref
-                .map(|d| i16::try_from(d).with_context(|| format!("spill slot {d}")))
-                .transpose()?;
+            let cookie = if p.reg == Register::RIP {
+                let rel = i32::try_from(p.disp).with_context(|| format!("global at {}", p.disp))?;
+                hb_cookie_rip(action_bits(p.action), rel, index)
+            } else {
+                let reg = reg_number(p.reg).with_context(|| format!("register {:?}", p.reg))?;
+                let disp =
+                    i16::try_from(p.disp).with_context(|| format!("displacement {}", p.disp))?;
+                let load = p
+                    .deref
+                    .map(|d| i16::try_from(d).with_context(|| format!("spill slot {d}")))
+                    .transpose()?;
+                hb_cookie(action_bits(p.action), reg, disp, load, index)
+            };
             let off = bin
                 .vaddr_to_file_offset(vaddr)
                 .with_context(|| format!("{vaddr:#x} is in no segment"))?;
-            let cookie = hb_cookie(action_bits(p.action), reg, disp, load, index);
             tracer
                 .attach_uprobe(program::HB_SYNC, off, cookie, path, scope)
                 .with_context(|| format!("attaching the {} probe in {}", p.method, p.caller))?;

@@ -58,7 +58,8 @@ pub struct SyncProbe {
     pub reg: Register,
     pub disp: i64,
     /// When set, the object is at `*(reg + .0) + disp` (a pointer the
-    /// probed instruction loads from a stack slot).
+    /// probed instruction loads from a stack slot). `reg` RIP means a
+    /// global: the object is at the probed instruction's address + `disp`.
     pub deref: Option<i64>,
     /// The Go function whose semantics the probe stands for.
     pub method: &'static str,
@@ -247,14 +248,21 @@ pub fn sync_probes(bin: &GoBinary) -> SyncProbes {
         };
         let placed = insn.as_ref().and_then(|i| {
             let (vaddr, loaded) = probe_vaddr(i, m.action)?;
+            if let Some(target) = i.base_static {
+                // A global: the object is RIP-relative at the probe.
+                let rel = target
+                    .wrapping_add(i.displacement as u64)
+                    .wrapping_sub(vaddr) as i64;
+                return Some((vaddr, Register::RIP, rel, None));
+            }
             let reg = match loaded {
                 Some((r, _)) => r,
                 None => register_of(i)?,
             };
-            Some((i, reg, vaddr, loaded.map(|(_, d)| d)))
+            Some((vaddr, reg, i.displacement, loaded.map(|(_, d)| d)))
         });
         match placed {
-            Some((insn, reg, vaddr, deref)) => {
+            Some((vaddr, reg, disp, deref)) => {
                 // Nested copies (RLock's Int32.Add) share an instruction:
                 // the outer method, earlier in the table, names it.
                 if out.probes.iter().any(|p| p.vaddr == vaddr) {
@@ -265,7 +273,7 @@ pub fn sync_probes(bin: &GoBinary) -> SyncProbes {
                     kind: m.kind,
                     action: m.action,
                     reg,
-                    disp: insn.displacement.wrapping_add(m.adjust),
+                    disp: disp.wrapping_add(m.adjust),
                     deref,
                     method: m.name,
                     caller: site.caller.clone(),
