@@ -36,7 +36,8 @@ pub fn setup() -> Result<()> {
     otlp_receiver()?;
     prometheus()?;
     mounts();
-    tmux()?;
+    apt_tool("tmux", "-V", "tmux")?;
+    apt_tool("gcc", "--version", "gcc")?;
     step("setup complete");
     Ok(())
 }
@@ -290,19 +291,23 @@ fn mounts() {
     }
 }
 
-/// tmux drives `tracer top` in its end-to-end test (tests/tests/top.rs).
-fn tmux() -> Result<()> {
-    if let Some(v) = output(Command::new("tmux").arg("-V")) {
-        step(&format!("tmux: present ({})", v.trim()));
+/// A Debian tool the tests run, installed with apt-get when `cmd version`
+/// does not run: tmux drives `tracer top` in its end-to-end test
+/// (tests/tests/top.rs); gcc is the C compiler cgo and `go build -race`
+/// need (the cgo fixture variants, tests/tests/hb_race.rs, bench maps).
+fn apt_tool(cmd: &str, version: &str, package: &str) -> Result<()> {
+    if let Some(v) = output(Command::new(cmd).arg(version)) {
+        let first = v.lines().next().unwrap_or("").trim().to_owned();
+        step(&format!("{cmd}: present ({first})"));
         return Ok(());
     }
-    step("tmux: installing with apt-get");
+    step(&format!("{cmd}: installing {package} with apt-get"));
     run(Command::new("apt-get").arg("update").arg("-qq"))?;
     run(Command::new("apt-get")
-        .args(["install", "-y", "-qq", "tmux"])
+        .args(["install", "-y", "-qq", package])
         .env("DEBIAN_FRONTEND", "noninteractive"))?;
-    if output(Command::new("tmux").arg("-V")).is_none() {
-        bail!("tmux was installed but does not run");
+    if output(Command::new(cmd).arg(version)).is_none() {
+        bail!("{package} was installed but {cmd} does not run");
     }
     Ok(())
 }
