@@ -236,6 +236,44 @@ pub struct Report {
     pub findings: Vec<Value>,
     pub maps: Vec<MapRow>,
     pub sync_maps: Vec<SyncMapRow>,
+    /// The budgeted tier's account (`--maps budget`, the default).
+    pub race_budget: Option<RaceBudget>,
+}
+
+/// `race_budget`: what the budgeted tier probed and spent.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RaceBudget {
+    pub budget: f64,
+    pub trap_ns: f64,
+    pub elapsed_ns: u64,
+    pub allowed_ns: u64,
+    pub spent_ns: u64,
+    pub call_sites: usize,
+    pub continuous: usize,
+    pub hot: usize,
+    pub windows: u64,
+    pub sites: Vec<BudgetSite>,
+}
+
+/// One call site of `race_budget.sites`.
+#[derive(Debug, Clone, Deserialize)]
+pub struct BudgetSite {
+    pub caller: String,
+    pub callee: String,
+    pub line: Option<u32>,
+    pub state: String,
+    pub probed_ns: u64,
+    pub hits: u64,
+}
+
+impl RaceBudget {
+    /// The sites of `caller` at `line`.
+    pub fn sites_at(&self, caller: &str, line: u32) -> Vec<&BudgetSite> {
+        self.sites
+            .iter()
+            .filter(|s| s.caller == caller && s.line == Some(line))
+            .collect()
+    }
 }
 
 impl Report {

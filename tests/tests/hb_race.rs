@@ -106,7 +106,7 @@ fn traced(tc: &GoToolchain, case: &str) -> Result<(Report, String)> {
     let mut attempt = 0;
     loop {
         match traced_once(tc, case)? {
-            Traced::Done(report, ctx) => return Ok((report, ctx)),
+            Traced::Done(report, ctx) => return Ok((*report, ctx)),
             Traced::RuntimeCaught(_) if attempt < OVERLAP_RETRIES && case.starts_with("race-") => {
                 eprintln!(
                     "go {} {case}: accesses overlapped for real, the runtime's check fired and \
@@ -121,7 +121,7 @@ fn traced(tc: &GoToolchain, case: &str) -> Result<(Report, String)> {
 }
 
 enum Traced {
-    Done(Report, String),
+    Done(Box<Report>, String),
     /// The process died of the runtime's concurrent-map check, and tracer
     /// reported that crash.
     RuntimeCaught(String),
@@ -182,7 +182,7 @@ fn traced_once(tc: &GoToolchain, case: &str) -> Result<Traced> {
         "no access reached the detector: {hb}\n{ctx}"
     );
     Ok(Traced::Done(
-        Report::parse(&json)?,
+        Box::new(Report::parse(&json)?),
         format!("{ctx}\nhappens_before: {hb}"),
     ))
 }

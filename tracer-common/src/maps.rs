@@ -15,6 +15,10 @@ pub const OP_ITERATE_NEXT: u32 = 6;
 /// (`--maps-sites`), not on the callee's first instruction; the return
 /// address is then the probed address plus [`CALL_INSN_LEN`].
 pub const OP_AT_CALL_SITE: u32 = 0x80;
+/// Probe indexes (the cookie's upper bits) whose entries `MAP_SITE_HITS`
+/// counts: the budgeted tier probes at most this many call sites.
+pub const SITE_SLOTS: u32 = 16384;
+
 /// Length of the direct near CALL probed (`E8 rel32` on amd64).
 pub const CALL_INSN_LEN: u64 = 5;
 

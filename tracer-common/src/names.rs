@@ -30,6 +30,7 @@ pub mod map {
     pub const MAP_OP_GS: &str = "MAP_OP_GS";
     pub const MAP_CONFLICTS: &str = "MAP_CONFLICTS";
     pub const SYNC_MAP_CALLS: &str = "SYNC_MAP_CALLS";
+    pub const MAP_SITE_HITS: &str = "MAP_SITE_HITS";
     pub const HB_EVENTS: &str = "HB_EVENTS";
     pub const HB_LOST: &str = "HB_LOST";
     pub const HB_PARENTS: &str = "HB_PARENTS";

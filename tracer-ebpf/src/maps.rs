@@ -29,7 +29,7 @@ use tracer_common::{
         FLAG_HB_ARMED, FatalEvent, GROW_ARG0, GROW_ARG1, GROW_ARG2, GrowthKey, GrowthStats,
         ITER_MAP_OFFSET, LOST_CONFLICT, LOST_FATAL, LOST_GROWTH, LOST_OPS, LOST_SLOTS,
         LOST_SYNC_MAP, MapActive, MapKey, MapsConfig, OP_AT_CALL_SITE, OP_ITERATE, OP_ITERATE_NEXT,
-        OpInflight, OpSide, SyncMapKey, is_write,
+        OpInflight, OpSide, SITE_SLOTS, SyncMapKey, is_write,
     },
     names,
 };
@@ -85,6 +85,11 @@ static MAP_CONFLICTS: PerCpuHashMap<ConflictKey, ConflictStats> =
 /// Deep tier: sync.Map calls per (process, method, map), per CPU.
 #[map]
 static SYNC_MAP_CALLS: PerCpuHashMap<SyncMapKey, u64> = PerCpuHashMap::with_max_entries(8192, 0);
+
+/// Budgeted tier: entries per probe index (the cookie's upper bits), per CPU.
+/// User space turns them into each call site's rate and cost.
+#[map]
+static MAP_SITE_HITS: PerCpuArray<u64> = PerCpuArray::with_max_entries(SITE_SLOTS, 0);
 
 /// A zeroed `WaitStats`, too large to build on the 512-byte BPF stack.
 #[map]
@@ -371,6 +376,10 @@ pub fn map_op_enter(ctx: ProbeContext) -> u32 {
         return 0;
     }
     let cookie = cookie(&ctx);
+    if let Some(h) = MAP_SITE_HITS.get_ptr_mut(cookie >> 8) {
+        // SAFETY: per-CPU value, only this CPU writes it.
+        unsafe { *h += 1 };
+    }
     let mut kind = cookie & 0x7f;
     let map = op_map(&ctx, kind);
     if map == 0 {
@@ -571,6 +580,7 @@ crate::names::check_names! {
     MAP_OP_GS => names::map::MAP_OP_GS,
     MAP_CONFLICTS => names::map::MAP_CONFLICTS,
     SYNC_MAP_CALLS => names::map::SYNC_MAP_CALLS,
+    MAP_SITE_HITS => names::map::MAP_SITE_HITS,
     map_fatal => names::program::MAP_FATAL,
     map_grow => names::program::MAP_GROW,
     map_op_enter => names::program::MAP_OP_ENTER,

@@ -20,6 +20,8 @@ pub struct TraceOptions {
     pub maps: MapsMode,
     /// With `--maps deep`: probe only the map calls inside these packages.
     pub maps_sites: Vec<String>,
+    /// With `--maps budget`: fraction of the process's CPU the probes may cost.
+    pub race_budget: f64,
     /// TCP flow tracing and its hook choices; `None` with `--tcp off`.
     pub tcp: Option<TcpOptions>,
     /// Pause the lock probes when contended waits exceed this many per second

@@ -52,6 +52,10 @@ pub struct Report {
     /// The happens-before detector's probes and counters; `--maps deep` only.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub happens_before: Option<crate::maps::report::HappensBefore>,
+    /// What the budgeted tier probed, for how long, and what the budget
+    /// allowed; `--maps budget` only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub race_budget: Option<crate::maps::budget::BudgetReport>,
     /// Per probe program run count and run time; only with `--bpf-stats`.
     pub bpf_stats: Vec<ProgramStats>,
     /// TCP flows of the process (per connection and rolled up); absent when off.
@@ -127,6 +131,13 @@ impl Report {
             );
         }
         self.findings_table(&mut out);
+        if let Some(b) = &self.race_budget {
+            let _ = writeln!(out, "{}", b.summary());
+            let _ = writeln!(
+                out,
+                "  map operation counts below cover only the time each call site was probed"
+            );
+        }
         crate::maps::table::table(&self.maps, limit, &mut out);
         crate::maps::syncmap::table(&self.sync_maps, limit, &mut out);
         crate::locks::table::table(

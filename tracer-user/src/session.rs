@@ -87,8 +87,11 @@ impl Session {
             attach_path,
             pid,
             scope,
-            opts.maps,
-            &opts.maps_sites,
+            crate::maps::MapsChoice {
+                mode: opts.maps,
+                sites: &opts.maps_sites,
+                race_budget: opts.race_budget,
+            },
         )?;
         // TCP hooks are kernel-wide tracepoints filtered to this pid; a kernel
         // without them loses only the flow view, not the session.
@@ -132,10 +135,12 @@ impl Session {
             .scan_stuck(&mut self.tracer, &self.bin, threshold);
     }
 
-    /// Drains the map feature's fatal-event ring buffer.
+    /// Drains the map feature's fatal-event ring buffer, and steps the
+    /// budgeted tier.
     pub fn poll_maps(&mut self) {
         if let Some(m) = self.maps.as_mut() {
             m.poll();
+            m.tick(&mut self.tracer);
         }
     }
 
@@ -251,6 +256,7 @@ impl Session {
         let maps = tables.maps.clone().map(|m| m.only_pid(pid));
         let mut findings: Vec<AnyFinding> = findings.into_iter().map(AnyFinding::Lock).collect();
         // Map findings first: a crash or a data race matters more than a slow lock.
+        let race_budget = maps.as_ref().and_then(|m| m.race_budget.clone());
         let (map_rows, maps_lost, map_hits, sync_maps, hb) = match maps {
             Some(m) => {
                 findings.splice(
@@ -289,6 +295,7 @@ impl Session {
             maps_lost,
             map_op_hits: map_hits,
             happens_before: hb,
+            race_budget,
             tcp: None,
             tcp_off: None,
             lock_probe_pauses: None,

@@ -61,8 +61,11 @@ impl DeepTrace {
             path,
             pid,
             Scope::Pid(pid),
-            MapsMode::Deep,
-            sites,
+            crate::maps::MapsChoice {
+                mode: MapsMode::Deep,
+                sites,
+                race_budget: crate::maps::budget::DEFAULT_BUDGET,
+            },
         )?
         .context("deep map tier did not start")?;
         let statuses = maps.statuses.clone();

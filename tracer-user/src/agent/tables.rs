@@ -22,6 +22,7 @@ pub(super) const SESSION_TABLES: &[(&str, u32)] = &[
     (names::map::MAP_OP_GS, 8192),
     (names::map::MAP_CONFLICTS, 1024),
     (names::map::SYNC_MAP_CALLS, 1024),
+    (names::map::MAP_SITE_HITS, 4096),
     (names::map::PROC_EVENTS, 4096),
 ];
 
@@ -43,5 +44,6 @@ pub(super) const SHARED_TABLES: &[(&str, u32)] = &[
     (names::map::MAP_OP_GS, 1),
     (names::map::MAP_CONFLICTS, 1),
     (names::map::SYNC_MAP_CALLS, 1),
+    (names::map::MAP_SITE_HITS, 1),
     (names::map::MAP_EVENTS, 4096),
 ];

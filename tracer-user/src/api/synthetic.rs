@@ -170,6 +170,7 @@ pub fn report(
         maps_lost: None,
         map_op_hits: None,
         happens_before: None,
+        race_budget: None,
         bpf_stats: vec![],
         tcp: (!flows.is_empty()).then(|| TcpReport {
             hooks: vec![],

@@ -61,12 +61,18 @@ pub struct Output {
     /// reported in the JSON report under `bpf_stats`.
     #[arg(long)]
     pub bpf_stats: bool,
-    /// Map concurrency checks: `off`; `always` (default: runtime fatal errors
-    /// such as "concurrent map writes" and map growth, rare events only); or
-    /// `deep` (every map operation, two probe hits each: finds overlapping
-    /// accesses before the runtime crashes, at a large cost; see docs/maps.md).
-    #[arg(long, default_value = "always", value_name = "off|always|deep")]
+    /// Map concurrency checks: `off`; `always` (runtime fatal errors such as
+    /// "concurrent map writes" and map growth, rare events only); `budget`
+    /// (default: always, plus the map call sites of the program's own code
+    /// probed within --race-budget, finding accesses that overlap at a
+    /// bounded cost); or `deep` (every map operation, two probe hits each,
+    /// and the happens-before detector, at a large cost; see docs/maps.md).
+    #[arg(long, default_value = "budget", value_name = "off|always|budget|deep")]
     pub maps: MapsMode,
+    /// With `--maps budget`: the share of the traced process's CPU the map
+    /// probes may cost, in percent (`1%` or `1`).
+    #[arg(long, default_value = "1%", value_parser = parse_percent)]
+    pub race_budget: f64,
     /// With `--maps deep`: probe the map operations called from these
     /// packages only (comma-separated import paths, e.g. `main`), at their
     /// call sites, instead of every caller of the runtime's map functions.
@@ -271,4 +277,19 @@ pub struct TopArgs {
     /// Initial filter: `pid=N comm=NAME pod=NAME node=NAME` or words (as with `/`).
     #[arg(long, default_value = "")]
     pub filter: String,
+}
+
+/// `1%`, `0.5` (percent) into a fraction, within (0, 50 %].
+fn parse_percent(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .trim_end_matches('%')
+        .parse()
+        .map_err(|_| format!("{s:?} is not a percentage (e.g. 1%)"))?;
+    if !(v > 0.0 && v <= 50.0) {
+        return Err(format!(
+            "{s:?}: the budget must be above 0% and at most 50%"
+        ));
+    }
+    Ok(v / 100.0)
 }

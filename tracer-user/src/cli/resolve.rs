@@ -49,6 +49,7 @@ pub fn trace_options(o: &Output, tcp: &TcpOptions) -> TraceOptions {
         bpf_stats: o.bpf_stats,
         maps: o.maps,
         maps_sites: o.maps_sites.clone(),
+        race_budget: o.race_budget,
         tcp: (o.tcp == "on").then(|| tcp.clone()),
         max_lock_rate: o.max_lock_rate,
     }

@@ -12,6 +12,7 @@
 //!   access to the happens-before detector ([`hb`]), which finds accesses
 //!   that no synchronisation ordered even when they did not overlap.
 
+pub mod budget;
 pub mod hb;
 pub mod probes;
 pub mod read;
@@ -42,6 +43,9 @@ pub enum MapsMode {
     /// Fatal errors and growth only: rare events, cheap.
     #[default]
     Always,
+    /// Always, plus map call sites in user code probed within a CPU budget
+    /// ([`budget`]): finds overlapping accesses at a bounded cost.
+    Budget,
     /// Also every map operation: finds overlapping accesses; expensive.
     Deep,
 }
@@ -52,10 +56,23 @@ impl std::str::FromStr for MapsMode {
         match s {
             "off" => Ok(MapsMode::Off),
             "always" => Ok(MapsMode::Always),
+            "budget" => Ok(MapsMode::Budget),
             "deep" => Ok(MapsMode::Deep),
-            _ => Err(format!("unknown --maps mode {s:?} (off, always or deep)")),
+            _ => Err(format!(
+                "unknown --maps mode {s:?} (off, always, budget or deep)"
+            )),
         }
     }
+}
+
+/// What to run of the map feature: the tier, and each tier's choices.
+#[derive(Clone, Copy, Debug)]
+pub struct MapsChoice<'a> {
+    pub mode: MapsMode,
+    /// `--maps-sites` (deep tier).
+    pub sites: &'a [String],
+    /// `--race-budget` (budget tier), a fraction of the process's CPU.
+    pub race_budget: f64,
 }
 
 /// The map feature's state in one session.
@@ -72,6 +89,8 @@ pub struct MapsState {
     cfg: MapsConfig,
     /// The happens-before detector (deep mode).
     hb: Option<hb::HbStream>,
+    /// The budgeted call-site probes (budget mode).
+    budget: Option<budget::BudgetedSites>,
 }
 
 impl MapsState {
@@ -82,9 +101,13 @@ impl MapsState {
         path: &Path,
         pid: u32,
         scope: Scope,
-        mode: MapsMode,
-        sites: &[String],
+        choice: MapsChoice<'_>,
     ) -> Result<Option<Self>> {
+        let MapsChoice {
+            mode,
+            sites,
+            race_budget,
+        } = choice;
         if !sites.is_empty() && mode != MapsMode::Deep {
             bail!("--maps-sites places deep-tier probes: it needs --maps deep");
         }
@@ -107,6 +130,13 @@ impl MapsState {
         let mut mp = probes::MapProbes::default();
         let mut statuses = probes::attach_always(tracer, &mut mp, bin, path, scope);
         let mut hb_stream = None;
+        let mut budgeted = None;
+        if mode == MapsMode::Budget {
+            let (b, st) =
+                budget::BudgetedSites::start(tracer, &mut mp, bin, path, scope, pid, race_budget)?;
+            statuses.push(st);
+            budgeted = Some(b);
+        }
         if mode == MapsMode::Deep {
             statuses.push(if sites.is_empty() {
                 probes::attach_deep(tracer, &mut mp, bin, path, scope)
@@ -146,6 +176,11 @@ impl MapsState {
                 failed.reason.as_deref().unwrap_or("unknown error")
             );
         }
+        if mode == MapsMode::Budget {
+            // Each call site gets its exit before its entry.
+            cfg.flags |= FLAG_DEEP_ARMED;
+            read::add_target(tracer, pid, cfg)?;
+        }
         if mode == MapsMode::Deep {
             // Every exit is in place: operations may now be recorded.
             cfg.flags |= FLAG_DEEP_ARMED;
@@ -163,6 +198,7 @@ impl MapsState {
             statuses,
             cfg,
             hb: hb_stream,
+            budget: budgeted,
         }))
     }
 
@@ -173,6 +209,9 @@ impl MapsState {
 
     /// Records `pid` too (another process of the same binary).
     pub fn add_pid(&mut self, tracer: &mut Tracer, pid: u32) -> Result<()> {
+        if let Some(b) = self.budget.as_mut() {
+            b.add_pid(pid);
+        }
         read::add_target(tracer, pid, self.cfg)
     }
 
@@ -195,6 +234,9 @@ impl MapsState {
         self.fatals.retain(|f| f.tgid != pid);
         if let Some(h) = self.hb.as_mut() {
             h.forget_pid(pid);
+        }
+        if let Some(b) = self.budget.as_mut() {
+            b.forget_pid(pid);
         }
         Ok(())
     }
@@ -228,6 +270,13 @@ impl MapsState {
         }
     }
 
+    /// One step of the budgeted tier: what to probe next (budget mode).
+    pub fn tick(&mut self, tracer: &mut Tracer) {
+        if let Some(b) = self.budget.as_mut() {
+            b.tick(tracer);
+        }
+    }
+
     /// The map rows and findings as of now.
     pub fn report(&self, tracer: &Tracer, bin: &GoBinary) -> Result<MapsReport> {
         report::build(
@@ -239,6 +288,10 @@ impl MapsState {
             self.mode,
             self.hb.as_ref(),
         )
+        .map(|mut r| {
+            r.race_budget = self.budget.as_ref().map(|b| b.report(bin));
+            r
+        })
         .context("building the map report")
     }
 }

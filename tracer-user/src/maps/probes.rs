@@ -83,7 +83,7 @@ impl MapProbes {
             .map(|f| f.name.as_str())
     }
 
-    fn cookie(&mut self, f: &Function, low: u32) -> u32 {
+    pub(crate) fn cookie(&mut self, f: &Function, low: u32) -> u32 {
         let idx = self.functions.len() as u32;
         self.functions.push(f.clone());
         (idx << 8) | low

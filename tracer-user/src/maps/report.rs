@@ -182,6 +182,9 @@ pub struct MapsReport {
     /// The happens-before detector's counters; absent outside deep mode.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub happens_before: Option<HappensBefore>,
+    /// What the budgeted tier probed and spent; absent outside budget mode.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub race_budget: Option<super::budget::BudgetReport>,
 }
 
 impl MapsReport {
@@ -500,6 +503,7 @@ pub fn build(
         mode: match mode {
             MapsMode::Off => "off",
             MapsMode::Always => "always",
+            MapsMode::Budget => "budget",
             MapsMode::Deep => "deep",
         },
         maps: rows,
@@ -520,6 +524,7 @@ pub fn build(
             stream: h.stats,
             detector: h.engine_stats(),
         }),
+        race_budget: None,
     })
 }
 

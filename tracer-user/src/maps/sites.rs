@@ -42,11 +42,17 @@ fn package_functions(bin: &GoBinary, pkgs: &[String]) -> Vec<Function> {
 /// Direct calls to any of `targets` inside the functions of `pkgs` (amd64;
 /// empty for other architectures).
 pub fn find(bin: &GoBinary, pkgs: &[String], targets: &[(Function, u32)]) -> Vec<CallSite> {
+    find_in(bin, &package_functions(bin, pkgs), targets)
+}
+
+/// Direct calls to any of `targets` inside `funcs` (amd64; empty for other
+/// architectures).
+pub fn find_in(bin: &GoBinary, funcs: &[Function], targets: &[(Function, u32)]) -> Vec<CallSite> {
     if bin.arch() != Arch::Amd64 {
         return Vec::new();
     }
     let mut out = Vec::new();
-    for f in package_functions(bin, pkgs) {
+    for f in funcs {
         let Ok(len) = usize::try_from(f.size) else {
             continue;
         };

@@ -55,6 +55,28 @@ pub fn is_alive(pid: u32) -> bool {
     }
 }
 
+/// CPU time `pid` has used (user and system, all threads), ns.
+pub fn cpu_time_ns(pid: u32) -> Option<u64> {
+    let stat = read_bounded(&format!("/proc/{pid}/stat")).ok()?;
+    parse_stat_cpu_ticks(&stat).map(|t| t.saturating_mul(1_000_000_000) / clock_ticks())
+}
+
+fn clock_ticks() -> u64 {
+    // SAFETY: sysconf has no preconditions.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(t).ok().filter(|t| *t > 0).unwrap_or(100)
+}
+
+/// utime + stime, in clock ticks: fields 14 and 15, counted after the
+/// last `)` (field 3 is the first one there).
+pub fn parse_stat_cpu_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut f = rest.split_whitespace().skip(11);
+    let utime: u64 = f.next()?.parse().ok()?;
+    let stime: u64 = f.next()?.parse().ok()?;
+    utime.checked_add(stime)
+}
+
 /// Process state letter from `/proc/PID/stat`; comm may contain spaces and
 /// parentheses, so the state is found after the last `)`.
 pub fn parse_stat_state(stat: &str) -> Option<char> {
@@ -72,6 +94,18 @@ mod tests {
         assert_eq!(parse_stat_state("12 (x) Z 1"), Some('Z'));
         assert_eq!(parse_stat_state("no paren"), None);
         assert_eq!(parse_stat_state("1 (x)"), None);
+    }
+
+    #[test]
+    fn stat_cpu_ticks_survive_hostile_comm() {
+        let stat = "12 (a) b) S 1 2 3 4 5 6 7 8 9 10 70 30 0 0";
+        assert_eq!(parse_stat_cpu_ticks(stat), Some(100));
+        assert_eq!(parse_stat_cpu_ticks("12 (x) S 1 2"), None);
+        assert_eq!(
+            parse_stat_cpu_ticks("12 (x) S 1 2 3 4 5 6 7 8 9 10 x 1"),
+            None
+        );
+        assert!(cpu_time_ns(std::process::id()).is_some());
     }
 
     #[test]

@@ -17,9 +17,10 @@ use crate::{
 
 /// Map workload configurations: label, tracer arguments (None: untraced),
 /// and whether the `-race` build runs.
-const MAP_CONFIGS: [(&str, Option<&[&str]>, bool); 5] = [
+const MAP_CONFIGS: [(&str, Option<&[&str]>, bool); 6] = [
     ("untraced", None, false),
-    ("tracer run (maps always)", Some(&[]), false),
+    ("tracer run (default: --maps budget)", Some(&[]), false),
+    ("--maps always", Some(&["--maps", "always"]), false),
     ("--maps deep", Some(&["--maps", "deep"]), false),
     (
         "--maps deep --maps-sites main",

@@ -8,6 +8,7 @@
 
 mod agent;
 mod analysis;
+mod budget;
 mod locks;
 mod maps;
 mod stats;
@@ -16,13 +17,14 @@ mod workload;
 
 use anyhow::{Result, bail};
 
-/// `what`: `locks`, `analysis`, `maps`, `agent`, `tcp` or `all`.
+/// `what`: `locks`, `analysis`, `maps` (with `budget`), `budget`, `agent`,
+/// `tcp` or `all`.
 pub fn bench(what: &str) -> Result<()> {
     if !matches!(
         what,
-        "locks" | "analysis" | "maps" | "agent" | "tcp" | "all"
+        "locks" | "analysis" | "maps" | "budget" | "agent" | "tcp" | "all"
     ) {
-        bail!("unknown benchmark {what:?}: use locks, analysis, maps, agent, tcp or all");
+        bail!("unknown benchmark {what:?}: use locks, analysis, maps, budget, agent, tcp or all");
     }
     if matches!(what, "locks" | "all") {
         locks::bench_locks()?;
@@ -32,6 +34,9 @@ pub fn bench(what: &str) -> Result<()> {
     }
     if matches!(what, "maps" | "all") {
         maps::bench_maps()?;
+    }
+    if matches!(what, "budget" | "maps" | "all") {
+        budget::bench_budget()?;
     }
     if matches!(what, "agent" | "all") {
         agent::bench_agent()?;

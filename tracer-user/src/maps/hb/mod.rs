@@ -24,7 +24,7 @@ mod engine;
 mod finding;
 pub mod probes;
 mod shadow;
-mod sites;
+pub(crate) mod sites;
 pub mod stream;
 
 pub use clock::{Epoch, Goid, Tick, VectorClock};

@@ -1,0 +1,518 @@
+//! What the budgeted tier probes, decided from each call site's measured
+//! hit rate and the traced process's CPU time. Pure arithmetic, no kernel:
+//! [`Policy::tick`] turns counters into attach/detach actions.
+//!
+//! Every hit costs two traps (the CALL and the instruction after it), at a
+//! cost measured at start-up. The allowance is `budget` × the CPU time the
+//! process spent outside the probes; what is not spent is banked, up to
+//! [`BANK_SECONDS`] of allowance, and pays for windows on hot sites.
+//! - A new site is put on probation for [`PROBATION_NS`] with a few others;
+//!   a site that spends faster than the continuous share while on
+//!   probation is taken off at once (the controller looks 15 ms after
+//!   attaching, so a hot site costs ~15 ms of traps per goroutine once).
+//! - Sites whose rate fits in half the allowance stay on: continuous.
+//! - The rest are hot: a group of them (same package and receiver, so both
+//!   sides of a race within one type are probed together) gets a window
+//!   when the bank can pay for at least [`MIN_WINDOW_NS`] of it.
+
+/// Probation length.
+pub const PROBATION_NS: u64 = 1_000_000_000;
+/// Sites on probation at once.
+const PROBATION_BATCH: usize = 16;
+/// A site on probation is taken off as soon as it spends faster than the
+/// continuous share, measured over at least this long.
+const PROBATION_FLOOR_S: f64 = 0.25;
+/// The bank needed to start a probation batch: this many seconds of allowance.
+const PROBATION_RESERVE_S: f64 = 1.0;
+/// Share of the allowance continuous sites may take; the rest is banked
+/// for probation and windows.
+const CONTINUOUS_SHARE: f64 = 0.5;
+/// The bank holds at most this many seconds of allowance.
+const BANK_SECONDS: f64 = 60.0;
+/// Shortest window worth opening (attach and detach take ~100 ms here).
+pub const MIN_WINDOW_NS: u64 = 250_000_000;
+const MIN_WINDOW_S: f64 = MIN_WINDOW_NS as f64 / 1e9;
+/// Longest window.
+const MAX_WINDOW_NS: u64 = 2_000_000_000;
+/// Continuous sites are demoted when they cost this much more than their share.
+const DEMOTE_ABOVE: f64 = 1.5;
+/// Continuous sites are re-checked over this period.
+const RECHECK_NS: u64 = 1_000_000_000;
+/// CPU rate assumed at least (one core) when sizing probation caps and the
+/// continuous share, so a process idle at start-up can still be probed; what
+/// is spent is still bounded by the allowance actually earned.
+const FLOOR_CPU_NS_PER_S: f64 = 1e9;
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Phase {
+    /// Never probed yet.
+    Waiting,
+    Probation {
+        since: u64,
+    },
+    Continuous,
+    /// Too hot to stay on: probed only in windows.
+    Hot,
+    Window {
+        until: u64,
+    },
+    /// Its probes could not be attached; never retried.
+    Failed,
+}
+
+impl Phase {
+    pub fn attached(self) -> bool {
+        matches!(
+            self,
+            Phase::Probation { .. } | Phase::Continuous | Phase::Window { .. }
+        )
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Phase::Waiting => "waiting",
+            Phase::Probation { .. } => "probation",
+            Phase::Continuous => "continuous",
+            Phase::Hot => "hot",
+            Phase::Window { .. } => "window",
+            Phase::Failed => "failed",
+        }
+    }
+}
+
+/// One call site as the policy sees it.
+#[derive(Clone, Debug)]
+pub struct Site {
+    pub phase: Phase,
+    /// Sites probed together in windows.
+    pub group: u32,
+    /// Hits counted so far (all periods probed).
+    pub hits: u64,
+    /// Time attached so far, ns (finished periods only).
+    pub probed_ns: u64,
+    /// Hits per second while attached, once measured.
+    pub rate: Option<f64>,
+    /// When the current period began, and the hit count then.
+    attached_at: u64,
+    hits_at_attach: u64,
+    /// Hits at the last continuous re-check.
+    recheck_at: u64,
+    recheck_hits: u64,
+    /// Windows opened on this site.
+    pub windows: u32,
+}
+
+impl Site {
+    pub fn new(group: u32) -> Self {
+        Self {
+            phase: Phase::Waiting,
+            group,
+            hits: 0,
+            probed_ns: 0,
+            rate: None,
+            attached_at: 0,
+            hits_at_attach: 0,
+            recheck_at: 0,
+            recheck_hits: 0,
+            windows: 0,
+        }
+    }
+
+    /// Time attached, the current period included.
+    pub fn probed_until(&self, now: u64) -> u64 {
+        if self.phase.attached() {
+            self.probed_ns + now.saturating_sub(self.attached_at)
+        } else {
+            self.probed_ns
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Action {
+    Attach(usize),
+    Detach(usize),
+}
+
+/// The budget and what has been spent of it.
+#[derive(Debug)]
+pub struct Policy {
+    /// Fraction of the process's CPU the probes may cost (0.01 = 1%).
+    pub budget: f64,
+    /// Cost of one trap, ns (measured).
+    pub trap_ns: f64,
+    pub sites: Vec<Site>,
+    /// Probe cost so far, ns.
+    pub spent_ns: f64,
+    /// Allowance so far, ns, before the bank's cap.
+    pub allowed_ns: f64,
+    /// Allowance lost to the bank's cap, ns.
+    pub capped_ns: f64,
+    start: Option<(u64, u64)>,
+    last: Option<(u64, u64)>,
+    /// Process CPU per second outside the probes, smoothed.
+    cpu_rate: f64,
+    /// Next group to get a window.
+    next_group: u32,
+}
+
+impl Policy {
+    pub fn new(budget: f64, trap_ns: f64, sites: Vec<Site>) -> Self {
+        Self {
+            budget,
+            trap_ns,
+            sites,
+            spent_ns: 0.0,
+            allowed_ns: 0.0,
+            capped_ns: 0.0,
+            start: None,
+            last: None,
+            cpu_rate: FLOOR_CPU_NS_PER_S,
+            next_group: 0,
+        }
+    }
+
+    fn cost_of(&self, hits: u64) -> f64 {
+        hits as f64 * 2.0 * self.trap_ns
+    }
+
+    /// Allowance per second at the current CPU rate.
+    pub fn allowance_per_s(&self) -> f64 {
+        self.budget * self.cpu_rate
+    }
+
+    /// Banked allowance not yet spent.
+    pub fn balance(&self) -> f64 {
+        self.allowed_ns - self.capped_ns - self.spent_ns
+    }
+
+    /// Marks site `i` as failed to attach (its attach action did not happen).
+    pub fn failed(&mut self, i: usize) {
+        if let Some(s) = self.sites.get_mut(i) {
+            s.phase = Phase::Failed;
+        }
+    }
+
+    /// One step at `now` (monotonic ns), with the process's total CPU time
+    /// `cpu_ns` and each site's hit counter `hits` (cumulative).
+    pub fn tick(&mut self, now: u64, cpu_ns: u64, hits: &[u64]) -> Vec<Action> {
+        let mut new_hits = 0;
+        for (s, &h) in self.sites.iter_mut().zip(hits) {
+            new_hits += h.saturating_sub(s.hits);
+            s.hits = s.hits.max(h);
+        }
+        self.spent_ns += self.cost_of(new_hits);
+        let (_, c0) = *self.start.get_or_insert((now, cpu_ns));
+        if let Some((lt, lc)) = self.last {
+            let dt = now.saturating_sub(lt) as f64;
+            if dt > 0.0 {
+                let dc = cpu_ns.saturating_sub(lc) as f64 - self.cost_of(new_hits);
+                let rate = (dc.max(0.0) / dt) * 1e9;
+                // Smoothed over ~10 ticks; never below the floor.
+                self.cpu_rate = (0.9 * self.cpu_rate + 0.1 * rate).max(FLOOR_CPU_NS_PER_S);
+            }
+        }
+        self.last = Some((now, cpu_ns));
+        let own_cpu = (cpu_ns.saturating_sub(c0) as f64 - self.spent_ns).max(0.0);
+        self.allowed_ns = self.budget * own_cpu;
+        let cap = self.allowance_per_s() * BANK_SECONDS;
+        if self.balance() > cap {
+            self.capped_ns += self.balance() - cap;
+        }
+        let mut out = Vec::new();
+        self.end_periods(now, &mut out);
+        self.recheck_continuous(now, &mut out);
+        self.start_probation(now, &mut out);
+        self.open_window(now, &mut out);
+        out
+    }
+
+    fn continuous_cost_per_s(&self) -> f64 {
+        self.sites
+            .iter()
+            .filter(|s| s.phase == Phase::Continuous)
+            .map(|s| s.rate.unwrap_or(0.0) * 2.0 * self.trap_ns)
+            .sum()
+    }
+
+    fn detach(s: &mut Site, i: usize, now: u64, to: Phase, out: &mut Vec<Action>) {
+        s.probed_ns += now.saturating_sub(s.attached_at);
+        s.phase = to;
+        out.push(Action::Detach(i));
+    }
+
+    fn measure(s: &mut Site, now: u64) -> f64 {
+        let dt = now.saturating_sub(s.attached_at).max(1) as f64 / 1e9;
+        let r = s.hits.saturating_sub(s.hits_at_attach) as f64 / dt;
+        s.rate = Some(r);
+        r
+    }
+
+    fn end_periods(&mut self, now: u64, out: &mut Vec<Action>) {
+        let per_s = self.allowance_per_s();
+        let trap2 = 2.0 * self.trap_ns;
+        let mut continuous = self.continuous_cost_per_s();
+        for i in 0..self.sites.len() {
+            let s = &mut self.sites[i];
+            match s.phase {
+                Phase::Probation { since } => {
+                    let spent = s.hits.saturating_sub(s.hits_at_attach) as f64 * trap2;
+                    // Spending faster than the whole continuous share (over at
+                    // least PROBATION_FLOOR_S, so a few hits are not a rate).
+                    let elapsed = (now.saturating_sub(since) as f64 / 1e9).max(PROBATION_FLOOR_S);
+                    if spent > per_s * CONTINUOUS_SHARE * elapsed {
+                        Self::measure(s, now);
+                        Self::detach(s, i, now, Phase::Hot, out);
+                    } else if now.saturating_sub(since) >= PROBATION_NS {
+                        let cost = Self::measure(s, now) * trap2;
+                        if continuous + cost <= per_s * CONTINUOUS_SHARE {
+                            continuous += cost;
+                            s.phase = Phase::Continuous;
+                            s.recheck_at = now;
+                            s.recheck_hits = s.hits;
+                        } else {
+                            Self::detach(s, i, now, Phase::Hot, out);
+                        }
+                    }
+                }
+                Phase::Window { until } if now >= until => {
+                    Self::measure(s, now);
+                    Self::detach(s, i, now, Phase::Hot, out);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// A continuous site whose rate grew is demoted, hottest first, until
+    /// the continuous share fits again.
+    fn recheck_continuous(&mut self, now: u64, out: &mut Vec<Action>) {
+        for s in self
+            .sites
+            .iter_mut()
+            .filter(|s| s.phase == Phase::Continuous)
+        {
+            let dt = now.saturating_sub(s.recheck_at);
+            if dt >= RECHECK_NS {
+                s.rate = Some(s.hits.saturating_sub(s.recheck_hits) as f64 / (dt as f64 / 1e9));
+                s.recheck_at = now;
+                s.recheck_hits = s.hits;
+            }
+        }
+        // Hysteresis: a site admitted at the limit is not demoted by noise.
+        let limit = self.allowance_per_s() * CONTINUOUS_SHARE * DEMOTE_ABOVE;
+        while self.continuous_cost_per_s() > limit {
+            let hottest = self
+                .sites
+                .iter()
+                .enumerate()
+                .filter(|(_, s)| s.phase == Phase::Continuous)
+                .max_by(|a, b| a.1.rate.unwrap_or(0.0).total_cmp(&b.1.rate.unwrap_or(0.0)))
+                .map(|(i, _)| i);
+            let Some(i) = hottest else { break };
+            Self::detach(&mut self.sites[i], i, now, Phase::Hot, out);
+        }
+    }
+
+    fn start_probation(&mut self, now: u64, out: &mut Vec<Action>) {
+        let busy = self
+            .sites
+            .iter()
+            .any(|s| matches!(s.phase, Phase::Probation { .. } | Phase::Window { .. }));
+        if busy || self.balance() < self.allowance_per_s() * PROBATION_RESERVE_S {
+            return;
+        }
+        let batch: Vec<usize> = self
+            .sites
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.phase == Phase::Waiting)
+            .map(|(i, _)| i)
+            .take(PROBATION_BATCH)
+            .collect();
+        for i in batch {
+            let s = &mut self.sites[i];
+            s.phase = Phase::Probation { since: now };
+            s.attached_at = now;
+            s.hits_at_attach = s.hits;
+            out.push(Action::Attach(i));
+        }
+    }
+
+    /// Opens a window on the next hot group in turn (same package and
+    /// receiver) once the bank can pay for it: as long as the whole bank
+    /// could ever pay, up to [`MAX_WINDOW_NS`]. Members that even a full
+    /// bank could not keep on for [`MIN_WINDOW_NS`] stay out of the window
+    /// (they are left out, and the report shows them hot with no window).
+    fn open_window(&mut self, now: u64, out: &mut Vec<Action>) {
+        let busy = self
+            .sites
+            .iter()
+            .any(|s| matches!(s.phase, Phase::Probation { .. } | Phase::Window { .. }));
+        if busy {
+            return;
+        }
+        let trap2 = 2.0 * self.trap_ns;
+        let full_bank = self.allowance_per_s() * BANK_SECONDS * 0.5;
+        let affordable = |s: &Site| {
+            s.phase == Phase::Hot && s.rate.unwrap_or(0.0) * trap2 * MIN_WINDOW_S <= full_bank
+        };
+        let mut groups: Vec<u32> = self
+            .sites
+            .iter()
+            .filter(|s| affordable(s))
+            .map(|s| s.group)
+            .collect();
+        groups.sort_unstable();
+        groups.dedup();
+        let start = groups.partition_point(|g| *g < self.next_group);
+        let Some(&g) = groups.get(start).or(groups.first()) else {
+            return;
+        };
+        let members: Vec<usize> = (0..self.sites.len())
+            .filter(|&i| self.sites[i].group == g && affordable(&self.sites[i]))
+            .collect();
+        let cost_per_s: f64 = members
+            .iter()
+            .map(|&i| self.sites[i].rate.unwrap_or(0.0) * trap2)
+            .sum();
+        let len_ns = if cost_per_s <= 0.0 {
+            MAX_WINDOW_NS as f64
+        } else {
+            (full_bank / cost_per_s * 1e9).clamp(MIN_WINDOW_NS as f64, MAX_WINDOW_NS as f64)
+        };
+        if cost_per_s * len_ns / 1e9 > self.balance() * 0.5 {
+            // Its turn: wait until the bank can pay.
+            self.next_group = g;
+            return;
+        }
+        self.next_group = g + 1;
+        for i in members {
+            let s = &mut self.sites[i];
+            s.phase = Phase::Window {
+                until: now + len_ns as u64,
+            };
+            s.attached_at = now;
+            s.hits_at_attach = s.hits;
+            s.windows += 1;
+            out.push(Action::Attach(i));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const S: u64 = 1_000_000_000;
+
+    /// Runs `secs` seconds of 250 ms ticks of a process using one core,
+    /// whose sites hit at `rates` per second while attached, each at most
+    /// as fast as its traps allow; after attaching, the controller looks
+    /// again 15 ms later, as [`super::super::BudgetedSites`] does.
+    fn simulate(p: &mut Policy, rates: &[f64], secs: u64) -> Vec<Action> {
+        let mut hits = vec![0u64; rates.len()];
+        let mut carry = vec![0f64; rates.len()];
+        let mut all = Vec::new();
+        let mut cpu = 0u64;
+        let step = S / 4;
+        let peek = 15_000_000;
+        let max_rate = 1e9 / (2.0 * p.trap_ns);
+        let mut advance = |p: &Policy, hits: &mut Vec<u64>, dt: u64| {
+            for (i, r) in rates.iter().enumerate() {
+                if p.sites[i].phase.attached() {
+                    carry[i] += r.min(max_rate) * dt as f64 / 1e9;
+                    let whole = carry[i].floor();
+                    carry[i] -= whole;
+                    hits[i] += whole as u64;
+                }
+            }
+        };
+        for t in 0..secs * 4 {
+            let now = t * step;
+            let spent_before = p.spent_ns;
+            let acts = p.tick(now, cpu, &hits);
+            let attached = acts.iter().any(|a| matches!(a, Action::Attach(_)));
+            all.extend(acts);
+            let mut dt = step;
+            if attached {
+                advance(p, &mut hits, peek);
+                all.extend(p.tick(now + peek, cpu, &hits));
+                dt -= peek;
+            }
+            advance(p, &mut hits, dt);
+            // One core, plus what the traps cost.
+            cpu += step + (p.spent_ns - spent_before) as u64;
+        }
+        all
+    }
+
+    #[test]
+    fn cold_sites_stay_on_and_hot_ones_are_taken_off() {
+        let sites = (0..3).map(Site::new).collect();
+        let mut p = Policy::new(0.01, 20_000.0, sites);
+        // 1 % of one core is 10 ms/s; a hit costs 40 µs: 125 hits/s fit in
+        // the continuous half.
+        simulate(&mut p, &[10.0, 1_000_000.0, 50.0], 30);
+        assert_eq!(p.sites[0].phase, Phase::Continuous, "{:?}", p.sites[0]);
+        assert_eq!(p.sites[2].phase, Phase::Continuous, "{:?}", p.sites[2]);
+        assert!(
+            matches!(p.sites[1].phase, Phase::Hot | Phase::Window { .. }),
+            "{:?}",
+            p.sites[1]
+        );
+        // The hot site was taken off at the first look, 15 ms in.
+        assert!(p.sites[1].probed_ns <= S / 50, "{:?}", p.sites[1]);
+    }
+
+    #[test]
+    fn spending_stays_within_the_budget() {
+        let sites = (0..40).map(|i| Site::new(i / 4)).collect();
+        let mut p = Policy::new(0.01, 20_000.0, sites);
+        let rates: Vec<f64> = (0..40).map(|i| 10f64.powi(i % 6)).collect();
+        simulate(&mut p, &rates, 600);
+        let cpu = 600.0 * 1e9;
+        assert!(
+            p.spent_ns <= 0.01 * cpu * 1.25,
+            "spent {} ns of {} allowed",
+            p.spent_ns,
+            0.01 * cpu
+        );
+        // Warm sites got windows.
+        assert!(p.sites.iter().any(|s| s.windows > 0), "{:?}", p.sites);
+    }
+
+    #[test]
+    fn hot_groups_get_windows_in_turn() {
+        let sites = vec![Site::new(0), Site::new(0), Site::new(1)];
+        let mut p = Policy::new(0.01, 20_000.0, sites);
+        // 500 hits/s costs 20 ms/s: twice the whole allowance, so hot.
+        simulate(&mut p, &[500.0, 500.0, 500.0], 300);
+        assert!(p.sites.iter().all(|s| s.rate.is_some()));
+        assert!(
+            p.sites[0].windows > 0 && p.sites[2].windows > 0,
+            "{:?}",
+            p.sites
+        );
+        // Both sites of group 0 are always opened together.
+        assert_eq!(p.sites[0].windows, p.sites[1].windows);
+    }
+
+    #[test]
+    fn a_too_hot_member_does_not_keep_its_group_out_of_windows() {
+        // At 0.1 %, a full bank (30 s of allowance) pays 30 ms: a quarter
+        // second of the saturated site (1 s of traps per second) never fits.
+        let sites = vec![Site::new(0), Site::new(0)];
+        let mut p = Policy::new(0.001, 20_000.0, sites);
+        simulate(&mut p, &[100.0, 10_000_000.0], 600);
+        assert!(p.sites[0].windows > 0, "{:?}", p.sites);
+        assert_eq!(p.sites[1].windows, 0, "{:?}", p.sites);
+    }
+
+    #[test]
+    fn nothing_is_attached_before_the_bank_can_pay() {
+        let mut p = Policy::new(0.01, 20_000.0, vec![Site::new(0)]);
+        let acts = p.tick(0, 0, &[0]);
+        assert!(acts.is_empty(), "{acts:?}");
+    }
+}
