@@ -62,13 +62,14 @@ pub struct Output {
     #[arg(long)]
     pub bpf_stats: bool,
     /// Map concurrency checks: `off`; `always` (runtime fatal errors such as
-    /// "concurrent map writes" and map growth, rare events only); `budget`
-    /// (default: always, plus the map call sites of the program's own code
-    /// probed within --race-budget, finding accesses that overlap at a
-    /// bounded cost); or `deep` (every map operation, two probe hits each,
-    /// and the happens-before detector, at a large cost; see docs/maps.md).
-    #[arg(long, default_value = "budget", value_name = "off|always|budget|deep")]
-    pub maps: MapsMode,
+    /// "concurrent map writes" and map growth, rare events only; the agent's
+    /// default); `budget` (the default of run and attach: always, plus the
+    /// map call sites of the program's own code probed within --race-budget,
+    /// finding accesses that overlap at a bounded cost); or `deep` (every map
+    /// operation, two probe hits each, and the happens-before detector, at a
+    /// large cost; see docs/maps.md).
+    #[arg(long, value_name = "off|always|budget|deep")]
+    pub maps: Option<MapsMode>,
     /// With `--maps budget`: the share of the traced process's CPU the map
     /// probes may cost, in percent (`1%` or `1`).
     #[arg(long, default_value = "1%", value_parser = parse_percent)]

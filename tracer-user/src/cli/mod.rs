@@ -75,7 +75,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 program,
                 args,
             } => {
-                let trace = resolve::trace_options(&output, &tcp);
+                let trace = resolve::trace_options(&output, &tcp, crate::maps::MapsMode::Budget);
                 let out = resolve::output_options(&output);
                 commands::run::run(&program, &args, &trace, &out, &export.into()).await
             }
@@ -85,7 +85,7 @@ pub fn run(cli: Cli) -> ExitCode {
                 output,
                 export,
             } => {
-                let trace = resolve::trace_options(&output, &tcp);
+                let trace = resolve::trace_options(&output, &tcp, crate::maps::MapsMode::Budget);
                 let out = resolve::output_options(&output);
                 commands::attach::attach(pid, duration, &trace, &out, &export.into()).await
             }

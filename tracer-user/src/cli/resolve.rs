@@ -14,6 +14,7 @@ use crate::{
         top::TopOptions,
     },
     export::ExportOptions,
+    maps::MapsMode,
     options::{OutputOptions, TraceOptions},
     process::Selector,
     tcp::{AcceptWait, RttMode, TcpOptions, hooks::parse_order},
@@ -41,13 +42,14 @@ fn parse_flag<T, E: std::fmt::Display>(
         .transpose()
 }
 
-/// What `run`, `attach` and the agent's sessions trace.
-pub fn trace_options(o: &Output, tcp: &TcpOptions) -> TraceOptions {
+/// What `run`, `attach` and the agent's sessions trace; `maps` is the map
+/// tier when `--maps` is not given.
+pub fn trace_options(o: &Output, tcp: &TcpOptions, maps: MapsMode) -> TraceOptions {
     TraceOptions {
         stuck_threshold: o.stuck_threshold,
         holders: o.holders,
         bpf_stats: o.bpf_stats,
-        maps: o.maps,
+        maps: o.maps.unwrap_or(maps),
         maps_sites: o.maps_sites.clone(),
         race_budget: o.race_budget,
         tcp: (o.tcp == "on").then(|| tcp.clone()),
@@ -138,7 +140,10 @@ pub fn agent_options(a: AgentArgs, tcp: &TcpOptions) -> Result<(AgentOptions, Fr
             pods: a.pod,
             namespaces: a.namespace,
         },
-        session: trace_options(&a.output, tcp),
+        // The budget controller detaches probes from the agent's one loop
+        // (~100 ms each), which would delay tracing new processes: the agent
+        // keeps the always-on tier unless told otherwise.
+        session: trace_options(&a.output, tcp, MapsMode::Always),
         max_processes: a.max_processes,
         pods: None,
     };

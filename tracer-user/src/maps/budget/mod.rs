@@ -109,7 +109,6 @@ impl BudgetedSites {
         pid: u32,
         budget: f64,
     ) -> Result<(Self, ProbeStatus)> {
-        let trap_ns = calibrate::trap_ns(tracer).context("measuring the trap cost")?;
         let table = site_table(tracer)?.len().min(SITE_SLOTS) as usize;
         let targets = op_functions(bin);
         let funcs: Vec<Function> = bin
@@ -162,11 +161,9 @@ impl BudgetedSites {
                 )
             } else {
                 Some(format!(
-                    "{} map call sites in user code, probed within {:.2}% of the process's CPU \
-                     (one trap: {:.1} µs, measured){}",
+                    "{} map call sites in user code, probed within {:.2}% of the process's CPU{}",
                     sites.len(),
                     budget * 100.0,
-                    trap_ns / 1000.0,
                     if over_table > 0 {
                         format!("; {over_table} more sites left out (hit table full)")
                     } else {
@@ -185,7 +182,9 @@ impl BudgetedSites {
                 links: (0..n).map(|_| Links::default()).collect(),
                 exits_pending: Vec::new(),
                 detach_queue: Vec::new(),
-                policy: Policy::new(budget, trap_ns, policy_sites),
+                // The trap cost is measured at the first tick, off the
+                // start-up path (a short process must not wait for it).
+                policy: Policy::new(budget, f64::NAN, policy_sites),
                 pids: vec![(pid, 0)],
                 retired_cpu: 0,
                 path: path.to_owned(),
@@ -228,6 +227,14 @@ impl BudgetedSites {
     }
 
     fn try_tick(&mut self, tracer: &mut Tracer) -> Result<()> {
+        if self.policy.trap_ns.is_nan() {
+            if self.last_error.is_some() {
+                // The calibration failed: nothing is probed, the report says why.
+                return Ok(());
+            }
+            self.policy.trap_ns = calibrate::trap_ns(tracer)
+                .context("measuring the trap cost; no map call site is probed")?;
+        }
         // Exits whose entry went last tick: operations in flight are done.
         for i in std::mem::take(&mut self.exits_pending) {
             if let Some(l) = self.links[i].exit.take() {
@@ -354,7 +361,7 @@ impl BudgetedSites {
             .collect();
         BudgetReport {
             budget: p.budget,
-            trap_ns: p.trap_ns,
+            trap_ns: if p.trap_ns.is_nan() { 0.0 } else { p.trap_ns },
             elapsed_ns: now,
             allowed_ns: (p.allowed_ns - p.capped_ns).max(0.0) as u64,
             spent_ns: p.spent_ns as u64,
@@ -365,6 +372,7 @@ impl BudgetedSites {
             hot: count(&|ph| matches!(ph, Phase::Hot | Phase::Window { .. })),
             failed: count(&|ph| ph == Phase::Failed),
             windows: p.sites.iter().map(|s| u64::from(s.windows)).sum(),
+            error: self.last_error.clone(),
             sites,
         }
     }
@@ -400,6 +408,8 @@ pub struct BudgetReport {
     pub hot: usize,
     pub failed: usize,
     pub windows: u64,
+    /// Why the controller is stuck or failed last, if it did.
+    pub error: Option<String>,
     /// The most probed sites.
     pub sites: Vec<BudgetSite>,
 }
