@@ -6,16 +6,53 @@
 //! sites continuously and take the hot ones off. The same program with its
 //! table locked (`-race-free`) must give no finding.
 
+use std::{process::Command, time::Duration};
+
 use anyhow::{Context, Result, ensure};
 use tracer_tests::{
-    GoToolchain, Variant, build_fixture, classic_and_swiss, marker_line, newest_go,
-    privileged_test,
-    report::{RaceBudget, Report},
+    GoToolchain, Variant,
+    agent::{AgentProc, process_report},
+    build_fixture, classic_and_swiss, marker_line, newest_go, privileged_test,
+    report::{MapOverlap, RaceBudget, Report},
     run_tracer,
 };
 
 const READER: &str = "main.(*server).route";
 const WRITER: &str = "main.(*server).refresh";
+
+/// Runs of the fixture in which the race must be found, at most. The
+/// overlap is physical and rare (about 2–10 a minute measured here, so a
+/// minute without one happens a few times in a hundred): a second minute
+/// makes a miss improbable, and the output says when it was needed.
+const ATTEMPTS: usize = 2;
+
+/// The read/write race between the handlers' route lookup and the
+/// refresher's write, with both goroutines and stacks; None when no such
+/// race was found, Err with `ctx` when one is incomplete or a guarded map
+/// has a finding.
+fn route_race(report: &Report, ctx: &str) -> Result<Option<MapOverlap>> {
+    let read_line = marker_line("service", "// SERVICE_ROUTE_READ")?;
+    let write_line = marker_line("service", "// SERVICE_ROUTE_WRITE")?;
+    let races = report.overlaps("concurrent_map_read_write")?;
+    let n = races.len();
+    let others = report.all_map_races()?.len() - n;
+    ensure!(others == 0, "races on the guarded maps: {ctx}");
+    let Some(race) = races.into_iter().find(|f| {
+        (f.op.at(READER, read_line) && f.other.at(WRITER, write_line))
+            || (f.op.at(WRITER, write_line) && f.other.at(READER, read_line))
+    }) else {
+        return Ok(None);
+    };
+    ensure!(
+        race.op.goroutine.is_some()
+            && race.other.goroutine.is_some()
+            && race.op.goroutine != race.other.goroutine
+            && !race.op.stack.is_empty()
+            && !race.other.stack.is_empty(),
+        "both goroutines and stacks: {ctx}"
+    );
+    Ok(Some(race))
+}
 
 enum Served {
     Done(Box<(Report, RaceBudget, String)>),
@@ -107,28 +144,22 @@ fn serve_once(tc: &GoToolchain, extra: &[&str]) -> Result<Served> {
 fn default_mode_finds_the_struct_field_race_within_budget() -> Result<()> {
     privileged_test!();
     let _serial = tracer_tests::serial();
-    let read_line = marker_line("service", "// SERVICE_ROUTE_READ")?;
-    let write_line = marker_line("service", "// SERVICE_ROUTE_WRITE")?;
     for tc in classic_and_swiss()? {
-        let (report, budget, ctx) = serve(&tc, &["-duration", "60s"])?;
-        let races = report.overlaps("concurrent_map_read_write")?;
-        let race = races
-            .iter()
-            .find(|f| {
-                (f.op.at(READER, read_line) && f.other.at(WRITER, write_line))
-                    || (f.op.at(WRITER, write_line) && f.other.at(READER, read_line))
-            })
-            .with_context(|| format!("no read/write race between route and refresh: {ctx}"))?;
-        ensure!(
-            race.op.goroutine.is_some()
-                && race.other.goroutine.is_some()
-                && race.op.goroutine != race.other.goroutine
-                && !race.op.stack.is_empty()
-                && !race.other.stack.is_empty(),
-            "both goroutines and stacks: {ctx}"
-        );
-        let others = report.all_map_races()?.len() - races.len();
-        ensure!(others == 0, "races on the guarded maps: {ctx}");
+        let mut attempt = 0;
+        let (race, budget) = loop {
+            attempt += 1;
+            let (report, budget, ctx) = serve(&tc, &["-duration", "60s"])?;
+            match route_race(&report, &ctx)? {
+                Some(race) => break (race, budget),
+                None if attempt < ATTEMPTS => {
+                    eprintln!("go {}: no race in minute {attempt}; one more", tc.version)
+                }
+                None => anyhow::bail!(
+                    "go {}: no read/write race between route and refresh in {ATTEMPTS} minutes: {ctx}",
+                    tc.version
+                ),
+            }
+        };
         eprintln!(
             "go {}: race found {} times, first after {:.1} s; probes cost {:.1} ms of {:.1} ms \
              allowed over {:.0} s ({} sites: {} continuous, {} hot; trap {:.1} µs)",
@@ -165,4 +196,86 @@ fn default_mode_reports_nothing_on_guarded_maps() -> Result<()> {
         races.len()
     );
     Ok(())
+}
+
+/// One agent with default flags and one minute of the service, started
+/// after it (again if the runtime's own check kills it): the route race if
+/// found, and the budget report.
+fn agent_minute(bin: &std::path::Path) -> Result<(Option<MapOverlap>, RaceBudget)> {
+    let filter = bin.to_string_lossy().into_owned();
+    let agent = AgentProc::start_offline(&["--exe", &filter])?;
+    ensure!(
+        agent.log().contains("one uprobe trap costs"),
+        "the agent measures the trap cost as it starts:\n{}",
+        agent.log()
+    );
+    let mut served = None;
+    for _ in 0..3 {
+        let child = Command::new(bin)
+            .args(["-duration", "60s"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .context("starting the service fixture")?;
+        let pid = child.id();
+        let out = child.wait_with_output()?;
+        let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+        if out.status.success() {
+            served = Some(pid);
+            break;
+        }
+        ensure!(
+            stderr.contains("fatal error: concurrent map"),
+            "service fixture failed: {:?}\n{stderr}",
+            out.status
+        );
+        eprintln!("the runtime's own check fired; running again");
+    }
+    let pid = served.context("the runtime killed the service three times")?;
+    // The exit is seen at the agent's next scan; its last report is kept.
+    std::thread::sleep(Duration::from_secs(1));
+    let log = agent.log();
+    let all = agent.stop()?;
+    let json = process_report(&all, pid)
+        .with_context(|| format!("no report of the service (pid {pid}); log:\n{log}"))?;
+    let report = Report::parse(json)?;
+    let ctx = format!("agent report {json:#}\nlog:\n{log}");
+    let budget = report
+        .race_budget
+        .clone()
+        .with_context(|| format!("no race_budget under the agent's defaults: {ctx}"))?;
+    ensure!(
+        budget.trap_ns > 100.0 && budget.spent_ns > 0 && budget.spent_ns <= budget.allowed_ns,
+        "probes cost {} ns of {} allowed: {ctx}",
+        budget.spent_ns,
+        budget.allowed_ns
+    );
+    Ok((route_race(&report, &ctx)?, budget))
+}
+
+/// `tracer agent` with default flags, on a service started after it: the
+/// budget runs in the agent as in `tracer run`, and the race is reported in
+/// the process's report.
+#[test]
+fn agent_default_finds_the_race_in_a_process_started_after_it() -> Result<()> {
+    privileged_test!();
+    let _serial = tracer_tests::serial();
+    let tc = newest_go()?;
+    let bin = build_fixture(&tc, "service", Variant::Plain)?;
+    for attempt in 1..=ATTEMPTS {
+        let (race, budget) = agent_minute(&bin)?;
+        if let Some(race) = race {
+            eprintln!(
+                "agent, go {}: race found {} times, first after {:.1} s; probes cost {:.1} ms of {:.1} ms allowed",
+                tc.version,
+                race.count,
+                race.first_seen_ns as f64 / 1e9,
+                budget.spent_ns as f64 / 1e6,
+                budget.allowed_ns as f64 / 1e6,
+            );
+            return Ok(());
+        }
+        eprintln!("agent, go {}: no race in minute {attempt}", tc.version);
+    }
+    anyhow::bail!("the agent found no route/refresh race in {ATTEMPTS} minutes")
 }

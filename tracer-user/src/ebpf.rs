@@ -229,6 +229,18 @@ impl Tracer {
         )?)
     }
 
+    /// Detaches a probe without waiting for the kernel: the link is closed on
+    /// the closer thread ([`crate::link_closer`]), after those handed over
+    /// before it. The probe may fire until then.
+    pub(crate) fn detach_uprobe_later(&mut self, prog: &str, link: UProbeLinkId) -> Result<()> {
+        let link = self
+            .uprobe(prog)?
+            .take_link(link)
+            .with_context(|| format!("taking a link of {prog}"))?;
+        crate::link_closer::close_later(link);
+        Ok(())
+    }
+
     /// Forwards debug logs written by the probes (aya-log) to `tracing`.
     pub fn flush_logs(&mut self) {
         if let Some(l) = self.logger.as_mut() {

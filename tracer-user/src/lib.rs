@@ -14,6 +14,7 @@ pub mod export;
 pub mod gobin;
 pub mod kernelfs;
 pub mod latency;
+pub mod link_closer;
 pub mod locks;
 pub mod maps;
 pub mod options;

@@ -31,6 +31,15 @@ struct Tables {
 /// How often the in-flight waits are scanned for stuck waiters.
 pub const STUCK_SCAN: Duration = Duration::from_millis(250);
 
+/// Sleeps until `due` (a [`Session::budget_due`]); forever when None, for a
+/// `select!` branch disabled by its guard.
+pub async fn sleep_until_due(due: Option<Instant>) {
+    match due {
+        Some(d) => tokio::time::sleep_until(d.into()).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// A traced process and the probes placed on it.
 pub struct Session {
     pub tracer: Tracer,
@@ -135,13 +144,24 @@ impl Session {
             .scan_stuck(&mut self.tracer, &self.bin, threshold);
     }
 
-    /// Drains the map feature's fatal-event ring buffer, and steps the
-    /// budgeted tier.
+    /// Drains the map feature's fatal-event ring buffer.
     pub fn poll_maps(&mut self) {
         if let Some(m) = self.maps.as_mut() {
             m.poll();
-            m.tick(&mut self.tracer);
         }
+    }
+
+    /// Runs the map race budget's controller if it is due; call at
+    /// [`Session::budget_due`].
+    pub fn poll_budget(&mut self) {
+        if let Some(m) = self.maps.as_mut() {
+            m.poll_budget(&mut self.tracer);
+        }
+    }
+
+    /// When [`Session::poll_budget`] is due next; None without `--maps budget`.
+    pub fn budget_due(&self) -> Option<Instant> {
+        self.maps.as_ref().and_then(|m| m.budget_due())
     }
 
     /// Marks which stuck waits had ended when the process exited.

@@ -137,6 +137,20 @@ impl Agent {
             status: "attached".into(),
             reason: Some("per process, on the Go runtime's lock slow paths".into()),
         });
+        let mut maps_reason = format!("tier {:?}", opts.session.maps).to_lowercase();
+        if opts.session.maps == crate::maps::MapsMode::Budget {
+            // Measured once here, before anything is traced, so no
+            // binary's first controller step waits for it.
+            let trap = crate::maps::probes::load(&mut shared)
+                .and_then(|()| crate::maps::budget::calibrate::trap_ns(&mut shared));
+            maps_reason += &match trap {
+                Ok(ns) => format!("; one uprobe trap costs {:.1} µs (measured)", ns / 1000.0),
+                Err(e) => {
+                    tracing::warn!("map race budget off: {e:#}");
+                    format!("; no call site will be probed: {e:#}")
+                }
+            };
+        }
         hooks.push(HookInfo {
             feature: "maps".into(),
             mechanism: "uprobe".into(),
@@ -145,7 +159,7 @@ impl Agent {
             } else {
                 "attached".into()
             },
-            reason: Some(format!("tier {:?}", opts.session.maps).to_lowercase()),
+            reason: Some(maps_reason),
         });
         {
             let mut info = hub.info.lock().unwrap_or_else(|p| p.into_inner());
@@ -221,6 +235,7 @@ pub async fn run(
     drain_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tokio::pin!(shutdown);
     loop {
+        let budget = agent.budget_due();
         tokio::select! {
             // New processes first: their probes must be live within ms.
             biased;
@@ -229,6 +244,7 @@ pub async fn run(
                 agent.drain(&mut events);
             }
             _ = &mut shutdown => break,
+            _ = crate::session::sleep_until_due(budget), if budget.is_some() => agent.poll_budgets(),
             _ = scan_tick.tick() => agent.scan(),
             Some(done) = agent.job_rx.recv() => agent.job_done(done),
             _ = refresh_tick.tick() => agent.publish(Some(&mut events)),

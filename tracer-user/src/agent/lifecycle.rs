@@ -454,6 +454,27 @@ impl Agent {
         }
     }
 
+    /// When the map race budget of a traced binary is due next.
+    pub fn budget_due(&self) -> Option<Instant> {
+        self.sessions
+            .values()
+            .filter(|b| !b.pids.is_empty())
+            .filter_map(|b| b.session.budget_due())
+            .min()
+    }
+
+    /// Runs the map race budgets that are due. Each step only reads
+    /// counters and attaches: detaches go to the closer thread, so new
+    /// processes wait for no kernel call here.
+    pub fn poll_budgets(&mut self) {
+        let now = Instant::now();
+        for bs in self.sessions.values_mut().filter(|b| !b.pids.is_empty()) {
+            if bs.session.budget_due().is_some_and(|d| d <= now) {
+                bs.session.poll_budget();
+            }
+        }
+    }
+
     /// Safety net for lost exec events.
     pub fn rescan(&mut self) {
         for pid in discovery::scan_proc() {

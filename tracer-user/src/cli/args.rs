@@ -62,9 +62,8 @@ pub struct Output {
     #[arg(long)]
     pub bpf_stats: bool,
     /// Map concurrency checks: `off`; `always` (runtime fatal errors such as
-    /// "concurrent map writes" and map growth, rare events only; the agent's
-    /// default); `budget` (the default of run and attach: always, plus the
-    /// map call sites of the program's own code probed within --race-budget,
+    /// "concurrent map writes" and map growth, rare events only); `budget`
+    /// (the default: always, plus the map call sites of the program's own code probed within --race-budget,
     /// finding accesses that overlap at a bounded cost); or `deep` (every map
     /// operation, two probe hits each, and the happens-before detector, at a
     /// large cost; see docs/maps.md).

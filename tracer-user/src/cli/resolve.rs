@@ -140,10 +140,7 @@ pub fn agent_options(a: AgentArgs, tcp: &TcpOptions) -> Result<(AgentOptions, Fr
             pods: a.pod,
             namespaces: a.namespace,
         },
-        // The budget controller detaches probes from the agent's one loop
-        // (~100 ms each), which would delay tracing new processes: the agent
-        // keeps the always-on tier unless told otherwise.
-        session: trace_options(&a.output, tcp, MapsMode::Always),
+        session: trace_options(&a.output, tcp, MapsMode::Budget),
         max_processes: a.max_processes,
         pods: None,
     };

@@ -42,8 +42,10 @@ pub async fn attach(
     tokio::pin!(ctrl_c);
     loop {
         let until_deadline = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        let budget = session.budget_due();
         tokio::select! {
             _ = tokio::time::sleep(until_deadline.unwrap_or(Duration::from_secs(3600))), if until_deadline.is_some() => break,
+            _ = crate::session::sleep_until_due(budget), if budget.is_some() => session.poll_budget(),
             _ = &mut ctrl_c => break,
             _ = live_tick.tick(), if out.live => session.print_live(out),
             _ = drain.tick() => session.drain_tcp(),

@@ -253,8 +253,10 @@ pub async fn run(
     let mut scan = tokio::time::interval(STUCK_SCAN);
     let mut drain = tokio::time::interval(crate::tcp::TCP_DRAIN);
     let status = loop {
+        let budget = session.budget_due();
         tokio::select! {
             st = &mut exited_rx => break st.context("the program's thread ended")?.context("waiting for the program")?,
+            _ = crate::session::sleep_until_due(budget), if budget.is_some() => session.poll_budget(),
             _ = tick.tick(), if out.live => session.print_live(out),
             _ = scan.tick() => session.scan_stuck(trace.stuck_threshold),
             _ = drain.tick() => session.drain_tcp(),

@@ -270,11 +270,17 @@ impl MapsState {
         }
     }
 
-    /// One step of the budgeted tier: what to probe next (budget mode).
-    pub fn tick(&mut self, tracer: &mut Tracer) {
+    /// Runs the budgeted tier's controller if it is due (budget mode).
+    pub fn poll_budget(&mut self, tracer: &mut Tracer) {
         if let Some(b) = self.budget.as_mut() {
-            b.tick(tracer);
+            b.poll(tracer);
         }
+    }
+
+    /// When the budgeted tier's controller wants [`MapsState::poll_budget`]
+    /// next; None outside budget mode.
+    pub fn budget_due(&self) -> Option<std::time::Instant> {
+        self.budget.as_ref().map(|b| b.due())
     }
 
     /// The map rows and findings as of now.

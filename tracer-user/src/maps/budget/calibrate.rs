@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, anyhow, bail};
 use tracer_common::names::program;
 
 use crate::ebpf::{Scope, Tracer};
@@ -73,8 +73,7 @@ fn measure(tracer: &mut Tracer) -> Result<f64> {
         .context("attaching the calibration probe to tracer itself")?;
     let probed = (0..3).map(|_| time_calls()).min().unwrap_or_default();
     tracer
-        .uprobe(program::MAP_OP_ENTER)?
-        .detach(link)
+        .detach_uprobe_later(program::MAP_OP_ENTER, link)
         .context("detaching the calibration probe")?;
     let per_call = probed.saturating_sub(plain).as_nanos() as f64 / f64::from(CALLS);
     if per_call < 50.0 {
@@ -88,15 +87,18 @@ fn measure(tracer: &mut Tracer) -> Result<f64> {
 }
 
 /// The cost of one trap, ns; measured once per tracer process (the map entry
-/// program must be loaded in `tracer`).
+/// program must be loaded in `tracer`). A failure is kept too: measuring
+/// again would cost the same and most likely fail the same way.
 pub fn trap_ns(tracer: &mut Tracer) -> Result<f64> {
-    static COST: OnceLock<f64> = OnceLock::new();
-    if let Some(c) = COST.get() {
-        return Ok(*c);
-    }
-    let c = measure(tracer)?;
-    tracing::info!("one uprobe trap costs {:.1} µs here (measured)", c / 1000.0);
-    Ok(*COST.get_or_init(|| c))
+    static COST: OnceLock<Result<f64, String>> = OnceLock::new();
+    let cost = COST.get_or_init(|| match measure(tracer) {
+        Ok(c) => {
+            tracing::info!("one uprobe trap costs {:.1} µs here (measured)", c / 1000.0);
+            Ok(c)
+        }
+        Err(e) => Err(format!("{e:#}")),
+    });
+    cost.clone().map_err(|e| anyhow!(e))
 }
 
 #[cfg(test)]

@@ -42,8 +42,11 @@ use crate::{
 
 /// Default `--race-budget`: 1% of the traced process's CPU.
 pub const DEFAULT_BUDGET: f64 = 0.01;
-/// Detaches done in one tick at most: each takes ~100 ms in the kernel.
+/// Detaches handed to the closer thread per step at most: each takes
+/// ~100 ms in the kernel, and a probe keeps firing until its turn.
 const DETACHES_PER_TICK: usize = 4;
+/// Period of the control step.
+pub const TICK: std::time::Duration = std::time::Duration::from_millis(250);
 /// How soon after attaching the counters are looked at again.
 const PEEK: std::time::Duration = std::time::Duration::from_millis(15);
 /// Sites listed in the report, the most probed first.
@@ -80,6 +83,9 @@ pub struct BudgetedSites {
     /// Sites not considered: more than the hit table holds.
     over_table: usize,
     last_error: Option<String>,
+    next_tick: Instant,
+    /// A look at the counters soon after an attach.
+    peek_at: Option<Instant>,
 }
 
 /// Group of a call site: its caller's package and receiver
@@ -192,6 +198,8 @@ impl BudgetedSites {
                 started: Instant::now(),
                 over_table,
                 last_error: None,
+                next_tick: Instant::now(),
+                peek_at: None,
             },
             status,
         ))
@@ -214,10 +222,29 @@ impl BudgetedSites {
         self.started.elapsed().as_nanos() as u64
     }
 
-    /// One control step: reads the counters of the sites attached, the
-    /// processes' CPU time, and attaches or detaches what the policy says.
-    pub fn tick(&mut self, tracer: &mut Tracer) {
-        if let Err(e) = self.try_tick(tracer) {
+    /// When [`BudgetedSites::poll`] has something to do next.
+    pub fn due(&self) -> Instant {
+        self.peek_at
+            .map_or(self.next_tick, |p| p.min(self.next_tick))
+    }
+
+    /// Runs what is due: a control step every [`TICK`] (reads the counters
+    /// of the sites attached and the processes' CPU time, attaches or
+    /// detaches what the policy says), and a look [`PEEK`] after an attach.
+    /// Never waits for the kernel to detach: links close on the closer
+    /// thread ([`crate::link_closer`]).
+    pub fn poll(&mut self, tracer: &mut Tracer) {
+        let now = Instant::now();
+        let r = if self.peek_at.is_some_and(|p| now >= p) {
+            self.peek_at = None;
+            self.step(tracer).and_then(|_| self.send_detaches(tracer))
+        } else if now >= self.next_tick {
+            self.next_tick = now + TICK;
+            self.try_tick(tracer)
+        } else {
+            Ok(())
+        };
+        if let Err(e) = r {
             let msg = format!("{e:#}");
             if self.last_error.as_deref() != Some(msg.as_str()) {
                 tracing::warn!("map race budget: {msg}");
@@ -239,18 +266,21 @@ impl BudgetedSites {
         for i in std::mem::take(&mut self.exits_pending) {
             if let Some(l) = self.links[i].exit.take() {
                 tracer
-                    .uprobe(program::MAP_OP_EXIT)?
-                    .detach(l)
+                    .detach_uprobe_later(program::MAP_OP_EXIT, l)
                     .context("detaching a call site's exit probe")?;
             }
         }
-        let attached = self.step(tracer)?;
-        if attached {
+        if self.step(tracer)? {
             // A look soon after attaching: a hot site is taken off after
             // ~15 ms of traps rather than a whole tick.
-            std::thread::sleep(PEEK);
-            self.step(tracer)?;
+            self.peek_at = Some(Instant::now() + PEEK);
         }
+        self.send_detaches(tracer)
+    }
+
+    /// Detaches the entries of up to [`DETACHES_PER_TICK`] sites the policy
+    /// took off; their exits go at the next tick.
+    fn send_detaches(&mut self, tracer: &mut Tracer) -> Result<()> {
         let n = self.detach_queue.len().min(DETACHES_PER_TICK);
         for i in self.detach_queue.drain(..n).collect::<Vec<_>>() {
             // Re-attached since it was queued: keep it.
@@ -259,11 +289,12 @@ impl BudgetedSites {
             }
             if let Some(l) = self.links[i].enter.take() {
                 tracer
-                    .uprobe(program::MAP_OP_ENTER)?
-                    .detach(l)
+                    .detach_uprobe_later(program::MAP_OP_ENTER, l)
                     .context("detaching a call site's entry probe")?;
             }
-            self.exits_pending.push(i);
+            if !self.exits_pending.contains(&i) {
+                self.exits_pending.push(i);
+            }
         }
         Ok(())
     }
