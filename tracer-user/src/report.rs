@@ -43,6 +43,8 @@ pub struct Report {
     pub map_probes: Vec<ProbeStatus>,
     /// Maps seen by the map probes (growth always; operations with `--maps deep`).
     pub maps: Vec<MapReport>,
+    /// The same use per call site, most active first (the human table).
+    pub map_sites: Vec<crate::maps::report::MapSiteReport>,
     /// sync.Map instances, their call mix and advice; only with `--maps deep`.
     pub sync_maps: Vec<crate::maps::syncmap::SyncMapReport>,
     /// Map records the kernel could not keep; null with `--maps off`.
@@ -138,7 +140,12 @@ impl Report {
                 "  map operation counts below cover only the time each call site was probed"
             );
         }
-        crate::maps::table::table(&self.maps, limit, &mut out);
+        if let Some(lost) = &self.maps_lost {
+            for w in lost.warnings(self.map_op_hits.unwrap_or(0)) {
+                let _ = writeln!(out, "  {w}");
+            }
+        }
+        crate::maps::table::table(&self.map_sites, limit, &mut out);
         crate::maps::syncmap::table(&self.sync_maps, limit, &mut out);
         crate::locks::table::table(
             &self.locks,

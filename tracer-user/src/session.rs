@@ -147,7 +147,7 @@ impl Session {
     /// Drains the map feature's fatal-event ring buffer.
     pub fn poll_maps(&mut self) {
         if let Some(m) = self.maps.as_mut() {
-            m.poll();
+            m.poll(&self.tracer);
         }
     }
 
@@ -277,7 +277,7 @@ impl Session {
         let mut findings: Vec<AnyFinding> = findings.into_iter().map(AnyFinding::Lock).collect();
         // Map findings first: a crash or a data race matters more than a slow lock.
         let race_budget = maps.as_ref().and_then(|m| m.race_budget.clone());
-        let (map_rows, maps_lost, map_hits, sync_maps, hb) = match maps {
+        let (map_rows, map_sites, maps_lost, map_hits, sync_maps, hb) = match maps {
             Some(m) => {
                 findings.splice(
                     0..0,
@@ -285,13 +285,14 @@ impl Session {
                 );
                 (
                     m.maps,
+                    m.sites,
                     Some(m.lost),
                     Some(m.op_hits),
                     m.sync_maps,
                     m.happens_before,
                 )
             }
-            None => (vec![], None, None, vec![], None),
+            None => (vec![], vec![], None, None, vec![], None),
         };
         Ok(Report {
             target: Target {
@@ -306,6 +307,7 @@ impl Session {
             holders,
             findings,
             maps: map_rows,
+            map_sites,
             sync_maps,
             map_probes: self
                 .maps

@@ -88,7 +88,7 @@ impl DeepTrace {
 
     /// The deep tier's rows and findings for the process so far.
     pub fn report(&mut self) -> Result<MapsReport> {
-        self.maps.poll();
+        self.maps.poll(&self.tracer);
         Ok(self
             .maps
             .report(&self.tracer, &self.bin)?
@@ -108,6 +108,11 @@ pub fn merge(report: &mut Report, deep: &MapsReport) {
             None => report.maps.push(row.clone()),
         }
     }
+    // Operation rows come from the deep trace; growth rows stay.
+    report.map_sites.retain(|s| s.kind == "grow");
+    report
+        .map_sites
+        .extend(deep.sites.iter().filter(|s| s.kind != "grow").cloned());
     report.sync_maps = deep.sync_maps.clone();
     report.map_op_hits = Some(deep.op_hits);
     report.happens_before = deep.happens_before.clone();

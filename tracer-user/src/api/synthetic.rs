@@ -166,6 +166,7 @@ pub fn report(
         findings: vec![],
         map_probes: vec![],
         maps,
+        map_sites: vec![],
         sync_maps: vec![],
         maps_lost: None,
         map_op_hits: None,

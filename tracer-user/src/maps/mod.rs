@@ -26,7 +26,7 @@ use tracer_common::names;
 
 use anyhow::{Context, Result, bail};
 use aya::maps::{MapData, RingBuf};
-use tracer_common::maps::{FLAG_DEEP_ARMED, FLAG_HB_ARMED, MapsConfig};
+use tracer_common::maps::{FLAG_DEEP_ARMED, FLAG_HB_ARMED, LOST_OPS, MapsConfig};
 
 use crate::{
     clock::monotonic_ns,
@@ -91,6 +91,9 @@ pub struct MapsState {
     hb: Option<hb::HbStream>,
     /// The budgeted call-site probes (budget mode).
     budget: Option<budget::BudgetedSites>,
+    /// When the operation table was first seen full, ns since the start
+    /// (deep and budget modes; looked at every [`MapsState::poll`]).
+    ops_full_after_ns: Option<u64>,
 }
 
 impl MapsState {
@@ -199,6 +202,7 @@ impl MapsState {
             cfg,
             hb: hb_stream,
             budget: budgeted,
+            ops_full_after_ns: None,
         }))
     }
 
@@ -243,9 +247,15 @@ impl MapsState {
 
     /// Drains the fatal-event ring buffer. Call regularly and once more after
     /// the process has exited: its last event arrives as it dies.
-    pub fn poll(&mut self) {
+    pub fn poll(&mut self, tracer: &Tracer) {
         if let Some(h) = self.hb.as_mut() {
             h.poll();
+        }
+        if matches!(self.mode, MapsMode::Deep | MapsMode::Budget)
+            && self.ops_full_after_ns.is_none()
+            && read::lost(tracer).is_ok_and(|l| l[LOST_OPS as usize] > 0)
+        {
+            self.ops_full_after_ns = Some(monotonic_ns().saturating_sub(self.start_mono));
         }
         while let Some(item) = self.ring.next() {
             match read::decode_fatal(&item) {
@@ -296,6 +306,7 @@ impl MapsState {
         )
         .map(|mut r| {
             r.race_budget = self.budget.as_ref().map(|b| b.report(bin));
+            r.lost.ops_table_full_after_ns = self.ops_full_after_ns;
             r
         })
         .context("building the map report")

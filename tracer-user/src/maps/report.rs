@@ -103,6 +103,66 @@ pub struct OpSideReport {
     pub stack: Vec<Site>,
 }
 
+/// Map use per call site: what the human table shows, since a site usually
+/// touches many maps and map addresses are reused after GC.
+#[derive(Clone, Debug, Serialize)]
+pub struct MapSiteReport {
+    pub pid: u32,
+    pub site: Site,
+    /// An operation kind (`read`, `write`, `delete`, `iterate`, `clear`;
+    /// deep and budget tiers) or `grow` (always tier).
+    pub kind: &'static str,
+    /// Operations, or growths.
+    pub count: u64,
+    /// Distinct map addresses (an address reused after GC counts once).
+    pub maps: usize,
+    /// Operation time, ns, over every map of the site (operations only).
+    pub ns_p50: Option<u64>,
+    pub ns_p99: Option<u64>,
+    /// Largest element count seen at a growth (`grow` only; null when
+    /// unreadable).
+    pub max_len_at_growth: Option<u64>,
+}
+
+/// One (process, kind, site) row being summed.
+#[derive(Default)]
+struct SiteAcc {
+    lat: crate::latency::Latency,
+    count: u64,
+    maps: HashSet<u64>,
+    max_len: Option<u64>,
+}
+
+/// Rows kept per report, most active sites first.
+const MAX_SITES: usize = 200;
+
+fn site_rows(acc: BTreeMap<(u32, &'static str, Site), SiteAcc>) -> Vec<MapSiteReport> {
+    let mut rows: Vec<MapSiteReport> = acc
+        .into_iter()
+        .map(|((pid, kind, site), a)| {
+            let grow = kind == "grow";
+            MapSiteReport {
+                pid,
+                site,
+                kind,
+                count: a.count,
+                maps: a.maps.len(),
+                ns_p50: (!grow).then(|| a.lat.quantile(0.50)),
+                ns_p99: (!grow).then(|| a.lat.quantile(0.99)),
+                max_len_at_growth: a.max_len,
+            }
+        })
+        .collect();
+    rows.sort_by(|a, b| {
+        b.count
+            .cmp(&a.count)
+            .then_with(|| a.site.cmp(&b.site))
+            .then(a.kind.cmp(b.kind))
+    });
+    rows.truncate(MAX_SITES);
+    rows
+}
+
 /// A map problem: a fatal runtime error, or overlapping accesses.
 #[derive(Clone, Debug, Serialize)]
 pub struct MapFinding {
@@ -157,6 +217,68 @@ pub struct MapsLost {
     /// Happens-before events the kernel ring had no room for; each loss
     /// restarts the detector (`happens_before.restarts`).
     pub happens_before_events: u64,
+    /// Size of the deep tier's operation table (one entry per process,
+    /// operation kind, map, call site and stack).
+    pub ops_table_entries: u32,
+    /// When the operation table was first seen full, ns after tracing began
+    /// (deep and budget modes, looked at every 250 ms); None if it never was.
+    pub ops_table_full_after_ns: Option<u64>,
+}
+
+impl MapsLost {
+    /// One line per kind of loss for the human report: what was lost, the
+    /// share of what was seen where it is known, and what it means for the
+    /// numbers shown. `ops_counted` is the operations the table did count.
+    pub fn warnings(&self, ops_counted: u64) -> Vec<String> {
+        let mut out = Vec::new();
+        if self.ops > 0 {
+            let seen = self.ops + ops_counted;
+            let when = match self.ops_table_full_after_ns {
+                Some(t) if t < 10_000_000_000 => format!(
+                    " {:.0} ms after tracing began (later operations count only on rows made by then)",
+                    t as f64 / 1e6
+                ),
+                Some(t) => format!(" {:.1} s after tracing began", t as f64 / 1e9),
+                None => String::new(),
+            };
+            out.push(format!(
+                "maps: {} of {} map operations seen ({:.1}%) were not counted: the operation \
+                 table ({} entries: process, map, site, stack) was full{when}; operation counts \
+                 below are lower bounds, and overlaps are still detected",
+                self.ops,
+                seen,
+                100.0 * self.ops as f64 / seen as f64,
+                self.ops_table_entries,
+            ));
+        }
+        let tables = [
+            (
+                self.overlaps,
+                "overlapping accesses (findings' counts are lower bounds)",
+            ),
+            (self.fatal_events, "fatal-error events (ring buffer full)"),
+            (
+                self.growth_events,
+                "map growth events (growth counts are lower bounds)",
+            ),
+            (
+                self.sync_map_calls,
+                "sync.Map calls (call counts are lower bounds)",
+            ),
+            (
+                self.happens_before_events,
+                "happens-before events (the detector restarted after each gap)",
+            ),
+        ];
+        for (n, what) in tables {
+            if n > 0 {
+                out.push(format!(
+                    "maps: {n} {what} not recorded: a kernel table was full"
+                ));
+            }
+        }
+        out
+    }
 }
 
 /// What the happens-before detector saw and what its bounds cost (deep mode).
@@ -173,6 +295,8 @@ pub struct HappensBefore {
 pub struct MapsReport {
     pub mode: &'static str,
     pub maps: Vec<MapReport>,
+    /// The same use per call site.
+    pub sites: Vec<MapSiteReport>,
     pub findings: Vec<MapFinding>,
     pub lost: MapsLost,
     /// Map operations counted (deep tier): each was two probe hits.
@@ -192,6 +316,7 @@ impl MapsReport {
     /// several processes of the same binary).
     pub fn only_pid(mut self, pid: u32) -> Self {
         self.maps.retain(|m| m.pid == pid);
+        self.sites.retain(|m| m.pid == pid);
         self.findings.retain(|f| f.pid == pid);
         self.sync_maps.retain(|m| m.pid == pid);
         self
@@ -309,6 +434,7 @@ pub fn build(
     let rel = |t: u64| t.saturating_sub(start_mono);
 
     let mut maps: BTreeMap<(u32, u64), MapAcc> = BTreeMap::new();
+    let mut sites: BTreeMap<(u32, &'static str, Site), SiteAcc> = BTreeMap::new();
     for (k, s) in &growth {
         let acc = maps.entry((k.tgid, k.map)).or_default();
         acc.growth_events += s.events;
@@ -321,6 +447,12 @@ pub fn build(
         let site = sym
             .site(k.caller_pc, k.stack_id)
             .unwrap_or_else(|| unknown(k.caller_pc));
+        let by_site = sites.entry((k.tgid, "grow", site.clone())).or_default();
+        by_site.count += s.events;
+        by_site.maps.insert(k.map);
+        if s.last_count != u64::MAX {
+            by_site.max_len = Some(by_site.max_len.unwrap_or(0).max(s.max_count));
+        }
         *acc.growth_sites.entry(site).or_default() += s.events;
     }
     let mut op_hits = 0;
@@ -334,6 +466,12 @@ pub fn build(
             .first()
             .and_then(|f| f.lines.first().cloned())
             .unwrap_or_else(|| unknown(k.caller_pc));
+        let by_site = sites
+            .entry((k.tgid, op_name(k.kind & 0xff), site.clone()))
+            .or_default();
+        by_site.lat.merge(lat);
+        by_site.count += lat.count;
+        by_site.maps.insert(k.lock_addr);
         *e.1.entry(site).or_default() += lat.count;
         e.2.push(crate::symbols::StackCount {
             frames,
@@ -507,6 +645,7 @@ pub fn build(
             MapsMode::Deep => "deep",
         },
         maps: rows,
+        sites: site_rows(sites),
         findings,
         lost: MapsLost {
             fatal_events: lost[LOST_FATAL as usize],
@@ -515,6 +654,11 @@ pub fn build(
             ops: lost[LOST_OPS as usize],
             sync_map_calls: lost[LOST_SYNC_MAP as usize],
             happens_before_events: lost[LOST_HB as usize],
+            ops_table_entries: match tracer.ebpf.map(tracer_common::names::map::MAP_OPS) {
+                Some(aya::maps::Map::PerCpuHashMap(m)) => m.info().map_or(0, |i| i.max_entries()),
+                _ => 0,
+            },
+            ops_table_full_after_ns: None,
         },
         op_hits,
         sync_maps: super::syncmap::build(&super::syncmap::read_calls(tracer)?),
@@ -539,6 +683,36 @@ fn unknown(pc: u64) -> Site {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn losses_are_stated_with_their_share() {
+        assert!(MapsLost::default().warnings(10).is_empty());
+        let lost = MapsLost {
+            ops: 747_104,
+            ops_table_entries: 8192,
+            ops_table_full_after_ns: Some(300_000_000),
+            overlaps: 3,
+            ..MapsLost::default()
+        };
+        let w = lost.warnings(50_819);
+        assert_eq!(w.len(), 2, "{w:?}");
+        assert!(
+            w[0].contains("747104 of 797923 map operations seen (93.6%)")
+                && w[0].contains("8192 entries")
+                && w[0].contains("300 ms after tracing began (later operations count only"),
+            "{}",
+            w[0]
+        );
+        assert!(w[1].starts_with("maps: 3 overlapping accesses"), "{}", w[1]);
+        let later = MapsLost {
+            ops_table_full_after_ns: Some(12_500_000_000),
+            ..lost
+        };
+        assert!(
+            later.warnings(0)[0].contains("(100.0%)")
+                && later.warnings(0)[0].contains(" 12.5 s after")
+        );
+    }
 
     #[test]
     fn overlap_kinds() {

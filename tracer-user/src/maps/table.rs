@@ -3,7 +3,7 @@
 
 use std::fmt::Write as _;
 
-use super::report::{MapFinding, MapReport};
+use super::report::{MapFinding, MapSiteReport};
 use crate::{latency::fmt_ns, symbols::Site};
 
 /// The warning block for map findings, printed before everything else.
@@ -72,21 +72,23 @@ pub fn findings_table(findings: &[&MapFinding], out: &mut String) {
     }
 }
 
-/// Growth rows of maps that never reached this many entries are left out of the table.
+/// Growth rows of sites whose maps never reached this many entries are left
+/// out of the table.
 const SMALL_MAP: u64 = 1024;
 
-/// The map rows: operations (deep tier) and growth.
-pub fn table(maps: &[MapReport], limit: usize, out: &mut String) {
-    // Growth of a map that never held many entries is allocation, not a
-    // memory-growth suspect (and small maps' addresses are reused after GC):
-    // such rows stay in the JSON but not in the table.
-    let (shown, hidden): (Vec<&MapReport>, Vec<&MapReport>) = maps
+/// The map rows, one per call site and kind: operations (deep and budget
+/// tiers) and growth. Keyed by site, not by map: a site usually touches many
+/// maps, and small maps' addresses are reused after GC.
+pub fn table(sites: &[MapSiteReport], limit: usize, out: &mut String) {
+    // Growth of maps that never held many entries is allocation, not a
+    // memory-growth suspect: such rows stay in the JSON but not in the table.
+    let (shown, hidden): (Vec<&MapSiteReport>, Vec<&MapSiteReport>) = sites
         .iter()
-        .partition(|m| !m.ops.is_empty() || m.max_count_at_growth.unwrap_or(0) >= SMALL_MAP);
+        .partition(|s| s.kind != "grow" || s.max_len_at_growth.unwrap_or(0) >= SMALL_MAP);
     if !hidden.is_empty() {
         let _ = writeln!(
             out,
-            "  {} map(s) that grew but never held {SMALL_MAP}+ entries not shown (see --json-report)",
+            "  {} site(s) growing maps that never held {SMALL_MAP}+ entries not shown (see --json-report)",
             hidden.len()
         );
     }
@@ -95,38 +97,22 @@ pub fn table(maps: &[MapReport], limit: usize, out: &mut String) {
     }
     let _ = writeln!(
         out,
-        "{:<16} {:<8} {:>9} {:>9} {:>9} {:>7}  SITE",
-        "MAP", "OP", "COUNT", "P50", "P99", "GOROUT"
+        "{:<8} {:>9} {:>7} {:>9} {:>9}  MAP SITE",
+        "MAP OP", "COUNT", "MAPS", "P50", "P99"
     );
-    for m in shown.into_iter().take(limit) {
-        for o in &m.ops {
-            let _ = writeln!(
-                out,
-                "{:<16} {:<8} {:>9} {:>9} {:>9} {:>7}  {}",
-                m.address,
-                o.kind,
-                o.count,
-                fmt_ns(o.ns_p50),
-                fmt_ns(o.ns_p99),
-                o.goroutines,
-                o.top_sites
-                    .first()
-                    .map_or(String::new(), |s| s.site.to_string())
-            );
-        }
-        if m.growth_events > 0 {
-            let _ = writeln!(
-                out,
-                "{:<16} {:<8} {:>9} {:>29}  {}",
-                m.address,
-                "grow",
-                m.growth_events,
-                m.count_at_last_growth
-                    .map_or("len ?".to_string(), |c| format!("len {c} at last")),
-                m.growth_sites
-                    .first()
-                    .map_or(String::new(), |s| s.site.to_string())
-            );
-        }
+    for s in shown.into_iter().take(limit) {
+        let time = match (s.ns_p50, s.ns_p99) {
+            (Some(p50), Some(p99)) => format!("{:>9} {:>9}", fmt_ns(p50), fmt_ns(p99)),
+            _ => format!(
+                "{:>19}",
+                s.max_len_at_growth
+                    .map_or("len ?".to_string(), |c| format!("max len {c}"))
+            ),
+        };
+        let _ = writeln!(
+            out,
+            "{:<8} {:>9} {:>7} {time}  {}",
+            s.kind, s.count, s.maps, s.site
+        );
     }
 }
