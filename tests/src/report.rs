@@ -253,6 +253,8 @@ pub struct RaceBudget {
     pub hot: usize,
     pub windows: u64,
     pub sites: Vec<BudgetSite>,
+    /// The growth probes, with the same fields.
+    pub growth: Vec<BudgetSite>,
 }
 
 /// One call site of `race_budget.sites`.

@@ -21,10 +21,19 @@ const READER: &str = "main.(*server).route";
 const WRITER: &str = "main.(*server).refresh";
 
 /// Runs of the fixture in which the race must be found, at most. The
-/// overlap is physical and rare (about 2–10 a minute measured here, so a
-/// minute without one happens a few times in a hundred): a second minute
-/// makes a miss improbable, and the output says when it was needed.
+/// overlap is physical and rare: a second minute makes a miss improbable,
+/// and the output says when it was needed.
 const ATTEMPTS: usize = 2;
+
+/// The fixture's racy side rates for the positive tests: one request in
+/// 45,000 reads the routing table (~100 reads/s here), the refresher writes
+/// every 9 ms (~100/s). Overlaps grow with reads × writes while the probes'
+/// cost grows with reads + writes, so equal rates, both still cheap enough
+/// to be probed continuously within the default 1% (about 7 ms/s of ~9),
+/// find the race most often: 8–10 times a minute here, against 2–6 with the
+/// fixture's defaults (one in 65,536, every 10 ms), which a minute missed
+/// once in CI.
+const RACY: [&str; 4] = ["-every", "45000", "-refresh", "9ms"];
 
 /// The read/write race between the handlers' route lookup and the
 /// refresher's write, with both goroutines and stacks; None when no such
@@ -148,7 +157,7 @@ fn default_mode_finds_the_struct_field_race_within_budget() -> Result<()> {
         let mut attempt = 0;
         let (race, budget) = loop {
             attempt += 1;
-            let (report, budget, ctx) = serve(&tc, &["-duration", "60s"])?;
+            let (report, budget, ctx) = serve(&tc, &[&["-duration", "60s"][..], &RACY].concat())?;
             match route_race(&report, &ctx)? {
                 Some(race) => break (race, budget),
                 None if attempt < ATTEMPTS => {
@@ -213,6 +222,7 @@ fn agent_minute(bin: &std::path::Path) -> Result<(Option<MapOverlap>, RaceBudget
     for _ in 0..3 {
         let child = Command::new(bin)
             .args(["-duration", "60s"])
+            .args(RACY)
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
             .spawn()
@@ -278,4 +288,84 @@ fn agent_default_finds_the_race_in_a_process_started_after_it() -> Result<()> {
         eprintln!("agent, go {}: no race in minute {attempt}", tc.version);
     }
     anyhow::bail!("the agent found no route/refresh race in {ATTEMPTS} minutes")
+}
+
+/// The always-on growth probe is under the budget too (issue #20: it fired
+/// 257,211 times in a Hugo build): a program that grows maps all the time
+/// gets it taken off within the first look, and the probes' cost stays
+/// within what the budget allowed. Growth counts then cover only the time
+/// the probe was on, and the human report says so.
+#[test]
+fn growth_probe_is_taken_off_when_it_costs_more_than_the_budget() -> Result<()> {
+    privileged_test!();
+    let _serial = tracer_tests::serial();
+    let tc = newest_go()?;
+    let bin = build_fixture(&tc, "maps", Variant::Plain)?;
+    let bin = bin.to_str().context("fixture path")?;
+    let out = run_tracer(
+        &[
+            "run", "--tcp", "off", "--", bin, "-mode", "churn", "-n", "20000",
+        ],
+        true,
+    )?;
+    let ctx = format!(
+        "go {}: {:?}\nstdout:\n{}\nstderr:\n{}",
+        tc.version,
+        out.status,
+        out.stdout,
+        out.stderr.chars().take(4000).collect::<String>()
+    );
+    ensure!(
+        out.status.success() && out.stdout.contains("built="),
+        "{ctx}"
+    );
+    let json = out.report.clone().context("no report")?;
+    let budget = Report::parse(&json)?
+        .race_budget
+        .with_context(|| format!("no race_budget: {ctx}"))?;
+    let ctx = format!("{ctx}\nrace_budget: {}", json["race_budget"]);
+    let hottest = budget
+        .growth
+        .iter()
+        .max_by_key(|g| g.hits)
+        .with_context(|| format!("no growth probes in race_budget: {ctx}"))?;
+    ensure!(
+        hottest.hits > 0 && matches!(hottest.state.as_str(), "hot" | "window"),
+        "the busiest growth probe is not taken off: {ctx}"
+    );
+    ensure!(
+        hottest.probed_ns < 2_000_000_000,
+        "the busiest growth probe stayed on {} ns of 20 s: {ctx}",
+        hottest.probed_ns
+    );
+    ensure!(
+        budget.spent_ns <= budget.allowed_ns,
+        "probes cost {} ns, the budget allowed {} ns: {ctx}",
+        budget.spent_ns,
+        budget.allowed_ns
+    );
+    let churn_line = marker_line("maps", "// CHURNSITE")?;
+    let grown: u64 = json["map_sites"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["kind"] == "grow" && r["site"]["line"] == churn_line)
+        .map(|r| r["count"].as_u64().unwrap_or(0))
+        .sum();
+    ensure!(grown > 0, "growth seen while the probe was on: {ctx}");
+    ensure!(
+        out.stdout.contains("growth counts cover only that time"),
+        "the human report says growth counts are partial: {ctx}"
+    );
+    eprintln!(
+        "go {}: busiest growth probe {} after {} hits, on {:.0} ms of {:.1} s; probes cost {:.1} ms of {:.1} ms allowed",
+        tc.version,
+        hottest.state,
+        hottest.hits,
+        hottest.probed_ns as f64 / 1e6,
+        budget.elapsed_ns as f64 / 1e9,
+        budget.spent_ns as f64 / 1e6,
+        budget.allowed_ns as f64 / 1e6
+    );
+    Ok(())
 }

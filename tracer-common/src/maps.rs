@@ -175,6 +175,16 @@ pub struct OpSide {
 pub struct MapActive {
     pub writer: OpSide,
     pub reader: OpSide,
+    /// The latest writer and reader to start, kept after they return. An
+    /// operation checks at its end whether one of them started while it was
+    /// in flight: a later operation that took its slot would otherwise hide
+    /// it (the one-reader, one-writer slot limit).
+    pub last_writer: OpSide,
+    pub last_reader: OpSide,
+    /// The goroutine each of those already reported an overlap with when it
+    /// started (0: none), so the check at the end does not count it twice.
+    pub last_writer_saw: u64,
+    pub last_reader_saw: u64,
 }
 
 /// One goroutine's operation from entry to return.

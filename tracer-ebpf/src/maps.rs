@@ -269,6 +269,12 @@ pub fn map_grow(ctx: ProbeContext) -> u32 {
         return 0;
     };
     let cookie = cookie(&ctx);
+    // Counted for the budget controller, which attaches this probe only
+    // while the budget pays for it (`--maps budget`).
+    if let Some(h) = MAP_SITE_HITS.get_ptr_mut(cookie >> 8) {
+        // SAFETY: per-CPU value, only this CPU writes it.
+        unsafe { *h += 1 };
+    }
     let map = match cookie & 0xff {
         GROW_ARG0 => arg(&ctx, 0),
         GROW_ARG1 => arg(&ctx, 1),
@@ -431,8 +437,10 @@ pub fn map_op_enter(ctx: ProbeContext) -> u32 {
         let mut a = MapActive::default();
         if is_write(kind) {
             a.writer = me;
+            a.last_writer = me;
         } else {
             a.reader = me;
+            a.last_reader = me;
         }
         let _ = MAP_ACTIVE.insert(mkey, a, 0);
         return 0;
@@ -440,20 +448,40 @@ pub fn map_op_enter(ctx: ProbeContext) -> u32 {
     // SAFETY: valid map value for this run. Races between CPUs can lose an
     // overlap (a false negative), never invent one.
     let active = unsafe { &mut *active };
+    let mut saw = 0;
     if is_write(kind) {
         if fresh(&active.writer, g, now) {
             conflict(tgid, map, &me, &active.writer, now);
+            saw = active.writer.g;
         } else if fresh(&active.reader, g, now) {
             conflict(tgid, map, &me, &active.reader, now);
+            saw = active.reader.g;
         }
         active.writer = me;
+        active.last_writer = me;
+        active.last_writer_saw = saw;
     } else {
         if fresh(&active.writer, g, now) {
             conflict(tgid, map, &me, &active.writer, now);
+            saw = active.writer.g;
         }
         active.reader = me;
+        active.last_reader = me;
+        active.last_reader_saw = saw;
     }
     0
+}
+
+/// At the end of `me`'s operation: `later`, the latest operation of its kind
+/// to start, overlapped `me` if it started after `me` did (`me` is still in
+/// flight, so `later` started while it was). Reported unless `later` already
+/// reported `me` when it started (`saw`).
+#[inline(always)]
+fn ended_overlap(tgid: u32, map: u64, me: &OpSide, later: &OpSide, saw: &mut u64, now: u64) {
+    if later.g != 0 && later.g != me.g && later.start_ns > me.start_ns && *saw != me.g {
+        conflict(tgid, map, later, me, now);
+        *saw = me.g;
+    }
 }
 
 /// Every RET of a map operation (deep tier): closes the goroutine's operation.
@@ -483,6 +511,42 @@ pub fn map_op_exit(ctx: ProbeContext) -> u32 {
         }
         if active.reader.g == g {
             active.reader.g = 0;
+        }
+        // Overlaps the two slots hid: an operation of another goroutine
+        // that started during this one after a third took this one's slot.
+        // Only for this probe's own, recent entry: a record left by an
+        // operation that panicked is not an operation in flight.
+        let now = unsafe { bpf_ktime_get_ns() };
+        if cookie(&ctx) >> 8 == rec.cookie >> 8 && now.wrapping_sub(rec.start_ns) < STALE_NS {
+            let me = OpSide {
+                g,
+                goid: config(tgid).map_or(u64::MAX, |cfg| read_at(arch_g(&ctx), cfg.goid_off)),
+                start_ns: rec.start_ns,
+                caller_pc: rec.caller_pc,
+                stack_id: rec.stack_id,
+                kind,
+                _pad: 0,
+            };
+            let last_writer = active.last_writer;
+            ended_overlap(
+                tgid,
+                rec.map,
+                &me,
+                &last_writer,
+                &mut active.last_writer_saw,
+                now,
+            );
+            if is_write(kind) {
+                let last_reader = active.last_reader;
+                ended_overlap(
+                    tgid,
+                    rec.map,
+                    &me,
+                    &last_reader,
+                    &mut active.last_reader_saw,
+                    now,
+                );
+            }
         }
     }
     let took = unsafe { bpf_ktime_get_ns() }.saturating_sub(rec.start_ns);

@@ -139,6 +139,9 @@ impl Report {
                 out,
                 "  map operation counts below cover only the time each call site was probed"
             );
+            if let Some(g) = b.growth_summary() {
+                let _ = writeln!(out, "  {g}");
+            }
         }
         if let Some(lost) = &self.maps_lost {
             for w in lost.warnings(self.map_op_hits.unwrap_or(0)) {

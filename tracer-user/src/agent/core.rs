@@ -141,10 +141,14 @@ impl Agent {
         if opts.session.maps == crate::maps::MapsMode::Budget {
             // Measured once here, before anything is traced, so no
             // binary's first controller step waits for it.
-            let trap = crate::maps::probes::load(&mut shared)
-                .and_then(|()| crate::maps::budget::calibrate::trap_ns(&mut shared));
-            maps_reason += &match trap {
-                Ok(ns) => format!("; one uprobe trap costs {:.1} µs (measured)", ns / 1000.0),
+            let costs = crate::maps::probes::load(&mut shared)
+                .and_then(|()| crate::maps::budget::calibrate::costs(&mut shared));
+            maps_reason += &match costs {
+                Ok(c) => format!(
+                    "; one uprobe trap costs {:.1} µs, a growth probe hit {:.1} µs (measured)",
+                    c.trap_ns / 1000.0,
+                    c.growth_ns / 1000.0
+                ),
                 Err(e) => {
                     tracing::warn!("map race budget off: {e:#}");
                     format!("; no call site will be probed: {e:#}")

@@ -119,6 +119,8 @@ struct Families {
     lock_wait: Series<Hist>,
     map_op: Series<Hist>,
     map_findings: Series<u64>,
+    /// CPU seconds the map race budget allowed and its probes spent.
+    race_budget: Series<f64>,
     tcp_rtt: Series<Hist>,
     tcp_accept_wait: Series<Hist>,
     tcp_bytes: Series<u64>,
@@ -210,6 +212,13 @@ fn families(snap: &NodeSnapshot, top_sites: usize) -> Families {
         ops.sort_by_key(|(k, _)| *k);
         for (kind, h) in ops {
             f.map_op.push((with(base.clone(), &[("op", kind)]), h));
+        }
+
+        if let Some(b) = &report.race_budget {
+            for (kind, ns) in [("allowed", b.allowed_ns), ("spent", b.spent_ns)] {
+                f.race_budget
+                    .push((with(base.clone(), &[("kind", kind)]), ns as f64 / 1e9));
+            }
         }
 
         let mut kinds: Vec<(&'static str, u64)> = Vec::new();
@@ -441,6 +450,15 @@ pub fn all_families(snap: &NodeSnapshot, top_sites: usize) -> Vec<Family> {
             "Map misuse findings (overlapping operations count each occurrence).",
             Kind::Counter,
             ints(f.map_findings),
+        ),
+        family(
+            "tracer_map_race_budget_seconds",
+            "CPU time the map race budget allowed (kind=allowed) and its probes cost (kind=spent), by process (--maps budget).",
+            Kind::Counter,
+            f.race_budget
+                .into_iter()
+                .map(|(l, v)| (l, Value::Float(v)))
+                .collect(),
         ),
         family(
             "tracer_tcp_rtt_seconds",
@@ -825,6 +843,44 @@ mod tests {
         let le = |x: f64| buckets.iter().find(|(b, _)| *b >= x).expect("bucket").1;
         assert_eq!(le(16.384e-6), 0.0, "nothing below 16 µs");
         assert_eq!(le(32.768e-6), 1000.0, "all 1000 at 20 µs");
+    }
+
+    #[test]
+    fn race_budget_seconds_are_exported_per_process() {
+        let mut snap = snapshot();
+        snap.reports[1].race_budget = Some(crate::maps::budget::BudgetReport {
+            budget: 0.01,
+            trap_ns: 15_000.0,
+            elapsed_ns: 60_000_000_000,
+            allowed_ns: 1_000_000_000,
+            spent_ns: 250_000_000,
+            call_sites: 8,
+            left_out_table_full: 0,
+            never_probed: 0,
+            continuous: 5,
+            hot: 3,
+            failed: 0,
+            windows: 2,
+            error: None,
+            sites: vec![],
+            growth: vec![],
+        });
+        let text = render(Arc::new(snap), 50).expect("render");
+        let line = |kind: &str| {
+            text.lines()
+                .find(|l| {
+                    l.starts_with("tracer_map_race_budget_seconds_total{")
+                        && l.contains("pid=\"11\"")
+                        && l.contains(&format!("kind=\"{kind}\""))
+                })
+                .map(|l| l.rsplit(' ').next().unwrap_or("").parse::<f64>())
+        };
+        assert_eq!(line("allowed"), Some(Ok(1.0)), "{text}");
+        assert_eq!(line("spent"), Some(Ok(0.25)), "{text}");
+        assert!(
+            !text.contains("tracer_map_race_budget_seconds_total{pid=\"10\""),
+            "only processes with a budget"
+        );
     }
 
     #[test]

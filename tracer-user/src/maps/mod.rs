@@ -131,14 +131,15 @@ impl MapsState {
         read::add_target(tracer, pid, cfg)?;
         let ring = read::take_ring(tracer)?;
         let mut mp = probes::MapProbes::default();
-        let mut statuses = probes::attach_always(tracer, &mut mp, bin, path, scope);
+        let budgeted = mode == MapsMode::Budget;
+        let mut statuses = probes::attach_always(tracer, &mut mp, bin, path, scope, budgeted);
         let mut hb_stream = None;
-        let mut budgeted = None;
-        if mode == MapsMode::Budget {
+        let mut budget_sites = None;
+        if budgeted {
             let (b, st) =
                 budget::BudgetedSites::start(tracer, &mut mp, bin, path, scope, pid, race_budget)?;
             statuses.push(st);
-            budgeted = Some(b);
+            budget_sites = Some(b);
         }
         if mode == MapsMode::Deep {
             statuses.push(if sites.is_empty() {
@@ -201,7 +202,7 @@ impl MapsState {
             statuses,
             cfg,
             hb: hb_stream,
-            budget: budgeted,
+            budget: budget_sites,
             ops_full_after_ns: None,
         }))
     }

@@ -141,13 +141,28 @@ fn status(
     }
 }
 
-/// Attaches the always-on probes (fatal errors, growth).
+/// The growth functions of `bin` to probe, with the argument holding the map.
+pub fn growth_functions(bin: &GoBinary) -> Vec<(Function, u32)> {
+    let mut growth: Vec<(Function, u32)> = GROWTH_FUNCTIONS
+        .iter()
+        .filter_map(|(n, a)| Some((bin.function(n)?, *a)))
+        .collect();
+    let swiss_split = growth.iter().any(|(f, _)| f.name.contains("(*table)."));
+    if !swiss_split && let Some(f) = bin.function(REHASH) {
+        growth.push((f, GROW_ARG2));
+    }
+    growth
+}
+
+/// Attaches the always-on probes: fatal errors, and growth unless
+/// `budgeted_growth` (the budget controller attaches it then).
 pub fn attach_always(
     tracer: &mut Tracer,
     probes: &mut MapProbes,
     bin: &GoBinary,
     path: &Path,
     scope: Scope,
+    budgeted_growth: bool,
 ) -> Vec<ProbeStatus> {
     let mut out = Vec::new();
     let fatal: Vec<Function> = FATAL_FUNCTIONS
@@ -165,13 +180,19 @@ pub fn attach_always(
     let names: Vec<String> = fatal.iter().map(|f| f.name.clone()).collect();
     out.push(status("map_fatal", &names, 0, err));
 
-    let mut growth: Vec<(Function, u32)> = GROWTH_FUNCTIONS
-        .iter()
-        .filter_map(|(n, a)| Some((bin.function(n)?, *a)))
-        .collect();
-    let swiss_split = growth.iter().any(|(f, _)| f.name.contains("(*table)."));
-    if !swiss_split && let Some(f) = bin.function(REHASH) {
-        growth.push((f, GROW_ARG2));
+    let growth = growth_functions(bin);
+    let names: Vec<String> = growth.iter().map(|(f, _)| f.name.clone()).collect();
+    if budgeted_growth {
+        let mut st = status("map_growth", &names, 0, None);
+        if st.status == "attached" {
+            st.reason = Some(
+                "within --race-budget: on from the start, off while it costs more than the \
+                 budget allows (race_budget.growth)"
+                    .into(),
+            );
+        }
+        out.push(st);
+        return out;
     }
     let mut err = None;
     for (f, arg) in &growth {
@@ -181,7 +202,6 @@ pub fn attach_always(
             break;
         }
     }
-    let names: Vec<String> = growth.iter().map(|(f, _)| f.name.clone()).collect();
     out.push(status("map_growth", &names, 0, err));
     out
 }

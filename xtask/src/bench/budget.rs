@@ -9,10 +9,13 @@ use std::{path::Path, process::Command};
 
 use anyhow::{Context, Result};
 
-use super::{stats::median, workload::bench_dir};
+use super::{
+    stats::median,
+    workload::{bench_dir, reported_cmd},
+};
 use crate::{
     go::{build_go, newest_go},
-    shell::{build_tracer, step, tracer_bin},
+    shell::{build_tracer, step},
 };
 
 /// Label, tracer arguments (None: untraced), whether the `-race` build runs.
@@ -43,18 +46,7 @@ fn run(
     report: &Path,
 ) -> Result<(Option<f64>, serde_json::Value)> {
     let _ = std::fs::remove_file(report);
-    let mut cmd = match tracer_args {
-        Some(a) => {
-            let mut c = Command::new(tracer_bin());
-            c.args(["run", "--tcp", "off", "--json-report"])
-                .arg(report)
-                .args(a)
-                .arg("--")
-                .arg(bin);
-            c
-        }
-        None => Command::new(bin),
-    };
+    let mut cmd = reported_cmd(bin, tracer_args, report);
     let out = cmd
         .env("GORACE", "atexit_sleep_ms=0")
         .args(["-duration", DURATION])

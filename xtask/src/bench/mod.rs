@@ -11,6 +11,7 @@ mod analysis;
 mod budget;
 mod locks;
 mod maps;
+mod realworld;
 mod stats;
 mod tcp;
 mod workload;
@@ -18,13 +19,15 @@ mod workload;
 use anyhow::{Result, bail};
 
 /// `what`: `locks`, `analysis`, `maps` (with `budget`), `budget`, `agent`,
-/// `tcp` or `all`.
+/// `tcp`, `realworld` or `all`.
 pub fn bench(what: &str) -> Result<()> {
     if !matches!(
         what,
-        "locks" | "analysis" | "maps" | "budget" | "agent" | "tcp" | "all"
+        "locks" | "analysis" | "maps" | "budget" | "agent" | "tcp" | "realworld" | "all"
     ) {
-        bail!("unknown benchmark {what:?}: use locks, analysis, maps, budget, agent, tcp or all");
+        bail!(
+            "unknown benchmark {what:?}: use locks, analysis, maps, budget, agent, tcp, realworld or all"
+        );
     }
     if matches!(what, "locks" | "all") {
         locks::bench_locks()?;
@@ -43,6 +46,9 @@ pub fn bench(what: &str) -> Result<()> {
     }
     if matches!(what, "tcp" | "all") {
         tcp::bench_tcp()?;
+    }
+    if matches!(what, "realworld" | "all") {
+        realworld::bench_realworld()?;
     }
     Ok(())
 }

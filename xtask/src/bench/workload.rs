@@ -33,6 +33,23 @@ pub(super) fn workload_cmd(bin: &Path, tracer_args: Option<&[&str]>) -> Command 
     }
 }
 
+/// `bin` under `tracer run --tcp off --json-report REPORT <tracer_args> --`,
+/// or alone for `None`.
+pub(super) fn reported_cmd(bin: &Path, tracer_args: Option<&[&str]>, report: &Path) -> Command {
+    match tracer_args {
+        Some(a) => {
+            let mut c = Command::new(tracer_bin());
+            c.args(["run", "--tcp", "off", "--json-report"])
+                .arg(report)
+                .args(a)
+                .arg("--")
+                .arg(bin);
+            c
+        }
+        None => Command::new(bin),
+    }
+}
+
 /// The `elapsed_ns=` a workload prints about itself.
 pub(super) fn elapsed_ns(stdout: &str) -> Result<f64> {
     stdout

@@ -6,6 +6,9 @@
 //! own pid, with the map entry program (which returns at its pid filter:
 //! tracer is not a traced process). The function is timed with and without
 //! it; the difference per call is the trap plus the cheapest program run.
+//! Then the growth program, with tracer's pid registered for a moment, so it
+//! does all its work (a stack walk, a table update): the cost of one growth
+//! probe hit.
 
 use std::{
     hint::black_box,
@@ -15,7 +18,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, anyhow, bail};
-use tracer_common::names::program;
+use tracer_common::names::{self, program};
 
 use crate::ebpf::{Scope, Tracer};
 
@@ -56,7 +59,8 @@ fn file_offset(maps: &str, addr: u64) -> Option<u64> {
     })
 }
 
-fn measure(tracer: &mut Tracer) -> Result<f64> {
+/// Per-call cost of `prog` on [`calibration_target`] with `cookie`, ns.
+fn probed_cost(tracer: &mut Tracer, prog: &str, cookie: u64) -> Result<f64> {
     let maps = std::fs::read_to_string("/proc/self/maps").context("reading /proc/self/maps")?;
     let addr = calibration_target as *const () as u64;
     let off = file_offset(&maps, addr)
@@ -64,16 +68,16 @@ fn measure(tracer: &mut Tracer) -> Result<f64> {
     let plain = (0..3).map(|_| time_calls()).min().unwrap_or_default();
     let link = tracer
         .attach_uprobe(
-            program::MAP_OP_ENTER,
+            prog,
             off,
-            0,
+            cookie,
             Path::new("/proc/self/exe"),
             Scope::Pid(std::process::id()),
         )
         .context("attaching the calibration probe to tracer itself")?;
     let probed = (0..3).map(|_| time_calls()).min().unwrap_or_default();
     tracer
-        .detach_uprobe_later(program::MAP_OP_ENTER, link)
+        .detach_uprobe_later(prog, link)
         .context("detaching the calibration probe")?;
     let per_call = probed.saturating_sub(plain).as_nanos() as f64 / f64::from(CALLS);
     if per_call < 50.0 {
@@ -86,19 +90,60 @@ fn measure(tracer: &mut Tracer) -> Result<f64> {
     Ok(per_call)
 }
 
-/// The cost of one trap, ns; measured once per tracer process (the map entry
-/// program must be loaded in `tracer`). A failure is kept too: measuring
-/// again would cost the same and most likely fail the same way.
-pub fn trap_ns(tracer: &mut Tracer) -> Result<f64> {
-    static COST: OnceLock<Result<f64, String>> = OnceLock::new();
-    let cost = COST.get_or_init(|| match measure(tracer) {
-        Ok(c) => {
-            tracing::info!("one uprobe trap costs {:.1} µs here (measured)", c / 1000.0);
-            Ok(c)
+/// The growth program's cost per hit: tracer's pid is registered in
+/// `MAP_CONFIG` meanwhile (so the program runs to its end: the map
+/// argument, a small integer, reads as unreadable) and purged after.
+fn growth_cost(tracer: &mut Tracer) -> Result<f64> {
+    use crate::ebpf::{purge_hash, purge_per_cpu};
+    use tracer_common::maps::{GROW_ARG0, GrowthKey, GrowthStats, MapsConfig};
+    let me = std::process::id();
+    let cfg = MapsConfig {
+        goid_off: u64::MAX,
+        count_off: 0,
+        flags: 0,
+    };
+    crate::maps::read::add_target(tracer, me, cfg)?;
+    let cost = probed_cost(tracer, program::MAP_GROW, u64::from(GROW_ARG0));
+    let e = &mut tracer.ebpf;
+    purge_hash::<u32, MapsConfig>(e, names::map::MAP_CONFIG, |k| *k == me)?;
+    purge_per_cpu::<GrowthKey, GrowthStats>(e, names::map::MAP_GROWTH, |k| k.tgid == me)?;
+    cost
+}
+
+/// What the probes cost on this machine, ns.
+#[derive(Clone, Copy, Debug)]
+pub struct Costs {
+    /// One trap and the cheapest program run (a call site hit is two).
+    pub trap_ns: f64,
+    /// One growth probe hit: a trap and the growth program's work.
+    pub growth_ns: f64,
+}
+
+/// The probes' costs; measured once per tracer process (the map programs
+/// must be loaded in `tracer`). A failure is kept too: measuring again
+/// would cost the same and most likely fail the same way.
+pub fn costs(tracer: &mut Tracer) -> Result<Costs> {
+    static COSTS: OnceLock<Result<Costs, String>> = OnceLock::new();
+    let c = COSTS.get_or_init(|| {
+        let measured = probed_cost(tracer, program::MAP_OP_ENTER, 0).and_then(|trap_ns| {
+            Ok(Costs {
+                trap_ns,
+                growth_ns: growth_cost(tracer)?.max(trap_ns),
+            })
+        });
+        match measured {
+            Ok(c) => {
+                tracing::info!(
+                    "one uprobe trap costs {:.1} µs here, a map growth probe hit {:.1} µs (measured)",
+                    c.trap_ns / 1000.0,
+                    c.growth_ns / 1000.0
+                );
+                Ok(c)
+            }
+            Err(e) => Err(format!("{e:#}")),
         }
-        Err(e) => Err(format!("{e:#}")),
     });
-    cost.clone().map_err(|e| anyhow!(e))
+    c.clone().map_err(|e| anyhow!(e))
 }
 
 #[cfg(test)]

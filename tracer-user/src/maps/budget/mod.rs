@@ -51,6 +51,9 @@ pub const TICK: std::time::Duration = std::time::Duration::from_millis(250);
 const PEEK: std::time::Duration = std::time::Duration::from_millis(15);
 /// Sites listed in the report, the most probed first.
 const REPORT_SITES: usize = 50;
+/// The `caller` of a growth probe in the report: it sits on the runtime's
+/// growth function, not on a call site.
+pub const GROWTH_CALLER: &str = "(map growth, always-on tier)";
 
 /// A probed site's two links. The exit goes one tick after the entry, so an
 /// operation in flight when the entry went still has its end recorded.
@@ -63,6 +66,9 @@ struct Links {
 /// The call sites, their probes and the budget.
 pub struct BudgetedSites {
     sites: Vec<CallSite>,
+    /// Which sites are growth probes (on a runtime growth function, one
+    /// trap and a stack walk a hit) rather than call sites.
+    is_growth: Vec<bool>,
     /// Probe index (cookie upper bits) of each site.
     slots: Vec<u32>,
     file_offsets: Vec<u64>,
@@ -179,9 +185,31 @@ impl BudgetedSites {
             },
             kind: 0,
         };
+        // The growth probes: on the runtime's shared growth functions, so
+        // every growth in the process costs a trap and a stack walk while
+        // they are on (257,211 hits in a Hugo build); the budget decides
+        // when, in their own group.
+        let call_sites = sites.len();
+        let growth_group = groups.len() as u32;
+        for (f, arg) in super::probes::growth_functions(bin) {
+            if probes.functions.len() >= table {
+                over_table += 1;
+                continue;
+            }
+            slots.push(probes.cookie(&f, arg));
+            offsets.push(f.file_offset);
+            policy_sites.push(Site::costing(growth_group, f64::NAN));
+            sites.push(CallSite {
+                caller: GROWTH_CALLER.into(),
+                call_vaddr: f.entry,
+                kind: 0,
+                callee: f.name.clone(),
+            });
+        }
         let n = sites.len();
         Ok((
             Self {
+                is_growth: (0..n).map(|i| i >= call_sites).collect(),
                 sites,
                 slots,
                 file_offsets: offsets,
@@ -259,8 +287,15 @@ impl BudgetedSites {
                 // The calibration failed: nothing is probed, the report says why.
                 return Ok(());
             }
-            self.policy.trap_ns = calibrate::trap_ns(tracer)
+            let c = calibrate::costs(tracer)
                 .context("measuring the trap cost; no map call site is probed")?;
+            self.policy.trap_ns = c.trap_ns;
+            for (s, g) in self.policy.sites.iter_mut().zip(&self.is_growth) {
+                if *g {
+                    s.traps = c.growth_ns / c.trap_ns;
+                }
+            }
+            self.start_growth(tracer);
         }
         // Exits whose entry went last tick: operations in flight are done.
         for i in std::mem::take(&mut self.exits_pending) {
@@ -278,6 +313,29 @@ impl BudgetedSites {
         self.send_detaches(tracer)
     }
 
+    /// Attaches the growth probes, once the costs are known. Growth is the
+    /// always-on tier: on from the first step, so a short or quiet program
+    /// keeps it, and taken off at the look 15 ms later if it costs more than
+    /// the continuous share.
+    fn start_growth(&mut self, tracer: &mut Tracer) {
+        let now = self.now_ns();
+        let growth: Vec<usize> = (0..self.sites.len())
+            .filter(|&i| self.is_growth[i])
+            .collect();
+        for i in growth {
+            match self.attach(tracer, i) {
+                Ok(()) => {
+                    self.policy.attached_without_probation_slot(i, now);
+                    self.peek_at = Some(Instant::now() + PEEK);
+                }
+                Err(e) => {
+                    tracing::debug!("growth probe {}: {e:#}", self.sites[i].callee);
+                    self.policy.failed(i);
+                }
+            }
+        }
+    }
+
     /// Detaches the entries of up to [`DETACHES_PER_TICK`] sites the policy
     /// took off; their exits go at the next tick.
     fn send_detaches(&mut self, tracer: &mut Tracer) -> Result<()> {
@@ -287,12 +345,17 @@ impl BudgetedSites {
             if self.policy.sites[i].phase.attached() {
                 continue;
             }
+            let prog = if self.is_growth[i] {
+                program::MAP_GROW
+            } else {
+                program::MAP_OP_ENTER
+            };
             if let Some(l) = self.links[i].enter.take() {
                 tracer
-                    .detach_uprobe_later(program::MAP_OP_ENTER, l)
-                    .context("detaching a call site's entry probe")?;
+                    .detach_uprobe_later(prog, l)
+                    .context("detaching a map probe")?;
             }
-            if !self.exits_pending.contains(&i) {
+            if !self.is_growth[i] && !self.exits_pending.contains(&i) {
                 self.exits_pending.push(i);
             }
         }
@@ -340,8 +403,10 @@ impl BudgetedSites {
     fn attach(&mut self, tracer: &mut Tracer, i: usize) -> Result<()> {
         let off = self.file_offsets[i];
         let cookie = u64::from(self.slots[i]);
-        // A site detached moments ago may still have its exit.
-        if self.links[i].exit.is_none() {
+        let growth = self.is_growth[i];
+        // A call site detached moments ago may still have its exit; a growth
+        // probe has none.
+        if !growth && self.links[i].exit.is_none() {
             self.links[i].exit = Some(tracer.attach_uprobe(
                 program::MAP_OP_EXIT,
                 off + CALL_INSN_LEN,
@@ -352,13 +417,13 @@ impl BudgetedSites {
         }
         self.exits_pending.retain(|p| *p != i);
         if self.links[i].enter.is_none() {
-            self.links[i].enter = Some(tracer.attach_uprobe(
-                program::MAP_OP_ENTER,
-                off,
-                cookie,
-                &self.path,
-                self.scope,
-            )?);
+            let prog = if growth {
+                program::MAP_GROW
+            } else {
+                program::MAP_OP_ENTER
+            };
+            self.links[i].enter =
+                Some(tracer.attach_uprobe(prog, off, cookie, &self.path, self.scope)?);
         }
         Ok(())
     }
@@ -367,44 +432,45 @@ impl BudgetedSites {
     pub fn report(&self, bin: &GoBinary) -> BudgetReport {
         let now = self.now_ns();
         let p = &self.policy;
-        let count = |f: &dyn Fn(Phase) -> bool| p.sites.iter().filter(|s| f(s.phase)).count();
-        let mut order: Vec<usize> = (0..p.sites.len()).collect();
+        let calls = || (0..p.sites.len()).filter(|&i| !self.is_growth[i]);
+        let count = |f: &dyn Fn(Phase) -> bool| calls().filter(|&i| f(p.sites[i].phase)).count();
+        let row = |i: usize| {
+            let s = &p.sites[i];
+            let cs = &self.sites[i];
+            let frame = bin.symbolize(cs.call_vaddr).into_iter().next();
+            BudgetSite {
+                caller: cs.caller.clone(),
+                callee: cs.callee.clone(),
+                file: frame.as_ref().map(|f| f.file.clone()),
+                line: frame.map(|f| f.line),
+                state: s.phase.name(),
+                probed_ns: s.probed_until(now),
+                hits: s.hits,
+                rate_per_s: s.rate,
+                windows: s.windows,
+            }
+        };
+        let mut order: Vec<usize> = calls().collect();
         order.sort_by_key(|&i| std::cmp::Reverse(p.sites[i].probed_until(now)));
-        let sites = order
-            .into_iter()
-            .take(REPORT_SITES)
-            .map(|i| {
-                let s = &p.sites[i];
-                let cs = &self.sites[i];
-                let frame = bin.symbolize(cs.call_vaddr).into_iter().next();
-                BudgetSite {
-                    caller: cs.caller.clone(),
-                    callee: cs.callee.clone(),
-                    file: frame.as_ref().map(|f| f.file.clone()),
-                    line: frame.map(|f| f.line),
-                    state: s.phase.name(),
-                    probed_ns: s.probed_until(now),
-                    hits: s.hits,
-                    rate_per_s: s.rate,
-                    windows: s.windows,
-                }
-            })
-            .collect();
         BudgetReport {
             budget: p.budget,
             trap_ns: if p.trap_ns.is_nan() { 0.0 } else { p.trap_ns },
             elapsed_ns: now,
             allowed_ns: (p.allowed_ns - p.capped_ns).max(0.0) as u64,
             spent_ns: p.spent_ns as u64,
-            call_sites: p.sites.len() + self.over_table,
+            call_sites: calls().count() + self.over_table,
             left_out_table_full: self.over_table,
             never_probed: count(&|ph| ph == Phase::Waiting),
             continuous: count(&|ph| ph == Phase::Continuous),
             hot: count(&|ph| matches!(ph, Phase::Hot | Phase::Window { .. })),
             failed: count(&|ph| ph == Phase::Failed),
-            windows: p.sites.iter().map(|s| u64::from(s.windows)).sum(),
+            windows: calls().map(|i| u64::from(p.sites[i].windows)).sum(),
             error: self.last_error.clone(),
-            sites,
+            sites: order.into_iter().take(REPORT_SITES).map(row).collect(),
+            growth: (0..p.sites.len())
+                .filter(|&i| self.is_growth[i])
+                .map(row)
+                .collect(),
         }
     }
 }
@@ -443,6 +509,9 @@ pub struct BudgetReport {
     pub error: Option<String>,
     /// The most probed sites.
     pub sites: Vec<BudgetSite>,
+    /// The growth probes (always-on tier, attached only while the budget
+    /// pays for them): growth counts cover only their `probed_ns`.
+    pub growth: Vec<BudgetSite>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -460,6 +529,19 @@ pub struct BudgetSite {
 }
 
 impl BudgetReport {
+    /// The growth probes' state and time on, for the human report.
+    pub fn growth_summary(&self) -> Option<String> {
+        let g = self.growth.first()?;
+        let on = self.growth.iter().map(|g| g.probed_ns).max().unwrap_or(0);
+        Some(format!(
+            "map growth probe {} ({} windows), on {:.1} s of {:.1} s: growth counts cover only that time",
+            g.state,
+            g.windows,
+            on as f64 / 1e9,
+            self.elapsed_ns as f64 / 1e9
+        ))
+    }
+
     /// One line for the human report.
     pub fn summary(&self) -> String {
         format!(

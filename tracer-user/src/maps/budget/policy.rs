@@ -2,8 +2,9 @@
 //! hit rate and the traced process's CPU time. Pure arithmetic, no kernel:
 //! [`Policy::tick`] turns counters into attach/detach actions.
 //!
-//! Every hit costs two traps (the CALL and the instruction after it), at a
-//! cost measured at start-up. The allowance is `budget` × the CPU time the
+//! A call site's hit costs two traps (the CALL and the instruction after
+//! it), a growth probe's one trap and a stack walk; both are measured at
+//! start-up. The allowance is `budget` × the CPU time the
 //! process spent outside the probes; what is not spent is banked, up to
 //! [`BANK_SECONDS`] of allowance, and pays for windows on hot sites.
 //! - A new site is put on probation for [`PROBATION_NS`] with a few others;
@@ -86,6 +87,8 @@ pub struct Site {
     pub phase: Phase,
     /// Sites probed together in windows.
     pub group: u32,
+    /// Cost of one hit, in traps.
+    pub traps: f64,
     /// Hits counted so far (all periods probed).
     pub hits: u64,
     /// Time attached so far, ns (finished periods only).
@@ -103,10 +106,17 @@ pub struct Site {
 }
 
 impl Site {
+    /// A call site: two traps a hit.
     pub fn new(group: u32) -> Self {
+        Self::costing(group, 2.0)
+    }
+
+    /// A probe whose hit costs `traps` traps.
+    pub fn costing(group: u32, traps: f64) -> Self {
         Self {
             phase: Phase::Waiting,
             group,
+            traps,
             hits: 0,
             probed_ns: 0,
             rate: None,
@@ -172,8 +182,9 @@ impl Policy {
         }
     }
 
-    fn cost_of(&self, hits: u64) -> f64 {
-        hits as f64 * 2.0 * self.trap_ns
+    /// Cost of one hit at `s`, ns.
+    fn hit_ns(&self, s: &Site) -> f64 {
+        s.traps * self.trap_ns
     }
 
     /// Allowance per second at the current CPU rate.
@@ -186,6 +197,17 @@ impl Policy {
         self.allowed_ns - self.capped_ns - self.spent_ns
     }
 
+    /// Site `i` was attached at `now` without the policy asking (a growth
+    /// probe: the always-on tier starts on, and is taken off at the first
+    /// look if it costs more than the continuous share).
+    pub fn attached_without_probation_slot(&mut self, i: usize, now: u64) {
+        if let Some(s) = self.sites.get_mut(i) {
+            s.phase = Phase::Probation { since: now };
+            s.attached_at = now;
+            s.hits_at_attach = s.hits;
+        }
+    }
+
     /// Marks site `i` as failed to attach (its attach action did not happen).
     pub fn failed(&mut self, i: usize) {
         if let Some(s) = self.sites.get_mut(i) {
@@ -196,17 +218,17 @@ impl Policy {
     /// One step at `now` (monotonic ns), with the process's total CPU time
     /// `cpu_ns` and each site's hit counter `hits` (cumulative).
     pub fn tick(&mut self, now: u64, cpu_ns: u64, hits: &[u64]) -> Vec<Action> {
-        let mut new_hits = 0;
+        let mut new_cost = 0.0;
         for (s, &h) in self.sites.iter_mut().zip(hits) {
-            new_hits += h.saturating_sub(s.hits);
+            new_cost += h.saturating_sub(s.hits) as f64 * s.traps * self.trap_ns;
             s.hits = s.hits.max(h);
         }
-        self.spent_ns += self.cost_of(new_hits);
+        self.spent_ns += new_cost;
         let (_, c0) = *self.start.get_or_insert((now, cpu_ns));
         if let Some((lt, lc)) = self.last {
             let dt = now.saturating_sub(lt) as f64;
             if dt > 0.0 {
-                let dc = cpu_ns.saturating_sub(lc) as f64 - self.cost_of(new_hits);
+                let dc = cpu_ns.saturating_sub(lc) as f64 - new_cost;
                 let rate = (dc.max(0.0) / dt) * 1e9;
                 // Smoothed over ~10 ticks; never below the floor.
                 self.cpu_rate = (0.9 * self.cpu_rate + 0.1 * rate).max(FLOOR_CPU_NS_PER_S);
@@ -231,7 +253,7 @@ impl Policy {
         self.sites
             .iter()
             .filter(|s| s.phase == Phase::Continuous)
-            .map(|s| s.rate.unwrap_or(0.0) * 2.0 * self.trap_ns)
+            .map(|s| s.rate.unwrap_or(0.0) * self.hit_ns(s))
             .sum()
     }
 
@@ -250,13 +272,14 @@ impl Policy {
 
     fn end_periods(&mut self, now: u64, out: &mut Vec<Action>) {
         let per_s = self.allowance_per_s();
-        let trap2 = 2.0 * self.trap_ns;
+        let trap_ns = self.trap_ns;
         let mut continuous = self.continuous_cost_per_s();
         for i in 0..self.sites.len() {
             let s = &mut self.sites[i];
+            let hit_ns = s.traps * trap_ns;
             match s.phase {
                 Phase::Probation { since } => {
-                    let spent = s.hits.saturating_sub(s.hits_at_attach) as f64 * trap2;
+                    let spent = s.hits.saturating_sub(s.hits_at_attach) as f64 * hit_ns;
                     // Spending faster than the whole continuous share (over at
                     // least PROBATION_FLOOR_S, so a few hits are not a rate).
                     let elapsed = (now.saturating_sub(since) as f64 / 1e9).max(PROBATION_FLOOR_S);
@@ -264,7 +287,7 @@ impl Policy {
                         Self::measure(s, now);
                         Self::detach(s, i, now, Phase::Hot, out);
                     } else if now.saturating_sub(since) >= PROBATION_NS {
-                        let cost = Self::measure(s, now) * trap2;
+                        let cost = Self::measure(s, now) * hit_ns;
                         if continuous + cost <= per_s * CONTINUOUS_SHARE {
                             continuous += cost;
                             s.phase = Phase::Continuous;
@@ -352,10 +375,11 @@ impl Policy {
         if busy {
             return;
         }
-        let trap2 = 2.0 * self.trap_ns;
+        let trap_ns = self.trap_ns;
         let full_bank = self.allowance_per_s() * BANK_SECONDS * 0.5;
         let affordable = |s: &Site| {
-            s.phase == Phase::Hot && s.rate.unwrap_or(0.0) * trap2 * MIN_WINDOW_S <= full_bank
+            s.phase == Phase::Hot
+                && s.rate.unwrap_or(0.0) * s.traps * trap_ns * MIN_WINDOW_S <= full_bank
         };
         let mut groups: Vec<u32> = self
             .sites
@@ -374,7 +398,7 @@ impl Policy {
             .collect();
         let cost_per_s: f64 = members
             .iter()
-            .map(|&i| self.sites[i].rate.unwrap_or(0.0) * trap2)
+            .map(|&i| self.hit_ns(&self.sites[i]) * self.sites[i].rate.unwrap_or(0.0))
             .sum();
         let len_ns = if cost_per_s <= 0.0 {
             MAX_WINDOW_NS as f64
@@ -507,6 +531,28 @@ mod tests {
         simulate(&mut p, &[100.0, 10_000_000.0], 600);
         assert!(p.sites[0].windows > 0, "{:?}", p.sites);
         assert_eq!(p.sites[1].windows, 0, "{:?}", p.sites);
+    }
+
+    #[test]
+    fn a_probe_is_charged_its_own_cost_per_hit() {
+        // 100 hits/s: as a call site (2 traps, 4 ms/s) it fits the
+        // continuous half of 10 ms/s; at 4 traps a hit (8 ms/s, a growth
+        // probe whose stack walk costs three traps) it does not.
+        let sites = vec![Site::new(0), Site::costing(1, 4.0)];
+        let mut p = Policy::new(0.01, 20_000.0, sites);
+        simulate(&mut p, &[100.0, 100.0], 60);
+        assert_eq!(p.sites[0].phase, Phase::Continuous, "{:?}", p.sites[0]);
+        assert!(
+            matches!(p.sites[1].phase, Phase::Hot | Phase::Window { .. }),
+            "{:?}",
+            p.sites[1]
+        );
+        let cost: f64 = p
+            .sites
+            .iter()
+            .map(|s| s.hits as f64 * s.traps * 20_000.0)
+            .sum();
+        assert!((p.spent_ns - cost).abs() < 1.0, "{} vs {cost}", p.spent_ns);
     }
 
     #[test]
