@@ -135,6 +135,27 @@ impl BudgetedSites {
         let mut offsets = Vec::new();
         let mut policy_sites = Vec::new();
         let mut over_table = 0;
+        // The growth probes first (a few functions; a big program's call
+        // sites would fill the table): on the runtime's shared growth
+        // functions, so every growth in the process costs a trap and a
+        // stack walk while they are on (257,211 hits in a Hugo build); the
+        // budget decides when, in group 0, their own.
+        for (f, arg) in super::probes::growth_functions(bin) {
+            if probes.functions.len() >= table {
+                over_table += 1;
+                continue;
+            }
+            slots.push(probes.cookie(&f, arg));
+            offsets.push(f.file_offset);
+            policy_sites.push(Site::costing(0, f64::NAN));
+            sites.push(CallSite {
+                caller: GROWTH_CALLER.into(),
+                call_vaddr: f.entry,
+                kind: 0,
+                callee: f.name.clone(),
+            });
+        }
+        let growth_sites = sites.len();
         for s in found.drain(..) {
             let Some(off) = bin.vaddr_to_file_offset(s.call_vaddr) else {
                 continue;
@@ -150,23 +171,24 @@ impl BudgetedSites {
                 continue;
             }
             let cookie = probes.cookie(&site_fn, s.kind | OP_AT_CALL_SITE);
-            let n = groups.len() as u32;
+            let n = groups.len() as u32 + 1;
             let g = *groups.entry(group_key(&s.caller).to_owned()).or_insert(n);
             slots.push(cookie);
             offsets.push(off);
             policy_sites.push(Site::new(g));
             sites.push(s);
         }
+        let call_sites = sites.len() - growth_sites;
         let status = ProbeStatus {
             feature: "map_race_budget".into(),
             function: None,
-            status: if sites.is_empty() {
+            status: if call_sites == 0 {
                 "missing"
             } else {
                 "attached"
             },
-            ret_sites: sites.len(),
-            reason: if sites.is_empty() {
+            ret_sites: call_sites,
+            reason: if call_sites == 0 {
                 Some(
                     "no call to a map operation in this binary's own code: no race to look for"
                         .into(),
@@ -174,7 +196,7 @@ impl BudgetedSites {
             } else {
                 Some(format!(
                     "{} map call sites in user code, probed within {:.2}% of the process's CPU{}",
-                    sites.len(),
+                    call_sites,
                     budget * 100.0,
                     if over_table > 0 {
                         format!("; {over_table} more sites left out (hit table full)")
@@ -185,31 +207,10 @@ impl BudgetedSites {
             },
             kind: 0,
         };
-        // The growth probes: on the runtime's shared growth functions, so
-        // every growth in the process costs a trap and a stack walk while
-        // they are on (257,211 hits in a Hugo build); the budget decides
-        // when, in their own group.
-        let call_sites = sites.len();
-        let growth_group = groups.len() as u32;
-        for (f, arg) in super::probes::growth_functions(bin) {
-            if probes.functions.len() >= table {
-                over_table += 1;
-                continue;
-            }
-            slots.push(probes.cookie(&f, arg));
-            offsets.push(f.file_offset);
-            policy_sites.push(Site::costing(growth_group, f64::NAN));
-            sites.push(CallSite {
-                caller: GROWTH_CALLER.into(),
-                call_vaddr: f.entry,
-                kind: 0,
-                callee: f.name.clone(),
-            });
-        }
         let n = sites.len();
         Ok((
             Self {
-                is_growth: (0..n).map(|i| i >= call_sites).collect(),
+                is_growth: (0..n).map(|i| i < growth_sites).collect(),
                 sites,
                 slots,
                 file_offsets: offsets,
