@@ -78,7 +78,11 @@ fn short_lived_programs_are_traced_with_lock_and_map_events() -> Result<()> {
         .context("fixture dir")?
         .to_string_lossy()
         .into_owned();
-    let mut agent = start_agent(&filter)?;
+    // The always-on tier: under the default budget, a growth probe costing
+    // a short program a third of its CPU (dozens of growths in 2 ms) is
+    // rightly taken off.
+    let mut agent =
+        AgentProc::start_offline(&["--refresh", "200ms", "--maps", "always", "--exe", &filter])?;
     // The first run of a never-seen binary is analysed and probed (~0.1 s);
     // from then on the binary's probes stay live and a new process of it is
     // traced within a few ms of its exec.

@@ -72,7 +72,10 @@ fn probed_cost(tracer: &mut Tracer, prog: &str, cookie: u64) -> Result<f64> {
             off,
             cookie,
             Path::new("/proc/self/exe"),
-            Scope::Pid(std::process::id()),
+            // This thread: a perf event scoped to a task id follows that
+            // task, and the calls are timed here.
+            // SAFETY: gettid has no preconditions.
+            Scope::Pid(unsafe { libc::gettid() } as u32),
         )
         .context("attaching the calibration probe to tracer itself")?;
     let probed = (0..3).map(|_| time_calls()).min().unwrap_or_default();
@@ -119,11 +122,12 @@ pub struct Costs {
     pub growth_ns: f64,
 }
 
+static COSTS: OnceLock<Result<Costs, String>> = OnceLock::new();
+
 /// The probes' costs; measured once per tracer process (the map programs
 /// must be loaded in `tracer`). A failure is kept too: measuring again
 /// would cost the same and most likely fail the same way.
 pub fn costs(tracer: &mut Tracer) -> Result<Costs> {
-    static COSTS: OnceLock<Result<Costs, String>> = OnceLock::new();
     let c = COSTS.get_or_init(|| {
         let measured = probed_cost(tracer, program::MAP_OP_ENTER, 0).and_then(|trap_ns| {
             Ok(Costs {
@@ -145,6 +149,60 @@ pub fn costs(tracer: &mut Tracer) -> Result<Costs> {
     });
     c.clone().map_err(|e| anyhow!(e))
 }
+
+/// The costs if measured; otherwise starts measuring them on a thread of
+/// its own, with an object of its own (token-sized tables), and returns
+/// None: the measurement takes ~0.3 s of traps, which must not stall the
+/// loop that drains the kernel's rings (`tracer run` on a connection flood
+/// lost closed flows to it).
+pub fn costs_in_background() -> Option<Result<Costs>> {
+    static STARTED: std::sync::Once = std::sync::Once::new();
+    if let Some(c) = COSTS.get() {
+        return Some(c.clone().map_err(|e| anyhow!(e)));
+    }
+    STARTED.call_once(|| {
+        let spawned = std::thread::Builder::new()
+            .name("tracer-calibrate".into())
+            .spawn(|| {
+                let r = Tracer::load_sized(false, CALIBRATION_TABLES)
+                    .and_then(|mut t| {
+                        crate::maps::probes::load(&mut t)?;
+                        costs(&mut t)
+                    })
+                    .context("loading an object to measure the probe costs");
+                if let Err(e) = r {
+                    // Kept for every caller, as `costs` keeps its own failures.
+                    let _ = COSTS.set(Err(format!("{e:#}")));
+                }
+            });
+        if let Err(e) = spawned {
+            let _ = COSTS.set(Err(format!("no calibration thread: {e}")));
+        }
+    });
+    None
+}
+
+/// Table sizes of the calibration object: it records only tracer itself.
+const CALIBRATION_TABLES: &[(&str, u32)] = &[
+    (names::map::TARGETS, 1),
+    (names::map::LOCK_WAITS, 1),
+    (names::map::LOCK_STACKS, 1),
+    (names::map::UNLOCK_WAKES, 1),
+    (names::map::LOCK_WAITERS, 1),
+    (names::map::LOCK_INFLIGHT, 1),
+    (names::map::MAP_CONFIG, 1),
+    (names::map::MAP_STACKS, 16),
+    (names::map::MAP_GROWTH, 16),
+    (names::map::MAP_OP_INFLIGHT, 1),
+    (names::map::MAP_ACTIVE, 1),
+    (names::map::MAP_OPS, 1),
+    (names::map::MAP_OP_GS, 1),
+    (names::map::MAP_CONFLICTS, 1),
+    (names::map::SYNC_MAP_CALLS, 1),
+    (names::map::MAP_SITE_HITS, 1),
+    (names::map::PROC_EVENTS, 4096),
+    (names::map::MAP_EVENTS, 4096),
+];
 
 #[cfg(test)]
 mod tests {
