@@ -8,4 +8,4 @@ pub mod hub;
 mod lifecycle;
 mod publish;
 mod sessions;
-mod tables;
+pub(crate) mod tables;

@@ -27,8 +27,9 @@ pub(super) const SESSION_TABLES: &[(&str, u32)] = &[
 ];
 
 /// The shared object runs discovery and TCP only; its lock and map tables
-/// are never used.
-pub(super) const SHARED_TABLES: &[(&str, u32)] = &[
+/// are used only to measure the probe costs (tracer's own pid, one entry).
+/// `run` and `attach` measure them with an object of these sizes too.
+pub(crate) const SHARED_TABLES: &[(&str, u32)] = &[
     (names::map::TARGETS, 1),
     (names::map::LOCK_WAITS, 1),
     (names::map::LOCK_STACKS, 1),

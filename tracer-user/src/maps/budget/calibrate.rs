@@ -164,7 +164,7 @@ pub fn costs_in_background() -> Option<Result<Costs>> {
         let spawned = std::thread::Builder::new()
             .name("tracer-calibrate".into())
             .spawn(|| {
-                let r = Tracer::load_sized(false, CALIBRATION_TABLES)
+                let r = Tracer::load_sized(false, crate::agent::tables::SHARED_TABLES)
                     .and_then(|mut t| {
                         crate::maps::probes::load(&mut t)?;
                         costs(&mut t)
@@ -181,28 +181,6 @@ pub fn costs_in_background() -> Option<Result<Costs>> {
     });
     None
 }
-
-/// Table sizes of the calibration object: it records only tracer itself.
-const CALIBRATION_TABLES: &[(&str, u32)] = &[
-    (names::map::TARGETS, 1),
-    (names::map::LOCK_WAITS, 1),
-    (names::map::LOCK_STACKS, 1),
-    (names::map::UNLOCK_WAKES, 1),
-    (names::map::LOCK_WAITERS, 1),
-    (names::map::LOCK_INFLIGHT, 1),
-    (names::map::MAP_CONFIG, 1),
-    (names::map::MAP_STACKS, 16),
-    (names::map::MAP_GROWTH, 16),
-    (names::map::MAP_OP_INFLIGHT, 1),
-    (names::map::MAP_ACTIVE, 1),
-    (names::map::MAP_OPS, 1),
-    (names::map::MAP_OP_GS, 1),
-    (names::map::MAP_CONFLICTS, 1),
-    (names::map::SYNC_MAP_CALLS, 1),
-    (names::map::MAP_SITE_HITS, 1),
-    (names::map::PROC_EVENTS, 4096),
-    (names::map::MAP_EVENTS, 4096),
-];
 
 #[cfg(test)]
 mod tests {
