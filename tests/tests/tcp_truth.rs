@@ -553,8 +553,14 @@ fn connection_flood_is_accounted_with_bounded_memory() -> Result<()> {
         peak_kb > 0 && peak_kb < 200 * 1024,
         "tracer peak RSS {peak_kb} kB"
     );
-    // Every connection is one client and one (claimed) server flow.
-    ensure!(created == 2 * CONNS, "flows_created: {st}");
+    // Every connection is one client and one (claimed) server flow, less
+    // those whose hook run the kernel skipped (another BPF program on the
+    // CPU: counted, and each costs at most one flow or one flow's exactness).
+    let misses = n(&st["hook_misses"]);
+    ensure!(
+        created <= 2 * CONNS && created.saturating_add(misses) >= 2 * CONNS,
+        "flows_created: {st}"
+    );
     ensure!(
         n(&st["insert_failed"]) == 0 && n(&st["read_failed"]) == 0,
         "{st}"
@@ -569,15 +575,23 @@ fn connection_flood_is_accounted_with_bounded_memory() -> Result<()> {
         "{} reported + {evicted} evicted + {dropped} dropped, {created} created: {st}",
         flows.len()
     );
-    for f in flows {
-        let ok = f["open"] == false
-            && match f["side"].as_str() {
-                Some("client") => f["bytes_sent"] == REQ && f["bytes_received"] == 0,
-                Some("server") => f["bytes_received"] == REQ && f["bytes_sent"] == 0,
-                _ => false,
-            };
-        ensure!(ok, "flow not byte-exact: {f:#}");
-    }
+    let inexact: Vec<_> = flows
+        .iter()
+        .filter(|f| {
+            f["open"] != false
+                || !match f["side"].as_str() {
+                    Some("client") => f["bytes_sent"] == REQ && f["bytes_received"] == 0,
+                    Some("server") => f["bytes_received"] == REQ && f["bytes_sent"] == 0,
+                    _ => false,
+                }
+        })
+        .collect();
+    ensure!(
+        inexact.len() as u64 <= misses,
+        "{} flows not byte-exact ({misses} hook runs skipped), first: {:#}",
+        inexact.len(),
+        inexact[0]
+    );
     Ok(())
 }
 
@@ -679,7 +693,13 @@ fn agent_survives_a_connection_flood_and_counts_evictions() -> Result<()> {
         peak_kb > 0 && peak_kb < 200 * 1024,
         "agent peak RSS {peak_kb} kB"
     );
-    ensure!(created == 2 * CONNS, "flows_created: {st}");
+    // Less the flows whose hook run the kernel skipped (another BPF program
+    // on the CPU): counted, and each costs at most one flow or one close.
+    let misses = n(&st["hook_misses"]);
+    ensure!(
+        created <= 2 * CONNS && created.saturating_add(misses) >= 2 * CONNS,
+        "flows_created: {st}"
+    );
     ensure!(
         n(&health["map_evictions"]) >= evicted,
         "evictions not in the health: stats {st}, health {health}"
@@ -691,12 +711,16 @@ fn agent_survives_a_connection_flood_and_counts_evictions() -> Result<()> {
     // Client flows each sent REQ bytes, server flows nothing: every
     // request is there unless its client flow was evicted.
     ensure!(
-        bytes.is_multiple_of(REQ) && bytes / REQ <= CONNS && (evicted > 0 || bytes == CONNS * REQ),
+        bytes.is_multiple_of(REQ)
+            && bytes / REQ <= CONNS
+            && (evicted > 0 || misses > 0 || bytes == CONNS * REQ),
         "bytes sent {bytes}: not {CONNS} requests of {REQ} bytes ({evicted} evicted)"
     );
+    // A flow whose close the kernel skipped stays open.
+    let open = flows.iter().filter(|f| f["open"] != false).count() as u64;
     ensure!(
-        flows.iter().all(|f| f["open"] == false),
-        "open flows after the process exited"
+        open <= misses,
+        "{open} open flows after the process exited ({misses} hook runs skipped)"
     );
     Ok(())
 }

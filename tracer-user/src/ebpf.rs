@@ -65,6 +65,14 @@ pub fn enable_bpf_stats() -> Result<std::os::fd::OwnedFd> {
         .context("enabling BPF run-time statistics (BPF_ENABLE_STATS)")
 }
 
+/// The value of `key:` in a `/proc/<pid>/fdinfo/<fd>` text.
+fn fdinfo_value(info: &str, key: &str) -> Option<u64> {
+    info.lines().find_map(|l| {
+        let (k, v) = l.split_once(':')?;
+        (k.trim() == key).then(|| v.trim().parse().ok())?
+    })
+}
+
 /// Keys of a hash table (plain or per-CPU) matching `dead`, for [`purge_hash`].
 fn dead_keys<K: aya::Pod>(
     keys: impl Iterator<Item = Result<K, aya::maps::MapError>>,
@@ -261,6 +269,25 @@ impl Tracer {
         purge_hash::<u32, u8>(&mut self.ebpf, names::map::TARGETS, |k| *k == pid)
     }
 
+    /// Runs the kernel skipped, summed over the programs whose name starts
+    /// with `prefix`. A tracing program does not run while another BPF
+    /// program runs on the same CPU (a TCP tracepoint in a softirq that
+    /// interrupts a probe, say); the kernel counts each skipped run in the
+    /// program's `recursion_misses`, read here from its fdinfo (Linux 5.12+;
+    /// 0 where the kernel does not report it).
+    pub fn recursion_misses(&self, prefix: &str) -> u64 {
+        use std::os::fd::{AsFd, AsRawFd};
+        self.ebpf
+            .programs()
+            .filter(|(name, _)| name.starts_with(prefix))
+            .filter_map(|(_, prog)| {
+                let fd = prog.fd().ok()?.as_fd().as_raw_fd();
+                let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).ok()?;
+                fdinfo_value(&info, "recursion_misses")
+            })
+            .fold(0u64, u64::saturating_add)
+    }
+
     /// Run counts and run time of each probe program; non-zero only while the
     /// kernel's BPF statistics are enabled (see [`enable_bpf_stats`]).
     pub fn program_stats(&self) -> Vec<ProgramStats> {
@@ -275,5 +302,22 @@ impl Tracer {
                 })
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fdinfo_value;
+
+    #[test]
+    fn fdinfo_values_are_found_by_key() {
+        let info = "pos:\t0\nflags:\t02000002\nprog_type:\t5\nrun_cnt:\t12\nrecursion_misses:\t3\n";
+        assert_eq!(fdinfo_value(info, "recursion_misses"), Some(3));
+        assert_eq!(fdinfo_value(info, "run_cnt"), Some(12));
+        assert_eq!(fdinfo_value(info, "verified_insns"), None);
+        assert_eq!(
+            fdinfo_value("recursion_misses:\tx\n", "recursion_misses"),
+            None
+        );
     }
 }

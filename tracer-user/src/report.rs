@@ -168,6 +168,13 @@ impl Report {
             return;
         };
         let s = &tcp.stats;
+        if s.hook_misses > 0 {
+            let _ = writeln!(
+                out,
+                "  TCP: the kernel skipped {} hook runs (another BPF program was running on the CPU): counts are lower bounds",
+                s.hook_misses
+            );
+        }
         if s.evicted > 0 || s.dropped_closed > 0 || s.closed_lost > 0 {
             let _ = writeln!(
                 out,

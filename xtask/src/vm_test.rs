@@ -464,6 +464,15 @@ pub fn vm_test() -> Result<()> {
         .map(|r| r.path.as_str())
         .collect();
     if !failed.is_empty() {
+        // The whole console scrolled past above; repeat what each failed path
+        // printed last, so a log cut to its end still shows why.
+        for path in &failed {
+            let lines: Vec<&str> = section(&console, path).lines().collect();
+            println!("vm-test: last lines of the failed {path} path:");
+            for l in &lines[lines.len().saturating_sub(40)..] {
+                println!("  | {l}");
+            }
+        }
         bail!("vm-test failed for: {}", failed.join(", "));
     }
     Ok(())

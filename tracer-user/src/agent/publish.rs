@@ -126,7 +126,8 @@ impl Agent {
         let (evictions, tcp_lost) = node_tcp.as_ref().map_or((0, 0), |t| {
             (
                 t.stats.evicted,
-                t.stats.dropped_closed + t.stats.closed_lost,
+                // Hook runs the kernel skipped are events lost too.
+                t.stats.dropped_closed + t.stats.closed_lost + t.stats.hook_misses,
             )
         });
         // Kernel-measured probe cost (non-zero with --bpf-stats).

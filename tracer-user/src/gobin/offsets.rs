@@ -52,6 +52,11 @@ pub enum MapImpl {
 pub struct StructOffsets {
     /// `runtime.g.goid`.
     pub g_goid: Option<Offset>,
+    /// `runtime.g.atomicstatus` (uint32) and `.waitreason` (uint8): whether
+    /// a goroutine is parked, and on what (stuck Mutex waits are checked
+    /// against them, since no probe sees those waits end).
+    pub g_atomicstatus: Option<Offset>,
+    pub g_waitreason: Option<Offset>,
     /// `runtime.hmap.count` / `.flags` / `.B` / `.buckets` (classic maps).
     pub hmap_count: Option<Offset>,
     pub hmap_flags: Option<Offset>,
@@ -78,6 +83,8 @@ impl StructOffsets {
     pub fn fields(&self) -> Vec<(&'static str, Option<Offset>)> {
         vec![
             ("runtime.g.goid", self.g_goid),
+            ("runtime.g.atomicstatus", self.g_atomicstatus),
+            ("runtime.g.waitreason", self.g_waitreason),
             ("runtime.hmap.count", self.hmap_count),
             ("runtime.hmap.flags", self.hmap_flags),
             ("runtime.hmap.B", self.hmap_b),
@@ -96,6 +103,8 @@ impl StructOffsets {
     fn slot(&mut self, field: &str) -> Option<&mut Option<Offset>> {
         Some(match field {
             "runtime.g.goid" => &mut self.g_goid,
+            "runtime.g.atomicstatus" => &mut self.g_atomicstatus,
+            "runtime.g.waitreason" => &mut self.g_waitreason,
             "runtime.hmap.count" => &mut self.hmap_count,
             "runtime.hmap.flags" => &mut self.hmap_flags,
             "runtime.hmap.B" => &mut self.hmap_b,
@@ -155,11 +164,16 @@ pub fn table_offsets(v: GoVersion, experiments: &[String]) -> StructOffsets {
         }
         return o;
     }
-    o.g_goid = t(if v.at_least(1, 23) && !v.at_least(1, 25) {
-        160
+    // Go 1.23 and 1.24 have 8 more bytes before these fields (checked
+    // against DWARF for every version by the gobin tests).
+    let g_shift = if v.at_least(1, 23) && !v.at_least(1, 25) {
+        8
     } else {
-        152
-    });
+        0
+    };
+    o.g_atomicstatus = t(144 + g_shift);
+    o.g_goid = t(152 + g_shift);
+    o.g_waitreason = t(176 + g_shift);
     match map_impl(v, experiments) {
         MapImpl::Classic => {
             o.hmap_count = t(0);
@@ -306,7 +320,14 @@ pub(crate) fn from_dwarf(data: &[u8]) -> Result<Option<StructOffsets>, GoBinErro
     let dw = |e: gimli::Error| GoBinError::Dwarf(e.to_string());
 
     const WANT: [(&str, &[(&str, &str)]); 4] = [
-        ("runtime.g", &[("goid", "runtime.g.goid")]),
+        (
+            "runtime.g",
+            &[
+                ("goid", "runtime.g.goid"),
+                ("atomicstatus", "runtime.g.atomicstatus"),
+                ("waitreason", "runtime.g.waitreason"),
+            ],
+        ),
         (
             "runtime.hmap",
             &[
@@ -409,8 +430,12 @@ mod tests {
                 .iter()
                 .any(|(f, r)| f.contains("maps.Map") && r.contains("classic"))
         );
+        assert_eq!(o.g_atomicstatus.map(|x| x.value), Some(144));
+        assert_eq!(o.g_waitreason.map(|x| x.value), Some(176));
         let o = table_offsets(v("1.23.9"), &[]);
         assert_eq!(o.g_goid.map(|x| x.value), Some(160));
+        assert_eq!(o.g_atomicstatus.map(|x| x.value), Some(152));
+        assert_eq!(o.g_waitreason.map(|x| x.value), Some(184));
         let o = table_offsets(v("1.25.5"), &[]);
         assert_eq!(o.g_goid.map(|x| x.value), Some(152));
         assert_eq!(o.swiss_writing.map(|x| x.value), Some(34));

@@ -82,6 +82,11 @@ pub struct TcpStats {
     /// Accepts whose new fd the accept tracepoint could not walk to a
     /// socket (their accept wait is not measured).
     pub accept_walk_failed: u64,
+    /// Hook runs the kernel skipped because another BPF program was running
+    /// on the same CPU (a softirq's state change during a probe): each may be
+    /// a flow not created, a close not seen or bytes not counted, so the
+    /// counts are lower bounds when this is not 0.
+    pub hook_misses: u64,
 }
 
 /// Everything TCP tracing knows now.
@@ -334,6 +339,7 @@ impl TcpTracing {
             insert_failed: get(STAT_INSERT_FAILED)?,
             read_failed: get(STAT_READ_FAILED)?,
             accept_walk_failed: get(STAT_ACCEPT_WALK_FAILED)?,
+            hook_misses: tracer.recursion_misses("tcp_"),
         })
     }
 
