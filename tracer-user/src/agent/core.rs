@@ -14,7 +14,7 @@
 //! sizes). This file holds the options, the state and the event loop.
 
 use super::sessions::{BinKey, BinSession, JobDone, Retired, Traced};
-use super::tables::SHARED_TABLES;
+use crate::ebpf::SHARED_TABLES;
 use std::{
     collections::{BTreeSet, HashMap, HashSet, VecDeque},
     future::Future,

@@ -25,26 +25,3 @@ pub(super) const SESSION_TABLES: &[(&str, u32)] = &[
     (names::map::MAP_SITE_HITS, 4096),
     (names::map::PROC_EVENTS, 4096),
 ];
-
-/// The shared object runs discovery and TCP only; its lock and map tables
-/// are used only to measure the probe costs (tracer's own pid, one entry).
-/// `run` and `attach` measure them with an object of these sizes too.
-pub(crate) const SHARED_TABLES: &[(&str, u32)] = &[
-    (names::map::TARGETS, 1),
-    (names::map::LOCK_WAITS, 1),
-    (names::map::LOCK_STACKS, 1),
-    (names::map::UNLOCK_WAKES, 1),
-    (names::map::LOCK_WAITERS, 1),
-    (names::map::LOCK_INFLIGHT, 1),
-    (names::map::MAP_CONFIG, 1),
-    (names::map::MAP_STACKS, 1),
-    (names::map::MAP_GROWTH, 1),
-    (names::map::MAP_OP_INFLIGHT, 1),
-    (names::map::MAP_ACTIVE, 1),
-    (names::map::MAP_OPS, 1),
-    (names::map::MAP_OP_GS, 1),
-    (names::map::MAP_CONFLICTS, 1),
-    (names::map::SYNC_MAP_CALLS, 1),
-    (names::map::MAP_SITE_HITS, 1),
-    (names::map::MAP_EVENTS, 4096),
-];

@@ -1,4 +1,7 @@
 //! Turns the map feature's kernel records into report rows and findings.
+//!
+//! Over 600 lines with its unit tests (the code is about 680): the row and
+//! finding builders share the symbolised call sites and stay in one place.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 

@@ -164,7 +164,7 @@ pub fn costs_in_background() -> Option<Result<Costs>> {
         let spawned = std::thread::Builder::new()
             .name("tracer-calibrate".into())
             .spawn(|| {
-                let r = Tracer::load_sized(false, crate::agent::tables::SHARED_TABLES)
+                let r = Tracer::load_sized(false, crate::ebpf::SHARED_TABLES)
                     .and_then(|mut t| {
                         crate::maps::probes::load(&mut t)?;
                         costs(&mut t)
