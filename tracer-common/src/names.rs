@@ -67,6 +67,10 @@ pub mod program {
     pub const PROC_EXEC: &str = "proc_exec";
     pub const PROC_EXIT: &str = "proc_exit";
 
+    /// Every TCP program's name starts with this (the kernel's skipped runs
+    /// are summed over them).
+    pub const TCP_PREFIX: &str = "tcp_";
+
     // TCP: tracepoints (`tcp/tracepoint.rs`, `tcp/accept.rs`).
     pub const TCP_STATE: &str = "tcp_state";
     pub const TCP_SEND_LEN: &str = "tcp_send_len";

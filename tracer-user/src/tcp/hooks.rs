@@ -862,6 +862,13 @@ mod order_tests {
                 assert!(seen.insert(p), "{p} used twice");
             }
         }
+        // The kernel's skipped runs are summed over this prefix.
+        for p in seen
+            .into_iter()
+            .chain(TRACEPOINTS.iter().map(|t| t.program))
+        {
+            assert!(p.starts_with(program::TCP_PREFIX), "{p}");
+        }
     }
 
     #[test]

@@ -339,7 +339,7 @@ impl TcpTracing {
             insert_failed: get(STAT_INSERT_FAILED)?,
             read_failed: get(STAT_READ_FAILED)?,
             accept_walk_failed: get(STAT_ACCEPT_WALK_FAILED)?,
-            hook_misses: tracer.recursion_misses("tcp_"),
+            hook_misses: tracer.recursion_misses(tracer_common::names::program::TCP_PREFIX),
         })
     }
 
