@@ -49,6 +49,36 @@ pub struct LockRow {
     pub wait_ns_p50: u64,
     pub wait_ns_p99: u64,
     pub wait_ns_max: u64,
+    /// Of `contentions`, those that ended with a starvation-mode hand-off.
+    pub handoffs: u64,
+    pub handoffs_unmeasured: u64,
+}
+
+/// `runtime_lock_wait`: the Go runtime's own lock-wait total.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RuntimeLockWait {
+    pub total_ns: Option<u64>,
+    pub probed_ns: u64,
+    pub reason: Option<String>,
+}
+
+/// One entry of `probes`: a lock feature's probes and how they attached.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ProbeRow {
+    pub feature: String,
+    pub function: Option<String>,
+    pub status: String,
+    /// RET instructions probed as exits (0 when Mutex waits close off the lock).
+    pub ret_sites: u64,
+    pub reason: Option<String>,
+}
+
+/// One entry of `bpf_stats` (`--bpf-stats`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct ProgramStats {
+    pub program: String,
+    pub run_count: u64,
+    pub run_time_ns: u64,
 }
 
 /// One row of `holders` (`--holders`): the code that unlocked a contended
@@ -229,7 +259,12 @@ impl ProcessEntry {
 #[derive(Debug, Clone, Deserialize)]
 pub struct Report {
     pub target: Target,
+    pub probes: Vec<ProbeRow>,
+    /// Empty without `--bpf-stats`.
+    #[serde(default)]
+    pub bpf_stats: Vec<ProgramStats>,
     pub locks: Vec<LockRow>,
+    pub runtime_lock_wait: RuntimeLockWait,
     /// Empty without `--holders`.
     pub holders: Vec<HolderRow>,
     /// Lock and map findings; each has its own shape, told by `kind`.
@@ -288,6 +323,15 @@ impl Report {
     /// Lock rows of `kind`.
     pub fn locks_of_kind(&self, kind: &str) -> Vec<&LockRow> {
         self.locks.iter().filter(|l| l.kind == kind).collect()
+    }
+
+    /// Times the BPF program `name` ran (with `--bpf-stats`; 0 when absent).
+    pub fn program_runs(&self, name: &str) -> u64 {
+        self.bpf_stats
+            .iter()
+            .filter(|p| p.program == name)
+            .map(|p| p.run_count)
+            .sum()
     }
 
     /// Contentions over every lock row.

@@ -460,3 +460,189 @@ fn rate_guard_pauses_probes_under_extreme_contention() -> Result<()> {
     ensure!(stuck == 0, "false stuck waits after pausing: {ctx}");
     Ok(())
 }
+
+/// Wall time of the contended fixture (4 goroutines, 20 µs critical
+/// sections, 40,000 Lock calls), untraced or under `tracer run` with
+/// `tracer_args`, and the report of a traced run.
+fn contended_run(bin: &str, tracer_args: Option<&[&str]>) -> Result<(f64, Option<Report>)> {
+    let fixture = [
+        bin,
+        "-mode",
+        "contended",
+        "-g",
+        "4",
+        "-m",
+        "10000",
+        "-hold",
+        "20us",
+    ];
+    let (stdout, report) = match tracer_args {
+        None => {
+            let out = std::process::Command::new(bin)
+                .args(&fixture[1..])
+                .output()?;
+            ensure!(out.status.success(), "fixture failed");
+            (String::from_utf8_lossy(&out.stdout).into_owned(), None)
+        }
+        Some(extra) => {
+            let mut args = vec!["run", "--maps", "off", "--tcp", "off", "--bpf-stats"];
+            args.extend_from_slice(extra);
+            args.push("--");
+            args.extend_from_slice(&fixture);
+            let out = run_tracer(&args, true)?;
+            ensure!(out.status.success(), "tracer run failed: {}", out.stderr);
+            let report = Report::parse(out.report.as_ref().context("no report")?)?;
+            (out.stdout, Some(report))
+        }
+    };
+    Ok((fixture_value::<f64>(&stdout, "elapsed_ns")?, report))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+/// No probe fires while a waiter owns the Mutex it waited for. The lock is
+/// the program's bottleneck here (it is held 20 µs at a time by 4
+/// goroutines), so any trap taken while holding it lengthens the whole run.
+/// With `--mutex-exits ret` one is (the RET probe), and the run slows by
+/// about one trap per contended acquisition; by default waits are closed
+/// where the waiter does not own the lock, and the run must lose less than
+/// half of that. Runs interleaved, medians of 5, so that a slow moment of
+/// the machine hits all three alike. Also checks, from the kernel's own run
+/// counts, that no RET or entry probe ran by default.
+#[test]
+fn no_probe_fires_while_the_waiter_owns_the_lock() -> Result<()> {
+    privileged_test!();
+    let _serial = tracer_tests::serial();
+    for tc in classic_and_swiss()? {
+        let v = &tc.version;
+        let bin = build_fixture(&tc, "contention", Variant::Plain)?;
+        let bin = bin.to_str().context("path")?;
+        let (mut untraced, mut wakeup, mut ret) = (vec![], vec![], vec![]);
+        for _ in 0..5 {
+            untraced.push(contended_run(bin, None)?.0);
+            let (t, report) = contended_run(bin, Some(&[]))?;
+            let report = report.context("report")?;
+            let mutex = report.probes.iter().find(|p| p.feature == "mutex");
+            ensure!(
+                mutex.is_some_and(|p| p.status == "attached"
+                    && p.ret_sites == 0
+                    && p.reason.is_none()),
+                "go {v}: mutex probes not off the lock: {:?}",
+                report.probes
+            );
+            ensure!(
+                report.program_runs("lock_exit") == 0 && report.program_runs("lock_enter") == 0,
+                "go {v}: a RET or entry probe ran: {:?}",
+                report.bpf_stats
+            );
+            ensure!(
+                report.program_runs("mutex_sleep") > 0 && report.contentions() > 0,
+                "go {v}: no waits seen: {:?}",
+                report.bpf_stats
+            );
+            wakeup.push(t);
+            let (t, report) = contended_run(bin, Some(&["--mutex-exits", "ret"]))?;
+            let report = report.context("report")?;
+            ensure!(
+                report.program_runs("lock_exit") > 0,
+                "go {v}: ret mode without RET probes: {:?}",
+                report.probes
+            );
+            ret.push(t);
+        }
+        let (u, w, r) = (median(untraced), median(wakeup), median(ret));
+        let (loss_wakeup, loss_ret) = ((w - u) / u, (r - u) / u);
+        eprintln!(
+            "go {v}: contended run, slowdown vs untraced: default {:.1}%, --mutex-exits ret {:.1}%",
+            loss_wakeup * 100.0,
+            loss_ret * 100.0
+        );
+        // The RET probes' cost shows (so this test can see a trap in the
+        // critical section), and the default loses less than half of it.
+        ensure!(
+            loss_ret > 0.05,
+            "go {v}: RET probes cost only {:.1}%",
+            loss_ret * 100.0
+        );
+        ensure!(
+            loss_wakeup < 0.5 * loss_ret,
+            "go {v}: default slows the run {:.1}%, RET probes {:.1}%",
+            loss_wakeup * 100.0,
+            loss_ret * 100.0
+        );
+    }
+    Ok(())
+}
+
+/// The runtime's own lock-wait total, read from the process's memory with
+/// no probe, equals what the program reads from `runtime/metrics`
+/// (`/sync/mutex/wait/total:seconds`) once its goroutines stopped waiting.
+/// Every Go version; a stripped binary says why it has no total.
+#[test]
+fn runtime_lock_wait_total_equals_runtime_metrics() -> Result<()> {
+    privileged_test!();
+    let _serial = tracer_tests::serial();
+    for tc in go_toolchains()? {
+        for variant in [Variant::Plain, Variant::Pie, Variant::Stripped] {
+            let bin = build_fixture(&tc, "contention", variant)?;
+            let out = run_tracer(
+                &[
+                    "run",
+                    "--maps",
+                    "off",
+                    "--tcp",
+                    "off",
+                    "--",
+                    bin.to_str().context("path")?,
+                    "-g",
+                    "4",
+                    "-m",
+                    "100",
+                    "-hold",
+                    "1ms",
+                    "-linger",
+                    "1500ms",
+                ],
+                true,
+            )?;
+            let ctx = format!(
+                "go {} {variant:?}\n{}\n{}",
+                tc.version, out.stdout, out.stderr
+            );
+            ensure!(out.status.success(), "{ctx}");
+            let report = Report::parse(out.report.as_ref().context("no report")?)?;
+            let rw = &report.runtime_lock_wait;
+            ensure!(
+                rw.probed_ns == report.wait_ns_total(),
+                "probed total: {ctx}"
+            );
+            if variant == Variant::Stripped {
+                ensure!(
+                    rw.total_ns.is_none()
+                        && rw.reason.as_deref().is_some_and(|r| r.contains("stripped")),
+                    "stripped binary: {rw:?}: {ctx}"
+                );
+                continue;
+            }
+            let metric = fixture_value::<f64>(&out.stdout, "metric_wait_ns")?;
+            ensure!(metric > 0.0, "the runtime counted no lock wait: {ctx}");
+            let ours = rw
+                .total_ns
+                .with_context(|| format!("no runtime total: {rw:?}: {ctx}"))?
+                as f64;
+            // Both read the same counters; the metric went through float seconds.
+            ensure!(
+                (ours - metric).abs() <= metric * 1e-6 + 1_000.0,
+                "runtime total {ours} ns vs runtime/metrics {metric} ns: {ctx}"
+            );
+            ensure!(
+                out.stdout.contains("Go runtime's own lock-wait total"),
+                "table lacks the runtime total: {ctx}"
+            );
+        }
+    }
+    Ok(())
+}

@@ -235,6 +235,9 @@ fn our_programs() -> Vec<(u32, String)> {
     const OURS: &[&str] = &[
         "lock_enter",
         "lock_exit",
+        "mutex_sleep",
+        "mutex_wake",
+        "mutex_handoff",
         "proc_exec",
         "proc_exit",
         "map_fatal",

@@ -902,3 +902,93 @@ fn version_without_build_info() -> Result<()> {
     ensure!(go_version_checked >= 2, "too few toolchains");
     Ok(())
 }
+
+/// The Mutex wait points decoded by tracer, checked against Go's own
+/// disassembler: the sleep point is the call into the runtime semaphore, the
+/// wake point follows the starvation-bit branch, the hand-off point is the
+/// release with `handoff` = true. Every Go version and binary kind.
+#[test]
+fn mutex_wait_points_match_gos_disassembly() -> Result<()> {
+    let mut checked = 0;
+    for b in all_builds()? {
+        let l = b.label();
+        let bin = open(&b)?;
+        if bin.arch() == Arch::Arm64 {
+            let err = bin.mutex_points().err().context("arm64 decoded?")?;
+            ensure!(err.contains("amd64"), "{l}: {err}");
+            continue;
+        }
+        let (lock, unlock, points) = bin
+            .mutex_points()
+            .map_err(|e| anyhow::anyhow!("{l}: {e}"))?;
+        let dump = |f: &tracer_user::gobin::Function| -> Result<Vec<(u64, String)>> {
+            let text = go_tool(
+                &b.tc,
+                &[
+                    "objdump",
+                    "-s",
+                    &format!("^{}$", regex_escape(&f.name)),
+                    b.truth().to_str().context("path")?,
+                ],
+                None,
+            )?;
+            // "  file.go:12  0x46cd78  e8...  CALL sync.runtime_SemacquireMutex(SB)"
+            Ok(text
+                .lines()
+                .filter_map(|line| {
+                    let mut cols = line.split('\t').map(str::trim).filter(|c| !c.is_empty());
+                    let _fileline = cols.next()?;
+                    let addr = u64::from_str_radix(cols.next()?.strip_prefix("0x")?, 16).ok()?;
+                    let _bytes = cols.next()?;
+                    Some((addr, cols.next()?.to_string()))
+                })
+                .collect())
+        };
+        let at = |insns: &[(u64, String)], addr: u64| -> Result<usize> {
+            insns
+                .iter()
+                .position(|(a, _)| *a == addr)
+                .with_context(|| format!("{l}: no instruction at {addr:#x}"))
+        };
+        let lock_insns = dump(&lock)?;
+        let sleep = &lock_insns[at(&lock_insns, lock.entry + points.sleep)?].1;
+        ensure!(
+            sleep.starts_with("CALL ") && sleep.contains("runtime_SemacquireMutex"),
+            "{l}: sleep point is {sleep:?}"
+        );
+        let wake = at(&lock_insns, lock.entry + points.wake)?;
+        let branch = &lock_insns[wake - 1].1;
+        let test = &lock_insns[wake - 2].1;
+        ensure!(
+            (branch.starts_with("JB ") && test.starts_with("BTL $0x2,"))
+                || (branch.starts_with("JNE ") && test.starts_with("TESTL $0x4,")),
+            "{l}: wake point follows {test:?} / {branch:?}"
+        );
+        let unlock_insns = dump(&unlock)?;
+        let h = at(&unlock_insns, unlock.entry + points.handoff)?;
+        let call = &unlock_insns[h].1;
+        ensure!(
+            call.starts_with("CALL ") && call.contains("runtime_Semrelease"),
+            "{l}: hand-off point is {call:?}"
+        );
+        ensure!(
+            unlock_insns[h.saturating_sub(4)..h]
+                .iter()
+                .any(|(_, i)| i == "MOVL $0x1, BX"),
+            "{l}: hand-off call without handoff = true: {:?}",
+            &unlock_insns[h.saturating_sub(4)..=h]
+        );
+        checked += 1;
+    }
+    ensure!(checked >= 7, "only {checked} amd64 builds checked");
+    Ok(())
+}
+
+fn regex_escape(s: &str) -> String {
+    s.chars()
+        .flat_map(|c| {
+            let special = "\\.+*?()|[]{}^$".contains(c);
+            special.then_some('\\').into_iter().chain([c])
+        })
+        .collect()
+}

@@ -32,7 +32,15 @@ pub struct InflightKey {
     pub g: u64,
 }
 
-/// A wait that has entered the slow path and not yet returned.
+/// `Inflight::state` of a wait whose goroutine is asleep on the semaphore
+/// (or, for entry/RET probes, inside the slow path).
+pub const WAIT_ASLEEP: u32 = 0;
+/// `Inflight::state` after a normal wake-up: the time so far is folded into
+/// the aggregates; the goroutine competes for the lock again and may sleep
+/// once more (the same wait goes on).
+pub const WAIT_AWAKE: u32 = 1;
+
+/// A wait that has begun and not yet been closed.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Inflight {
@@ -43,7 +51,34 @@ pub struct Inflight {
     /// Id in the user stack map, or negative when the stack could not be taken.
     pub stack_id: i64,
     pub kind: u32,
+    /// [`WAIT_ASLEEP`] or [`WAIT_AWAKE`].
+    pub state: u32,
+    /// End of the part already folded into the aggregates (the last wake-up),
+    /// or `start_ns` when none is.
+    pub mark_ns: u64,
+    /// [`Handoff::seq`] of the lock when the goroutine last went to sleep:
+    /// if exactly one hand-off happened since, it was this goroutine's.
+    pub handoff_seq: u64,
+}
+
+/// Key of the last starvation-mode hand-off of one Mutex.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct HandoffKey {
+    pub tgid: u32,
     pub _pad: u32,
+    pub lock_addr: u64,
+}
+
+/// The last hand-off of one Mutex: an unlocker in starvation mode gives the
+/// lock straight to the first waiter, which then holds it without any probe
+/// firing; its wait ended at `last_ns`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Handoff {
+    pub last_ns: u64,
+    /// Hand-offs of this lock so far.
+    pub seq: u64,
 }
 
 /// Aggregation key: one row per process, lock, call site and stack.
@@ -76,6 +111,16 @@ pub struct WaitStats {
     pub count: u64,
     pub total_ns: u64,
     pub max_ns: u64,
+    /// Lock waits only: of `count`, those that ended with a starvation-mode
+    /// hand-off.
+    pub handoffs: u64,
+    /// Lock waits only: hand-offs whose end could not be placed in time (more
+    /// than one hand-off of the lock happened before the waiter was seen
+    /// again); not in `count` or `total_ns`.
+    pub unmeasured: u64,
+    /// Per-CPU slots may wrap below zero (a wait that wakes more than once
+    /// moves between slots, maybe on another CPU): sum them with wrapping
+    /// arithmetic.
     pub hist: [u64; HIST_SLOTS],
 }
 
@@ -85,6 +130,8 @@ impl Default for WaitStats {
             count: 0,
             total_ns: 0,
             max_ns: 0,
+            handoffs: 0,
+            unmeasured: 0,
             hist: [0; HIST_SLOTS],
         }
     }
@@ -98,4 +145,6 @@ mod pod {
     unsafe impl aya::Pod for super::LockKey {}
     unsafe impl aya::Pod for super::WaitStats {}
     unsafe impl aya::Pod for super::WaiterKey {}
+    unsafe impl aya::Pod for super::HandoffKey {}
+    unsafe impl aya::Pod for super::Handoff {}
 }

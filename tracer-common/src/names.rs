@@ -17,6 +17,7 @@ pub mod map {
     pub const LOCK_WAITERS: &str = "LOCK_WAITERS";
     pub const UNLOCK_WAKES: &str = "UNLOCK_WAKES";
     pub const LOCK_WAIT_TOTAL: &str = "LOCK_WAIT_TOTAL";
+    pub const LOCK_HANDOFFS: &str = "LOCK_HANDOFFS";
 
     // Go maps (`tracer-ebpf/src/maps.rs`).
     pub const MAP_CONFIG: &str = "MAP_CONFIG";
@@ -54,6 +55,9 @@ pub mod program {
     pub const LOCK_ENTER: &str = "lock_enter";
     pub const LOCK_EXIT: &str = "lock_exit";
     pub const UNLOCK_SLOW: &str = "unlock_slow";
+    pub const MUTEX_SLEEP: &str = "mutex_sleep";
+    pub const MUTEX_WAKE: &str = "mutex_wake";
+    pub const MUTEX_HANDOFF: &str = "mutex_handoff";
 
     // Go maps: uprobes.
     pub const MAP_FATAL: &str = "map_fatal";

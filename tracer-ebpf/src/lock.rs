@@ -1,6 +1,13 @@
-//! Mutex slow-path wait time: an entry uprobe records when a goroutine starts
-//! waiting; uprobes on every RET of the same function close the wait and fold it
-//! into per-CPU aggregates keyed by (process, lock, call site, stack).
+//! Lock wait time, folded into per-CPU aggregates keyed by (process, lock,
+//! call site, stack).
+//!
+//! `sync.Mutex` waits are measured without any probe in the critical section:
+//! `mutex_sleep` fires on the call into the runtime semaphore (the goroutine
+//! does not own the lock), `mutex_wake` where a woken goroutine goes back to
+//! compete for it (it still does not own it), and `mutex_handoff` in the
+//! unlocker when starvation mode hands the lock straight to a waiter. The
+//! RWMutex semaphore waits (and Mutex on binaries whose slow path could not be
+//! decoded) use an entry probe and probes on every RET (`lock_enter`/`lock_exit`).
 
 use aya_ebpf::{
     EbpfContext,
@@ -11,7 +18,11 @@ use aya_ebpf::{
     programs::ProbeContext,
 };
 use aya_log_ebpf::warn;
-use tracer_common::{Inflight, InflightKey, LockKey, WaitStats, WaiterKey, hist_slot, names};
+use tracer_common::{
+    Inflight, InflightKey, LockKey, WaitStats, WaiterKey, hist_slot,
+    lock::{Handoff, HandoffKey, KIND_MUTEX, WAIT_ASLEEP, WAIT_AWAKE},
+    names,
+};
 
 use crate::regs;
 
@@ -43,16 +54,25 @@ static LOCK_WAITERS: LruHashMap<WaiterKey, u8> = LruHashMap::with_max_entries(65
 #[map]
 static UNLOCK_WAKES: PerCpuHashMap<LockKey, u64> = PerCpuHashMap::with_max_entries(16384, 0);
 
-/// One zeroed `WaitStats`: too large for the 512-byte BPF stack, so new
-/// aggregates are initialised from here.
 /// Contended waits completed, every traced process together: the rate
 /// guard reads this one slot four times a second instead of walking
 /// `LOCK_WAITS`.
 #[map]
 static LOCK_WAIT_TOTAL: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
+/// One zeroed `WaitStats`: too large for the 512-byte BPF stack, so new
+/// aggregates are initialised from here.
 #[map]
 static ZERO_STATS: Array<WaitStats> = Array::with_max_entries(1, 0);
+
+/// The last starvation-mode hand-off of each Mutex. LRU: a lock that is
+/// gone must not hold a slot.
+#[map]
+static LOCK_HANDOFFS: LruHashMap<HandoffKey, Handoff> = LruHashMap::with_max_entries(16384, 0);
+
+/// `sync.Mutex{state int32; sema uint32}` in every Go since 1.0: the
+/// semaphore the slow path sleeps on is 4 bytes into the lock.
+const MUTEX_SEMA_OFFSET: u64 = 4;
 
 /// Morestack restarts a function from its first instruction, so the entry probe can
 /// fire twice for one call. A second entry for the same lock this soon is that
@@ -102,7 +122,9 @@ pub fn lock_enter(ctx: ProbeContext) -> u32 {
         caller_pc: regs::return_address(&ctx),
         stack_id,
         kind: unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32,
-        _pad: 0,
+        state: WAIT_ASLEEP,
+        mark_ns: 0,
+        handoff_seq: 0,
     };
     let _ = LOCK_INFLIGHT.insert(key, rec, 0);
     0
@@ -123,56 +145,242 @@ pub fn lock_exit(ctx: ProbeContext) -> u32 {
     // SAFETY: copy out before the element is deleted.
     let rec = unsafe { *rec };
     let _ = LOCK_INFLIGHT.remove(key);
-    let wait = unsafe { bpf_ktime_get_ns() }.saturating_sub(rec.start_ns);
-    let waiter = WaiterKey {
-        tgid,
-        kind: rec.kind,
-        lock_addr: rec.lock_addr,
-        caller_pc: rec.caller_pc,
-        g: key.g,
-    };
-    let _ = LOCK_WAITERS.insert(waiter, 1u8, 0);
-    if let Some(n) = LOCK_WAIT_TOTAL.get_ptr_mut(0) {
-        // SAFETY: per-CPU value, only this CPU writes it.
-        unsafe { *n += 1 };
-    }
-    let agg_key = LockKey {
-        tgid,
-        kind: rec.kind,
-        lock_addr: rec.lock_addr,
-        caller_pc: rec.caller_pc,
-        stack_id: rec.stack_id,
-    };
-    let stats = match LOCK_WAITS.get_ptr_mut(agg_key) {
+    fold(&ctx, &key, &rec, unsafe { bpf_ktime_get_ns() }, false);
+    0
+}
+
+/// The aggregate of `key`, created zeroed when absent; None only when the
+/// table is full.
+#[inline(always)]
+fn stats_for(ctx: &ProbeContext, key: LockKey) -> Option<&'static mut WaitStats> {
+    let p = match LOCK_WAITS.get_ptr_mut(key) {
         Some(p) => p,
         None => {
-            let Some(zero) = ZERO_STATS.get_ptr(0) else {
-                return 0;
-            };
+            let zero = ZERO_STATS.get_ptr(0)?;
             // SAFETY: `zero` points at a map value valid for this run.
             // By reference: a by-value WaitStats would not fit the BPF stack.
             #[allow(clippy::needless_borrows_for_generic_args)]
-            let _ = LOCK_WAITS.insert(agg_key, unsafe { &*zero }, BPF_NOEXIST as u64);
-            match LOCK_WAITS.get_ptr_mut(agg_key) {
+            let _ = LOCK_WAITS.insert(key, unsafe { &*zero }, BPF_NOEXIST as u64);
+            match LOCK_WAITS.get_ptr_mut(key) {
                 Some(p) => p,
                 None => {
                     // Rare by construction: only when the aggregate map is full.
-                    warn!(&ctx, "LOCK_WAITS full: dropping a {} ns wait", wait);
-                    return 0;
+                    warn!(ctx, "LOCK_WAITS full: dropping a wait");
+                    return None;
                 }
             }
         }
     };
-    // SAFETY: per-CPU value, only this CPU writes it.
-    let stats = unsafe { &mut *stats };
-    stats.count += 1;
-    stats.total_ns += wait;
+    // SAFETY: per-CPU value, only this CPU writes it, valid for this run.
+    Some(unsafe { &mut *p })
+}
+
+/// The aggregate key of a recorded wait.
+#[inline(always)]
+fn agg_key(key: &InflightKey, rec: &Inflight) -> LockKey {
+    LockKey {
+        tgid: key.tgid,
+        kind: rec.kind,
+        lock_addr: rec.lock_addr,
+        caller_pc: rec.caller_pc,
+        stack_id: rec.stack_id,
+    }
+}
+
+/// Folds the wait `rec` up to `end_ns` into its aggregate. The first fold of
+/// a wait counts it; a later one (the goroutine slept again after a wake-up)
+/// adds the time since the last fold and moves the wait to its new
+/// histogram slot, so every wait is counted once at its full length.
+#[inline(always)]
+fn fold(ctx: &ProbeContext, key: &InflightKey, rec: &Inflight, end_ns: u64, handoff: bool) {
+    let Some(stats) = stats_for(ctx, agg_key(key, rec)) else {
+        return;
+    };
+    let wait = end_ns.saturating_sub(rec.start_ns);
+    if rec.mark_ns == 0 {
+        stats.count += 1;
+        stats.total_ns += wait;
+        let waiter = WaiterKey {
+            tgid: key.tgid,
+            kind: rec.kind,
+            lock_addr: rec.lock_addr,
+            caller_pc: rec.caller_pc,
+            g: key.g,
+        };
+        let _ = LOCK_WAITERS.insert(waiter, 1u8, 0);
+        if let Some(n) = LOCK_WAIT_TOTAL.get_ptr_mut(0) {
+            // SAFETY: per-CPU value, only this CPU writes it.
+            unsafe { *n += 1 };
+        }
+    } else {
+        let before = rec.mark_ns.saturating_sub(rec.start_ns);
+        stats.total_ns += wait.saturating_sub(before);
+        if let Some(slot) = stats.hist.get_mut(hist_slot(before)) {
+            *slot = slot.wrapping_sub(1);
+        }
+    }
+    if handoff {
+        stats.handoffs += 1;
+    }
     if wait > stats.max_ns {
         stats.max_ns = wait;
     }
     if let Some(slot) = stats.hist.get_mut(hist_slot(wait)) {
-        *slot += 1;
+        *slot = slot.wrapping_add(1);
     }
+}
+
+/// On the call into the runtime semaphore in `lockSlow`: the goroutine is
+/// about to sleep on `&m.sema` (first argument) and does not own the lock.
+/// The second argument is `lifo`, true when this same `lockSlow` call has
+/// slept before: the wait goes on.
+#[uprobe]
+pub fn mutex_sleep(ctx: ProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    // SAFETY: read-only lookup of a plain value.
+    if unsafe { TARGETS.get(tgid) }.is_none() {
+        return 0;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    let key = InflightKey {
+        tgid,
+        _pad: 0,
+        g: regs::goroutine(&ctx, pid_tgid),
+    };
+    let lock_addr = regs::arg0(&ctx).wrapping_sub(MUTEX_SEMA_OFFSET);
+    let lifo = regs::arg1(&ctx) & 0xff != 0;
+    let hkey = HandoffKey {
+        tgid,
+        _pad: 0,
+        lock_addr,
+    };
+    // SAFETY: read-only lookup of a plain value, copied out.
+    let seq = unsafe { LOCK_HANDOFFS.get(hkey) }.map_or(0, |h| h.seq);
+    if let Some(p) = LOCK_INFLIGHT.get_ptr_mut(key) {
+        // SAFETY: the pointer is valid for this program run.
+        let rec = unsafe { &mut *p };
+        if rec.kind == KIND_MUTEX && rec.lock_addr == lock_addr && lifo {
+            rec.state = WAIT_ASLEEP;
+            rec.handoff_seq = seq;
+            return 0;
+        }
+        if rec.kind == KIND_MUTEX && rec.state == WAIT_ASLEEP {
+            // The goroutine's last wait ended with no wake-up: a hand-off
+            // it received, then unlocked outside starvation mode.
+            let old = *rec;
+            close_handed_off(&ctx, &key, &old);
+        }
+    }
+    let rec = Inflight {
+        start_ns: now,
+        lock_addr,
+        caller_pc: regs::frame_return_address(&ctx),
+        stack_id: user_stack_id(&ctx),
+        kind: unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32,
+        state: WAIT_ASLEEP,
+        mark_ns: 0,
+        handoff_seq: seq,
+    };
+    let _ = LOCK_INFLIGHT.insert(key, rec, 0);
+    0
+}
+
+/// Closes a wait that ended in a hand-off seen only now: exact when one
+/// hand-off of the lock happened since the goroutine slept (it was this
+/// one), otherwise counted as unmeasured.
+#[inline(always)]
+fn close_handed_off(ctx: &ProbeContext, key: &InflightKey, rec: &Inflight) {
+    let hkey = HandoffKey {
+        tgid: key.tgid,
+        _pad: 0,
+        lock_addr: rec.lock_addr,
+    };
+    // SAFETY: read-only lookup of a plain value, copied out.
+    let Some(h) = (unsafe { LOCK_HANDOFFS.get(hkey) }).copied() else {
+        return;
+    };
+    if h.seq == rec.handoff_seq.wrapping_add(1) {
+        fold(ctx, key, rec, h.last_ns, true);
+    } else if h.seq > rec.handoff_seq
+        && let Some(stats) = stats_for(ctx, agg_key(key, rec))
+    {
+        stats.unmeasured += 1;
+    }
+}
+
+/// Where a woken goroutine goes back to compete for the Mutex (the
+/// fall-through of lockSlow's starvation check): it does not own the lock.
+#[uprobe]
+pub fn mutex_wake(ctx: ProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let key = InflightKey {
+        tgid: (pid_tgid >> 32) as u32,
+        _pad: 0,
+        g: regs::goroutine(&ctx, pid_tgid),
+    };
+    let Some(p) = LOCK_INFLIGHT.get_ptr_mut(key) else {
+        return 0;
+    };
+    // SAFETY: the pointer is valid for this program run.
+    let rec = unsafe { &mut *p };
+    if rec.kind != KIND_MUTEX || rec.state != WAIT_ASLEEP {
+        return 0;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    let snapshot = *rec;
+    fold(&ctx, &key, &snapshot, now, false);
+    rec.mark_ns = now;
+    rec.state = WAIT_AWAKE;
+    0
+}
+
+/// On the unlocker's starvation-mode `runtime_Semrelease(&m.sema, true, ..)`
+/// in `unlockSlow`: the lock goes straight to the first waiter, which will
+/// hold it with no probe firing. The hand-off time is kept per lock; and if
+/// the unlocker itself got the lock by the previous hand-off (it has held it
+/// since, so that hand-off was its own), its wait is closed at that time.
+#[uprobe]
+pub fn mutex_handoff(ctx: ProbeContext) -> u32 {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    let tgid = (pid_tgid >> 32) as u32;
+    // SAFETY: read-only lookup of a plain value.
+    if unsafe { TARGETS.get(tgid) }.is_none() {
+        return 0;
+    }
+    let now = unsafe { bpf_ktime_get_ns() };
+    let lock_addr = regs::arg0(&ctx).wrapping_sub(MUTEX_SEMA_OFFSET);
+    let hkey = HandoffKey {
+        tgid,
+        _pad: 0,
+        lock_addr,
+    };
+    // SAFETY: read-only lookup of a plain value, copied out.
+    let prev = unsafe { LOCK_HANDOFFS.get(hkey) }
+        .copied()
+        .unwrap_or_default();
+    let key = InflightKey {
+        tgid,
+        _pad: 0,
+        g: regs::goroutine(&ctx, pid_tgid),
+    };
+    if let Some(p) = LOCK_INFLIGHT.get_ptr(key) {
+        // SAFETY: copy out before the element is deleted.
+        let rec = unsafe { *p };
+        if rec.kind == KIND_MUTEX
+            && rec.lock_addr == lock_addr
+            && rec.state == WAIT_ASLEEP
+            && prev.seq > rec.handoff_seq
+        {
+            let _ = LOCK_INFLIGHT.remove(key);
+            fold(&ctx, &key, &rec, prev.last_ns, true);
+        }
+    }
+    let next = Handoff {
+        last_ns: now,
+        seq: prev.seq + 1,
+    };
+    let _ = LOCK_HANDOFFS.insert(hkey, next, 0);
     0
 }
 
@@ -213,7 +421,11 @@ crate::names::check_names! {
     LOCK_WAITERS => names::map::LOCK_WAITERS,
     UNLOCK_WAKES => names::map::UNLOCK_WAKES,
     LOCK_WAIT_TOTAL => names::map::LOCK_WAIT_TOTAL,
+    LOCK_HANDOFFS => names::map::LOCK_HANDOFFS,
     lock_enter => names::program::LOCK_ENTER,
     lock_exit => names::program::LOCK_EXIT,
     unlock_slow => names::program::UNLOCK_SLOW,
+    mutex_sleep => names::program::MUTEX_SLEEP,
+    mutex_wake => names::program::MUTEX_WAKE,
+    mutex_handoff => names::program::MUTEX_HANDOFF,
 }

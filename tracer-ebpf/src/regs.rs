@@ -24,10 +24,21 @@ mod arch {
     pub fn arg0(ctx: &ProbeContext) -> u64 {
         regs(ctx).rax
     }
+    /// Second integer argument: RBX.
+    #[inline(always)]
+    pub fn arg1(ctx: &ProbeContext) -> u64 {
+        regs(ctx).rbx
+    }
     /// Address holding the return address at function entry: the stack pointer.
     #[inline(always)]
     pub fn return_address_slot(ctx: &ProbeContext) -> u64 {
         regs(ctx).rsp
+    }
+    /// Inside a function's body, past its prologue, Go keeps the frame
+    /// pointer in RBP and the function's return address just above it.
+    #[inline(always)]
+    pub fn frame_return_address_slot(ctx: &ProbeContext) -> u64 {
+        regs(ctx).rbp.wrapping_add(8)
     }
 }
 
@@ -49,6 +60,16 @@ mod arch {
     pub fn arg0(ctx: &ProbeContext) -> u64 {
         regs(ctx).regs[0]
     }
+    #[inline(always)]
+    pub fn arg1(ctx: &ProbeContext) -> u64 {
+        regs(ctx).regs[1]
+    }
+    /// Probes inside a function's body are placed on amd64 only (user space
+    /// decodes no arm64 bodies), so there is nothing to read here.
+    #[inline(always)]
+    pub fn frame_return_address_slot(_ctx: &ProbeContext) -> u64 {
+        0
+    }
     /// On arm64 the return address is in LR (X30) at entry; there is no slot to read.
     #[inline(always)]
     pub fn return_address_slot(_ctx: &ProbeContext) -> u64 {
@@ -60,7 +81,7 @@ mod arch {
     }
 }
 
-pub use arch::arg0;
+pub use arch::{arg0, arg1};
 
 /// Key for the current goroutine, falling back to the thread id when the
 /// `g` register is zero.
@@ -87,4 +108,16 @@ pub fn return_address(ctx: &ProbeContext) -> u64 {
         // SAFETY: reading user memory through the helper, which faults safely.
         unsafe { aya_ebpf::helpers::bpf_probe_read_user(slot as *const u64) }.unwrap_or(0)
     }
+}
+
+/// The return address of the function the probe is inside, read past its
+/// prologue (0 where that is not known).
+#[inline(always)]
+pub fn frame_return_address(ctx: &ProbeContext) -> u64 {
+    let slot = arch::frame_return_address_slot(ctx);
+    if slot < 8 {
+        return 0;
+    }
+    // SAFETY: reading user memory through the helper, which faults safely.
+    unsafe { aya_ebpf::helpers::bpf_probe_read_user(slot as *const u64) }.unwrap_or(0)
 }

@@ -30,6 +30,11 @@ impl DataSymbols {
         Self { syms }
     }
 
+    /// Link-time address of the variable `name`.
+    pub fn address_of(&self, name: &str) -> Option<u64> {
+        self.syms.iter().find(|s| s.2 == name).map(|s| s.0)
+    }
+
     /// `name` or `name+0xoff` for the variable containing link-time address `addr`.
     pub fn name_of(&self, addr: u64) -> Option<String> {
         let i = self.syms.partition_point(|s| s.0 <= addr).checked_sub(1)?;

@@ -51,7 +51,14 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 /// Programs verified as the object loads, so a kernel that refuses the lock
 /// probes fails the load rather than the first attach. Other features load
 /// theirs when they start.
-const LOADED_WITH_OBJECT: [&str; 3] = ["lock_enter", "lock_exit", "unlock_slow"];
+const LOADED_WITH_OBJECT: [&str; 6] = [
+    names::program::LOCK_ENTER,
+    names::program::LOCK_EXIT,
+    names::program::UNLOCK_SLOW,
+    names::program::MUTEX_SLEEP,
+    names::program::MUTEX_WAKE,
+    names::program::MUTEX_HANDOFF,
+];
 
 /// The happens-before ring's size when deep mode runs (one page otherwise).
 pub const HB_RING: (&str, u32) = (names::map::HB_EVENTS, tracer_common::maps::HB_RING_BYTES);
@@ -286,6 +293,17 @@ impl Tracer {
             HashMap::try_from(map_mut(&mut self.ebpf, names::map::TARGETS)?)?;
         targets.insert(pid, 1, 0).context("adding target pid")?;
         Ok(())
+    }
+
+    /// The pids being recorded.
+    pub fn targets(&self) -> Vec<u32> {
+        let Some(map) = self.ebpf.map(names::map::TARGETS) else {
+            return Vec::new();
+        };
+        let Ok(targets) = HashMap::<_, u32, u8>::try_from(map) else {
+            return Vec::new();
+        };
+        targets.keys().filter_map(|k| k.ok()).collect()
     }
 
     /// Stops recording `pid` (the other half of [`Tracer::add_target`]).

@@ -14,6 +14,11 @@ pub struct Latency {
     pub count: u64,
     pub total_ns: u64,
     pub max_ns: u64,
+    /// Lock waits only (see `WaitStats`): of `count`, those that ended
+    /// with a starvation-mode hand-off.
+    pub handoffs: u64,
+    /// Lock waits only: hand-offs whose end could not be timed.
+    pub unmeasured: u64,
     pub hist: Vec<u64>,
 }
 
@@ -23,6 +28,8 @@ impl Default for Latency {
             count: 0,
             total_ns: 0,
             max_ns: 0,
+            handoffs: 0,
+            unmeasured: 0,
             hist: vec![0; HIST_SLOTS],
         }
     }
@@ -37,13 +44,17 @@ pub struct Bucket {
 }
 
 impl Latency {
-    /// Adds one CPU's (or one key's) aggregate.
+    /// Adds one CPU's (or one key's) aggregate. Histogram slots wrap: a wait that woke
+    /// more than once may have left one CPU's slot below zero and another's
+    /// above (see `WaitStats::hist`); their sum is right.
     pub fn add(&mut self, s: &WaitStats) {
         self.count = self.count.saturating_add(s.count);
         self.total_ns = self.total_ns.saturating_add(s.total_ns);
         self.max_ns = self.max_ns.max(s.max_ns);
+        self.handoffs = self.handoffs.saturating_add(s.handoffs);
+        self.unmeasured = self.unmeasured.saturating_add(s.unmeasured);
         for (a, b) in self.hist.iter_mut().zip(s.hist.iter()) {
-            *a = a.saturating_add(*b);
+            *a = a.wrapping_add(*b);
         }
     }
 
@@ -51,6 +62,8 @@ impl Latency {
         self.count = self.count.saturating_add(o.count);
         self.total_ns = self.total_ns.saturating_add(o.total_ns);
         self.max_ns = self.max_ns.max(o.max_ns);
+        self.handoffs = self.handoffs.saturating_add(o.handoffs);
+        self.unmeasured = self.unmeasured.saturating_add(o.unmeasured);
         for (a, b) in self.hist.iter_mut().zip(o.hist.iter()) {
             *a = a.saturating_add(*b);
         }

@@ -4,7 +4,7 @@
 
 use std::{path::PathBuf, time::Duration};
 
-use crate::{maps::MapsMode, tcp::TcpOptions};
+use crate::{locks::MutexExits, maps::MapsMode, tcp::TcpOptions};
 
 /// Tracing choices shared by `run`, `attach` and every process the agent
 /// traces.
@@ -27,6 +27,8 @@ pub struct TraceOptions {
     /// Pause the lock probes when contended waits exceed this many per second
     /// (0: never), to bound the probes' cost to the traced program.
     pub max_lock_rate: u64,
+    /// Where Mutex waits are closed (off the lock by default).
+    pub mutex_exits: MutexExits,
 }
 
 /// How `run` and `attach` show what they traced.

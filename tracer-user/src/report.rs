@@ -33,6 +33,8 @@ pub struct Report {
     pub duration_ns: u64,
     pub probes: Vec<ProbeStatus>,
     pub locks: Vec<LockReport>,
+    /// The Go runtime's own lock-wait total beside the probed one.
+    pub runtime_lock_wait: crate::locks::report::RuntimeLockWait,
     /// Code that held contended locks (unlocks that woke waiters); only with `--holders`.
     pub holders: Vec<HolderReport>,
     /// Problems found while tracing: `stuck_lock_wait`, and the map findings
@@ -154,6 +156,7 @@ impl Report {
             &self.locks,
             &self.holders,
             self.lock_probe_pauses.as_ref(),
+            &self.runtime_lock_wait,
             limit,
             &mut out,
         );

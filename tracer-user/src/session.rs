@@ -88,6 +88,7 @@ impl Session {
             attach_path,
             scope,
             opts.holders,
+            opts.mutex_exits,
             opts.max_lock_rate,
         )?;
         let maps = MapsState::start(
@@ -267,6 +268,7 @@ impl Session {
     fn build_report_for(&self, pid: u32) -> Result<Report> {
         let tables = self.tables()?;
         let LockParts {
+            runtime_wait,
             locks,
             holders,
             findings,
@@ -304,6 +306,7 @@ impl Session {
             duration_ns: self.started.elapsed().as_nanos() as u64,
             probes: self.probes.clone(),
             locks,
+            runtime_lock_wait: runtime_wait,
             holders,
             findings,
             maps: map_rows,

@@ -116,7 +116,15 @@ impl Symbolizer<'_> {
             pcs.push(caller_pc);
         }
         if let Some(s) = stack {
-            pcs.extend(s.iter().skip(1).copied().filter(|&p| p != 0));
+            // Frame 0 is the probed PC. A probe inside a function's body
+            // (past its prologue) also unwinds to the function's own return
+            // address, which is `caller_pc` already.
+            let skip = if caller_pc != 0 && s.get(1) == Some(&caller_pc) {
+                2
+            } else {
+                1
+            };
+            pcs.extend(s.iter().skip(skip).copied().filter(|&p| p != 0));
         }
         pcs.into_iter()
             .map(|pc| self.frames_for_return(pc))

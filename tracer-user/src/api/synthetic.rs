@@ -48,6 +48,8 @@ pub fn lock(address: &str, kind: &'static str, site: Site, samples_ns: &[u64]) -
         wait_ns_p50: l.quantile(0.5),
         wait_ns_p99: l.quantile(0.99),
         wait_ns_max: l.max_ns,
+        handoffs: 0,
+        handoffs_unmeasured: 0,
         histogram: l.buckets(),
         stacks: vec![],
     }
@@ -161,6 +163,11 @@ pub fn report(
         },
         duration_ns: 1,
         probes: vec![],
+        runtime_lock_wait: crate::locks::report::RuntimeLockWait {
+            total_ns: None,
+            probed_ns: locks.iter().map(|l| l.wait_ns_total).sum(),
+            reason: Some("synthetic report".into()),
+        },
         locks,
         holders: vec![],
         findings: vec![],

@@ -7,7 +7,7 @@ use std::{ffi::OsString, path::PathBuf, time::Duration};
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{duration, maps::MapsMode};
+use crate::{duration, locks::MutexExits, maps::MapsMode};
 
 #[derive(Parser)]
 #[command(
@@ -82,6 +82,12 @@ pub struct Output {
     /// per second (each costs two uprobe traps in the traced program); 0: never.
     #[arg(long, default_value_t = 5000)]
     pub max_lock_rate: u64,
+    /// Where sync.Mutex waits are closed: `wakeup` (default: where the woken
+    /// waiter does not own the lock yet, decoded from the binary; no probe in
+    /// the critical section) or `ret` (on the slow path's RETs, one trap
+    /// inside each contended critical section; for comparison).
+    #[arg(long, value_enum, default_value_t = MutexExits::Wakeup)]
+    pub mutex_exits: MutexExits,
     /// Trace the process's TCP flows (kprobes, fentry or tracepoints): on or off.
     #[arg(long, default_value = "on", value_parser = ["on", "off"])]
     pub tcp: String,

@@ -54,6 +54,7 @@ pub fn trace_options(o: &Output, tcp: &TcpOptions, maps: MapsMode) -> TraceOptio
         race_budget: o.race_budget,
         tcp: (o.tcp == "on").then(|| tcp.clone()),
         max_lock_rate: o.max_lock_rate,
+        mutex_exits: o.mutex_exits,
     }
 }
 

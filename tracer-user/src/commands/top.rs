@@ -51,6 +51,7 @@ fn embedded_agent(interval: Duration, tcp: TcpOptions) -> AgentOptions {
             race_budget: crate::maps::budget::DEFAULT_BUDGET,
             tcp: Some(tcp),
             max_lock_rate: 5000,
+            mutex_exits: Default::default(),
         },
         max_processes: 256,
         pods: None,

@@ -10,6 +10,7 @@ mod inlined;
 mod inspect;
 mod load;
 mod moduledata;
+mod mutex_points;
 mod offsets;
 mod pclntab;
 mod reader;
@@ -28,7 +29,8 @@ pub use buildinfo::BuildInfo;
 pub use buildversion::VersionSource;
 pub use inlined::{AtomicInsn, InlinedSite};
 pub use inspect::{InspectReport, OffsetReport, inspect};
-pub use offsets::{MapImpl, Offset, OffsetSource, StructOffsets, table_offsets};
+pub use mutex_points::MutexPoints;
+pub use offsets::{MapImpl, Offset, OffsetSource, StructOffsets, lock_wait_reasons, table_offsets};
 pub use returns::{return_offsets_amd64, return_offsets_arm64};
 pub use symbolize::SymbolizerCache;
 pub use targets::{Category, Match, ProbeTarget, TargetStatus, probe_targets, target_specs};
@@ -328,6 +330,69 @@ impl GoBinary {
     /// Number of functions known.
     pub fn function_count(&self) -> usize {
         self.funcs.len()
+    }
+
+    /// Link-time address of the segment at file offset 0: where the kernel
+    /// maps the start of the file, so a PIE's load bias is its mapping's
+    /// start minus this (Go's internal linker puts PIEs at 0x400000, not 0).
+    pub fn image_base(&self) -> u64 {
+        self.elf
+            .segments
+            .iter()
+            .filter(|s| s.offset == 0)
+            .map(|s| s.vaddr)
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// The code of `f`.
+    fn code(&self, f: &Function) -> Result<&[u8], GoBinError> {
+        let len = usize::try_from(f.size).map_err(|_| GoBinError::Unmapped(f.entry))?;
+        self.elf
+            .read(&self.data, f.entry, len)
+            .ok_or(GoBinError::Unmapped(f.entry))
+    }
+
+    /// The Mutex slow paths and where their waits can be timed off the
+    /// lock (see `mutex_points`); the error says why not (arm64, or code
+    /// of a shape tracer does not know).
+    pub fn mutex_points(&self) -> Result<(Function, Function, MutexPoints), String> {
+        let find = |names: &[&str]| {
+            names
+                .iter()
+                .find_map(|n| self.function(n))
+                .ok_or_else(|| format!("{} not in the binary", names.join(" / ")))
+        };
+        if self.elf.arch != Arch::Amd64 {
+            return Err("the wake-up points are decoded on amd64 only".into());
+        }
+        let lock = find(&["internal/sync.(*Mutex).lockSlow", "sync.(*Mutex).lockSlow"])?;
+        let unlock = find(&[
+            "internal/sync.(*Mutex).unlockSlow",
+            "sync.(*Mutex).unlockSlow",
+        ])?;
+        let acquire = find(&[
+            "internal/sync.runtime_SemacquireMutex",
+            "sync.runtime_SemacquireMutex",
+        ])?;
+        let release = find(&[
+            "internal/sync.runtime_Semrelease",
+            "sync.runtime_Semrelease",
+        ])?;
+        let code = |f: &Function| self.code(f).map_err(|e| format!("{}: {e}", f.name));
+        let (sleep, wake) =
+            mutex_points::lock_slow_points_amd64(code(&lock)?, lock.entry, acquire.entry)?;
+        let handoff =
+            mutex_points::unlock_slow_handoff_amd64(code(&unlock)?, unlock.entry, release.entry)?;
+        Ok((
+            lock,
+            unlock,
+            MutexPoints {
+                sleep,
+                wake,
+                handoff,
+            },
+        ))
     }
 
     /// RET instruction sites of `f`, as offsets from `f.entry`.

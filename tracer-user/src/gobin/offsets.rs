@@ -74,6 +74,18 @@ pub struct StructOffsets {
     pub sync_map_read: Option<Offset>,
     pub sync_map_dirty: Option<Offset>,
     pub sync_map_misses: Option<Offset>,
+    /// `runtime.schedt.totalMutexWaitTime` (atomic.Int64): the sampled
+    /// sync.Mutex/RWMutex wait total behind `/sync/mutex/wait/total:seconds`.
+    pub sched_mutex_wait: Option<Offset>,
+    /// `runtime.schedt.totalRuntimeLockWaitTime` (Go 1.22+): the runtime's
+    /// own lock waits, which that metric adds.
+    pub sched_runtime_lock_wait: Option<Offset>,
+    /// `runtime.m.alllink` and `.mLockProfile`, and
+    /// `runtime.mLockProfile.waitTime` (Go 1.22+): runtime lock waits each
+    /// thread has not yet added to the total.
+    pub m_alllink: Option<Offset>,
+    pub m_lock_profile: Option<Offset>,
+    pub mlockprofile_wait: Option<Offset>,
     /// (field, reason) for each offset that is `None`.
     pub missing: Vec<(String, String)>,
 }
@@ -97,6 +109,14 @@ impl StructOffsets {
             ("sync.Map.read", self.sync_map_read),
             ("sync.Map.dirty", self.sync_map_dirty),
             ("sync.Map.misses", self.sync_map_misses),
+            ("runtime.schedt.totalMutexWaitTime", self.sched_mutex_wait),
+            (
+                "runtime.schedt.totalRuntimeLockWaitTime",
+                self.sched_runtime_lock_wait,
+            ),
+            ("runtime.m.alllink", self.m_alllink),
+            ("runtime.m.mLockProfile", self.m_lock_profile),
+            ("runtime.mLockProfile.waitTime", self.mlockprofile_wait),
         ]
     }
 
@@ -117,6 +137,11 @@ impl StructOffsets {
             "sync.Map.read" => &mut self.sync_map_read,
             "sync.Map.dirty" => &mut self.sync_map_dirty,
             "sync.Map.misses" => &mut self.sync_map_misses,
+            "runtime.schedt.totalMutexWaitTime" => &mut self.sched_mutex_wait,
+            "runtime.schedt.totalRuntimeLockWaitTime" => &mut self.sched_runtime_lock_wait,
+            "runtime.m.alllink" => &mut self.m_alllink,
+            "runtime.m.mLockProfile" => &mut self.m_lock_profile,
+            "runtime.mLockProfile.waitTime" => &mut self.mlockprofile_wait,
             _ => return None,
         })
     }
@@ -199,8 +224,35 @@ pub fn table_offsets(v: GoVersion, experiments: &[String]) -> StructOffsets {
         o.sync_map_dirty = t(if old_read { 24 } else { 16 });
         o.sync_map_misses = t(if old_read { 32 } else { 24 });
     }
+    lock_totals_table(&mut o, v);
     fill_missing(&mut o, v, experiments, "not in the built-in table");
     o
+}
+
+/// The runtime's lock-wait totals and the thread list, as the DWARF of Go
+/// 1.21–1.27 gives them (checked for every version by the gobin tests).
+/// Not known for older Go.
+fn lock_totals_table(o: &mut StructOffsets, v: GoVersion) {
+    let t = |value| {
+        Some(Offset {
+            value,
+            source: OffsetSource::Table,
+        })
+    };
+    let minor = if v.major == 1 { v.minor } else { return };
+    let (sched_mutex, sched_runtime, alllink, lock_profile) = match minor {
+        21 => (1624, None, 336, None),
+        22 | 23 => (1624, Some(6816), 328, Some(624)),
+        24 => (1624, Some(6816), 352, Some(648)),
+        25 => (1648, Some(6840), 344, Some(648)),
+        26 | 27 => (1664, Some(6856), 352, Some(680)),
+        _ => return,
+    };
+    o.sched_mutex_wait = t(sched_mutex);
+    o.sched_runtime_lock_wait = sched_runtime.and_then(t);
+    o.m_alllink = t(alllink);
+    o.m_lock_profile = lock_profile.and_then(t);
+    o.mlockprofile_wait = lock_profile.and(t(0));
 }
 
 /// Explains every `None` field.
@@ -225,6 +277,10 @@ fn fill_missing(o: &mut StructOffsets, v: GoVersion, experiments: &[String], def
             format!(
                 "Go {v} backs sync.Map with internal/sync.HashTrieMap; sync.Map field probes off"
             )
+        } else if (f.contains("RuntimeLockWait") || f.contains("mLockProfile"))
+            && !v.at_least(1, 22)
+        {
+            format!("Go {v} has no runtime lock profile (it came in Go 1.22)")
         } else if f.starts_with("internal/runtime/maps") && !v.at_least(1, 24) {
             format!(
                 "Swiss maps under GOEXPERIMENT=swissmap in Go {v} have no table entry; needs DWARF"
@@ -319,7 +375,7 @@ pub(crate) fn from_dwarf(data: &[u8]) -> Result<Option<StructOffsets>, GoBinErro
     let dwarf = sections.borrow(|s| EndianSlice::new(s, LittleEndian));
     let dw = |e: gimli::Error| GoBinError::Dwarf(e.to_string());
 
-    const WANT: [(&str, &[(&str, &str)]); 4] = [
+    const WANT: [(&str, &[(&str, &str)]); 7] = [
         (
             "runtime.g",
             &[
@@ -355,9 +411,30 @@ pub(crate) fn from_dwarf(data: &[u8]) -> Result<Option<StructOffsets>, GoBinErro
                 ("misses", "sync.Map.misses"),
             ],
         ),
+        (
+            "runtime.schedt",
+            &[
+                ("totalMutexWaitTime", "runtime.schedt.totalMutexWaitTime"),
+                (
+                    "totalRuntimeLockWaitTime",
+                    "runtime.schedt.totalRuntimeLockWaitTime",
+                ),
+            ],
+        ),
+        (
+            "runtime.m",
+            &[
+                ("alllink", "runtime.m.alllink"),
+                ("mLockProfile", "runtime.m.mLockProfile"),
+            ],
+        ),
+        (
+            "runtime.mLockProfile",
+            &[("waitTime", "runtime.mLockProfile.waitTime")],
+        ),
     ];
     let mut out = StructOffsets::default();
-    let mut seen = [false; 4];
+    let mut seen = [false; WANT.len()];
     let mut units = dwarf.units();
     while let Some(header) = units.next().map_err(dw)? {
         let unit = dwarf.unit(header).map_err(dw)?;
@@ -408,6 +485,17 @@ pub(crate) fn from_dwarf(data: &[u8]) -> Result<Option<StructOffsets>, GoBinErro
         }
     }
     Ok(Some(out))
+}
+
+/// The `runtime.waitReason` values `waitReasonSyncMutexLock`,
+/// `waitReasonSyncRWMutexRLock` and `waitReasonSyncRWMutexLock` (consecutive
+/// in every version), as numbered in `runtime/runtime2.go` of Go 1.21–1.27:
+/// Go 1.25 inserted a reason before them. `None` for other versions.
+pub fn lock_wait_reasons(v: GoVersion) -> Option<std::ops::RangeInclusive<u8>> {
+    if !v.at_least(1, 21) || v.at_least(1, 28) {
+        return None;
+    }
+    Some(if v.at_least(1, 25) { 22..=24 } else { 21..=23 })
 }
 
 #[cfg(test)]
@@ -475,5 +563,15 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn lock_wait_reasons_follow_runtime2_go() {
+        assert_eq!(lock_wait_reasons(v("go1.21.13")), Some(21..=23));
+        assert_eq!(lock_wait_reasons(v("go1.24.11")), Some(21..=23));
+        assert_eq!(lock_wait_reasons(v("go1.25.0")), Some(22..=24));
+        assert_eq!(lock_wait_reasons(v("go1.27.3")), Some(22..=24));
+        assert_eq!(lock_wait_reasons(v("go1.20.1")), None);
+        assert_eq!(lock_wait_reasons(v("go1.28.0")), None);
     }
 }

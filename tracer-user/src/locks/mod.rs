@@ -16,26 +16,31 @@ pub mod rate_guard;
 pub mod read;
 pub mod report;
 pub mod rows;
+pub mod runtime_totals;
 pub mod stuck;
 pub mod table;
 
 use std::{
-    cell::{Cell, OnceCell},
+    cell::{Cell, OnceCell, RefCell},
     collections::HashMap,
     path::{Path, PathBuf},
     time::{Duration, Instant},
 };
 
 use anyhow::Result;
+use tracer_common::lock::WAIT_AWAKE;
+
+pub use self::probes::MutexExits;
 
 use self::{
     holders::build_holders,
     probes::LockProbes,
     rate_guard::{Action, RateGuard},
     read::LockTables,
-    report::{Finding, HolderReport, LockPauses, LockRef, LockReport},
+    report::{Finding, HolderReport, LockPauses, LockRef, LockReport, RuntimeLockWait},
     rows::{Located, build_rows, locate, waiters_by_site},
-    stuck::{StuckWaits, read_goid},
+    runtime_totals::RuntimeTotals,
+    stuck::{ParkCheck, StuckWaits, read_goid},
 };
 use crate::{
     clock::monotonic_ns,
@@ -45,26 +50,51 @@ use crate::{
     symbols::{Symbolizer, bias_from_entry_frame},
 };
 
+/// The runtime's lock-wait total last read from one process.
+struct RuntimeWait {
+    bias: Option<u64>,
+    total: Result<u64, String>,
+}
+
+/// How a goroutine parked on a lock is recognised in `bin`, when its
+/// offsets and wait reasons are known. A Mutex wait that ended with a
+/// hand-off stays in the in-flight table until the waiter sleeps again;
+/// this check keeps it from being reported as stuck.
+fn park_check(bin: &GoBinary) -> Option<ParkCheck> {
+    let o = bin.offsets();
+    Some(ParkCheck {
+        status_offset: o.g_atomicstatus?.value,
+        reason_offset: o.g_waitreason?.value,
+        lock_reasons: crate::gobin::lock_wait_reasons(bin.go_version())?,
+    })
+}
+
 /// How long the lock probes stay detached once the rate guard trips.
 pub const LOCK_PAUSE: Duration = Duration::from_secs(5);
 
 /// The lock feature's state in one session.
 pub struct LockTracing {
     probes: LockProbes,
-    /// Link-time entry of each probed function by wait kind: a recorded stack's
-    /// frame 0 is that entry, which gives a PIE's load bias.
+    /// Link-time PC where each wait kind's stacks are taken: a recorded
+    /// stack's frame 0 is that PC, which gives a PIE's load bias.
     entries: HashMap<u32, u64>,
     bias: Cell<Option<u64>>,
     data_syms: OnceCell<DataSymbols>,
     stuck: StuckWaits,
+    /// Where the runtime keeps its own lock-wait total, or why it cannot be read.
+    totals: OnceCell<Result<RuntimeTotals, String>>,
+    /// The last total read per pid (and, for a PIE, its load bias). Kept
+    /// after the process exits, which is when `tracer run` reports.
+    runtime_wait: RefCell<HashMap<u32, RuntimeWait>>,
     /// Decides when the lock probes must pause; with what to re-attach them.
     guard: RateGuard,
-    reattach: (PathBuf, Scope, bool),
+    reattach: (PathBuf, Scope, bool, MutexExits),
     paused: bool,
 }
 
 /// The lock parts of one process's report.
 pub struct LockParts {
+    pub runtime_wait: RuntimeLockWait,
     pub locks: Vec<LockReport>,
     pub holders: Vec<HolderReport>,
     pub findings: Vec<Finding>,
@@ -79,10 +109,11 @@ impl LockTracing {
         path: &Path,
         scope: Scope,
         holders: bool,
+        exits: MutexExits,
         max_rate: u64,
     ) -> Result<(Self, Vec<ProbeStatus>)> {
         let mut probes = LockProbes::default();
-        let statuses = probes.attach(tracer, bin, path, scope, holders);
+        let statuses = probes.attach(tracer, bin, path, scope, holders, exits);
         if let Some(failed) = statuses.iter().find(|p| p.status == "failed") {
             anyhow::bail!(
                 "could not attach {} probes: {}",
@@ -90,10 +121,7 @@ impl LockTracing {
                 failed.reason.as_deref().unwrap_or("unknown error")
             );
         }
-        let entries = statuses
-            .iter()
-            .filter_map(|p| Some((p.kind, bin.function(p.function.as_deref()?)?.entry)))
-            .collect();
+        let entries = probes.stack_pcs().clone();
         let bias = if bin.is_pie() { None } else { Some(0) };
         let locks = Self {
             probes,
@@ -101,8 +129,10 @@ impl LockTracing {
             bias: Cell::new(bias),
             data_syms: OnceCell::new(),
             stuck: StuckWaits::default(),
+            totals: OnceCell::new(),
+            runtime_wait: RefCell::default(),
             guard: RateGuard::new(max_rate, LOCK_PAUSE),
-            reattach: (path.to_path_buf(), scope, holders),
+            reattach: (path.to_path_buf(), scope, holders, exits),
             paused: false,
         };
         Ok((locks, statuses))
@@ -114,7 +144,7 @@ impl LockTracing {
     }
 
     /// Load bias of the process: 0 unless PIE, where it is learnt from the first
-    /// recorded stack (frame 0 is the probed function's entry).
+    /// recorded stack (frame 0 is the probed PC).
     fn bias(&self, tracer: &Tracer, keys: impl Iterator<Item = (u32, i64)>) -> u64 {
         if let Some(b) = self.bias.get() {
             return b;
@@ -159,8 +189,10 @@ impl LockTracing {
                 }
             }
             Action::Resume => {
-                let (path, scope, holders) = self.reattach.clone();
-                let statuses = self.probes.attach(tracer, bin, &path, scope, holders);
+                let (path, scope, holders, exits) = self.reattach.clone();
+                let statuses = self
+                    .probes
+                    .attach(tracer, bin, &path, scope, holders, exits);
                 if let Some(f) = statuses.iter().find(|p| p.status == "failed") {
                     tracing::warn!(
                         "re-attaching lock probes failed: {}",
@@ -172,28 +204,97 @@ impl LockTracing {
         }
     }
 
+    /// Reads the runtime's own lock-wait total of every traced process.
+    pub fn read_runtime_totals(&self, tracer: &Tracer, bin: &GoBinary) {
+        let totals = self.totals.get_or_init(|| {
+            RuntimeTotals::new(
+                bin,
+                self.data_syms
+                    .get_or_init(|| DataSymbols::parse(bin.data())),
+            )
+        });
+        let Ok(totals) = totals else {
+            return;
+        };
+        let mut seen = self.runtime_wait.borrow_mut();
+        for pid in tracer.targets() {
+            let bias = match seen.get(&pid) {
+                Some(w) => w.bias,
+                None if !bin.is_pie() => Some(0),
+                None => crate::process::procfs::exe_mapping_start(pid)
+                    .map(|start| start.wrapping_sub(bin.image_base())),
+            };
+            let Some(bias) = bias else { continue };
+            let entry = seen.entry(pid).or_insert(RuntimeWait {
+                bias: Some(bias),
+                total: Err("not read yet".into()),
+            });
+            match totals.read(pid, bias) {
+                Ok(t) => entry.total = Ok(t),
+                // Keep the last good value: the process may just have exited.
+                Err(e) if entry.total.is_err() => entry.total = Err(e),
+                Err(_) => {}
+            }
+        }
+    }
+
+    /// The runtime's lock-wait total of `pid`, beside the probed total.
+    fn runtime_wait_of(&self, pid: u32, probed_ns: u64) -> RuntimeLockWait {
+        let source = || match self.totals.get() {
+            Some(Err(e)) => Err(e.clone()),
+            None => Err("not read yet".to_string()),
+            Some(Ok(_)) => match self.runtime_wait.borrow().get(&pid) {
+                Some(w) => w.total.clone(),
+                None => Err("not read yet".to_string()),
+            },
+        };
+        match source() {
+            Ok(total) => RuntimeLockWait {
+                total_ns: Some(total),
+                probed_ns,
+                reason: None,
+            },
+            Err(why) => RuntimeLockWait {
+                total_ns: None,
+                probed_ns,
+                reason: Some(why),
+            },
+        }
+    }
+
     /// Applies the rate guard, then scans the waits in progress for stuck
     /// waiters (unless the probes are paused).
     pub fn scan_stuck(&mut self, tracer: &mut Tracer, bin: &GoBinary, threshold: Duration) {
+        self.read_runtime_totals(tracer, bin);
         self.guard(tracer, bin);
         if self.paused {
             return;
         }
-        let Ok(inflight) = read::inflight(tracer) else {
+        let Ok(mut inflight) = read::inflight(tracer) else {
             return;
         };
+        let now = monotonic_ns();
+        let threshold = threshold.as_nanos() as u64;
+        let park = park_check(bin);
+        // Only old waits are worth the two reads of the goroutine.
+        inflight.retain(|(k, r)| {
+            r.state != WAIT_AWAKE
+                && (now.saturating_sub(r.start_ns) < threshold
+                    || park
+                        .as_ref()
+                        .and_then(|p| p.parked_on_lock(k.tgid, k.g))
+                        .unwrap_or(true))
+        });
         let goid_off = bin.offsets().g_goid.map(|o| o.value);
-        self.stuck.update(
-            &inflight,
-            monotonic_ns(),
-            threshold.as_nanos() as u64,
-            |k| read_goid(k.tgid, k.g, goid_off?),
-        );
+        self.stuck.update(&inflight, now, threshold, |k| {
+            read_goid(k.tgid, k.g, goid_off?)
+        });
     }
 
     /// Marks which stuck waits had ended when the process exited.
     pub fn settle_stuck(&mut self, tracer: &Tracer) {
-        if let Ok(inflight) = read::inflight(tracer) {
+        if let Ok(mut inflight) = read::inflight(tracer) {
+            inflight.retain(|(_, r)| r.state != WAIT_AWAKE);
             self.stuck.settle(&inflight);
         }
     }
@@ -303,7 +404,9 @@ impl LockTracing {
                 }
             })
             .collect();
+        let probed_ns = rows.iter().map(|r| r.latency.total_ns).sum();
         LockParts {
+            runtime_wait: self.runtime_wait_of(pid, probed_ns),
             locks: rows.iter().map(LockReport::from).collect(),
             holders,
             findings,

@@ -26,6 +26,12 @@ pub struct LockReport {
     pub wait_ns_p50: u64,
     pub wait_ns_p99: u64,
     pub wait_ns_max: u64,
+    /// Of `contentions`, the waits that ended with a starvation-mode
+    /// hand-off (the unlocker gave the lock straight to the waiter).
+    pub handoffs: u64,
+    /// Hand-offs whose end could not be placed in time: their waits count
+    /// only up to their last wake-up (or not at all, if there was none).
+    pub handoffs_unmeasured: u64,
     pub histogram: Vec<Bucket>,
     /// The waits per full stack, for pprof profiles (not in the JSON).
     #[serde(skip)]
@@ -46,10 +52,25 @@ impl From<&LockRow> for LockReport {
             wait_ns_p50: r.latency.quantile(0.50),
             wait_ns_p99: r.latency.quantile(0.99),
             wait_ns_max: r.latency.max_ns,
+            handoffs: r.latency.handoffs,
+            handoffs_unmeasured: r.latency.unmeasured,
             histogram: r.latency.buckets(),
             stacks: r.stacks.clone(),
         }
     }
+}
+
+/// The Go runtime's own cumulative lock-wait total for the process (what
+/// `runtime/metrics` calls `/sync/mutex/wait/total:seconds`), read from its
+/// memory at no cost to it, beside the total of the probed waits.
+#[derive(Clone, Debug, Serialize)]
+pub struct RuntimeLockWait {
+    /// The runtime's total, ns, last read while the process ran; `None`
+    /// when it cannot be read (`reason` says why).
+    pub total_ns: Option<u64>,
+    /// The lock rows' total wait, ns.
+    pub probed_ns: u64,
+    pub reason: Option<String>,
 }
 
 /// Times the rate guard detached the lock probes.

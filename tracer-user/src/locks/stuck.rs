@@ -7,6 +7,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use tracer_common::{Inflight, InflightKey};
 
+use crate::process::memory;
+
 /// One wait seen in progress for longer than the threshold.
 #[derive(Clone, Debug)]
 pub struct StuckWait {
@@ -35,23 +37,42 @@ pub struct StuckWaits {
     dropped: HashMap<u32, u64>,
 }
 
-/// Reads the goroutine id at `g + goid_offset` in `pid`'s memory.
-pub fn read_goid(pid: u32, g: u64, goid_offset: u64) -> Option<u64> {
+/// Reads `N` bytes at `g + offset` in `pid`'s memory.
+fn read_g<const N: usize>(pid: u32, g: u64, offset: u64) -> Option<[u8; N]> {
     if g & (1 << 63) != 0 {
         return None; // not a g pointer: the thread-id fallback key
     }
-    let mut buf = [0u8; 8];
-    let local = libc::iovec {
-        iov_base: buf.as_mut_ptr().cast(),
-        iov_len: 8,
-    };
-    let remote = libc::iovec {
-        iov_base: g.checked_add(goid_offset)? as *mut libc::c_void,
-        iov_len: 8,
-    };
-    // SAFETY: one local iovec of 8 valid bytes; the remote side is checked by the kernel.
-    let n = unsafe { libc::process_vm_readv(pid as i32, &local, 1, &remote, 1, 0) };
-    (n == 8).then(|| u64::from_ne_bytes(buf))
+    memory::read_array::<N>(pid, g.checked_add(offset)?)
+}
+
+/// Reads the goroutine id at `g + goid_offset` in `pid`'s memory.
+pub fn read_goid(pid: u32, g: u64, goid_offset: u64) -> Option<u64> {
+    read_g::<8>(pid, g, goid_offset).map(u64::from_ne_bytes)
+}
+
+/// `_Gwaiting` in `runtime.g.atomicstatus`, and the `_Gscan` bit the
+/// garbage collector sets on top of a status while it scans the stack.
+const G_WAITING: u32 = 4;
+const G_SCAN: u32 = 0x1000;
+
+/// Where a goroutine's run state is read, to tell a wait in progress from
+/// one that ended out of the probes' sight (a hand-off).
+#[derive(Clone, Debug)]
+pub struct ParkCheck {
+    pub status_offset: u64,
+    pub reason_offset: u64,
+    /// The `waitReason` values of a goroutine parked in a lock slow path.
+    pub lock_reasons: std::ops::RangeInclusive<u8>,
+}
+
+impl ParkCheck {
+    /// Whether goroutine `g` of `pid` is parked on a lock. `None` when its
+    /// state cannot be read (the process is gone, or `g` is no pointer).
+    pub fn parked_on_lock(&self, pid: u32, g: u64) -> Option<bool> {
+        let status = u32::from_ne_bytes(read_g::<4>(pid, g, self.status_offset)?);
+        let [reason] = read_g::<1>(pid, g, self.reason_offset)?;
+        Some(status & !G_SCAN == G_WAITING && self.lock_reasons.contains(&reason))
+    }
 }
 
 impl StuckWaits {
@@ -161,7 +182,7 @@ mod tests {
                 caller_pc: 0,
                 stack_id: -1,
                 kind: 1,
-                _pad: 0,
+                ..Default::default()
             },
         )
     }
@@ -205,6 +226,33 @@ mod tests {
         assert_eq!(s.dropped(8), 0);
         s.forget(7);
         assert_eq!((s.iter().count(), s.dropped(7)), (0, 0));
+    }
+
+    #[test]
+    fn park_check_reads_status_and_reason() {
+        // A fake g: status at 0, reason at 8.
+        let mut fake = [0u8; 16];
+        let check = ParkCheck {
+            status_offset: 0,
+            reason_offset: 8,
+            lock_reasons: 21..=23,
+        };
+        let pid = std::process::id();
+        let at = |f: &[u8; 16]| f.as_ptr() as u64;
+        for (status, reason, parked) in [
+            (G_WAITING, 21, true),
+            (G_WAITING | G_SCAN, 23, true),
+            (G_WAITING, 24, false), // waiting, but not on a lock
+            (2, 21, false),         // running
+        ] {
+            fake[..4].copy_from_slice(&status.to_ne_bytes());
+            fake[8] = reason;
+            assert_eq!(
+                check.parked_on_lock(pid, at(std::hint::black_box(&fake))),
+                Some(parked)
+            );
+        }
+        assert_eq!(check.parked_on_lock(pid, 1 << 63 | 3), None);
     }
 
     #[test]

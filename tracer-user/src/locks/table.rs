@@ -4,7 +4,7 @@
 use std::fmt::Write as _;
 
 use super::{
-    report::{Finding, HolderReport, LockPauses, LockReport},
+    report::{Finding, HolderReport, LockPauses, LockReport, RuntimeLockWait},
     stuck::MAX_STUCK_PER_PROCESS,
 };
 use crate::{latency::fmt_ns, symbols::at_site};
@@ -39,9 +39,24 @@ pub fn table(
     locks: &[LockReport],
     holders: &[HolderReport],
     pauses: Option<&LockPauses>,
+    runtime: &RuntimeLockWait,
     limit: usize,
     out: &mut String,
 ) {
+    match (runtime.total_ns, &runtime.reason) {
+        (Some(t), _) if t > 0 || runtime.probed_ns > 0 => {
+            let _ = writeln!(
+                out,
+                "  Go runtime's own lock-wait total (/sync/mutex/wait/total:seconds, sampled by the runtime): {}; probed waits below: {}",
+                fmt_ns(t),
+                fmt_ns(runtime.probed_ns)
+            );
+        }
+        (None, Some(why)) if runtime.probed_ns > 0 => {
+            let _ = writeln!(out, "  Go runtime's own lock-wait total not read: {why}");
+        }
+        _ => {}
+    }
     if let Some(p) = pauses {
         let _ = writeln!(
             out,

@@ -5,6 +5,7 @@
 
 pub mod cgroup;
 mod labels;
+pub mod memory;
 pub mod pods;
 pub mod procfs;
 mod selector;

@@ -84,9 +84,44 @@ pub fn parse_stat_state(stat: &str) -> Option<char> {
     rest.trim_start().chars().next()
 }
 
+/// Where the start of `pid`'s executable is mapped (its mapping at file
+/// offset 0); minus `GoBinary::image_base`, a PIE's load bias.
+pub fn exe_mapping_start(pid: u32) -> Option<u64> {
+    let exe = fs::read_link(format!("/proc/{pid}/exe")).ok()?;
+    let maps = read_bounded(&format!("/proc/{pid}/maps")).ok()?;
+    parse_bias(&maps, exe.to_str()?)
+}
+
+/// The first mapping of `exe` at offset 0 in a `/proc/<pid>/maps` text.
+pub fn parse_bias(maps: &str, exe: &str) -> Option<u64> {
+    maps.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let range = f.next()?;
+        let _perms = f.next()?;
+        let offset = u64::from_str_radix(f.next()?, 16).ok()?;
+        let _dev = f.next()?;
+        let _inode = f.next()?;
+        let path = f.next()?;
+        (offset == 0 && path == exe)
+            .then(|| u64::from_str_radix(range.split('-').next()?, 16).ok())
+            .flatten()
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_bias_is_the_executable_mapping_at_offset_zero() {
+        let maps = "55d0c0000000-55d0c0100000 r--p 00000000 fd:01 42 /usr/bin/other\n\
+                    7f0000000000-7f0000200000 r--p 00000000 fd:01 7 /srv/app\n\
+                    7f0000200000-7f0000400000 r-xp 00200000 fd:01 7 /srv/app\n\
+                    garbage line\n";
+        assert_eq!(parse_bias(maps, "/srv/app"), Some(0x7f00_0000_0000));
+        assert_eq!(parse_bias(maps, "/srv/none"), None);
+        assert_eq!(parse_bias("zz-yy r 0 0 0 /srv/app", "/srv/app"), None);
+    }
 
     #[test]
     fn stat_state_survives_hostile_comm() {

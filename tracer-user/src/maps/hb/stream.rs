@@ -32,6 +32,8 @@ pub struct StreamStats {
 pub struct UserCode {
     ranges: Vec<(u64, u64)>,
     pie: bool,
+    /// `GoBinary::image_base`: subtracted from the mapping's start.
+    base: u64,
     bias: HashMap<u32, u64>,
 }
 
@@ -47,6 +49,7 @@ impl UserCode {
         UserCode {
             ranges,
             pie: bin.is_pie(),
+            base: bin.image_base(),
             bias: HashMap::new(),
         }
     }
@@ -56,11 +59,10 @@ impl UserCode {
     /// nothing is hidden.
     fn contains(&mut self, pid: u32, pc: u64) -> bool {
         let bias = if self.pie {
-            match *self
-                .bias
-                .entry(pid)
-                .or_insert_with(|| pie_bias(pid).unwrap_or(u64::MAX))
-            {
+            match *self.bias.entry(pid).or_insert_with(|| {
+                crate::process::procfs::exe_mapping_start(pid)
+                    .map_or(u64::MAX, |start| start.wrapping_sub(self.base))
+            }) {
                 u64::MAX => return true,
                 b => b,
             }
@@ -71,30 +73,6 @@ impl UserCode {
         let i = self.ranges.partition_point(|r| r.0 <= pc);
         i > 0 && self.ranges.get(i - 1).is_some_and(|r| pc < r.1)
     }
-}
-
-/// Where a PIE is loaded in `pid`: the start of the executable's mapping at
-/// file offset 0 (Go links PIEs at address 0).
-fn pie_bias(pid: u32) -> Option<u64> {
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).ok()?;
-    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).ok()?;
-    parse_bias(&maps, exe.to_str()?)
-}
-
-/// The first mapping of `exe` at offset 0 in a `/proc/<pid>/maps` text.
-pub fn parse_bias(maps: &str, exe: &str) -> Option<u64> {
-    maps.lines().find_map(|l| {
-        let mut f = l.split_whitespace();
-        let range = f.next()?;
-        let _perms = f.next()?;
-        let offset = u64::from_str_radix(f.next()?, 16).ok()?;
-        let _dev = f.next()?;
-        let _inode = f.next()?;
-        let path = f.next()?;
-        (offset == 0 && path == exe)
-            .then(|| u64::from_str_radix(range.split('-').next()?, 16).ok())
-            .flatten()
-    })
 }
 
 /// One session's stream and detectors.
@@ -318,17 +296,6 @@ mod tests {
         assert!(matches!(both[0].op, Op::Release(o) if o.addr == 0x50));
         assert!(matches!(both[1].op, Op::AcquireOnResume(o) if o.addr == 0x50));
         assert!(events(&ev(99, 0, 1, 0), &p).is_empty());
-    }
-
-    #[test]
-    fn the_bias_is_the_executable_mapping_at_offset_zero() {
-        let maps = "55d0c0000000-55d0c0100000 r--p 00000000 fd:01 42 /usr/bin/other\n\
-                    7f0000000000-7f0000200000 r--p 00000000 fd:01 7 /srv/app\n\
-                    7f0000200000-7f0000400000 r-xp 00200000 fd:01 7 /srv/app\n\
-                    garbage line\n";
-        assert_eq!(parse_bias(maps, "/srv/app"), Some(0x7f00_0000_0000));
-        assert_eq!(parse_bias(maps, "/srv/none"), None);
-        assert_eq!(parse_bias("zz-yy r 0 0 0 /srv/app", "/srv/app"), None);
     }
 
     #[test]
