@@ -121,6 +121,8 @@ struct Families {
     map_findings: Series<u64>,
     /// CPU seconds the map race budget allowed and its probes spent.
     race_budget: Series<f64>,
+    /// The Go runtime's own lock-wait total per process, read from memory.
+    runtime_lock_wait: Series<f64>,
     tcp_rtt: Series<Hist>,
     tcp_accept_wait: Series<Hist>,
     tcp_bytes: Series<u64>,
@@ -219,6 +221,10 @@ fn families(snap: &NodeSnapshot, top_sites: usize) -> Families {
                 f.race_budget
                     .push((with(base.clone(), &[("kind", kind)]), ns as f64 / 1e9));
             }
+        }
+
+        if let Some(ns) = report.runtime_lock_wait.total_ns {
+            f.runtime_lock_wait.push((base.clone(), ns as f64 / 1e9));
         }
 
         let mut kinds: Vec<(&'static str, u64)> = Vec::new();
@@ -456,6 +462,15 @@ pub fn all_families(snap: &NodeSnapshot, top_sites: usize) -> Vec<Family> {
             "CPU time the map race budget allowed (kind=allowed) and its probes cost (kind=spent), by process (--maps budget).",
             Kind::Counter,
             f.race_budget
+                .into_iter()
+                .map(|(l, v)| (l, Value::Float(v)))
+                .collect(),
+        ),
+        family(
+            "tracer_go_runtime_lock_wait_seconds",
+            "The Go runtime's own cumulative lock-wait total (/sync/mutex/wait/total:seconds, sampled by the runtime), read from the process's memory with no probe; beside tracer_lock_wait_seconds it shows how much of the wait the probes saw.",
+            Kind::Counter,
+            f.runtime_lock_wait
                 .into_iter()
                 .map(|(l, v)| (l, Value::Float(v)))
                 .collect(),
@@ -880,6 +895,23 @@ mod tests {
         assert!(
             !text.contains("tracer_map_race_budget_seconds_total{pid=\"10\""),
             "only processes with a budget"
+        );
+    }
+
+    #[test]
+    fn runtime_lock_wait_is_exported_where_it_was_read() {
+        let mut snap = snapshot();
+        snap.reports[0].runtime_lock_wait.total_ns = Some(2_500_000_000);
+        snap.reports[0].runtime_lock_wait.reason = None;
+        let text = render(Arc::new(snap), 50).expect("render");
+        let lines: Vec<&str> = text
+            .lines()
+            .filter(|l| l.starts_with("tracer_go_runtime_lock_wait_seconds_total{"))
+            .collect();
+        assert_eq!(lines.len(), 1, "{text}");
+        assert!(
+            lines[0].contains("pid=\"10\"") && lines[0].ends_with(" 2.5"),
+            "{text}"
         );
     }
 

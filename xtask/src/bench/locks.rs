@@ -7,7 +7,7 @@ use anyhow::{Result, bail};
 
 use super::{
     stats::median,
-    workload::{ROUNDS, elapsed_ns, workload_cmd},
+    workload::{elapsed_ns, workload_cmd},
 };
 use crate::{
     go::{build_go, newest_go},
@@ -47,18 +47,30 @@ const WORKLOADS: [(&str, &str, &str, &str); 3] = [
     ),
 ];
 
-/// How a workload run is observed.
-const CONFIGS: [(&str, &[&str], bool); 4] = [
-    ("untraced", &[], false),
-    ("tracer", &[], true),
-    ("block profile rate 1", &["-blockrate", "1"], false),
-    ("mutex profile fraction 1", &["-mutexfrac", "1"], false),
+/// Rounds of interleaved runs: the bar is a median of at least 7.
+const LOCK_ROUNDS: usize = 7;
+
+/// How a workload run is observed: its label, the workload's own extra
+/// arguments, and `tracer run`'s arguments when traced.
+type Config = (
+    &'static str,
+    &'static [&'static str],
+    Option<&'static [&'static str]>,
+);
+const CONFIGS: [Config; 5] = [
+    ("untraced", &[], None),
+    ("tracer", &[], Some(&[])),
+    (
+        "tracer --mutex-exits ret",
+        &[],
+        Some(&["--mutex-exits", "ret"]),
+    ),
+    ("block profile rate 1", &["-blockrate", "1"], None),
+    ("mutex profile fraction 1", &["-mutexfrac", "1"], None),
 ];
 
-fn run_workload(bin: &std::path::Path, traced: bool, args: &[&str]) -> Result<f64> {
-    let out = workload_cmd(bin, traced.then_some(&[]))
-        .args(args)
-        .output()?;
+fn run_workload(bin: &std::path::Path, tracer: Option<&[&str]>, args: &[&str]) -> Result<f64> {
+    let out = workload_cmd(bin, tracer).args(args).output()?;
     if !out.status.success() {
         bail!("workload failed: {}", String::from_utf8_lossy(&out.stderr));
     }
@@ -69,27 +81,28 @@ fn run_workload(bin: &std::path::Path, traced: bool, args: &[&str]) -> Result<f6
 fn lock_overhead(bin: &std::path::Path) -> Result<()> {
     step("lock tracing overhead: throughput relative to untraced (higher is better)");
     println!(
-        "| workload | untraced ns/op (median of {ROUNDS}) | tracer | block profile rate 1 | mutex profile fraction 1 |"
+        "| workload | untraced ns/op (median of {LOCK_ROUNDS}) | tracer | tracer --mutex-exits ret | block profile rate 1 | mutex profile fraction 1 |"
     );
-    println!("|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|");
     for (label, mode, n, hold) in WORKLOADS {
         let mut times: Vec<Vec<f64>> = vec![vec![]; CONFIGS.len()];
-        for _ in 0..ROUNDS {
-            for (i, (_, extra, traced)) in CONFIGS.iter().enumerate() {
+        for _ in 0..LOCK_ROUNDS {
+            for (i, (_, extra, tracer)) in CONFIGS.iter().enumerate() {
                 let mut args = vec!["-mode", mode, "-n", n, "-hold", hold];
                 args.extend_from_slice(extra);
-                times[i].push(run_workload(bin, *traced, &args)?);
+                times[i].push(run_workload(bin, *tracer, &args)?);
             }
         }
         let med: Vec<f64> = times.iter().map(|t| median(t)).collect();
         let ops: f64 = n.parse()?;
         let ratio = |i: usize| med[0] / med[i];
         println!(
-            "| {label} | {:.1} | {:.3} | {:.3} | {:.3} |",
+            "| {label} | {:.1} | {:.3} | {:.3} | {:.3} | {:.3} |",
             med[0] / ops,
             ratio(1),
             ratio(2),
-            ratio(3)
+            ratio(3),
+            ratio(4)
         );
     }
     Ok(())
