@@ -1,5 +1,6 @@
 //! Fuzzes `GoBinary::parse` and everything reachable from a parsed binary
-//! (lookups, RET decoding, symbolization, offsets, inspect) on arbitrary bytes.
+//! (lookups, RET decoding, the Mutex wake-up points, symbolization, offsets,
+//! inspect) on arbitrary bytes.
 //! Seed with real Go binaries: see docs/binary-analysis.md.
 #![no_main]
 
@@ -32,6 +33,8 @@ fuzz_target!(|data: &[u8]| {
         let _ = bin.vaddr_to_file_offset(pc);
         let _ = bin.read_vaddr(pc, 16);
     }
+    let _ = bin.mutex_points();
+    let _ = bin.image_base();
     let _ = bin.offsets();
     let _ = bin.missing_offsets();
     let _ = inspect(&bin).to_string();

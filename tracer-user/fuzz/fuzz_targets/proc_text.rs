@@ -3,7 +3,11 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use tracer_user::{cgroup, datasyms::DataSymbols, kernelfs, privileges, procfs};
+use tracer_user::{
+    datasyms::DataSymbols,
+    kernelfs, privileges,
+    process::{cgroup, procfs},
+};
 
 fuzz_target!(|data: &[u8]| {
     let text = String::from_utf8_lossy(data);
