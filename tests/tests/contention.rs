@@ -604,7 +604,7 @@ fn runtime_lock_wait_total_equals_runtime_metrics() -> Result<()> {
                     "-hold",
                     "1ms",
                     "-linger",
-                    "1500ms",
+                    "2500ms",
                 ],
                 true,
             )?;

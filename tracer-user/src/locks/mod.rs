@@ -69,6 +69,11 @@ fn park_check(bin: &GoBinary) -> Option<ParkCheck> {
     })
 }
 
+/// How often the runtime's lock-wait totals are read. From Go 1.22 a read
+/// walks every thread of the process (one `process_vm_readv` each), so an
+/// agent with hundreds of processes must not do it every stuck-wait scan.
+pub const RUNTIME_TOTAL_EVERY: Duration = Duration::from_secs(1);
+
 /// How long the lock probes stay detached once the rate guard trips.
 pub const LOCK_PAUSE: Duration = Duration::from_secs(5);
 
@@ -86,6 +91,7 @@ pub struct LockTracing {
     /// The last total read per pid (and, for a PIE, its load bias). Kept
     /// after the process exits, which is when `tracer run` reports.
     runtime_wait: RefCell<HashMap<u32, RuntimeWait>>,
+    totals_read_at: Cell<Option<Instant>>,
     /// Decides when the lock probes must pause; with what to re-attach them.
     guard: RateGuard,
     reattach: (PathBuf, Scope, bool, MutexExits),
@@ -131,6 +137,7 @@ impl LockTracing {
             stuck: StuckWaits::default(),
             totals: OnceCell::new(),
             runtime_wait: RefCell::default(),
+            totals_read_at: Cell::new(None),
             guard: RateGuard::new(max_rate, LOCK_PAUSE),
             reattach: (path.to_path_buf(), scope, holders, exits),
             paused: false,
@@ -204,8 +211,18 @@ impl LockTracing {
         }
     }
 
-    /// Reads the runtime's own lock-wait total of every traced process.
+    /// Reads the runtime's own lock-wait total of every traced process, at
+    /// most once per [`RUNTIME_TOTAL_EVERY`].
     pub fn read_runtime_totals(&self, tracer: &Tracer, bin: &GoBinary) {
+        let now = Instant::now();
+        if self
+            .totals_read_at
+            .get()
+            .is_some_and(|t| now.duration_since(t) < RUNTIME_TOTAL_EVERY)
+        {
+            return;
+        }
+        self.totals_read_at.set(Some(now));
         let totals = self.totals.get_or_init(|| {
             RuntimeTotals::new(
                 bin,
@@ -302,6 +319,7 @@ impl LockTracing {
     /// Forgets the stuck waits of a process that is gone.
     pub fn forget_pid(&mut self, pid: u32) {
         self.stuck.forget(pid);
+        self.runtime_wait.borrow_mut().remove(&pid);
     }
 
     /// Stuck waits of `pid` left out of the findings.

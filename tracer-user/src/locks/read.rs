@@ -4,7 +4,10 @@
 use anyhow::{Context, Result, anyhow};
 use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, StackTraceMap};
 use tracer_common::names;
-use tracer_common::{Inflight, InflightKey, LockKey, WaitStats, WaiterKey};
+use tracer_common::{
+    Inflight, InflightKey, LockKey, WaitStats, WaiterKey,
+    lock::{Handoff, HandoffKey},
+};
 
 use crate::{
     ebpf::{Tracer, purge_hash, purge_per_cpu},
@@ -19,6 +22,7 @@ pub fn forget_pid(tracer: &mut Tracer, pid: u32) -> Result<()> {
     purge_per_cpu::<LockKey, u64>(e, names::map::UNLOCK_WAKES, |k| k.tgid == pid)?;
     purge_hash::<WaiterKey, u8>(e, names::map::LOCK_WAITERS, |k| k.tgid == pid)?;
     purge_hash::<InflightKey, Inflight>(e, names::map::LOCK_INFLIGHT, |k| k.tgid == pid)?;
+    purge_hash::<HandoffKey, Handoff>(e, names::map::LOCK_HANDOFFS, |k| k.tgid == pid)?;
     Ok(())
 }
 
