@@ -50,14 +50,14 @@ static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"),
 
 /// Programs verified as the object loads, so a kernel that refuses the lock
 /// probes fails the load rather than the first attach. Other features load
-/// theirs when they start.
-const LOADED_WITH_OBJECT: [&str; 6] = [
+/// theirs when they start, and so do the Mutex wake-up programs
+/// (`locks/probes.rs`): verifying them costs ≈150 ms here, which a binary
+/// whose Mutex points cannot be decoded should not pay before its first
+/// process is traced.
+const LOADED_WITH_OBJECT: [&str; 3] = [
     names::program::LOCK_ENTER,
     names::program::LOCK_EXIT,
     names::program::UNLOCK_SLOW,
-    names::program::MUTEX_SLEEP,
-    names::program::MUTEX_WAKE,
-    names::program::MUTEX_HANDOFF,
 ];
 
 /// The happens-before ring's size when deep mode runs (one page otherwise).
@@ -224,7 +224,8 @@ impl Tracer {
         Ok(tracer)
     }
 
-    /// Verifies the named uprobe programs, so they can be attached.
+    /// Verifies the named uprobe programs, so they can be attached; those
+    /// already loaded are left as they are.
     pub(crate) fn load_uprobes(&mut self, names: &[&str]) -> Result<()> {
         for name in names {
             let prog: &mut UProbe = self
@@ -232,6 +233,9 @@ impl Tracer {
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("eBPF object lacks program {name}"))?
                 .try_into()?;
+            if prog.fd().is_ok() {
+                continue;
+            }
             prog.load()
                 .with_context(|| format!("verifying eBPF program {name}"))?;
         }

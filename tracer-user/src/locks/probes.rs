@@ -170,6 +170,7 @@ impl LockProbes {
         scope: Scope,
     ) -> Result<()> {
         let cookie = u64::from(KIND_MUTEX);
+        tracer.load_uprobes(&[WAKE, HANDOFF, SLEEP])?;
         for (prog, func, off) in [
             (WAKE, lock, points.wake),
             (HANDOFF, unlock, points.handoff),
