@@ -93,20 +93,32 @@ fn user_stack_id(ctx: &ProbeContext) -> i64 {
     if id >= 0 { id } else { -1 }
 }
 
+/// The current goroutine's key in `LOCK_INFLIGHT`.
+#[inline(always)]
+fn current_key(ctx: &ProbeContext) -> InflightKey {
+    let pid_tgid = bpf_get_current_pid_tgid();
+    InflightKey {
+        tgid: (pid_tgid >> 32) as u32,
+        _pad: 0,
+        g: regs::goroutine(ctx, pid_tgid),
+    }
+}
+
+/// [`current_key`], only for a process being traced: probes on a shared
+/// binary inode fire for every process running it.
+#[inline(always)]
+fn traced_key(ctx: &ProbeContext) -> Option<InflightKey> {
+    let key = current_key(ctx);
+    // SAFETY: read-only lookup of a plain value.
+    unsafe { TARGETS.get(key.tgid) }.map(|_| key)
+}
+
 #[uprobe]
 pub fn lock_enter(ctx: ProbeContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tgid = (pid_tgid >> 32) as u32;
-    // SAFETY: read-only lookup of a plain value.
-    if unsafe { TARGETS.get(tgid) }.is_none() {
+    let Some(key) = traced_key(&ctx) else {
         return 0;
-    }
-    let now = unsafe { bpf_ktime_get_ns() };
-    let key = InflightKey {
-        tgid,
-        _pad: 0,
-        g: regs::goroutine(&ctx, pid_tgid),
     };
+    let now = unsafe { bpf_ktime_get_ns() };
     let lock_addr = regs::arg0(&ctx);
     if let Some(prev) = LOCK_INFLIGHT.get_ptr(key) {
         // SAFETY: the pointer is valid for this program run.
@@ -132,13 +144,7 @@ pub fn lock_enter(ctx: ProbeContext) -> u32 {
 
 #[uprobe]
 pub fn lock_exit(ctx: ProbeContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tgid = (pid_tgid >> 32) as u32;
-    let key = InflightKey {
-        tgid,
-        _pad: 0,
-        g: regs::goroutine(&ctx, pid_tgid),
-    };
+    let key = current_key(&ctx);
     let Some(rec) = LOCK_INFLIGHT.get_ptr(key) else {
         return 0;
     };
@@ -236,18 +242,11 @@ fn fold(ctx: &ProbeContext, key: &InflightKey, rec: &Inflight, end_ns: u64, hand
 /// slept before: the wait goes on.
 #[uprobe]
 pub fn mutex_sleep(ctx: ProbeContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tgid = (pid_tgid >> 32) as u32;
-    // SAFETY: read-only lookup of a plain value.
-    if unsafe { TARGETS.get(tgid) }.is_none() {
+    let Some(key) = traced_key(&ctx) else {
         return 0;
-    }
-    let now = unsafe { bpf_ktime_get_ns() };
-    let key = InflightKey {
-        tgid,
-        _pad: 0,
-        g: regs::goroutine(&ctx, pid_tgid),
     };
+    let tgid = key.tgid;
+    let now = unsafe { bpf_ktime_get_ns() };
     let lock_addr = regs::arg0(&ctx).wrapping_sub(MUTEX_SEMA_OFFSET);
     let lifo = regs::arg1(&ctx) & 0xff != 0;
     let hkey = HandoffKey {
@@ -313,12 +312,7 @@ fn close_handed_off(ctx: &ProbeContext, key: &InflightKey, rec: &Inflight) {
 /// fall-through of lockSlow's starvation check): it does not own the lock.
 #[uprobe]
 pub fn mutex_wake(ctx: ProbeContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let key = InflightKey {
-        tgid: (pid_tgid >> 32) as u32,
-        _pad: 0,
-        g: regs::goroutine(&ctx, pid_tgid),
-    };
+    let key = current_key(&ctx);
     let Some(p) = LOCK_INFLIGHT.get_ptr_mut(key) else {
         return 0;
     };
@@ -342,12 +336,10 @@ pub fn mutex_wake(ctx: ProbeContext) -> u32 {
 /// since, so that hand-off was its own), its wait is closed at that time.
 #[uprobe]
 pub fn mutex_handoff(ctx: ProbeContext) -> u32 {
-    let pid_tgid = bpf_get_current_pid_tgid();
-    let tgid = (pid_tgid >> 32) as u32;
-    // SAFETY: read-only lookup of a plain value.
-    if unsafe { TARGETS.get(tgid) }.is_none() {
+    let Some(key) = traced_key(&ctx) else {
         return 0;
-    }
+    };
+    let tgid = key.tgid;
     let now = unsafe { bpf_ktime_get_ns() };
     let lock_addr = regs::arg0(&ctx).wrapping_sub(MUTEX_SEMA_OFFSET);
     let hkey = HandoffKey {
@@ -359,11 +351,6 @@ pub fn mutex_handoff(ctx: ProbeContext) -> u32 {
     let prev = unsafe { LOCK_HANDOFFS.get(hkey) }
         .copied()
         .unwrap_or_default();
-    let key = InflightKey {
-        tgid,
-        _pad: 0,
-        g: regs::goroutine(&ctx, pid_tgid),
-    };
     if let Some(p) = LOCK_INFLIGHT.get_ptr(key) {
         // SAFETY: copy out before the element is deleted.
         let rec = unsafe { *p };
