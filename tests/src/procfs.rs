@@ -46,6 +46,35 @@ pub fn rss_kb(pid: u32) -> Result<u64> {
     status_kb(pid, "VmRSS")
 }
 
+/// Kernel memory of the BPF maps `pid` holds open, in bytes: the sum of
+/// `memlock` over its map fds' `fdinfo` (what the kernel charges to the
+/// holder's memory cgroup; for maps allocated per entry, what is in use).
+/// A map held by several fds counts once per fd.
+pub fn bpf_map_memlock(pid: u32) -> Result<u64> {
+    let mut total = 0;
+    for fd in fs::read_dir(format!("/proc/{pid}/fd"))
+        .with_context(|| format!("reading /proc/{pid}/fd"))?
+        .flatten()
+    {
+        let is_map =
+            fs::read_link(fd.path()).is_ok_and(|t| t.to_string_lossy().contains("bpf-map"));
+        if !is_map {
+            continue;
+        }
+        let info = fs::read_to_string(format!(
+            "/proc/{pid}/fdinfo/{}",
+            fd.file_name().to_string_lossy()
+        ))
+        .unwrap_or_default();
+        total += info
+            .lines()
+            .find_map(|l| l.strip_prefix("memlock:"))
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .unwrap_or(0);
+    }
+    Ok(total)
+}
+
 /// Open file descriptors of `pid`.
 pub fn fd_count(pid: u32) -> Result<usize> {
     Ok(fs::read_dir(format!("/proc/{pid}/fd"))

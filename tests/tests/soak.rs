@@ -14,9 +14,12 @@
 //! of what was dropped is exposed.
 //!
 //! `cargo xtask soak` runs it (10 minutes, or `TRACER_SOAK_SECS`). It is
-//! not yet part of `cargo xtask test` because it does not pass yet: with
-//! the connection flood the agent's RSS peaks near 280 MiB (the limit is
-//! 128 MiB) and some `Info` calls are reset (docs/benchmarks.md, "Soak").
+//! not yet part of `cargo xtask test` because it does not pass yet: the
+//! agent's RSS peaked at 358 MiB in a 60 s run on 2026-12-03 (the limit is
+//! 128 MiB; fifty binaries are live at once, each with its own eBPF object
+//! and analysed sections, see docs/agent.md "Memory per binary"), and some
+//! `Info` calls are reset during the connection flood (docs/benchmarks.md,
+//! "Soak").
 
 use std::{
     os::unix::fs::PermissionsExt,

@@ -47,6 +47,8 @@ pub mod map {
     pub const TCP_CLOSED_RB: &str = "TCP_CLOSED_RB";
     pub const TCP_SOCKS: &str = "TCP_SOCKS";
     pub const TCP_STATS: &str = "TCP_STATS";
+    // aya-log's ring of the probes' log lines (`aya-log-ebpf`).
+    pub const AYA_LOGS: &str = "AYA_LOGS";
 }
 
 /// BPF program names.

@@ -11,7 +11,7 @@
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
+    bindings::{BPF_F_NO_PREALLOC, BPF_F_USER_STACK, BPF_NOEXIST},
     helpers::{bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns},
     macros::{map, uprobe},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, PerCpuHashMap, StackTrace},
@@ -28,8 +28,14 @@ use crate::regs;
 
 /// Processes being traced; user space fills it. Probes on a shared binary inode
 /// fire for every process running it, so each hit checks this first.
+/// Allocated per entry (user space inserts): preallocated, each agent
+/// object pinned its full size in kernel memory, charged to the agent's
+/// memory cgroup. The per-CPU aggregates stay preallocated: allocated per
+/// entry, their inserts from a probe failed now and then even far below
+/// the size (the kernel's per-CPU element cache runs dry), which would lose
+/// waits.
 #[map]
-static TARGETS: HashMap<u32, u8> = HashMap::with_max_entries(4096, 0);
+static TARGETS: HashMap<u32, u8> = HashMap::with_max_entries(4096, BPF_F_NO_PREALLOC);
 
 /// Waits in progress, keyed by goroutine. LRU so that a wait whose exit we never
 /// see (the process died) cannot fill the map.

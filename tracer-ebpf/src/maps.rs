@@ -11,7 +11,7 @@
 
 use aya_ebpf::{
     EbpfContext,
-    bindings::{BPF_F_USER_STACK, BPF_NOEXIST},
+    bindings::{BPF_F_NO_PREALLOC, BPF_F_USER_STACK, BPF_NOEXIST},
     helpers::{
         bpf_get_attach_cookie, bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
     },
@@ -37,8 +37,9 @@ use tracer_common::{
 use crate::regs;
 
 /// Traced processes and their binary's offsets; the pid filter of every map probe.
+/// Allocated per entry, as `lock.rs`'s `TARGETS` is (user space inserts).
 #[map]
-static MAP_CONFIG: HashMap<u32, MapsConfig> = HashMap::with_max_entries(4096, 0);
+static MAP_CONFIG: HashMap<u32, MapsConfig> = HashMap::with_max_entries(4096, BPF_F_NO_PREALLOC);
 
 /// Fatal runtime errors. Rare, so 256 KiB is ample; a failed reserve is counted.
 #[map]

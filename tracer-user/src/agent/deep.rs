@@ -54,6 +54,9 @@ impl DeepTrace {
         }
         let mut sized = tables.to_vec();
         sized.push(crate::ebpf::HB_RING);
+        // Every map call is traced: more operation rows than a budgeted
+        // session's (later sizes override earlier ones).
+        sized.push((tracer_common::names::map::MAP_OPS, 4096));
         let mut tracer = Tracer::load_sized(false, &sized)?;
         let maps = MapsState::start(
             &mut tracer,

@@ -351,13 +351,17 @@ impl BinaryCache {
     /// been replaced, since it was opened.
     pub fn analyse(file: std::fs::File, display: Arc<str>) -> Kind {
         match GoBinary::open(&fd_path(&file)) {
-            Ok(b) => Kind::Go(Arc::new(b), Arc::new(file), display),
+            Ok(mut b) => {
+                // The agent holds a binary for as long as it runs.
+                b.release_dwarf();
+                Kind::Go(Arc::new(b), Arc::new(file), display)
+            }
             Err(e) => Kind::Other(format!("{:#}", anyhow::Error::new(e)).into()),
         }
     }
 
     /// Forgets a binary, e.g. once no process runs it: its parse (which
-    /// holds the whole file in memory) is freed; a later process of it is
+    /// holds the file's sections but DWARF in memory) is freed; a later process of it is
     /// analysed again.
     pub fn remove(&mut self, key: (u64, u64)) {
         if self.entries.remove(&key).is_some() {

@@ -189,5 +189,13 @@ pub struct JobDone {
 /// the kernel takes ~0.1 s per uprobe here, and the event loop must keep
 /// handling execs meanwhile.
 pub(super) fn drop_off_loop(bs: BinSession) {
-    std::thread::spawn(move || drop(bs));
+    std::thread::spawn(move || {
+        drop(bs);
+        #[cfg(target_env = "gnu")]
+        // SAFETY: malloc_trim has no preconditions; it returns the freed
+        // tables and image to the kernel.
+        unsafe {
+            libc::malloc_trim(0);
+        }
+    });
 }

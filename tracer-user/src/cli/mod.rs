@@ -50,10 +50,14 @@ pub fn run(cli: Cli) -> ExitCode {
         // A long-running daemon with many short-lived blocking threads:
         // glibc would give each its own 64 MiB heap arena and keep what they
         // freed. Two arenas hold the agent's whole working set.
+        // A fixed mmap threshold: glibc would otherwise raise it after the
+        // first large free, and then keep each binary's megabytes-large
+        // image in the heap after the binary is forgotten.
         #[cfg(target_env = "gnu")]
         // SAFETY: mallopt before any other thread exists.
         unsafe {
             libc::mallopt(libc::M_ARENA_MAX, 2);
+            libc::mallopt(libc::M_MMAP_THRESHOLD, 256 << 10);
         }
     }
     let rt = match tokio::runtime::Builder::new_multi_thread()

@@ -101,6 +101,65 @@ pub fn read_image(path: &Path) -> Result<Vec<u8>, GoBinError> {
     Ok(image)
 }
 
+/// File ranges of the DWARF sections (`.debug_*`, `.zdebug_*`) of an image.
+pub(super) fn dwarf_ranges(image: &[u8]) -> Vec<(usize, usize)> {
+    use object::{Object, ObjectSection};
+    let Ok(file) = object::File::parse(image) else {
+        return Vec::new();
+    };
+    file.sections()
+        .filter(|s| {
+            s.name()
+                .is_ok_and(|n| n.starts_with(".debug_") || n.starts_with(".zdebug_"))
+        })
+        .filter_map(|s| {
+            let (off, len) = s.file_range()?;
+            Some((usize::try_from(off).ok()?, usize::try_from(len).ok()?))
+        })
+        .collect()
+}
+
+/// Zeroes `image[start..start + len]` (clamped to the image) and hands the
+/// whole pages inside it back to the kernel: the image reads as zeros
+/// there, as for a range never read, and costs no memory.
+pub(super) fn release(image: &mut [u8], start: usize, len: usize) {
+    let end = start.saturating_add(len).min(image.len());
+    let Some(range) = image.get_mut(start..end) else {
+        return;
+    };
+    // SAFETY: sysconf has no preconditions.
+    let page = usize::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) })
+        .ok()
+        .filter(|p| p.is_power_of_two())
+        .unwrap_or(4096);
+    let addr = range.as_mut_ptr() as usize;
+    let first = addr.next_multiple_of(page);
+    let last = (addr + range.len()) & !(page - 1);
+    // The partial pages at either end are zeroed by hand.
+    let head = first.saturating_sub(addr).min(range.len());
+    range[..head].fill(0);
+    if last > first {
+        // SAFETY: [first, last) is whole pages inside `range`, which this
+        // function borrows mutably: no other reference sees them. The image
+        // is private anonymous memory, so after MADV_DONTNEED the pages read
+        // back as zeros, the value written here.
+        let rc = unsafe {
+            libc::madvise(
+                first as *mut libc::c_void,
+                last - first,
+                libc::MADV_DONTNEED,
+            )
+        };
+        if rc != 0 {
+            range[head..].fill(0);
+            return;
+        }
+        range[last - addr..].fill(0);
+    } else {
+        range[head..].fill(0);
+    }
+}
+
 /// Largest header table (program or section headers) read.
 const MAX_TABLE: u64 = 16 << 20;
 const SHT_NOBITS: u64 = 8;
@@ -242,6 +301,9 @@ fn merge(mut ranges: Vec<(u64, u64)>, size: u64) -> Vec<(u64, u64)> {
 mod tests {
     use super::*;
 
+    /// The tests that measure this process's RSS, one at a time.
+    static RSS_TESTS: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
     #[test]
     fn merges_and_clamps() {
         assert_eq!(
@@ -249,6 +311,36 @@ mod tests {
             vec![(0, 4), (10, 12), (100, 20)]
         );
         assert_eq!(merge(vec![(0, u64::MAX)], 7), vec![(0, 7)]);
+    }
+
+    #[test]
+    fn release_zeroes_exactly_the_range_and_frees_its_pages() {
+        let _one = RSS_TESTS.lock().unwrap_or_else(|p| p.into_inner());
+        let len = 64 << 20;
+        let mut image = vec![0xa5u8; len];
+        let rss = || -> u64 {
+            let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+                .unwrap_or(0)
+        };
+        let before = rss();
+        // Unaligned at both ends, as section ranges are.
+        let (start, n) = (4096 * 3 + 17, 48 << 20);
+        release(&mut image, start, n);
+        assert!(image[..start].iter().all(|&b| b == 0xa5));
+        assert!(image[start..start + n].iter().all(|&b| b == 0));
+        assert!(image[start + n..].iter().all(|&b| b == 0xa5));
+        let freed = before.saturating_sub(rss());
+        // Reading the zeros back maps the shared zero page, not new memory.
+        // (Other tests of this process allocate meanwhile: half is enough.)
+        assert!(freed > 24 << 10, "only {freed} KiB freed of 48 MiB");
+        // Clamped: past the end is ignored, not a panic.
+        release(&mut image, len - 10, 1 << 20);
+        assert!(image[len - 10..].iter().all(|&b| b == 0));
+        release(&mut image, len + 5, 10);
     }
 
     #[test]
@@ -285,6 +377,7 @@ mod tests {
 
     #[test]
     fn padding_outside_the_sections_is_neither_read_nor_resident() {
+        let _one = RSS_TESTS.lock().unwrap_or_else(|p| p.into_inner());
         let Ok(me) = std::env::current_exe() else {
             return;
         };

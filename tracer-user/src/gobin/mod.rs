@@ -140,6 +140,8 @@ pub struct GoBinary {
     symbol_source: SymbolSource,
     offsets: OnceLock<StructOffsets>,
     pc_cache: symbolize::PcCache,
+    /// [`GoBinary::release_dwarf`] ran: the DWARF bytes are zeros.
+    dwarf_released: bool,
 }
 
 impl GoBinary {
@@ -202,6 +204,7 @@ impl GoBinary {
             symbol_source,
             offsets: OnceLock::new(),
             pc_cache: symbolize::PcCache::default(),
+            dwarf_released: false,
         })
     }
 
@@ -439,7 +442,23 @@ impl GoBinary {
 
     /// Offsets read from DWARF only (`None` without `.debug_info`).
     pub fn dwarf_offsets(&self) -> Result<Option<StructOffsets>, GoBinError> {
+        if self.dwarf_released {
+            return Err(GoBinError::Dwarf(
+                "released after the offsets were read (release_dwarf)".into(),
+            ));
+        }
         offsets::from_dwarf(&self.data)
+    }
+
+    /// Reads the struct offsets, then gives the DWARF sections' memory back:
+    /// nothing else reads them, and they are a third of a typical binary
+    /// that the agent otherwise holds for as long as the binary runs.
+    pub fn release_dwarf(&mut self) {
+        self.offsets();
+        for (start, len) in load::dwarf_ranges(&self.data) {
+            load::release(&mut self.data, start, len);
+        }
+        self.dwarf_released = true;
     }
 
     /// File offset of a link-time virtual address (via its PT_LOAD segment).
