@@ -3,6 +3,10 @@
 //! The ground-truth test runs for every installed Go (1.21–1.27) and kind of
 //! binary; the others for a Go ≤ 1.23 (`sync.(*Mutex).lockSlow`) and a Go ≥ 1.24
 //! (`internal/sync.(*Mutex).lockSlow`) build.
+//!
+//! Over 600 lines: the ground-truth check and the probe-placement checks
+//! (off-lock Mutex points, RET fallback, rate guard, runtime totals) run on
+//! the same fixture builds and share their helpers.
 
 use anyhow::{Context, Result, ensure};
 use tracer_tests::{

@@ -7,6 +7,11 @@
 //! a lock, how many writes one site does, how many growths a classic map of
 //! 1,000,000 int keys goes through, and what the runtime itself prints when
 //! it catches the misuse.
+//!
+//! Over 600 lines: one test per detection the tier promises, each against
+//! its ground truth (a known operation count, the runtime's own message);
+//! they share the fixture runner at the top, which a split would duplicate
+//! or move away from its only users.
 
 use anyhow::{Context, Result, ensure};
 use serde_json::Value;

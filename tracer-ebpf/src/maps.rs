@@ -8,6 +8,10 @@
 //! Deep tier (opt-in, one process): `map_op_enter` / `map_op_exit` on every
 //! map operation and its RETs aggregate latency per (map, kind, site) and find
 //! operations on one map that overlap in time with a write by another goroutine.
+//!
+//! Over 600 lines: the always-on, budgeted and deep programs share the
+//! tables declared here and the per-process offsets they read; split, the
+//! tables would become crate-wide statics used from several files.
 
 use aya_ebpf::{
     EbpfContext,
