@@ -173,6 +173,20 @@ pub fn newest_go() -> Result<GoToolchain> {
 
 /// `tests/fixtures/<name>` built plain with the newest Go: for tests whose
 /// subject is not the Go version.
+/// `n` executable copies of `fixture` in `dir`, named `{prefix}{i:02}`:
+/// distinct files (inodes), so distinct binaries to the agent.
+pub fn distinct_copies(fixture: &Path, dir: &Path, prefix: &str, n: usize) -> Result<Vec<PathBuf>> {
+    use std::os::unix::fs::PermissionsExt;
+    (0..n)
+        .map(|i| {
+            let p = dir.join(format!("{prefix}{i:02}"));
+            fs::copy(fixture, &p).with_context(|| format!("copying to {}", p.display()))?;
+            fs::set_permissions(&p, fs::Permissions::from_mode(0o755))?;
+            Ok(p)
+        })
+        .collect()
+}
+
 pub fn build_newest(name: &str) -> Result<PathBuf> {
     build_fixture(&newest_go()?, name, Variant::Plain)
 }

@@ -8,7 +8,6 @@
 //! four binaries. Measured side by side in docs/benchmarks.md ("Hardening").
 
 use std::{
-    os::unix::fs::PermissionsExt,
     path::PathBuf,
     process::{Command, Stdio},
     time::Duration,
@@ -17,7 +16,7 @@ use std::{
 use anyhow::{Context, Result, ensure};
 use tracer_tests::{
     agent::AgentProc,
-    build_newest, privileged_test,
+    build_newest, distinct_copies, privileged_test,
     process::{KillOnDrop, scratch_dir},
     procfs::{bpf_map_memlock, rss_kb},
     serial,
@@ -41,15 +40,7 @@ fn each_new_binary_costs_bounded_kernel_and_agent_memory() -> Result<()> {
     let _serial = serial();
     let fixture = build_newest("contention")?;
     let dir = scratch_dir("agent-memory")?;
-    // Distinct files (inodes): distinct binaries to the agent.
-    let bins = (0..=MEASURED)
-        .map(|i| {
-            let p = dir.join(format!("membin{i}"));
-            std::fs::copy(&fixture, &p)?;
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))?;
-            Ok(p)
-        })
-        .collect::<Result<Vec<PathBuf>>>()?;
+    let bins = distinct_copies(&fixture, &dir, "membin", MEASURED as usize + 1)?;
     let filter = format!("{}/", dir.display());
     let mut agent = AgentProc::start_offline(&["--exe", &filter])?;
     let pid = agent.pid();

@@ -22,7 +22,6 @@
 //! "Soak").
 
 use std::{
-    os::unix::fs::PermissionsExt,
     path::{Path, PathBuf},
     process::{Command, Stdio},
     sync::{
@@ -36,7 +35,7 @@ use anyhow::{Context, Result, bail, ensure};
 use tracer_tests::{
     Variant,
     agent::{agent_command, wait_ready},
-    build_fixture, go_toolchains,
+    build_fixture, distinct_copies, go_toolchains,
     net::{free_addr, http_get},
     privileged_test,
     process::{KillOnDrop, read_log, terminate},
@@ -230,18 +229,6 @@ async fn info_latency(addr: &Addr) -> Result<Duration> {
     Ok(t0.elapsed())
 }
 
-fn copies(fixture: &Path, dir: &Path) -> Result<Vec<PathBuf>> {
-    (0..BINARIES)
-        .map(|i| {
-            // Distinct files (inodes): distinct binaries to the agent.
-            let p = dir.join(format!("soakbin{i:02}"));
-            std::fs::copy(fixture, &p)?;
-            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755))?;
-            Ok(p)
-        })
-        .collect()
-}
-
 #[test]
 #[ignore = "run by `cargo xtask soak`; fails today (RSS and Info under the flood), see the header"]
 fn agent_soak_keeps_memory_bounded_and_answers_promptly() -> Result<()> {
@@ -257,7 +244,7 @@ fn agent_soak_keeps_memory_bounded_and_answers_promptly() -> Result<()> {
     let dir = std::env::temp_dir().join(format!("tracer-soak-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
-    let bins = copies(&fixture, &dir)?;
+    let bins = distinct_copies(&fixture, &dir, "soakbin", BINARIES)?;
     let padded = dir.join("soakpadded");
     std::fs::copy(&fixture, &padded)?;
     {

@@ -16,7 +16,9 @@ pub(super) const SESSION_TABLES: &[(&str, u32)] = &[
     (names::map::MAP_CONFIG, 4096),
     (names::map::MAP_STACKS, 2048),
     (names::map::MAP_GROWTH, 2048),
-    (names::map::MAP_OP_INFLIGHT, 8192),
+    // In-flight map operations: at most one per goroutine running a map
+    // call at that instant, a few per CPU.
+    (names::map::MAP_OP_INFLIGHT, 2048),
     (names::map::MAP_ACTIVE, 8192),
     // Map operation rows, preallocated per CPU (≈1.3 KiB each): the
     // budgeted tier samples call sites, so few rows fill; deep traces size
@@ -28,9 +30,6 @@ pub(super) const SESSION_TABLES: &[(&str, u32)] = &[
     (names::map::MAP_SITE_HITS, 4096),
     (names::map::PROC_EVENTS, 4096),
     (names::map::LOCK_HANDOFFS, 2048),
-    // In-flight map operations: at most one per goroutine running a map
-    // call at that instant, a few per CPU.
-    (names::map::MAP_OP_INFLIGHT, 2048),
     // Rings are mapped into the agent twice over (RSS) for every object:
     // these carry a crash report or a rare probe warning, a few hundred
     // bytes each, not a stream.
