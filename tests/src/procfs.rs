@@ -49,9 +49,11 @@ pub fn rss_kb(pid: u32) -> Result<u64> {
 /// Kernel memory of the BPF maps `pid` holds open, in bytes: the sum of
 /// `memlock` over its map fds' `fdinfo` (what the kernel charges to the
 /// holder's memory cgroup; for maps allocated per entry, what is in use).
-/// A map held by several fds counts once per fd.
+/// A map held by several fds (a table shared by several objects) counts
+/// once, by its `map_id`.
 pub fn bpf_map_memlock(pid: u32) -> Result<u64> {
     let mut total = 0;
+    let mut seen = std::collections::HashSet::new();
     for fd in fs::read_dir(format!("/proc/{pid}/fd"))
         .with_context(|| format!("reading /proc/{pid}/fd"))?
         .flatten()
@@ -66,6 +68,12 @@ pub fn bpf_map_memlock(pid: u32) -> Result<u64> {
             fd.file_name().to_string_lossy()
         ))
         .unwrap_or_default();
+        let id = info.lines().find_map(|l| l.strip_prefix("map_id:"));
+        if let Some(id) = id
+            && !seen.insert(id.trim().to_owned())
+        {
+            continue;
+        }
         total += info
             .lines()
             .find_map(|l| l.strip_prefix("memlock:"))

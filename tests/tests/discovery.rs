@@ -115,7 +115,7 @@ fn short_lived_programs_are_traced_with_lock_and_map_events() -> Result<()> {
         })?;
         ensure!(
             Report::parse(r)?.contentions() > 0,
-            "{lock_ms} ms program {lp}: no lock events: {r:#}"
+            "{lock_ms} ms program {lp}: no lock events: {r:#} LOG {log}"
         );
         let latency =
             ProcessEntry::parse(process_info(&report, lp).context("info")?)?.attach_latency_ns;
@@ -135,7 +135,7 @@ fn short_lived_programs_are_traced_with_lock_and_map_events() -> Result<()> {
             .unwrap_or(0);
         ensure!(
             growth > 0,
-            "{map_ms} ms map program {mp}: no growth events: {r:#}"
+            "{map_ms} ms map program {mp}: no growth events: {r:#} LOG {log}"
         );
     }
     Ok(())

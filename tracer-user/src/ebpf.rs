@@ -7,13 +7,17 @@
 //! uretprobe, which rewrites return addresses on goroutine stacks that the Go
 //! runtime later copies, and crashes the program.
 
-use std::{num::NonZeroU32, path::Path};
+use std::{
+    collections::BTreeSet,
+    num::NonZeroU32,
+    path::{Path, PathBuf},
+};
 use tracer_common::names;
 
 use anyhow::{Context, Result, anyhow, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuHashMap},
+    maps::{HashMap, MapData, MapError, PerCpuHashMap, PerCpuValues},
     programs::{
         UProbe,
         uprobe::{UProbeAttachLocation, UProbeAttachPoint, UProbeLinkId, UProbeScope},
@@ -168,6 +172,12 @@ pub struct Tracer {
     /// Crate-visible so feature modules (locks, maps, TCP) read their tables.
     pub(crate) ebpf: Ebpf,
     logger: Option<aya_log::EbpfLogger<&'static dyn log::Log>>,
+    /// When the aggregate tables are shared with other objects (the
+    /// agent's per-binary objects, `agent/shared_tables.rs`): the processes
+    /// this object records. Rows of other processes belong to other
+    /// objects, and are neither read nor purged here. None: every row is
+    /// this object's.
+    own_pids: Option<BTreeSet<u32>>,
 }
 
 impl Tracer {
@@ -198,6 +208,18 @@ impl Tracer {
     /// given sizes: the agent loads one object per traced process and one for
     /// discovery, and each must not pin tens of MB of kernel memory.
     pub fn load_sized(tcp: bool, sizes: &[(&str, u32)]) -> Result<Self> {
+        Self::load_pinned(tcp, sizes, &[])
+    }
+
+    /// [`Tracer::load_sized`], with the tables named in `pins` shared: each
+    /// is opened at its pin path, or created and pinned there by the first
+    /// object. Such an object reads and purges only the rows of its own
+    /// processes ([`Tracer::owns`]).
+    pub fn load_pinned(
+        tcp: bool,
+        sizes: &[(&str, u32)],
+        pins: &[(&'static str, PathBuf)],
+    ) -> Result<Self> {
         if EBPF_OBJECT.is_empty() {
             bail!(
                 "this tracer was built without its eBPF object (AYA_BUILD_SKIP was set); rebuild after `cargo xtask setup`"
@@ -214,10 +236,17 @@ impl Tracer {
         for (map, size) in sizes {
             loader.map_max_entries(map, *size);
         }
+        for (map, path) in pins {
+            loader.map_pin_path(map, path.as_path());
+        }
         let ebpf = loader
             .load(EBPF_OBJECT)
             .context("loading tracer's eBPF object into the kernel")?;
-        let mut tracer = Self { ebpf, logger: None };
+        let mut tracer = Self {
+            ebpf,
+            logger: None,
+            own_pids: (!pins.is_empty()).then(BTreeSet::new),
+        };
         // Debug logs from the probes; absent when no program logs.
         tracer.logger = aya_log::EbpfLogger::init(&mut tracer.ebpf).ok();
         tracer.load_uprobes(&LOADED_WITH_OBJECT)?;
@@ -296,11 +325,107 @@ impl Tracer {
         let mut targets: HashMap<_, u32, u8> =
             HashMap::try_from(map_mut(&mut self.ebpf, names::map::TARGETS)?)?;
         targets.insert(pid, 1, 0).context("adding target pid")?;
+        if let Some(own) = self.own_pids.as_mut() {
+            own.insert(pid);
+        }
         Ok(())
+    }
+
+    /// Whether rows of process `tgid` are this object's: always, unless its
+    /// tables are shared with other objects.
+    pub(crate) fn owns(&self, tgid: u32) -> bool {
+        self.own_pids.as_ref().is_none_or(|own| own.contains(&tgid))
+    }
+
+    /// Whether this object's aggregate tables are shared with other objects.
+    pub(crate) fn shares_tables(&self) -> bool {
+        self.own_pids.is_some()
+    }
+
+    /// The rows of the per-CPU hash table `name` that are this object's
+    /// ([`Tracer::owns`], by the key's process), values per CPU. A row
+    /// deleted while the table is read is skipped.
+    pub(crate) fn per_cpu_rows<K: aya::Pod, V: aya::Pod>(
+        &self,
+        name: &str,
+        tgid: impl Fn(&K) -> u32,
+    ) -> Result<Vec<(K, PerCpuValues<V>)>> {
+        let map: PerCpuHashMap<&MapData, K, V> = PerCpuHashMap::try_from(
+            self.ebpf
+                .map(name)
+                .ok_or_else(|| anyhow!("{name} map missing"))?,
+        )?;
+        let mut out = Vec::new();
+        for key in map.keys() {
+            let key = key.with_context(|| format!("reading {name}"))?;
+            if !self.owns(tgid(&key)) {
+                continue;
+            }
+            match map.get(&key, 0) {
+                Ok(v) => out.push((key, v)),
+                Err(MapError::KeyNotFound) => {}
+                Err(e) => return Err(e).with_context(|| format!("reading {name}")),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The hash table `name`, for reading.
+    fn hash<K: aya::Pod, V: aya::Pod>(&self, name: &str) -> Result<HashMap<&MapData, K, V>> {
+        Ok(HashMap::try_from(
+            self.ebpf
+                .map(name)
+                .ok_or_else(|| anyhow!("{name} map missing"))?,
+        )?)
+    }
+
+    /// The rows of the hash table `name` that are this object's; rows that
+    /// vanish while it is read (a wait ends) are skipped.
+    pub(crate) fn hash_rows<K: aya::Pod, V: aya::Pod>(
+        &self,
+        name: &str,
+        tgid: impl Fn(&K) -> u32,
+    ) -> Result<Vec<(K, V)>> {
+        Ok(self
+            .hash::<K, V>(name)?
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter(|(k, _)| self.owns(tgid(k)))
+            .collect())
+    }
+
+    /// The keys of the hash table `name` that are this object's.
+    pub(crate) fn hash_keys<K: aya::Pod, V: aya::Pod>(
+        &self,
+        name: &str,
+        tgid: impl Fn(&K) -> u32,
+    ) -> Result<Vec<K>> {
+        Ok(self
+            .hash::<K, V>(name)?
+            .keys()
+            .filter_map(|r| r.ok())
+            .filter(|k| self.owns(tgid(k)))
+            .collect())
+    }
+
+    /// Deletes this object's rows of the hash table `name` (all of them,
+    /// unless the table is shared).
+    pub(crate) fn purge_own<K: aya::Pod, V: aya::Pod>(
+        &mut self,
+        name: &str,
+        tgid: impl Fn(&K) -> u32,
+    ) -> Result<()> {
+        let own = self.own_pids.clone();
+        purge_hash::<K, V>(&mut self.ebpf, name, |k| {
+            own.as_ref().is_none_or(|o| o.contains(&tgid(k)))
+        })
     }
 
     /// The pids being recorded.
     pub fn targets(&self) -> Vec<u32> {
+        if let Some(own) = &self.own_pids {
+            return own.iter().copied().collect();
+        }
         let Some(map) = self.ebpf.map(names::map::TARGETS) else {
             return Vec::new();
         };
@@ -312,7 +437,14 @@ impl Tracer {
 
     /// Stops recording `pid` (the other half of [`Tracer::add_target`]).
     pub fn remove_target(&mut self, pid: u32) -> Result<()> {
-        purge_hash::<u32, u8>(&mut self.ebpf, names::map::TARGETS, |k| *k == pid)
+        if let Some(own) = self.own_pids.as_mut() {
+            own.remove(&pid);
+        }
+        let mut targets: HashMap<_, u32, u8> =
+            HashMap::try_from(map_mut(&mut self.ebpf, names::map::TARGETS)?)?;
+        // Already gone (never added, or purged) is fine.
+        let _ = targets.remove(&pid);
+        Ok(())
     }
 
     /// Runs the kernel skipped, summed over the programs whose name starts

@@ -64,6 +64,18 @@ pub struct Session {
     _stats_fd: Option<std::os::fd::OwnedFd>,
 }
 
+impl Drop for Session {
+    /// A session whose tables are shared with other binaries' objects
+    /// (the agent's) takes its rows with it; the tables outlive it.
+    fn drop(&mut self) {
+        if self.tracer.shares_tables() {
+            for pid in self.tracer.targets() {
+                self.remove_pid(pid);
+            }
+        }
+    }
+}
+
 impl Session {
     /// Attaches the lock probes to `bin` at `attach_path` for `pid`.
     pub fn start(

@@ -14,6 +14,7 @@
 //! sizes). This file holds the options, the state and the event loop.
 
 use super::sessions::{BinKey, BinSession, JobDone, Retired, Traced};
+use super::shared_tables::SharedTables;
 use crate::ebpf::SHARED_TABLES;
 use std::{
     collections::{BTreeSet, HashMap, HashSet, VecDeque},
@@ -60,6 +61,9 @@ pub struct Agent {
     pub(super) opts: AgentOptions,
     pub(super) hub: HubWriter,
     pub(super) shared: Tracer,
+    /// The aggregate tables every binary's object shares; None where the
+    /// agent may not mount its bpffs instance (each object then has its own).
+    pub(super) tables: Option<Arc<SharedTables>>,
     pub(super) tcp: Option<TcpTracing>,
     pub(super) binaries: BinaryCache,
     pub(super) sessions: HashMap<BinKey, BinSession>,
@@ -131,6 +135,33 @@ impl Agent {
                 }),
             }));
         }
+        let tables = match SharedTables::new() {
+            Ok(t) => {
+                hooks.push(HookInfo {
+                    feature: "shared-tables".into(),
+                    mechanism: "bpffs".into(),
+                    status: "attached".into(),
+                    reason: Some(
+                        "one set of aggregate tables for every traced binary, in the agent's private bpffs instance".into(),
+                    ),
+                });
+                Some(Arc::new(t))
+            }
+            Err(e) => {
+                tracing::warn!(
+                    "each traced binary gets its own kernel tables (≈20 MiB each): {e:#}"
+                );
+                hooks.push(HookInfo {
+                    feature: "shared-tables".into(),
+                    mechanism: "bpffs".into(),
+                    status: "failed".into(),
+                    reason: Some(format!(
+                        "each traced binary gets its own kernel tables: {e:#}"
+                    )),
+                });
+                None
+            }
+        };
         hooks.push(HookInfo {
             feature: "locks".into(),
             mechanism: "uprobe".into(),
@@ -175,6 +206,7 @@ impl Agent {
                 opts,
                 hub,
                 shared,
+                tables,
                 tcp,
                 binaries: BinaryCache::new(4096),
                 sessions: HashMap::new(),

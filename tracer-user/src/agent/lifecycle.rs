@@ -98,6 +98,7 @@ impl Agent {
             .then(|| (w.pid, w.exe.clone()));
         let display: Arc<str> = w.exe.clone().into();
         let opts = self.opts.session.clone();
+        let tables = self.tables.clone();
         let tx = self.job_tx.clone();
         tokio::task::spawn_blocking(move || {
             let _slot = AnalysisSlot::take();
@@ -106,7 +107,7 @@ impl Agent {
             let analysis = t0.elapsed();
             let session = match (&kind, start_for) {
                 (Kind::Go(bin, file, _), Some((pid, exe))) if !bin.is_pie() => Some(
-                    start_session(&opts, pid, bin.clone(), file, exe, false)
+                    start_session(tables.as_deref(), &opts, pid, bin.clone(), file, exe, false)
                         .map_err(|e| format!("{e:#}")),
                 ),
                 _ => None,
@@ -265,6 +266,7 @@ impl Agent {
             // probes were dropped after idling: place them now.
             None => tokio::task::block_in_place(|| {
                 start_session(
+                    self.tables.as_deref(),
                     &self.opts.session,
                     pid,
                     bin.clone(),

@@ -8,4 +8,5 @@ pub mod hub;
 mod lifecycle;
 mod publish;
 mod sessions;
+mod shared_tables;
 pub(crate) mod tables;

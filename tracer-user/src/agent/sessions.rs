@@ -2,7 +2,7 @@
 //! a PIE), how they are placed (off the event loop, a few analyses at a
 //! time) and dropped, and what the agent remembers of each traced process.
 
-use super::tables::SESSION_TABLES;
+use super::{shared_tables::SharedTables, tables::SESSION_TABLES};
 use std::{
     collections::{BTreeSet, HashSet, VecDeque},
     sync::Arc,
@@ -130,8 +130,10 @@ pub(super) const MAX_RETIRED: usize = 64;
 
 /// Loads an object for `bin` and places its probes: on the binary's inode
 /// for every process (filtered to the traced pids in the kernel), or for
-/// `pid` alone when `per_process`.
+/// `pid` alone when `per_process`. With `tables`, the object's aggregate
+/// tables are the ones every binary shares.
 pub(super) fn start_session(
+    tables: Option<&SharedTables>,
     opts: &TraceOptions,
     pid: u32,
     bin: Arc<GoBinary>,
@@ -139,7 +141,10 @@ pub(super) fn start_session(
     exe: String,
     per_process: bool,
 ) -> Result<Session> {
-    let tracer = Tracer::load_sized(false, SESSION_TABLES)?;
+    let tracer = match tables {
+        Some(t) => t.load(SESSION_TABLES)?,
+        None => Tracer::load_sized(false, SESSION_TABLES)?,
+    };
     let mut opts = opts.clone();
     // Flows are traced node-wide by the shared object.
     opts.tcp = None;

@@ -2,7 +2,7 @@
 //! entries in them.
 
 use anyhow::{Context, Result, anyhow};
-use aya::maps::{HashMap, MapData, PerCpuArray, PerCpuHashMap, StackTraceMap};
+use aya::maps::{MapData, PerCpuArray, StackTraceMap};
 use tracer_common::names;
 use tracer_common::{
     Inflight, InflightKey, LockKey, WaitStats, WaiterKey,
@@ -26,9 +26,10 @@ pub fn forget_pid(tracer: &mut Tracer, pid: u32) -> Result<()> {
     Ok(())
 }
 
-/// Forgets every wait in flight (their exits will never be seen).
+/// Forgets every wait in flight of this object's processes (their exits
+/// will never be seen).
 pub(super) fn clear_inflight(tracer: &mut Tracer) -> Result<()> {
-    purge_hash::<InflightKey, Inflight>(&mut tracer.ebpf, names::map::LOCK_INFLIGHT, |_| true)
+    tracer.purge_own::<InflightKey, Inflight>(names::map::LOCK_INFLIGHT, |k| k.tgid)
 }
 
 /// Waits completed so far, all locks and sites together (one per-CPU
@@ -47,24 +48,17 @@ pub fn wait_count(tracer: &Tracer) -> Result<u64> {
         .sum())
 }
 
-/// The per-CPU hash table `name`, every entry with its values per CPU folded.
+/// This object's rows of the per-CPU hash table `name`, values per CPU folded.
 fn per_cpu_entries<V: aya::Pod, T>(
     tracer: &Tracer,
     name: &str,
     fold: impl Fn(&[V]) -> T,
 ) -> Result<Vec<(LockKey, T)>> {
-    let map: PerCpuHashMap<&MapData, LockKey, V> = PerCpuHashMap::try_from(
-        tracer
-            .ebpf
-            .map(name)
-            .ok_or_else(|| anyhow!("{name} map missing"))?,
-    )?;
-    let mut out = Vec::new();
-    for item in map.iter() {
-        let (k, per_cpu) = item.with_context(|| format!("reading {name}"))?;
-        out.push((k, fold(&per_cpu)));
-    }
-    Ok(out)
+    Ok(tracer
+        .per_cpu_rows::<LockKey, V>(name, |k| k.tgid)?
+        .into_iter()
+        .map(|(k, per_cpu)| (k, fold(&per_cpu)))
+        .collect())
 }
 
 /// Current per-(process, lock, site, stack) waits, summed over CPUs.
@@ -87,25 +81,12 @@ pub fn unlock_wakes(tracer: &Tracer) -> Result<Vec<(LockKey, u64)>> {
 
 /// (process, lock, call site, goroutine) of finished waits.
 pub fn waiters(tracer: &Tracer) -> Result<Vec<WaiterKey>> {
-    let map: HashMap<&MapData, WaiterKey, u8> = HashMap::try_from(
-        tracer
-            .ebpf
-            .map(names::map::LOCK_WAITERS)
-            .ok_or_else(|| anyhow!("LOCK_WAITERS map missing"))?,
-    )?;
-    Ok(map.keys().filter_map(|r| r.ok()).collect())
+    tracer.hash_keys::<WaiterKey, u8>(names::map::LOCK_WAITERS, |k| k.tgid)
 }
 
 /// Waits in progress (entered, not yet returned).
 pub fn inflight(tracer: &Tracer) -> Result<Vec<(InflightKey, Inflight)>> {
-    let map: HashMap<&MapData, InflightKey, Inflight> = HashMap::try_from(
-        tracer
-            .ebpf
-            .map(names::map::LOCK_INFLIGHT)
-            .ok_or_else(|| anyhow!("LOCK_INFLIGHT map missing"))?,
-    )?;
-    // Entries can vanish while we iterate (a wait ends); skip those errors.
-    Ok(map.iter().filter_map(|r| r.ok()).collect())
+    tracer.hash_rows(names::map::LOCK_INFLIGHT, |k: &InflightKey| k.tgid)
 }
 
 /// Return addresses of a user stack recorded by the lock probes, innermost first.

@@ -3,9 +3,7 @@
 use std::collections::HashMap;
 
 use anyhow::{Context, Result, anyhow};
-use aya::maps::{
-    HashMap as BpfHashMap, MapData, PerCpuArray, PerCpuHashMap, RingBuf, StackTraceMap,
-};
+use aya::maps::{HashMap as BpfHashMap, MapData, PerCpuArray, RingBuf, StackTraceMap};
 use tracer_common::{
     LockKey, WaitStats, WaiterKey,
     maps::{
@@ -104,15 +102,12 @@ pub fn lost(tracer: &Tracer) -> Result<[u64; LOST_SLOTS as usize]> {
 /// Growth per (process, map, site, stack), summed over CPUs; the last count
 /// is the one from the CPU that saw the latest growth.
 pub fn growth(tracer: &Tracer) -> Result<Vec<(GrowthKey, GrowthStats)>> {
-    let map: PerCpuHashMap<&MapData, GrowthKey, GrowthStats> = PerCpuHashMap::try_from(
-        tracer
-            .ebpf
-            .map(tracer_common::names::map::MAP_GROWTH)
-            .ok_or_else(|| anyhow!("MAP_GROWTH map missing"))?,
-    )?;
+    let rows = tracer
+        .per_cpu_rows::<GrowthKey, GrowthStats>(tracer_common::names::map::MAP_GROWTH, |k| {
+            k.tgid
+        })?;
     let mut out = Vec::new();
-    for item in map.iter() {
-        let (k, per_cpu) = item.context("reading MAP_GROWTH")?;
+    for (k, per_cpu) in rows {
         let mut sum = GrowthStats::default();
         for v in per_cpu.iter().filter(|v| v.events > 0) {
             sum.events += v.events;
@@ -129,47 +124,34 @@ pub fn growth(tracer: &Tracer) -> Result<Vec<(GrowthKey, GrowthStats)>> {
 
 /// Deep-tier latency per (process, kind, map, site, stack).
 pub fn ops(tracer: &Tracer) -> Result<Vec<(LockKey, Latency)>> {
-    let map: PerCpuHashMap<&MapData, LockKey, WaitStats> = PerCpuHashMap::try_from(
-        tracer
-            .ebpf
-            .map(tracer_common::names::map::MAP_OPS)
-            .ok_or_else(|| anyhow!("MAP_OPS map missing"))?,
-    )?;
-    let mut out = Vec::new();
-    for item in map.iter() {
-        let (k, per_cpu) = item.context("reading MAP_OPS")?;
-        let mut l = Latency::default();
-        for v in per_cpu.iter() {
-            l.add(v);
-        }
-        out.push((k, l));
-    }
-    Ok(out)
+    let rows = tracer
+        .per_cpu_rows::<LockKey, WaitStats>(tracer_common::names::map::MAP_OPS, |k| k.tgid)?;
+    Ok(rows
+        .into_iter()
+        .map(|(k, per_cpu)| {
+            let mut l = Latency::default();
+            for v in per_cpu.iter() {
+                l.add(v);
+            }
+            (k, l)
+        })
+        .collect())
 }
 
 /// Distinct goroutines per (process, kind, map).
 pub fn goroutines(tracer: &Tracer) -> Result<Vec<WaiterKey>> {
-    let map: BpfHashMap<&MapData, WaiterKey, u8> = BpfHashMap::try_from(
-        tracer
-            .ebpf
-            .map(tracer_common::names::map::MAP_OP_GS)
-            .ok_or_else(|| anyhow!("MAP_OP_GS map missing"))?,
-    )?;
-    Ok(map.keys().filter_map(|r| r.ok()).collect())
+    tracer.hash_keys::<WaiterKey, u8>(tracer_common::names::map::MAP_OP_GS, |k| k.tgid)
 }
 
 /// Overlapping operations, summed over CPUs (first/last over all CPUs; the
 /// goroutine ids from the CPU that saw the first occurrence).
 pub fn conflicts(tracer: &Tracer) -> Result<Vec<(ConflictKey, ConflictStats)>> {
-    let map: PerCpuHashMap<&MapData, ConflictKey, ConflictStats> = PerCpuHashMap::try_from(
-        tracer
-            .ebpf
-            .map(tracer_common::names::map::MAP_CONFLICTS)
-            .ok_or_else(|| anyhow!("MAP_CONFLICTS map missing"))?,
+    let rows = tracer.per_cpu_rows::<ConflictKey, ConflictStats>(
+        tracer_common::names::map::MAP_CONFLICTS,
+        |k| k.tgid,
     )?;
     let mut out = Vec::new();
-    for item in map.iter() {
-        let (k, per_cpu) = item.context("reading MAP_CONFLICTS")?;
+    for (k, per_cpu) in rows {
         let mut sum = ConflictStats {
             first_ns: u64::MAX,
             ..Default::default()

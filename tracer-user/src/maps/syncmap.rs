@@ -16,7 +16,6 @@
 use std::{collections::BTreeMap, path::Path};
 
 use anyhow::{Context, Result};
-use aya::maps::{MapData, PerCpuHashMap};
 use serde::Serialize;
 use tracer_common::maps::{
     SM_CLEAR, SM_COMPARE_AND_DELETE, SM_COMPARE_AND_SWAP, SM_DELETE_LOAD_AND_DELETE,
@@ -182,19 +181,20 @@ pub fn past_stack_check_amd64(code: &[u8], entry: u64) -> u64 {
 
 /// Call counts per (process, method, map), summed over CPUs.
 pub fn read_calls(tracer: &Tracer) -> Result<Vec<(SyncMapKey, u64)>> {
-    let Some(m) = tracer.ebpf.map(tracer_common::names::map::SYNC_MAP_CALLS) else {
+    if tracer
+        .ebpf
+        .map(tracer_common::names::map::SYNC_MAP_CALLS)
+        .is_none()
+    {
         return Ok(vec![]);
-    };
-    let map: PerCpuHashMap<&MapData, SyncMapKey, u64> = PerCpuHashMap::try_from(m)?;
-    let mut out = Vec::new();
-    for item in map.iter() {
-        let (k, per_cpu) = item.context("reading SYNC_MAP_CALLS")?;
-        let n: u64 = per_cpu.iter().sum();
-        if n > 0 {
-            out.push((k, n));
-        }
     }
-    Ok(out)
+    let rows = tracer
+        .per_cpu_rows::<SyncMapKey, u64>(tracer_common::names::map::SYNC_MAP_CALLS, |k| k.tgid)?;
+    Ok(rows
+        .into_iter()
+        .map(|(k, per_cpu)| (k, per_cpu.iter().sum::<u64>()))
+        .filter(|(_, n)| *n > 0)
+        .collect())
 }
 
 /// One sync.Map instance of the traced process.
