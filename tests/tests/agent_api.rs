@@ -29,9 +29,8 @@ use tracer_user::{
     agent::hub::{self, AgentInfo, Labels, NodeSnapshot},
     api::{
         ServeOptions,
-        synthetic::{lock, process, report, site},
+        synthetic::{lock, map_fatal, process, report, site},
     },
-    maps::MapFinding,
     report::AnyFinding,
 };
 
@@ -148,26 +147,13 @@ fn python_client_reads_a_synthetic_agent() -> Result<()> {
         "svc".into(),
         Labels::default(),
         1,
-        AnyFinding::Map(Box::new(MapFinding {
-            kind: "map_fatal",
-            pid: 42,
-            map: None,
-            message: Some("concurrent map writes".into()),
-            goroutine: Some(9),
-            site: Some(site("main.writer", "/src/m.go", 20)),
-            stack: vec![
+        AnyFinding::Map(Box::new(map_fatal(
+            42,
+            vec![
                 site("main.writer", "/src/m.go", 20),
                 site("runtime.goexit", "", 0),
             ],
-            op: None,
-            other: None,
-            detection: "runtime",
-            overlapped: None,
-            explanation: None,
-            count: 1,
-            first_seen_ns: 0,
-            last_seen_ns: 0,
-        })),
+        ))),
     );
     let feeder = rt.spawn(async move {
         for g in 2..600 {

@@ -512,6 +512,38 @@ fn sarif_validates_and_fail_on_findings_gates() -> Result<()> {
         let rule = &log["runs"][0]["tool"]["driver"]["rules"]
             [race["ruleIndex"].as_u64().context("ruleIndex")? as usize];
         ensure!(rule["id"] == "concurrent_map_write", "{rule}");
+        // Source files under tracer's current directory (this crate's, as
+        // for a user in their repository) are relative to SRCROOT; the
+        // binary records where the fixture was built, possibly another
+        // checkout sharing the fixture cache, which stays absolute.
+        let file = out
+            .report
+            .as_ref()
+            .and_then(|r| r["findings"].as_array())
+            .and_then(|f| f.iter().find(|f| f["kind"] == "concurrent_map_write"))
+            .and_then(|f| f["site"]["file"].as_str())
+            .with_context(|| format!("no race site file in the JSON report: {ctx}"))?;
+        let cwd = std::env::current_dir()?;
+        let art = &race["locations"][0]["physicalLocation"]["artifactLocation"];
+        let root = &log["runs"][0]["originalUriBaseIds"]["SRCROOT"]["uri"];
+        ensure!(
+            root.as_str() == Some(&format!("file://{}/", cwd.display())),
+            "SRCROOT is tracer's current directory {}: {root}",
+            cwd.display()
+        );
+        match Path::new(file).strip_prefix(&cwd) {
+            Ok(rel) => ensure!(
+                art["uri"].as_str() == rel.to_str() && art["uriBaseId"] == "SRCROOT",
+                "{file} relative to {}: {art}",
+                cwd.display()
+            ),
+            Err(_) => ensure!(
+                art["uri"].as_str() == Some(&format!("file://{file}"))
+                    && art.get("uriBaseId").is_none(),
+                "{file} outside {}: {art}",
+                cwd.display()
+            ),
+        }
 
         // Clean: the same map behind an RWMutex.
         let clean = dir.join("clean.sarif");

@@ -102,10 +102,10 @@ const OVERLAP_RETRIES: usize = 2;
 /// process with "concurrent map writes" before the repetitions are done.
 /// That run is checked for tracer's `map_fatal` finding (the crash must be
 /// caught) and run again, at most [`OVERLAP_RETRIES`] times.
-fn traced(tc: &GoToolchain, case: &str) -> Result<(Report, String)> {
+fn traced(tc: &GoToolchain, case: &str, extra: &[&str]) -> Result<(Report, String)> {
     let mut attempt = 0;
     loop {
-        match traced_once(tc, case)? {
+        match traced_once(tc, case, extra)? {
             Traced::Done(report, ctx) => return Ok((*report, ctx)),
             Traced::RuntimeCaught(_) if attempt < OVERLAP_RETRIES && case.starts_with("race-") => {
                 eprintln!(
@@ -127,18 +127,16 @@ enum Traced {
     RuntimeCaught(String),
 }
 
-fn traced_once(tc: &GoToolchain, case: &str) -> Result<Traced> {
+fn traced_once(tc: &GoToolchain, case: &str, extra: &[&str]) -> Result<Traced> {
     let bin = build_fixture(tc, "hbrace", Variant::Plain)?;
     let bin = bin.to_str().context("fixture path")?;
     let runs = RUNS.to_string();
-    let out = run_tracer(
-        &[
-            "run", "--maps", "deep", "--tcp", "off", "--", bin, "-case", case, "-repeat", &runs,
-        ],
-        true,
-    )?;
+    let mut args = vec!["run", "--maps", "deep", "--tcp", "off"];
+    args.extend_from_slice(extra);
+    args.extend_from_slice(&["--", bin, "-case", case, "-repeat", &runs]);
+    let out = run_tracer(&args, true)?;
     let ctx = format!(
-        "go {} -case {case}: {:?}\nstdout:\n{}\nstderr:\n{}",
+        "go {} -case {case} {extra:?}: {:?}\nstdout:\n{}\nstderr:\n{}",
         tc.version,
         out.status,
         out.stdout,
@@ -183,7 +181,10 @@ fn traced_once(tc: &GoToolchain, case: &str) -> Result<Traced> {
     );
     Ok(Traced::Done(
         Box::new(Report::parse(&json)?),
-        format!("{ctx}\nhappens_before: {hb}"),
+        format!(
+            "{ctx}\nhappens_before: {hb}\nmap_probes: {}",
+            json["map_probes"]
+        ),
     ))
 }
 
@@ -200,7 +201,7 @@ fn racy_patterns_are_found_as_often_as_by_the_race_detector() -> Result<()> {
                 tc.version
             );
             let (la, lb) = (marker_line("hbrace", a)?, marker_line("hbrace", b)?);
-            let (report, ctx) = traced(&tc, case)?;
+            let (report, ctx) = traced(&tc, case, &[])?;
             let found = report.unordered(kind)?;
             let pair = found
                 .iter()
@@ -253,7 +254,7 @@ fn synchronised_patterns_give_no_finding() -> Result<()> {
                 "go {}: -race reports {case} in {reference}/{RUNS} runs: the fixture is racy",
                 tc.version
             );
-            let (report, ctx) = traced(&tc, case)?;
+            let (report, ctx) = traced(&tc, case, &[])?;
             let races = report.all_map_races()?;
             ensure!(
                 races.is_empty(),
@@ -266,6 +267,84 @@ fn synchronised_patterns_give_no_finding() -> Result<()> {
                 tc.version
             );
         }
+    }
+    Ok(())
+}
+
+/// Synchronisation the probes cannot see (raw sync/atomic intrinsics) makes
+/// a false report, as docs/maps.md says; declaring the functions that
+/// perform it with `--sync-funcs` (one out of line, one inlined into the
+/// waiting loop) orders the accesses, and a name not in the binary is a
+/// clear error.
+#[test]
+fn declared_sync_funcs_order_what_the_probes_cannot_see() -> Result<()> {
+    privileged_test!();
+    let _serial = tracer_tests::serial();
+    const CASE: &str = "atomic-flag";
+    let (read, write) = (
+        marker_line("hbrace", "// FLAG_READ")?,
+        marker_line("hbrace", "// FLAG_WRITE")?,
+    );
+    for tc in classic_and_swiss()? {
+        let reference = race_detector_hits(&tc, CASE)?;
+        ensure!(
+            reference == 0,
+            "go {}: -race reports {CASE} in {reference}/{RUNS} runs: the fixture is racy",
+            tc.version
+        );
+        let (report, ctx) = traced(&tc, CASE, &[])?;
+        let found = report.unordered("concurrent_map_read_write")?;
+        ensure!(
+            found.iter().any(|f| {
+                let lines = [&f.op, &f.other].map(|s| s.site.as_ref().map(|s| s.line));
+                lines.contains(&Some(read)) && lines.contains(&Some(write))
+            }),
+            "undeclared, the flag's ordering is invisible: a read/write report between lines \
+             {read} and {write} was expected: {ctx}"
+        );
+        let funcs = "main.publish,main.isReady";
+        let (report, ctx) = traced(&tc, CASE, &["--sync-funcs", funcs])?;
+        let races = report.all_map_races()?;
+        ensure!(
+            races.is_empty(),
+            "{} race finding(s) with --sync-funcs {funcs}: {races:#?}\n{ctx}",
+            races.len()
+        );
+        ensure!(
+            ctx.contains("for --sync-funcs"),
+            "the probe status counts the --sync-funcs probes: {ctx}"
+        );
+        let bin = build_fixture(&tc, "hbrace", Variant::Plain)?;
+        let out = run_tracer(
+            &[
+                "run",
+                "--maps",
+                "deep",
+                "--tcp",
+                "off",
+                "--sync-funcs",
+                "main.nope",
+                "--",
+                bin.to_str().context("fixture path")?,
+                "-case",
+                CASE,
+            ],
+            true,
+        )?;
+        ensure!(
+            !out.status.success()
+                && out
+                    .stderr
+                    .contains("no function or inlined copy named `main.nope`"),
+            "an unknown --sync-funcs name: {:?}\n{}",
+            out.status,
+            out.stderr
+        );
+        eprintln!(
+            "go {} {CASE}: -race 0/{RUNS}; tracer reports it undeclared, 0 findings with \
+             --sync-funcs {funcs}",
+            tc.version
+        );
     }
     Ok(())
 }

@@ -20,6 +20,9 @@ pub struct TraceOptions {
     pub maps: MapsMode,
     /// With `--maps deep`: probe only the map calls inside these packages.
     pub maps_sites: Vec<String>,
+    /// With `--maps deep`: functions the happens-before detector treats as
+    /// synchronisation.
+    pub sync_funcs: Vec<String>,
     /// With `--maps budget`: fraction of the process's CPU the probes may cost.
     pub race_budget: f64,
     /// TCP flow tracing and its hook choices; `None` with `--tcp off`.

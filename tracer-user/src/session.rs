@@ -112,6 +112,7 @@ impl Session {
             crate::maps::MapsChoice {
                 mode: opts.maps,
                 sites: &opts.maps_sites,
+                sync_funcs: &opts.sync_funcs,
                 race_budget: opts.race_budget,
             },
         )?;

@@ -67,6 +67,7 @@ impl DeepTrace {
             crate::maps::MapsChoice {
                 mode: MapsMode::Deep,
                 sites,
+                sync_funcs: &[],
                 race_budget: crate::maps::budget::DEFAULT_BUDGET,
             },
         )?

@@ -8,7 +8,7 @@ use tracer_common::hist_slot;
 use crate::{
     agent::hub::{AgentInfo, Labels, NodeSnapshot, ProcState, ProcessInfo},
     latency::Latency,
-    maps::{MapReport, report::OpReport},
+    maps::{MapFinding, MapReport, report::OpReport},
     report::{LockReport, Report, Target},
     symbols::Site,
     tcp::{FlowReport, TcpReport, TcpStats, flows::RttBucket},
@@ -31,6 +31,12 @@ pub fn site(function: &str, file: &str, line: u32) -> Site {
         file: file.into(),
         line,
     }
+}
+
+/// The runtime's `concurrent map writes` crash of goroutine 9 in `pid`,
+/// at the first frame of `stack`.
+pub fn map_fatal(pid: u32, stack: Vec<Site>) -> MapFinding {
+    MapFinding::fatal(pid, "concurrent map writes", Some(9), stack, 0)
 }
 
 /// A lock row whose waits were exactly `samples_ns`.

@@ -78,6 +78,13 @@ pub struct Output {
     /// call sites, instead of every caller of the runtime's map functions.
     #[arg(long, value_name = "PKG,...", value_delimiter = ',')]
     pub maps_sites: Vec<String>,
+    /// With `--maps deep`: Go functions (full names, e.g.
+    /// `main.(*ring).publish`) the happens-before detector treats as
+    /// synchronisation, for what its probes cannot see (raw sync/atomic
+    /// calls, assembly, cgo): a call of any of them is ordered after every
+    /// earlier call of any.
+    #[arg(long, value_name = "FUNC,...", value_delimiter = ',')]
+    pub sync_funcs: Vec<String>,
     /// Pause the lock probes for 5 s whenever contended waits exceed this many
     /// per second (each costs two uprobe traps in the traced program); 0: never.
     #[arg(long, default_value_t = 5000)]
@@ -104,6 +111,11 @@ pub struct Export {
     /// Write the findings as SARIF 2.1.0 to PATH.
     #[arg(long, value_name = "PATH")]
     pub sarif: Option<PathBuf>,
+    /// SARIF gives source files under DIR relative to it (uriBaseId
+    /// SRCROOT), as code-scanning UIs want; others stay absolute. Default:
+    /// the current directory.
+    #[arg(long, value_name = "DIR", requires = "sarif")]
+    pub sarif_root: Option<PathBuf>,
     /// Exit with code 3 when anything was found (map races or fatals, stuck
     /// lock waits) and the program itself exited 0; a failing program keeps
     /// its own exit code.

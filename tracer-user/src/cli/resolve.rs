@@ -51,6 +51,7 @@ pub fn trace_options(o: &Output, tcp: &TcpOptions, maps: MapsMode) -> TraceOptio
         bpf_stats: o.bpf_stats,
         maps: o.maps.unwrap_or(maps),
         maps_sites: o.maps_sites.clone(),
+        sync_funcs: o.sync_funcs.clone(),
         race_budget: o.race_budget,
         tcp: (o.tcp == "on").then(|| tcp.clone()),
         max_lock_rate: o.max_lock_rate,
@@ -73,6 +74,7 @@ impl From<Export> for ExportOptions {
         Self {
             pprof: e.pprof,
             sarif: e.sarif,
+            sarif_root: e.sarif_root,
             fail_on_findings: e.fail_on_findings,
         }
     }

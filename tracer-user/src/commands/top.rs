@@ -48,6 +48,7 @@ fn embedded_agent(interval: Duration, tcp: TcpOptions) -> AgentOptions {
             bpf_stats: false,
             maps: MapsMode::Always,
             maps_sites: vec![],
+            sync_funcs: vec![],
             race_budget: crate::maps::budget::DEFAULT_BUDGET,
             tcp: Some(tcp),
             max_lock_rate: 5000,

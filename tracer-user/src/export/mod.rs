@@ -23,6 +23,8 @@ pub struct ExportOptions {
     pub pprof: Option<PathBuf>,
     /// Path of the SARIF log.
     pub sarif: Option<PathBuf>,
+    /// Source root SARIF paths are relative to (default: the current directory).
+    pub sarif_root: Option<PathBuf>,
     /// Exit with [`FINDINGS_EXIT_CODE`] when there are findings.
     pub fail_on_findings: bool,
 }
@@ -36,7 +38,15 @@ impl ExportOptions {
             }
         }
         if let Some(path) = &self.sarif {
-            let json = serde_json::to_vec_pretty(&sarif::sarif(&[report]))?;
+            let root = match &self.sarif_root {
+                Some(r) => Some(
+                    std::path::absolute(r)
+                        .with_context(|| format!("--sarif-root {}", r.display()))?,
+                ),
+                // No current directory (deleted): every path stays absolute.
+                None => std::env::current_dir().ok(),
+            };
+            let json = serde_json::to_vec_pretty(&sarif::sarif(&[report], root.as_deref()))?;
             std::fs::write(path, json)
                 .with_context(|| format!("writing SARIF to {}", path.display()))?;
         }

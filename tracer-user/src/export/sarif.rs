@@ -4,6 +4,8 @@
 //! the result's location, the one in flight as a related location, and each
 //! goroutine's stack as a thread flow and a SARIF stack.
 
+use std::path::Path;
+
 use serde_json::{Value, json};
 
 use crate::latency::fmt_ns;
@@ -204,8 +206,52 @@ fn lock_result(f: &Finding) -> Value {
     r
 }
 
-/// The SARIF log of `reports` (one run of tracer, possibly several processes).
-pub fn sarif(reports: &[&Report]) -> Value {
+/// The base id of the source root that relative URIs are resolved against.
+const SRCROOT: &str = "SRCROOT";
+
+/// Makes every `file://` artifact URI under `root` relative to [`SRCROOT`],
+/// which the run declares as `root`: code-scanning UIs (GitHub's among
+/// them) match results to files by repository-relative path. Files outside
+/// `root` (the Go toolchain's, a dependency's) keep their absolute URI.
+fn relative_to(log: &mut Value, root: &Path) {
+    let Some(root) = root.to_str() else { return };
+    let mut base = file_uri(root);
+    if !base.ends_with('/') {
+        base.push('/');
+    }
+    if !base.starts_with("file:///") {
+        return;
+    }
+    fn walk(v: &mut Value, base: &str) {
+        match v {
+            Value::Object(m) => {
+                if let Some(Value::Object(a)) = m.get_mut("artifactLocation") {
+                    let rel = a
+                        .get("uri")
+                        .and_then(Value::as_str)
+                        .and_then(|u| u.strip_prefix(base))
+                        .filter(|r| !r.is_empty())
+                        .map(str::to_owned);
+                    if let Some(r) = rel {
+                        a.insert("uri".into(), json!(r));
+                        a.insert("uriBaseId".into(), json!(SRCROOT));
+                    }
+                }
+                m.values_mut().for_each(|v| walk(v, base));
+            }
+            Value::Array(a) => a.iter_mut().for_each(|v| walk(v, base)),
+            _ => {}
+        }
+    }
+    if let Some(results) = log.pointer_mut("/runs/0/results") {
+        walk(results, &base);
+    }
+    log["runs"][0]["originalUriBaseIds"] = json!({SRCROOT: {"uri": base}});
+}
+
+/// The SARIF log of `reports` (one run of tracer, possibly several
+/// processes), with the source files under `root` as relative URIs.
+pub fn sarif(reports: &[&Report], root: Option<&Path>) -> Value {
     let rules: Vec<Value> = RULES
         .iter()
         .map(|(id, name, level, short, help)| {
@@ -236,7 +282,7 @@ pub fn sarif(reports: &[&Report]) -> Value {
         r["ruleId"] = json!(kind);
         results.push(r);
     }
-    json!({
+    let mut log = json!({
         "$schema": "https://json.schemastore.org/sarif-2.1.0.json",
         "version": "2.1.0",
         "runs": [{
@@ -248,7 +294,11 @@ pub fn sarif(reports: &[&Report]) -> Value {
             }},
             "results": results,
         }],
-    })
+    });
+    if let Some(root) = root {
+        relative_to(&mut log, root);
+    }
+    log
 }
 
 #[cfg(test)]
@@ -286,7 +336,7 @@ mod tests {
             first_seen_ns: 0,
             last_seen_ns: 0,
         })));
-        let v = sarif(&[&r]);
+        let v = sarif(&[&r], None);
         let res = &v["runs"][0]["results"][0];
         assert_eq!(res["ruleId"], "concurrent_map_write");
         let rule = &v["runs"][0]["tool"]["driver"]["rules"]
@@ -307,5 +357,37 @@ mod tests {
             Some(2)
         );
         assert_eq!(res["stacks"].as_array().map(Vec::len), Some(2));
+
+        // Under a source root: relative to SRCROOT, the toolchain's stay absolute.
+        r.findings = vec![AnyFinding::Map(Box::new(synthetic::map_fatal(
+            1,
+            vec![
+                synthetic::site("main.put", "/src/my app/cmd/main.go", 5),
+                synthetic::site("main.main", "/usr/lib/go/src/runtime/proc.go", 283),
+            ],
+        )))];
+        for root in ["/src/my app", "/src/my app/"] {
+            let v = sarif(&[&r], Some(Path::new(root)));
+            let run = &v["runs"][0];
+            assert_eq!(
+                run["originalUriBaseIds"]["SRCROOT"]["uri"],
+                "file:///src/my%20app/"
+            );
+            let res = &run["results"][0];
+            let art = &res["locations"][0]["physicalLocation"]["artifactLocation"];
+            assert_eq!(art["uri"], "cmd/main.go");
+            assert_eq!(art["uriBaseId"], "SRCROOT");
+            let frames = &res["stacks"][0]["frames"];
+            let uri = |i: usize| &frames[i]["location"]["physicalLocation"]["artifactLocation"];
+            assert_eq!(uri(0)["uri"], "cmd/main.go");
+            assert_eq!(uri(1)["uri"], "file:///usr/lib/go/src/runtime/proc.go");
+            assert!(uri(1).get("uriBaseId").is_none());
+        }
+        // A root that is only a prefix of a directory name does not match.
+        let v = sarif(&[&r], Some(Path::new("/src/my")));
+        assert_eq!(
+            v["runs"][0]["results"][0]["locations"][0]["physicalLocation"]["artifactLocation"]["uri"],
+            "file:///src/my%20app/cmd/main.go"
+        );
     }
 }

@@ -71,6 +71,8 @@ pub struct MapsChoice<'a> {
     pub mode: MapsMode,
     /// `--maps-sites` (deep tier).
     pub sites: &'a [String],
+    /// `--sync-funcs` (deep tier's happens-before detector).
+    pub sync_funcs: &'a [String],
     /// `--race-budget` (budget tier), a fraction of the process's CPU.
     pub race_budget: f64,
 }
@@ -109,10 +111,14 @@ impl MapsState {
         let MapsChoice {
             mode,
             sites,
+            sync_funcs,
             race_budget,
         } = choice;
         if !sites.is_empty() && mode != MapsMode::Deep {
             bail!("--maps-sites places deep-tier probes: it needs --maps deep");
+        }
+        if !sync_funcs.is_empty() && mode != MapsMode::Deep {
+            bail!("--sync-funcs is for the happens-before detector: it needs --maps deep");
         }
         if mode == MapsMode::Off {
             return Ok(None);
@@ -161,7 +167,7 @@ impl MapsState {
                     kind: 0,
                 });
             } else {
-                let (probes, st) = hb::probes::attach(tracer, bin, path, scope);
+                let (probes, st) = hb::probes::attach(tracer, bin, path, scope, sync_funcs);
                 if st.status == "attached" {
                     let ring = read::take_named_ring(tracer, names::map::HB_EVENTS)?;
                     hb_stream = Some(hb::HbStream::new(

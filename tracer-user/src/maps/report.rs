@@ -208,6 +208,42 @@ pub struct MapFinding {
     pub last_seen_ns: u64,
 }
 
+impl MapFinding {
+    /// The runtime's fatal error `message` in goroutine `goroutine` of
+    /// `pid`, at the first frame of `stack`, `at_ns` since tracing began.
+    /// Only the map checks' messages mention maps; other fatal errors
+    /// (deadlock, out of memory) are `runtime_fatal`.
+    pub fn fatal(
+        pid: u32,
+        message: &str,
+        goroutine: Option<u64>,
+        stack: Vec<Site>,
+        at_ns: u64,
+    ) -> Self {
+        MapFinding {
+            kind: if message.contains("map") {
+                "map_fatal"
+            } else {
+                "runtime_fatal"
+            },
+            pid,
+            map: None,
+            message: Some(message.to_owned()),
+            goroutine,
+            site: stack.first().cloned(),
+            stack,
+            op: None,
+            other: None,
+            detection: "runtime",
+            overlapped: None,
+            explanation: None,
+            count: 1,
+            first_seen_ns: at_ns,
+            last_seen_ns: at_ns,
+        }
+    }
+}
+
 /// Records the kernel could not keep; never dropped silently.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct MapsLost {
@@ -530,29 +566,7 @@ pub fn build(
         .iter()
         .map(|f| {
             let stack = sym.frames(f.caller_pc, f.stack_id);
-            MapFinding {
-                // Only the map checks' messages mention maps; other fatal
-                // errors (deadlock, out of memory) are reported apart.
-                kind: if f.message.contains("map") {
-                    "map_fatal"
-                } else {
-                    "runtime_fatal"
-                },
-                pid: f.tgid,
-                map: None,
-                message: Some(f.message.clone()),
-                goroutine: f.goid,
-                site: stack.first().cloned(),
-                stack,
-                op: None,
-                other: None,
-                detection: "runtime",
-                overlapped: None,
-                explanation: None,
-                count: 1,
-                first_seen_ns: rel(f.ktime_ns),
-                last_seen_ns: rel(f.ktime_ns),
-            }
+            MapFinding::fatal(f.tgid, &f.message, f.goid, stack, rel(f.ktime_ns))
         })
         .collect();
 

@@ -31,7 +31,9 @@ pub use clock::{Epoch, Goid, Tick, VectorClock};
 pub use engine::Engine;
 pub use finding::{AccessInfo, HbFinding};
 pub use probes::HbProbes;
-pub use sites::{SyncAction, SyncProbe, SyncProbes, is_user_code, sync_probes};
+pub use sites::{
+    SyncAction, SyncProbe, SyncProbes, USER_SYNC, is_user_code, sync_probes, user_sync_probes,
+};
 pub use stream::HbStream;
 
 /// What a synchronisation object is; it decides whether acquiring it means

@@ -12,7 +12,7 @@ use tracer_common::maps::{
 };
 use tracer_common::names::program;
 
-use super::{SyncAction, SyncKind, SyncProbe, sync_probes};
+use super::{SyncAction, SyncKind, SyncProbe, sync_probes, user_sync_probes};
 use crate::{
     ebpf::{ProbeStatus, Scope, Tracer},
     gobin::{Arch, GoBinary},
@@ -71,15 +71,18 @@ fn action_bits(a: SyncAction) -> u64 {
     }
 }
 
-/// Loads `hb_sync` and attaches every probe. The stream stays disarmed
-/// (`FLAG_HB_ARMED`) until the caller has attached everything else.
+/// Loads `hb_sync` and attaches every probe, with those of the functions
+/// the user declared as synchronisation (`sync_funcs`). The stream stays
+/// disarmed (`FLAG_HB_ARMED`) until the caller has attached everything else.
 pub fn attach(
     tracer: &mut Tracer,
     bin: &GoBinary,
     path: &Path,
     scope: Scope,
+    sync_funcs: &[String],
 ) -> (HbProbes, ProbeStatus) {
     let mut out = HbProbes::default();
+    let mut user = 0;
     let result = (|| -> Result<()> {
         if bin.arch() != Arch::Amd64 {
             bail!("the happens-before probes decode amd64 code only");
@@ -140,15 +143,25 @@ pub fn attach(
             let v = p.vaddr;
             place(p, v)?;
         }
+        for p in user_sync_probes(bin, sync_funcs).map_err(anyhow::Error::msg)? {
+            let v = p.vaddr;
+            place(p, v)?;
+            user += 1;
+        }
         Ok(())
     })();
     let status = match result {
         Ok(()) => ProbeStatus {
             feature: "map_happens_before".into(),
             function: Some(format!(
-                "{} sync probes ({} inlined copies unresolved)",
+                "{} sync probes ({} inlined copies unresolved{})",
                 out.probes.len(),
-                out.unresolved
+                out.unresolved,
+                if user > 0 {
+                    format!("; {user} for --sync-funcs")
+                } else {
+                    String::new()
+                }
             )),
             status: "attached",
             ret_sites: 0,

@@ -333,6 +333,72 @@ pub fn sync_probes(bin: &GoBinary) -> SyncProbes {
     out
 }
 
+/// What the probes of `--sync-funcs` stand for (their `method`).
+pub const USER_SYNC: &str = "--sync-funcs";
+
+/// Probes for the functions the user declared as synchronisation
+/// (`--sync-funcs`): each one's entry and the start of each code range of
+/// its inlined copies (a copy entered other than at a range start is not
+/// seen). They all name one object, the first probe's address, so a call
+/// of any of them orders after every earlier call of any: a custom
+/// lock()/unlock() pair works, and unrelated functions over-synchronise,
+/// which can hide races but never invents one.
+pub fn user_sync_probes(bin: &GoBinary, names: &[String]) -> Result<Vec<SyncProbe>, String> {
+    let mut spots: Vec<(u64, String)> = Vec::new();
+    for name in names {
+        let mut found = false;
+        if let Some(f) = bin.function(name) {
+            spots.push((f.entry, f.name.clone()));
+            found = true;
+        }
+        for site in bin.inlined_sites(|n| n == name) {
+            for &(start, _) in &site.ranges {
+                spots.push((start, site.caller.clone()));
+                found = true;
+            }
+        }
+        if !found {
+            return Err(not_found(bin, name));
+        }
+    }
+    spots.sort_by_key(|(v, _)| *v);
+    spots.dedup_by_key(|(v, _)| *v);
+    let Some(&(anchor, _)) = spots.first() else {
+        return Ok(Vec::new());
+    };
+    Ok(spots
+        .into_iter()
+        .map(|(vaddr, caller)| SyncProbe {
+            vaddr,
+            kind: SyncKind::UserFunc,
+            action: SyncAction::Both,
+            reg: Register::RIP,
+            disp: anchor.wrapping_sub(vaddr) as i64,
+            deref: None,
+            method: USER_SYNC,
+            caller,
+        })
+        .collect())
+}
+
+/// Why `name` is not in `bin`, with the functions it may have meant.
+fn not_found(bin: &GoBinary, name: &str) -> String {
+    let suffix = format!(".{name}");
+    let near: Vec<String> = bin
+        .pclntab_functions()
+        .into_iter()
+        .map(|f| f.name)
+        .filter(|n| n.ends_with(&suffix))
+        .take(3)
+        .collect();
+    let hint = if near.is_empty() {
+        " (full names, as a Go stack trace prints them: `main.(*ring).publish`)".to_string()
+    } else {
+        format!(" (did you mean {}?)", near.join(", "))
+    };
+    format!("--sync-funcs: no function or inlined copy named `{name}` in this binary{hint}")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
