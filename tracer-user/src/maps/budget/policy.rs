@@ -17,8 +17,7 @@
 //!   when the bank can pay for at least [`MIN_WINDOW_NS`] of it.
 //! - A hot site whose measured rate comes to fit the continuous share (the
 //!   process got busier, so the allowance grew) goes back on probation.
-//! - A window ends early when a site spends twice what its measured rate
-//!   predicted.
+//! - A window ends early when a site spends twice its planned cost.
 
 /// Probation length.
 pub const PROBATION_NS: u64 = 1_000_000_000;
@@ -146,6 +145,14 @@ impl Site {
         }
     }
 
+    /// Starts an attached period in `phase` at `now`: its rate is measured
+    /// from here.
+    fn begin(&mut self, phase: Phase, now: u64) {
+        self.phase = phase;
+        self.attached_at = now;
+        self.hits_at_attach = self.hits;
+    }
+
     /// Time attached, the current period included.
     pub fn probed_until(&self, now: u64) -> u64 {
         if self.phase.attached() {
@@ -233,9 +240,7 @@ impl Policy {
     /// look if it costs more than the continuous share).
     pub fn attached_without_probation_slot(&mut self, i: usize, now: u64) {
         if let Some(s) = self.sites.get_mut(i) {
-            s.phase = Phase::Probation { since: now };
-            s.attached_at = now;
-            s.hits_at_attach = s.hits;
+            s.begin(Phase::Probation { since: now }, now);
         }
     }
 
@@ -395,10 +400,7 @@ impl Policy {
                 break;
             }
             continuous += cost;
-            let s = &mut self.sites[i];
-            s.phase = Phase::Probation { since: now };
-            s.attached_at = now;
-            s.hits_at_attach = s.hits;
+            self.sites[i].begin(Phase::Probation { since: now }, now);
             out.push(Action::Attach(i));
         }
     }
@@ -420,10 +422,7 @@ impl Policy {
             .take(PROBATION_BATCH)
             .collect();
         for i in batch {
-            let s = &mut self.sites[i];
-            s.phase = Phase::Probation { since: now };
-            s.attached_at = now;
-            s.hits_at_attach = s.hits;
+            self.sites[i].begin(Phase::Probation { since: now }, now);
             out.push(Action::Attach(i));
         }
     }
@@ -488,11 +487,12 @@ impl Policy {
             let cap = 2.0 * self.planned_cost_per_s(&self.sites[i]);
             let s = &mut self.sites[i];
             s.window_cap_ns = cap;
-            s.phase = Phase::Window {
-                until: now + len_ns as u64,
-            };
-            s.attached_at = now;
-            s.hits_at_attach = s.hits;
+            s.begin(
+                Phase::Window {
+                    until: now + len_ns as u64,
+                },
+                now,
+            );
             s.windows += 1;
             out.push(Action::Attach(i));
         }

@@ -12,7 +12,7 @@ use tracer_common::maps::{
 };
 use tracer_common::names::program;
 
-use super::{SyncAction, SyncKind, SyncProbe, sync_probes, user_sync_probes};
+use super::{SyncAction, SyncKind, SyncProbe, USER_SYNC, sync_probes, user_sync_probes};
 use crate::{
     ebpf::{ProbeStatus, Scope, Tracer},
     gobin::{Arch, GoBinary},
@@ -82,7 +82,6 @@ pub fn attach(
     sync_funcs: &[String],
 ) -> (HbProbes, ProbeStatus) {
     let mut out = HbProbes::default();
-    let mut user = 0;
     let result = (|| -> Result<()> {
         if bin.arch() != Arch::Amd64 {
             bail!("the happens-before probes decode amd64 code only");
@@ -146,10 +145,10 @@ pub fn attach(
         for p in user_sync_probes(bin, sync_funcs).map_err(anyhow::Error::msg)? {
             let v = p.vaddr;
             place(p, v)?;
-            user += 1;
         }
         Ok(())
     })();
+    let user = out.probes.iter().filter(|p| p.method == USER_SYNC).count();
     let status = match result {
         Ok(()) => ProbeStatus {
             feature: "map_happens_before".into(),

@@ -345,19 +345,16 @@ pub const USER_SYNC: &str = "--sync-funcs";
 /// which can hide races but never invents one.
 pub fn user_sync_probes(bin: &GoBinary, names: &[String]) -> Result<Vec<SyncProbe>, String> {
     let mut spots: Vec<(u64, String)> = Vec::new();
+    // One walk of the inline tree for all the names.
+    let inlined = bin.inlined_sites(|n| names.iter().any(|m| m == n));
     for name in names {
-        let mut found = false;
-        if let Some(f) = bin.function(name) {
-            spots.push((f.entry, f.name.clone()));
-            found = true;
-        }
-        for site in bin.inlined_sites(|n| n == name) {
-            for &(start, _) in &site.ranges {
-                spots.push((start, site.caller.clone()));
-                found = true;
-            }
-        }
-        if !found {
+        let entry = bin.function(name).map(|f| (f.entry, f.name));
+        let copies = inlined.iter().filter(|s| &s.callee == name);
+        let starts =
+            copies.flat_map(|s| s.ranges.iter().map(|&(start, _)| (start, s.caller.clone())));
+        let before = spots.len();
+        spots.extend(entry.into_iter().chain(starts));
+        if spots.len() == before {
             return Err(not_found(bin, name));
         }
     }
