@@ -164,6 +164,28 @@ pub fn classic_and_swiss() -> Result<Vec<GoToolchain>> {
     }
 }
 
+/// Debian's Go 1.19 (`golang-1.19-go`, installed by `cargo xtask setup`): the
+/// one Go below 1.21 that a registry has. Kept out of [`go_toolchains`], whose
+/// fixtures may use newer language and library features; tests add it where
+/// their fixture builds with it. Fails when it is missing, so a test cannot
+/// pass by testing nothing.
+pub fn debian_go() -> Result<GoToolchain> {
+    let go = PathBuf::from("/usr/lib/go-1.19/bin/go");
+    let out = Command::new(&go)
+        .arg("version")
+        .output()
+        .with_context(|| format!("no {} (run `cargo xtask setup`)", go.display()))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "go version go1.19.8 linux/amd64"
+    let version = text
+        .split_whitespace()
+        .nth(2)
+        .and_then(|v| v.strip_prefix("go"))
+        .with_context(|| format!("unexpected `go version` output: {text}"))?
+        .to_owned();
+    Ok(GoToolchain { version, go })
+}
+
 /// The newest installed Go toolchain.
 pub fn newest_go() -> Result<GoToolchain> {
     go_toolchains()?

@@ -23,8 +23,8 @@ pub mod tracer;
 
 pub use fixtures::{
     GoToolchain, Variant, build_fixture, build_go_dir, build_newest, cache_dir, classic_and_swiss,
-    distinct_copies, fixture_value, fixtures_src_dir, go_toolchains, marker_line, newest_go,
-    newest_noswissmap,
+    debian_go, distinct_copies, fixture_value, fixtures_src_dir, go_toolchains, marker_line,
+    newest_go, newest_noswissmap,
 };
 pub use privileged::{privileged_tests_enabled, serial};
 pub use procfs::retrans_segs_of;

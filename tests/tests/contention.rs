@@ -1,6 +1,6 @@
 //! Privileged end-to-end tests of mutex contention: real uprobes on real Go
 //! binaries, checked against the program's own measurement of its lock waits.
-//! The ground-truth test runs for every installed Go (1.21–1.27) and kind of
+//! The ground-truth test runs for every installed Go (1.19, 1.21–1.27) and kind of
 //! binary; the others for a Go ≤ 1.23 (`sync.(*Mutex).lockSlow`) and a Go ≥ 1.24
 //! (`internal/sync.(*Mutex).lockSlow`) build.
 //!
@@ -10,8 +10,8 @@
 
 use anyhow::{Context, Result, ensure};
 use tracer_tests::{
-    Variant, build_fixture, classic_and_swiss, fixture_value, go_toolchains, marker_line,
-    privileged_test, report::Report, run_tracer,
+    Variant, build_fixture, classic_and_swiss, debian_go, fixture_value, go_toolchains,
+    marker_line, privileged_test, report::Report, run_tracer,
 };
 
 const GOROUTINES: u64 = 4;
@@ -23,8 +23,11 @@ fn contended_mutex_waits_match_the_programs_own_measurement() -> Result<()> {
     privileged_test!();
     let _serial = tracer_tests::serial();
     let site_line = marker_line("contention", "mu.Lock() // LOCKSITE")?;
-    // Every installed Go (1.21–1.27) × every runnable kind of binary.
-    for tc in go_toolchains()? {
+    // Every installed Go (1.21–1.27, and Debian's 1.19) × every runnable
+    // kind of binary.
+    let mut toolchains = go_toolchains()?;
+    toolchains.insert(0, debian_go()?);
+    for tc in toolchains {
         for variant in [
             Variant::Plain,
             Variant::Stripped,

@@ -17,6 +17,9 @@ pub const GO_VERSIONS: [&str; 7] = [
     "1.21.13", "1.22.10", "1.23.9", "1.24.11", "1.25.5", "1.26.6", "1.27.3",
 ];
 
+/// The `go` command of Debian's `golang-1.19-go` (tests/src/fixtures.rs finds it here too).
+pub const DEBIAN_GO: &str = "/usr/lib/go-1.19/bin/go";
+
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 /// PyPI `kubernetes-validate`: bundles the Kubernetes OpenAPI JSON schemas
@@ -38,6 +41,9 @@ pub fn setup() -> Result<()> {
     mounts();
     apt_tool("tmux", "-V", "tmux")?;
     apt_tool("gcc", "--version", "gcc")?;
+    // Debian's Go 1.19: the only toolchain below 1.21 a registry has, and the
+    // Go that Debian's own prometheus and etcd are built with.
+    apt_tool(DEBIAN_GO, "version", "golang-1.19-go")?;
     step("setup complete");
     Ok(())
 }
