@@ -16,16 +16,16 @@
 use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 use tracer_tests::{
-    GoToolchain, TracerRun, Variant, build_fixture, classic_and_swiss, go_toolchains, marker_line,
-    newest_noswissmap, privileged_test, report::Report, run_tracer,
+    GoToolchain, TracerRun, Variant, build_fixture, classic_and_swiss, debian_go, go_toolchains,
+    marker_line, newest_noswissmap, privileged_test, report::Report, run_tracer,
 };
 
-/// The classic/Swiss pair as plain builds, plus the newest Go that accepts
-/// `GOEXPERIMENT=noswissmap` built with it: a ≥ 1.24 runtime with classic
-/// maps, which must get the classic probe set.
+/// Debian's Go 1.19 and the classic/Swiss pair as plain builds, plus the
+/// newest Go that accepts `GOEXPERIMENT=noswissmap` built with it: a ≥ 1.24
+/// runtime with classic maps, which must get the classic probe set.
 fn builds_with_noswiss() -> Result<Vec<(GoToolchain, Variant)>> {
-    let mut out: Vec<_> = classic_and_swiss()?
-        .into_iter()
+    let mut out: Vec<_> = std::iter::once(debian_go()?)
+        .chain(classic_and_swiss()?)
         .map(|tc| (tc, Variant::Plain))
         .collect();
     out.push((newest_noswissmap()?, Variant::NoSwiss));

@@ -34,7 +34,8 @@ use tracer_tests::{
     privileged_test,
     process::{KillOnDrop, scratch_dir},
     procfs::rss_kb,
-    serial,
+    report::Report,
+    run_tracer, serial,
 };
 
 fn repo() -> PathBuf {
@@ -902,4 +903,76 @@ fn otlp_grpc_push_reaches_a_real_receiver_and_survives_it_being_down() -> Result
 fn otlp_http_push_reaches_a_real_receiver_and_survives_it_being_down() -> Result<()> {
     privileged_test!();
     otlp_round("http")
+}
+
+/// Debian's prometheus (stripped, cgo, Go 1.19) under `tracer attach` while
+/// it answers queries: every lock kind's probes attach (Go 1.19's RWMutex
+/// waits go through the Mutex's semaphore function, which once reported
+/// "not linked"), and the server keeps serving after the detach.
+#[test]
+fn debian_prometheus_gets_every_lock_probe_and_keeps_serving() -> Result<()> {
+    privileged_test!();
+    let _serial = serial();
+    let mut prom = Prometheus::start(free_addr()?, "attach")?;
+    let pid = prom.child.0.id().to_string();
+    let addr = prom.addr;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut ok = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                if http(addr, "POST", "/api/v1/query", "query=up").is_ok_and(|(c, _)| c == 200) {
+                    ok += 1;
+                }
+                let _ = http(addr, "GET", "/metrics", "");
+            }
+            ok
+        })
+    };
+    let out = run_tracer(&["attach", "--pid", &pid, "--duration", "3s"], true);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let answered = load
+        .join()
+        .map_err(|_| anyhow::anyhow!("load thread panicked"))?;
+    let out = out?;
+    let ctx = format!("stdout:\n{}\nstderr:\n{}", out.stdout, out.stderr);
+    ensure!(out.status.success(), "tracer attach failed: {ctx}");
+    let report = Report::parse(out.report.as_ref().context("no report")?)?;
+    ensure!(
+        report.target.go_version.contains("1.19"),
+        "Debian's prometheus is no longer Go 1.19 ({}): update this test",
+        report.target.go_version
+    );
+    for feature in ["mutex", "rwmutex"] {
+        ensure!(
+            report
+                .probes
+                .iter()
+                .any(|p| p.feature == feature && p.status == "attached"),
+            "{feature} probes not attached: {:?}: {ctx}",
+            report.probes
+        );
+    }
+    ensure!(
+        report.probes.iter().all(|p| p.status == "attached"),
+        "lock probes not attached: {:?}",
+        report.probes
+    );
+    ensure!(
+        report.locks_of_kind("unknown").is_empty(),
+        "waits of no known lock kind: {ctx}"
+    );
+    ensure!(answered > 0, "no query answered while traced: {ctx}");
+    ensure!(
+        prom.child.0.try_wait()?.is_none(),
+        "prometheus exited while traced:\n{}",
+        prom.log()
+    );
+    ensure!(
+        http(addr, "GET", "/-/ready", "").is_ok_and(|(c, _)| c == 200),
+        "prometheus stopped serving after the detach:\n{}",
+        prom.log()
+    );
+    Ok(())
 }

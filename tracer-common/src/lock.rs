@@ -18,6 +18,11 @@ pub const KIND_RW_RUNLOCK: u32 = 4;
 /// `Mutex.Unlock` slow path (`unlockSlow`), which wakes a waiter; the
 /// argument is the Mutex.
 pub const KIND_MUTEX_UNLOCK: u32 = 5;
+/// Go < 1.20: RWMutex waits of both sides go through the Mutex's own
+/// `runtime_SemacquireMutex`; the argument is `&rw.readerSem` or
+/// `&rw.writerSem`, told apart by the caller. The Mutex's own sleeps on it
+/// are skipped (its `mutex_sleep` record is in flight).
+pub const KIND_RW_LEGACY: u32 = 6;
 
 /// Identifies one goroutine that is inside a lock slow path.
 ///

@@ -7,7 +7,9 @@
 //! compete for it (it still does not own it), and `mutex_handoff` in the
 //! unlocker when starvation mode hands the lock straight to a waiter. The
 //! RWMutex semaphore waits (and Mutex on binaries whose slow path could not be
-//! decoded) use an entry probe and probes on every RET (`lock_enter`/`lock_exit`).
+//! decoded) use an entry probe and probes on every RET (`lock_enter`/`lock_exit`);
+//! on Go < 1.20 those are on the Mutex's own semaphore function, whose
+//! Mutex sleeps `lock_enter` skips.
 
 use aya_ebpf::{
     EbpfContext,
@@ -20,7 +22,7 @@ use aya_ebpf::{
 use aya_log_ebpf::warn;
 use tracer_common::{
     Inflight, InflightKey, LockKey, WaitStats, WaiterKey, hist_slot,
-    lock::{Handoff, HandoffKey, KIND_MUTEX, WAIT_ASLEEP, WAIT_AWAKE},
+    lock::{Handoff, HandoffKey, KIND_MUTEX, KIND_RW_LEGACY, WAIT_ASLEEP, WAIT_AWAKE},
     names,
 };
 
@@ -126,11 +128,22 @@ pub fn lock_enter(ctx: ProbeContext) -> u32 {
     };
     let now = unsafe { bpf_ktime_get_ns() };
     let lock_addr = regs::arg0(&ctx);
+    let kind = unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32;
     if let Some(prev) = LOCK_INFLIGHT.get_ptr(key) {
-        // SAFETY: the pointer is valid for this program run.
-        let prev = unsafe { &*prev };
+        // SAFETY: the pointer is valid for this program run; copied out.
+        let prev = unsafe { *prev };
         if prev.lock_addr == lock_addr && now.wrapping_sub(prev.start_ns) < REENTRY_WINDOW_NS {
             return 0;
+        }
+        if prev.kind == KIND_MUTEX && prev.state == WAIT_ASLEEP {
+            if kind == KIND_RW_LEGACY && prev.lock_addr.wrapping_add(MUTEX_SEMA_OFFSET) == lock_addr
+            {
+                // Go < 1.20: the Mutex slow path's own sleep, timed by
+                // `mutex_sleep` and `mutex_wake`.
+                return 0;
+            }
+            // Its last Mutex wait ended with no wake-up: a hand-off.
+            close_handed_off(&ctx, &key, &prev);
         }
     }
     let stack_id = user_stack_id(&ctx);
@@ -139,7 +152,7 @@ pub fn lock_enter(ctx: ProbeContext) -> u32 {
         lock_addr,
         caller_pc: regs::return_address(&ctx),
         stack_id,
-        kind: unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32,
+        kind,
         state: WAIT_ASLEEP,
         mark_ns: 0,
         handoff_seq: 0,
@@ -156,6 +169,11 @@ pub fn lock_exit(ctx: ProbeContext) -> u32 {
     };
     // SAFETY: copy out before the element is deleted.
     let rec = unsafe { *rec };
+    // Exits close only their own kind's waits: on Go < 1.20 the RWMutex
+    // semaphore function is also where a Mutex wait sleeps.
+    if rec.kind != unsafe { bpf_get_attach_cookie(ctx.as_ptr()) } as u32 {
+        return 0;
+    }
     let _ = LOCK_INFLIGHT.remove(key);
     fold(&ctx, &key, &rec, unsafe { bpf_ktime_get_ns() }, false);
     0

@@ -78,11 +78,20 @@ pub fn lock_slow_points_amd64(code: &[u8], ip: u64, semacquire: u64) -> Result<(
         ));
     };
     let after = insns.get(call + 1..).unwrap_or_default();
-    for (n, pair) in after.windows(2).take(WAKE_SCAN_LIMIT).enumerate() {
-        let (test, jump) = (&pair[0], &pair[1]);
+    for (n, test) in after.iter().enumerate().take(WAKE_SCAN_LIMIT) {
         if matches!(test.mnemonic(), Mnemonic::Ret) {
             break;
         }
+        // Go 1.19's assembler pads branches with NOPs (Intel's jump
+        // erratum), also between the bit test and its jump.
+        let Some((j, jump)) = after
+            .iter()
+            .enumerate()
+            .skip(n + 1)
+            .find(|(_, i)| i.mnemonic() != Mnemonic::Nop)
+        else {
+            break;
+        };
         if !starvation_branch(test, jump) {
             continue;
         }
@@ -94,7 +103,7 @@ pub fn lock_slow_points_amd64(code: &[u8], ip: u64, semacquire: u64) -> Result<(
             ));
         }
         let wake = after
-            .get(n + 2)
+            .get(j + 1)
             .ok_or("lockSlow ends at its starvation branch")?;
         return Ok((insns[*call].ip() - ip, wake.ip() - ip));
     }
@@ -173,6 +182,13 @@ mod tests {
         assert_eq!(
             lock_slow_points_amd64(&code, IP, sem),
             Ok((4, 4 + 5 + 2 + 4 + 2))
+        );
+        // Go 1.19: a NOP between the bit test and its jump.
+        let pad: &[u8] = &[0x0f, 0x1f, 0x44, 0x00, 0x00];
+        let padded = asm(&[lea, &c, load, bt, pad, jb, tail]);
+        assert_eq!(
+            lock_slow_points_amd64(&padded, IP, sem),
+            Ok((4, 4 + 5 + 2 + 4 + 5 + 2))
         );
         // No semaphore call, or the wrong one.
         assert!(lock_slow_points_amd64(&code, IP, sem + 1).is_err());

@@ -4,10 +4,10 @@
 //! (plus its `KIND_*` code in `tracer_common::lock` and the BPF side).
 
 use tracer_common::lock::{
-    KIND_MUTEX, KIND_MUTEX_UNLOCK, KIND_RW_READ, KIND_RW_RUNLOCK, KIND_RW_WRITE,
+    KIND_MUTEX, KIND_MUTEX_UNLOCK, KIND_RW_LEGACY, KIND_RW_READ, KIND_RW_RUNLOCK, KIND_RW_WRITE,
 };
 
-use crate::symbols::Site;
+use crate::{gobin::GoVersion, symbols::Site};
 
 /// The lock a report row is about: its `kind` in the JSON report.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,25 +57,79 @@ pub struct LockKind {
     /// Offset of the recorded address inside the lock (a semaphore field),
     /// subtracted to give the lock's address.
     pub field_offset: u64,
-    /// A record entered from this function is an RWMutex writer's (its Lock
-    /// and Unlock go through the inner Mutex), reported as `rwmutex_write`.
-    pub writer_via: Option<&'static str>,
+    /// Records entered through one of these functions are that lock's, at
+    /// the recorded address minus the offset (the first match wins): an
+    /// RWMutex writer's Lock goes through its inner Mutex, and on Go < 1.20
+    /// both RWMutex sides wait on the Mutex's semaphore function.
+    pub via: &'static [Via],
+    /// The Go releases whose binaries this kind is probed in, as
+    /// (major, minor): from `since`, and below `before`.
+    pub since: Option<(u32, u32)>,
+    pub before: Option<(u32, u32)>,
 }
+
+/// A caller frame that says which lock a record is about.
+pub struct Via {
+    pub function: &'static str,
+    pub lock: LockType,
+    pub field_offset: u64,
+}
+
+impl LockKind {
+    /// Whether binaries of Go `v` are probed for this kind. A version that
+    /// could not be read (0.0.0) counts as a current one.
+    pub fn applies_to(&self, v: GoVersion) -> bool {
+        if v == GoVersion::new(0, 0, 0) {
+            return self.before.is_none();
+        }
+        self.since.is_none_or(|(ma, mi)| v.at_least(ma, mi))
+            && self.before.is_none_or(|(ma, mi)| !v.at_least(ma, mi))
+    }
+}
+
+/// An RWMutex writer's Lock and Unlock take its inner Mutex (the first field).
+const VIA_RW_WRITER: &[Via] = &[Via {
+    function: "sync.(*RWMutex).Lock",
+    lock: LockType::RwMutexWrite,
+    field_offset: 0,
+}];
+const VIA_RW_UNLOCK: &[Via] = &[Via {
+    function: "sync.(*RWMutex).Unlock",
+    lock: LockType::RwMutexWrite,
+    field_offset: 0,
+}];
+
+/// The separate RWMutex semaphore functions arrived in Go 1.20.
+const RW_SEMAPHORES_SINCE: (u32, u32) = (1, 20);
 
 /// The Mutex slow path moved to `internal/sync` in Go 1.24; the RWMutex
 /// semaphore waits are the runtime's linknamed entry points in every version
-/// since 1.20. Only contended operations reach any of them.
+/// since 1.20 (before, the Mutex's). Only contended operations reach any of them.
 const MUTEX_SLOW_PATHS: &[&str] = &["internal/sync.(*Mutex).lockSlow", "sync.(*Mutex).lockSlow"];
 
 /// Offsets of the semaphores inside `sync.RWMutex` {w Mutex (8 bytes),
-/// writerSem uint32, readerSem uint32, ...}: the same in every Go 1.18–1.27.
+/// writerSem uint32, readerSem uint32, ...}: the same in every Go 1.17–1.27.
 const RW_WRITER_SEM: u64 = 8;
 const RW_READER_SEM: u64 = 12;
+
+/// Go < 1.20: RLock and Lock call `runtime_SemacquireMutex` on these.
+const VIA_RW_LEGACY: &[Via] = &[
+    Via {
+        function: "sync.(*RWMutex).RLock",
+        lock: LockType::RwMutexRead,
+        field_offset: RW_READER_SEM,
+    },
+    Via {
+        function: "sync.(*RWMutex).Lock",
+        lock: LockType::RwMutexWrite,
+        field_offset: RW_WRITER_SEM,
+    },
+];
 
 /// Every kind, waits first, in the order of the report's `probes` list.
 /// Unlock slow paths are reached only when waiters must be woken, so their
 /// callers are the code that held a contended lock (`--holders`).
-pub const KINDS: [LockKind; 5] = [
+pub const KINDS: [LockKind; 6] = [
     LockKind {
         code: KIND_MUTEX,
         feature: "mutex",
@@ -84,7 +138,9 @@ pub const KINDS: [LockKind; 5] = [
         probing: Probing::Timed,
         lock: LockType::Mutex,
         field_offset: 0,
-        writer_via: Some("sync.(*RWMutex).Lock"),
+        via: VIA_RW_WRITER,
+        since: None,
+        before: None,
     },
     LockKind {
         code: KIND_RW_READ,
@@ -94,7 +150,9 @@ pub const KINDS: [LockKind; 5] = [
         probing: Probing::Timed,
         lock: LockType::RwMutexRead,
         field_offset: RW_READER_SEM,
-        writer_via: None,
+        via: &[],
+        since: Some(RW_SEMAPHORES_SINCE),
+        before: None,
     },
     LockKind {
         code: KIND_RW_WRITE,
@@ -104,7 +162,22 @@ pub const KINDS: [LockKind; 5] = [
         probing: Probing::Timed,
         lock: LockType::RwMutexWrite,
         field_offset: RW_WRITER_SEM,
-        writer_via: None,
+        via: &[],
+        since: Some(RW_SEMAPHORES_SINCE),
+        before: None,
+    },
+    LockKind {
+        code: KIND_RW_LEGACY,
+        feature: "rwmutex",
+        functions: &["sync.runtime_SemacquireMutex"],
+        unused: "blocks on a sync.Mutex or RWMutex",
+        probing: Probing::Timed,
+        // Reached only through a `via` frame; anything else is not claimed.
+        lock: LockType::Unknown,
+        field_offset: 0,
+        via: VIA_RW_LEGACY,
+        since: None,
+        before: Some(RW_SEMAPHORES_SINCE),
     },
     LockKind {
         code: KIND_MUTEX_UNLOCK,
@@ -117,7 +190,9 @@ pub const KINDS: [LockKind; 5] = [
         probing: Probing::Holder,
         lock: LockType::Mutex,
         field_offset: 0,
-        writer_via: Some("sync.(*RWMutex).Unlock"),
+        via: VIA_RW_UNLOCK,
+        since: None,
+        before: None,
     },
     LockKind {
         code: KIND_RW_RUNLOCK,
@@ -127,7 +202,9 @@ pub const KINDS: [LockKind; 5] = [
         probing: Probing::Holder,
         lock: LockType::RwMutexWrite,
         field_offset: 0,
-        writer_via: None,
+        via: &[],
+        since: None,
+        before: None,
     },
 ];
 
@@ -137,11 +214,14 @@ pub fn classify(code: u32, addr: u64, machinery: &[Site]) -> (&'static str, u64)
     let Some(k) = KINDS.iter().find(|k| k.code == code) else {
         return (LockType::Unknown.as_str(), addr);
     };
-    let via = |f: &str| machinery.iter().any(|s| s.function == f);
-    if k.writer_via.is_some_and(via) {
-        return (LockType::RwMutexWrite.as_str(), addr);
+    let through = k
+        .via
+        .iter()
+        .find(|v| machinery.iter().any(|s| s.function == v.function));
+    match through {
+        Some(v) => (v.lock.as_str(), addr.wrapping_sub(v.field_offset)),
+        None => (k.lock.as_str(), addr.wrapping_sub(k.field_offset)),
     }
-    (k.lock.as_str(), addr.wrapping_sub(k.field_offset))
 }
 
 #[cfg(test)]
@@ -175,6 +255,41 @@ mod tests {
             ("rwmutex_write", 0x100)
         );
         assert_eq!(classify(99, 0x100, &[]), ("unknown", 0x100));
+        // Go < 1.20: the semaphore's side is told by the caller.
+        assert_eq!(
+            classify(KIND_RW_LEGACY, 0x10c, &[site("sync.(*RWMutex).RLock")]),
+            ("rwmutex_read", 0x100)
+        );
+        assert_eq!(
+            classify(
+                KIND_RW_LEGACY,
+                0x108,
+                &[
+                    site("sync.runtime_SemacquireMutex"),
+                    site("sync.(*RWMutex).Lock")
+                ]
+            ),
+            ("rwmutex_write", 0x100)
+        );
+        assert_eq!(classify(KIND_RW_LEGACY, 0x104, &[]), ("unknown", 0x104));
+    }
+
+    #[test]
+    fn rwmutex_semaphores_are_probed_where_the_release_has_them() {
+        let features = |v| {
+            KINDS
+                .iter()
+                .filter(|k| k.probing == Probing::Timed && k.applies_to(v))
+                .map(|k| k.feature)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(features(GoVersion::new(1, 19, 8)), ["mutex", "rwmutex"]);
+        for current in [GoVersion::new(1, 20, 0), GoVersion::new(0, 0, 0)] {
+            assert_eq!(
+                features(current),
+                ["mutex", "rwmutex_read", "rwmutex_write"]
+            );
+        }
     }
 
     #[test]

@@ -71,7 +71,7 @@ impl LockProbes {
     ) -> Vec<ProbeStatus> {
         KINDS
             .iter()
-            .filter(|k| holders || k.probing == Probing::Timed)
+            .filter(|k| (holders || k.probing == Probing::Timed) && k.applies_to(bin.go_version()))
             .map(|k| self.attach_kind(tracer, bin, path, scope, k, exits))
             .collect()
     }

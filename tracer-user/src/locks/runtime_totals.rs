@@ -12,7 +12,7 @@
 
 use crate::{
     datasyms::DataSymbols,
-    gobin::{GoBinary, Offset},
+    gobin::{GoBinary, GoVersion, Offset},
     process::memory::read_u64,
 };
 
@@ -39,6 +39,13 @@ impl RuntimeTotals {
     /// Finds the variables and offsets in `bin`; the error says what is
     /// missing (stripped binaries have no data symbols).
     pub fn new(bin: &GoBinary, syms: &DataSymbols) -> Result<Self, String> {
+        let v = bin.go_version();
+        if v != GoVersion::new(0, 0, 0) && !v.at_least(1, 20) {
+            return Err(format!(
+                "Go {} has no runtime lock-wait counter (sched.totalMutexWaitTime arrived in Go 1.20)",
+                bin.go_version()
+            ));
+        }
         let o = bin.offsets();
         let sched = syms
             .address_of("runtime.sched")
