@@ -279,7 +279,7 @@ pub struct Report {
 #[derive(Debug, Clone, Deserialize)]
 pub struct RaceBudget {
     pub budget: f64,
-    pub trap_ns: f64,
+    pub trap_ns: Option<f64>,
     pub elapsed_ns: u64,
     pub allowed_ns: u64,
     pub spent_ns: u64,

@@ -124,7 +124,7 @@ fn serve_once(tc: &GoToolchain, extra: &[&str]) -> Result<Served> {
         .with_context(|| format!("no race_budget in the default mode: {ctx}"))?;
     let ctx = format!("{ctx}\nrace_budget: {}", json["race_budget"]);
     ensure!(
-        (budget.budget - 0.01).abs() < 1e-9 && budget.trap_ns > 100.0,
+        (budget.budget - 0.01).abs() < 1e-9 && budget.trap_ns.is_some_and(|t| t > 100.0),
         "default budget 1% and a measured trap cost: {ctx}"
     );
     ensure!(
@@ -181,7 +181,7 @@ fn default_mode_finds_the_struct_field_race_within_budget() -> Result<()> {
             budget.call_sites,
             budget.continuous,
             budget.hot,
-            budget.trap_ns / 1000.0
+            budget.trap_ns.unwrap_or(f64::NAN) / 1000.0
         );
     }
     Ok(())
@@ -255,7 +255,9 @@ fn agent_minute(bin: &std::path::Path) -> Result<(Option<MapOverlap>, RaceBudget
         .clone()
         .with_context(|| format!("no race_budget under the agent's defaults: {ctx}"))?;
     ensure!(
-        budget.trap_ns > 100.0 && budget.spent_ns > 0 && budget.spent_ns <= budget.allowed_ns,
+        budget.trap_ns.is_some_and(|t| t > 100.0)
+            && budget.spent_ns > 0
+            && budget.spent_ns <= budget.allowed_ns,
         "probes cost {} ns of {} allowed: {ctx}",
         budget.spent_ns,
         budget.allowed_ns

@@ -44,6 +44,10 @@ pub fn setup() -> Result<()> {
     // Debian's Go 1.19: the only toolchain below 1.21 a registry has, and the
     // Go that Debian's own prometheus and etcd are built with.
     apt_tool(DEBIAN_GO, "version", "golang-1.19-go")?;
+    // Third-party Go programs traced by tests/tests/real_programs.rs.
+    apt_tool("etcd", "--version", "etcd-server")?;
+    apt_tool("npm", "--version", "npm")?;
+    esbuild()?;
     step("setup complete");
     Ok(())
 }
@@ -349,6 +353,55 @@ fn apt_tool(cmd: &str, version: &str, package: &str) -> Result<()> {
         bail!("{package} was installed but {cmd} does not run");
     }
     Ok(())
+}
+
+/// esbuild's npm release for linux-x64: a stripped Go binary with no
+/// `.go.buildinfo`, traced by tests/tests/real_programs.rs.
+pub const ESBUILD_VERSION: &str = "0.28.2";
+
+/// `<cache>/esbuild/<version>/package/bin/esbuild` (tests/src/fixtures.rs
+/// finds it here too).
+pub fn esbuild_bin() -> PathBuf {
+    cache_dir()
+        .join("esbuild")
+        .join(ESBUILD_VERSION)
+        .join("package/bin/esbuild")
+}
+
+/// Fetches `@esbuild/linux-x64` with `npm pack` (the registry tarball, no
+/// install scripts run) and unpacks it into the cache.
+fn esbuild() -> Result<()> {
+    let bin = esbuild_bin();
+    if let Some(v) = output(Command::new(&bin).arg("--version"))
+        && v.trim() == ESBUILD_VERSION
+    {
+        step(&format!("esbuild: present ({})", bin.display()));
+        return Ok(());
+    }
+    let dir = cache_dir().join("esbuild").join(ESBUILD_VERSION);
+    fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    step(&format!(
+        "esbuild: fetching @esbuild/linux-x64@{ESBUILD_VERSION} from npm into {}",
+        dir.display()
+    ));
+    let tgz = format!("esbuild-linux-x64-{ESBUILD_VERSION}.tgz");
+    run(Command::new("npm")
+        .args([
+            "pack",
+            "--silent",
+            &format!("@esbuild/linux-x64@{ESBUILD_VERSION}"),
+        ])
+        .current_dir(&dir))
+    .context("npm pack of esbuild (is npm installed? `apt-get install npm`)")?;
+    run(Command::new("tar").args(["xzf", &tgz]).current_dir(&dir))?;
+    let _ = fs::remove_file(dir.join(&tgz));
+    match output(Command::new(&bin).arg("--version")) {
+        Some(v) if v.trim() == ESBUILD_VERSION => Ok(()),
+        other => bail!(
+            "{} does not run as esbuild {ESBUILD_VERSION}: {other:?}",
+            bin.display()
+        ),
+    }
 }
 
 /// Python packages of the OTLP receiver of tests/tests/observability.rs: the

@@ -865,7 +865,7 @@ mod tests {
         let mut snap = snapshot();
         snap.reports[1].race_budget = Some(crate::maps::budget::BudgetReport {
             budget: 0.01,
-            trap_ns: 15_000.0,
+            trap_ns: Some(15_000.0),
             elapsed_ns: 60_000_000_000,
             allowed_ns: 1_000_000_000,
             spent_ns: 250_000_000,

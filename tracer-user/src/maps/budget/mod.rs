@@ -121,6 +121,9 @@ impl BudgetedSites {
         pid: u32,
         budget: f64,
     ) -> Result<(Self, ProbeStatus)> {
+        // The trap cost is measured on a thread of its own from now on, so a
+        // short-lived program is not over before the first step can probe.
+        let _ = calibrate::costs_in_background();
         let table = site_table(tracer)?.len().min(SITE_SLOTS) as usize;
         let targets = op_functions(bin);
         let funcs: Vec<Function> = bin
@@ -458,7 +461,7 @@ impl BudgetedSites {
         order.sort_by_key(|&i| std::cmp::Reverse(p.sites[i].probed_until(now)));
         BudgetReport {
             budget: p.budget,
-            trap_ns: if p.trap_ns.is_nan() { 0.0 } else { p.trap_ns },
+            trap_ns: (!p.trap_ns.is_nan()).then_some(p.trap_ns),
             elapsed_ns: now,
             allowed_ns: (p.allowed_ns - p.capped_ns).max(0.0) as u64,
             spent_ns: p.spent_ns as u64,
@@ -494,8 +497,9 @@ fn site_table(tracer: &Tracer) -> Result<PerCpuArray<&MapData, u64>> {
 pub struct BudgetReport {
     /// `--race-budget`, as a fraction of the process's CPU.
     pub budget: f64,
-    /// One trap's cost, measured at start-up, ns.
-    pub trap_ns: f64,
+    /// One trap's cost, measured at start-up, ns; `None` until measured
+    /// (a process that ends within the measurement is never probed).
+    pub trap_ns: Option<f64>,
     pub elapsed_ns: u64,
     /// What the budget allowed so far (the bank's cap applied), ns of CPU.
     pub allowed_ns: u64,
@@ -548,9 +552,13 @@ impl BudgetReport {
 
     /// One line for the human report.
     pub fn summary(&self) -> String {
+        let trap = match self.trap_ns {
+            Some(t) => format!("one trap {:.1} µs, measured", t / 1000.0),
+            None => "trap cost not measured yet, so nothing was probed".to_owned(),
+        };
         format!(
             "race budget {:.2}%: {} map call sites, {} probed continuously, {} hot ({} windows), \
-             {} not probed yet; probes cost {:.1} ms of {:.1} ms allowed (one trap {:.1} µs, measured)",
+             {} not probed yet; probes cost {:.1} ms of {:.1} ms allowed ({trap})",
             self.budget * 100.0,
             self.call_sites,
             self.continuous,
@@ -559,7 +567,6 @@ impl BudgetReport {
             self.never_probed + self.left_out_table_full,
             self.spent_ns as f64 / 1e6,
             self.allowed_ns as f64 / 1e6,
-            self.trap_ns / 1000.0
         )
     }
 }
