@@ -1,6 +1,6 @@
 //! Child processes of a test: a guard that kills what a failed assertion
-//! would leave running, stopping a child with SIGTERM, its log file,
-//! and fresh scratch directories.
+//! would leave running, waiting for a server child to be ready, stopping a
+//! child with SIGTERM, its log file, and fresh scratch directories.
 
 use std::{
     path::{Path, PathBuf},
@@ -19,6 +19,29 @@ impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
+    }
+}
+
+/// Polls `ready` every 200 ms until it holds; fails, with `log()`, if
+/// `child` exits first or 30 s pass (a server that never comes up).
+pub fn wait_until_ready(
+    child: &mut Child,
+    what: &str,
+    log: impl Fn() -> String,
+    mut ready: impl FnMut() -> bool,
+) -> Result<()> {
+    let t = Instant::now();
+    loop {
+        if let Some(st) = child.try_wait()? {
+            bail!("{what} exited ({st}):\n{}", log());
+        }
+        if ready() {
+            return Ok(());
+        }
+        if t.elapsed() > Duration::from_secs(30) {
+            bail!("{what} not ready after 30 s:\n{}", log());
+        }
+        std::thread::sleep(Duration::from_millis(200));
     }
 }
 

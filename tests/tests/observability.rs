@@ -24,7 +24,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 use tracer_tests::{
     Variant,
@@ -32,7 +32,7 @@ use tracer_tests::{
     build_fixture, cache_dir, go_toolchains,
     net::{form_encode, free_addr, http},
     privileged_test,
-    process::{KillOnDrop, scratch_dir},
+    process::{KillOnDrop, read_log, scratch_dir, wait_until_ready},
     procfs::rss_kb,
     report::Report,
     run_tracer, serial,
@@ -276,21 +276,14 @@ impl Prometheus {
                 .context("starting prometheus (run `cargo xtask setup`)")?,
         );
         let mut p = Prometheus { child, addr, dir };
-        let t = Instant::now();
-        loop {
-            if let Some(st) = p.child.0.try_wait()? {
-                bail!("prometheus exited ({st}):\n{}", p.log());
-            }
-            if http(addr, "GET", "/-/ready", "").is_ok_and(|(c, _)| c == 200) {
-                return Ok(p);
-            }
-            ensure!(
-                t.elapsed() < Duration::from_secs(30),
-                "prometheus not ready:\n{}",
-                p.log()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        let log = p.dir.join("prometheus.log");
+        wait_until_ready(
+            &mut p.child.0,
+            "prometheus",
+            || read_log(&log),
+            || http(addr, "GET", "/-/ready", "").is_ok_and(|(c, _)| c == 200),
+        )?;
+        Ok(p)
     }
 
     fn log(&self) -> String {

@@ -19,17 +19,16 @@ use std::{
         Arc,
         atomic::{AtomicBool, Ordering},
     },
-    time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use base64::{Engine, engine::general_purpose::STANDARD as B64};
 use serde_json::Value;
 use tracer_tests::{
     cache_dir,
     net::{free_addr, http},
     privileged_test,
-    process::{KillOnDrop, scratch_dir},
+    process::{KillOnDrop, read_log, scratch_dir, wait_until_ready},
     report::Report,
     run_tracer, serial, tracer_bin,
 };
@@ -64,31 +63,21 @@ impl Etcd {
                 .context("starting etcd (run `cargo xtask setup`)")?,
         );
         let mut e = Etcd { child, addr, dir };
-        let t = Instant::now();
-        loop {
-            if let Some(st) = e.child.0.try_wait()? {
-                bail!("etcd exited ({st}):\n{}", e.log());
-            }
-            if e.get("/health").is_ok_and(|b| b.contains("\"true\"")) {
-                return Ok(e);
-            }
-            ensure!(
-                t.elapsed() < Duration::from_secs(30),
-                "etcd not healthy:\n{}",
-                e.log()
-            );
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        let log = e.dir.join("etcd.log");
+        wait_until_ready(
+            &mut e.child.0,
+            "etcd",
+            || read_log(&log),
+            || {
+                http(addr, "GET", "/health", "")
+                    .is_ok_and(|(c, b)| c == 200 && b.contains("\"true\""))
+            },
+        )?;
+        Ok(e)
     }
 
     fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("etcd.log")).unwrap_or_default()
-    }
-
-    fn get(&self, path: &str) -> Result<String> {
-        let (code, body) = http(self.addr, "GET", path, "")?;
-        ensure!(code == 200, "GET {path}: {code} {body}");
-        Ok(body)
+        read_log(&self.dir.join("etcd.log"))
     }
 }
 
